@@ -1,0 +1,19 @@
+//! The wire contract of Switchboard (`switchboard.v1`, see `shared/PROTOCOL.md`): every frame and
+//! event as serde types, one closed enum per direction. This crate does no I/O.
+
+mod events;
+mod frames;
+mod ids;
+mod time;
+
+pub use events::{
+    AgentCompleted, AgentError, AgentErrorCode, AgentStarted, AgentThinking, Event, EventPayload,
+    PartialResult, RunStatus, RunTimings, ToolCompleted, ToolExecuting,
+};
+pub use frames::{
+    ClientFrame, Control, ControlFrame, ConnectionEstablished, Empty, ErrorBody, ErrorCode,
+    ErrorPayload, FrameError, GetThreadHistory, Heartbeat, HistoryMessage, MessageAccepted,
+    PROTOCOL_NAME, Resume, Resumed, Role, ServerFrame, StopAgent, ThreadHistory, UserMessage,
+};
+pub use ids::{AgentName, ConnectionId, IdError, MessageId, RunId, Seq, ThreadId, TraceId, UserId};
+pub use time::Timestamp;
