@@ -1,1 +1,29 @@
-//! x
+//! Switchboard's execution engine: runs a plan of agents for a user's message so that the run can
+//! never hang, never go silent and never leak into another user's stream.
+//!
+//! Agents ([`Agent`]) call tools ([`Tool`]) and a language model ([`Model`]) through handles that
+//! apply deadlines and circuit breakers; the engine turns everything that happens into the typed
+//! events of `switchboard-protocol`, numbers them per user and hands them to an [`EventSink`].
+//! There is no HTTP here.
+
+mod agent;
+mod breaker;
+mod config;
+mod engine;
+mod model;
+mod report;
+mod run;
+mod sink;
+pub mod testkit;
+mod tool;
+
+pub use agent::{Agent, AgentContext, AgentError, AgentOutcome, AgentOutput, AgentRecord, Events, RunInfo};
+pub use breaker::{BreakerSnapshot, CircuitBreaker, Permit, Refused};
+pub use config::{ConfigError, EngineConfig};
+pub use engine::{BuildError, Engine, EngineBuilder, Plan, RunHandle, RunNotFound, RunOutcome, RunRequest, StartError};
+pub use model::{
+    ChatMessage, ChatRole, Model, ModelCallError, ModelError, ModelHandle, ModelRequest, ModelResponse, ModelStream,
+    TextStream, Usage,
+};
+pub use sink::{EventSink, SinkError};
+pub use tool::{Tool, ToolCallError, ToolError, Tools};

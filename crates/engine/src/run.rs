@@ -1,0 +1,734 @@
+//! One run, from the supervisor's `agent_started` to its one final `agent_completed`.
+//!
+//! The driver is the supervisor: it runs the plan's agents one after another, each in a task of
+//! its own under its deadline, and is the only writer of the run's events. Its loop consumes a
+//! closed set of inputs: a stop request, a deadline, a report from the agent, the agent's end.
+//! [`RunLog`] checks every event against the contract of PROTOCOL.md section 3 before it is
+//! numbered, and a safety net closes the run if the driver itself fails.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde_json::{Map, Value};
+use switchboard_protocol::{
+    AgentCompleted, AgentError as AgentErrorEvent, AgentErrorCode, AgentName, AgentStarted, AgentThinking, Event,
+    EventPayload, RunStatus, RunTimings, ToolCompleted,
+};
+use tokio::task::JoinError;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::agent::{AgentContext, AgentError, AgentOutcome, AgentOutput, AgentRecord, Events, RunInfo};
+use crate::engine::{Inner, RunControl, RunOutcome, RunRequest, StopReason};
+use crate::model::ModelHandle;
+use crate::report::{Report, Reporter, Stage, human, millis};
+use crate::sink::{RunIds, SinkError};
+use crate::tool::Tools;
+
+/// The final event comes at most this long after the run deadline.
+pub(crate) const FINAL_GRACE: Duration = Duration::from_secs(1);
+/// Time kept back, before the final event's limit, for publishing the final event itself.
+const FINAL_RESERVE: Duration = Duration::from_millis(250);
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PublishError {
+    #[error("event refused by the run contract: {0}")]
+    Contract(String),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+struct OpenTool {
+    agent: AgentName,
+    tool_name: String,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct LogState {
+    open_agents: Vec<AgentName>,
+    open_tools: HashMap<String, OpenTool>,
+    started: bool,
+    final_sent: bool,
+    store_time: Duration,
+}
+
+/// The run's events as published so far, and the rules every next one must keep.
+pub(crate) struct RunLog {
+    engine: Arc<Inner>,
+    ids: RunIds,
+    state: Mutex<LogState>,
+}
+
+impl RunLog {
+    /// Checks `payload` against the contract, then numbers and publishes it.
+    async fn publish(&self, agent: &AgentName, payload: EventPayload, until: Instant) -> Result<Event, PublishError> {
+        self.admit(agent, &payload).map_err(PublishError::Contract)?;
+        let started = Instant::now();
+        let result = self.engine.sequencer.publish(&self.ids, agent, payload, until).await;
+        self.state.lock().unwrap().store_time += started.elapsed();
+        Ok(result?)
+    }
+
+    /// The contract of section 3, applied to the next event.
+    fn admit(&self, agent: &AgentName, payload: &EventPayload) -> Result<(), String> {
+        let mut state = self.state.lock().unwrap();
+        if state.final_sent {
+            return Err(format!("{} after the final event", payload.type_name()));
+        }
+        let current = state.open_agents.last().cloned();
+        match payload {
+            EventPayload::AgentStarted(_) => {
+                let supervisor = AgentName::supervisor();
+                let ok = match &current {
+                    None => !state.started && *agent == supervisor,
+                    Some(top) => *top == supervisor && *agent != supervisor,
+                };
+                if !ok {
+                    return Err(format!("{agent} cannot start here"));
+                }
+                state.started = true;
+                state.open_agents.push(agent.clone());
+            }
+            EventPayload::AgentCompleted(completed) => {
+                if current.as_ref() != Some(agent) {
+                    return Err(format!("{agent} completes but is not the open agent"));
+                }
+                if state.open_tools.values().any(|t| &t.agent == agent) {
+                    return Err(format!("{agent} completes with tool calls open"));
+                }
+                let is_supervisor = *agent == AgentName::supervisor();
+                if completed.is_final != is_supervisor {
+                    return Err("only the supervisor's completion is final".to_owned());
+                }
+                state.open_agents.pop();
+                state.final_sent = completed.is_final;
+            }
+            EventPayload::ToolExecuting(call) => {
+                if current.as_ref() != Some(agent) || state.open_tools.contains_key(&call.tool_call_id) {
+                    return Err(format!("tool call {} cannot start here", call.tool_call_id));
+                }
+                state.open_tools.insert(
+                    call.tool_call_id.clone(),
+                    OpenTool {
+                        agent: agent.clone(),
+                        tool_name: call.tool_name.clone(),
+                        started: Instant::now(),
+                    },
+                );
+            }
+            EventPayload::ToolCompleted(done) => match state.open_tools.get(&done.tool_call_id) {
+                Some(open) if &open.agent == agent => {
+                    state.open_tools.remove(&done.tool_call_id);
+                }
+                _ => return Err(format!("tool call {} was not open", done.tool_call_id)),
+            },
+            EventPayload::AgentThinking(_) | EventPayload::PartialResult(_) | EventPayload::AgentError(_) => {
+                if current.as_ref() != Some(agent) {
+                    return Err(format!("{agent} is not the open agent"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tool calls of `agent` still open: `(call id, tool name, started)`.
+    fn open_tools_of(&self, agent: &AgentName) -> Vec<(String, String, Instant)> {
+        let state = self.state.lock().unwrap();
+        let mut open: Vec<_> = state
+            .open_tools
+            .iter()
+            .filter(|(_, t)| &t.agent == agent)
+            .map(|(id, t)| (id.clone(), t.tool_name.clone(), t.started))
+            .collect();
+        open.sort_by_key(|(_, _, started)| *started);
+        open
+    }
+
+    fn final_sent(&self) -> bool {
+        self.state.lock().unwrap().final_sent
+    }
+
+    fn store_time(&self) -> Duration {
+        self.state.lock().unwrap().store_time
+    }
+
+    /// Closes whatever is open and publishes a failed final event. Used only when the driver
+    /// itself failed, so the run still ends with its one final event.
+    async fn close_abnormally(&self, why: &str, elapsed: Duration, until: Instant) -> Option<Event> {
+        if self.final_sent() {
+            return None;
+        }
+        let open_agents = self.state.lock().unwrap().open_agents.clone();
+        if open_agents.is_empty() {
+            let _ = self
+                .publish(&AgentName::supervisor(), started_payload(""), until)
+                .await;
+        }
+        for agent in open_agents.iter().rev() {
+            for (call_id, tool_name, started) in self.open_tools_of(agent) {
+                let payload = tool_failed(call_id, tool_name, started.elapsed(), format!("The call was dropped: {why}."));
+                let _ = self.publish(agent, payload, until).await;
+            }
+            let is_final = *agent == AgentName::supervisor();
+            let message = format!("The {agent} agent was stopped after {}: {why}.", human(elapsed));
+            let error = error_payload(AgentErrorCode::Internal, message, false, elapsed, None);
+            let _ = self.publish(agent, error, until).await;
+            let completed = completed_payload(RunStatus::Failed, elapsed, None, is_final, None, Vec::new());
+            let published = self.publish(agent, completed, until).await;
+            if is_final {
+                return published.ok();
+            }
+        }
+        None
+    }
+}
+
+fn started_payload(task: &str) -> EventPayload {
+    EventPayload::AgentStarted(AgentStarted { task: task.to_owned() })
+}
+
+fn tool_failed(call_id: String, tool_name: String, elapsed: Duration, error: String) -> EventPayload {
+    EventPayload::ToolCompleted(ToolCompleted {
+        tool_call_id: call_id,
+        tool_name,
+        success: false,
+        results: Value::Null,
+        duration_ms: millis(elapsed),
+        error: Some(error),
+    })
+}
+
+fn error_payload(
+    code: AgentErrorCode,
+    message: String,
+    retryable: bool,
+    elapsed: Duration,
+    timeout: Option<Duration>,
+) -> EventPayload {
+    EventPayload::AgentError(AgentErrorEvent {
+        code,
+        message,
+        retryable,
+        elapsed_ms: millis(elapsed),
+        timeout_ms: timeout.map(millis),
+    })
+}
+
+fn completed_payload(
+    status: RunStatus,
+    duration: Duration,
+    result: Option<Value>,
+    is_final: bool,
+    timings: Option<RunTimings>,
+    missing: Vec<AgentName>,
+) -> EventPayload {
+    EventPayload::AgentCompleted(AgentCompleted {
+        status,
+        duration_ms: millis(duration),
+        result,
+        is_final,
+        timings,
+        missing,
+    })
+}
+
+/// Why the whole run must end now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunStop {
+    Stopped(StopReason),
+    Deadline,
+}
+
+/// How one agent's turn ended: the inputs of the driver's loop that end it.
+enum Ending {
+    Joined(Result<Result<AgentOutput, AgentError>, JoinError>),
+    Deadline,
+    Stopped(StopReason),
+}
+
+/// A failure to be reported as `agent_error` followed by a failed `agent_completed`.
+struct Failure {
+    code: AgentErrorCode,
+    status: RunStatus,
+    message: String,
+    retryable: bool,
+    timeout: Option<Duration>,
+}
+
+pub(crate) struct RunDriver {
+    engine: Arc<Inner>,
+    log: Arc<RunLog>,
+    info: Arc<RunInfo>,
+    control: Arc<RunControl>,
+    accepted: Instant,
+    run_deadline: Instant,
+    final_limit: Instant,
+    records: Vec<AgentRecord>,
+    model_time: Duration,
+    tool_time: Duration,
+    agent_times: Vec<(AgentName, Duration)>,
+    call_ids: Arc<AtomicU64>,
+    stop: Option<RunStop>,
+    queue_time: Duration,
+}
+
+impl RunDriver {
+    pub(crate) fn new(
+        engine: Arc<Inner>,
+        request: RunRequest,
+        trace_id: switchboard_protocol::TraceId,
+        control: Arc<RunControl>,
+        accepted: Instant,
+    ) -> Self {
+        let ids = RunIds {
+            user_id: request.user_id.clone(),
+            run_id: request.run_id.clone(),
+            thread_id: request.thread_id.clone(),
+            trace_id: trace_id.clone(),
+        };
+        let run_deadline = accepted + engine.config.run_timeout;
+        Self {
+            log: Arc::new(RunLog {
+                engine: Arc::clone(&engine),
+                ids,
+                state: Mutex::new(LogState::default()),
+            }),
+            info: Arc::new(RunInfo {
+                run_id: request.run_id,
+                user_id: request.user_id,
+                thread_id: request.thread_id,
+                trace_id,
+                request: request.text,
+            }),
+            engine,
+            control,
+            accepted,
+            run_deadline,
+            final_limit: run_deadline + FINAL_GRACE,
+            records: Vec::new(),
+            model_time: Duration::ZERO,
+            tool_time: Duration::ZERO,
+            agent_times: Vec::new(),
+            call_ids: Arc::new(AtomicU64::new(0)),
+            stop: None,
+            queue_time: Duration::ZERO,
+        }
+    }
+
+    /// Drives the run and guarantees its one final event by the final limit, whatever happens
+    /// inside: a panic or a hang of the driver ends in a failed final event.
+    pub(crate) async fn run_to_end(self) -> RunOutcome {
+        let engine = Arc::clone(&self.engine);
+        let log = Arc::clone(&self.log);
+        let (accepted, final_limit) = (self.accepted, self.final_limit);
+        let (run_id, user_id) = (self.info.run_id.clone(), self.info.user_id.clone());
+        let span = tracing::info_span!("run", run_id = %run_id, user_id = %user_id, trace_id = %self.info.trace_id);
+        let guarded = tokio::time::timeout_at(final_limit - FINAL_RESERVE, AssertUnwindSafe(self.drive()).catch_unwind());
+        let outcome = match tracing::Instrument::instrument(guarded, span).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_panic)) => {
+                tracing::error!(%run_id, "the run driver panicked");
+                abnormal_outcome(&log, "the engine failed", accepted, final_limit).await
+            }
+            Err(_) => {
+                tracing::error!(%run_id, "the run driver overran its limit");
+                abnormal_outcome(&log, "the event store did not keep up", accepted, final_limit).await
+            }
+        };
+        engine.finish(&run_id, &user_id);
+        outcome
+    }
+
+    /// The deadline for publishing a non-final event.
+    fn event_limit(&self) -> Instant {
+        (Instant::now() + self.engine.config.sink_timeout).min(self.final_limit - FINAL_RESERVE)
+    }
+
+    async fn emit(&self, agent: &AgentName, payload: EventPayload) -> Option<Event> {
+        match self.log.publish(agent, payload, self.event_limit()).await {
+            Ok(event) => Some(event),
+            Err(error) => {
+                tracing::error!(%agent, %error, "event not published");
+                None
+            }
+        }
+    }
+
+    async fn drive(mut self) -> RunOutcome {
+        self.queue_time = self.accepted.elapsed();
+        let supervisor = AgentName::supervisor();
+        let request = self.info.request.clone();
+        self.emit(&supervisor, started_payload(&request)).await;
+
+        let plan = self.engine.plan.clone();
+        self.run_agent(&plan.first).await;
+        let mut pending: Vec<AgentName> = Vec::new();
+        if self.stop.is_none() {
+            pending = self.stages_after_first(&plan);
+            let last = plan.last.iter();
+            let names: Vec<&str> = pending.iter().chain(last).map(AgentName::as_str).collect();
+            if !names.is_empty() {
+                let text = format!("Plan: {}.", names.join(" → "));
+                self.emit(&supervisor, EventPayload::AgentThinking(AgentThinking { text, step: None, progress: None }))
+                    .await;
+            }
+            pending.extend(plan.last.iter().cloned());
+        }
+        pending.reverse();
+        while self.stop.is_none() {
+            let Some(next) = pending.pop() else { break };
+            self.run_agent(&next).await;
+        }
+        pending.reverse();
+        self.finish(pending).await
+    }
+
+    /// The stages the first agent chose (registered agents other than first and last, once
+    /// each), or the plan's default stages when it chose none.
+    fn stages_after_first(&self, plan: &crate::engine::Plan) -> Vec<AgentName> {
+        let chosen = match self.records.first().map(|r| &r.outcome) {
+            Some(AgentOutcome::Completed(AgentOutput { plan: Some(chosen), .. })) => chosen.clone(),
+            _ => return plan.stages.clone(),
+        };
+        let mut stages: Vec<AgentName> = Vec::new();
+        for name in chosen {
+            let usable = self.engine.agents.contains_key(&name)
+                && name != plan.first
+                && Some(&name) != plan.last.as_ref()
+                && name != AgentName::supervisor()
+                && !stages.contains(&name);
+            if usable {
+                stages.push(name);
+            } else {
+                tracing::warn!(agent = %name, "the plan names an agent that cannot run; skipped");
+            }
+        }
+        stages
+    }
+
+    /// One agent's turn: `agent_started`, its work under its deadline, `agent_completed`.
+    async fn run_agent(&mut self, name: &AgentName) {
+        let Some(entry) = self.engine.agents.get(name) else {
+            return;
+        };
+        let (agent, tools) = (Arc::clone(&entry.agent), Arc::clone(&entry.tools));
+        let config = &self.engine.config;
+        let started = Instant::now();
+        let agent_deadline = (started + config.agent_timeout).min(self.run_deadline);
+        let cancel = self.control.token().child_token();
+        let (reporter, mut reports) = Reporter::channel();
+        let ctx = AgentContext {
+            agent: name.clone(),
+            run: Arc::clone(&self.info),
+            earlier: Arc::new(self.records.clone()),
+            events: Events {
+                reporter: reporter.clone(),
+            },
+            model: ModelHandle {
+                model: Arc::clone(&self.engine.model),
+                breaker: Arc::clone(&self.engine.model_breaker),
+                timeout: config.model_timeout,
+                reporter: reporter.clone(),
+            },
+            tools: Tools {
+                allowed: tools,
+                timeout: config.tool_timeout,
+                reporter,
+                call_ids: Arc::clone(&self.call_ids),
+            },
+            cancel: cancel.clone(),
+            deadline: agent_deadline,
+        };
+        let task = std::panic::catch_unwind(AssertUnwindSafe(|| agent.task(&ctx)))
+            .unwrap_or_else(|_| "working on the request".to_owned());
+        self.emit(name, started_payload(&task)).await;
+
+        let mut work = AbortOnDropHandle::new(tokio::spawn(async move { agent.run(ctx).await }));
+        let control = Arc::clone(&self.control);
+        let ending = loop {
+            tokio::select! {
+                biased;
+                reason = control.stopped() => break Ending::Stopped(reason),
+                () = tokio::time::sleep_until(agent_deadline) => break Ending::Deadline,
+                Some(report) = reports.recv() => self.on_report(name, report).await,
+                joined = &mut work => break Ending::Joined(joined),
+            }
+        };
+        // Close the agent: nothing it sends from now on reaches the stream; what it sent
+        // before is published.
+        cancel.cancel();
+        work.abort();
+        reports.close();
+        while let Ok(report) = reports.try_recv() {
+            self.on_report(name, report).await;
+        }
+        let elapsed = started.elapsed();
+        let failure = self.failure_of(name, &ending, elapsed);
+        let dropped_because = match &failure {
+            Some(f) => f.message.clone(),
+            None => format!("The {name} agent finished without waiting for it."),
+        };
+        for (call_id, tool_name, tool_started) in self.log.open_tools_of(name) {
+            let tool_elapsed = tool_started.elapsed();
+            self.tool_time += tool_elapsed;
+            let error = format!("The {tool_name} call was dropped after {}. {dropped_because}", human(tool_elapsed));
+            self.emit(name, tool_failed(call_id, tool_name, tool_elapsed, error)).await;
+        }
+        self.agent_times.push((name.clone(), elapsed));
+        let record = match (ending, failure) {
+            (Ending::Joined(Ok(Ok(output))), None) => {
+                let result = (!output.data.is_null()).then(|| output.data.clone());
+                self.emit(name, completed_payload(RunStatus::Completed, elapsed, result, false, None, Vec::new()))
+                    .await;
+                AgentOutcome::Completed(output)
+            }
+            (_, failure) => {
+                let failure = failure.unwrap_or_else(|| Failure {
+                    code: AgentErrorCode::Internal,
+                    status: RunStatus::Failed,
+                    message: format!("The {name} agent ended in an unexpected way."),
+                    retryable: false,
+                    timeout: None,
+                });
+                let error = error_payload(failure.code, failure.message.clone(), failure.retryable, elapsed, failure.timeout);
+                self.emit(name, error).await;
+                self.emit(name, completed_payload(failure.status, elapsed, None, false, None, Vec::new()))
+                    .await;
+                AgentOutcome::Failed {
+                    code: failure.code,
+                    message: failure.message,
+                }
+            }
+        };
+        self.records.push(AgentRecord {
+            name: name.clone(),
+            outcome: record,
+        });
+    }
+
+    /// Turns the end of an agent's turn into the failure to report, if it failed; notes when
+    /// the whole run must stop.
+    fn failure_of(&mut self, name: &AgentName, ending: &Ending, elapsed: Duration) -> Option<Failure> {
+        let took = human(elapsed);
+        let config = &self.engine.config;
+        Some(match ending {
+            Ending::Joined(Ok(Ok(_))) => return None,
+            Ending::Joined(Ok(Err(error))) => {
+                let code = error.code();
+                Failure {
+                    code,
+                    status: if code == AgentErrorCode::Timeout { RunStatus::TimedOut } else { RunStatus::Failed },
+                    message: format!("The {name} agent failed after {took}: {error}."),
+                    retryable: error.retryable(),
+                    timeout: match error {
+                        AgentError::Tool(crate::tool::ToolCallError::Timeout { after, .. })
+                        | AgentError::Model(crate::model::ModelCallError::Timeout { after, .. }) => Some(*after),
+                        _ => None,
+                    },
+                }
+            }
+            Ending::Joined(Err(_)) => Failure {
+                code: AgentErrorCode::Internal,
+                status: RunStatus::Failed,
+                message: format!("The {name} agent crashed after {took}."),
+                retryable: false,
+                timeout: None,
+            },
+            Ending::Deadline if Instant::now() >= self.run_deadline => {
+                self.stop = Some(RunStop::Deadline);
+                Failure {
+                    code: AgentErrorCode::Timeout,
+                    status: RunStatus::TimedOut,
+                    message: format!(
+                        "The {name} agent was stopped after {took} because the run reached its {} deadline.",
+                        human(config.run_timeout)
+                    ),
+                    retryable: true,
+                    timeout: Some(config.run_timeout),
+                }
+            }
+            Ending::Deadline => Failure {
+                code: AgentErrorCode::Timeout,
+                status: RunStatus::TimedOut,
+                message: format!(
+                    "The {name} agent did not finish within its {} deadline and was stopped.",
+                    human(config.agent_timeout)
+                ),
+                retryable: true,
+                timeout: Some(config.agent_timeout),
+            },
+            Ending::Stopped(reason) => {
+                self.stop = Some(RunStop::Stopped(*reason));
+                let (code, status, why) = match reason {
+                    StopReason::Cancelled => (AgentErrorCode::Cancelled, RunStatus::Cancelled, "the run was cancelled"),
+                    StopReason::Interrupted => {
+                        (AgentErrorCode::Interrupted, RunStatus::Interrupted, "the server is shutting down")
+                    }
+                };
+                Failure {
+                    code,
+                    status,
+                    message: format!("The {name} agent was stopped after {took} because {why}."),
+                    retryable: matches!(reason, StopReason::Interrupted),
+                    timeout: None,
+                }
+            }
+        })
+    }
+
+    async fn on_report(&mut self, agent: &AgentName, report: Report) {
+        let payload = match report {
+            Report::Spent(Stage::Model, spent) => {
+                self.model_time += spent;
+                return;
+            }
+            Report::Spent(Stage::Tool, spent) => {
+                self.tool_time += spent;
+                return;
+            }
+            Report::Thinking(thinking) => EventPayload::AgentThinking(thinking),
+            Report::Partial(partial) => EventPayload::PartialResult(partial),
+            Report::ToolStarted(call) => EventPayload::ToolExecuting(call),
+            Report::ToolFinished(done) => EventPayload::ToolCompleted(done),
+        };
+        self.emit(agent, payload).await;
+    }
+
+    /// The supervisor's end: its error when the run failed, then the final event.
+    async fn finish(self, not_reached: Vec<AgentName>) -> RunOutcome {
+        let supervisor = AgentName::supervisor();
+        let elapsed = self.accepted.elapsed();
+        let took = human(elapsed);
+        // Late stop requests (after the last agent) do not change a finished run.
+        let mut missing: Vec<AgentName> = self
+            .records
+            .iter()
+            .filter(|r| matches!(r.outcome, AgentOutcome::Failed { .. }))
+            .map(|r| r.name.clone())
+            .collect();
+        missing.extend(not_reached);
+        let answering = self.records.iter().rev().find_map(|r| match &r.outcome {
+            AgentOutcome::Completed(output @ AgentOutput { answer: Some(_), .. }) => Some(output.clone()),
+            _ => None,
+        });
+        let last_failure = self.records.iter().rev().find_map(|r| match &r.outcome {
+            AgentOutcome::Failed { code, message } => Some((*code, message.clone())),
+            AgentOutcome::Completed(_) => None,
+        });
+        let missing_text = if missing.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = missing.iter().map(AgentName::as_str).collect();
+            format!(" Missing: {}.", names.join(", "))
+        };
+        let (status, failure) = match (self.stop, &answering) {
+            (Some(RunStop::Stopped(StopReason::Cancelled)), _) => (
+                RunStatus::Cancelled,
+                Some((AgentErrorCode::Cancelled, format!("The run was cancelled after {took}."), false, None)),
+            ),
+            (Some(RunStop::Stopped(StopReason::Interrupted)), _) => (
+                RunStatus::Interrupted,
+                Some((
+                    AgentErrorCode::Interrupted,
+                    format!("The run was interrupted after {took} because the server is shutting down."),
+                    true,
+                    None,
+                )),
+            ),
+            (Some(RunStop::Deadline), _) => {
+                let timeout = self.engine.config.run_timeout;
+                (
+                    RunStatus::TimedOut,
+                    Some((
+                        AgentErrorCode::Timeout,
+                        format!("The run did not finish within its {} deadline.{missing_text}", human(timeout)),
+                        true,
+                        Some(timeout),
+                    )),
+                )
+            }
+            (None, Some(_)) => (RunStatus::Completed, None),
+            (None, None) => {
+                let (code, cause) = last_failure.unwrap_or((
+                    AgentErrorCode::Internal,
+                    "No agent wrote an answer.".to_owned(),
+                ));
+                let status = if code == AgentErrorCode::Timeout { RunStatus::TimedOut } else { RunStatus::Failed };
+                let message = format!("The run ended after {took} without an answer. {cause}{missing_text}");
+                (status, Some((code, message, code != AgentErrorCode::Internal, None)))
+            }
+        };
+        if let Some((code, message, retryable, timeout)) = failure {
+            let payload = error_payload(code, message, retryable, elapsed, timeout);
+            self.emit(&supervisor, payload).await;
+        }
+        let (answer, result) = match answering {
+            Some(output) => {
+                let mut result = match output.data {
+                    Value::Object(map) => map,
+                    Value::Null => Map::new(),
+                    other => Map::from_iter([("data".to_owned(), other)]),
+                };
+                let text = output.answer.unwrap_or_default();
+                result.insert("text".to_owned(), Value::String(text.clone()));
+                (Some(text), Some(Value::Object(result)))
+            }
+            None => (None, None),
+        };
+        let result = if status == RunStatus::Completed { result } else { None };
+        let answer = if status == RunStatus::Completed { answer } else { None };
+        let duration = self.accepted.elapsed();
+        let timings = self.timings(duration);
+        let payload = completed_payload(status, duration, result.clone(), true, Some(timings), missing.clone());
+        let final_event = match self.log.publish(&supervisor, payload, self.final_limit).await {
+            Ok(event) => Some(event),
+            Err(error) => {
+                tracing::error!(%error, "final event not published");
+                None
+            }
+        };
+        tracing::info!(status = status.as_str(), duration_ms = millis(duration), "run finished");
+        RunOutcome {
+            status,
+            answer,
+            result,
+            missing,
+            duration,
+            final_event,
+        }
+    }
+
+    fn timings(&self, total: Duration) -> RunTimings {
+        let mut agents = std::collections::BTreeMap::new();
+        for (name, spent) in &self.agent_times {
+            *agents.entry(name.to_string()).or_insert(0) += millis(*spent);
+        }
+        RunTimings {
+            queue_ms: millis(self.queue_time),
+            store_ms: millis(self.log.store_time()),
+            model_ms: millis(self.model_time),
+            tools_ms: millis(self.tool_time),
+            agents,
+            total_ms: millis(total),
+        }
+    }
+}
+
+async fn abnormal_outcome(log: &RunLog, why: &str, accepted: Instant, final_limit: Instant) -> RunOutcome {
+    let duration = accepted.elapsed();
+    let final_event = log.close_abnormally(why, duration, final_limit).await;
+    RunOutcome {
+        status: RunStatus::Failed,
+        answer: None,
+        result: None,
+        missing: Vec::new(),
+        duration,
+        final_event,
+    }
+}

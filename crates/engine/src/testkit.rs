@@ -1,0 +1,801 @@
+//! A test kit for agent authors: scripted agents, tools and models, a sink that remembers, a
+//! one-call way to run a plan, and a checker of the event contract (PROTOCOL.md section 3).
+//!
+//! ```ignore
+//! let events = Scenario::new()
+//!     .agent("triage", vec![Step::tool("search", json!({}))])
+//!     .tool("search", ScriptedTool::new(ToolBehavior::Hang))
+//!     .run("hello")
+//!     .await;
+//! assert_eq!(summary(&events), ["supervisor agent_started", "triage agent_started", ...]);
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use switchboard_protocol::{AgentName, Event, EventPayload, RunId, RunStatus, Seq, ThreadId, UserId};
+use tokio::time::Instant;
+
+use crate::agent::{Agent, AgentContext, AgentError, AgentOutput};
+use crate::config::EngineConfig;
+use crate::engine::{Engine, Plan, RunOutcome, RunRequest};
+use crate::model::{Model, ModelError, ModelRequest, ModelResponse, TextStream, Usage};
+use crate::sink::{EventSink, SinkError};
+use crate::tool::{Tool, ToolError};
+
+/// Counts how many futures were dropped before they finished: proof that work was really cancelled.
+#[derive(Debug, Default, Clone)]
+pub struct DropCounter(Arc<AtomicUsize>);
+
+impl DropCounter {
+    /// Futures dropped unfinished so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn guard(&self) -> DropGuard {
+        DropGuard {
+            counter: self.clone(),
+            finished: false,
+        }
+    }
+}
+
+struct DropGuard {
+    counter: DropCounter,
+    finished: bool,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.counter.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// What a scripted tool does on a call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolBehavior {
+    /// Returns this result at once.
+    Ok(Value),
+    /// Returns this result after a delay.
+    Delay(Duration, Value),
+    /// Never returns.
+    Hang,
+    /// Panics.
+    Panic,
+    /// Returns an error.
+    Fail(String),
+}
+
+/// A tool that plays a list of behaviours, one per call, repeating the last one.
+#[derive(Debug)]
+pub struct ScriptedTool {
+    script: Mutex<VecDeque<ToolBehavior>>,
+    calls: AtomicUsize,
+    dropped: DropCounter,
+}
+
+impl ScriptedTool {
+    /// A tool that always behaves the same.
+    pub fn new(behavior: ToolBehavior) -> Arc<Self> {
+        Self::sequence(vec![behavior])
+    }
+
+    /// A tool that behaves as listed, call after call, then repeats the last behaviour.
+    pub fn sequence(script: Vec<ToolBehavior>) -> Arc<Self> {
+        assert!(!script.is_empty(), "a scripted tool needs at least one behaviour");
+        Arc::new(Self {
+            script: Mutex::new(script.into()),
+            calls: AtomicUsize::new(0),
+            dropped: DropCounter::default(),
+        })
+    }
+
+    /// Calls made so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls dropped before they finished.
+    pub fn dropped(&self) -> usize {
+        self.dropped.count()
+    }
+
+    fn next_behavior(&self) -> ToolBehavior {
+        let mut script = self.script.lock().unwrap();
+        if script.len() > 1 {
+            script.pop_front().unwrap()
+        } else {
+            script.front().cloned().unwrap()
+        }
+    }
+}
+
+#[async_trait]
+impl Tool for ScriptedTool {
+    async fn call(&self, _parameters: Value) -> Result<Value, ToolError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.dropped.guard();
+        let result = match self.next_behavior() {
+            ToolBehavior::Ok(value) => Ok(value),
+            ToolBehavior::Delay(delay, value) => {
+                tokio::time::sleep(delay).await;
+                Ok(value)
+            }
+            ToolBehavior::Hang => std::future::pending().await,
+            ToolBehavior::Panic => panic!("scripted tool panic"),
+            ToolBehavior::Fail(message) => Err(ToolError::Failed(message)),
+        };
+        guard.finished = true;
+        result
+    }
+}
+
+/// What a scripted model does on a call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelBehavior {
+    /// Answers this text at once.
+    Reply(String),
+    /// Answers after a delay.
+    Delay(Duration, String),
+    /// Never answers.
+    Hang,
+    /// Fails (retryable).
+    Fail(String),
+    /// Streams these pieces, one per interval (a complete call gets them joined).
+    Chunks(Vec<String>, Duration),
+    /// Streams these pieces, then hangs.
+    HangAfter(Vec<String>),
+}
+
+/// A model that plays a list of behaviours, one per call, repeating the last one.
+#[derive(Debug)]
+pub struct ScriptedModel {
+    script: Mutex<VecDeque<ModelBehavior>>,
+    calls: AtomicUsize,
+    dropped: DropCounter,
+}
+
+impl ScriptedModel {
+    /// A model that always behaves the same.
+    pub fn new(behavior: ModelBehavior) -> Arc<Self> {
+        Self::sequence(vec![behavior])
+    }
+
+    /// A model that behaves as listed, then repeats the last behaviour.
+    pub fn sequence(script: Vec<ModelBehavior>) -> Arc<Self> {
+        assert!(!script.is_empty(), "a scripted model needs at least one behaviour");
+        Arc::new(Self {
+            script: Mutex::new(script.into()),
+            calls: AtomicUsize::new(0),
+            dropped: DropCounter::default(),
+        })
+    }
+
+    /// A model that answers `ok`.
+    pub fn ok() -> Arc<Self> {
+        Self::new(ModelBehavior::Reply("ok".into()))
+    }
+
+    /// Calls made so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls (or streams) dropped before they finished.
+    pub fn dropped(&self) -> usize {
+        self.dropped.count()
+    }
+
+    fn next_behavior(&self) -> ModelBehavior {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut script = self.script.lock().unwrap();
+        if script.len() > 1 {
+            script.pop_front().unwrap()
+        } else {
+            script.front().cloned().unwrap()
+        }
+    }
+}
+
+fn usage_of(request: &ModelRequest, text: &str) -> Usage {
+    let words = |s: &str| s.split_whitespace().count() as u64;
+    Usage {
+        input_tokens: request.messages.iter().map(|m| words(&m.content)).sum(),
+        output_tokens: words(text),
+    }
+}
+
+#[async_trait]
+impl Model for ScriptedModel {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
+        let mut guard = self.dropped.guard();
+        let text = match self.next_behavior() {
+            ModelBehavior::Reply(text) => text,
+            ModelBehavior::Delay(delay, text) => {
+                tokio::time::sleep(delay).await;
+                text
+            }
+            ModelBehavior::Hang | ModelBehavior::HangAfter(_) => std::future::pending().await,
+            ModelBehavior::Fail(message) => {
+                guard.finished = true;
+                return Err(ModelError::transient(message));
+            }
+            ModelBehavior::Chunks(pieces, interval) => {
+                tokio::time::sleep(interval * pieces.len() as u32).await;
+                pieces.concat()
+            }
+        };
+        guard.finished = true;
+        Ok(ModelResponse {
+            usage: usage_of(&request, &text),
+            text,
+        })
+    }
+
+    async fn stream(&self, _request: ModelRequest) -> Result<TextStream, ModelError> {
+        let (pieces, interval, hang) = match self.next_behavior() {
+            ModelBehavior::Reply(text) => (vec![text], Duration::ZERO, false),
+            ModelBehavior::Delay(delay, text) => (vec![text], delay, false),
+            ModelBehavior::Hang => (Vec::new(), Duration::ZERO, true),
+            ModelBehavior::Fail(message) => return Err(ModelError::transient(message)),
+            ModelBehavior::Chunks(pieces, interval) => (pieces, interval, false),
+            ModelBehavior::HangAfter(pieces) => (pieces, Duration::ZERO, true),
+        };
+        let guard = Arc::new(Mutex::new(self.dropped.guard()));
+        let end_guard = Arc::clone(&guard);
+        let pieces = futures_util::stream::iter(pieces).then(move |piece| async move {
+            tokio::time::sleep(interval).await;
+            Ok(piece)
+        });
+        let tail = futures_util::stream::once(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            end_guard.lock().unwrap().finished = true;
+            None
+        })
+        .filter_map(|end: Option<Result<String, ModelError>>| async move { end });
+        let keep_guard = futures_util::stream::once(async move {
+            drop(guard);
+            None
+        })
+        .filter_map(|end: Option<Result<String, ModelError>>| async move { end });
+        Ok(pieces.chain(tail).chain(keep_guard).boxed())
+    }
+}
+
+/// Releases agents spinning in [`Step::Spin`].
+#[derive(Debug, Clone, Default)]
+pub struct SpinSwitch(Arc<std::sync::atomic::AtomicBool>);
+
+impl SpinSwitch {
+    /// Lets every agent spinning on this switch go on.
+    pub fn release(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl PartialEq for SpinSwitch {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// One step of a scripted agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// `agent_thinking` with this text.
+    Think(String),
+    /// `partial_result` with this text.
+    Partial(String),
+    /// Calls a tool; a failure fails the agent.
+    Tool(String, Value),
+    /// Calls a tool and carries on whatever happens.
+    TryTool(String, Value),
+    /// Asks the model for a complete answer; a failure fails the agent.
+    Ask(String),
+    /// Streams a model answer as `partial_result`s and takes it as the agent's answer.
+    StreamAnswer(String),
+    /// Waits (on tokio's clock).
+    Sleep(Duration),
+    /// Waits forever, ignoring cancellation.
+    Hang,
+    /// Busy-waits without ever yielding until the switch is released (or 10 s of wall time
+    /// pass). Use on a multi-thread runtime only.
+    Spin(SpinSwitch),
+    /// Panics.
+    Panic,
+    /// Fails with this sentence.
+    Fail(String),
+    /// Chooses the next agents (for the first agent of a plan).
+    Plan(Vec<String>),
+    /// Sets the answer; the names of missing agents are appended when there are any.
+    Answer(String),
+    /// Leaves behind a task that tries to narrate after this delay.
+    NarrateLater(Duration),
+}
+
+impl Step {
+    /// `Step::Tool` with a name.
+    pub fn tool(name: &str, parameters: Value) -> Self {
+        Step::Tool(name.to_owned(), parameters)
+    }
+
+    /// `Step::Think` with a text.
+    pub fn think(text: &str) -> Self {
+        Step::Think(text.to_owned())
+    }
+
+    /// `Step::Answer` with a text.
+    pub fn answer(text: &str) -> Self {
+        Step::Answer(text.to_owned())
+    }
+
+    /// `Step::Plan` from names.
+    pub fn plan(names: &[&str]) -> Self {
+        Step::Plan(names.iter().map(|n| (*n).to_owned()).collect())
+    }
+}
+
+/// An agent that plays its steps in order.
+#[derive(Debug, Clone)]
+pub struct ScriptedAgent {
+    steps: Vec<Step>,
+}
+
+impl ScriptedAgent {
+    /// An agent with these steps.
+    pub fn new(steps: Vec<Step>) -> Arc<Self> {
+        Arc::new(Self { steps })
+    }
+}
+
+#[async_trait]
+impl Agent for ScriptedAgent {
+    async fn run(&self, ctx: AgentContext) -> Result<AgentOutput, AgentError> {
+        let mut output = AgentOutput::default();
+        let mut results = Vec::new();
+        for step in &self.steps {
+            match step {
+                Step::Think(text) => ctx.events.thinking(text.clone()).await,
+                Step::Partial(text) => ctx.events.partial(text.clone()).await,
+                Step::Tool(name, parameters) => results.push(ctx.tools.call(name, parameters.clone()).await?),
+                Step::TryTool(name, parameters) => {
+                    if let Ok(result) = ctx.tools.call(name, parameters.clone()).await {
+                        results.push(result);
+                    }
+                }
+                Step::Ask(prompt) => {
+                    let response = ctx.model.complete(ModelRequest::new("scripted", prompt.clone())).await?;
+                    results.push(Value::String(response.text));
+                }
+                Step::StreamAnswer(prompt) => {
+                    let text = ctx.stream_answer(ModelRequest::new("scripted", prompt.clone())).await?;
+                    output.answer = Some(text);
+                }
+                Step::Sleep(delay) => tokio::time::sleep(*delay).await,
+                Step::Hang => std::future::pending::<()>().await,
+                Step::Spin(switch) => {
+                    let until = std::time::Instant::now() + Duration::from_secs(10);
+                    while !switch.0.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                }
+                Step::Panic => panic!("scripted agent panic"),
+                Step::Fail(message) => return Err(AgentError::Failed(message.clone())),
+                Step::Plan(names) => {
+                    let plan = names.iter().map(|n| AgentName::parse(n)).collect::<Result<_, _>>();
+                    output.plan = Some(plan.map_err(|e| AgentError::Failed(e.to_string()))?);
+                }
+                Step::Answer(text) => {
+                    let missing: Vec<String> = ctx.missing().iter().map(ToString::to_string).collect();
+                    output.answer = Some(if missing.is_empty() {
+                        text.clone()
+                    } else {
+                        format!("{text} (missing: {})", missing.join(", "))
+                    });
+                }
+                Step::NarrateLater(delay) => {
+                    let events = ctx.events.clone();
+                    let delay = *delay;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        events.thinking("too late").await;
+                    });
+                }
+            }
+        }
+        output.data = json!({ "results": results });
+        Ok(output)
+    }
+}
+
+/// What a [`MemorySink`] does when asked to publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SinkBehavior {
+    /// Takes every event at once.
+    #[default]
+    Accept,
+    /// Takes every event after a delay.
+    Slow(Duration),
+    /// Refuses every event.
+    Fail,
+}
+
+/// An event published to a [`MemorySink`], with the (tokio) time it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// Whose event it is.
+    pub user_id: UserId,
+    /// The event.
+    pub event: Event,
+    /// When the sink took it.
+    pub at: Instant,
+}
+
+/// A sink that keeps every event in memory, per user.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    published: Mutex<Vec<Published>>,
+    last: Mutex<HashMap<UserId, Seq>>,
+    behavior: Mutex<SinkBehavior>,
+}
+
+impl MemorySink {
+    /// An empty sink that takes everything.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Changes how the sink answers from now on.
+    pub fn set_behavior(&self, behavior: SinkBehavior) {
+        *self.behavior.lock().unwrap() = behavior;
+    }
+
+    /// Everything published, in order.
+    pub fn published(&self) -> Vec<Published> {
+        self.published.lock().unwrap().clone()
+    }
+
+    /// The events of one user, in order.
+    pub fn events_of(&self, user: &UserId) -> Vec<Event> {
+        self.published()
+            .into_iter()
+            .filter(|p| &p.user_id == user)
+            .map(|p| p.event)
+            .collect()
+    }
+
+    /// The events of one run, in order.
+    pub fn events_of_run(&self, run: &RunId) -> Vec<Event> {
+        self.published()
+            .into_iter()
+            .filter(|p| &p.event.run_id == run)
+            .map(|p| p.event)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventSink for MemorySink {
+    async fn last_seq(&self, user: &UserId) -> Result<Seq, SinkError> {
+        Ok(self.last.lock().unwrap().get(user).copied().unwrap_or(Seq::ZERO))
+    }
+
+    async fn publish(&self, user: &UserId, event: &Event) -> Result<(), SinkError> {
+        let behavior = *self.behavior.lock().unwrap();
+        match behavior {
+            SinkBehavior::Accept => {}
+            SinkBehavior::Slow(delay) => tokio::time::sleep(delay).await,
+            SinkBehavior::Fail => return Err(SinkError::Failed("scripted sink failure".into())),
+        }
+        let mut last = self.last.lock().unwrap();
+        let previous = last.get(user).copied().unwrap_or(Seq::ZERO);
+        if event.seq != previous.next() {
+            return Err(SinkError::Failed(format!("seq {} after {previous}", event.seq)));
+        }
+        last.insert(user.clone(), event.seq);
+        self.published.lock().unwrap().push(Published {
+            user_id: user.clone(),
+            event: event.clone(),
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+}
+
+/// A whole test setup: agents, tools, model, plan and settings, run in one call.
+#[derive(Clone)]
+pub struct Scenario {
+    config: EngineConfig,
+    agents: Vec<(String, Arc<dyn Agent>, Option<Vec<String>>)>,
+    tools: Vec<(String, Arc<dyn Tool>)>,
+    model: Arc<dyn Model>,
+    plan: Option<Plan>,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("agents", &self.agents.iter().map(|a| &a.0).collect::<Vec<_>>())
+            .field("plan", &self.plan)
+            .finish()
+    }
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scenario {
+    /// No agents yet; default settings; a model that answers `ok`.
+    pub fn new() -> Self {
+        Self {
+            config: EngineConfig::default(),
+            agents: Vec::new(),
+            tools: Vec::new(),
+            model: ScriptedModel::ok(),
+            plan: None,
+        }
+    }
+
+    /// Adds a scripted agent that may call every tool of the scenario.
+    pub fn agent(self, name: &str, steps: Vec<Step>) -> Self {
+        self.agent_impl(name, ScriptedAgent::new(steps), None)
+    }
+
+    /// Adds any agent, with the tools it may call (`None`: all of them).
+    pub fn agent_impl(mut self, name: &str, agent: Arc<dyn Agent>, tools: Option<&[&str]>) -> Self {
+        let tools = tools.map(|t| t.iter().map(|s| (*s).to_owned()).collect());
+        self.agents.push((name.to_owned(), agent, tools));
+        self
+    }
+
+    /// Adds a tool.
+    pub fn tool(mut self, name: &str, tool: Arc<dyn Tool>) -> Self {
+        self.tools.push((name.to_owned(), tool));
+        self
+    }
+
+    /// Sets the model.
+    pub fn model(mut self, model: Arc<dyn Model>) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// Sets the settings.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the plan. Without one: the first agent added, then the others in the order added,
+    /// with `reporting` last if there is one.
+    pub fn plan(mut self, first: &str, stages: &[&str], last: Option<&str>) -> Self {
+        self.plan = Some(Plan::new(first, stages, last).expect("valid agent names"));
+        self
+    }
+
+    fn default_plan(&self) -> Plan {
+        let names: Vec<&str> = self.agents.iter().map(|a| a.0.as_str()).collect();
+        let last = names.iter().copied().find(|n| *n == "reporting");
+        let first = names.first().copied().expect("a scenario needs at least one agent");
+        let stages: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| *n != first && Some(*n) != last)
+            .collect();
+        Plan::new(first, &stages, last.filter(|l| *l != first)).expect("valid agent names")
+    }
+
+    /// Builds an engine whose events go to `sink`.
+    pub fn engine(&self, sink: Arc<dyn EventSink>) -> Engine {
+        let all_tools: Vec<&str> = self.tools.iter().map(|t| t.0.as_str()).collect();
+        let mut builder = Engine::builder()
+            .config(self.config.clone())
+            .model(Arc::clone(&self.model))
+            .plan(self.plan.clone().unwrap_or_else(|| self.default_plan()));
+        for (name, tool) in &self.tools {
+            builder = builder.tool(name, Arc::clone(tool));
+        }
+        for (name, agent, tools) in &self.agents {
+            let allowed: Vec<&str> = match tools {
+                Some(list) => list.iter().map(String::as_str).collect(),
+                None => all_tools.clone(),
+            };
+            builder = builder.agent(name, Arc::clone(agent), &allowed);
+        }
+        builder.build(sink).expect("the scenario builds an engine")
+    }
+
+    /// Runs one message to its end and returns the run's events.
+    pub async fn run(&self, text: &str) -> Vec<Event> {
+        self.run_with_outcome(text, None).await.0
+    }
+
+    /// Runs one message, cancelling it after `cancel_after` if given; returns the events and
+    /// the outcome, and checks the contract (the deadline bound included) on the way.
+    pub async fn run_with_outcome(&self, text: &str, cancel_after: Option<Duration>) -> (Vec<Event>, RunOutcome) {
+        let sink = MemorySink::new();
+        let engine = self.engine(sink.clone());
+        let user = UserId::parse("usr_test").unwrap();
+        let started = Instant::now();
+        let handle = engine
+            .start_run(RunRequest::new(user.clone(), ThreadId::generate(), text))
+            .expect("the run starts");
+        let run_id = handle.run_id.clone();
+        if let Some(after) = cancel_after {
+            let engine = engine.clone();
+            let (user, run_id) = (user.clone(), run_id.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = engine.cancel(&user, &run_id);
+            });
+        }
+        let outcome = handle.outcome().await;
+        let events = sink.events_of_run(&run_id);
+        let limit = started + self.config.run_timeout + Duration::from_secs(1);
+        if let Some(last) = sink.published().last() {
+            assert!(last.at <= limit, "the final event came after the run deadline + 1 s");
+        }
+        if let Err(broken) = check_run(&events) {
+            panic!("contract broken: {broken}\n{:#?}", summary(&events));
+        }
+        (events, outcome)
+    }
+}
+
+/// The events in short: `agent type` plus what matters of the payload, one string each.
+/// `tool_executing` adds the tool, `tool_completed` the tool and `ok`/`failed`, `agent_error`
+/// the code, `agent_completed` the status (and `final`); narration is left out.
+pub fn summary(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| !matches!(e.payload, EventPayload::AgentThinking(_) | EventPayload::PartialResult(_)))
+        .map(|e| {
+            let head = format!("{} {}", e.agent_name, e.type_name());
+            match &e.payload {
+                EventPayload::ToolExecuting(t) => format!("{head} {}", t.tool_name),
+                EventPayload::ToolCompleted(t) => {
+                    format!("{head} {} {}", t.tool_name, if t.success { "ok" } else { "failed" })
+                }
+                EventPayload::AgentError(err) => format!("{head} {}", err.code.as_str()),
+                EventPayload::AgentCompleted(c) if c.is_final => format!("{head} {} final", c.status.as_str()),
+                EventPayload::AgentCompleted(c) => format!("{head} {}", c.status.as_str()),
+                _ => head,
+            }
+        })
+        .collect()
+}
+
+/// The final event's payload fields that tests look at.
+pub fn final_status(events: &[Event]) -> Option<RunStatus> {
+    events.iter().rev().find_map(|e| match &e.payload {
+        EventPayload::AgentCompleted(c) if c.is_final => Some(c.status),
+        _ => None,
+    })
+}
+
+/// Checks the events of one run against every rule of PROTOCOL.md section 3 that can be seen
+/// in the events themselves. Returns the first broken rule.
+pub fn check_run(events: &[Event]) -> Result<(), String> {
+    let supervisor = AgentName::supervisor();
+    let first = events.first().ok_or("the run has no events")?;
+    if first.agent_name != supervisor || !matches!(first.payload, EventPayload::AgentStarted(_)) {
+        return Err("the first event is not the supervisor's agent_started".into());
+    }
+    let finals = events.iter().filter(|e| e.is_final()).count();
+    if finals != 1 {
+        return Err(format!("{finals} final events"));
+    }
+    let last = events.last().unwrap();
+    if !last.is_final() || last.agent_name != supervisor {
+        return Err("the last event is not the supervisor's final agent_completed".into());
+    }
+    let mut stack: Vec<&AgentName> = Vec::new();
+    let mut open_tools: HashMap<&str, (&AgentName, &str)> = HashMap::new();
+    let mut previous: Option<&Event> = None;
+    for event in events {
+        if event.run_id != first.run_id || event.thread_id != first.thread_id || event.trace_id != first.trace_id {
+            return Err(format!("event {} belongs to another run", event.seq));
+        }
+        if let Some(previous) = previous
+            && event.seq <= previous.seq
+        {
+            return Err(format!("seq {} follows seq {}", event.seq, previous.seq));
+        }
+        let agent = &event.agent_name;
+        let top = stack.last().copied();
+        match &event.payload {
+            EventPayload::AgentStarted(_) => {
+                let allowed = match top {
+                    None => stack.is_empty() && previous.is_none() && *agent == supervisor,
+                    Some(top) => *top == supervisor && *agent != supervisor,
+                };
+                if !allowed {
+                    return Err(format!("{agent} starts inside {top:?}"));
+                }
+                stack.push(agent);
+            }
+            EventPayload::AgentCompleted(completed) => {
+                if top != Some(agent) {
+                    return Err(format!("{agent} completes while {top:?} is open"));
+                }
+                if open_tools.values().any(|(a, _)| *a == agent) {
+                    return Err(format!("{agent} completes with a tool call open"));
+                }
+                if completed.status != RunStatus::Completed {
+                    let told = matches!(previous, Some(p) if p.agent_name == *agent
+                        && matches!(p.payload, EventPayload::AgentError(_)));
+                    if !told {
+                        return Err(format!("{agent} ends {} with no agent_error before", completed.status.as_str()));
+                    }
+                }
+                if completed.is_final {
+                    if completed.timings.is_none() {
+                        return Err("the final event has no timings".into());
+                    }
+                    if completed.status == RunStatus::Completed {
+                        let text = completed.result.as_ref().and_then(|r| r.get("text")).and_then(Value::as_str);
+                        if text.is_none() {
+                            return Err("a completed run has no result.text".into());
+                        }
+                    }
+                }
+                stack.pop();
+            }
+            EventPayload::ToolExecuting(call) => {
+                if top != Some(agent) {
+                    return Err(format!("{agent} calls a tool while not open"));
+                }
+                if open_tools.insert(&call.tool_call_id, (agent, &call.tool_name)).is_some() {
+                    return Err(format!("tool call id {} reused", call.tool_call_id));
+                }
+            }
+            EventPayload::ToolCompleted(done) => match open_tools.remove(done.tool_call_id.as_str()) {
+                Some((a, name)) if a == agent && name == done.tool_name => {}
+                _ => return Err(format!("tool_completed {} has no tool_executing", done.tool_call_id)),
+            },
+            EventPayload::AgentError(error) => {
+                if top != Some(agent) {
+                    return Err(format!("{agent} reports an error while not open"));
+                }
+                if error.message.len() < 10 || !error.message.ends_with('.') {
+                    return Err(format!("agent_error message is not a sentence: {:?}", error.message));
+                }
+            }
+            EventPayload::AgentThinking(_) | EventPayload::PartialResult(_) => {
+                if top != Some(agent) {
+                    return Err(format!("{agent} narrates while not open"));
+                }
+            }
+        }
+        previous = Some(event);
+    }
+    Ok(())
+}
+
+/// Checks that a user's events carry seq 1, 2, 3, ... with no gap and no duplicate.
+pub fn check_gapless(events: &[Event]) -> Result<(), String> {
+    for (index, event) in events.iter().enumerate() {
+        let expected = index as u64 + 1;
+        if event.seq.get() != expected {
+            return Err(format!("event {index} has seq {} instead of {expected}", event.seq));
+        }
+    }
+    Ok(())
+}
