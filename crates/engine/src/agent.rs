@@ -204,7 +204,11 @@ impl Events {
 
     /// `agent_thinking` with a step number and a progress from 0 to 1 (clamped).
     pub async fn step(&self, text: impl Into<String>, step: u32, progress: f64) {
-        let progress = if progress.is_finite() { progress.clamp(0.0, 1.0) } else { 0.0 };
+        let progress = if progress.is_finite() {
+            progress.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         self.reporter
             .send(Report::Thinking(AgentThinking {
                 text: text.into(),

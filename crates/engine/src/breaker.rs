@@ -63,26 +63,18 @@ impl CircuitBreaker {
         match *state {
             State::Closed { .. } => Ok(Permit::new(self, false)),
             State::Open { until } if now >= until => {
-                *state = State::HalfOpen {
-                    trial_running: true,
-                };
+                *state = State::HalfOpen { trial_running: true };
                 Ok(Permit::new(self, true))
             }
             State::Open { until } => Err(Refused {
                 retry_in: until - now,
                 threshold: self.threshold,
             }),
-            State::HalfOpen {
-                trial_running: false,
-            } => {
-                *state = State::HalfOpen {
-                    trial_running: true,
-                };
+            State::HalfOpen { trial_running: false } => {
+                *state = State::HalfOpen { trial_running: true };
                 Ok(Permit::new(self, true))
             }
-            State::HalfOpen {
-                trial_running: true,
-            } => Err(Refused {
+            State::HalfOpen { trial_running: true } => Err(Refused {
                 retry_in: Duration::ZERO,
                 threshold: self.threshold,
             }),
@@ -112,9 +104,7 @@ impl CircuitBreaker {
         *state = match (*state, success) {
             (_, Some(true)) => State::Closed { failures: 0 },
             (State::Closed { failures }, Some(false)) if failures + 1 < self.threshold => {
-                State::Closed {
-                    failures: failures + 1,
-                }
+                State::Closed { failures: failures + 1 }
             }
             (State::Closed { .. } | State::HalfOpen { .. }, Some(false)) => State::Open {
                 until: Instant::now() + self.cooldown,
@@ -122,9 +112,7 @@ impl CircuitBreaker {
             // A late failure of a call admitted before the circuit opened changes nothing.
             (open @ State::Open { .. }, Some(false)) => open,
             // Cancelled trial: let the next caller try.
-            (State::HalfOpen { .. }, None) if trial => State::HalfOpen {
-                trial_running: false,
-            },
+            (State::HalfOpen { .. }, None) if trial => State::HalfOpen { trial_running: false },
             (other, None) => other,
         };
     }

@@ -453,6 +453,8 @@ impl Engine {
     pub fn breakers(&self) -> Vec<BreakerSnapshot> {
         let mut tools: Vec<_> = self.inner.tool_breakers.iter().map(|b| b.snapshot()).collect();
         tools.sort_by(|a, b| a.name.cmp(&b.name));
-        std::iter::once(self.inner.model_breaker.snapshot()).chain(tools).collect()
+        std::iter::once(self.inner.model_breaker.snapshot())
+            .chain(tools)
+            .collect()
     }
 }

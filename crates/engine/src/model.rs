@@ -210,9 +210,7 @@ impl ModelHandle {
         let permit = self.acquire()?;
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.timeout, self.model.complete(request)).await;
-        self.reporter
-            .send(Report::Spent(Stage::Model, started.elapsed()))
-            .await;
+        self.reporter.send(Report::Spent(Stage::Model, started.elapsed())).await;
         match outcome {
             Ok(Ok(response)) => {
                 permit.success();

@@ -160,26 +160,35 @@ impl RunLog {
 
     /// Closes whatever is open and publishes a failed final event. Used only when the driver
     /// itself failed, so the run still ends with its one final event.
-    async fn close_abnormally(&self, why: &str, elapsed: Duration, until: Instant) -> Option<Event> {
+    async fn close_abnormally(&self, cause: Abnormal, elapsed: Duration, until: Instant) -> Option<Event> {
+        let why = cause.why;
         if self.final_sent() {
             return None;
         }
         let open_agents = self.state.lock().unwrap().open_agents.clone();
         if open_agents.is_empty() {
-            let _ = self
-                .publish(&AgentName::supervisor(), started_payload(""), until)
-                .await;
+            let _ = self.publish(&AgentName::supervisor(), started_payload(""), until).await;
         }
         for agent in open_agents.iter().rev() {
             for (call_id, tool_name, started) in self.open_tools_of(agent) {
-                let payload = tool_failed(call_id, tool_name, started.elapsed(), format!("The call was dropped: {why}."));
+                let payload = tool_failed(
+                    call_id,
+                    tool_name,
+                    started.elapsed(),
+                    format!("The call was dropped: {why}."),
+                );
                 let _ = self.publish(agent, payload, until).await;
             }
             let is_final = *agent == AgentName::supervisor();
             let message = format!("The {agent} agent was stopped after {}: {why}.", human(elapsed));
-            let error = error_payload(AgentErrorCode::Internal, message, false, elapsed, None);
+            let error = error_payload(cause.code, message, false, elapsed, None);
             let _ = self.publish(agent, error, until).await;
-            let completed = completed_payload(RunStatus::Failed, elapsed, None, is_final, None, Vec::new());
+            let timings = is_final.then(|| RunTimings {
+                store_ms: millis(self.store_time()),
+                total_ms: millis(elapsed),
+                ..RunTimings::default()
+            });
+            let completed = completed_payload(cause.status, elapsed, None, is_final, timings, Vec::new());
             let published = self.publish(agent, completed, until).await;
             if is_final {
                 return published.ok();
@@ -326,19 +335,39 @@ impl RunDriver {
     pub(crate) async fn run_to_end(self) -> RunOutcome {
         let engine = Arc::clone(&self.engine);
         let log = Arc::clone(&self.log);
-        let (accepted, final_limit) = (self.accepted, self.final_limit);
+        let (accepted, run_deadline, final_limit) = (self.accepted, self.run_deadline, self.final_limit);
         let (run_id, user_id) = (self.info.run_id.clone(), self.info.user_id.clone());
         let span = tracing::info_span!("run", run_id = %run_id, user_id = %user_id, trace_id = %self.info.trace_id);
-        let guarded = tokio::time::timeout_at(final_limit - FINAL_RESERVE, AssertUnwindSafe(self.drive()).catch_unwind());
+        let guarded = tokio::time::timeout_at(final_limit, AssertUnwindSafe(self.drive()).catch_unwind());
         let outcome = match tracing::Instrument::instrument(guarded, span).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_panic)) => {
                 tracing::error!(%run_id, "the run driver panicked");
-                abnormal_outcome(&log, "the engine failed", accepted, final_limit).await
+                let cause = Abnormal {
+                    why: "the engine failed",
+                    code: AgentErrorCode::Internal,
+                    status: RunStatus::Failed,
+                };
+                abnormal_outcome(&log, cause, accepted, final_limit).await
             }
             Err(_) => {
                 tracing::error!(%run_id, "the run driver overran its limit");
-                abnormal_outcome(&log, "the event store did not keep up", accepted, final_limit).await
+                let timed_out = Instant::now() >= run_deadline;
+                let cause = Abnormal {
+                    why: "the event store did not keep up",
+                    code: if timed_out {
+                        AgentErrorCode::Timeout
+                    } else {
+                        AgentErrorCode::Internal
+                    },
+                    status: if timed_out {
+                        RunStatus::TimedOut
+                    } else {
+                        RunStatus::Failed
+                    },
+                };
+                // Past the limit already: a late final event is better than none.
+                abnormal_outcome(&log, cause, accepted, Instant::now() + FINAL_RESERVE).await
             }
         };
         engine.finish(&run_id, &user_id);
@@ -375,8 +404,15 @@ impl RunDriver {
             let names: Vec<&str> = pending.iter().chain(last).map(AgentName::as_str).collect();
             if !names.is_empty() {
                 let text = format!("Plan: {}.", names.join(" → "));
-                self.emit(&supervisor, EventPayload::AgentThinking(AgentThinking { text, step: None, progress: None }))
-                    .await;
+                self.emit(
+                    &supervisor,
+                    EventPayload::AgentThinking(AgentThinking {
+                        text,
+                        step: None,
+                        progress: None,
+                    }),
+                )
+                .await;
             }
             pending.extend(plan.last.iter().cloned());
         }
@@ -477,15 +513,22 @@ impl RunDriver {
         for (call_id, tool_name, tool_started) in self.log.open_tools_of(name) {
             let tool_elapsed = tool_started.elapsed();
             self.tool_time += tool_elapsed;
-            let error = format!("The {tool_name} call was dropped after {}. {dropped_because}", human(tool_elapsed));
-            self.emit(name, tool_failed(call_id, tool_name, tool_elapsed, error)).await;
+            let error = format!(
+                "The {tool_name} call was dropped after {}. {dropped_because}",
+                human(tool_elapsed)
+            );
+            self.emit(name, tool_failed(call_id, tool_name, tool_elapsed, error))
+                .await;
         }
         self.agent_times.push((name.clone(), elapsed));
         let record = match (ending, failure) {
             (Ending::Joined(Ok(Ok(output))), None) => {
                 let result = (!output.data.is_null()).then(|| output.data.clone());
-                self.emit(name, completed_payload(RunStatus::Completed, elapsed, result, false, None, Vec::new()))
-                    .await;
+                self.emit(
+                    name,
+                    completed_payload(RunStatus::Completed, elapsed, result, false, None, Vec::new()),
+                )
+                .await;
                 AgentOutcome::Completed(output)
             }
             (_, failure) => {
@@ -496,10 +539,19 @@ impl RunDriver {
                     retryable: false,
                     timeout: None,
                 });
-                let error = error_payload(failure.code, failure.message.clone(), failure.retryable, elapsed, failure.timeout);
+                let error = error_payload(
+                    failure.code,
+                    failure.message.clone(),
+                    failure.retryable,
+                    elapsed,
+                    failure.timeout,
+                );
                 self.emit(name, error).await;
-                self.emit(name, completed_payload(failure.status, elapsed, None, false, None, Vec::new()))
-                    .await;
+                self.emit(
+                    name,
+                    completed_payload(failure.status, elapsed, None, false, None, Vec::new()),
+                )
+                .await;
                 AgentOutcome::Failed {
                     code: failure.code,
                     message: failure.message,
@@ -523,7 +575,11 @@ impl RunDriver {
                 let code = error.code();
                 Failure {
                     code,
-                    status: if code == AgentErrorCode::Timeout { RunStatus::TimedOut } else { RunStatus::Failed },
+                    status: if code == AgentErrorCode::Timeout {
+                        RunStatus::TimedOut
+                    } else {
+                        RunStatus::Failed
+                    },
                     message: format!("The {name} agent failed after {took}: {error}."),
                     retryable: error.retryable(),
                     timeout: match error {
@@ -567,9 +623,11 @@ impl RunDriver {
                 self.stop = Some(RunStop::Stopped(*reason));
                 let (code, status, why) = match reason {
                     StopReason::Cancelled => (AgentErrorCode::Cancelled, RunStatus::Cancelled, "the run was cancelled"),
-                    StopReason::Interrupted => {
-                        (AgentErrorCode::Interrupted, RunStatus::Interrupted, "the server is shutting down")
-                    }
+                    StopReason::Interrupted => (
+                        AgentErrorCode::Interrupted,
+                        RunStatus::Interrupted,
+                        "the server is shutting down",
+                    ),
                 };
                 Failure {
                     code,
@@ -630,7 +688,12 @@ impl RunDriver {
         let (status, failure) = match (self.stop, &answering) {
             (Some(RunStop::Stopped(StopReason::Cancelled)), _) => (
                 RunStatus::Cancelled,
-                Some((AgentErrorCode::Cancelled, format!("The run was cancelled after {took}."), false, None)),
+                Some((
+                    AgentErrorCode::Cancelled,
+                    format!("The run was cancelled after {took}."),
+                    false,
+                    None,
+                )),
             ),
             (Some(RunStop::Stopped(StopReason::Interrupted)), _) => (
                 RunStatus::Interrupted,
@@ -647,7 +710,10 @@ impl RunDriver {
                     RunStatus::TimedOut,
                     Some((
                         AgentErrorCode::Timeout,
-                        format!("The run did not finish within its {} deadline.{missing_text}", human(timeout)),
+                        format!(
+                            "The run did not finish within its {} deadline.{missing_text}",
+                            human(timeout)
+                        ),
                         true,
                         Some(timeout),
                     )),
@@ -655,11 +721,13 @@ impl RunDriver {
             }
             (None, Some(_)) => (RunStatus::Completed, None),
             (None, None) => {
-                let (code, cause) = last_failure.unwrap_or((
-                    AgentErrorCode::Internal,
-                    "No agent wrote an answer.".to_owned(),
-                ));
-                let status = if code == AgentErrorCode::Timeout { RunStatus::TimedOut } else { RunStatus::Failed };
+                let (code, cause) =
+                    last_failure.unwrap_or((AgentErrorCode::Internal, "No agent wrote an answer.".to_owned()));
+                let status = if code == AgentErrorCode::Timeout {
+                    RunStatus::TimedOut
+                } else {
+                    RunStatus::Failed
+                };
                 let message = format!("The run ended after {took} without an answer. {cause}{missing_text}");
                 (status, Some((code, message, code != AgentErrorCode::Internal, None)))
             }
@@ -720,11 +788,19 @@ impl RunDriver {
     }
 }
 
-async fn abnormal_outcome(log: &RunLog, why: &str, accepted: Instant, final_limit: Instant) -> RunOutcome {
+/// Why the safety net closes a run.
+#[derive(Debug, Clone, Copy)]
+struct Abnormal {
+    why: &'static str,
+    code: AgentErrorCode,
+    status: RunStatus,
+}
+
+async fn abnormal_outcome(log: &RunLog, cause: Abnormal, accepted: Instant, until: Instant) -> RunOutcome {
     let duration = accepted.elapsed();
-    let final_event = log.close_abnormally(why, duration, final_limit).await;
+    let final_event = log.close_abnormally(cause, duration, until).await;
     RunOutcome {
-        status: RunStatus::Failed,
+        status: cause.status,
         answer: None,
         result: None,
         missing: Vec::new(),

@@ -91,11 +91,7 @@ impl Sequencer {
     }
 
     pub(crate) fn active_runs(&self, user: &UserId) -> usize {
-        self.users
-            .lock()
-            .unwrap()
-            .get(user)
-            .map_or(0, |e| e.active_runs)
+        self.users.lock().unwrap().get(user).map_or(0, |e| e.active_runs)
     }
 
     pub(crate) fn tracked_users(&self) -> usize {

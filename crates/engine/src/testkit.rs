@@ -1,13 +1,28 @@
 //! A test kit for agent authors: scripted agents, tools and models, a sink that remembers, a
 //! one-call way to run a plan, and a checker of the event contract (PROTOCOL.md section 3).
 //!
-//! ```ignore
+//! ```
+//! use serde_json::json;
+//! use switchboard_engine::testkit::{Scenario, ScriptedTool, Step, ToolBehavior, summary};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+//! // A tool that hangs forever: 10 s later (on the paused clock: at once) the run is over.
 //! let events = Scenario::new()
 //!     .agent("triage", vec![Step::tool("search", json!({}))])
 //!     .tool("search", ScriptedTool::new(ToolBehavior::Hang))
 //!     .run("hello")
 //!     .await;
-//! assert_eq!(summary(&events), ["supervisor agent_started", "triage agent_started", ...]);
+//! assert_eq!(summary(&events), [
+//!     "supervisor agent_started",
+//!     "triage agent_started",
+//!     "triage tool_executing search",
+//!     "triage tool_completed search failed",
+//!     "triage agent_error timeout",
+//!     "triage agent_completed timed_out",
+//!     "supervisor agent_error timeout",
+//!     "supervisor agent_completed timed_out final",
+//! ]);
+//! # });
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -378,7 +393,10 @@ impl Agent for ScriptedAgent {
                     }
                 }
                 Step::Ask(prompt) => {
-                    let response = ctx.model.complete(ModelRequest::new("scripted", prompt.clone())).await?;
+                    let response = ctx
+                        .model
+                        .complete(ModelRequest::new("scripted", prompt.clone()))
+                        .await?;
                     results.push(Value::String(response.text));
                 }
                 Step::StreamAnswer(prompt) => {
@@ -516,11 +534,14 @@ impl EventSink for MemorySink {
     }
 }
 
+/// An agent of a scenario: its name, the agent, and the tools it may call (`None`: all).
+type ScenarioAgent = (String, Arc<dyn Agent>, Option<Vec<String>>);
+
 /// A whole test setup: agents, tools, model, plan and settings, run in one call.
 #[derive(Clone)]
 pub struct Scenario {
     config: EngineConfig,
-    agents: Vec<(String, Arc<dyn Agent>, Option<Vec<String>>)>,
+    agents: Vec<ScenarioAgent>,
     tools: Vec<(String, Arc<dyn Tool>)>,
     model: Arc<dyn Model>,
     plan: Option<Plan>,
@@ -665,7 +686,12 @@ impl Scenario {
 pub fn summary(events: &[Event]) -> Vec<String> {
     events
         .iter()
-        .filter(|e| !matches!(e.payload, EventPayload::AgentThinking(_) | EventPayload::PartialResult(_)))
+        .filter(|e| {
+            !matches!(
+                e.payload,
+                EventPayload::AgentThinking(_) | EventPayload::PartialResult(_)
+            )
+        })
         .map(|e| {
             let head = format!("{} {}", e.agent_name, e.type_name());
             match &e.payload {
@@ -742,7 +768,10 @@ pub fn check_run(events: &[Event]) -> Result<(), String> {
                     let told = matches!(previous, Some(p) if p.agent_name == *agent
                         && matches!(p.payload, EventPayload::AgentError(_)));
                     if !told {
-                        return Err(format!("{agent} ends {} with no agent_error before", completed.status.as_str()));
+                        return Err(format!(
+                            "{agent} ends {} with no agent_error before",
+                            completed.status.as_str()
+                        ));
                     }
                 }
                 if completed.is_final {
@@ -750,7 +779,11 @@ pub fn check_run(events: &[Event]) -> Result<(), String> {
                         return Err("the final event has no timings".into());
                     }
                     if completed.status == RunStatus::Completed {
-                        let text = completed.result.as_ref().and_then(|r| r.get("text")).and_then(Value::as_str);
+                        let text = completed
+                            .result
+                            .as_ref()
+                            .and_then(|r| r.get("text"))
+                            .and_then(Value::as_str);
                         if text.is_none() {
                             return Err("a completed run has no result.text".into());
                         }
@@ -762,7 +795,10 @@ pub fn check_run(events: &[Event]) -> Result<(), String> {
                 if top != Some(agent) {
                     return Err(format!("{agent} calls a tool while not open"));
                 }
-                if open_tools.insert(&call.tool_call_id, (agent, &call.tool_name)).is_some() {
+                if open_tools
+                    .insert(&call.tool_call_id, (agent, &call.tool_name))
+                    .is_some()
+                {
                     return Err(format!("tool call id {} reused", call.tool_call_id));
                 }
             }

@@ -53,19 +53,28 @@ async fn each_failure_path_ends_the_run_with_the_events_the_contract_names() {
     let tool_timeout_alone = Scenario::new()
         .agent("triage", vec![call("search")])
         .tool("search", tool(ToolBehavior::Hang));
-    check("a tool that hangs forever, alone", tool_timeout_alone, &[
-        "supervisor agent_started",
-        "triage agent_started",
-        "triage tool_executing search",
-        "triage tool_completed search failed",
-        "triage agent_error timeout",
-        "triage agent_completed timed_out",
-        "supervisor agent_error timeout",
-        "supervisor agent_completed timed_out final",
-    ])
+    check(
+        "a tool that hangs forever, alone",
+        tool_timeout_alone,
+        &[
+            "supervisor agent_started",
+            "triage agent_started",
+            "triage tool_executing search",
+            "triage tool_completed search failed",
+            "triage agent_error timeout",
+            "triage agent_completed timed_out",
+            "supervisor agent_error timeout",
+            "supervisor agent_completed timed_out final",
+        ],
+    )
     .await;
 
-    check("the happy path", with_data(vec![call("search")]).tool("search", tool(ok())), HAPPY).await;
+    check(
+        "the happy path",
+        with_data(vec![call("search")]).tool("search", tool(ok())),
+        HAPPY,
+    )
+    .await;
 
     let missing_data = |status: &'static str, code: &'static str| -> Vec<String> {
         [
@@ -78,7 +87,10 @@ async fn each_failure_path_ends_the_run_with_the_events_the_contract_names() {
         ]
         .iter()
         .map(ToString::to_string)
-        .chain([format!("data agent_error {code}"), format!("data agent_completed {status}")])
+        .chain([
+            format!("data agent_error {code}"),
+            format!("data agent_completed {status}"),
+        ])
         .chain(
             [
                 "reporting agent_started",
@@ -91,21 +103,48 @@ async fn each_failure_path_ends_the_run_with_the_events_the_contract_names() {
         .collect()
     };
     let cases: Vec<(&str, ToolBehavior, Vec<String>)> = vec![
-        ("a tool hangs, reporting still answers", ToolBehavior::Hang, missing_data("timed_out", "timeout")),
-        ("a tool fails", ToolBehavior::Fail("disk full".into()), missing_data("failed", "tool_error")),
+        (
+            "a tool hangs, reporting still answers",
+            ToolBehavior::Hang,
+            missing_data("timed_out", "timeout"),
+        ),
+        (
+            "a tool fails",
+            ToolBehavior::Fail("disk full".into()),
+            missing_data("failed", "tool_error"),
+        ),
         ("a tool panics", ToolBehavior::Panic, missing_data("failed", "internal")),
-        ("a tool is slower than its deadline", ToolBehavior::Delay(S(11), json!(1)), missing_data("timed_out", "timeout")),
+        (
+            "a tool is slower than its deadline",
+            ToolBehavior::Delay(S(11), json!(1)),
+            missing_data("timed_out", "timeout"),
+        ),
     ];
     for (name, behavior, expected) in cases {
         let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
-        check(name, with_data(vec![call("search")]).tool("search", tool(behavior)), &expected).await;
+        check(
+            name,
+            with_data(vec![call("search")]).tool("search", tool(behavior)),
+            &expected,
+        )
+        .await;
     }
 
     let agent_cases: Vec<(&str, Step, &str, &str)> = vec![
-        ("an agent hangs ignoring cancellation", Step::Hang, "timeout", "timed_out"),
+        (
+            "an agent hangs ignoring cancellation",
+            Step::Hang,
+            "timeout",
+            "timed_out",
+        ),
         ("an agent panics", Step::Panic, "internal", "failed"),
         ("an agent fails", Step::Fail("no data".into()), "internal", "failed"),
-        ("an agent sleeps past its deadline", Step::Sleep(S(26)), "timeout", "timed_out"),
+        (
+            "an agent sleeps past its deadline",
+            Step::Sleep(S(26)),
+            "timeout",
+            "timed_out",
+        ),
     ];
     for (name, step, code, status) in agent_cases {
         let expected = [
@@ -132,9 +171,24 @@ async fn model_failures_are_told_as_llm_errors_or_timeouts() {
     };
     let cases: Vec<(&str, ModelBehavior, &str, &str)> = vec![
         ("the model hangs", ModelBehavior::Hang, "timeout", "timed_out"),
-        ("the model fails", ModelBehavior::Fail("overloaded".into()), "llm_error", "failed"),
-        ("the model is slower than its deadline", ModelBehavior::Delay(S(6), "late".into()), "timeout", "timed_out"),
-        ("the model stream hangs midway", ModelBehavior::HangAfter(vec!["a".into()]), "timeout", "timed_out"),
+        (
+            "the model fails",
+            ModelBehavior::Fail("overloaded".into()),
+            "llm_error",
+            "failed",
+        ),
+        (
+            "the model is slower than its deadline",
+            ModelBehavior::Delay(S(6), "late".into()),
+            "timeout",
+            "timed_out",
+        ),
+        (
+            "the model stream hangs midway",
+            ModelBehavior::HangAfter(vec!["a".into()]),
+            "timeout",
+            "timed_out",
+        ),
     ];
     for (name, behavior, code, status) in cases {
         let scenario = Scenario::new()
@@ -167,20 +221,23 @@ async fn the_run_deadline_stops_the_working_agent_and_skips_the_rest() {
         .agent("actions", slow())
         .agent("reporting", vec![Step::answer("done")]);
     let (events, outcome) = scenario.run_with_outcome("go", None).await;
-    assert_eq!(summary(&events), [
-        "supervisor agent_started",
-        "triage agent_started",
-        "triage agent_completed completed",
-        "data agent_started",
-        "data agent_completed completed",
-        "optimization agent_started",
-        "optimization agent_completed completed",
-        "actions agent_started",
-        "actions agent_error timeout",
-        "actions agent_completed timed_out",
-        "supervisor agent_error timeout",
-        "supervisor agent_completed timed_out final",
-    ]);
+    assert_eq!(
+        summary(&events),
+        [
+            "supervisor agent_started",
+            "triage agent_started",
+            "triage agent_completed completed",
+            "data agent_started",
+            "data agent_completed completed",
+            "optimization agent_started",
+            "optimization agent_completed completed",
+            "actions agent_started",
+            "actions agent_error timeout",
+            "actions agent_completed timed_out",
+            "supervisor agent_error timeout",
+            "supervisor agent_completed timed_out final",
+        ]
+    );
     assert_eq!(outcome.duration, S(60));
     let names: Vec<&str> = outcome.missing.iter().map(|m| m.as_str()).collect();
     assert_eq!(names, ["actions", "reporting"]);
@@ -204,12 +261,36 @@ async fn the_plan_follows_the_first_agents_choice_and_falls_back_when_it_fails()
             .collect()
     };
     let cases: Vec<(&str, Vec<Step>, &[&str])> = vec![
-        ("a chosen subset", vec![Step::plan(&["optimization"])], &["supervisor", "triage", "optimization", "reporting"]),
-        ("a chosen order", vec![Step::plan(&["optimization", "data"])], &["supervisor", "triage", "optimization", "data", "reporting"]),
-        ("unknown, repeated and reserved names are skipped", vec![Step::plan(&["nosuch", "data", "data", "reporting", "triage"])], &["supervisor", "triage", "data", "reporting"]),
-        ("an empty plan goes straight to reporting", vec![Step::plan(&[])], &["supervisor", "triage", "reporting"]),
-        ("no plan runs the default stages", vec![], &["supervisor", "triage", "data", "optimization", "reporting"]),
-        ("a failed triage runs the default stages", vec![Step::Fail("confused".into())], &["supervisor", "triage", "data", "optimization", "reporting"]),
+        (
+            "a chosen subset",
+            vec![Step::plan(&["optimization"])],
+            &["supervisor", "triage", "optimization", "reporting"],
+        ),
+        (
+            "a chosen order",
+            vec![Step::plan(&["optimization", "data"])],
+            &["supervisor", "triage", "optimization", "data", "reporting"],
+        ),
+        (
+            "unknown, repeated and reserved names are skipped",
+            vec![Step::plan(&["nosuch", "data", "data", "reporting", "triage"])],
+            &["supervisor", "triage", "data", "reporting"],
+        ),
+        (
+            "an empty plan goes straight to reporting",
+            vec![Step::plan(&[])],
+            &["supervisor", "triage", "reporting"],
+        ),
+        (
+            "no plan runs the default stages",
+            vec![],
+            &["supervisor", "triage", "data", "optimization", "reporting"],
+        ),
+        (
+            "a failed triage runs the default stages",
+            vec![Step::Fail("confused".into())],
+            &["supervisor", "triage", "data", "optimization", "reporting"],
+        ),
     ];
     for (name, triage, expected) in cases {
         assert_eq!(started(all(triage).run("x").await), expected, "case: {name}");

@@ -146,20 +146,17 @@ impl FrameError {
 
 impl ClientFrame {
     /// Every client frame type, by wire name.
-    pub const TYPES: [&'static str; 5] = [
-        "user_message",
-        "stop_agent",
-        "resume",
-        "get_thread_history",
-        "ping",
-    ];
+    pub const TYPES: [&'static str; 5] = ["user_message", "stop_agent", "resume", "get_thread_history", "ping"];
 
     /// Parses a text frame, telling apart the three ways it can be wrong.
     pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| FrameError::new(ErrorCode::InvalidJson, format!("the frame is not valid JSON: {e}")))?;
         let Value::Object(mut object) = value else {
-            return Err(FrameError::new(ErrorCode::InvalidJson, "the frame must be a JSON object"));
+            return Err(FrameError::new(
+                ErrorCode::InvalidJson,
+                "the frame must be a JSON object",
+            ));
         };
         let Some(Value::String(kind)) = object.remove("type") else {
             return Err(FrameError::new(
@@ -178,9 +175,8 @@ impl ClientFrame {
             }
         };
         fn payload_of<T: serde::de::DeserializeOwned>(kind: &str, payload: Value) -> Result<T, FrameError> {
-            serde_json::from_value(payload).map_err(|e| {
-                FrameError::new(ErrorCode::InvalidPayload, format!("invalid payload for `{kind}`: {e}"))
-            })
+            serde_json::from_value(payload)
+                .map_err(|e| FrameError::new(ErrorCode::InvalidPayload, format!("invalid payload for `{kind}`: {e}")))
         }
         Ok(match kind.as_str() {
             "user_message" => ClientFrame::UserMessage(payload_of(&kind, payload)?),

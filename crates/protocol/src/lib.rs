@@ -7,13 +7,13 @@ mod ids;
 mod time;
 
 pub use events::{
-    AgentCompleted, AgentError, AgentErrorCode, AgentStarted, AgentThinking, Event, EventPayload,
-    PartialResult, RunStatus, RunTimings, ToolCompleted, ToolExecuting,
+    AgentCompleted, AgentError, AgentErrorCode, AgentStarted, AgentThinking, Event, EventPayload, PartialResult,
+    RunStatus, RunTimings, ToolCompleted, ToolExecuting,
 };
 pub use frames::{
-    ClientFrame, Control, ControlFrame, ConnectionEstablished, Empty, ErrorBody, ErrorCode,
-    ErrorPayload, FrameError, GetThreadHistory, Heartbeat, HistoryMessage, MessageAccepted,
-    PROTOCOL_NAME, Resume, Resumed, Role, ServerFrame, StopAgent, ThreadHistory, UserMessage,
+    ClientFrame, ConnectionEstablished, Control, ControlFrame, Empty, ErrorBody, ErrorCode, ErrorPayload, FrameError,
+    GetThreadHistory, Heartbeat, HistoryMessage, MessageAccepted, PROTOCOL_NAME, Resume, Resumed, Role, ServerFrame,
+    StopAgent, ThreadHistory, UserMessage,
 };
 pub use ids::{AgentName, ConnectionId, IdError, MessageId, RunId, Seq, ThreadId, TraceId, UserId};
 pub use time::Timestamp;

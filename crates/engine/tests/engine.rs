@@ -1,0 +1,549 @@
+//! The engine through its API, on tokio's paused clock: cancellation, limits, isolation,
+//! shutdown, circuit breakers, the sink, the sentences users read and the timings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use switchboard_engine::testkit::{
+    MemorySink, ModelBehavior, Scenario, ScriptedModel, ScriptedTool, SinkBehavior, Step, ToolBehavior, check_gapless,
+    check_run, final_status, summary,
+};
+use switchboard_engine::{BuildError, Engine, EngineConfig, Plan, RunRequest, StartError};
+use switchboard_protocol::{AgentErrorCode, Event, EventPayload, RunStatus, ThreadId, UserId};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn user(name: &str) -> UserId {
+    UserId::parse(&format!("usr_{name}")).unwrap()
+}
+
+fn request(user: &UserId) -> RunRequest {
+    RunRequest::new(user.clone(), ThreadId::generate(), "hello")
+}
+
+fn errors(events: &[Event]) -> Vec<(String, AgentErrorCode, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EventPayload::AgentError(err) => Some((e.agent_name.to_string(), err.code, err.message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn hanging() -> Scenario {
+    Scenario::new()
+        .agent("triage", vec![Step::tool("search", json!({}))])
+        .tool("search", ScriptedTool::new(ToolBehavior::Hang))
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_drops_the_tool_call_and_ends_the_run_as_cancelled() {
+    let search = ScriptedTool::new(ToolBehavior::Delay(S(5), json!(1)));
+    let scenario = Scenario::new()
+        .agent("triage", vec![Step::tool("search", json!({}))])
+        .agent("reporting", vec![Step::answer("never")])
+        .tool("search", search.clone());
+    let (events, outcome) = scenario.run_with_outcome("go", Some(S(1))).await;
+    assert_eq!(
+        summary(&events),
+        [
+            "supervisor agent_started",
+            "triage agent_started",
+            "triage tool_executing search",
+            "triage tool_completed search failed",
+            "triage agent_error cancelled",
+            "triage agent_completed cancelled",
+            "supervisor agent_error cancelled",
+            "supervisor agent_completed cancelled final",
+        ]
+    );
+    assert_eq!(outcome.status, RunStatus::Cancelled);
+    assert_eq!(outcome.duration, S(1));
+    assert_eq!(search.dropped(), 1, "the tool's future was dropped, not left running");
+    let messages = errors(&events);
+    assert_eq!(
+        messages[0].2,
+        "The triage agent was stopped after 1 s because the run was cancelled."
+    );
+    assert_eq!(messages[1].2, "The run was cancelled after 1 s.");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_drops_a_model_call_in_flight() {
+    let model = ScriptedModel::new(ModelBehavior::Hang);
+    let scenario = Scenario::new()
+        .model(model.clone())
+        .agent("triage", vec![Step::Ask("classify".into())]);
+    let (_, outcome) = scenario.run_with_outcome("go", Some(Duration::from_millis(300))).await;
+    assert_eq!(outcome.status, RunStatus::Cancelled);
+    assert_eq!(model.dropped(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_sentences_name_the_agent_the_tool_and_the_time() {
+    let events = hanging().run("go").await;
+    let messages: Vec<String> = errors(&events).into_iter().map(|e| e.2).collect();
+    assert_eq!(
+        messages,
+        [
+            "The triage agent failed after 10 s: the search tool did not answer within 10 s.",
+            "The run ended after 10 s without an answer. The triage agent failed after 10 s: the search tool did not answer within 10 s. Missing: triage.",
+        ]
+    );
+    let timeout_ms = events.iter().find_map(|e| match &e.payload {
+        EventPayload::AgentError(err) => err.timeout_ms,
+        _ => None,
+    });
+    assert_eq!(timeout_ms, Some(10_000));
+    let tool_error = events.iter().find_map(|e| match &e.payload {
+        EventPayload::ToolCompleted(t) => t.error.clone(),
+        _ => None,
+    });
+    assert_eq!(
+        tool_error.as_deref(),
+        Some("The search tool did not answer within 10 s")
+    );
+
+    let slow_agent = Scenario::new().agent("data", vec![Step::Sleep(S(30))]).run("go").await;
+    assert_eq!(
+        errors(&slow_agent)[0].2,
+        "The data agent did not finish within its 25 s deadline and was stopped."
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_completed_run_carries_the_answer_the_missing_parts_and_the_timings() {
+    let scenario = Scenario::new()
+        .model(ScriptedModel::new(ModelBehavior::Chunks(
+            vec!["Cut ".into(), "costs ".into(), "now.".into()],
+            Duration::from_millis(100),
+        )))
+        .tool(
+            "search",
+            ScriptedTool::new(ToolBehavior::Delay(S(2), json!({"rows": 1}))),
+        )
+        .agent("triage", vec![Step::tool("search", json!({}))])
+        .agent("data", vec![Step::Fail("the data is gone".into())])
+        .agent("reporting", vec![Step::StreamAnswer("write".into())]);
+    let (events, outcome) = scenario.run_with_outcome("go", None).await;
+    let deltas: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EventPayload::PartialResult(p) => Some(p.delta.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deltas, ["Cut ", "costs ", "now."]);
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(outcome.answer.as_deref(), Some("Cut costs now."));
+    assert_eq!(outcome.result.as_ref().unwrap()["text"], "Cut costs now.");
+    assert_eq!(outcome.missing.iter().map(|m| m.as_str()).collect::<Vec<_>>(), ["data"]);
+    let EventPayload::AgentCompleted(last) = &events.last().unwrap().payload else {
+        panic!("no final event");
+    };
+    let timings = last.timings.as_ref().unwrap();
+    assert_eq!(timings.tools_ms, 2000);
+    assert_eq!(timings.model_ms, 300);
+    assert_eq!(timings.agents["triage"], 2000);
+    assert_eq!(timings.agents["reporting"], 300);
+    assert_eq!(timings.total_ms, 2300);
+    assert_eq!(last.missing.iter().map(|m| m.as_str()).collect::<Vec<_>>(), ["data"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_an_agent_leaves_behind_reaches_the_stream() {
+    let scenario = Scenario::new()
+        .agent("triage", vec![Step::NarrateLater(S(1)), Step::answer("quick")])
+        .agent("reporting", vec![Step::Sleep(S(3)), Step::answer("done")]);
+    let events = scenario.run("go").await;
+    let late = events
+        .iter()
+        .any(|e| matches!(&e.payload, EventPayload::AgentThinking(t) if t.text == "too late"));
+    assert!(!late, "a task left behind by triage narrated after triage ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_user_may_have_three_active_runs_and_another_user_is_not_affected() {
+    let sink = MemorySink::new();
+    let engine = hanging().engine(sink.clone());
+    let (alice, bob) = (user("alice"), user("bob"));
+    let handles: Vec<_> = (0..3).map(|_| engine.start_run(request(&alice)).unwrap()).collect();
+    assert_eq!(
+        engine.start_run(request(&alice)).unwrap_err(),
+        StartError::TooManyActiveRuns { limit: 3 }
+    );
+    let bob_run = engine.start_run(request(&bob)).unwrap();
+    assert_eq!(engine.active_runs_of(&alice), 3);
+    assert_eq!(engine.active_runs_of(&bob), 1);
+    for handle in handles {
+        handle.outcome().await;
+    }
+    bob_run.outcome().await;
+    assert!(
+        engine.start_run(request(&alice)).is_ok(),
+        "a slot is free again once runs end"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_users_events_go_to_that_user_only_gapless_across_runs() {
+    let sink = MemorySink::new();
+    let scenario = Scenario::new()
+        .agent(
+            "triage",
+            vec![
+                Step::think("a"),
+                Step::Sleep(Duration::from_millis(5)),
+                Step::think("b"),
+            ],
+        )
+        .agent("reporting", vec![Step::answer("done")]);
+    let engine = scenario.engine(sink.clone());
+    let users: Vec<UserId> = ["ann", "ben", "cy"].iter().map(|n| user(n)).collect();
+    let mut handles = Vec::new();
+    for round in 0..3 {
+        for u in &users {
+            let handle = engine.start_run(request(u)).unwrap();
+            handles.push((u.clone(), handle.run_id.clone(), handle));
+        }
+        if round % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let mut runs = Vec::new();
+    for (u, run_id, handle) in handles {
+        assert_eq!(handle.outcome().await.status, RunStatus::Completed);
+        runs.push((u, run_id));
+    }
+    for u in &users {
+        let events = sink.events_of(u);
+        check_gapless(&events).unwrap();
+        for (owner, run_id) in &runs {
+            let of_run: Vec<Event> = events.iter().filter(|e| &e.run_id == run_id).cloned().collect();
+            if owner == u {
+                check_run(&of_run).unwrap();
+            } else {
+                assert!(of_run.is_empty(), "{u} received events of {owner}'s run");
+            }
+        }
+    }
+    let published = sink.published();
+    assert!(
+        published
+            .iter()
+            .all(|p| runs.iter().any(|(u, r)| u == &p.user_id && r == &p.event.run_id))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn seq_continues_from_what_the_sink_already_holds() {
+    let sink = MemorySink::new();
+    let scenario = Scenario::new().agent("reporting", vec![Step::answer("hi")]);
+    let alice = user("alice");
+    let first = scenario.engine(sink.clone());
+    first.start_run(request(&alice)).unwrap().outcome().await;
+    let second = scenario.engine(sink.clone());
+    second.start_run(request(&alice)).unwrap().outcome().await;
+    check_gapless(&sink.events_of(&alice)).unwrap();
+    assert_eq!(sink.events_of(&alice).len(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_runs_leave_no_state_behind() {
+    let sink = MemorySink::new();
+    let scenario = Scenario::new()
+        .agent("triage", vec![Step::tool("search", json!({}))])
+        .agent("reporting", vec![Step::answer("ok")])
+        .tool("search", ScriptedTool::new(ToolBehavior::Ok(json!(1))));
+    let engine = scenario.engine(sink.clone());
+    for batch in 0..20 {
+        let handles: Vec<_> = (0..50)
+            .map(|i| engine.start_run(request(&user(&format!("u{batch}_{i}")))).unwrap())
+            .collect();
+        for handle in handles {
+            handle.outcome().await;
+        }
+    }
+    assert_eq!(engine.active_runs(), 0);
+    assert_eq!(engine.tracked_users(), 0);
+    assert_eq!(sink.published().len(), 1000 * 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_finds_only_the_users_own_active_runs() {
+    let engine = hanging().engine(MemorySink::new());
+    let (alice, mallory) = (user("alice"), user("mallory"));
+    let handle = engine.start_run(request(&alice)).unwrap();
+    let run_id = handle.run_id.clone();
+    assert!(
+        engine.cancel(&mallory, &run_id).is_err(),
+        "another user's run is not found"
+    );
+    assert!(engine.is_active(&alice, &run_id));
+    engine.cancel(&alice, &run_id).unwrap();
+    assert_eq!(handle.outcome().await.status, RunStatus::Cancelled);
+    assert!(engine.cancel(&alice, &run_id).is_err(), "a finished run is not active");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_short_runs_finish_and_interrupts_the_rest_after_the_grace_period() {
+    let sink = MemorySink::new();
+    let scenario = Scenario::new()
+        .agent("triage", vec![Step::Sleep(S(2)), Step::tool("search", json!({}))])
+        .tool(
+            "search",
+            ScriptedTool::sequence(vec![ToolBehavior::Ok(json!(1)), ToolBehavior::Hang]),
+        )
+        .agent("reporting", vec![Step::answer("ok")]);
+    let engine = scenario.engine(sink.clone());
+    let short = engine.start_run(request(&user("a"))).unwrap();
+    let long = engine.start_run(request(&user("b"))).unwrap();
+    let started = tokio::time::Instant::now();
+    engine.shutdown(S(5)).await;
+    assert_eq!(
+        started.elapsed(),
+        S(5),
+        "shutdown waited for the grace period, then interrupted"
+    );
+    assert_eq!(short.outcome().await.status, RunStatus::Completed);
+    let long_outcome = long.outcome().await;
+    assert_eq!(long_outcome.status, RunStatus::Interrupted);
+    let events = sink.events_of(&user("b"));
+    assert_eq!(
+        summary(&events)[3..],
+        [
+            "triage tool_completed search failed",
+            "triage agent_error interrupted",
+            "triage agent_completed interrupted",
+            "supervisor agent_error interrupted",
+            "supervisor agent_completed interrupted final",
+        ]
+    );
+    assert_eq!(
+        engine.start_run(request(&user("c"))).unwrap_err(),
+        StartError::ShuttingDown
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_with_no_active_runs_returns_at_once() {
+    let engine = hanging().engine(MemorySink::new());
+    let started = tokio::time::Instant::now();
+    engine.shutdown(S(10)).await;
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_circuit_opens_after_five_failures_and_a_trial_call_closes_it() {
+    let mut behaviors = vec![ToolBehavior::Fail("503".into()); 5];
+    behaviors.push(ToolBehavior::Ok(json!("fine")));
+    let flaky = ScriptedTool::sequence(behaviors);
+    let try_call = || Step::TryTool("billing".into(), json!({}));
+    let scenario = Scenario::new()
+        .agent(
+            "triage",
+            vec![
+                try_call(),
+                try_call(),
+                try_call(),
+                try_call(),
+                try_call(),
+                Step::tool("billing", json!({})),
+            ],
+        )
+        .tool("billing", flaky.clone());
+    let sink = MemorySink::new();
+    let engine = scenario.engine(sink.clone());
+    let alice = user("alice");
+    let outcome = engine.start_run(request(&alice)).unwrap().outcome().await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(flaky.calls(), 5, "the sixth call failed fast without reaching the tool");
+    let events = sink.events_of(&alice);
+    let error = &errors(&events)[0];
+    assert_eq!(error.1, AgentErrorCode::CircuitOpen);
+    assert_eq!(
+        error.2,
+        "The triage agent failed after 0 ms: the billing tool failed 5 times in a row, so calls to it are paused for another 30 s."
+    );
+    let state = |engine: &Engine| {
+        engine
+            .breakers()
+            .into_iter()
+            .find(|b| b.name == "tool:billing")
+            .unwrap()
+            .state
+    };
+    assert_eq!(state(&engine), "open");
+    tokio::time::advance(S(29)).await;
+    assert_eq!(state(&engine), "open");
+    tokio::time::advance(S(1)).await;
+    assert_eq!(state(&engine), "half_open");
+    engine.start_run(request(&alice)).unwrap().outcome().await;
+    assert_eq!(
+        flaky.calls(),
+        11,
+        "the trial call reached the tool, succeeded, and the rest followed"
+    );
+    assert_eq!(state(&engine), "closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_trial_reopens_the_model_circuit_and_a_successful_one_closes_it() {
+    let mut behaviors = vec![ModelBehavior::Fail("overloaded".into()); 6];
+    behaviors.push(ModelBehavior::Reply("fine".into()));
+    let model = ScriptedModel::sequence(behaviors);
+    let scenario = Scenario::new()
+        .model(model.clone())
+        .agent("triage", vec![Step::Ask("x".into())]);
+    let engine = scenario.engine(MemorySink::new());
+    let alice = user("alice");
+    let run = async || engine.start_run(request(&alice)).unwrap().outcome().await.status;
+    for _ in 0..5 {
+        assert_eq!(run().await, RunStatus::Failed);
+    }
+    assert_eq!(engine.breakers()[0].name, "model");
+    assert_eq!(engine.breakers()[0].state, "open");
+    run().await;
+    assert_eq!(model.calls(), 5, "the open circuit refused the call");
+    tokio::time::advance(S(30)).await;
+    run().await;
+    assert_eq!(model.calls(), 6, "one trial call went through and failed");
+    assert_eq!(engine.breakers()[0].state, "open");
+    tokio::time::advance(S(30)).await;
+    run().await;
+    assert_eq!(model.calls(), 7);
+    assert_eq!(engine.breakers()[0].state, "closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_sink_still_gets_the_final_event_within_the_deadline_plus_one_second() {
+    let sink = MemorySink::new();
+    sink.set_behavior(SinkBehavior::Slow(Duration::from_millis(200)));
+    let config = EngineConfig {
+        run_timeout: S(3),
+        ..EngineConfig::default()
+    };
+    let scenario = Scenario::new().config(config).agent("triage", vec![Step::Hang]);
+    let engine = scenario.engine(sink.clone());
+    let started = tokio::time::Instant::now();
+    let outcome = engine.start_run(request(&user("a"))).unwrap().outcome().await;
+    assert_eq!(outcome.status, RunStatus::TimedOut);
+    let last = sink.published().last().cloned().unwrap();
+    assert!(last.event.is_final());
+    assert!(last.at - started <= S(4), "final at {:?}", last.at - started);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_sink_cannot_keep_a_run_alive_past_its_limit() {
+    let sink = MemorySink::new();
+    sink.set_behavior(SinkBehavior::Slow(S(3600)));
+    let engine = Scenario::new()
+        .agent("reporting", vec![Step::answer("hi")])
+        .engine(sink.clone());
+    let started = tokio::time::Instant::now();
+    let outcome = engine.start_run(request(&user("a"))).unwrap().outcome().await;
+    assert!(outcome.final_event.is_none());
+    assert!(
+        started.elapsed() <= S(62),
+        "the run ended after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(engine.active_runs(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_sink_does_not_hang_the_run_and_frees_its_slot() {
+    let sink = MemorySink::new();
+    sink.set_behavior(SinkBehavior::Fail);
+    let engine = Scenario::new()
+        .agent("reporting", vec![Step::answer("hi")])
+        .engine(sink.clone());
+    let alice = user("alice");
+    let outcome = engine.start_run(request(&alice)).unwrap().outcome().await;
+    assert!(outcome.final_event.is_none());
+    assert_eq!(engine.active_runs(), 0);
+    sink.set_behavior(SinkBehavior::Accept);
+    engine.start_run(request(&alice)).unwrap().outcome().await;
+    let events = sink.events_of(&alice);
+    check_gapless(&events).unwrap();
+    check_run(&events).unwrap();
+    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_id_cannot_be_started_twice_while_active() {
+    let engine = hanging().engine(MemorySink::new());
+    let first = request(&user("a"));
+    engine.start_run(first.clone()).unwrap();
+    assert!(matches!(engine.start_run(first), Err(StartError::DuplicateRun(_))));
+}
+
+#[test]
+fn building_an_engine_refuses_inconsistent_setups() {
+    let agent = || switchboard_engine::testkit::ScriptedAgent::new(vec![]);
+    let model = || ScriptedModel::ok() as Arc<dyn switchboard_engine::Model>;
+    let plan = |first: &str| Plan::new(first, &[], None).unwrap();
+    let build = |b: switchboard_engine::EngineBuilder| b.build(MemorySink::new()).map(|_| ()).unwrap_err();
+    let cases: Vec<(switchboard_engine::EngineBuilder, BuildError)> = vec![
+        (
+            Engine::builder().plan(plan("a")).agent("a", agent(), &[]),
+            BuildError::NoModel,
+        ),
+        (
+            Engine::builder().model(model()).agent("a", agent(), &[]),
+            BuildError::NoPlan,
+        ),
+        (
+            Engine::builder()
+                .model(model())
+                .plan(plan("b"))
+                .agent("a", agent(), &[]),
+            BuildError::UnknownAgent("b".into()),
+        ),
+        (
+            Engine::builder()
+                .model(model())
+                .plan(plan("a"))
+                .agent("a", agent(), &["nope"]),
+            BuildError::UnknownTool {
+                agent: "a".into(),
+                tool: "nope".into(),
+            },
+        ),
+        (
+            Engine::builder()
+                .model(model())
+                .plan(plan("a"))
+                .agent("a", agent(), &[])
+                .agent("a", agent(), &[]),
+            BuildError::Duplicate("a".into()),
+        ),
+        (
+            Engine::builder()
+                .model(model())
+                .plan(plan("a"))
+                .agent("a", agent(), &[])
+                .config(EngineConfig {
+                    run_timeout: Duration::ZERO,
+                    ..EngineConfig::default()
+                }),
+            BuildError::Config(switchboard_engine::ConfigError {
+                key: "run_timeout",
+                reason: "must be greater than zero",
+            }),
+        ),
+    ];
+    for (builder, expected) in cases {
+        assert_eq!(build(builder), expected);
+    }
+    assert!(
+        Engine::builder()
+            .model(model())
+            .plan(plan("a"))
+            .agent("Bad Name", agent(), &[])
+            .build(MemorySink::new())
+            .is_err()
+    );
+}
