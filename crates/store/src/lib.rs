@@ -1,0 +1,218 @@
+//! Switchboard's storage: users, threads, messages, runs and each user's durable event log,
+//! behind the [`Store`] trait. [`SqliteStore`] is the embedded default; networked backends
+//! implement the same trait and pass the same test suite (`tests/store.rs`).
+
+mod sqlite;
+
+use async_trait::async_trait;
+use switchboard_protocol::{
+    Event, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
+};
+
+pub use sqlite::SqliteStore;
+
+/// A storage operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value is taken (an email, a seq).
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The thing the operation needs does not exist (or belongs to another user).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The backend failed; retrying later may help.
+    #[error("the store failed: {0}")]
+    Backend(String),
+    /// Stored data could not be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A registered user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user.
+    pub id: UserId,
+    /// Lower-cased email.
+    pub email: String,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+    /// When the user registered.
+    pub created_at: Timestamp,
+}
+
+/// A conversation thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    /// The thread.
+    pub id: ThreadId,
+    /// Its owner.
+    pub user_id: UserId,
+    /// Its title.
+    pub title: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When a message was last added.
+    pub updated_at: Timestamp,
+}
+
+/// A message of a thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The message.
+    pub id: MessageId,
+    /// Its thread.
+    pub thread_id: ThreadId,
+    /// Who wrote it.
+    pub role: Role,
+    /// What it says.
+    pub text: String,
+    /// The run it started (user) or answered (assistant).
+    pub run_id: Option<RunId>,
+    /// The client's idempotency key, for user messages.
+    pub client_message_id: Option<String>,
+    /// When it was stored.
+    pub created_at: Timestamp,
+}
+
+/// The state of a run as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Not finished yet (or left active by a crash).
+    Running,
+    /// Finished with this status.
+    Finished(RunStatus),
+}
+
+impl RunState {
+    /// The name used on the HTTP API: `running` or the final status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Finished(status) => status.as_str(),
+        }
+    }
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// The run.
+    pub id: RunId,
+    /// Its owner.
+    pub user_id: UserId,
+    /// Its thread.
+    pub thread_id: ThreadId,
+    /// The user message that started it.
+    pub message_id: MessageId,
+    /// Running or finished.
+    pub state: RunState,
+    /// When it was accepted.
+    pub started_at: Timestamp,
+    /// When its final event was stored.
+    pub finished_at: Option<Timestamp>,
+    /// From the final event.
+    pub duration_ms: Option<u64>,
+    /// From the final event.
+    pub timings: Option<RunTimings>,
+}
+
+/// A user message to store together with the run it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// The sender.
+    pub user_id: UserId,
+    /// The thread to add to; `None` creates one titled after the text.
+    pub thread_id: Option<ThreadId>,
+    /// What the user wrote.
+    pub text: String,
+    /// The client's idempotency key.
+    pub client_message_id: Option<String>,
+    /// The id for the new message.
+    pub message_id: MessageId,
+    /// The id for the run it starts.
+    pub run_id: RunId,
+}
+
+/// What storing a user message gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The stored message (the earlier one, for a repeated `client_message_id`).
+    pub message: Message,
+    /// Its run.
+    pub run_id: RunId,
+    /// Its thread.
+    pub thread_id: ThreadId,
+    /// True when the `client_message_id` was seen before: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A stored event: its seq and its JSON exactly as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The event's seq.
+    pub seq: Seq,
+    /// The event as JSON text.
+    pub json: String,
+}
+
+impl EventRecord {
+    /// From an event.
+    pub fn from_event(event: &Event) -> Result<Self, StoreError> {
+        let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Self { seq: event.seq, json })
+    }
+
+    /// Parses the event back.
+    pub fn event(&self) -> Result<Event, StoreError> {
+        serde_json::from_str(&self.json).map_err(|e| StoreError::Corrupt(format!("event {}: {e}", self.seq)))
+    }
+}
+
+/// Everything the server keeps durably. Every method that names a user only sees that user's
+/// data: another user's thread or run is `NotFound` / `None`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Registers a user; `Conflict` when the email is taken.
+    async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError>;
+    /// A user by (lower-cased) email.
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    /// A user by id.
+    async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+
+    /// Creates an empty thread.
+    async fn create_thread(&self, user: &UserId, title: &str) -> Result<Thread, StoreError>;
+    /// The user's threads, most recently updated first.
+    async fn threads(&self, user: &UserId) -> Result<Vec<Thread>, StoreError>;
+    /// One thread of the user.
+    async fn thread(&self, user: &UserId, id: &ThreadId) -> Result<Option<Thread>, StoreError>;
+    /// Deletes a thread and its messages; false when the user has no such thread.
+    async fn delete_thread(&self, user: &UserId, id: &ThreadId) -> Result<bool, StoreError>;
+    /// The messages of a thread, oldest first; `NotFound` when the user has no such thread.
+    async fn messages(&self, user: &UserId, thread: &ThreadId) -> Result<Vec<Message>, StoreError>;
+
+    /// Stores a user message and its run (state running) in one transaction, creating the thread
+    /// when none is given. A `client_message_id` seen before returns the earlier message and run.
+    /// `NotFound` when the given thread is not the user's.
+    async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError>;
+    /// Removes a run that could not start, and its message.
+    async fn discard_run(&self, user: &UserId, run: &RunId) -> Result<(), StoreError>;
+    /// One run of the user.
+    async fn run(&self, user: &UserId, id: &RunId) -> Result<Option<RunRecord>, StoreError>;
+    /// Every run still marked running, of every user (to close them after a crash).
+    async fn running_runs(&self) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Appends an event to the user's log; its seq must be the next one (`Conflict` otherwise).
+    /// A final event also finishes the run and, when it carries `result.text`, stores the answer
+    /// as an assistant message, in the same transaction.
+    async fn append_event(&self, user: &UserId, event: &Event) -> Result<(), StoreError>;
+    /// The user's events with seq > `after`, oldest first, at most `limit`.
+    async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+    /// Every event of one run of the user, oldest first.
+    async fn run_events(&self, user: &UserId, run: &RunId) -> Result<Vec<Event>, StoreError>;
+    /// The user's newest seq (`Seq::ZERO` when none).
+    async fn last_seq(&self, user: &UserId) -> Result<Seq, StoreError>;
+
+    /// A cheap round trip, for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,624 @@
+//! The embedded default: SQLite through rusqlite, every call on tokio's blocking pool, so the
+//! async runtime (and tokio's paused clock in tests) is never blocked by disk I/O.
+//!
+//! WAL mode with `synchronous = NORMAL`: a committed transaction survives the process being
+//! killed; only a power loss can take the last ones.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use switchboard_protocol::{
+    Event, EventPayload, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
+};
+
+use crate::{Accepted, EventRecord, Message, NewMessage, RunRecord, RunState, Store, StoreError, Thread, User};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS threads (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS threads_by_user ON threads (user_id, updated_at);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    thread_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    run_id TEXT,
+    client_message_id TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_thread ON messages (thread_id, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id ON messages (user_id, client_message_id);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    thread_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    duration_ms INTEGER,
+    timings TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_running ON runs (status) WHERE status = 'running';
+CREATE TABLE IF NOT EXISTS events (
+    user_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
+";
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn backend(error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(error.to_string()),
+        _ => StoreError::Backend(error.to_string()),
+    }
+}
+
+fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {error}"))
+}
+
+fn now_millis() -> i64 {
+    Timestamp::now().unix_millis()
+}
+
+fn timestamp(millis: i64) -> Result<Timestamp, StoreError> {
+    Timestamp::from_unix_millis(millis).ok_or_else(|| corrupt("timestamp", millis))
+}
+
+fn parse_id<T>(what: &str, text: &str, parse: impl Fn(&str) -> Result<T, switchboard_protocol::IdError>) -> Result<T, StoreError> {
+    parse(text).map_err(|e| corrupt(what, e))
+}
+
+/// A row read as plain values first, so that parsing errors become `Corrupt`, not panics.
+fn text(row: &Row<'_>, index: usize) -> rusqlite::Result<String> {
+    row.get(index)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let conn = Connection::open(&path).map_err(backend)?;
+            conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+            conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+            conn.pragma_update(None, "busy_timeout", 5000).map_err(backend)?;
+            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+            if version > SCHEMA_VERSION {
+                return Err(StoreError::Corrupt(format!(
+                    "the database has schema version {version}, newer than this server's {SCHEMA_VERSION}"
+                )));
+            }
+            conn.execute_batch(SCHEMA).map_err(backend)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(backend)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `work` with the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves SQLite itself consistent (the transaction
+            // rolls back when dropped), so a poisoned lock is safe to take over.
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("the store task failed: {e}")))?
+    }
+}
+
+fn user_from(row: &Row<'_>) -> rusqlite::Result<(String, String, String, i64)> {
+    Ok((text(row, 0)?, text(row, 1)?, text(row, 2)?, row.get(3)?))
+}
+
+fn to_user((id, email, password_hash, created_at): (String, String, String, i64)) -> Result<User, StoreError> {
+    Ok(User {
+        id: parse_id("user id", &id, UserId::parse)?,
+        email,
+        password_hash,
+        created_at: timestamp(created_at)?,
+    })
+}
+
+type ThreadRow = (String, String, String, i64, i64);
+
+fn thread_from(row: &Row<'_>) -> rusqlite::Result<ThreadRow> {
+    Ok((text(row, 0)?, text(row, 1)?, text(row, 2)?, row.get(3)?, row.get(4)?))
+}
+
+fn to_thread((id, user_id, title, created_at, updated_at): ThreadRow) -> Result<Thread, StoreError> {
+    Ok(Thread {
+        id: parse_id("thread id", &id, ThreadId::parse)?,
+        user_id: parse_id("user id", &user_id, UserId::parse)?,
+        title,
+        created_at: timestamp(created_at)?,
+        updated_at: timestamp(updated_at)?,
+    })
+}
+
+const THREAD_COLUMNS: &str = "id, user_id, title, created_at, updated_at";
+const MESSAGE_COLUMNS: &str = "id, thread_id, role, text, run_id, client_message_id, created_at";
+const RUN_COLUMNS: &str = "id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings";
+
+type MessageRow = (String, String, String, String, Option<String>, Option<String>, i64);
+
+fn message_from(row: &Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok((text(row, 0)?, text(row, 1)?, text(row, 2)?, text(row, 3)?, row.get(4)?, row.get(5)?, row.get(6)?))
+}
+
+fn to_message((id, thread_id, role, text, run_id, client_message_id, created_at): MessageRow) -> Result<Message, StoreError> {
+    Ok(Message {
+        id: parse_id("message id", &id, MessageId::parse)?,
+        thread_id: parse_id("thread id", &thread_id, ThreadId::parse)?,
+        role: match role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => return Err(corrupt("message role", other)),
+        },
+        text,
+        run_id: run_id.map(|r| parse_id("run id", &r, RunId::parse)).transpose()?,
+        client_message_id,
+        created_at: timestamp(created_at)?,
+    })
+}
+
+type RunRow = (String, String, String, String, String, i64, Option<i64>, Option<i64>, Option<String>);
+
+fn run_from(row: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok((
+        text(row, 0)?,
+        text(row, 1)?,
+        text(row, 2)?,
+        text(row, 3)?,
+        text(row, 4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+    ))
+}
+
+fn to_run(
+    (id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings): RunRow,
+) -> Result<RunRecord, StoreError> {
+    let state = match status.as_str() {
+        "running" => RunState::Running,
+        other => RunState::Finished(RunStatus::parse(other).ok_or_else(|| corrupt("run status", other))?),
+    };
+    Ok(RunRecord {
+        id: parse_id("run id", &id, RunId::parse)?,
+        user_id: parse_id("user id", &user_id, UserId::parse)?,
+        thread_id: parse_id("thread id", &thread_id, ThreadId::parse)?,
+        message_id: parse_id("message id", &message_id, MessageId::parse)?,
+        state,
+        started_at: timestamp(started_at)?,
+        finished_at: finished_at.map(timestamp).transpose()?,
+        duration_ms: duration_ms.map(|d| d.max(0) as u64),
+        timings: timings
+            .map(|t| serde_json::from_str::<RunTimings>(&t).map_err(|e| corrupt("run timings", e)))
+            .transpose()?,
+    })
+}
+
+fn thread_title(text: &str) -> String {
+    const MAX: usize = 60;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.chars().count() <= MAX {
+        if line.is_empty() { "New thread".to_owned() } else { line.to_owned() }
+    } else {
+        let cut: String = line.chars().take(MAX - 1).collect();
+        format!("{}…", cut.trim_end())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
+        let user = User {
+            id: UserId::generate(),
+            email: email.to_lowercase(),
+            password_hash: password_hash.to_owned(),
+            created_at: Timestamp::now(),
+        };
+        let stored = user.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO users (id, email, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![stored.id.as_str(), stored.email, stored.password_hash, stored.created_at.unix_millis()],
+            )
+            .map_err(|e| match backend(e) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!("the email {} is taken", stored.email)),
+                other => other,
+            })?;
+            Ok(())
+        })
+        .await?;
+        Ok(user)
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let email = email.to_lowercase();
+        self.with(move |conn| {
+            conn.prepare_cached("SELECT id, email, password_hash, created_at FROM users WHERE email = ?1")
+                .and_then(|mut s| s.query_row([email], user_from).optional())
+                .map_err(backend)?
+                .map(to_user)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError> {
+        let id = id.to_string();
+        self.with(move |conn| {
+            conn.prepare_cached("SELECT id, email, password_hash, created_at FROM users WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id], user_from).optional())
+                .map_err(backend)?
+                .map(to_user)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn create_thread(&self, user: &UserId, title: &str) -> Result<Thread, StoreError> {
+        let now = Timestamp::now();
+        let thread = Thread {
+            id: ThreadId::generate(),
+            user_id: user.clone(),
+            title: thread_title(title),
+            created_at: now,
+            updated_at: now,
+        };
+        let stored = thread.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![stored.id.as_str(), stored.user_id.as_str(), stored.title, now.unix_millis()],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await?;
+        Ok(thread)
+    }
+
+    async fn threads(&self, user: &UserId) -> Result<Vec<Thread>, StoreError> {
+        let user = user.to_string();
+        self.with(move |conn| {
+            let sql = format!("SELECT {THREAD_COLUMNS} FROM threads WHERE user_id = ?1 ORDER BY updated_at DESC, id");
+            let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = statement.query_map([user], thread_from).map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(to_thread)).collect()
+        })
+        .await
+    }
+
+    async fn thread(&self, user: &UserId, id: &ThreadId) -> Result<Option<Thread>, StoreError> {
+        let (user, id) = (user.to_string(), id.to_string());
+        self.with(move |conn| {
+            let sql = format!("SELECT {THREAD_COLUMNS} FROM threads WHERE id = ?1 AND user_id = ?2");
+            conn.prepare_cached(&sql)
+                .and_then(|mut s| s.query_row([id, user], thread_from).optional())
+                .map_err(backend)?
+                .map(to_thread)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn delete_thread(&self, user: &UserId, id: &ThreadId) -> Result<bool, StoreError> {
+        let (user, id) = (user.to_string(), id.to_string());
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let deleted = tx
+                .execute("DELETE FROM threads WHERE id = ?1 AND user_id = ?2", params![id, user])
+                .map_err(backend)?;
+            if deleted > 0 {
+                tx.execute("DELETE FROM messages WHERE thread_id = ?1", params![id]).map_err(backend)?;
+            }
+            tx.commit().map_err(backend)?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn messages(&self, user: &UserId, thread: &ThreadId) -> Result<Vec<Message>, StoreError> {
+        let (user, thread) = (user.to_string(), thread.to_string());
+        self.with(move |conn| {
+            let exists: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2")
+                .and_then(|mut s| s.query_row([&thread, &user], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("thread {thread}")));
+            }
+            let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = ?1 ORDER BY created_at, rowid");
+            let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = statement.query_map([thread], message_from).map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(to_message)).collect()
+        })
+        .await
+    }
+
+    async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let user = message.user_id.to_string();
+            if let Some(client_id) = &message.client_message_id {
+                let sql = format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = ?1 AND client_message_id = ?2 AND role = 'user'"
+                );
+                let earlier = tx
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| s.query_row([&user, client_id], message_from).optional())
+                    .map_err(backend)?;
+                if let Some(row) = earlier {
+                    let earlier = to_message(row)?;
+                    let run_id = earlier
+                        .run_id
+                        .clone()
+                        .ok_or_else(|| StoreError::Corrupt("a user message without its run".into()))?;
+                    return Ok(Accepted {
+                        thread_id: earlier.thread_id.clone(),
+                        message: earlier,
+                        run_id,
+                        duplicate: true,
+                    });
+                }
+            }
+            let now = now_millis();
+            let thread_id = match &message.thread_id {
+                Some(thread) => {
+                    let exists: Option<i64> = tx
+                        .prepare_cached("SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2")
+                        .and_then(|mut s| s.query_row([thread.as_str(), &user], |r| r.get(0)).optional())
+                        .map_err(backend)?;
+                    if exists.is_none() {
+                        return Err(StoreError::NotFound(format!("thread {thread}")));
+                    }
+                    tx.execute("UPDATE threads SET updated_at = ?1 WHERE id = ?2", params![now, thread.as_str()])
+                        .map_err(backend)?;
+                    thread.clone()
+                }
+                None => {
+                    let thread = ThreadId::generate();
+                    tx.execute(
+                        "INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                        params![thread.as_str(), &user, thread_title(&message.text), now],
+                    )
+                    .map_err(backend)?;
+                    thread
+                }
+            };
+            tx.execute(
+                "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, client_message_id, created_at)
+                 VALUES (?1, ?2, ?3, 'user', ?4, ?5, ?6, ?7)",
+                params![
+                    message.message_id.as_str(),
+                    thread_id.as_str(),
+                    &user,
+                    message.text,
+                    message.run_id.as_str(),
+                    message.client_message_id,
+                    now
+                ],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO runs (id, user_id, thread_id, message_id, status, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+                params![message.run_id.as_str(), &user, thread_id.as_str(), message.message_id.as_str(), now],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(Accepted {
+                message: Message {
+                    id: message.message_id,
+                    thread_id: thread_id.clone(),
+                    role: Role::User,
+                    text: message.text,
+                    run_id: Some(message.run_id.clone()),
+                    client_message_id: message.client_message_id,
+                    created_at: timestamp(now)?,
+                },
+                run_id: message.run_id,
+                thread_id,
+                duplicate: false,
+            })
+        })
+        .await
+    }
+
+    async fn discard_run(&self, user: &UserId, run: &RunId) -> Result<(), StoreError> {
+        let (user, run) = (user.to_string(), run.to_string());
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            tx.execute("DELETE FROM messages WHERE run_id = ?1 AND user_id = ?2 AND role = 'user'", params![run, user])
+                .map_err(backend)?;
+            tx.execute("DELETE FROM runs WHERE id = ?1 AND user_id = ?2", params![run, user]).map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn run(&self, user: &UserId, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+        let (user, id) = (user.to_string(), id.to_string());
+        self.with(move |conn| {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1 AND user_id = ?2");
+            conn.prepare_cached(&sql)
+                .and_then(|mut s| s.query_row([id, user], run_from).optional())
+                .map_err(backend)?
+                .map(to_run)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn running_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.with(move |conn| {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY started_at");
+            let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = statement.query_map([], run_from).map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(to_run)).collect()
+        })
+        .await
+    }
+
+    async fn append_event(&self, user: &UserId, event: &Event) -> Result<(), StoreError> {
+        let record = EventRecord::from_event(event)?;
+        let user = user.to_string();
+        let run = event.run_id.to_string();
+        let finished = match &event.payload {
+            EventPayload::AgentCompleted(done) if done.is_final => Some(done.clone()),
+            _ => None,
+        };
+        let timestamp_ms = event.timestamp.unix_millis();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let last: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE user_id = ?1")
+                .and_then(|mut s| s.query_row([&user], |r| r.get(0)))
+                .map_err(backend)?;
+            let seq = record.seq.get() as i64;
+            if seq != last + 1 {
+                return Err(StoreError::Conflict(format!("seq {seq} does not follow {last}")));
+            }
+            tx.prepare_cached("INSERT INTO events (user_id, seq, run_id, json) VALUES (?1, ?2, ?3, ?4)")
+                .and_then(|mut s| s.execute(params![&user, seq, &run, record.json]))
+                .map_err(backend)?;
+            if let Some(done) = finished {
+                let timings = done
+                    .timings
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(|e| corrupt("timings", e))?;
+                tx.execute(
+                    "UPDATE runs SET status = ?1, finished_at = ?2, duration_ms = ?3, timings = ?4 WHERE id = ?5 AND user_id = ?6",
+                    params![done.status.as_str(), timestamp_ms, done.duration_ms as i64, timings, &run, &user],
+                )
+                .map_err(backend)?;
+                let answer = done.result.as_ref().and_then(|r| r.get("text")).and_then(|t| t.as_str());
+                if let (RunStatus::Completed, Some(answer)) = (done.status, answer) {
+                    tx.execute(
+                        "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, created_at)
+                         SELECT ?1, thread_id, user_id, 'assistant', ?2, id, ?3 FROM runs
+                         WHERE id = ?4 AND user_id = ?5 AND thread_id IN (SELECT id FROM threads)",
+                        params![MessageId::generate().as_str(), answer, timestamp_ms, &run, &user],
+                    )
+                    .map_err(backend)?;
+                    tx.execute(
+                        "UPDATE threads SET updated_at = ?1 WHERE id = (SELECT thread_id FROM runs WHERE id = ?2)",
+                        params![timestamp_ms, &run],
+                    )
+                    .map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let user = user.to_string();
+        let after = after.get() as i64;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached("SELECT seq, json FROM events WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+                .map_err(backend)?;
+            let rows = statement
+                .query_map(params![user, after, limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .map_err(backend)?;
+            rows.map(|r| {
+                let (seq, json) = r.map_err(backend)?;
+                Ok(EventRecord {
+                    seq: Seq::new(seq.max(0) as u64),
+                    json,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn run_events(&self, user: &UserId, run: &RunId) -> Result<Vec<Event>, StoreError> {
+        let (user, run) = (user.to_string(), run.to_string());
+        let records = self
+            .with(move |conn| {
+                let mut statement = conn
+                    .prepare_cached("SELECT seq, json FROM events WHERE run_id = ?1 AND user_id = ?2 ORDER BY seq")
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map(params![run, user], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                    .map_err(backend)?;
+                rows.map(|r| {
+                    let (seq, json) = r.map_err(backend)?;
+                    Ok(EventRecord {
+                        seq: Seq::new(seq.max(0) as u64),
+                        json,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await?;
+        records.iter().map(EventRecord::event).collect()
+    }
+
+    async fn last_seq(&self, user: &UserId) -> Result<Seq, StoreError> {
+        let user = user.to_string();
+        self.with(move |conn| {
+            let last: i64 = conn
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE user_id = ?1")
+                .and_then(|mut s| s.query_row([user], |r| r.get(0)))
+                .map_err(backend)?;
+            Ok(Seq::new(last.max(0) as u64))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend)).await
+    }
+}
