@@ -1,1 +1,27 @@
-//! x
+//! The agents that ship with Switchboard, their tools, and the offline model.
+//!
+//! The plan: `triage` (classifies the request, extracts what it mentions, chooses the stages),
+//! then `reporting` (writes the answer). Agents that analyse workload data join the plan as
+//! stages when the user has data.
+
+mod offline;
+mod reporting;
+mod triage;
+
+pub use offline::OfflineModel;
+pub use reporting::{ReportingAgent, draft};
+pub use triage::{Category, ExtractEntities, Triage, TriageAgent, extract};
+
+use std::sync::Arc;
+
+use switchboard_engine::{EngineBuilder, Plan};
+
+/// Registers the shipped agents, their tools and the plan on an engine builder.
+pub fn register(builder: EngineBuilder) -> EngineBuilder {
+    let plan = Plan::new("triage", &[], Some("reporting")).expect("valid agent names");
+    builder
+        .tool("extract_entities", Arc::new(ExtractEntities))
+        .agent("triage", Arc::new(TriageAgent), &["extract_entities"])
+        .agent("reporting", Arc::new(ReportingAgent), &[])
+        .plan(plan)
+}
