@@ -100,7 +100,13 @@ mod tests {
 
     #[test]
     fn streamed_pieces_add_up_to_the_text() {
-        for text in ["", "one", "a b c d e f g h i", "line one\nline two\n\n- item\n", "trailing space "] {
+        for text in [
+            "",
+            "one",
+            "a b c d e f g h i",
+            "line one\nline two\n\n- item\n",
+            "trailing space ",
+        ] {
             assert_eq!(pieces(text).concat(), text);
         }
     }

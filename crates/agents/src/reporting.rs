@@ -27,7 +27,10 @@ pub fn draft(triage: Option<&Triage>, missing: &[String]) -> String {
     let mut out = String::new();
     match triage {
         Some(triage) => {
-            out.push_str(&format!("## Your request\n\nI read this as **{}**.", triage.category.label()));
+            out.push_str(&format!(
+                "## Your request\n\nI read this as **{}**.",
+                triage.category.label()
+            ));
             let mentions: Vec<String> = [
                 ("models", "models"),
                 ("budgets", "budgets"),
@@ -38,7 +41,13 @@ pub fn draft(triage: Option<&Triage>, missing: &[String]) -> String {
                 let items = list(&triage.entities, key);
                 (!items.is_empty()).then(|| format!("{label}: {}", items.join(", ")))
             })
-            .chain(triage.entities.get("time_range").and_then(Value::as_str).map(|r| format!("time range: {r}")))
+            .chain(
+                triage
+                    .entities
+                    .get("time_range")
+                    .and_then(Value::as_str)
+                    .map(|r| format!("time range: {r}")),
+            )
             .collect();
             if mentions.is_empty() {
                 out.push_str(" It mentions no models, budgets, latency targets or time range.\n\n");

@@ -53,11 +53,54 @@ impl Category {
     pub fn of(text: &str) -> Category {
         let text = text.to_lowercase();
         let rules: [(Category, &[&str]); 5] = [
-            (Category::Cost, &["cost", "spend", "bill", "cheap", "expensive", "budget", "price", "save", "saving", "$"]),
-            (Category::Performance, &["latency", "slow", "fast", "p95", "p99", "throughput", "speed", "timeout"]),
-            (Category::Quality, &["quality", "accuracy", "hallucinat", "error rate", "wrong", "failing", "errors"]),
-            (Category::ModelSelection, &["which model", "switch to", "compare", "versus", " vs ", "model choice"]),
-            (Category::WorkloadAnalysis, &["usage", "workload", "traffic", "how many calls", "tokens", "pattern"]),
+            (
+                Category::Cost,
+                &[
+                    "cost",
+                    "spend",
+                    "bill",
+                    "cheap",
+                    "expensive",
+                    "budget",
+                    "price",
+                    "save",
+                    "saving",
+                    "$",
+                ],
+            ),
+            (
+                Category::Performance,
+                &[
+                    "latency",
+                    "slow",
+                    "fast",
+                    "p95",
+                    "p99",
+                    "throughput",
+                    "speed",
+                    "timeout",
+                ],
+            ),
+            (
+                Category::Quality,
+                &[
+                    "quality",
+                    "accuracy",
+                    "hallucinat",
+                    "error rate",
+                    "wrong",
+                    "failing",
+                    "errors",
+                ],
+            ),
+            (
+                Category::ModelSelection,
+                &["which model", "switch to", "compare", "versus", " vs ", "model choice"],
+            ),
+            (
+                Category::WorkloadAnalysis,
+                &["usage", "workload", "traffic", "how many calls", "tokens", "pattern"],
+            ),
         ];
         let mut best = (Category::General, 0);
         for (category, words) in rules {
@@ -79,7 +122,17 @@ impl Category {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ExtractEntities;
 
-const MODEL_PREFIXES: [&str; 9] = ["gpt-", "o1", "o3", "claude", "gemini", "llama", "mistral", "mixtral", "command-r"];
+const MODEL_PREFIXES: [&str; 9] = [
+    "gpt-",
+    "o1",
+    "o3",
+    "claude",
+    "gemini",
+    "llama",
+    "mistral",
+    "mixtral",
+    "command-r",
+];
 
 fn trim_word(word: &str) -> &str {
     word.trim_matches(|c: char| !c.is_alphanumeric() && c != '$' && c != '.' && c != '-' && c != '_')
@@ -91,7 +144,11 @@ pub fn extract(text: &str) -> Value {
     let mut models: Vec<String> = Vec::new();
     let mut budgets: Vec<String> = Vec::new();
     let mut latency_targets: Vec<String> = Vec::new();
-    let words: Vec<&str> = text.split_whitespace().map(trim_word).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = text
+        .split_whitespace()
+        .map(trim_word)
+        .filter(|w| !w.is_empty())
+        .collect();
     for (index, word) in words.iter().enumerate() {
         let lower = word.to_lowercase();
         if MODEL_PREFIXES.iter().any(|p| lower.starts_with(p)) && !models.contains(&lower) {
@@ -104,16 +161,31 @@ pub fn extract(text: &str) -> Value {
             budgets.push(word.to_string());
         }
         let number_then_unit = |unit: &str| {
-            lower.strip_suffix(unit).is_some_and(|n| !n.is_empty() && n.parse::<f64>().is_ok())
+            lower
+                .strip_suffix(unit)
+                .is_some_and(|n| !n.is_empty() && n.parse::<f64>().is_ok())
                 || (lower.parse::<f64>().is_ok() && words.get(index + 1).is_some_and(|n| n.eq_ignore_ascii_case(unit)))
         };
         if number_then_unit("ms") || number_then_unit("s") && lower != "s" {
-            let target = if lower.parse::<f64>().is_ok() { format!("{lower} {}", words[index + 1]) } else { lower };
+            let target = if lower.parse::<f64>().is_ok() {
+                format!("{lower} {}", words[index + 1])
+            } else {
+                lower
+            };
             latency_targets.push(target);
         }
     }
     let lower = text.to_lowercase();
-    let ranges = ["today", "yesterday", "last week", "this week", "last month", "this month", "last 30 days", "last 7 days"];
+    let ranges = [
+        "today",
+        "yesterday",
+        "last week",
+        "this week",
+        "last month",
+        "this month",
+        "last 30 days",
+        "last 7 days",
+    ];
     let time_range = ranges.iter().find(|r| lower.contains(*r)).map(|r| (*r).to_owned());
     json!({ "models": models, "budgets": budgets, "latency_targets": latency_targets, "time_range": time_range })
 }
@@ -155,7 +227,10 @@ impl Agent for TriageAgent {
 
     async fn run(&self, ctx: AgentContext) -> Result<AgentOutput, AgentError> {
         ctx.events.step("Reading the request.", 1, 0.2).await;
-        let entities = ctx.tools.call("extract_entities", json!({ "text": ctx.request() })).await?;
+        let entities = ctx
+            .tools
+            .call("extract_entities", json!({ "text": ctx.request() }))
+            .await?;
         ctx.events.step("Classifying it.", 2, 0.6).await;
         let mut request = ModelRequest::new(CLASSIFY_PROMPT, ctx.request());
         request.json = true;
@@ -165,7 +240,14 @@ impl Agent for TriageAgent {
             .and_then(|v| v.get("category").and_then(Value::as_str).and_then(Category::parse))
             .unwrap_or_else(|| Category::of(ctx.request()));
         ctx.events
-            .step(format!("This is {}; no workload data is available to analyse.", category.label()), 3, 1.0)
+            .step(
+                format!(
+                    "This is {}; no workload data is available to analyse.",
+                    category.label()
+                ),
+                3,
+                1.0,
+            )
             .await;
         let triage = Triage {
             category,
@@ -206,8 +288,14 @@ mod tests {
                 "Can gpt-4o and Claude-3-haiku stay under $500 with p95 below 800ms last month?",
                 json!({"models": ["gpt-4o", "claude-3-haiku"], "budgets": ["$500"], "latency_targets": ["800ms"], "time_range": "last month"}),
             ),
-            ("keep it under 2 s", json!({"models": [], "budgets": [], "latency_targets": ["2 s"], "time_range": null})),
-            ("nothing here", json!({"models": [], "budgets": [], "latency_targets": [], "time_range": null})),
+            (
+                "keep it under 2 s",
+                json!({"models": [], "budgets": [], "latency_targets": ["2 s"], "time_range": null}),
+            ),
+            (
+                "nothing here",
+                json!({"models": [], "budgets": [], "latency_targets": [], "time_range": null}),
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(extract(text), expected, "{text}");

@@ -25,16 +25,19 @@ async fn a_cost_question_is_classified_and_answered_without_invented_figures() {
     let events = sink.events_of(&user);
     check_run(&events).unwrap();
     assert_eq!(outcome.status, RunStatus::Completed);
-    assert_eq!(summary(&events), [
-        "supervisor agent_started",
-        "triage agent_started",
-        "triage tool_executing extract_entities",
-        "triage tool_completed extract_entities ok",
-        "triage agent_completed completed",
-        "reporting agent_started",
-        "reporting agent_completed completed",
-        "supervisor agent_completed completed final",
-    ]);
+    assert_eq!(
+        summary(&events),
+        [
+            "supervisor agent_started",
+            "triage agent_started",
+            "triage tool_executing extract_entities",
+            "triage tool_completed extract_entities ok",
+            "triage agent_completed completed",
+            "reporting agent_started",
+            "reporting agent_completed completed",
+            "supervisor agent_completed completed final",
+        ]
+    );
     let answer = outcome.answer.unwrap();
     assert!(answer.contains("**a cost question**"), "{answer}");
     assert!(answer.contains("models: gpt-4o; budgets: $500"), "{answer}");

@@ -8,6 +8,7 @@
 
 mod agent;
 mod breaker;
+mod closing;
 mod config;
 mod engine;
 mod model;
@@ -19,6 +20,7 @@ mod tool;
 
 pub use agent::{Agent, AgentContext, AgentError, AgentOutcome, AgentOutput, AgentRecord, Events, RunInfo};
 pub use breaker::{BreakerSnapshot, CircuitBreaker, Permit, Refused};
+pub use closing::{Closing, OpenRun};
 pub use config::{ConfigError, EngineConfig};
 pub use engine::{BuildError, Engine, EngineBuilder, Plan, RunHandle, RunNotFound, RunOutcome, RunRequest, StartError};
 pub use model::{

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::agent::{AgentContext, AgentError, AgentOutcome, AgentOutput, AgentRecord, Events, RunInfo};
+use crate::closing::{Closing, OpenRun};
 use crate::engine::{Inner, RunControl, RunOutcome, RunRequest, StopReason};
 use crate::model::ModelHandle;
 use crate::report::{Report, Reporter, Stage, human, millis};
@@ -150,10 +151,6 @@ impl RunLog {
         open
     }
 
-    fn final_sent(&self) -> bool {
-        self.state.lock().unwrap().final_sent
-    }
-
     fn store_time(&self) -> Duration {
         self.state.lock().unwrap().store_time
     }
@@ -161,40 +158,36 @@ impl RunLog {
     /// Closes whatever is open and publishes a failed final event. Used only when the driver
     /// itself failed, so the run still ends with its one final event.
     async fn close_abnormally(&self, cause: Abnormal, elapsed: Duration, until: Instant) -> Option<Event> {
-        let why = cause.why;
-        if self.final_sent() {
-            return None;
-        }
-        let open_agents = self.state.lock().unwrap().open_agents.clone();
-        if open_agents.is_empty() {
-            let _ = self.publish(&AgentName::supervisor(), started_payload(""), until).await;
-        }
-        for agent in open_agents.iter().rev() {
-            for (call_id, tool_name, started) in self.open_tools_of(agent) {
-                let payload = tool_failed(
-                    call_id,
-                    tool_name,
-                    started.elapsed(),
-                    format!("The call was dropped: {why}."),
-                );
-                let _ = self.publish(agent, payload, until).await;
+        let open = {
+            let state = self.state.lock().unwrap();
+            let mut tools: Vec<_> = state
+                .open_tools
+                .iter()
+                .map(|(id, t)| (t.started, (id.clone(), t.tool_name.clone(), t.agent.clone())))
+                .collect();
+            tools.sort_by_key(|(started, _)| *started);
+            OpenRun {
+                agents: state.open_agents.clone(),
+                tools: tools.into_iter().map(|(_, tool)| tool).collect(),
+                started: state.started,
+                finished: state.final_sent,
             }
-            let is_final = *agent == AgentName::supervisor();
-            let message = format!("The {agent} agent was stopped after {}: {why}.", human(elapsed));
-            let error = error_payload(cause.code, message, false, elapsed, None);
-            let _ = self.publish(agent, error, until).await;
-            let timings = is_final.then(|| RunTimings {
-                store_ms: millis(self.store_time()),
-                total_ms: millis(elapsed),
-                ..RunTimings::default()
-            });
-            let completed = completed_payload(cause.status, elapsed, None, is_final, timings, Vec::new());
-            let published = self.publish(agent, completed, until).await;
+        };
+        let closing = Closing {
+            code: cause.code,
+            status: cause.status,
+            why: cause.why,
+            elapsed,
+        };
+        let mut final_event = None;
+        for (agent, payload) in open.closing_events(closing) {
+            let is_final = matches!(&payload, EventPayload::AgentCompleted(c) if c.is_final);
+            let published = self.publish(&agent, payload, until).await;
             if is_final {
-                return published.ok();
+                final_event = published.ok();
             }
         }
-        None
+        final_event
     }
 }
 

@@ -547,3 +547,54 @@ fn building_an_engine_refuses_inconsistent_setups() {
             .is_err()
     );
 }
+
+/// Cuts a real run's events after `keep` of them, closes the rest with `OpenRun`, and checks
+/// that the result keeps the contract.
+#[tokio::test(start_paused = true)]
+async fn closing_a_run_at_any_point_keeps_the_contract() {
+    use switchboard_engine::{Closing, OpenRun};
+    let scenario = Scenario::new()
+        .agent(
+            "triage",
+            vec![Step::think("a"), Step::tool("search", json!({})), Step::plan(&["data"])],
+        )
+        .agent(
+            "data",
+            vec![Step::tool("search", json!({})), Step::tool("search", json!({}))],
+        )
+        .agent("reporting", vec![Step::answer("done")])
+        .tool("search", ScriptedTool::new(ToolBehavior::Ok(json!(1))));
+    let full = scenario.run("go").await;
+    for keep in 0..full.len() {
+        let mut events: Vec<Event> = full[..keep].to_vec();
+        let closing = Closing {
+            code: AgentErrorCode::Interrupted,
+            status: RunStatus::Interrupted,
+            why: "the server stopped",
+            elapsed: S(3),
+        };
+        let template = full[0].clone();
+        for (agent, payload) in OpenRun::from_events(&events).closing_events(closing) {
+            let seq = switchboard_protocol::Seq::new(events.len() as u64 + 1);
+            events.push(Event {
+                seq,
+                agent_name: agent,
+                payload,
+                ..template.clone()
+            });
+        }
+        check_run(&events).unwrap_or_else(|e| panic!("cut after {keep}: {e}"));
+        assert_eq!(final_status(&events), Some(RunStatus::Interrupted));
+    }
+    assert!(
+        OpenRun::from_events(&full)
+            .closing_events(Closing {
+                code: AgentErrorCode::Interrupted,
+                status: RunStatus::Interrupted,
+                why: "x",
+                elapsed: S(1),
+            })
+            .is_empty(),
+        "a finished run needs no closing"
+    );
+}

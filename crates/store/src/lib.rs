@@ -5,9 +5,7 @@
 mod sqlite;
 
 use async_trait::async_trait;
-use switchboard_protocol::{
-    Event, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
-};
+use switchboard_protocol::{Event, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId};
 
 pub use sqlite::SqliteStore;
 

@@ -97,7 +97,11 @@ fn timestamp(millis: i64) -> Result<Timestamp, StoreError> {
     Timestamp::from_unix_millis(millis).ok_or_else(|| corrupt("timestamp", millis))
 }
 
-fn parse_id<T>(what: &str, text: &str, parse: impl Fn(&str) -> Result<T, switchboard_protocol::IdError>) -> Result<T, StoreError> {
+fn parse_id<T>(
+    what: &str,
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, switchboard_protocol::IdError>,
+) -> Result<T, StoreError> {
     parse(text).map_err(|e| corrupt(what, e))
 }
 
@@ -115,14 +119,17 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
             conn.pragma_update(None, "busy_timeout", 5000).map_err(backend)?;
-            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(backend)?;
             if version > SCHEMA_VERSION {
                 return Err(StoreError::Corrupt(format!(
                     "the database has schema version {version}, newer than this server's {SCHEMA_VERSION}"
                 )));
             }
             conn.execute_batch(SCHEMA).map_err(backend)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(backend)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(backend)?;
             Ok(conn)
         })
         .await
@@ -185,10 +192,20 @@ const RUN_COLUMNS: &str = "id, user_id, thread_id, message_id, status, started_a
 type MessageRow = (String, String, String, String, Option<String>, Option<String>, i64);
 
 fn message_from(row: &Row<'_>) -> rusqlite::Result<MessageRow> {
-    Ok((text(row, 0)?, text(row, 1)?, text(row, 2)?, text(row, 3)?, row.get(4)?, row.get(5)?, row.get(6)?))
+    Ok((
+        text(row, 0)?,
+        text(row, 1)?,
+        text(row, 2)?,
+        text(row, 3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
 }
 
-fn to_message((id, thread_id, role, text, run_id, client_message_id, created_at): MessageRow) -> Result<Message, StoreError> {
+fn to_message(
+    (id, thread_id, role, text, run_id, client_message_id, created_at): MessageRow,
+) -> Result<Message, StoreError> {
     Ok(Message {
         id: parse_id("message id", &id, MessageId::parse)?,
         thread_id: parse_id("thread id", &thread_id, ThreadId::parse)?,
@@ -204,7 +221,17 @@ fn to_message((id, thread_id, role, text, run_id, client_message_id, created_at)
     })
 }
 
-type RunRow = (String, String, String, String, String, i64, Option<i64>, Option<i64>, Option<String>);
+type RunRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
 
 fn run_from(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     Ok((
@@ -246,7 +273,11 @@ fn thread_title(text: &str) -> String {
     const MAX: usize = 60;
     let line = text.lines().next().unwrap_or("").trim();
     if line.chars().count() <= MAX {
-        if line.is_empty() { "New thread".to_owned() } else { line.to_owned() }
+        if line.is_empty() {
+            "New thread".to_owned()
+        } else {
+            line.to_owned()
+        }
     } else {
         let cut: String = line.chars().take(MAX - 1).collect();
         format!("{}…", cut.trim_end())
@@ -266,7 +297,12 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             conn.execute(
                 "INSERT INTO users (id, email, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![stored.id.as_str(), stored.email, stored.password_hash, stored.created_at.unix_millis()],
+                params![
+                    stored.id.as_str(),
+                    stored.email,
+                    stored.password_hash,
+                    stored.created_at.unix_millis()
+                ],
             )
             .map_err(|e| match backend(e) {
                 StoreError::Conflict(_) => StoreError::Conflict(format!("the email {} is taken", stored.email)),
@@ -315,7 +351,12 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             conn.execute(
                 "INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                params![stored.id.as_str(), stored.user_id.as_str(), stored.title, now.unix_millis()],
+                params![
+                    stored.id.as_str(),
+                    stored.user_id.as_str(),
+                    stored.title,
+                    now.unix_millis()
+                ],
             )
             .map_err(backend)?;
             Ok(())
@@ -351,12 +392,15 @@ impl Store for SqliteStore {
     async fn delete_thread(&self, user: &UserId, id: &ThreadId) -> Result<bool, StoreError> {
         let (user, id) = (user.to_string(), id.to_string());
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             let deleted = tx
                 .execute("DELETE FROM threads WHERE id = ?1 AND user_id = ?2", params![id, user])
                 .map_err(backend)?;
             if deleted > 0 {
-                tx.execute("DELETE FROM messages WHERE thread_id = ?1", params![id]).map_err(backend)?;
+                tx.execute("DELETE FROM messages WHERE thread_id = ?1", params![id])
+                    .map_err(backend)?;
             }
             tx.commit().map_err(backend)?;
             Ok(deleted > 0)
@@ -473,10 +517,16 @@ impl Store for SqliteStore {
     async fn discard_run(&self, user: &UserId, run: &RunId) -> Result<(), StoreError> {
         let (user, run) = (user.to_string(), run.to_string());
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            tx.execute("DELETE FROM messages WHERE run_id = ?1 AND user_id = ?2 AND role = 'user'", params![run, user])
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            tx.execute("DELETE FROM runs WHERE id = ?1 AND user_id = ?2", params![run, user]).map_err(backend)?;
+            tx.execute(
+                "DELETE FROM messages WHERE run_id = ?1 AND user_id = ?2 AND role = 'user'",
+                params![run, user],
+            )
+            .map_err(backend)?;
+            tx.execute("DELETE FROM runs WHERE id = ?1 AND user_id = ?2", params![run, user])
+                .map_err(backend)?;
             tx.commit().map_err(backend)
         })
         .await
@@ -569,7 +619,9 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT seq, json FROM events WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
                 .map_err(backend)?;
             let rows = statement
-                .query_map(params![user, after, limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .query_map(params![user, after, limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
                 .map_err(backend)?;
             rows.map(|r| {
                 let (seq, json) = r.map_err(backend)?;
@@ -591,7 +643,9 @@ impl Store for SqliteStore {
                     .prepare_cached("SELECT seq, json FROM events WHERE run_id = ?1 AND user_id = ?2 ORDER BY seq")
                     .map_err(backend)?;
                 let rows = statement
-                    .query_map(params![run, user], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                    .query_map(params![run, user], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })
                     .map_err(backend)?;
                 rows.map(|r| {
                     let (seq, json) = r.map_err(backend)?;
@@ -619,6 +673,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend)).await
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .await
     }
 }

@@ -53,8 +53,14 @@ fn new_message(user: &UserId, thread: Option<ThreadId>, text: &str, client_id: O
 async fn users(store: &dyn Store) {
     let alice = store.create_user("Alice@Example.com", "hash").await.unwrap();
     assert_eq!(alice.email, "alice@example.com");
-    assert!(matches!(store.create_user("alice@example.COM", "x").await, Err(StoreError::Conflict(_))));
-    assert_eq!(store.user_by_email("ALICE@example.com").await.unwrap().unwrap().id, alice.id);
+    assert!(matches!(
+        store.create_user("alice@example.COM", "x").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.user_by_email("ALICE@example.com").await.unwrap().unwrap().id,
+        alice.id
+    );
     assert_eq!(store.user_by_id(&alice.id).await.unwrap().unwrap().email, alice.email);
     assert!(store.user_by_email("nobody@example.com").await.unwrap().is_none());
 }
@@ -62,26 +68,48 @@ async fn users(store: &dyn Store) {
 async fn threads_and_messages(store: &dyn Store) {
     let alice = UserId::generate();
     let bob = UserId::generate();
-    let first = store.accept_message(new_message(&alice, None, "How can we cut costs?\nmore", Some("c1"))).await.unwrap();
+    let first = store
+        .accept_message(new_message(&alice, None, "How can we cut costs?\nmore", Some("c1")))
+        .await
+        .unwrap();
     assert!(!first.duplicate);
     let thread = store.thread(&alice, &first.thread_id).await.unwrap().unwrap();
     assert_eq!(thread.title, "How can we cut costs?");
-    let again = store.accept_message(new_message(&alice, None, "different text", Some("c1"))).await.unwrap();
+    let again = store
+        .accept_message(new_message(&alice, None, "different text", Some("c1")))
+        .await
+        .unwrap();
     assert!(again.duplicate);
-    assert_eq!((again.run_id.clone(), again.thread_id.clone()), (first.run_id.clone(), first.thread_id.clone()));
-    let same_key_other_user = store.accept_message(new_message(&bob, None, "hi", Some("c1"))).await.unwrap();
+    assert_eq!(
+        (again.run_id.clone(), again.thread_id.clone()),
+        (first.run_id.clone(), first.thread_id.clone())
+    );
+    let same_key_other_user = store
+        .accept_message(new_message(&bob, None, "hi", Some("c1")))
+        .await
+        .unwrap();
     assert!(!same_key_other_user.duplicate, "idempotency keys are per user");
     let second = store
         .accept_message(new_message(&alice, Some(first.thread_id.clone()), "and latency?", None))
         .await
         .unwrap();
     assert_eq!(second.thread_id, first.thread_id);
-    let foreign = store.accept_message(new_message(&bob, Some(first.thread_id.clone()), "sneaky", None)).await;
+    let foreign = store
+        .accept_message(new_message(&bob, Some(first.thread_id.clone()), "sneaky", None))
+        .await;
     assert!(matches!(foreign, Err(StoreError::NotFound(_))));
     assert!(store.thread(&bob, &first.thread_id).await.unwrap().is_none());
-    assert!(matches!(store.messages(&bob, &first.thread_id).await, Err(StoreError::NotFound(_))));
-    let texts: Vec<String> =
-        store.messages(&alice, &first.thread_id).await.unwrap().into_iter().map(|m| m.text).collect();
+    assert!(matches!(
+        store.messages(&bob, &first.thread_id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let texts: Vec<String> = store
+        .messages(&alice, &first.thread_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
     assert_eq!(texts, ["How can we cut costs?\nmore", "and latency?"]);
 
     let run = store.run(&alice, &first.run_id).await.unwrap().unwrap();
@@ -104,18 +132,39 @@ async fn threads_and_messages(store: &dyn Store) {
 async fn event_log(store: &dyn Store) {
     let alice = UserId::generate();
     let bob = UserId::generate();
-    let accepted = store.accept_message(new_message(&alice, None, "question", None)).await.unwrap();
+    let accepted = store
+        .accept_message(new_message(&alice, None, "question", None))
+        .await
+        .unwrap();
     let (run, thread) = (accepted.run_id.clone(), accepted.thread_id.clone());
     assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::ZERO);
-    store.append_event(&alice, &event(1, &run, &thread, started())).await.unwrap();
+    store
+        .append_event(&alice, &event(1, &run, &thread, started()))
+        .await
+        .unwrap();
     let gap = store.append_event(&alice, &event(3, &run, &thread, started())).await;
     assert!(matches!(gap, Err(StoreError::Conflict(_))), "a gap is refused");
     let repeat = store.append_event(&alice, &event(1, &run, &thread, started())).await;
     assert!(matches!(repeat, Err(StoreError::Conflict(_))), "a duplicate is refused");
-    store.append_event(&bob, &event(1, &run, &thread, started())).await.unwrap();
-    assert_eq!(store.running_runs().await.unwrap().iter().filter(|r| r.id == run).count(), 1);
     store
-        .append_event(&alice, &event(2, &run, &thread, finished(RunStatus::Completed, Some("**Answer**"))))
+        .append_event(&bob, &event(1, &run, &thread, started()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .running_runs()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.id == run)
+            .count(),
+        1
+    );
+    store
+        .append_event(
+            &alice,
+            &event(2, &run, &thread, finished(RunStatus::Completed, Some("**Answer**"))),
+        )
         .await
         .unwrap();
     assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::new(2));
@@ -128,7 +177,10 @@ async fn event_log(store: &dyn Store) {
     assert!(store.running_runs().await.unwrap().iter().all(|r| r.id != run));
     let messages = store.messages(&alice, &thread).await.unwrap();
     assert_eq!(messages.len(), 2);
-    assert_eq!((messages[1].role, messages[1].text.as_str()), (Role::Assistant, "**Answer**"));
+    assert_eq!(
+        (messages[1].role, messages[1].text.as_str()),
+        (Role::Assistant, "**Answer**")
+    );
     assert_eq!(messages[1].run_id.as_ref(), Some(&run));
 
     let all = store.events_after(&alice, Seq::ZERO, 100).await.unwrap();
@@ -140,9 +192,22 @@ async fn event_log(store: &dyn Store) {
     assert_eq!(store.run_events(&alice, &run).await.unwrap().len(), 2);
     assert!(store.run_events(&bob, &RunId::generate()).await.unwrap().is_empty());
 
-    let failed = store.accept_message(new_message(&alice, Some(thread.clone()), "again", None)).await.unwrap();
-    store.append_event(&alice, &event(3, &failed.run_id, &thread, finished(RunStatus::Failed, None))).await.unwrap();
-    assert_eq!(store.messages(&alice, &thread).await.unwrap().len(), 3, "a failed run stores no answer");
+    let failed = store
+        .accept_message(new_message(&alice, Some(thread.clone()), "again", None))
+        .await
+        .unwrap();
+    store
+        .append_event(
+            &alice,
+            &event(3, &failed.run_id, &thread, finished(RunStatus::Failed, None)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.messages(&alice, &thread).await.unwrap().len(),
+        3,
+        "a failed run stores no answer"
+    );
     store.ping().await.unwrap();
 }
 
@@ -155,7 +220,10 @@ async fn suite(store: Arc<dyn Store>) {
 #[tokio::test]
 async fn the_sqlite_store_passes_the_storage_suite() {
     let dir = tempfile::tempdir().unwrap();
-    suite(Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap())).await;
+    suite(Arc::new(
+        SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap(),
+    ))
+    .await;
 }
 
 #[tokio::test]
@@ -165,14 +233,23 @@ async fn the_sqlite_store_keeps_everything_across_reopening() {
     let alice = UserId::generate();
     let accepted = {
         let store = SqliteStore::open(&path).await.unwrap();
-        let accepted = store.accept_message(new_message(&alice, None, "hello", Some("k"))).await.unwrap();
-        store.append_event(&alice, &event(1, &accepted.run_id, &accepted.thread_id, started())).await.unwrap();
+        let accepted = store
+            .accept_message(new_message(&alice, None, "hello", Some("k")))
+            .await
+            .unwrap();
+        store
+            .append_event(&alice, &event(1, &accepted.run_id, &accepted.thread_id, started()))
+            .await
+            .unwrap();
         accepted
     };
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::new(1));
     assert_eq!(store.running_runs().await.unwrap()[0].id, accepted.run_id);
-    let again = store.accept_message(new_message(&alice, None, "hello", Some("k"))).await.unwrap();
+    let again = store
+        .accept_message(new_message(&alice, None, "hello", Some("k")))
+        .await
+        .unwrap();
     assert!(again.duplicate);
 }
 
