@@ -1,1 +1,24 @@
-//! x
+//! The Switchboard server: WebSocket chat with AI agents (PROTOCOL.md), its HTTP API, health
+//! and metrics, on the engine and the store; and the clients that talk to it.
+//!
+//! `Application::build(config)` binds; `run_until_stopped()` serves until SIGTERM, Ctrl-C or the
+//! stop handle.
+
+mod api;
+pub mod app;
+mod auth;
+pub mod chat;
+pub mod client;
+pub mod config;
+mod delivery;
+mod error;
+mod hub;
+mod limits;
+mod metrics;
+mod recovery;
+mod runs;
+pub mod telemetry;
+mod ws;
+
+pub use app::{AppState, Application};
+pub use config::{Config, ServeArgs};

@@ -1,1 +1,36 @@
-fn main() {}
+//! `switchboard`: `serve` runs the server, `chat` talks to one from the terminal.
+
+use clap::{Parser, Subcommand};
+use switchboard::chat::ChatArgs;
+use switchboard::{Application, Config, ServeArgs, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about = "A real-time AI-agent chat server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the server.
+    Serve(ServeArgs),
+    /// A terminal client: sends each line you type and shows the run as a live timeline.
+    Chat(ChatArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::load(&args)?;
+            telemetry::init(&config.log);
+            runtime.block_on(async {
+                let app = Application::build(config).await?;
+                app.run_until_stopped().await
+            })
+        }
+        Command::Chat(args) => runtime.block_on(switchboard::chat::run(args)),
+    }
+}

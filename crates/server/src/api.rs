@@ -1,0 +1,436 @@
+//! The HTTP API of PROTOCOL.md section 7 (JSON), apart from `/ws`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchboard_protocol::{ErrorCode, RunId, Seq, ThreadId};
+use switchboard_store::{RunRecord, StoreError, Thread};
+
+use crate::app::AppState;
+use crate::auth::{AuthUser, TokenType, hash_password, unusable_password_hash, verify_password};
+use crate::delivery::Delivery;
+use crate::error::ApiError;
+use crate::ws::history_message;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The email every dev-login without a body signs in as.
+const DEV_EMAIL: &str = "dev@switchboard.local";
+
+/// Body of register and login.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Credentials {
+    email: String,
+    password: String,
+}
+
+fn user_json(user: &switchboard_store::User) -> Value {
+    json!({ "id": user.id, "email": user.email })
+}
+
+fn valid_email(email: &str) -> bool {
+    let email = email.trim();
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && email.len() <= 254
+                && !email.chars().any(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+/// `POST /api/auth/register`.
+pub(crate) async fn register(
+    State(state): State<AppState>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    if !valid_email(&body.email) {
+        return Err(ApiError::invalid("The email address is not valid."));
+    }
+    let length = body.password.chars().count();
+    if !(8..=1024).contains(&length) {
+        return Err(ApiError::invalid("The password must have 8 to 1024 characters."));
+    }
+    let hash = hash_password(body.password).await.map_err(ApiError::internal)?;
+    let user = state
+        .store
+        .create_user(body.email.trim(), &hash)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                "This email is already registered.",
+            ),
+            other => other.into(),
+        })?;
+    Ok((StatusCode::CREATED, Json(json!({ "user": user_json(&user) }))).into_response())
+}
+
+fn pair_response(state: &AppState, user: &switchboard_store::User) -> ApiResult<Json<Value>> {
+    let pair = state.tokens.issue(&user.id).map_err(ApiError::internal)?;
+    let mut body = serde_json::to_value(pair).map_err(ApiError::internal)?;
+    body["user"] = user_json(user);
+    Ok(Json(body))
+}
+
+/// `POST /api/auth/login`.
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body?;
+    let refused = || ApiError::unauthorized("The email or the password is wrong.");
+    let user = state
+        .store
+        .user_by_email(body.email.trim())
+        .await?
+        .ok_or_else(refused)?;
+    if !verify_password(body.password, user.password_hash.clone()).await {
+        return Err(refused());
+    }
+    pair_response(&state, &user)
+}
+
+/// Body of refresh.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST /api/auth/refresh`.
+pub(crate) async fn refresh(
+    State(state): State<AppState>,
+    body: Result<Json<RefreshBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body?;
+    let (user_id, _) = state
+        .tokens
+        .verify(&body.refresh_token, TokenType::Refresh)
+        .map_err(|e| ApiError::unauthorized(format!("The refresh token was refused: {e}.")))?;
+    let user = state
+        .store
+        .user_by_id(&user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("The refresh token was refused: the user no longer exists."))?;
+    pair_response(&state, &user)
+}
+
+/// Optional body of dev-login.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct DevLoginBody {
+    email: Option<String>,
+}
+
+/// `POST /api/auth/dev-login`: only in dev mode. Signs in as the dev user, or as the given email
+/// (created on first use, with no usable password).
+pub(crate) async fn dev_login(
+    State(state): State<AppState>,
+    body: Option<Json<DevLoginBody>>,
+) -> ApiResult<Json<Value>> {
+    if !state.config.dev {
+        return Err(ApiError::not_found("route"));
+    }
+    let email = body.and_then(|Json(b)| b.email).unwrap_or_else(|| DEV_EMAIL.to_owned());
+    if !valid_email(&email) {
+        return Err(ApiError::invalid("The email address is not valid."));
+    }
+    let user = match state.store.user_by_email(&email).await? {
+        Some(user) => user,
+        None => match state.store.create_user(&email, &unusable_password_hash()).await {
+            Ok(user) => user,
+            // Two dev-logins raced to create the same user: take the winner's.
+            Err(StoreError::Conflict(_)) => state
+                .store
+                .user_by_email(&email)
+                .await?
+                .ok_or_else(|| ApiError::internal("dev user vanished"))?,
+            Err(other) => return Err(other.into()),
+        },
+    };
+    pair_response(&state, &user)
+}
+
+/// `POST /api/ws-ticket`.
+pub(crate) async fn ws_ticket(State(state): State<AppState>, user: AuthUser) -> Json<Value> {
+    let ttl = state.config.ticket_ttl;
+    let ticket = state.tickets.issue(&user.id, ttl, user.claims.exp);
+    Json(json!({ "ticket": ticket, "expires_in": ttl.as_secs() }))
+}
+
+fn thread_json(thread: &Thread) -> Value {
+    json!({ "id": thread.id, "title": thread.title, "created_at": thread.created_at, "updated_at": thread.updated_at })
+}
+
+fn thread_id(raw: &str) -> ApiResult<ThreadId> {
+    ThreadId::parse(raw).map_err(|_| ApiError::not_found("thread"))
+}
+
+/// `GET /api/threads`.
+pub(crate) async fn list_threads(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
+    let threads = state.store.threads(&user.id).await?;
+    Ok(Json(
+        json!({ "threads": threads.iter().map(thread_json).collect::<Vec<_>>() }),
+    ))
+}
+
+/// Body of thread creation.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct NewThread {
+    title: Option<String>,
+}
+
+/// `POST /api/threads`.
+pub(crate) async fn create_thread(
+    State(state): State<AppState>,
+    user: AuthUser,
+    body: Option<Json<NewThread>>,
+) -> ApiResult<Response> {
+    let title = body.and_then(|Json(b)| b.title).unwrap_or_default();
+    if title.chars().count() > 200 {
+        return Err(ApiError::invalid("The title must have at most 200 characters."));
+    }
+    let thread = state.store.create_thread(&user.id, &title).await?;
+    Ok((StatusCode::CREATED, Json(thread_json(&thread))).into_response())
+}
+
+/// `GET /api/threads/{id}`.
+pub(crate) async fn get_thread(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let thread = state
+        .store
+        .thread(&user.id, &thread_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found("thread"))?;
+    Ok(Json(thread_json(&thread)))
+}
+
+/// `DELETE /api/threads/{id}`.
+pub(crate) async fn delete_thread(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if state.store.delete_thread(&user.id, &thread_id(&id)?).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("thread"))
+    }
+}
+
+/// `GET /api/threads/{id}/messages`.
+pub(crate) async fn thread_messages(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let messages = state
+        .store
+        .messages(&user.id, &thread_id(&id)?)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(_) => ApiError::not_found("thread"),
+            other => other.into(),
+        })?;
+    let messages: Vec<_> = messages.into_iter().map(history_message).collect();
+    Ok(Json(json!({ "messages": messages })))
+}
+
+fn run_json(run: &RunRecord) -> Value {
+    json!({
+        "id": run.id, "thread_id": run.thread_id, "status": run.state.as_str(),
+        "started_at": run.started_at, "finished_at": run.finished_at,
+        "duration_ms": run.duration_ms, "timings": run.timings,
+    })
+}
+
+async fn find_run(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<RunRecord> {
+    let id = RunId::parse(id).map_err(|_| ApiError::not_found("run"))?;
+    state
+        .store
+        .run(&user.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))
+}
+
+/// `GET /api/runs/{id}`.
+pub(crate) async fn get_run(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(run_json(&find_run(&state, &user, &id).await?)))
+}
+
+/// `POST /api/runs/{id}/cancel`: 202 when the run was active and is being stopped.
+pub(crate) async fn cancel_run(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let run = find_run(&state, &user, &id).await?;
+    match state.runs.cancel(&user.id, &run.id).await {
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(run_json(&run))).into_response()),
+        Err(refusal) if refusal.code == ErrorCode::RunNotFound => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            refusal.message,
+        )),
+        Err(refusal) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            refusal.code,
+            refusal.message,
+        )),
+    }
+}
+
+/// Query of `GET /api/events`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventsQuery {
+    after_seq: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Largest page of `GET /api/events`.
+const MAX_EVENTS_PAGE: usize = 1000;
+
+/// `GET /api/events`: a JSON page, or with `Accept: text/event-stream` an SSE stream that stays
+/// open for new events (`Last-Event-ID` resumes it).
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    user: AuthUser,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let after = Seq::new(last_event_id.or(query.after_seq).unwrap_or(0));
+    if wants_stream {
+        let (delivery, _) = Delivery::start(Arc::clone(&state.hub), user.id.clone(), Some(after)).await?;
+        let metrics = Arc::clone(&state.metrics);
+        let stream = futures_util::stream::unfold(delivery, move |mut delivery| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                match delivery.next().await {
+                    Ok(record) => {
+                        metrics.events_sent.inc();
+                        let event = SseEvent::default()
+                            .id(record.seq.to_string())
+                            .data(record.json.as_str());
+                        Some((Ok::<_, Infallible>(event), delivery))
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "SSE stream ended: cannot read events");
+                        None
+                    }
+                }
+            }
+        });
+        return Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+            .into_response());
+    }
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_EVENTS_PAGE {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and {MAX_EVENTS_PAGE}."
+        )));
+    }
+    let records = state.store.events_after(&user.id, after, limit).await?;
+    let mut body = String::from("{\"events\":[");
+    for (index, record) in records.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        body.push_str(&record.json);
+    }
+    body.push_str("]}");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /health/live`: no I/O.
+pub(crate) async fn live() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// How long one readiness check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// `GET /health/ready`: each dependency checked within a bound, so the answer comes within 1 s
+/// even when one hangs.
+pub(crate) async fn ready(State(state): State<AppState>) -> Response {
+    let started = tokio::time::Instant::now();
+    let store = match tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => json!({ "status": "ok", "latency_ms": started.elapsed().as_millis() as u64 }),
+        Ok(Err(error)) => {
+            json!({ "status": "unavailable", "latency_ms": started.elapsed().as_millis() as u64, "error": error.to_string() })
+        }
+        Err(_) => json!({ "status": "unavailable", "latency_ms": CHECK_TIMEOUT.as_millis() as u64,
+                          "error": format!("no answer within {} ms", CHECK_TIMEOUT.as_millis()) }),
+    };
+    let model = state.runs.engine().breakers().into_iter().find(|b| b.name == "model");
+    let model = match model {
+        Some(b) if b.state == "open" => json!({ "status": "degraded", "latency_ms": 0,
+            "error": format!("the model failed {} times in a row; calls are paused", b.consecutive_failures) }),
+        _ => json!({ "status": "ok", "latency_ms": 0 }),
+    };
+    let shutting_down = state.closing.is_cancelled() || state.stopping.is_cancelled();
+    let status = if store["status"] != "ok" || shutting_down {
+        "unavailable"
+    } else if model["status"] != "ok" {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let code = if status == "unavailable" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        code,
+        Json(json!({ "status": status, "checks": { "store": store, "model": model } })),
+    )
+        .into_response()
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Any other path.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}

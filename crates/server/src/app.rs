@@ -1,0 +1,224 @@
+//! Building and running the server: `Application::build(config)`, the bound address, and
+//! `run_until_stopped()`, which ends on SIGTERM, Ctrl-C or the stop handle, gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use switchboard_agents::OfflineModel;
+use switchboard_engine::Engine;
+use switchboard_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Tickets, Tokens, load_secret};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::limits::Connections;
+use crate::metrics::Metrics;
+use crate::runs::Runs;
+use crate::{api, recovery, ws};
+
+/// How long sockets get to close after the runs have ended.
+const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a handler may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The settings.
+    pub(crate) config: Arc<Config>,
+    /// The durable store.
+    pub(crate) store: Arc<dyn Store>,
+    /// Event storage and fan-out (the engine's sink).
+    pub(crate) hub: Arc<Hub>,
+    /// Starting and stopping runs.
+    pub(crate) runs: Arc<Runs>,
+    /// JWTs.
+    pub(crate) tokens: Arc<Tokens>,
+    /// WebSocket tickets.
+    pub(crate) tickets: Arc<Tickets>,
+    /// Open connections per user.
+    pub(crate) connections: Arc<Connections>,
+    /// Metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Open sockets, for shutdown.
+    pub(crate) sockets: TaskTracker,
+    /// Cancelled when shutdown was requested.
+    pub(crate) stopping: CancellationToken,
+    /// Cancelled when sockets and streams must close (after the runs ended).
+    pub(crate) closing: CancellationToken,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("listen", &self.config.listen).finish()
+    }
+}
+
+/// A built server, bound to its address, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+impl Application {
+    /// Opens the embedded store in the data dir and builds the server.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+        let path = config.data_dir.join("switchboard.sqlite3");
+        let store = SqliteStore::open(&path)
+            .await
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
+        Self::build_with_store(config, Arc::new(store)).await
+    }
+
+    /// Builds the server on a given store: closes runs a crash left active, then binds.
+    pub async fn build_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+        let closed = recovery::close_interrupted_runs(store.as_ref())
+            .await
+            .context("closing interrupted runs")?;
+        if closed > 0 {
+            tracing::warn!(runs = closed, "closed runs left active by the last stop");
+        }
+        let secret = load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+        let tokens = Tokens::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(Arc::clone(&store), Arc::clone(&metrics)));
+        let engine = switchboard_agents::register(Engine::builder())
+            .config(config.engine.clone())
+            .model(Arc::new(OfflineModel::new(config.model_latency)))
+            .build(hub.clone())
+            .context("building the engine")?;
+        let runs = Runs::new(
+            Arc::clone(&store),
+            engine,
+            Arc::clone(&hub),
+            config.rate_limit_per_minute,
+            config.max_text_chars,
+        );
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let state = AppState {
+            config: Arc::new(config),
+            store,
+            hub,
+            runs: Arc::new(runs),
+            tokens: Arc::new(tokens),
+            tickets: Arc::new(Tickets::default()),
+            connections: Arc::new(Connections::default()),
+            metrics,
+            sockets: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            closing: CancellationToken::new(),
+        };
+        Ok(Self { listener, state })
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Cancel it to stop the server gracefully (as SIGTERM does).
+    pub fn stop_handle(&self) -> CancellationToken {
+        self.state.stopping.clone()
+    }
+
+    /// Serves until stopped, then: stop accepting, let active runs finish for the grace period,
+    /// end the rest as `interrupted`, close sockets with 1001, return.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        tracing::info!(addr = %listener.local_addr()?, "listening on {}", listener.local_addr()?);
+        let stopping = state.stopping.clone();
+        let signals = tokio::spawn(stop_on_signal(stopping.clone()));
+        let server = axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(stopping.clone().cancelled_owned())
+            .into_future();
+        let server = tokio::spawn(server);
+        stopping.cancelled().await;
+        signals.abort();
+        tracing::info!(
+            grace_ms = state.config.shutdown_grace.as_millis() as u64,
+            "shutting down"
+        );
+        state.runs.engine().shutdown(state.config.shutdown_grace).await;
+        state.closing.cancel();
+        state.sockets.close();
+        if tokio::time::timeout(SOCKET_CLOSE_GRACE, state.sockets.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sockets did not close in time");
+        }
+        match tokio::time::timeout(SOCKET_CLOSE_GRACE, server).await {
+            Ok(Ok(Ok(()))) | Err(_) => {}
+            Ok(Ok(Err(error))) => tracing::error!(%error, "the HTTP server failed"),
+            Ok(Err(error)) => tracing::error!(%error, "the HTTP server task failed"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn stop_on_signal(stopping: CancellationToken) {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    stopping.cancel();
+}
+
+/// Every route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/api/auth/register", post(api::register))
+        .route("/api/auth/login", post(api::login))
+        .route("/api/auth/refresh", post(api::refresh))
+        .route("/api/auth/dev-login", post(api::dev_login))
+        .route("/api/ws-ticket", post(api::ws_ticket))
+        .route("/api/threads", get(api::list_threads).post(api::create_thread))
+        .route("/api/threads/{id}", get(api::get_thread).delete(api::delete_thread))
+        .route("/api/threads/{id}/messages", get(api::thread_messages))
+        .route("/api/runs/{id}", get(api::get_run))
+        .route("/api/runs/{id}/cancel", post(api::cancel_run))
+        .route("/api/events", get(api::events))
+        .route("/health/live", get(api::live))
+        .route("/health/ready", get(api::ready))
+        .route("/metrics", get(api::metrics))
+        .fallback(api::not_found)
+        .with_state(state)
+}

@@ -1,0 +1,299 @@
+//! Authentication: argon2 password hashes, HS256 JWTs (access and refresh), single-use
+//! WebSocket tickets, and the extractor that turns `Authorization: Bearer` into a user.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use switchboard_protocol::{Timestamp, UserId};
+use tokio::time::Instant;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Which kind of token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum TokenType {
+    /// Grants access to the API and the socket.
+    Access,
+    /// Only buys a new pair.
+    Refresh,
+}
+
+/// The claims of a Switchboard JWT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Claims {
+    /// The user id.
+    pub(crate) sub: String,
+    /// Expiry, seconds since the epoch.
+    pub(crate) exp: i64,
+    /// Issued at.
+    pub(crate) iat: i64,
+    /// Token id.
+    pub(crate) jti: String,
+    /// `access` or `refresh`.
+    pub(crate) typ: TokenType,
+}
+
+/// A token was refused; the text is for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TokenError {
+    /// Past its `exp`.
+    #[error("the token has expired")]
+    Expired,
+    /// A refresh token where an access token is needed, or the reverse.
+    #[error("this is not an {0} token")]
+    WrongType(&'static str),
+    /// Bad signature, bad shape, unknown user.
+    #[error("the token is not valid")]
+    Invalid,
+}
+
+/// An access/refresh pair.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TokenPair {
+    /// The access token.
+    pub(crate) access_token: String,
+    /// The refresh token.
+    pub(crate) refresh_token: String,
+    /// Always `Bearer`.
+    pub(crate) token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub(crate) expires_in: u64,
+}
+
+/// Signs and checks tokens.
+pub(crate) struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens")
+    }
+}
+
+impl Tokens {
+    /// Keys from a secret.
+    pub(crate) fn new(secret: &[u8], access_ttl: Duration, refresh_ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            access_ttl,
+            refresh_ttl,
+        }
+    }
+
+    fn sign(&self, user: &UserId, typ: TokenType, ttl: Duration) -> anyhow::Result<String> {
+        let now = Timestamp::now().unix_millis() / 1000;
+        let claims = Claims {
+            sub: user.to_string(),
+            exp: now + ttl.as_secs() as i64,
+            iat: now,
+            jti: uuid_like(),
+            typ,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("signing a token")
+    }
+
+    /// A fresh pair for `user`.
+    pub(crate) fn issue(&self, user: &UserId) -> anyhow::Result<TokenPair> {
+        Ok(TokenPair {
+            access_token: self.sign(user, TokenType::Access, self.access_ttl)?,
+            refresh_token: self.sign(user, TokenType::Refresh, self.refresh_ttl)?,
+            token_type: "Bearer",
+            expires_in: self.access_ttl.as_secs(),
+        })
+    }
+
+    /// Checks a token's signature, expiry and type.
+    pub(crate) fn verify(&self, token: &str, expected: TokenType) -> Result<(UserId, Claims), TokenError> {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        if data.claims.typ != expected {
+            return Err(TokenError::WrongType(match expected {
+                TokenType::Access => "access",
+                TokenType::Refresh => "refresh",
+            }));
+        }
+        let user = UserId::parse(&data.claims.sub).map_err(|_| TokenError::Invalid)?;
+        Ok((user, data.claims))
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn uuid_like() -> String {
+    hex(&random_bytes::<16>())
+}
+
+/// The JWT secret: from the configuration, or the one kept in the data dir (generated on first
+/// start, readable by the owner only), so tokens survive restarts.
+pub(crate) fn load_secret(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = configured {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = data_dir.join("jwt-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() >= 32 => return Ok(text.trim().as_bytes().to_vec()),
+        Ok(_) => anyhow::bail!("{} is too short; delete it to generate a new secret", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let secret = hex(&random_bytes::<32>());
+    write_private(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(secret.into_bytes())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+/// Hashes a password with argon2id (on the blocking pool: it takes tens of milliseconds).
+pub(crate) async fn hash_password(password: String) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
+    })
+    .await?
+}
+
+/// Checks a password against a stored hash.
+pub(crate) async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A hash that matches no password, for accounts that only log in through dev-login.
+pub(crate) fn unusable_password_hash() -> String {
+    format!("!dev-login-only-{}", uuid_like())
+}
+
+struct Ticket {
+    user: UserId,
+    expires: Instant,
+    token_exp: i64,
+}
+
+/// Single-use tickets for `GET /ws?ticket=`, kept in memory.
+#[derive(Default)]
+pub(crate) struct Tickets {
+    tickets: Mutex<HashMap<String, Ticket>>,
+}
+
+impl std::fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tickets")
+    }
+}
+
+impl Tickets {
+    /// A new ticket for `user`, valid for `ttl`; the socket it opens ends when `token_exp` does.
+    pub(crate) fn issue(&self, user: &UserId, ttl: Duration, token_exp: i64) -> String {
+        let id = uuid_like();
+        let now = Instant::now();
+        let mut tickets = self.tickets.lock().unwrap();
+        tickets.retain(|_, t| t.expires > now);
+        tickets.insert(
+            id.clone(),
+            Ticket {
+                user: user.clone(),
+                expires: now + ttl,
+                token_exp,
+            },
+        );
+        id
+    }
+
+    /// Takes a ticket (once): its user and the expiry of the token it was bought with.
+    pub(crate) fn redeem(&self, id: &str) -> Option<(UserId, i64)> {
+        let ticket = self.tickets.lock().unwrap().remove(id)?;
+        (ticket.expires > Instant::now()).then_some((ticket.user, ticket.token_exp))
+    }
+}
+
+/// The signed-in user of an HTTP request (`Authorization: Bearer <access token>`).
+#[derive(Debug, Clone)]
+pub(crate) struct AuthUser {
+    /// The user.
+    pub(crate) id: UserId,
+    /// The token's claims.
+    pub(crate) claims: Claims,
+}
+
+/// The token of an `Authorization` header value of the form `Bearer <token>`.
+pub(crate) fn bearer_value(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The token of an `Authorization: Bearer` header, if there is one.
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_value(value)
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)
+            .ok_or_else(|| ApiError::unauthorized("Sign in first: send Authorization: Bearer <access token>."))?;
+        let (id, claims) = state
+            .tokens
+            .verify(token, TokenType::Access)
+            .map_err(|e| ApiError::unauthorized(format!("The access token was refused: {e}.")))?;
+        Ok(AuthUser { id, claims })
+    }
+}

@@ -1,0 +1,219 @@
+//! A typed client of the Switchboard protocol: HTTP sign-in and a WebSocket that speaks
+//! `ClientFrame` and `ServerFrame`. Used by `switchboard chat`, the tests and the load benchmark.
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_protocol::{ClientFrame, PROTOCOL_NAME, ServerFrame, UserId};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A signed-in user's tokens.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The access token.
+    pub access_token: String,
+    /// The refresh token.
+    pub refresh_token: String,
+    /// The user.
+    pub user_id: UserId,
+}
+
+impl Session {
+    fn from_body(body: &Value) -> anyhow::Result<Self> {
+        let text = |key: &str| {
+            body[key]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("no {key} in {body}"))
+        };
+        Ok(Self {
+            access_token: text("access_token")?,
+            refresh_token: text("refresh_token")?,
+            user_id: UserId::parse(body["user"]["id"].as_str().context("no user id")?)?,
+        })
+    }
+}
+
+/// The HTTP side of a server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// A client of the server at `base` (`http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The underlying HTTP client, for requests this type has no method for.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `POST {base}{path}` with a JSON body; the status and the JSON answer.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| format!("POST {path}"))?;
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// `GET {base}{path}`; the status and the JSON answer.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| format!("GET {path}"))?;
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// Registers and signs in.
+    pub async fn register(&self, email: &str, password: &str) -> anyhow::Result<Session> {
+        let credentials = json!({ "email": email, "password": password });
+        let (status, body) = self.post("/api/auth/register", None, &credentials).await?;
+        if status != 201 {
+            bail!("register failed with {status}: {body}");
+        }
+        self.login(email, password).await
+    }
+
+    /// Signs in.
+    pub async fn login(&self, email: &str, password: &str) -> anyhow::Result<Session> {
+        let (status, body) = self
+            .post(
+                "/api/auth/login",
+                None,
+                &json!({ "email": email, "password": password }),
+            )
+            .await?;
+        if status != 200 {
+            bail!(
+                "login failed with {status}: {}",
+                body["error"]["message"].as_str().unwrap_or("no message")
+            );
+        }
+        Session::from_body(&body)
+    }
+
+    /// Signs in through dev-login (dev mode only), as the dev user or as `email`.
+    pub async fn dev_login(&self, email: Option<&str>) -> anyhow::Result<Session> {
+        let body = email.map_or_else(|| json!({}), |email| json!({ "email": email }));
+        let (status, body) = self.post("/api/auth/dev-login", None, &body).await?;
+        match status {
+            200 => Session::from_body(&body),
+            404 => {
+                bail!("dev-login is off on this server; start it with --dev, or sign in with --email and --password")
+            }
+            _ => bail!("dev-login failed with {status}: {body}"),
+        }
+    }
+
+    /// The WebSocket URL of the server.
+    pub fn ws_url(&self, query: &str) -> String {
+        let base = self
+            .base
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1);
+        if query.is_empty() {
+            format!("{base}/ws")
+        } else {
+            format!("{base}/ws?{query}")
+        }
+    }
+
+    /// Opens a socket, offering the token as subprotocol `jwt.<token>` beside `switchboard.v1`.
+    pub async fn connect(&self, token: &str, after_seq: Option<u64>) -> anyhow::Result<Socket> {
+        let query = after_seq.map(|n| format!("after_seq={n}")).unwrap_or_default();
+        let mut request = self.ws_url(&query).into_client_request()?;
+        let offer = format!("{PROTOCOL_NAME}, jwt.{token}");
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_str(&offer)?);
+        Socket::open(request).await
+    }
+}
+
+/// An open socket.
+#[derive(Debug)]
+pub struct Socket {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The subprotocol the server selected.
+    pub protocol: Option<String>,
+}
+
+impl Socket {
+    /// Opens a socket with a prepared request (any headers).
+    pub async fn open(request: tokio_tungstenite::tungstenite::handshake::client::Request) -> anyhow::Result<Self> {
+        let (ws, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .context("opening the socket")?;
+        let protocol = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self { ws, protocol })
+    }
+
+    /// Sends a frame.
+    pub async fn send(&mut self, frame: &ClientFrame) -> anyhow::Result<()> {
+        self.send_text(&serde_json::to_string(frame)?).await
+    }
+
+    /// Sends any text.
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        self.ws.send(Message::text(text)).await.context("sending a frame")
+    }
+
+    /// Sends a raw message (binary, ping, close).
+    pub async fn send_raw(&mut self, message: Message) -> anyhow::Result<()> {
+        self.ws.send(message).await.context("sending a frame")
+    }
+
+    /// The next message as it came (pings and pongs included); `None` once the socket ended.
+    pub async fn next_raw(&mut self) -> Option<anyhow::Result<Message>> {
+        self.ws.next().await.map(|m| m.context("reading the socket"))
+    }
+
+    /// The next protocol frame, skipping pings and pongs; `Ok(None)` on close.
+    pub async fn next_frame(&mut self) -> anyhow::Result<Option<ServerFrame>> {
+        while let Some(message) = self.next_raw().await {
+            match message? {
+                Message::Text(text) => {
+                    let frame = serde_json::from_str(text.as_str())
+                        .with_context(|| format!("an unreadable frame: {}", text.as_str()))?;
+                    return Ok(Some(frame));
+                }
+                Message::Close(_) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Closes the socket normally.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.ws.close(None).await.context("closing the socket")
+    }
+}

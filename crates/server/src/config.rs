@@ -1,0 +1,254 @@
+//! The server's configuration: one typed tree. Each key has a default, may be set in a TOML file
+//! (`--config FILE`), overridden by a `SWITCHBOARD_*` environment variable, and overridden again
+//! on the command line. Everything is validated at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+use switchboard_engine::EngineConfig;
+
+/// The settings of `switchboard serve`, as given on the command line or in the environment.
+/// `None` means "not given here": the file or the default decides.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the keys below (in snake_case).
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port (the bound address is logged).
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the database and the generated JWT secret (created if missing).
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Enables `POST /api/auth/dev-login`.
+    #[arg(long, env = "SWITCHBOARD_DEV", num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+    /// Idle time after which the server sends a heartbeat and a ping.
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Silence after a heartbeat after which the connection is closed.
+    #[arg(long, env = "SWITCHBOARD_PONG_TIMEOUT_MS")]
+    pub pong_timeout_ms: Option<u64>,
+    /// Deadline of a whole run.
+    #[arg(long, env = "SWITCHBOARD_RUN_TIMEOUT_MS")]
+    pub run_timeout_ms: Option<u64>,
+    /// Deadline of one agent.
+    #[arg(long, env = "SWITCHBOARD_AGENT_TIMEOUT_MS")]
+    pub agent_timeout_ms: Option<u64>,
+    /// Deadline of one tool call.
+    #[arg(long, env = "SWITCHBOARD_TOOL_TIMEOUT_MS")]
+    pub tool_timeout_ms: Option<u64>,
+    /// Deadline of one model call.
+    #[arg(long, env = "SWITCHBOARD_MODEL_TIMEOUT_MS")]
+    pub model_timeout_ms: Option<u64>,
+    /// Latency the offline model adds to each call (demos, load tests).
+    #[arg(long, env = "SWITCHBOARD_MODEL_LATENCY_MS")]
+    pub model_latency_ms: Option<u64>,
+    /// How long active runs may finish after SIGTERM before they are interrupted.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Open WebSocket connections one user may have.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
+    /// Active runs one user may have.
+    #[arg(long, env = "SWITCHBOARD_MAX_ACTIVE_RUNS_PER_USER")]
+    pub max_active_runs_per_user: Option<usize>,
+    /// `user_message` frames one user may send per minute.
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMIT_PER_MINUTE")]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Largest client frame, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Longest message text, in characters.
+    #[arg(long, env = "SWITCHBOARD_MAX_TEXT_CHARS")]
+    pub max_text_chars: Option<usize>,
+    /// Lifetime of a WebSocket ticket.
+    #[arg(long, env = "SWITCHBOARD_TICKET_TTL_SECS")]
+    pub ticket_ttl_secs: Option<u64>,
+    /// Lifetime of an access token.
+    #[arg(long, env = "SWITCHBOARD_ACCESS_TOKEN_TTL_SECS")]
+    pub access_token_ttl_secs: Option<u64>,
+    /// Lifetime of a refresh token.
+    #[arg(long, env = "SWITCHBOARD_REFRESH_TOKEN_TTL_SECS")]
+    pub refresh_token_ttl_secs: Option<u64>,
+    /// Log filter (`info`, `switchboard=debug`, ...).
+    #[arg(long, env = "SWITCHBOARD_LOG")]
+    pub log: Option<String>,
+}
+
+/// The same keys, read from the TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    dev: Option<bool>,
+    heartbeat_interval_ms: Option<u64>,
+    pong_timeout_ms: Option<u64>,
+    run_timeout_ms: Option<u64>,
+    agent_timeout_ms: Option<u64>,
+    tool_timeout_ms: Option<u64>,
+    model_timeout_ms: Option<u64>,
+    model_latency_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+    max_connections_per_user: Option<usize>,
+    max_active_runs_per_user: Option<usize>,
+    rate_limit_per_minute: Option<u32>,
+    max_frame_bytes: Option<usize>,
+    max_text_chars: Option<usize>,
+    ticket_ttl_secs: Option<u64>,
+    access_token_ttl_secs: Option<u64>,
+    refresh_token_ttl_secs: Option<u64>,
+    log: Option<String>,
+}
+
+/// The server's settings, complete and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the database and the JWT secret.
+    pub data_dir: PathBuf,
+    /// Dev mode: `POST /api/auth/dev-login` works.
+    pub dev: bool,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Pong timeout.
+    pub pong_timeout: Duration,
+    /// Engine deadlines and limits.
+    pub engine: EngineConfig,
+    /// Latency of the offline model.
+    pub model_latency: Duration,
+    /// Grace period at shutdown.
+    pub shutdown_grace: Duration,
+    /// Connections per user.
+    pub max_connections_per_user: usize,
+    /// Messages per user per minute.
+    pub rate_limit_per_minute: u32,
+    /// Largest client frame.
+    pub max_frame_bytes: usize,
+    /// Longest message text.
+    pub max_text_chars: usize,
+    /// Ticket lifetime.
+    pub ticket_ttl: Duration,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// The JWT secret from `SWITCHBOARD_JWT_SECRET`; otherwise generated once into the data dir.
+    pub jwt_secret: Option<String>,
+    /// Log filter.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./switchboard-data"),
+            dev: false,
+            heartbeat_interval: Duration::from_millis(25_000),
+            pong_timeout: Duration::from_millis(10_000),
+            engine: EngineConfig::default(),
+            model_latency: Duration::ZERO,
+            shutdown_grace: Duration::from_millis(10_000),
+            max_connections_per_user: 10,
+            rate_limit_per_minute: 60,
+            max_frame_bytes: 64 * 1024,
+            max_text_chars: 16_000,
+            ticket_ttl: Duration::from_secs(60),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            jwt_secret: None,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults < file < environment < command line (clap has already put the environment
+    /// under the command line in `args`), then validation.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut config = Config::default();
+        macro_rules! layer {
+            ($key:ident) => {
+                if let Some(value) = args.$key.clone().or(file.$key.clone()) {
+                    config.$key = value;
+                }
+            };
+            ($key:ident, $field:expr, $convert:expr) => {
+                if let Some(value) = args.$key.clone().or(file.$key.clone()) {
+                    $field = $convert(value);
+                }
+            };
+        }
+        let ms = Duration::from_millis;
+        let secs = Duration::from_secs;
+        layer!(listen);
+        layer!(data_dir);
+        layer!(dev);
+        layer!(max_connections_per_user);
+        layer!(rate_limit_per_minute);
+        layer!(max_frame_bytes);
+        layer!(max_text_chars);
+        layer!(log);
+        layer!(heartbeat_interval_ms, config.heartbeat_interval, ms);
+        layer!(pong_timeout_ms, config.pong_timeout, ms);
+        layer!(run_timeout_ms, config.engine.run_timeout, ms);
+        layer!(agent_timeout_ms, config.engine.agent_timeout, ms);
+        layer!(tool_timeout_ms, config.engine.tool_timeout, ms);
+        layer!(model_timeout_ms, config.engine.model_timeout, ms);
+        layer!(model_latency_ms, config.model_latency, ms);
+        layer!(shutdown_grace_ms, config.shutdown_grace, ms);
+        layer!(max_active_runs_per_user, config.engine.max_active_runs_per_user, |v| v);
+        layer!(ticket_ttl_secs, config.ticket_ttl, secs);
+        layer!(access_token_ttl_secs, config.access_token_ttl, secs);
+        layer!(refresh_token_ttl_secs, config.refresh_token_ttl, secs);
+        config.jwt_secret = std::env::var("SWITCHBOARD_JWT_SECRET").ok().filter(|s| !s.is_empty());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that every setting can work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.engine.validate()?;
+        let positive = [
+            ("heartbeat_interval_ms", self.heartbeat_interval.is_zero()),
+            ("pong_timeout_ms", self.pong_timeout.is_zero()),
+            ("max_connections_per_user", self.max_connections_per_user == 0),
+            ("rate_limit_per_minute", self.rate_limit_per_minute == 0),
+            ("max_text_chars", self.max_text_chars == 0),
+            ("ticket_ttl_secs", self.ticket_ttl.is_zero()),
+            ("access_token_ttl_secs", self.access_token_ttl.is_zero()),
+            ("refresh_token_ttl_secs", self.refresh_token_ttl.is_zero()),
+        ];
+        for (key, bad) in positive {
+            if bad {
+                bail!("invalid setting `{key}`: must be greater than zero");
+            }
+        }
+        if self.max_frame_bytes < 1024 {
+            bail!("invalid setting `max_frame_bytes`: must be at least 1024");
+        }
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < 32
+        {
+            bail!("SWITCHBOARD_JWT_SECRET must be at least 32 characters long");
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
