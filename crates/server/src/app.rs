@@ -145,9 +145,17 @@ impl Application {
     /// end the rest as `interrupted`, close sockets with 1001, return.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self { listener, state } = self;
-        tracing::info!(addr = %listener.local_addr()?, "listening on {}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "listening on {addr}");
         let stopping = state.stopping.clone();
         let signals = tokio::spawn(stop_on_signal(stopping.clone()));
+        // Events are many small frames: without TCP_NODELAY, Nagle's algorithm would hold each
+        // one back until the client's delayed ACK (up to 40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::warn!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let server = axum::serve(listener, router(state.clone()))
             .with_graceful_shutdown(stopping.clone().cancelled_owned())
             .into_future();

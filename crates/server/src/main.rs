@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// A terminal client: sends each line you type and shows the run as a live timeline.
     Chat(ChatArgs),
 }

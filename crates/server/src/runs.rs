@@ -118,6 +118,15 @@ impl Runs {
                 ),
             ));
         }
+        let limit = self.engine.config().max_active_runs_per_user;
+        if self.engine.active_runs_of(user) >= limit {
+            // Checked before storing, so a refused message leaves nothing behind; the engine
+            // checks again when the run starts, for messages racing from several tabs.
+            return Err(Refusal::new(
+                ErrorCode::TooManyActiveRuns,
+                format!("You already have {limit} active runs; wait for one to finish or stop one."),
+            ));
+        }
         let accepted_at = Instant::now();
         let accepted = self
             .store
@@ -149,7 +158,11 @@ impl Runs {
         };
         if let Err(error) = self.engine.start_run(request) {
             self.hub.forget(&accepted.run_id);
-            if let Err(store_error) = self.store.discard_run(user, &accepted.run_id).await {
+            if let Err(store_error) = self
+                .store
+                .discard_run(user, &accepted.run_id, accepted.created_thread)
+                .await
+            {
                 tracing::error!(error = %store_error, run_id = %accepted.run_id, "could not discard a refused run");
             }
             let code = match error {

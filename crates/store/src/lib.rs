@@ -143,6 +143,8 @@ pub struct Accepted {
     pub thread_id: ThreadId,
     /// True when the `client_message_id` was seen before: nothing new was stored.
     pub duplicate: bool,
+    /// True when storing the message created its thread.
+    pub created_thread: bool,
 }
 
 /// A stored event: its seq and its JSON exactly as sent on the wire.
@@ -193,8 +195,9 @@ pub trait Store: Send + Sync + 'static {
     /// when none is given. A `client_message_id` seen before returns the earlier message and run.
     /// `NotFound` when the given thread is not the user's.
     async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError>;
-    /// Removes a run that could not start, and its message.
-    async fn discard_run(&self, user: &UserId, run: &RunId) -> Result<(), StoreError>;
+    /// Removes a run that could not start, and its message; and its thread too when
+    /// `created_thread` (storing the message created it).
+    async fn discard_run(&self, user: &UserId, run: &RunId, created_thread: bool) -> Result<(), StoreError>;
     /// One run of the user.
     async fn run(&self, user: &UserId, id: &RunId) -> Result<Option<RunRecord>, StoreError>;
     /// Every run still marked running, of every user (to close them after a crash).

@@ -449,10 +449,12 @@ impl Store for SqliteStore {
                         message: earlier,
                         run_id,
                         duplicate: true,
+                        created_thread: false,
                     });
                 }
             }
             let now = now_millis();
+            let created_thread = message.thread_id.is_none();
             let thread_id = match &message.thread_id {
                 Some(thread) => {
                     let exists: Option<i64> = tx
@@ -509,17 +511,25 @@ impl Store for SqliteStore {
                 run_id: message.run_id,
                 thread_id,
                 duplicate: false,
+                created_thread,
             })
         })
         .await
     }
 
-    async fn discard_run(&self, user: &UserId, run: &RunId) -> Result<(), StoreError> {
+    async fn discard_run(&self, user: &UserId, run: &RunId, created_thread: bool) -> Result<(), StoreError> {
         let (user, run) = (user.to_string(), run.to_string());
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
+            if created_thread {
+                tx.execute(
+                    "DELETE FROM threads WHERE user_id = ?2 AND id = (SELECT thread_id FROM runs WHERE id = ?1 AND user_id = ?2)",
+                    params![run, user],
+                )
+                .map_err(backend)?;
+            }
             tx.execute(
                 "DELETE FROM messages WHERE run_id = ?1 AND user_id = ?2 AND role = 'user'",
                 params![run, user],

@@ -125,8 +125,24 @@ async fn threads_and_messages(store: &dyn Store) {
     assert!(store.delete_thread(&alice, &first.thread_id).await.unwrap());
     assert!(store.thread(&alice, &first.thread_id).await.unwrap().is_none());
 
-    store.discard_run(&alice, &second.run_id).await.unwrap();
+    assert!(!second.created_thread && first.created_thread);
+    store
+        .discard_run(&alice, &second.run_id, second.created_thread)
+        .await
+        .unwrap();
     assert!(store.run(&alice, &second.run_id).await.unwrap().is_none());
+    let lone = store
+        .accept_message(new_message(&alice, None, "refused", None))
+        .await
+        .unwrap();
+    store
+        .discard_run(&alice, &lone.run_id, lone.created_thread)
+        .await
+        .unwrap();
+    assert!(
+        store.thread(&alice, &lone.thread_id).await.unwrap().is_none(),
+        "the thread it created went too"
+    );
 }
 
 async fn event_log(store: &dyn Store) {

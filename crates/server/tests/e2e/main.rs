@@ -1,0 +1,9 @@
+//! End-to-end tests: the real server on port 0 over real sockets, one module per area.
+
+mod auth;
+mod http;
+mod lifecycle;
+mod resume;
+mod runs;
+mod socket;
+mod support;

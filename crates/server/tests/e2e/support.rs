@@ -1,0 +1,296 @@
+//! The one harness: `spawn_app()` starts the real server on port 0 with a fresh data dir, in the
+//! test's own runtime (so tokio's paused clock works), and gives typed helpers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use switchboard::client::{Client, Session, Socket};
+use switchboard::{Application, Config};
+use switchboard_protocol::{
+    ClientFrame, Control, ErrorCode, ErrorPayload, Event, MessageAccepted, RunId, Seq, ServerFrame, ThreadId, UserId,
+    UserMessage,
+};
+use switchboard_store::{
+    Accepted, EventRecord, Message, NewMessage, RunRecord, SqliteStore, Store, StoreError, Thread, User,
+};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+
+pub(crate) struct TestApp {
+    pub(crate) client: Client,
+    pub(crate) stop: CancellationToken,
+    pub(crate) store: Arc<HangingStore>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn test_config(dir: &std::path::Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        dev: true,
+        jwt_secret: Some(SECRET.to_owned()),
+        ..Config::default()
+    }
+}
+
+pub(crate) async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = spawn_app_in(dir.path().to_owned(), configure).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// A server on a data dir.
+async fn spawn_app_in(data_dir: PathBuf, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config(&data_dir);
+    configure(&mut config);
+    let sqlite = SqliteStore::open(&data_dir.join("switchboard.sqlite3")).await.unwrap();
+    let store = Arc::new(HangingStore::new(sqlite));
+    let app = Application::build_with_store(config, store.clone())
+        .await
+        .expect("the app builds");
+    let client = Client::new(&format!("http://{}", app.local_addr()));
+    let stop = app.stop_handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        client,
+        stop,
+        store,
+        server,
+        _dir: None,
+    }
+}
+
+impl TestApp {
+    /// A signed-in user (through dev-login, so no password hashing).
+    pub(crate) async fn user(&self, name: &str) -> Session {
+        self.client
+            .dev_login(Some(&format!("{name}@test.example")))
+            .await
+            .unwrap()
+    }
+
+    /// An open socket of `session`, past `connection_established`.
+    pub(crate) async fn connect(&self, session: &Session) -> Socket {
+        let mut socket = self.client.connect(&session.access_token, None).await.unwrap();
+        match socket.next_frame().await.unwrap() {
+            Some(ServerFrame::Control(c)) if matches!(c.body, Control::ConnectionEstablished(_)) => socket,
+            other => panic!("expected connection_established, got {other:?}"),
+        }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub(crate) async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.server.await.unwrap()
+    }
+}
+
+pub(crate) fn message(text: &str, thread: Option<&ThreadId>, client_id: Option<&str>) -> ClientFrame {
+    ClientFrame::UserMessage(UserMessage {
+        text: text.into(),
+        thread_id: thread.cloned(),
+        client_message_id: client_id.map(Into::into),
+    })
+}
+
+/// The next frame that is not a heartbeat.
+pub(crate) async fn next(socket: &mut Socket) -> ServerFrame {
+    loop {
+        match socket.next_frame().await.unwrap() {
+            Some(ServerFrame::Control(c)) if matches!(c.body, Control::Heartbeat(_)) => continue,
+            Some(frame) => return frame,
+            None => panic!("the socket closed"),
+        }
+    }
+}
+
+/// Lets `duration` pass on the (paused) clock while reading the socket as a live client does,
+/// so pings are answered; returns the frames read. Reads in steps of 2 s: time jumps to the
+/// next timer whenever the runtime is idle, and the short steps bound each jump.
+pub(crate) async fn read_for(socket: &mut Socket, duration: std::time::Duration) -> Vec<ServerFrame> {
+    let until = tokio::time::Instant::now() + duration;
+    let mut frames = Vec::new();
+    while tokio::time::Instant::now() < until {
+        let step = (until - tokio::time::Instant::now()).min(std::time::Duration::from_secs(2));
+        if let Ok(frame) = tokio::time::timeout(step, socket.next_frame()).await {
+            frames.push(frame.unwrap().expect("the socket stayed open"));
+        }
+    }
+    frames
+}
+
+/// The next `message_accepted`, skipping events of runs already going.
+pub(crate) async fn accepted(socket: &mut Socket) -> MessageAccepted {
+    loop {
+        match next(socket).await {
+            ServerFrame::Control(c) => match c.body {
+                Control::MessageAccepted(accepted) => return accepted,
+                other => panic!("expected message_accepted, got {other:?}"),
+            },
+            ServerFrame::Event(_) => continue,
+        }
+    }
+}
+
+pub(crate) async fn error(socket: &mut Socket) -> ErrorPayload {
+    loop {
+        match next(socket).await {
+            ServerFrame::Control(c) => match c.body {
+                Control::Error(error) => return error,
+                other => panic!("expected an error, got {other:?}"),
+            },
+            ServerFrame::Event(_) => continue,
+        }
+    }
+}
+
+/// Sends a message and returns its acceptance.
+pub(crate) async fn send(socket: &mut Socket, text: &str) -> MessageAccepted {
+    socket.send(&message(text, None, None)).await.unwrap();
+    accepted(socket).await
+}
+
+/// Reads events until the final event of `run` and returns that run's events (others are
+/// dropped, but all are checked to belong to the expected user's stream by the caller).
+pub(crate) async fn run_events(socket: &mut Socket, run: &RunId) -> Vec<Event> {
+    let mut events = Vec::new();
+    loop {
+        if let ServerFrame::Event(event) = next(socket).await
+            && &event.run_id == run
+        {
+            let done = event.is_final();
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+}
+
+/// Every event frame until the final event of `run`, of any run.
+pub(crate) async fn events_until_final(socket: &mut Socket, run: &RunId) -> Vec<Event> {
+    let mut events = Vec::new();
+    loop {
+        if let ServerFrame::Event(event) = next(socket).await {
+            let done = event.is_final() && &event.run_id == run;
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+}
+
+pub(crate) fn seqs(events: &[Event]) -> Vec<u64> {
+    events.iter().map(|e| e.seq.get()).collect()
+}
+
+pub(crate) fn assert_code(error: &ErrorPayload, code: ErrorCode) {
+    assert_eq!(error.code, code, "{}", error.message);
+}
+
+/// The SQLite store, with a switch that makes every call hang (a store that stopped answering).
+pub(crate) struct HangingStore {
+    inner: SqliteStore,
+    hang: AtomicBool,
+}
+
+impl HangingStore {
+    fn new(inner: SqliteStore) -> Self {
+        Self {
+            inner,
+            hang: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_hanging(&self, hang: bool) {
+        self.hang.store(hang, Ordering::SeqCst);
+    }
+
+    async fn gate(&self) {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for HangingStore {
+    async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
+        self.gate().await;
+        self.inner.create_user(email, password_hash).await
+    }
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        self.gate().await;
+        self.inner.user_by_email(email).await
+    }
+    async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError> {
+        self.gate().await;
+        self.inner.user_by_id(id).await
+    }
+    async fn create_thread(&self, user: &UserId, title: &str) -> Result<Thread, StoreError> {
+        self.gate().await;
+        self.inner.create_thread(user, title).await
+    }
+    async fn threads(&self, user: &UserId) -> Result<Vec<Thread>, StoreError> {
+        self.gate().await;
+        self.inner.threads(user).await
+    }
+    async fn thread(&self, user: &UserId, id: &ThreadId) -> Result<Option<Thread>, StoreError> {
+        self.gate().await;
+        self.inner.thread(user, id).await
+    }
+    async fn delete_thread(&self, user: &UserId, id: &ThreadId) -> Result<bool, StoreError> {
+        self.gate().await;
+        self.inner.delete_thread(user, id).await
+    }
+    async fn messages(&self, user: &UserId, thread: &ThreadId) -> Result<Vec<Message>, StoreError> {
+        self.gate().await;
+        self.inner.messages(user, thread).await
+    }
+    async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError> {
+        self.gate().await;
+        self.inner.accept_message(message).await
+    }
+    async fn discard_run(&self, user: &UserId, run: &RunId, created_thread: bool) -> Result<(), StoreError> {
+        self.gate().await;
+        self.inner.discard_run(user, run, created_thread).await
+    }
+    async fn run(&self, user: &UserId, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+        self.gate().await;
+        self.inner.run(user, id).await
+    }
+    async fn running_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.gate().await;
+        self.inner.running_runs().await
+    }
+    async fn append_event(&self, user: &UserId, event: &Event) -> Result<(), StoreError> {
+        self.gate().await;
+        self.inner.append_event(user, event).await
+    }
+    async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.gate().await;
+        self.inner.events_after(user, after, limit).await
+    }
+    async fn run_events(&self, user: &UserId, run: &RunId) -> Result<Vec<Event>, StoreError> {
+        self.gate().await;
+        self.inner.run_events(user, run).await
+    }
+    async fn last_seq(&self, user: &UserId) -> Result<Seq, StoreError> {
+        self.gate().await;
+        self.inner.last_seq(user).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.gate().await;
+        self.inner.ping().await
+    }
+}
