@@ -117,7 +117,9 @@ impl Sequencer {
         let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
         let attempt = async {
             let mut last = seq_lock.lock().await;
-            let previous = match *last {
+            // Forget the cached seq until the sink confirms: if this call fails or is dropped
+            // half-way (the event may or may not be stored), the next one asks the sink again.
+            let previous = match last.take() {
                 Some(seq) => seq,
                 None => self.sink.last_seq(&ids.user_id).await?,
             };

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// A signed-in user's tokens.
@@ -165,7 +166,10 @@ pub struct Socket {
 impl Socket {
     /// Opens a socket with a prepared request (any headers).
     pub async fn open(request: tokio_tungstenite::tungstenite::handshake::client::Request) -> anyhow::Result<Self> {
-        let (ws, response) = tokio_tungstenite::connect_async(request)
+        // Frames are small: send each at once rather than wait for an ACK (Nagle); and keep the
+        // buffers small (tungstenite zero-fills the read buffer before each read).
+        let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(8 * 1024);
+        let (ws, response) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
             .context("opening the socket")?;
         let protocol = response

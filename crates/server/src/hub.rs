@@ -111,8 +111,8 @@ impl EventSink for Hub {
     }
 
     async fn publish(&self, user: &UserId, event: &Event) -> Result<(), SinkError> {
-        let record = EventRecord::from_event(event).map_err(|e| SinkError::Failed(e.to_string()))?;
-        self.store
+        let record = self
+            .store
             .append_event(user, event)
             .await
             .map_err(|e| SinkError::Failed(e.to_string()))?;

@@ -31,6 +31,8 @@ use crate::limits::ConnectionSlot;
 const OUTBOUND_BUFFER: usize = 256;
 /// A write that takes longer than this ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read and write buffer of a socket.
+const SOCKET_BUFFER: usize = 8 * 1024;
 /// How long to wait for the peer's close reply after sending a close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -147,7 +149,14 @@ pub(crate) async fn upgrade(
     // Frames up to the hard cap are read whole, so that a frame over the protocol's limit can
     // be answered with `message_too_large` before the close.
     let hard_cap = state.config.max_frame_bytes.saturating_mul(16).max(1 << 20);
-    let mut ws = ws.max_message_size(hard_cap).max_frame_size(hard_cap);
+    // Small buffers: tungstenite zero-fills its whole read buffer before each read, and keeps
+    // both buffers for the life of the socket, so the 128 KiB defaults cost CPU on every frame
+    // and memory on every idle connection. Larger frames still grow the buffer as needed.
+    let mut ws = ws
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER);
     if let Some(protocol) = credential.protocol.clone() {
         ws = ws.protocols([protocol]);
     }

@@ -205,8 +205,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an event to the user's log; its seq must be the next one (`Conflict` otherwise).
     /// A final event also finishes the run and, when it carries `result.text`, stores the answer
-    /// as an assistant message, in the same transaction.
-    async fn append_event(&self, user: &UserId, event: &Event) -> Result<(), StoreError>;
+    /// as an assistant message, in the same transaction. Returns the event as stored.
+    async fn append_event(&self, user: &UserId, event: &Event) -> Result<EventRecord, StoreError>;
     /// The user's events with seq > `after`, oldest first, at most `limit`.
     async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
     /// Every event of one run of the user, oldest first.

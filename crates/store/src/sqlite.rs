@@ -8,9 +8,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use tokio::sync::oneshot;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use switchboard_protocol::{
-    Event, EventPayload, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
+    AgentCompleted, Event, EventPayload, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
 };
 
 use crate::{Accepted, EventRecord, Message, NewMessage, RunRecord, RunState, Store, StoreError, Thread, User};
@@ -70,6 +71,7 @@ CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    appends: Arc<Mutex<AppendQueue>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -136,6 +138,7 @@ impl SqliteStore {
         .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            appends: Arc::new(Mutex::new(AppendQueue::default())),
         })
     }
 
@@ -565,59 +568,31 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_event(&self, user: &UserId, event: &Event) -> Result<(), StoreError> {
-        let record = EventRecord::from_event(event)?;
-        let user = user.to_string();
-        let run = event.run_id.to_string();
-        let finished = match &event.payload {
-            EventPayload::AgentCompleted(done) if done.is_final => Some(done.clone()),
-            _ => None,
+    async fn append_event(&self, user: &UserId, event: &Event) -> Result<EventRecord, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let append = PendingAppend {
+            user: user.to_string(),
+            run: event.run_id.to_string(),
+            record: EventRecord::from_event(event)?,
+            finished: match &event.payload {
+                EventPayload::AgentCompleted(done) if done.is_final => Some(done.clone()),
+                _ => None,
+            },
+            timestamp_ms: event.timestamp.unix_millis(),
+            reply,
         };
-        let timestamp_ms = event.timestamp.unix_millis();
-        self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let last: i64 = tx
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE user_id = ?1")
-                .and_then(|mut s| s.query_row([&user], |r| r.get(0)))
-                .map_err(backend)?;
-            let seq = record.seq.get() as i64;
-            if seq != last + 1 {
-                return Err(StoreError::Conflict(format!("seq {seq} does not follow {last}")));
-            }
-            tx.prepare_cached("INSERT INTO events (user_id, seq, run_id, json) VALUES (?1, ?2, ?3, ?4)")
-                .and_then(|mut s| s.execute(params![&user, seq, &run, record.json]))
-                .map_err(backend)?;
-            if let Some(done) = finished {
-                let timings = done
-                    .timings
-                    .as_ref()
-                    .map(serde_json::to_string)
-                    .transpose()
-                    .map_err(|e| corrupt("timings", e))?;
-                tx.execute(
-                    "UPDATE runs SET status = ?1, finished_at = ?2, duration_ms = ?3, timings = ?4 WHERE id = ?5 AND user_id = ?6",
-                    params![done.status.as_str(), timestamp_ms, done.duration_ms as i64, timings, &run, &user],
-                )
-                .map_err(backend)?;
-                let answer = done.result.as_ref().and_then(|r| r.get("text")).and_then(|t| t.as_str());
-                if let (RunStatus::Completed, Some(answer)) = (done.status, answer) {
-                    tx.execute(
-                        "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, created_at)
-                         SELECT ?1, thread_id, user_id, 'assistant', ?2, id, ?3 FROM runs
-                         WHERE id = ?4 AND user_id = ?5 AND thread_id IN (SELECT id FROM threads)",
-                        params![MessageId::generate().as_str(), answer, timestamp_ms, &run, &user],
-                    )
-                    .map_err(backend)?;
-                    tx.execute(
-                        "UPDATE threads SET updated_at = ?1 WHERE id = (SELECT thread_id FROM runs WHERE id = ?2)",
-                        params![timestamp_ms, &run],
-                    )
-                    .map_err(backend)?;
-                }
-            }
-            tx.commit().map_err(backend)
-        })
-        .await
+        let start_flush = {
+            let mut queue = self.appends.lock().unwrap_or_else(|p| p.into_inner());
+            queue.pending.push(append);
+            !std::mem::replace(&mut queue.flushing, true)
+        };
+        if start_flush {
+            let (conn, appends) = (Arc::clone(&self.conn), Arc::clone(&self.appends));
+            tokio::task::spawn_blocking(move || flush_appends(&conn, &appends));
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store's writer stopped before writing the event".into()))?
     }
 
     async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
@@ -686,4 +661,128 @@ impl Store for SqliteStore {
         self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
             .await
     }
+}
+
+/// An event waiting to be appended, with the caller waiting for the outcome.
+struct PendingAppend {
+    user: String,
+    run: String,
+    record: EventRecord,
+    finished: Option<AgentCompleted>,
+    timestamp_ms: i64,
+    reply: oneshot::Sender<Result<EventRecord, StoreError>>,
+}
+
+/// Appends waiting for the writer. Group commit: every append that arrives while a batch is
+/// being written goes into the next batch, one transaction for all, so the store keeps up with
+/// many concurrent runs.
+#[derive(Default)]
+struct AppendQueue {
+    pending: Vec<PendingAppend>,
+    flushing: bool,
+}
+
+/// Writes batches until the queue is empty. Runs on tokio's blocking pool (so the paused clock
+/// of tests does not move while it works).
+fn flush_appends(conn: &Mutex<Connection>, appends: &Mutex<AppendQueue>) {
+    /// Lets the next append start a writer again if this one panics.
+    struct Flushing<'a>(&'a Mutex<AppendQueue>);
+    impl Drop for Flushing<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).flushing = false;
+            }
+        }
+    }
+    let _flushing = Flushing(appends);
+    loop {
+        let batch = {
+            let mut queue = appends.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.pending.is_empty() {
+                queue.flushing = false;
+                return;
+            }
+            std::mem::take(&mut queue.pending)
+        };
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        match write_batch(&mut conn, &batch) {
+            Ok(results) => {
+                for (append, result) in batch.into_iter().zip(results) {
+                    let _ = append.reply.send(result);
+                }
+            }
+            Err(error) => {
+                for append in batch {
+                    let _ = append.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the batch; each append in a savepoint of its own, so that one refused
+/// append (a seq that does not follow) leaves the others in.
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[PendingAppend],
+) -> Result<Vec<Result<EventRecord, StoreError>>, StoreError> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for append in batch {
+        let savepoint = tx.savepoint().map_err(backend)?;
+        match append_one(&savepoint, append) {
+            Ok(()) => {
+                savepoint.commit().map_err(backend)?;
+                results.push(Ok(append.record.clone()));
+            }
+            // Dropping the savepoint rolls this append back.
+            Err(error) => results.push(Err(error)),
+        }
+    }
+    tx.commit().map_err(backend)?;
+    Ok(results)
+}
+
+fn append_one(conn: &Connection, append: &PendingAppend) -> Result<(), StoreError> {
+    let (user, run) = (&append.user, &append.run);
+    let last: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE user_id = ?1")
+        .and_then(|mut s| s.query_row([user], |r| r.get(0)))
+        .map_err(backend)?;
+    let seq = append.record.seq.get() as i64;
+    if seq != last + 1 {
+        return Err(StoreError::Conflict(format!("seq {seq} does not follow {last}")));
+    }
+    conn.prepare_cached("INSERT INTO events (user_id, seq, run_id, json) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| s.execute(params![user, seq, run, append.record.json]))
+        .map_err(backend)?;
+    let Some(done) = &append.finished else {
+        return Ok(());
+    };
+    let timings = done
+        .timings
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| corrupt("timings", e))?;
+    let at = append.timestamp_ms;
+    conn.prepare_cached(
+        "UPDATE runs SET status = ?1, finished_at = ?2, duration_ms = ?3, timings = ?4 WHERE id = ?5 AND user_id = ?6",
+    )
+    .and_then(|mut s| s.execute(params![done.status.as_str(), at, done.duration_ms as i64, timings, run, user]))
+    .map_err(backend)?;
+    let answer = done.result.as_ref().and_then(|r| r.get("text")).and_then(|t| t.as_str());
+    if let (RunStatus::Completed, Some(answer)) = (done.status, answer) {
+        conn.prepare_cached(
+            "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, created_at)
+             SELECT ?1, thread_id, user_id, 'assistant', ?2, id, ?3 FROM runs
+             WHERE id = ?4 AND user_id = ?5 AND thread_id IN (SELECT id FROM threads)",
+        )
+        .and_then(|mut s| s.execute(params![MessageId::generate().as_str(), answer, at, run, user]))
+        .map_err(backend)?;
+        conn.prepare_cached("UPDATE threads SET updated_at = ?1 WHERE id = (SELECT thread_id FROM runs WHERE id = ?2)")
+            .and_then(|mut s| s.execute(params![at, run]))
+            .map_err(backend)?;
+    }
+    Ok(())
 }

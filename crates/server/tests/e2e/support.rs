@@ -273,7 +273,7 @@ impl Store for HangingStore {
         self.gate().await;
         self.inner.running_runs().await
     }
-    async fn append_event(&self, user: &UserId, event: &Event) -> Result<(), StoreError> {
+    async fn append_event(&self, user: &UserId, event: &Event) -> Result<EventRecord, StoreError> {
         self.gate().await;
         self.inner.append_event(user, event).await
     }

@@ -1,0 +1,190 @@
+//! Load on loopback against the real release binary: at 1, 100 and 1 000 concurrent
+//! connections (one user each), the p50/p99 time from sending `user_message` to the run's
+//! `agent_started` and to its final event, and runs per second; then the server's memory per
+//! idle connection with 10 000 connections open.
+//!
+//! `cargo bench -p switchboard --bench load` (`scripts/bench-load` raises the file limit first).
+
+#![allow(clippy::print_stdout)]
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use switchboard::client::{Client, Session, Socket};
+use switchboard_protocol::{ClientFrame, Control, ServerFrame, UserMessage};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const PHASES: [(usize, usize); 3] = [(1, 300), (100, 30), (1_000, 5)];
+const IDLE_CONNECTIONS: usize = 10_000;
+const CONNECTIONS_PER_USER: usize = 10;
+
+async fn start_server(data_dir: &std::path::Path) -> anyhow::Result<(Child, Client)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--rate-limit-per-minute", "1000000", "--data-dir"])
+        .arg(data_dir)
+        .env("SWITCHBOARD_LOG", "warn,switchboard=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the server")?;
+    let mut lines = BufReader::new(child.stderr.take().context("no stderr")?).lines();
+    let addr = loop {
+        let line = lines.next_line().await?.context("the server exited before listening")?;
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().context("no address")?.to_owned();
+        }
+    };
+    // Pass on what the server warns about: a benchmark that hides errors measures nothing.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("server: {line}");
+            }
+        }
+    });
+    Ok((child, Client::new(&format!("http://{addr}"))))
+}
+
+async fn open(client: &Client, session: &Session) -> anyhow::Result<Socket> {
+    let mut socket = client.connect(&session.access_token, None).await?;
+    match socket.next_frame().await? {
+        Some(ServerFrame::Control(c)) if matches!(c.body, Control::ConnectionEstablished(_)) => Ok(socket),
+        other => bail!("expected connection_established, got {other:?}"),
+    }
+}
+
+/// One run: microseconds to `agent_started` and to the final event.
+async fn one_run(socket: &mut Socket) -> anyhow::Result<(u64, u64)> {
+    let sent = Instant::now();
+    let message = ClientFrame::UserMessage(UserMessage {
+        text: "How can we cut our LLM costs on gpt-4o?".into(),
+        thread_id: None,
+        client_message_id: None,
+    });
+    socket.send(&message).await?;
+    let mut first = None;
+    loop {
+        match socket.next_frame().await?.context("the socket closed")? {
+            ServerFrame::Event(event) => {
+                if first.is_none() && event.type_name() == "agent_started" {
+                    first = Some(sent.elapsed().as_micros() as u64);
+                }
+                if event.is_final() {
+                    return Ok((first.context("no agent_started")?, sent.elapsed().as_micros() as u64));
+                }
+            }
+            ServerFrame::Control(c) => {
+                if let Control::Error(error) = c.body {
+                    bail!("refused: {}", error.message);
+                }
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    line.split_whitespace().nth(1).context("no value")?.parse().context("VmRSS")
+}
+
+async fn users(client: &Client, count: usize) -> anyhow::Result<Vec<Session>> {
+    let mut sessions = Vec::with_capacity(count);
+    for i in 0..count {
+        sessions.push(client.dev_login(Some(&format!("load{i}@bench.example"))).await?);
+    }
+    Ok(sessions)
+}
+
+async fn main_async() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (server, client) = start_server(dir.path()).await?;
+    let pid = server.id().context("no pid")?;
+    let sessions = Arc::new(users(&client, IDLE_CONNECTIONS / CONNECTIONS_PER_USER).await?);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("load benchmark: release server on loopback, offline model (no added latency), SQLite store, {cores} cores");
+    println!();
+    println!("| connections | runs | runs/s | to agent_started p50 / p99 (ms) | to final event p50 / p99 (ms) |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for (connections, runs_each) in PHASES {
+        let mut sockets = Vec::with_capacity(connections);
+        for session in sessions.iter().take(connections) {
+            sockets.push(open(&client, session).await?);
+        }
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for mut socket in sockets {
+            tasks.spawn(async move {
+                let mut timings = Vec::with_capacity(runs_each);
+                for _ in 0..runs_each {
+                    timings.push(one_run(&mut socket).await?);
+                }
+                socket.close().await.ok();
+                anyhow::Ok(timings)
+            });
+        }
+        let mut first = Vec::new();
+        let mut last = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            for (f, l) in result?? {
+                first.push(f);
+                last.push(l);
+            }
+        }
+        let elapsed = started.elapsed();
+        first.sort_unstable();
+        last.sort_unstable();
+        println!(
+            "| {connections} | {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            last.len(),
+            last.len() as f64 / elapsed.as_secs_f64(),
+            percentile(&first, 0.5),
+            percentile(&first, 0.99),
+            percentile(&last, 0.5),
+            percentile(&last, 0.99)
+        );
+    }
+    // Let the closed sockets of the phases go before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(pid)?;
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..IDLE_CONNECTIONS {
+        let (client, sessions, semaphore) = (client.clone(), Arc::clone(&sessions), Arc::clone(&semaphore));
+        opening.spawn(async move {
+            let _permit = semaphore.acquire().await?;
+            open(&client, &sessions[i / CONNECTIONS_PER_USER]).await
+        });
+    }
+    let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
+    while let Some(socket) = opening.join_next().await {
+        idle.push(socket??);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    println!();
+    println!(
+        "idle connections: {} open; server RSS {:.1} MiB before, {:.1} MiB after: {:.1} KiB per idle connection",
+        idle.len(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / idle.len() as f64
+    );
+    drop(idle);
+    drop(server);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(main_async())
+}
