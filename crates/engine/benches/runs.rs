@@ -78,7 +78,12 @@ impl Agent for Instant2Tools {
 }
 
 fn engine(sink: Arc<CountingSink>) -> Engine {
+    let config = switchboard_engine::EngineConfig {
+        max_active_runs: IN_FLIGHT,
+        ..switchboard_engine::EngineConfig::default()
+    };
     let mut builder = Engine::builder()
+        .config(config)
         .model(ScriptedModel::ok())
         .tool("lookup", Arc::new(Echo))
         .tool("compute", Arc::new(Echo))

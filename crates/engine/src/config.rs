@@ -15,6 +15,10 @@ pub struct EngineConfig {
     pub model_timeout: Duration,
     /// Active runs one user may have at once (default 3).
     pub max_active_runs_per_user: usize,
+    /// Active runs of all users together (default 128). Past it a run is refused at once
+    /// rather than queued behind the others: beyond what the machine can serve, every run
+    /// would only get slower, and events would wait past their deadlines.
+    pub max_active_runs: usize,
     /// Consecutive failures after which a circuit opens (default 5).
     pub breaker_failure_threshold: u32,
     /// How long an open circuit refuses calls before a trial call (default 30 s).
@@ -31,6 +35,7 @@ impl Default for EngineConfig {
             run_timeout: Duration::from_secs(60),
             model_timeout: Duration::from_secs(30),
             max_active_runs_per_user: 3,
+            max_active_runs: 128,
             breaker_failure_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
             sink_timeout: Duration::from_secs(2),
@@ -70,6 +75,12 @@ impl EngineConfig {
         if self.max_active_runs_per_user == 0 {
             return Err(ConfigError {
                 key: "max_active_runs_per_user",
+                reason: "must be at least 1",
+            });
+        }
+        if self.max_active_runs == 0 {
+            return Err(ConfigError {
+                key: "max_active_runs",
                 reason: "must be at least 1",
             });
         }

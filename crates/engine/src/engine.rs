@@ -83,6 +83,12 @@ pub enum StartError {
         /// The limit.
         limit: usize,
     },
+    /// The server already runs as many runs as it may.
+    #[error("the server is at its limit of {limit} active runs; try again in a moment")]
+    Busy {
+        /// The limit.
+        limit: usize,
+    },
     /// A run with this id is already active.
     #[error("the run {0} is already active")]
     DuplicateRun(RunId),
@@ -371,6 +377,11 @@ impl Engine {
             let mut runs = inner.runs.lock().unwrap();
             if runs.contains_key(&request.run_id) {
                 return Err(StartError::DuplicateRun(request.run_id));
+            }
+            if runs.len() >= inner.config.max_active_runs {
+                return Err(StartError::Busy {
+                    limit: inner.config.max_active_runs,
+                });
             }
             let limit = inner.config.max_active_runs_per_user;
             inner

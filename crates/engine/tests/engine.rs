@@ -188,6 +188,24 @@ async fn a_user_may_have_three_active_runs_and_another_user_is_not_affected() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn past_the_servers_limit_a_run_is_refused_at_once() {
+    let config = EngineConfig {
+        max_active_runs: 2,
+        ..EngineConfig::default()
+    };
+    let engine = hanging().config(config).engine(MemorySink::new());
+    let first = engine.start_run(request(&user("a"))).unwrap();
+    engine.start_run(request(&user("b"))).unwrap();
+    assert_eq!(
+        engine.start_run(request(&user("c"))).unwrap_err(),
+        StartError::Busy { limit: 2 }
+    );
+    engine.cancel(&user("a"), &first.run_id).unwrap();
+    first.outcome().await;
+    assert!(engine.start_run(request(&user("c"))).is_ok(), "a slot is free again");
+}
+
+#[tokio::test(start_paused = true)]
 async fn each_users_events_go_to_that_user_only_gapless_across_runs() {
     let sink = MemorySink::new();
     let scenario = Scenario::new()

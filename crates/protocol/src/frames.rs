@@ -41,6 +41,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// The server is shutting down.
     ShuttingDown,
+    /// The server runs as many runs as it may; try again shortly.
+    ServerBusy,
     /// Something failed inside the server.
     Internal,
 }
@@ -63,6 +65,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::ServerBusy => "server_busy",
             ErrorCode::Internal => "internal",
         }
     }

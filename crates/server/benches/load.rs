@@ -23,7 +23,15 @@ const CONNECTIONS_PER_USER: usize = 10;
 
 async fn start_server(data_dir: &std::path::Path) -> anyhow::Result<(Child, Client)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--rate-limit-per-minute", "1000000", "--data-dir"])
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-limit-per-minute",
+            "1000000",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env("SWITCHBOARD_LOG", "warn,switchboard=info")
         .stdout(Stdio::null())
@@ -57,8 +65,26 @@ async fn open(client: &Client, session: &Session) -> anyhow::Result<Socket> {
     }
 }
 
-/// One run: microseconds to `agent_started` and to the final event.
-async fn one_run(socket: &mut Socket) -> anyhow::Result<(u64, u64)> {
+/// How a message went.
+enum Outcome {
+    /// Microseconds to `agent_started` and to the final event.
+    Ran(u64, u64),
+    /// Refused with `server_busy`.
+    Busy,
+}
+
+/// A client refused with `server_busy` waits between half and one and a half of this before it
+/// tries again (spread, so that refused clients do not come back together).
+const BUSY_BACKOFF: Duration = Duration::from_millis(1000);
+
+/// A pseudo-random wait around `BUSY_BACKOFF`, without a random-number crate.
+fn backoff(attempt: u64, connection: usize) -> Duration {
+    let mixed = (attempt.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ connection as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let fraction = (mixed >> 11) as f64 / (1u64 << 53) as f64;
+    BUSY_BACKOFF.mul_f64(0.5 + fraction)
+}
+
+async fn one_run(socket: &mut Socket) -> anyhow::Result<Outcome> {
     let sent = Instant::now();
     let message = ClientFrame::UserMessage(UserMessage {
         text: "How can we cut our LLM costs on gpt-4o?".into(),
@@ -74,11 +100,15 @@ async fn one_run(socket: &mut Socket) -> anyhow::Result<(u64, u64)> {
                     first = Some(sent.elapsed().as_micros() as u64);
                 }
                 if event.is_final() {
-                    return Ok((first.context("no agent_started")?, sent.elapsed().as_micros() as u64));
+                    let first = first.context("no agent_started")?;
+                    return Ok(Outcome::Ran(first, sent.elapsed().as_micros() as u64));
                 }
             }
             ServerFrame::Control(c) => {
                 if let Control::Error(error) = c.body {
+                    if error.code == switchboard_protocol::ErrorCode::ServerBusy {
+                        return Ok(Outcome::Busy);
+                    }
                     bail!("refused: {}", error.message);
                 }
             }
@@ -94,7 +124,11 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    line.split_whitespace().nth(1).context("no value")?.parse().context("VmRSS")
+    line.split_whitespace()
+        .nth(1)
+        .context("no value")?
+        .parse()
+        .context("VmRSS")
 }
 
 async fn users(client: &Client, count: usize) -> anyhow::Result<Vec<Session>> {
@@ -111,10 +145,18 @@ async fn main_async() -> anyhow::Result<()> {
     let pid = server.id().context("no pid")?;
     let sessions = Arc::new(users(&client, IDLE_CONNECTIONS / CONNECTIONS_PER_USER).await?);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("load benchmark: release server on loopback, offline model (no added latency), SQLite store, {cores} cores");
+    println!(
+        "load benchmark: release server on loopback, offline model (no added latency), SQLite store, {cores} cores; \
+         each connection is one user sending its next message when the last run ended \
+         (after {}-{} ms when refused with server_busy)",
+        BUSY_BACKOFF.as_millis() / 2,
+        BUSY_BACKOFF.as_millis() * 3 / 2
+    );
     println!();
-    println!("| connections | runs | runs/s | to agent_started p50 / p99 (ms) | to final event p50 / p99 (ms) |");
-    println!("| ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| connections | runs | runs/s | to agent_started p50 / p99 (ms) | to final event p50 / p99 (ms) | refused busy |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for (connections, runs_each) in PHASES {
         let mut sockets = Vec::with_capacity(connections);
         for session in sessions.iter().take(connections) {
@@ -122,20 +164,30 @@ async fn main_async() -> anyhow::Result<()> {
         }
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for mut socket in sockets {
+        for (index, mut socket) in sockets.into_iter().enumerate() {
             tasks.spawn(async move {
                 let mut timings = Vec::with_capacity(runs_each);
-                for _ in 0..runs_each {
-                    timings.push(one_run(&mut socket).await?);
+                let mut busy = 0u64;
+                while timings.len() < runs_each {
+                    match one_run(&mut socket).await? {
+                        Outcome::Ran(first, last) => timings.push((first, last)),
+                        Outcome::Busy => {
+                            busy += 1;
+                            tokio::time::sleep(backoff(busy, index)).await;
+                        }
+                    }
                 }
                 socket.close().await.ok();
-                anyhow::Ok(timings)
+                anyhow::Ok((timings, busy))
             });
         }
         let mut first = Vec::new();
         let mut last = Vec::new();
+        let mut busy = 0;
         while let Some(result) = tasks.join_next().await {
-            for (f, l) in result?? {
+            let (timings, refused) = result??;
+            busy += refused;
+            for (f, l) in timings {
                 first.push(f);
                 last.push(l);
             }
@@ -144,7 +196,7 @@ async fn main_async() -> anyhow::Result<()> {
         first.sort_unstable();
         last.sort_unstable();
         println!(
-            "| {connections} | {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            "| {connections} | {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {busy} |",
             last.len(),
             last.len() as f64 / elapsed.as_secs_f64(),
             percentile(&first, 0.5),

@@ -168,7 +168,9 @@ impl Socket {
     pub async fn open(request: tokio_tungstenite::tungstenite::handshake::client::Request) -> anyhow::Result<Self> {
         // Frames are small: send each at once rather than wait for an ACK (Nagle); and keep the
         // buffers small (tungstenite zero-fills the read buffer before each read).
-        let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(8 * 1024);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(8 * 1024);
         let (ws, response) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
             .context("opening the socket")?;

@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Active runs one user may have.
     #[arg(long, env = "SWITCHBOARD_MAX_ACTIVE_RUNS_PER_USER")]
     pub max_active_runs_per_user: Option<usize>,
+    /// Active runs of all users together; past it messages are refused with `server_busy`.
+    #[arg(long, env = "SWITCHBOARD_MAX_ACTIVE_RUNS")]
+    pub max_active_runs: Option<usize>,
     /// `user_message` frames one user may send per minute.
     #[arg(long, env = "SWITCHBOARD_RATE_LIMIT_PER_MINUTE")]
     pub rate_limit_per_minute: Option<u32>,
@@ -97,6 +100,7 @@ struct FileConfig {
     shutdown_grace_ms: Option<u64>,
     max_connections_per_user: Option<usize>,
     max_active_runs_per_user: Option<usize>,
+    max_active_runs: Option<usize>,
     rate_limit_per_minute: Option<u32>,
     max_frame_bytes: Option<usize>,
     max_text_chars: Option<usize>,
@@ -209,6 +213,7 @@ impl Config {
         layer!(model_latency_ms, config.model_latency, ms);
         layer!(shutdown_grace_ms, config.shutdown_grace, ms);
         layer!(max_active_runs_per_user, config.engine.max_active_runs_per_user, |v| v);
+        layer!(max_active_runs, config.engine.max_active_runs, |v| v);
         layer!(ticket_ttl_secs, config.ticket_ttl, secs);
         layer!(access_token_ttl_secs, config.access_token_ttl, secs);
         layer!(refresh_token_ttl_secs, config.refresh_token_ttl, secs);

@@ -109,15 +109,6 @@ impl Runs {
                 format!("client_message_id must have 1 to {MAX_CLIENT_ID} characters."),
             ));
         }
-        if let Err(wait) = self.limiter.check(user) {
-            return Err(Refusal::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "Too many messages in the last minute; try again in {} s.",
-                    wait.as_secs().max(1)
-                ),
-            ));
-        }
         let limit = self.engine.config().max_active_runs_per_user;
         if self.engine.active_runs_of(user) >= limit {
             // Checked before storing, so a refused message leaves nothing behind; the engine
@@ -125,6 +116,23 @@ impl Runs {
             return Err(Refusal::new(
                 ErrorCode::TooManyActiveRuns,
                 format!("You already have {limit} active runs; wait for one to finish or stop one."),
+            ));
+        }
+        if self.engine.active_runs() >= self.engine.config().max_active_runs {
+            let limit = self.engine.config().max_active_runs;
+            return Err(Refusal::new(
+                ErrorCode::ServerBusy,
+                format!("The server is at its limit of {limit} active runs; try again in a moment."),
+            ));
+        }
+        // The rate limit counts last: a message refused for the limits above costs no budget.
+        if let Err(wait) = self.limiter.check(user) {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "Too many messages in the last minute; try again in {} s.",
+                    wait.as_secs().max(1)
+                ),
             ));
         }
         let accepted_at = Instant::now();
@@ -168,6 +176,7 @@ impl Runs {
             let code = match error {
                 StartError::TooManyActiveRuns { .. } => ErrorCode::TooManyActiveRuns,
                 StartError::ShuttingDown => ErrorCode::ShuttingDown,
+                StartError::Busy { .. } => ErrorCode::ServerBusy,
                 StartError::DuplicateRun(_) => ErrorCode::Internal,
             };
             let mut sentence = error.to_string();

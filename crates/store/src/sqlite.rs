@@ -8,11 +8,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::oneshot;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use switchboard_protocol::{
-    AgentCompleted, Event, EventPayload, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
+    AgentCompleted, Event, EventPayload, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp,
+    UserId,
 };
+use tokio::sync::oneshot;
 
 use crate::{Accepted, EventRecord, Message, NewMessage, RunRecord, RunState, Store, StoreError, Thread, User};
 
@@ -726,7 +727,9 @@ fn write_batch(
     conn: &mut Connection,
     batch: &[PendingAppend],
 ) -> Result<Vec<Result<EventRecord, StoreError>>, StoreError> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
     let mut results = Vec::with_capacity(batch.len());
     for append in batch {
         let savepoint = tx.savepoint().map_err(backend)?;
@@ -769,9 +772,22 @@ fn append_one(conn: &Connection, append: &PendingAppend) -> Result<(), StoreErro
     conn.prepare_cached(
         "UPDATE runs SET status = ?1, finished_at = ?2, duration_ms = ?3, timings = ?4 WHERE id = ?5 AND user_id = ?6",
     )
-    .and_then(|mut s| s.execute(params![done.status.as_str(), at, done.duration_ms as i64, timings, run, user]))
+    .and_then(|mut s| {
+        s.execute(params![
+            done.status.as_str(),
+            at,
+            done.duration_ms as i64,
+            timings,
+            run,
+            user
+        ])
+    })
     .map_err(backend)?;
-    let answer = done.result.as_ref().and_then(|r| r.get("text")).and_then(|t| t.as_str());
+    let answer = done
+        .result
+        .as_ref()
+        .and_then(|r| r.get("text"))
+        .and_then(|t| t.as_str());
     if let (RunStatus::Completed, Some(answer)) = (done.status, answer) {
         conn.prepare_cached(
             "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, created_at)

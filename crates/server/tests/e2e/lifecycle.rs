@@ -154,3 +154,43 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
         .unwrap();
     assert!(exit.success(), "exit status {exit}");
 }
+
+#[tokio::test]
+async fn the_chat_client_prints_the_timeline_then_the_answer() {
+    let app = crate::support::spawn_app().await;
+    let mut chat = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["chat", "--server", app.client.base()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"How can we cut our costs on gpt-4o?\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(60), chat.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "Connected to",
+        "accepted: run run_",
+        "▶ triage: classifying the request and choosing the plan",
+        "⚙ extract_entities",
+        "✓ extract_entities",
+        "■ supervisor completed in",
+        "timings (ms): queue",
+        "I read this as **a cost question**. You mentioned models: gpt-4o.",
+    ] {
+        assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
+    }
+}

@@ -107,6 +107,11 @@ async fn every_tab_of_a_user_gets_every_event_and_another_user_none() {
         .await
         .unwrap();
     assert_eq!(status, 404, "another user's run is not found");
+    let mut bob_again = app.client.connect(&bob.access_token, Some(0)).await.unwrap();
+    next(&mut bob_again).await;
+    next(&mut bob_again).await;
+    let replayed = events_until_final(&mut bob_again, &bob_run.run_id).await;
+    assert_eq!(replayed, bob_events, "a resume replays the user's own events only");
 }
 
 #[tokio::test]

@@ -169,6 +169,28 @@ async fn a_fourth_active_run_is_refused_and_leaves_nothing_stored() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn past_the_servers_run_limit_messages_are_refused_with_server_busy() {
+    let app = spawn_app_with(|c| {
+        c.model_latency = Duration::from_secs(10);
+        c.engine.max_active_runs = 2;
+    })
+    .await;
+    let mut sockets = Vec::new();
+    for name in ["u1", "u2", "u3"] {
+        sockets.push(app.connect(&app.user(name).await).await);
+    }
+    send(&mut sockets[0], "one").await;
+    send(&mut sockets[1], "two").await;
+    sockets[2].send(&message("three", None, None)).await.unwrap();
+    let refused = error(&mut sockets[2]).await;
+    assert_code(&refused, ErrorCode::ServerBusy);
+    assert_eq!(
+        refused.message,
+        "The server is at its limit of 2 active runs; try again in a moment."
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_idle_connection_gets_heartbeats_and_a_silent_one_is_closed_with_1001() {
     let app = spawn_app().await;
     let session = app.user("idle").await;
