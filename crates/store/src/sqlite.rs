@@ -288,6 +288,47 @@ fn thread_title(text: &str) -> String {
     }
 }
 
+/// One row (or none) of a query, read as plain values by `row` and checked by `convert`.
+fn one<R, T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: fn(&Row<'_>) -> rusqlite::Result<R>,
+    convert: fn(R) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.query_row(params, row).optional())
+        .map_err(backend)?
+        .map(convert)
+        .transpose()
+}
+
+/// Every row of a query, read by `row` and checked by `convert`.
+fn all<R, T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: fn(&Row<'_>) -> rusqlite::Result<R>,
+    convert: fn(R) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = conn.prepare_cached(sql).map_err(backend)?;
+    let rows = statement.query_map(params, row).map_err(backend)?;
+    rows.map(|r| r.map_err(backend).and_then(convert)).collect()
+}
+
+fn event_from(row: &Row<'_>) -> rusqlite::Result<(i64, String)> {
+    Ok((row.get(0)?, row.get(1)?))
+}
+
+fn to_event_record((seq, json): (i64, String)) -> Result<EventRecord, StoreError> {
+    Ok(EventRecord {
+        seq: Seq::new(u64::try_from(seq).map_err(|e| corrupt("seq", e))?),
+        json,
+    })
+}
+
+const USER_COLUMNS: &str = "id, email, password_hash, created_at";
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
@@ -321,11 +362,8 @@ impl Store for SqliteStore {
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         let email = email.to_lowercase();
         self.with(move |conn| {
-            conn.prepare_cached("SELECT id, email, password_hash, created_at FROM users WHERE email = ?1")
-                .and_then(|mut s| s.query_row([email], user_from).optional())
-                .map_err(backend)?
-                .map(to_user)
-                .transpose()
+            let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1");
+            one(conn, &sql, [email], user_from, to_user)
         })
         .await
     }
@@ -333,11 +371,8 @@ impl Store for SqliteStore {
     async fn user_by_id(&self, id: &UserId) -> Result<Option<User>, StoreError> {
         let id = id.to_string();
         self.with(move |conn| {
-            conn.prepare_cached("SELECT id, email, password_hash, created_at FROM users WHERE id = ?1")
-                .and_then(|mut s| s.query_row([id], user_from).optional())
-                .map_err(backend)?
-                .map(to_user)
-                .transpose()
+            let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1");
+            one(conn, &sql, [id], user_from, to_user)
         })
         .await
     }
@@ -373,9 +408,7 @@ impl Store for SqliteStore {
         let user = user.to_string();
         self.with(move |conn| {
             let sql = format!("SELECT {THREAD_COLUMNS} FROM threads WHERE user_id = ?1 ORDER BY updated_at DESC, id");
-            let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
-            let rows = statement.query_map([user], thread_from).map_err(backend)?;
-            rows.map(|r| r.map_err(backend).and_then(to_thread)).collect()
+            all(conn, &sql, [user], thread_from, to_thread)
         })
         .await
     }
@@ -384,11 +417,7 @@ impl Store for SqliteStore {
         let (user, id) = (user.to_string(), id.to_string());
         self.with(move |conn| {
             let sql = format!("SELECT {THREAD_COLUMNS} FROM threads WHERE id = ?1 AND user_id = ?2");
-            conn.prepare_cached(&sql)
-                .and_then(|mut s| s.query_row([id, user], thread_from).optional())
-                .map_err(backend)?
-                .map(to_thread)
-                .transpose()
+            one(conn, &sql, [id, user], thread_from, to_thread)
         })
         .await
     }
@@ -423,9 +452,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound(format!("thread {thread}")));
             }
             let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE thread_id = ?1 ORDER BY created_at, rowid");
-            let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
-            let rows = statement.query_map([thread], message_from).map_err(backend)?;
-            rows.map(|r| r.map_err(backend).and_then(to_message)).collect()
+            all(conn, &sql, [thread], message_from, to_message)
         })
         .await
     }
@@ -550,11 +577,7 @@ impl Store for SqliteStore {
         let (user, id) = (user.to_string(), id.to_string());
         self.with(move |conn| {
             let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1 AND user_id = ?2");
-            conn.prepare_cached(&sql)
-                .and_then(|mut s| s.query_row([id, user], run_from).optional())
-                .map_err(backend)?
-                .map(to_run)
-                .transpose()
+            one(conn, &sql, [id, user], run_from, to_run)
         })
         .await
     }
@@ -562,9 +585,7 @@ impl Store for SqliteStore {
     async fn running_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         self.with(move |conn| {
             let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY started_at");
-            let mut statement = conn.prepare_cached(&sql).map_err(backend)?;
-            let rows = statement.query_map([], run_from).map_err(backend)?;
-            rows.map(|r| r.map_err(backend).and_then(to_run)).collect()
+            all(conn, &sql, [], run_from, to_run)
         })
         .await
     }
@@ -598,25 +619,11 @@ impl Store for SqliteStore {
 
     async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         let user = user.to_string();
-        let after = after.get() as i64;
-        let limit = limit.min(i64::MAX as usize) as i64;
+        let after = i64::try_from(after.get()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with(move |conn| {
-            let mut statement = conn
-                .prepare_cached("SELECT seq, json FROM events WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
-                .map_err(backend)?;
-            let rows = statement
-                .query_map(params![user, after, limit], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(backend)?;
-            rows.map(|r| {
-                let (seq, json) = r.map_err(backend)?;
-                Ok(EventRecord {
-                    seq: Seq::new(seq.max(0) as u64),
-                    json,
-                })
-            })
-            .collect()
+            let sql = "SELECT seq, json FROM events WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+            all(conn, sql, params![user, after, limit], event_from, to_event_record)
         })
         .await
     }
@@ -625,22 +632,8 @@ impl Store for SqliteStore {
         let (user, run) = (user.to_string(), run.to_string());
         let records = self
             .with(move |conn| {
-                let mut statement = conn
-                    .prepare_cached("SELECT seq, json FROM events WHERE run_id = ?1 AND user_id = ?2 ORDER BY seq")
-                    .map_err(backend)?;
-                let rows = statement
-                    .query_map(params![run, user], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                    })
-                    .map_err(backend)?;
-                rows.map(|r| {
-                    let (seq, json) = r.map_err(backend)?;
-                    Ok(EventRecord {
-                        seq: Seq::new(seq.max(0) as u64),
-                        json,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()
+                let sql = "SELECT seq, json FROM events WHERE run_id = ?1 AND user_id = ?2 ORDER BY seq";
+                all(conn, sql, params![run, user], event_from, to_event_record)
             })
             .await?;
         records.iter().map(EventRecord::event).collect()

@@ -9,10 +9,9 @@ use switchboard_engine::testkit::{check_gapless, check_run, final_status, summar
 use switchboard_protocol::{ErrorCode, Event, RunStatus, ServerFrame};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{SECRET, error, events_until_final, message, next, send, spawn_app_with};
+use crate::support::{SECRET, close_frame, error, events_until_final, message, next, send, spawn_app_with};
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_lets_runs_end_within_the_grace_period_then_interrupts_them_and_closes_sockets() {
@@ -33,13 +32,7 @@ async fn shutdown_lets_runs_end_within_the_grace_period_then_interrupts_them_and
     let events = events_until_final(&mut socket, &accepted.run_id).await;
     let of_run: Vec<Event> = events.into_iter().filter(|e| e.run_id == accepted.run_id).collect();
     assert_eq!(final_status(&of_run), Some(RunStatus::Interrupted));
-    let close = loop {
-        match socket.next_raw().await {
-            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = close_frame(&mut socket).await;
     assert_eq!(close.code, CloseCode::Away);
     app.shutdown().await.unwrap();
 }
@@ -140,13 +133,7 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
     let pid = server.child.id().unwrap().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     assert!(status.success());
-    let close = loop {
-        match socket.next_raw().await {
-            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = close_frame(&mut socket).await;
     assert_eq!(close.code, CloseCode::Away);
     let exit = tokio::time::timeout(Duration::from_secs(20), server.child.wait())
         .await

@@ -7,7 +7,7 @@ use switchboard_protocol::{ClientFrame, Control, ErrorCode, ServerFrame, ThreadI
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{assert_code, error, message, next, read_for, send, spawn_app, spawn_app_with};
+use crate::support::{assert_code, close_frame, error, message, next, read_for, send, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn the_first_frame_is_connection_established() {
@@ -226,12 +226,6 @@ async fn a_connection_is_closed_with_1008_when_its_token_expires() {
     let app = spawn_app_with(|c| c.access_token_ttl = Duration::from_secs(40)).await;
     let session = app.user("brief").await;
     let mut socket = app.connect(&session).await;
-    let close = loop {
-        match socket.next_raw().await {
-            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = close_frame(&mut socket).await;
     assert_eq!(close.code, CloseCode::Policy);
 }

@@ -15,6 +15,8 @@ use switchboard_protocol::{
 use switchboard_store::{
     Accepted, EventRecord, Message, NewMessage, RunRecord, SqliteStore, Store, StoreError, Thread, User,
 };
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
@@ -109,6 +111,17 @@ pub(crate) async fn next(socket: &mut Socket) -> ServerFrame {
             Some(ServerFrame::Control(c)) if matches!(c.body, Control::Heartbeat(_)) => continue,
             Some(frame) => return frame,
             None => panic!("the socket closed"),
+        }
+    }
+}
+
+/// Reads until the server's close frame and returns it.
+pub(crate) async fn close_frame(socket: &mut Socket) -> CloseFrame {
+    loop {
+        match socket.next_raw().await {
+            Some(Ok(WsMessage::Close(frame))) => return frame.expect("a close frame with a code"),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
         }
     }
 }
