@@ -116,6 +116,50 @@ async fn one_run(socket: &mut Socket) -> anyhow::Result<Outcome> {
     }
 }
 
+/// The baseline, in the same run: what the transport alone gives (ping and pong over the same
+/// sockets, no run, no store).
+async fn ping_baseline(client: &Client, sessions: &[Session], connections: usize, pings: usize) -> anyhow::Result<()> {
+    let mut sockets = Vec::with_capacity(connections);
+    for session in sessions.iter().take(connections) {
+        sockets.push(open(client, session).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut socket in sockets {
+        tasks.spawn(async move {
+            let mut times = Vec::with_capacity(pings);
+            for _ in 0..pings {
+                let sent = Instant::now();
+                socket.send(&ClientFrame::Ping(Default::default())).await?;
+                loop {
+                    if let Some(ServerFrame::Control(c)) = socket.next_frame().await?
+                        && matches!(c.body, Control::Pong(_))
+                    {
+                        break;
+                    }
+                }
+                times.push(sent.elapsed().as_micros() as u64);
+            }
+            socket.close().await.ok();
+            anyhow::Ok(times)
+        });
+    }
+    let mut times = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        times.extend(result??);
+    }
+    let elapsed = started.elapsed();
+    times.sort_unstable();
+    println!(
+        "baseline (same run): {connections} connections, ping → pong: {:.0} round trips/s, p50 {:.2} ms, p99 {:.2} ms",
+        times.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.99)
+    );
+    println!();
+    Ok(())
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index] as f64 / 1000.0
@@ -153,6 +197,7 @@ async fn main_async() -> anyhow::Result<()> {
         BUSY_BACKOFF.as_millis() * 3 / 2
     );
     println!();
+    ping_baseline(&client, &sessions, 100, 200).await?;
     println!(
         "| connections | runs | runs/s | to agent_started p50 / p99 (ms) | to final event p50 / p99 (ms) | refused busy |"
     );
