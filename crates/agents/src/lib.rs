@@ -5,10 +5,13 @@
 //! stages when the user has data.
 
 mod offline;
+mod prices;
 mod reporting;
 mod triage;
+pub mod workload;
 
 pub use offline::OfflineModel;
+pub use prices::{ModelPrice, PriceTable, PriceTableError};
 pub use reporting::{ReportingAgent, draft};
 pub use triage::{Category, ExtractEntities, Triage, TriageAgent, extract};
 

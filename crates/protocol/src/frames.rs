@@ -43,6 +43,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The server runs as many runs as it may; try again shortly.
     ServerBusy,
+    /// Uploaded rows are invalid; nothing was stored (HTTP).
+    InvalidRows,
+    /// The request body is over the size limit (HTTP).
+    PayloadTooLarge,
     /// Something failed inside the server.
     Internal,
 }
@@ -66,6 +70,8 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::ServerBusy => "server_busy",
+            ErrorCode::InvalidRows => "invalid_rows",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Internal => "internal",
         }
     }

@@ -372,6 +372,92 @@ pub(crate) async fn events(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// The largest workload upload.
+pub(crate) const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
+/// Bad rows named in one answer, at most.
+const MAX_ROW_ERRORS: usize = 1000;
+
+/// `POST /api/workload-events`: a JSON array of rows, or NDJSON with
+/// `Content-Type: application/x-ndjson`; every row is checked, and either all are stored or none.
+pub(crate) async fn upload_workload(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Response> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "The upload is over {} MB; send it in parts.",
+                    MAX_UPLOAD_BYTES / (1024 * 1024)
+                ),
+            )
+        } else {
+            ApiError::new(rejection.status(), ErrorCode::InvalidRequest, rejection.body_text())
+        }
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let ndjson = match content_type.as_str() {
+        "application/json" => false,
+        "application/x-ndjson" | "application/ndjson" => true,
+        other => {
+            let shown = if other.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("`{other}`")
+            };
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::InvalidRequest,
+                format!(
+                    "Send the rows as application/json (an array) or application/x-ndjson; the content type was {shown}."
+                ),
+            ));
+        }
+    };
+    let prices = Arc::clone(&state.prices);
+    let parsed = tokio::task::spawn_blocking(move || {
+        if ndjson {
+            switchboard_agents::workload::parse_ndjson(&body, &prices)
+        } else {
+            switchboard_agents::workload::parse_json_array(&body, &prices)
+        }
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let events = match parsed {
+        Ok(events) => events,
+        Err(switchboard_agents::workload::UploadError::Malformed(message)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                message,
+            ));
+        }
+        Err(switchboard_agents::workload::UploadError::Rows(rows)) => {
+            let total = rows.len();
+            let shown: Vec<_> = rows.into_iter().take(MAX_ROW_ERRORS).collect();
+            let more = if total > shown.len() {
+                format!(" (the first {} are listed)", shown.len())
+            } else {
+                String::new()
+            };
+            let message = format!("{total} row(s) are invalid{more}; nothing was stored.");
+            let body = json!({ "error": { "code": ErrorCode::InvalidRows, "message": message, "rows": shown } });
+            return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
+        }
+    };
+    let accepted = state.analytics.insert_workload_events(&user.id, events).await?;
+    Ok(Json(json!({ "accepted": accepted })).into_response())
+}
+
 /// `GET /health/live`: no I/O.
 pub(crate) async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))

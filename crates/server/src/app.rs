@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
-use switchboard_agents::OfflineModel;
+use switchboard_agents::{OfflineModel, PriceTable};
 use switchboard_engine::Engine;
-use switchboard_store::{SqliteStore, Store};
+use switchboard_store::{AnalyticsStore, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +33,10 @@ pub struct AppState {
     pub(crate) config: Arc<Config>,
     /// The durable store.
     pub(crate) store: Arc<dyn Store>,
+    /// Workload data.
+    pub(crate) analytics: Arc<dyn AnalyticsStore>,
+    /// Model prices.
+    pub(crate) prices: Arc<PriceTable>,
     /// Event storage and fan-out (the engine's sink).
     pub(crate) hub: Arc<Hub>,
     /// Starting and stopping runs.
@@ -82,11 +86,16 @@ impl Application {
         let store = SqliteStore::open(&path)
             .await
             .with_context(|| format!("cannot open the database {}", path.display()))?;
-        Self::build_with_store(config, Arc::new(store)).await
+        let store = Arc::new(store);
+        Self::build_with_store(config, store.clone(), store).await
     }
 
-    /// Builds the server on a given store: closes runs a crash left active, then binds.
-    pub async fn build_with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+    /// Builds the server on given stores: closes runs a crash left active, then binds.
+    pub async fn build_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        analytics: Arc<dyn AnalyticsStore>,
+    ) -> anyhow::Result<Self> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
@@ -96,6 +105,14 @@ impl Application {
         if closed > 0 {
             tracing::warn!(runs = closed, "closed runs left active by the last stop");
         }
+        let prices = match &config.price_table {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the price table {}", path.display()))?;
+                PriceTable::parse(&text).with_context(|| format!("in {}", path.display()))?
+            }
+            None => PriceTable::embedded(),
+        };
         let secret = load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
         let tokens = Tokens::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
         let metrics = Arc::new(Metrics::default());
@@ -118,6 +135,8 @@ impl Application {
         let state = AppState {
             config: Arc::new(config),
             store,
+            analytics,
+            prices: Arc::new(prices),
             hub,
             runs: Arc::new(runs),
             tokens: Arc::new(tokens),
@@ -224,6 +243,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}", get(api::get_run))
         .route("/api/runs/{id}/cancel", post(api::cancel_run))
         .route("/api/events", get(api::events))
+        .route(
+            "/api/workload-events",
+            post(api::upload_workload).layer(axum::extract::DefaultBodyLimit::max(api::MAX_UPLOAD_BYTES)),
+        )
         .route("/health/live", get(api::live))
         .route("/health/ready", get(api::ready))
         .route("/metrics", get(api::metrics))

@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Log filter (`info`, `switchboard=debug`, ...).
     #[arg(long, env = "SWITCHBOARD_LOG")]
     pub log: Option<String>,
+    /// A price table in the format of `crates/agents/data/prices.toml`, instead of the shipped one.
+    #[arg(long, env = "SWITCHBOARD_PRICE_TABLE")]
+    pub price_table: Option<PathBuf>,
 }
 
 /// The same keys, read from the TOML file.
@@ -108,6 +111,7 @@ struct FileConfig {
     access_token_ttl_secs: Option<u64>,
     refresh_token_ttl_secs: Option<u64>,
     log: Option<String>,
+    price_table: Option<PathBuf>,
 }
 
 /// The server's settings, complete and validated.
@@ -147,6 +151,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// Log filter.
     pub log: String,
+    /// The price table file; `None`: the shipped table.
+    pub price_table: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -169,6 +175,7 @@ impl Default for Config {
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             jwt_secret: None,
             log: "info".to_owned(),
+            price_table: None,
         }
     }
 }
@@ -204,6 +211,7 @@ impl Config {
         layer!(max_frame_bytes);
         layer!(max_text_chars);
         layer!(log);
+        config.price_table = args.price_table.clone().or(file.price_table.clone());
         layer!(heartbeat_interval_ms, config.heartbeat_interval, ms);
         layer!(pong_timeout_ms, config.pong_timeout, ms);
         layer!(run_timeout_ms, config.engine.run_timeout, ms);

@@ -3,11 +3,13 @@
 //! implement the same trait and pass the same test suite (`tests/store.rs`).
 
 mod sqlite;
+mod workload;
 
 use async_trait::async_trait;
 use switchboard_protocol::{Event, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId};
 
 pub use sqlite::SqliteStore;
+pub use workload::{AnalyticsStore, CallStatus, WorkloadEvent};
 
 /// A storage operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

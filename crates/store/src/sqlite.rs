@@ -15,9 +15,12 @@ use switchboard_protocol::{
 };
 use tokio::sync::oneshot;
 
-use crate::{Accepted, EventRecord, Message, NewMessage, RunRecord, RunState, Store, StoreError, Thread, User};
+use crate::{
+    Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RunRecord, RunState, Store, StoreError, Thread, User,
+    WorkloadEvent,
+};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -66,6 +69,21 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (user_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
+CREATE TABLE IF NOT EXISTS workload_events (
+    user_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    latency_ms REAL,
+    status TEXT NOT NULL,
+    feature TEXT,
+    prompt_hash TEXT,
+    cost_usd REAL NOT NULL,
+    batch INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workload_by_user_time ON workload_events (user_id, ts);
 ";
 
 /// The SQLite store. Cheap to clone.
@@ -794,4 +812,58 @@ fn append_one(conn: &Connection, append: &PendingAppend) -> Result<(), StoreErro
             .map_err(backend)?;
     }
     Ok(())
+}
+
+#[async_trait]
+impl AnalyticsStore for SqliteStore {
+    async fn insert_workload_events(&self, user: &UserId, events: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
+        let user = user.to_string();
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO workload_events (user_id, ts, model, provider, input_tokens, output_tokens,
+                         latency_ms, status, feature, prompt_hash, cost_usd, batch)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    )
+                    .map_err(backend)?;
+                for event in &events {
+                    insert
+                        .execute(params![
+                            &user,
+                            event.timestamp.unix_millis(),
+                            event.model,
+                            event.provider,
+                            i64::try_from(event.input_tokens).map_err(|e| corrupt("input_tokens", e))?,
+                            i64::try_from(event.output_tokens).map_err(|e| corrupt("output_tokens", e))?,
+                            event.latency_ms,
+                            event.status.as_str(),
+                            event.feature,
+                            event.prompt_hash,
+                            event.cost_usd,
+                            event.batch,
+                        ])
+                        .map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(events.len())
+        })
+        .await
+    }
+
+    async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
+        let user = user.to_string();
+        self.with(move |conn| {
+            let count: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM workload_events WHERE user_id = ?1")
+                .and_then(|mut s| s.query_row([user], |r| r.get(0)))
+                .map_err(backend)?;
+            Ok(count.max(0) as u64)
+        })
+        .await
+    }
 }

@@ -7,3 +7,4 @@ mod resume;
 mod runs;
 mod socket;
 mod support;
+mod workload;

@@ -13,7 +13,8 @@ use switchboard_protocol::{
     UserMessage,
 };
 use switchboard_store::{
-    Accepted, EventRecord, Message, NewMessage, RunRecord, SqliteStore, Store, StoreError, Thread, User,
+    Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RunRecord, SqliteStore, Store, StoreError, Thread,
+    User, WorkloadEvent,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -56,7 +57,7 @@ async fn spawn_app_in(data_dir: PathBuf, configure: impl FnOnce(&mut Config)) ->
     configure(&mut config);
     let sqlite = SqliteStore::open(&data_dir.join("switchboard.sqlite3")).await.unwrap();
     let store = Arc::new(HangingStore::new(sqlite));
-    let app = Application::build_with_store(config, store.clone())
+    let app = Application::build_with_store(config, store.clone(), store.clone())
         .await
         .expect("the app builds");
     let client = Client::new(&format!("http://{}", app.local_addr()));
@@ -305,5 +306,17 @@ impl Store for HangingStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.gate().await;
         self.inner.ping().await
+    }
+}
+
+#[async_trait]
+impl AnalyticsStore for HangingStore {
+    async fn insert_workload_events(&self, user: &UserId, events: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
+        self.gate().await;
+        self.inner.insert_workload_events(user, events).await
+    }
+    async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
+        self.gate().await;
+        self.inner.workload_event_count(user).await
     }
 }
