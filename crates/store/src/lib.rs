@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use switchboard_protocol::{Event, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId};
 
 pub use sqlite::SqliteStore;
-pub use workload::{AnalyticsStore, CallStatus, WorkloadEvent};
+pub use workload::{
+    AnalyticsStore, CallFigures, CallStatus, HourUsage, Summary, SummaryBuilder, TimeRange, Totals, Usage,
+    WorkloadEvent, nearest_rank,
+};
 
 /// A storage operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

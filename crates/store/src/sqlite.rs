@@ -16,8 +16,8 @@ use switchboard_protocol::{
 use tokio::sync::oneshot;
 
 use crate::{
-    Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RunRecord, RunState, Store, StoreError, Thread, User,
-    WorkloadEvent,
+    Accepted, AnalyticsStore, CallFigures, EventRecord, Message, NewMessage, RunRecord, RunState, Store, StoreError,
+    Summary, SummaryBuilder, Thread, TimeRange, User, WorkloadEvent,
 };
 
 const SCHEMA_VERSION: i64 = 2;
@@ -855,6 +855,43 @@ impl AnalyticsStore for SqliteStore {
         .await
     }
 
+    async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
+        let (user, (from, to)) = (user.to_string(), bounds(range));
+        self.with(move |conn| {
+            // One pass over the range's rows (the (user_id, ts) index finds them); SQLite has no
+            // percentile function, and one scan aggregated here beats a window query per group.
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error', cost_usd
+                     FROM workload_events WHERE user_id = ?1 AND ts >= ?2 AND ts < ?3",
+                )
+                .map_err(backend)?;
+            let mut rows = statement.query(params![user, from, to]).map_err(backend)?;
+            let mut summary = SummaryBuilder::default();
+            while let Some(row) = rows.next().map_err(backend)? {
+                let model: &str = row
+                    .get_ref(1)
+                    .and_then(|v| v.as_str().map_err(Into::into))
+                    .map_err(backend)?;
+                let feature: Option<&str> = row
+                    .get_ref(2)
+                    .and_then(|v| v.as_str_or_null().map_err(Into::into))
+                    .map_err(backend)?;
+                let call = CallFigures {
+                    at_ms: row.get(0).map_err(backend)?,
+                    input_tokens: row.get::<_, i64>(3).map_err(backend)?.max(0) as u64,
+                    output_tokens: row.get::<_, i64>(4).map_err(backend)?.max(0) as u64,
+                    latency_ms: row.get(5).map_err(backend)?,
+                    error: row.get(6).map_err(backend)?,
+                    cost_usd: row.get(7).map_err(backend)?,
+                };
+                summary.add(model, feature, call);
+            }
+            summary.finish()
+        })
+        .await
+    }
+
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
         let user = user.to_string();
         self.with(move |conn| {
@@ -866,4 +903,12 @@ impl AnalyticsStore for SqliteStore {
         })
         .await
     }
+}
+
+/// A range as millisecond bounds for `ts >= from AND ts < to`.
+fn bounds(range: TimeRange) -> (i64, i64) {
+    (
+        range.from.map_or(i64::MIN, Timestamp::unix_millis),
+        range.to.map_or(i64::MAX, Timestamp::unix_millis),
+    )
 }

@@ -52,11 +52,203 @@ pub struct WorkloadEvent {
     pub batch: bool,
 }
 
-/// Where workload data is kept and aggregated. Every method sees one user's data only.
+/// A time range: `from` inclusive, `to` exclusive; an open end takes everything on that side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    /// The first instant included.
+    pub from: Option<Timestamp>,
+    /// The first instant no longer included.
+    pub to: Option<Timestamp>,
+}
+
+/// Calls, tokens, cost, errors and latency of a group of calls.
+///
+/// Latency percentiles are nearest-rank over the calls that report a latency: the p-th
+/// percentile of n values is the value at rank ceil(p × n / 100) in ascending order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// The group (a model or a feature); `None` for calls without a feature.
+    pub key: Option<String>,
+    /// Calls.
+    pub calls: u64,
+    /// Calls with status `error`.
+    pub errors: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// Median latency.
+    pub p50_latency_ms: Option<f64>,
+    /// 95th percentile latency.
+    pub p95_latency_ms: Option<f64>,
+}
+
+/// All of a user's calls in a range, and the period they span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Totals {
+    /// The first call.
+    pub first: Option<Timestamp>,
+    /// The last call.
+    pub last: Option<Timestamp>,
+    /// Calls, tokens and cost of all of them (no key).
+    pub usage: Usage,
+}
+
+/// Calls and cost in one hour of the day (UTC), across all days.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourUsage {
+    /// 0 to 23.
+    pub hour: u8,
+    /// Calls in that hour.
+    pub calls: u64,
+    /// Their cost.
+    pub cost_usd: f64,
+}
+
+/// Everything the analysis reads about a range of a user's calls, in one answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// All calls, and the period they span.
+    pub totals: Totals,
+    /// Per model, most expensive first.
+    pub by_model: Vec<Usage>,
+    /// Per feature (`None`: calls without one), most expensive first.
+    pub by_feature: Vec<Usage>,
+    /// Per hour of the day (UTC), for the hours that have calls, in hour order.
+    pub hours: Vec<HourUsage>,
+}
+
+/// Where workload data is kept and aggregated. The store answers with aggregates (a few rows),
+/// never with the calls themselves. Every method sees one user's data only.
 #[async_trait]
 pub trait AnalyticsStore: Send + Sync + 'static {
     /// Stores all the events, or none of them.
     async fn insert_workload_events(&self, user: &UserId, events: Vec<WorkloadEvent>) -> Result<usize, StoreError>;
     /// How many events the user has stored.
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError>;
+    /// Totals, per-model, per-feature and per-hour usage of a range.
+    async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError>;
+}
+
+/// One call as the summary needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallFigures {
+    /// Milliseconds since the epoch.
+    pub at_ms: i64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// Latency, when reported.
+    pub latency_ms: Option<f64>,
+    /// Whether it failed.
+    pub error: bool,
+    /// Its cost.
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    calls: u64,
+    errors: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+    latencies: Vec<f64>,
+}
+
+impl Group {
+    fn add(&mut self, call: &CallFigures) {
+        self.calls += 1;
+        self.errors += u64::from(call.error);
+        self.input_tokens += call.input_tokens;
+        self.output_tokens += call.output_tokens;
+        self.cost_usd += call.cost_usd;
+        if let Some(latency) = call.latency_ms {
+            self.latencies.push(latency);
+        }
+    }
+
+    fn usage(mut self, key: Option<String>) -> Usage {
+        self.latencies.sort_unstable_by(f64::total_cmp);
+        Usage {
+            key,
+            calls: self.calls,
+            errors: self.errors,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cost_usd: self.cost_usd,
+            p50_latency_ms: nearest_rank(&self.latencies, 50),
+            p95_latency_ms: nearest_rank(&self.latencies, 95),
+        }
+    }
+}
+
+/// The nearest-rank percentile of sorted values: the value at rank ceil(p × n / 100).
+pub fn nearest_rank(sorted: &[f64], percent: usize) -> Option<f64> {
+    let rank = (percent * sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+/// Builds a [`Summary`] from calls streamed in any order: one pass, memory for the latencies
+/// only. For backends that cannot compute percentiles in their queries.
+#[derive(Debug, Default)]
+pub struct SummaryBuilder {
+    first: Option<i64>,
+    last: Option<i64>,
+    total: Group,
+    models: std::collections::HashMap<String, Group>,
+    features: std::collections::HashMap<Option<String>, Group>,
+    hours: [(u64, f64); 24],
+}
+
+impl SummaryBuilder {
+    /// Counts one call.
+    pub fn add(&mut self, model: &str, feature: Option<&str>, call: CallFigures) {
+        self.first = Some(self.first.map_or(call.at_ms, |f| f.min(call.at_ms)));
+        self.last = Some(self.last.map_or(call.at_ms, |l| l.max(call.at_ms)));
+        self.total.add(&call);
+        match self.models.get_mut(model) {
+            Some(group) => group.add(&call),
+            None => self.models.entry(model.to_owned()).or_default().add(&call),
+        }
+        self.features.entry(feature.map(str::to_owned)).or_default().add(&call);
+        let hour = (call.at_ms.div_euclid(3_600_000)).rem_euclid(24) as usize;
+        self.hours[hour].0 += 1;
+        self.hours[hour].1 += call.cost_usd;
+    }
+
+    /// The summary.
+    pub fn finish(self) -> Result<Summary, StoreError> {
+        let at = |ms: Option<i64>| {
+            ms.map(|ms| Timestamp::from_unix_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}"))))
+                .transpose()
+        };
+        let by_cost = |mut rows: Vec<Usage>| {
+            rows.sort_by(|a, b| b.cost_usd.total_cmp(&a.cost_usd).then_with(|| a.key.cmp(&b.key)));
+            rows
+        };
+        Ok(Summary {
+            totals: Totals {
+                first: at(self.first)?,
+                last: at(self.last)?,
+                usage: self.total.usage(None),
+            },
+            by_model: by_cost(self.models.into_iter().map(|(k, g)| g.usage(Some(k))).collect()),
+            by_feature: by_cost(self.features.into_iter().map(|(k, g)| g.usage(k)).collect()),
+            hours: self
+                .hours
+                .iter()
+                .enumerate()
+                .filter(|(_, (calls, _))| *calls > 0)
+                .map(|(hour, (calls, cost))| HourUsage {
+                    hour: hour as u8,
+                    calls: *calls,
+                    cost_usd: *cost,
+                })
+                .collect(),
+        })
+    }
 }

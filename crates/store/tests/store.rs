@@ -277,3 +277,216 @@ async fn opening_a_file_that_is_not_a_database_is_a_clear_error() {
     let error = SqliteStore::open(&path).await.unwrap_err();
     assert!(error.to_string().contains("not a database"), "{error}");
 }
+
+mod workload {
+    use switchboard_protocol::{Timestamp, UserId};
+    use switchboard_store::{
+        AnalyticsStore, CallStatus, HourUsage, SqliteStore, TimeRange, WorkloadEvent, nearest_rank,
+    };
+
+    fn call(
+        at: &str,
+        model: &str,
+        feature: Option<&str>,
+        tokens: (u64, u64),
+        latency: Option<f64>,
+        error: bool,
+        cost: f64,
+    ) -> WorkloadEvent {
+        WorkloadEvent {
+            timestamp: Timestamp::parse(at).unwrap(),
+            model: model.into(),
+            input_tokens: tokens.0,
+            output_tokens: tokens.1,
+            provider: Some("openai".into()),
+            latency_ms: latency,
+            status: if error { CallStatus::Error } else { CallStatus::Ok },
+            feature: feature.map(Into::into),
+            prompt_hash: None,
+            cost_usd: cost,
+            batch: false,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    /// Five calls whose figures are worked out by hand below.
+    fn calls() -> Vec<WorkloadEvent> {
+        vec![
+            call(
+                "2026-11-01T10:00:00Z",
+                "gpt-4o",
+                Some("search"),
+                (1000, 100),
+                Some(100.0),
+                false,
+                0.50,
+            ),
+            call(
+                "2026-11-01T10:30:00Z",
+                "gpt-4o",
+                Some("search"),
+                (2000, 200),
+                Some(300.0),
+                true,
+                1.00,
+            ),
+            call(
+                "2026-11-01T11:00:00Z",
+                "gpt-4o",
+                Some("chat"),
+                (500, 50),
+                Some(200.0),
+                false,
+                0.25,
+            ),
+            call(
+                "2026-11-01T23:00:00Z",
+                "gpt-4o-mini",
+                Some("chat"),
+                (100, 10),
+                Some(50.0),
+                false,
+                0.01,
+            ),
+            call(
+                "2026-11-02T10:15:00Z",
+                "gpt-4o-mini",
+                None,
+                (100, 10),
+                None,
+                false,
+                0.02,
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn aggregates_match_figures_computed_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+        let (user, other) = (UserId::generate(), UserId::generate());
+        assert_eq!(store.insert_workload_events(&user, calls()).await.unwrap(), 5);
+        let noise = vec![call(
+            "2026-11-01T10:00:00Z",
+            "gpt-4o",
+            Some("search"),
+            (9, 9),
+            Some(9999.0),
+            true,
+            99.0,
+        )];
+        store.insert_workload_events(&other, noise).await.unwrap();
+        let all = TimeRange::default();
+
+        let summary = store.workload_summary(&user, all).await.unwrap();
+        let totals = summary.totals.clone();
+        let u = &totals.usage;
+        assert_eq!((u.calls, u.errors, u.input_tokens, u.output_tokens), (5, 1, 3700, 370));
+        assert!(close(u.cost_usd, 1.78), "{}", u.cost_usd);
+        // Latencies 50, 100, 200, 300: p50 at rank ceil(2.0) = 2, p95 at rank ceil(3.8) = 4.
+        assert_eq!((u.p50_latency_ms, u.p95_latency_ms), (Some(100.0), Some(300.0)));
+        assert_eq!(totals.first.unwrap().to_string(), "2026-11-01T10:00:00.000Z");
+        assert_eq!(totals.last.unwrap().to_string(), "2026-11-02T10:15:00.000Z");
+
+        let models = summary.by_model.clone();
+        let row = |key: &str| models.iter().find(|m| m.key.as_deref() == Some(key)).unwrap().clone();
+        let (big, mini) = (row("gpt-4o"), row("gpt-4o-mini"));
+        assert_eq!(models[0].key.as_deref(), Some("gpt-4o"), "most expensive first");
+        assert_eq!(
+            (big.calls, big.errors, big.input_tokens, big.output_tokens),
+            (3, 1, 3500, 350)
+        );
+        assert!(close(big.cost_usd, 1.75));
+        // 100, 200, 300: p50 rank ceil(1.5) = 2, p95 rank ceil(2.85) = 3.
+        assert_eq!((big.p50_latency_ms, big.p95_latency_ms), (Some(200.0), Some(300.0)));
+        // One latency (the other call has none): both percentiles are it.
+        assert_eq!(
+            (mini.calls, mini.p50_latency_ms, mini.p95_latency_ms),
+            (2, Some(50.0), Some(50.0))
+        );
+        assert!(close(mini.cost_usd, 0.03));
+
+        let features = summary.by_feature.clone();
+        let keys: Vec<Option<&str>> = features.iter().map(|f| f.key.as_deref()).collect();
+        assert_eq!(keys, [Some("search"), Some("chat"), None]);
+        assert_eq!(
+            (
+                features[0].calls,
+                features[0].p50_latency_ms,
+                features[0].p95_latency_ms
+            ),
+            (2, Some(100.0), Some(300.0))
+        );
+        assert_eq!(
+            (
+                features[1].calls,
+                features[1].p50_latency_ms,
+                features[1].p95_latency_ms
+            ),
+            (2, Some(50.0), Some(200.0))
+        );
+        assert!(close(features[1].cost_usd, 0.26));
+        assert_eq!((features[2].calls, features[2].p50_latency_ms), (1, None));
+
+        let hours = summary.hours.clone();
+        let hours: Vec<(u8, u64)> = hours.iter().map(|h: &HourUsage| (h.hour, h.calls)).collect();
+        assert_eq!(hours, [(10, 3), (11, 1), (23, 1)]);
+
+        let range = TimeRange {
+            from: Some(Timestamp::parse("2026-11-01T10:15:00Z").unwrap()),
+            to: Some(Timestamp::parse("2026-11-02T00:00:00Z").unwrap()),
+        };
+        let part = store.workload_summary(&user, range).await.unwrap().totals;
+        assert_eq!((part.usage.calls, part.usage.errors), (3, 1));
+        assert!(close(part.usage.cost_usd, 1.26));
+
+        let empty = store.workload_summary(&UserId::generate(), all).await.unwrap();
+        assert_eq!(
+            (
+                empty.totals.usage.calls,
+                empty.totals.first,
+                empty.totals.usage.p50_latency_ms
+            ),
+            (0, None, None)
+        );
+        assert!(empty.by_model.is_empty() && empty.hours.is_empty());
+        assert_eq!(store.workload_event_count(&user).await.unwrap(), 5);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let cases: [(&[f64], usize, Option<f64>); 6] = [
+            (&[], 50, None),
+            (&[7.0], 95, Some(7.0)),
+            (&[1.0, 2.0], 50, Some(1.0)),
+            (&[1.0, 2.0], 95, Some(2.0)),
+            (
+                &[10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0],
+                50,
+                Some(50.0),
+            ),
+            (
+                &[10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0],
+                95,
+                Some(100.0),
+            ),
+        ];
+        for (values, percent, expected) in cases {
+            assert_eq!(nearest_rank(values, percent), expected, "p{percent} of {values:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_fails_halfway_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+        let user = UserId::generate();
+        let mut rows = calls();
+        rows[3].input_tokens = u64::MAX; // cannot be stored as a SQLite integer
+        assert!(store.insert_workload_events(&user, rows).await.is_err());
+        assert_eq!(store.workload_event_count(&user).await.unwrap(), 0);
+    }
+}

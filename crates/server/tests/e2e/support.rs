@@ -13,8 +13,8 @@ use switchboard_protocol::{
     UserMessage,
 };
 use switchboard_store::{
-    Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RunRecord, SqliteStore, Store, StoreError, Thread,
-    User, WorkloadEvent,
+    Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RunRecord, SqliteStore, Store, StoreError, Summary,
+    Thread, TimeRange, User, WorkloadEvent,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -318,5 +318,9 @@ impl AnalyticsStore for HangingStore {
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
         self.gate().await;
         self.inner.workload_event_count(user).await
+    }
+    async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
+        self.gate().await;
+        self.inner.workload_summary(user, range).await
     }
 }
