@@ -299,8 +299,7 @@ impl Connection {
                 Input::Frame(None) => Flow::Stop,
                 Input::Frame(Some(Err(error))) => {
                     tracing::debug!(%error, "socket read failed");
-                    let too_large = error.to_string().to_lowercase().contains("too long");
-                    if too_large {
+                    if is_over_capacity(error) {
                         Flow::Close(close_code::TOO_LARGE, "the frame is too large")
                     } else {
                         Flow::Stop
@@ -465,6 +464,12 @@ pub(crate) fn history_message(message: switchboard_store::Message) -> HistoryMes
         run_id: message.run_id,
         created_at: message.created_at,
     }
+}
+
+/// Whether a read failed because the frame was over the hard cap.
+fn is_over_capacity(error: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(error.into_inner().downcast_ref::<Error>(), Some(Error::Capacity(_)))
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

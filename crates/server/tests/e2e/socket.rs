@@ -119,6 +119,15 @@ async fn a_frame_over_the_size_limit_is_refused_and_closed_with_1009() {
     assert_eq!(close.unwrap().code, CloseCode::Size);
 }
 
+#[tokio::test]
+async fn a_frame_over_the_hard_cap_closes_the_connection_with_1009() {
+    let app = spawn_app().await;
+    let session = app.user("huge").await;
+    let mut socket = app.connect(&session).await;
+    socket.send_text(&"z".repeat(2 * 1024 * 1024)).await.unwrap();
+    assert_eq!(close_frame(&mut socket).await.code, CloseCode::Size);
+}
+
 #[tokio::test(start_paused = true)]
 async fn messages_over_the_rate_limit_are_refused_until_the_minute_passes() {
     let app = spawn_app_with(|c| {
