@@ -13,18 +13,25 @@ pub mod workload;
 pub use offline::OfflineModel;
 pub use prices::{ModelPrice, PriceTable, PriceTableError};
 pub use reporting::{ReportingAgent, draft};
-pub use triage::{Category, ExtractEntities, Triage, TriageAgent, extract};
+pub use triage::{Category, ExtractEntities, Triage, TriageAgent, WorkloadOverview, extract};
 
 use std::sync::Arc;
 
 use switchboard_engine::{EngineBuilder, Plan};
+use switchboard_store::AnalyticsStore;
 
-/// Registers the shipped agents, their tools and the plan on an engine builder.
-pub fn register(builder: EngineBuilder) -> EngineBuilder {
+/// Registers the shipped agents, their tools and the plan on an engine builder; the tools read
+/// workload data from `analytics`.
+pub fn register(builder: EngineBuilder, analytics: Arc<dyn AnalyticsStore>) -> EngineBuilder {
     let plan = Plan::new("triage", &[], Some("reporting")).expect("valid agent names");
     builder
         .tool("extract_entities", Arc::new(ExtractEntities))
-        .agent("triage", Arc::new(TriageAgent), &["extract_entities"])
+        .tool("workload_overview", Arc::new(WorkloadOverview::new(analytics)))
+        .agent(
+            "triage",
+            Arc::new(TriageAgent),
+            &["extract_entities", "workload_overview"],
+        )
         .agent("reporting", Arc::new(ReportingAgent), &[])
         .plan(plan)
 }

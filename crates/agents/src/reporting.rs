@@ -11,6 +11,14 @@ use crate::triage::{Category, Triage};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReportingAgent;
 
+/// How to send workload data, for answers given without any.
+const UPLOAD_HOWTO: &str = "\n## How to send your data\n\n`POST /api/workload-events` with a JSON array of \
+calls (or NDJSON with `Content-Type: application/x-ndjson`), up to 10 MB a request. Each call needs \
+`timestamp` (RFC 3339), `model`, `input_tokens` and `output_tokens`; `provider`, `latency_ms`, `status` \
+(`ok` or `error`), `feature`, `prompt_hash`, `cost_usd` and `batch` help the analysis. For example:\n\n\
+```json\n[{\"timestamp\": \"2026-11-01T12:00:00Z\", \"model\": \"gpt-4o\", \"input_tokens\": 1200, \
+\"output_tokens\": 300, \"latency_ms\": 850, \"status\": \"ok\", \"feature\": \"search\"}]\n```\n";
+
 const WRITE_PROMPT: &str = "Write the answer to the user in Markdown from the draft below. Keep every figure and \
 statement of the draft; add nothing that the draft does not say.";
 
@@ -56,7 +64,13 @@ pub fn draft(triage: Option<&Triage>, missing: &[String]) -> String {
             }
             out.push_str("## What I can say\n\n");
             if triage.has_data {
-                out.push_str("Your workload data is available, but no analysis agent ran for this request.\n");
+                out.push_str(&format!(
+                    "You have uploaded {} model call{}. This server does not yet have the agents that compute \
+                     figures from them (spend per model and feature, latency percentiles, savings), so I give \
+                     none rather than guess.\n",
+                    triage.data_calls,
+                    if triage.data_calls == 1 { "" } else { "s" }
+                ));
             } else if triage.category == Category::General {
                 out.push_str(
                     "I help teams cut the cost and latency of their language-model usage. Ask me about spend, \
@@ -69,6 +83,7 @@ pub fn draft(triage: Option<&Triage>, missing: &[String]) -> String {
                      guess them. An answer with numbers needs the log of your model calls (timestamp, model, \
                      input and output tokens, and ideally latency, status and feature for each call).\n",
                 );
+                out.push_str(UPLOAD_HOWTO);
             }
         }
         None => out.push_str(

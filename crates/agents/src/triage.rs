@@ -4,7 +4,11 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::sync::Arc;
+
 use switchboard_engine::{Agent, AgentContext, AgentError, AgentOutput, ModelRequest, Tool, ToolError};
+use switchboard_protocol::UserId;
+use switchboard_store::AnalyticsStore;
 
 /// What a request is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +214,45 @@ pub struct Triage {
     pub entities: Value,
     /// Whether the user has workload data the agents could analyse.
     pub has_data: bool,
+    /// How many model calls the user has uploaded.
+    #[serde(default)]
+    pub data_calls: u64,
+}
+
+/// Tells whether the user has uploaded workload data: `{"user_id"}` in, `{"calls"}` out.
+/// The agent passes the run's own user; the tool reads only the analytics store.
+pub struct WorkloadOverview {
+    store: Arc<dyn AnalyticsStore>,
+}
+
+impl std::fmt::Debug for WorkloadOverview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkloadOverview")
+    }
+}
+
+impl WorkloadOverview {
+    /// The tool over `store`.
+    pub fn new(store: Arc<dyn AnalyticsStore>) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait]
+impl Tool for WorkloadOverview {
+    async fn call(&self, parameters: Value) -> Result<Value, ToolError> {
+        let user = parameters
+            .get("user_id")
+            .and_then(Value::as_str)
+            .and_then(|id| UserId::parse(id).ok())
+            .ok_or_else(|| ToolError::InvalidParameters("expected {\"user_id\": a user id}".into()))?;
+        let calls = self
+            .store
+            .workload_event_count(&user)
+            .await
+            .map_err(|e| ToolError::Failed(e.to_string()))?;
+        Ok(json!({ "calls": calls }))
+    }
 }
 
 /// The triage agent.
@@ -239,20 +282,24 @@ impl Agent for TriageAgent {
             .ok()
             .and_then(|v| v.get("category").and_then(Value::as_str).and_then(Category::parse))
             .unwrap_or_else(|| Category::of(ctx.request()));
+        let overview = ctx
+            .tools
+            .call("workload_overview", json!({ "user_id": ctx.run.user_id }))
+            .await?;
+        let data_calls = overview.get("calls").and_then(Value::as_u64).unwrap_or(0);
+        let data = match data_calls {
+            0 => "you have no workload data uploaded yet".to_owned(),
+            1 => "you have 1 model call uploaded".to_owned(),
+            n => format!("you have {n} model calls uploaded"),
+        };
         ctx.events
-            .step(
-                format!(
-                    "This is {}; no workload data is available to analyse.",
-                    category.label()
-                ),
-                3,
-                1.0,
-            )
+            .step(format!("This is {}; {data}.", category.label()), 3, 1.0)
             .await;
         let triage = Triage {
             category,
             entities,
-            has_data: false,
+            has_data: data_calls > 0,
+            data_calls,
         };
         Ok(AgentOutput {
             data: serde_json::to_value(&triage).map_err(|e| AgentError::Failed(e.to_string()))?,

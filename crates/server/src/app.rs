@@ -117,7 +117,7 @@ impl Application {
         let tokens = Tokens::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(Arc::clone(&store), Arc::clone(&metrics)));
-        let engine = switchboard_agents::register(Engine::builder())
+        let engine = switchboard_agents::register(Engine::builder(), Arc::clone(&analytics))
             .config(config.engine.clone())
             .model(Arc::new(OfflineModel::new(config.model_latency)))
             .build(hub.clone())
