@@ -4,6 +4,7 @@
 //! then `reporting` (writes the answer). Agents that analyse workload data join the plan as
 //! stages when the user has data.
 
+pub mod demo;
 mod offline;
 mod prices;
 mod reporting;

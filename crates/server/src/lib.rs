@@ -13,6 +13,7 @@ pub mod config;
 mod delivery;
 mod error;
 mod hub;
+pub mod ingest;
 mod limits;
 mod metrics;
 mod recovery;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use switchboard::chat::ChatArgs;
+use switchboard::ingest::{DemoDataArgs, IngestArgs};
 use switchboard::{Application, Config, ServeArgs, telemetry};
 
 #[derive(Debug, Parser)]
@@ -17,6 +18,10 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// A terminal client: sends each line you type and shows the run as a live timeline.
     Chat(ChatArgs),
+    /// Uploads workload data (NDJSON, a JSON array, or CSV with a header) to a running server.
+    Ingest(IngestArgs),
+    /// Writes a realistic synthetic month of model calls as NDJSON, to try the product with.
+    DemoData(DemoDataArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +37,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Chat(args) => runtime.block_on(switchboard::chat::run(args)),
+        Command::Ingest(args) => runtime.block_on(switchboard::ingest::ingest(args)),
+        Command::DemoData(args) => switchboard::ingest::demo_data(args),
     }
 }

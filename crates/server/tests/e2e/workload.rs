@@ -164,3 +164,71 @@ async fn uploads_are_stored_whole_or_refused_with_every_bad_row_named() {
         "rows belong to their uploader"
     );
 }
+
+async fn cli(args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ingest_uploads_csv_ndjson_and_the_demo_month_and_names_bad_lines_by_their_file_line() {
+    let app = spawn_app().await;
+    let dev = app.client.dev_login(None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let server = app.client.base().to_owned();
+
+    std::fs::write(
+        path("calls.csv"),
+        "timestamp,model,input_tokens,output_tokens,latency_ms,status,feature,batch\n\
+         2026-11-01T12:00:00Z,gpt-4o,1000,200,850,ok,search,false\n\
+         2026-11-01T12:01:00Z,gpt-4o-mini,300,50,,error,tagging,\n",
+    )
+    .unwrap();
+    let output = cli(&["ingest", &path("calls.csv"), "--server", &server]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("stored 2 calls"), "{stdout}");
+    assert_eq!(app.store.workload_event_count(&dev.user_id).await.unwrap(), 2);
+
+    let good = row("gpt-4o").to_string();
+    let mut bad = row("gpt-4o");
+    bad.as_object_mut().unwrap().remove("model");
+    std::fs::write(path("calls.ndjson"), format!("{good}\n\n{bad}\n")).unwrap();
+    let output = cli(&["ingest", &path("calls.ndjson"), "--server", &server]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("line 3: model is required"), "{stderr}");
+    assert_eq!(
+        app.store.workload_event_count(&dev.user_id).await.unwrap(),
+        2,
+        "nothing of the refused file"
+    );
+
+    let output = cli(&[
+        "demo-data",
+        "--days",
+        "3",
+        "--calls-per-day",
+        "200",
+        "--out",
+        &path("demo.ndjson"),
+    ])
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines = std::fs::read_to_string(path("demo.ndjson")).unwrap().lines().count() as u64;
+    assert!(lines > 300, "{lines} demo calls");
+    let output = cli(&["ingest", &path("demo.ndjson"), "--server", &server]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(app.store.workload_event_count(&dev.user_id).await.unwrap(), 2 + lines);
+}
