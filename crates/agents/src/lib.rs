@@ -1,9 +1,10 @@
 //! The agents that ship with Switchboard, their tools, and the offline model.
 //!
-//! The plan: `triage` (classifies the request, extracts what it mentions, chooses the stages),
-//! then `reporting` (writes the answer). Agents that analyse workload data join the plan as
-//! stages when the user has data.
+//! The plan: `triage` (classifies the request, extracts what it mentions, checks for workload data
+//! and chooses the stages), then `data` when the user has uploaded workload data (the figures, from
+//! the store), then `reporting` (writes the answer and the structured report).
 
+mod data;
 pub mod demo;
 mod offline;
 mod prices;
@@ -11,9 +12,10 @@ mod reporting;
 mod triage;
 pub mod workload;
 
+pub use data::{DataAgent, WorkloadSummaryTool, summary_json, usd};
 pub use offline::OfflineModel;
 pub use prices::{ModelPrice, PriceTable, PriceTableError};
-pub use reporting::{ReportingAgent, draft};
+pub use reporting::{ReportingAgent, draft, report};
 pub use triage::{Category, ExtractEntities, Triage, TriageAgent, WorkloadOverview, extract};
 
 use std::sync::Arc;
@@ -24,15 +26,20 @@ use switchboard_store::AnalyticsStore;
 /// Registers the shipped agents, their tools and the plan on an engine builder; the tools read
 /// workload data from `analytics`.
 pub fn register(builder: EngineBuilder, analytics: Arc<dyn AnalyticsStore>) -> EngineBuilder {
-    let plan = Plan::new("triage", &[], Some("reporting")).expect("valid agent names");
+    let plan = Plan::new("triage", &["data"], Some("reporting")).expect("valid agent names");
     builder
         .tool("extract_entities", Arc::new(ExtractEntities))
-        .tool("workload_overview", Arc::new(WorkloadOverview::new(analytics)))
+        .tool(
+            "workload_overview",
+            Arc::new(WorkloadOverview::new(Arc::clone(&analytics))),
+        )
+        .tool("workload_summary", Arc::new(WorkloadSummaryTool::new(analytics)))
         .agent(
             "triage",
             Arc::new(TriageAgent),
             &["extract_entities", "workload_overview"],
         )
+        .agent("data", Arc::new(DataAgent), &["workload_summary"])
         .agent("reporting", Arc::new(ReportingAgent), &[])
         .plan(plan)
 }

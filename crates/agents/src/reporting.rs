@@ -2,9 +2,10 @@
 //! as `partial_result`. It states only what it was given, and says what is missing.
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::{Value, json};
 use switchboard_engine::{Agent, AgentContext, AgentError, AgentOutput, ModelRequest};
 
+use crate::data::usd;
 use crate::triage::{Category, Triage};
 
 /// The reporting agent.
@@ -31,7 +32,7 @@ fn list(entities: &Value, key: &str) -> Vec<String> {
 }
 
 /// The answer's draft, from triage's findings (when triage completed).
-pub fn draft(triage: Option<&Triage>, missing: &[String]) -> String {
+pub fn draft(triage: Option<&Triage>, data: Option<&Value>, missing: &[String]) -> String {
     let mut out = String::new();
     match triage {
         Some(triage) => {
@@ -63,11 +64,12 @@ pub fn draft(triage: Option<&Triage>, missing: &[String]) -> String {
                 out.push_str(&format!(" You mentioned {}.\n\n", mentions.join("; ")));
             }
             out.push_str("## What I can say\n\n");
-            if triage.has_data {
+            if let (true, Some(data)) = (triage.has_data, data) {
+                out.push_str(&figures(triage.category, data));
+            } else if triage.has_data {
                 out.push_str(&format!(
-                    "You have uploaded {} model call{}. This server does not yet have the agents that compute \
-                     figures from them (spend per model and feature, latency percentiles, savings), so I give \
-                     none rather than guess.\n",
+                    "You have uploaded {} model call{}, but they could not be read for this answer, so I give \
+                     no figures rather than guess.\n",
                     triage.data_calls,
                     if triage.data_calls == 1 { "" } else { "s" }
                 ));
@@ -101,6 +103,112 @@ pub fn draft(triage: Option<&Triage>, missing: &[String]) -> String {
     out
 }
 
+/// The structured report of `result.report`, from the data agent's summary.
+pub fn report(summary: &Value) -> Value {
+    let rows = |key: &str, name: &str| -> Vec<Value> {
+        summary[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|row| {
+                json!({
+                    name: row[name], "calls": row["calls"], "cost_usd": row["cost_usd"],
+                    "p50_latency_ms": row["p50_latency_ms"], "p95_latency_ms": row["p95_latency_ms"],
+                    "error_rate": row["error_rate"],
+                })
+            })
+            .collect()
+    };
+    let totals = &summary["totals"];
+    json!({
+        "period": summary["period"],
+        "total_cost_usd": totals["cost_usd"],
+        "calls": totals["calls"],
+        "input_tokens": totals["input_tokens"],
+        "output_tokens": totals["output_tokens"],
+        "by_model": rows("by_model", "model"),
+        "by_feature": rows("by_feature", "feature"),
+        "strategies": [],
+        "actions": [],
+    })
+}
+
+fn ms(value: &Value) -> String {
+    value.as_f64().map_or_else(|| "–".to_owned(), |v| format!("{v:.0} ms"))
+}
+
+/// The figures part of the answer, from the data agent's summary.
+fn figures(category: Category, summary: &Value) -> String {
+    let totals = &summary["totals"];
+    let calls = totals["calls"].as_u64().unwrap_or(0);
+    let cost = totals["cost_usd"].as_f64().unwrap_or(0.0);
+    let errors = totals["errors"].as_u64().unwrap_or(0);
+    let day = |v: &Value| {
+        v.as_str()
+            .map(|t| t.get(..10).unwrap_or(t).to_owned())
+            .unwrap_or_default()
+    };
+    let mut out = format!(
+        "From {} to {}: **{calls} calls**, {} input and {} output tokens, **{}** in total; {errors} failed ({:.1} %).\n\n",
+        day(&summary["period"]["from"]),
+        day(&summary["period"]["to"]),
+        totals["input_tokens"],
+        totals["output_tokens"],
+        usd(cost),
+        totals["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+    );
+    for (key, name, title) in [("by_model", "model", "Model"), ("by_feature", "feature", "Feature")] {
+        out.push_str(&format!("| {title} | calls | cost | share | p50 | p95 | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"));
+        for row in summary[key].as_array().into_iter().flatten() {
+            let row_cost = row["cost_usd"].as_f64().unwrap_or(0.0);
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.1} % | {} | {} | {:.1} % |\n",
+                row[name].as_str().unwrap_or("?"),
+                row["calls"],
+                usd(row_cost),
+                if cost > 0.0 { row_cost / cost * 100.0 } else { 0.0 },
+                ms(&row["p50_latency_ms"]),
+                ms(&row["p95_latency_ms"]),
+                row["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            ));
+        }
+        out.push('\n');
+    }
+    let hours: Vec<String> = summary["busiest_hours"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| format!("{:02}:00 ({} calls)", h["hour"].as_u64().unwrap_or(0), h["calls"]))
+        .collect();
+    if !hours.is_empty() {
+        out.push_str(&format!("Busiest hours (UTC): {}.\n\n", hours.join(", ")));
+    }
+    let slowest = summary["by_feature"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["p95_latency_ms"].is_number())
+        .max_by(|a, b| {
+            a["p95_latency_ms"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .total_cmp(&b["p95_latency_ms"].as_f64().unwrap_or(0.0))
+        });
+    if let (Category::Performance, Some(slowest)) = (category, slowest) {
+        out.push_str(&format!(
+            "Latency is worst in **{}**: p95 {} (p50 {}).\n\n",
+            slowest["feature"].as_str().unwrap_or("?"),
+            ms(&slowest["p95_latency_ms"]),
+            ms(&slowest["p50_latency_ms"])
+        ));
+    }
+    out.push_str(
+        "_These figures are computed from your data. Savings strategies with projected monthly amounts, and \
+         an action plan, are not computed on this server yet._\n",
+    );
+    out
+}
+
 #[async_trait]
 impl Agent for ReportingAgent {
     fn task(&self, _ctx: &AgentContext) -> String {
@@ -113,10 +221,13 @@ impl Agent for ReportingAgent {
             .output_of("triage")
             .and_then(|output| serde_json::from_value::<Triage>(output.data.clone()).ok());
         let missing: Vec<String> = ctx.missing().iter().map(ToString::to_string).collect();
-        let draft = draft(triage.as_ref(), &missing);
+        let data = ctx.output_of("data").map(|output| output.data.clone());
+        let draft = draft(triage.as_ref(), data.as_ref(), &missing);
         let answer = ctx.stream_answer(ModelRequest::new(WRITE_PROMPT, draft)).await?;
+        // The report's figures come from the data agent's output, never from the model.
+        let report = data.as_ref().map(report);
         Ok(AgentOutput {
-            data: serde_json::json!({ "category": triage.map(|t| t.category.as_str()) }),
+            data: serde_json::json!({ "category": triage.map(|t| t.category.as_str()), "report": report }),
             plan: None,
             answer: Some(answer),
         })

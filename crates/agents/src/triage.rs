@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use switchboard_engine::{Agent, AgentContext, AgentError, AgentOutput, ModelRequest, Tool, ToolError};
-use switchboard_protocol::UserId;
+use switchboard_protocol::{AgentName, UserId};
 use switchboard_store::AnalyticsStore;
 
 /// What a request is about.
@@ -301,9 +301,14 @@ impl Agent for TriageAgent {
             has_data: data_calls > 0,
             data_calls,
         };
+        let plan = if triage.has_data {
+            vec![AgentName::parse("data").map_err(|e| AgentError::Failed(e.to_string()))?]
+        } else {
+            Vec::new()
+        };
         Ok(AgentOutput {
             data: serde_json::to_value(&triage).map_err(|e| AgentError::Failed(e.to_string()))?,
-            plan: Some(Vec::new()),
+            plan: Some(plan),
             answer: None,
         })
     }

@@ -8,9 +8,9 @@ use switchboard_agents::{OfflineModel, register};
 use switchboard_engine::testkit::{MemorySink, check_run, summary};
 use switchboard_engine::{Engine, RunRequest};
 use switchboard_protocol::{EventPayload, RunStatus, ThreadId, UserId};
-use switchboard_store::{AnalyticsStore, StoreError, Summary, SummaryBuilder, TimeRange, WorkloadEvent};
+use switchboard_store::{AnalyticsStore, StoreError, Summary, TimeRange, WorkloadEvent};
 
-/// An analytics store that says the user has `0` calls uploaded.
+/// An analytics store that says the user has `0` calls uploaded, and cannot summarise them.
 struct Uploaded(u64);
 
 #[async_trait]
@@ -22,7 +22,7 @@ impl AnalyticsStore for Uploaded {
         Ok(self.0)
     }
     async fn workload_summary(&self, _: &UserId, _: TimeRange) -> Result<Summary, StoreError> {
-        SummaryBuilder::default().finish()
+        Err(StoreError::Backend("the analytics store is down".into()))
     }
 }
 
@@ -43,7 +43,7 @@ async fn answer(uploaded: u64, text: &str) -> String {
 }
 
 #[tokio::test(start_paused = true)]
-async fn without_data_the_answer_says_what_to_send_and_with_data_it_says_what_is_not_built() {
+async fn without_data_the_answer_says_what_to_send_and_unreadable_data_is_said_to_be_missing() {
     let none = answer(0, "How can we cut our LLM costs?").await;
     for expected in [
         "I have no usage data of yours",
@@ -54,8 +54,14 @@ async fn without_data_the_answer_says_what_to_send_and_with_data_it_says_what_is
         assert!(none.contains(expected), "missing `{expected}` in:\n{none}");
     }
     let some = answer(3, "How can we cut our LLM costs?").await;
-    assert!(some.contains("You have uploaded 3 model calls."), "{some}");
-    assert!(some.contains("so I give none rather than guess"), "{some}");
+    assert!(
+        some.contains("You have uploaded 3 model calls, but they could not be read"),
+        "{some}"
+    );
+    assert!(
+        some.contains("Missing from this answer: the data step did not finish."),
+        "{some}"
+    );
     assert!(!some.contains("POST /api/workload-events"), "{some}");
 }
 
@@ -109,4 +115,145 @@ async fn a_cost_question_is_classified_and_answered_without_invented_figures() {
         _ => unreachable!(),
     };
     assert_eq!(timings.model_ms, 100, "two model calls of 50 ms");
+}
+
+fn call(
+    at: &str,
+    model: &str,
+    feature: &str,
+    tokens: (u64, u64),
+    latency: f64,
+    error: bool,
+    cost: f64,
+) -> WorkloadEvent {
+    WorkloadEvent {
+        timestamp: switchboard_protocol::Timestamp::parse(at).unwrap(),
+        model: model.into(),
+        input_tokens: tokens.0,
+        output_tokens: tokens.1,
+        provider: None,
+        latency_ms: Some(latency),
+        status: if error {
+            switchboard_store::CallStatus::Error
+        } else {
+            switchboard_store::CallStatus::Ok
+        },
+        feature: Some(feature.into()),
+        prompt_hash: None,
+        cost_usd: cost,
+        batch: false,
+    }
+}
+
+/// Four calls; every figure of the report below is worked out by hand from them.
+#[tokio::test]
+async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        switchboard_store::SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let user = UserId::parse("usr_team").unwrap();
+    let calls = vec![
+        call(
+            "2026-11-01T09:00:00Z",
+            "gpt-4o",
+            "search",
+            (2000, 500),
+            800.0,
+            false,
+            0.0100,
+        ),
+        call(
+            "2026-11-01T09:30:00Z",
+            "gpt-4o",
+            "search",
+            (4000, 500),
+            1200.0,
+            true,
+            0.0150,
+        ),
+        call(
+            "2026-11-02T14:00:00Z",
+            "gpt-4o-mini",
+            "tagging",
+            (1000, 100),
+            200.0,
+            false,
+            0.0002,
+        ),
+        call(
+            "2026-11-03T09:10:00Z",
+            "gpt-4o-mini",
+            "tagging",
+            (1000, 100),
+            400.0,
+            false,
+            0.0002,
+        ),
+    ];
+    store.insert_workload_events(&user, calls).await.unwrap();
+    let sink = MemorySink::new();
+    let engine = register(Engine::builder(), store)
+        .model(Arc::new(OfflineModel::default()))
+        .build(sink.clone())
+        .unwrap();
+    let outcome = engine
+        .start_run(RunRequest::new(
+            user.clone(),
+            ThreadId::generate(),
+            "Why is search so slow?",
+        ))
+        .unwrap()
+        .outcome()
+        .await;
+    let events = sink.events_of(&user);
+    check_run(&events).unwrap();
+    assert!(summary(&events).contains(&"data tool_completed workload_summary ok".to_owned()));
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let report = &outcome.result.as_ref().unwrap()["report"];
+    let close = |v: &serde_json::Value, expected: f64| (v.as_f64().unwrap() - expected).abs() < 1e-9;
+    assert_eq!(report["period"]["from"], "2026-11-01T09:00:00.000Z");
+    assert_eq!(report["period"]["to"], "2026-11-03T09:10:00.000Z");
+    assert_eq!(
+        (
+            report["calls"].as_u64(),
+            report["input_tokens"].as_u64(),
+            report["output_tokens"].as_u64()
+        ),
+        (Some(4), Some(8000), Some(1200))
+    );
+    assert!(close(&report["total_cost_usd"], 0.0254));
+    let big = &report["by_model"][0];
+    assert_eq!(
+        (big["model"].as_str(), big["calls"].as_u64()),
+        (Some("gpt-4o"), Some(2))
+    );
+    assert!(close(&big["cost_usd"], 0.025) && close(&big["error_rate"], 0.5));
+    // 800 and 1200: p50 at rank ceil(1.0) = 1, p95 at rank ceil(1.9) = 2.
+    assert_eq!(
+        (big["p50_latency_ms"].as_f64(), big["p95_latency_ms"].as_f64()),
+        (Some(800.0), Some(1200.0))
+    );
+    let mini = &report["by_model"][1];
+    assert!(close(&mini["cost_usd"], 0.0004) && close(&mini["error_rate"], 0.0));
+    assert_eq!(
+        (mini["p50_latency_ms"].as_f64(), mini["p95_latency_ms"].as_f64()),
+        (Some(200.0), Some(400.0))
+    );
+    assert_eq!(report["by_feature"][0]["feature"], "search");
+    assert_eq!(report["by_feature"][1]["feature"], "tagging");
+    assert_eq!(report["strategies"], serde_json::json!([]));
+
+    let answer = outcome.answer.unwrap();
+    for expected in [
+        "From 2026-11-01 to 2026-11-03: **4 calls**, 8000 input and 1200 output tokens, **$0.0254** in total; 1 failed (25.0 %).",
+        "| gpt-4o | 2 | $0.0250 | 98.4 % | 800 ms | 1200 ms | 50.0 % |",
+        "Busiest hours (UTC): 09:00 (3 calls), 14:00 (1 calls).",
+        "Latency is worst in **search**: p95 1200 ms (p50 800 ms).",
+        "not computed on this server yet",
+    ] {
+        assert!(answer.contains(expected), "missing `{expected}` in:\n{answer}");
+    }
 }
