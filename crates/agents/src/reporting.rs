@@ -133,6 +133,19 @@ pub fn report(summary: &Value) -> Value {
     })
 }
 
+/// A count with thousands separators: `107,555,052`.
+fn count(value: &Value) -> String {
+    let digits = value.as_u64().unwrap_or(0).to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 fn ms(value: &Value) -> String {
     value.as_f64().map_or_else(|| "–".to_owned(), |v| format!("{v:.0} ms"))
 }
@@ -140,7 +153,6 @@ fn ms(value: &Value) -> String {
 /// The figures part of the answer, from the data agent's summary.
 fn figures(category: Category, summary: &Value) -> String {
     let totals = &summary["totals"];
-    let calls = totals["calls"].as_u64().unwrap_or(0);
     let cost = totals["cost_usd"].as_f64().unwrap_or(0.0);
     let errors = totals["errors"].as_u64().unwrap_or(0);
     let day = |v: &Value| {
@@ -149,11 +161,12 @@ fn figures(category: Category, summary: &Value) -> String {
             .unwrap_or_default()
     };
     let mut out = format!(
-        "From {} to {}: **{calls} calls**, {} input and {} output tokens, **{}** in total; {errors} failed ({:.1} %).\n\n",
+        "From {} to {}: **{} calls**, {} input and {} output tokens, **{}** in total; {errors} failed ({:.1} %).\n\n",
         day(&summary["period"]["from"]),
         day(&summary["period"]["to"]),
-        totals["input_tokens"],
-        totals["output_tokens"],
+        count(&totals["calls"]),
+        count(&totals["input_tokens"]),
+        count(&totals["output_tokens"]),
         usd(cost),
         totals["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
     );
@@ -164,7 +177,7 @@ fn figures(category: Category, summary: &Value) -> String {
             out.push_str(&format!(
                 "| {} | {} | {} | {:.1} % | {} | {} | {:.1} % |\n",
                 row[name].as_str().unwrap_or("?"),
-                row["calls"],
+                count(&row["calls"]),
                 usd(row_cost),
                 if cost > 0.0 { row_cost / cost * 100.0 } else { 0.0 },
                 ms(&row["p50_latency_ms"]),
@@ -178,7 +191,13 @@ fn figures(category: Category, summary: &Value) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|h| format!("{:02}:00 ({} calls)", h["hour"].as_u64().unwrap_or(0), h["calls"]))
+        .map(|h| {
+            format!(
+                "{:02}:00 ({} calls)",
+                h["hour"].as_u64().unwrap_or(0),
+                count(&h["calls"])
+            )
+        })
         .collect();
     if !hours.is_empty() {
         out.push_str(&format!("Busiest hours (UTC): {}.\n\n", hours.join(", ")));

@@ -248,7 +248,7 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
 
     let answer = outcome.answer.unwrap();
     for expected in [
-        "From 2026-11-01 to 2026-11-03: **4 calls**, 8000 input and 1200 output tokens, **$0.0254** in total; 1 failed (25.0 %).",
+        "From 2026-11-01 to 2026-11-03: **4 calls**, 8,000 input and 1,200 output tokens, **$0.0254** in total; 1 failed (25.0 %).",
         "| gpt-4o | 2 | $0.0250 | 98.4 % | 800 ms | 1200 ms | 50.0 % |",
         "Busiest hours (UTC): 09:00 (3 calls), 14:00 (1 calls).",
         "Latency is worst in **search**: p95 1200 ms (p50 800 ms).",
