@@ -138,7 +138,7 @@ fn count(value: &Value) -> String {
     let digits = value.as_u64().unwrap_or(0).to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
