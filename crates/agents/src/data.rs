@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use switchboard_engine::{Agent, AgentContext, AgentError, AgentOutput, Tool, ToolError};
 use switchboard_protocol::{Timestamp, UserId};
-use switchboard_store::{AnalyticsStore, Summary, TimeRange, Usage};
+use switchboard_store::{AnalyticsStore, Opportunities, Slice, Summary, TimeRange, Usage};
 
 /// `{"user_id", "from"?, "to"?}` in, the user's workload summary out.
 pub struct WorkloadSummaryTool {
@@ -40,6 +40,23 @@ fn usage_json(usage: &Usage) -> Value {
     })
 }
 
+fn slice_json(slice: &Slice) -> Value {
+    json!({ "calls": slice.calls, "input_tokens": slice.input_tokens, "output_tokens": slice.output_tokens, "cost_usd": slice.cost_usd })
+}
+
+fn opportunities_json(o: &Opportunities) -> Value {
+    json!({
+        "short_calls": o.short_calls.iter().map(|(model, s)| json!({"model": model, "calls": slice_json(s)})).collect::<Vec<_>>(),
+        "repeated_prompt_calls": o.repeated_prompt_calls,
+        "repeated_prompt_cost_usd": o.repeated_prompt_cost_usd,
+        "failed_cost_usd": o.failed_cost_usd,
+        "by_feature_model": o.by_feature_model.iter().map(|fm| json!({
+            "feature": fm.feature, "model": fm.model, "all": slice_json(&fm.all), "off_hours": slice_json(&fm.off_hours),
+            "input_tokens_above_p95": fm.input_tokens_above_p95,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// The summary as the agents pass it on.
 pub fn summary_json(summary: &Summary) -> Value {
     let keyed = |rows: &[Usage], key: &str| -> Vec<Value> {
@@ -59,6 +76,7 @@ pub fn summary_json(summary: &Summary) -> Value {
         "by_model": keyed(&summary.by_model, "model"),
         "by_feature": keyed(&summary.by_feature, "feature"),
         "busiest_hours": busiest.iter().take(3).map(|h| json!({"hour": h.hour, "calls": h.calls, "cost_usd": h.cost_usd})).collect::<Vec<_>>(),
+        "opportunities": opportunities_json(&summary.opportunities),
     })
 }
 

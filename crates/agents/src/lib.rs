@@ -7,6 +7,7 @@
 mod data;
 pub mod demo;
 mod offline;
+mod optimization;
 mod prices;
 mod reporting;
 mod triage;
@@ -14,6 +15,7 @@ pub mod workload;
 
 pub use data::{DataAgent, WorkloadSummaryTool, summary_json, usd};
 pub use offline::OfflineModel;
+pub use optimization::{Action, ActionsAgent, OptimizationAgent, Strategy, actions, strategies};
 pub use prices::{ModelPrice, PriceTable, PriceTableError};
 pub use reporting::{ReportingAgent, draft, report};
 pub use triage::{Category, ExtractEntities, Triage, TriageAgent, WorkloadOverview, extract};
@@ -24,9 +26,9 @@ use switchboard_engine::{EngineBuilder, Plan};
 use switchboard_store::AnalyticsStore;
 
 /// Registers the shipped agents, their tools and the plan on an engine builder; the tools read
-/// workload data from `analytics`.
-pub fn register(builder: EngineBuilder, analytics: Arc<dyn AnalyticsStore>) -> EngineBuilder {
-    let plan = Plan::new("triage", &["data"], Some("reporting")).expect("valid agent names");
+/// workload data from `analytics`, and savings are priced with `prices`.
+pub fn register(builder: EngineBuilder, analytics: Arc<dyn AnalyticsStore>, prices: Arc<PriceTable>) -> EngineBuilder {
+    let plan = Plan::new("triage", &["data", "optimization", "actions"], Some("reporting")).expect("valid agent names");
     builder
         .tool("extract_entities", Arc::new(ExtractEntities))
         .tool(
@@ -40,6 +42,8 @@ pub fn register(builder: EngineBuilder, analytics: Arc<dyn AnalyticsStore>) -> E
             &["extract_entities", "workload_overview"],
         )
         .agent("data", Arc::new(DataAgent), &["workload_summary"])
+        .agent("optimization", Arc::new(OptimizationAgent::new(prices)), &[])
+        .agent("actions", Arc::new(ActionsAgent), &[])
         .agent("reporting", Arc::new(ReportingAgent), &[])
         .plan(plan)
 }

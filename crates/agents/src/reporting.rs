@@ -32,7 +32,7 @@ fn list(entities: &Value, key: &str) -> Vec<String> {
 }
 
 /// The answer's draft, from triage's findings (when triage completed).
-pub fn draft(triage: Option<&Triage>, data: Option<&Value>, missing: &[String]) -> String {
+pub fn draft(triage: Option<&Triage>, data: Option<&Value>, savings_part: &str, missing: &[String]) -> String {
     let mut out = String::new();
     match triage {
         Some(triage) => {
@@ -66,6 +66,7 @@ pub fn draft(triage: Option<&Triage>, data: Option<&Value>, missing: &[String]) 
             out.push_str("## What I can say\n\n");
             if let (true, Some(data)) = (triage.has_data, data) {
                 out.push_str(&figures(triage.category, data));
+                out.push_str(savings_part);
             } else if triage.has_data {
                 out.push_str(&format!(
                     "You have uploaded {} model call{}, but they could not be read for this answer, so I give \
@@ -103,8 +104,9 @@ pub fn draft(triage: Option<&Triage>, data: Option<&Value>, missing: &[String]) 
     out
 }
 
-/// The structured report of `result.report`, from the data agent's summary.
-pub fn report(summary: &Value) -> Value {
+/// The structured report of `result.report`, from the data agent's summary and, when they ran,
+/// the optimization and actions agents' outputs.
+pub fn report(summary: &Value, strategies: &Value, actions: &Value) -> Value {
     let rows = |key: &str, name: &str| -> Vec<Value> {
         summary[key]
             .as_array()
@@ -128,8 +130,8 @@ pub fn report(summary: &Value) -> Value {
         "output_tokens": totals["output_tokens"],
         "by_model": rows("by_model", "model"),
         "by_feature": rows("by_feature", "feature"),
-        "strategies": [],
-        "actions": [],
+        "strategies": if strategies.is_array() { strategies.clone() } else { json!([]) },
+        "actions": if actions.is_array() { actions.clone() } else { json!([]) },
     })
 }
 
@@ -148,6 +150,48 @@ fn count(value: &Value) -> String {
 
 fn ms(value: &Value) -> String {
     value.as_f64().map_or_else(|| "–".to_owned(), |v| format!("{v:.0} ms"))
+}
+
+/// The savings and the plan, when the optimization and actions agents ran.
+fn savings(strategies: &Value, actions: &Value, prices_as_of: &str) -> String {
+    let Some(strategies) = strategies.as_array() else {
+        return String::new();
+    };
+    let mut out = String::from("## Where to save\n\n");
+    if strategies.is_empty() {
+        out.push_str("None of the five strategies (routing, caching, batching, trimming, errors) finds a saving in this data.\n\n");
+        return out;
+    }
+    let total: f64 = strategies
+        .iter()
+        .filter_map(|s| s["monthly_savings_usd"].as_f64())
+        .sum();
+    out.push_str("| strategy | per month | assumption |\n| --- | ---: | --- |\n");
+    for s in strategies {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            s["title"].as_str().unwrap_or(""),
+            usd(s["monthly_savings_usd"].as_f64().unwrap_or(0.0)),
+            s["assumption"].as_str().unwrap_or("")
+        ));
+    }
+    out.push_str(&format!(
+        "\nIn all about **{} a month**, projected to 30 days from your data's period at the list prices of {prices_as_of}.\n\n",
+        usd(total)
+    ));
+    if let Some(actions) = actions.as_array().filter(|a| !a.is_empty()) {
+        out.push_str("## What to do\n\n");
+        for action in actions {
+            out.push_str(&format!(
+                "{}. **{}** {}\n",
+                action["step"],
+                action["title"].as_str().unwrap_or(""),
+                action["detail"].as_str().unwrap_or("")
+            ));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The figures part of the answer, from the data agent's summary.
@@ -221,10 +265,7 @@ fn figures(category: Category, summary: &Value) -> String {
             ms(&slowest["p50_latency_ms"])
         ));
     }
-    out.push_str(
-        "_These figures are computed from your data. Savings strategies with projected monthly amounts, and \
-         an action plan, are not computed on this server yet._\n",
-    );
+    out.push_str("_These figures are computed from your data._\n\n");
     out
 }
 
@@ -241,10 +282,24 @@ impl Agent for ReportingAgent {
             .and_then(|output| serde_json::from_value::<Triage>(output.data.clone()).ok());
         let missing: Vec<String> = ctx.missing().iter().map(ToString::to_string).collect();
         let data = ctx.output_of("data").map(|output| output.data.clone());
-        let draft = draft(triage.as_ref(), data.as_ref(), &missing);
+        let optimization = ctx
+            .output_of("optimization")
+            .map(|output| output.data.clone())
+            .unwrap_or(Value::Null);
+        let strategies = optimization["strategies"].clone();
+        let actions = ctx
+            .output_of("actions")
+            .map(|output| output.data["actions"].clone())
+            .unwrap_or(Value::Null);
+        let savings_part = savings(
+            &strategies,
+            &actions,
+            optimization["prices_as_of"].as_str().unwrap_or("the price table"),
+        );
+        let draft = draft(triage.as_ref(), data.as_ref(), &savings_part, &missing);
         let answer = ctx.stream_answer(ModelRequest::new(WRITE_PROMPT, draft)).await?;
-        // The report's figures come from the data agent's output, never from the model.
-        let report = data.as_ref().map(report);
+        // The report's figures come from the agents' computed outputs, never from the model.
+        let report = data.as_ref().map(|summary| report(summary, &strategies, &actions));
         Ok(AgentOutput {
             data: serde_json::json!({ "category": triage.map(|t| t.category.as_str()), "report": report }),
             plan: None,

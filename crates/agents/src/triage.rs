@@ -302,7 +302,10 @@ impl Agent for TriageAgent {
             data_calls,
         };
         let plan = if triage.has_data {
-            vec![AgentName::parse("data").map_err(|e| AgentError::Failed(e.to_string()))?]
+            ["data", "optimization", "actions"]
+                .iter()
+                .map(|name| AgentName::parse(name).map_err(|e| AgentError::Failed(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?
         } else {
             Vec::new()
         };

@@ -113,11 +113,12 @@ impl Application {
             }
             None => PriceTable::embedded(),
         };
+        let prices = Arc::new(prices);
         let secret = load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
         let tokens = Tokens::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(Arc::clone(&store), Arc::clone(&metrics)));
-        let engine = switchboard_agents::register(Engine::builder(), Arc::clone(&analytics))
+        let engine = switchboard_agents::register(Engine::builder(), Arc::clone(&analytics), Arc::clone(&prices))
             .config(config.engine.clone())
             .model(Arc::new(OfflineModel::new(config.model_latency)))
             .build(hub.clone())
@@ -136,7 +137,7 @@ impl Application {
             config: Arc::new(config),
             store,
             analytics,
-            prices: Arc::new(prices),
+            prices,
             hub,
             runs: Arc::new(runs),
             tokens: Arc::new(tokens),

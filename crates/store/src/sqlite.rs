@@ -862,7 +862,8 @@ impl AnalyticsStore for SqliteStore {
             // percentile function, and one scan aggregated here beats a window query per group.
             let mut statement = conn
                 .prepare_cached(
-                    "SELECT ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error', cost_usd
+                    "SELECT ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error', cost_usd,
+                            prompt_hash, batch
                      FROM workload_events WHERE user_id = ?1 AND ts >= ?2 AND ts < ?3",
                 )
                 .map_err(backend)?;
@@ -884,8 +885,13 @@ impl AnalyticsStore for SqliteStore {
                     latency_ms: row.get(5).map_err(backend)?,
                     error: row.get(6).map_err(backend)?,
                     cost_usd: row.get(7).map_err(backend)?,
+                    batch: row.get(9).map_err(backend)?,
                 };
-                summary.add(model, feature, call);
+                let prompt_hash: Option<&str> = row
+                    .get_ref(8)
+                    .and_then(|v| v.as_str_or_null().map_err(Into::into))
+                    .map_err(backend)?;
+                summary.add(model, feature, prompt_hash, call);
             }
             summary.finish()
         })

@@ -118,7 +118,69 @@ pub struct Summary {
     pub by_feature: Vec<Usage>,
     /// Per hour of the day (UTC), for the hours that have calls, in hour order.
     pub hours: Vec<HourUsage>,
+    /// What the savings strategies are computed from.
+    pub opportunities: Opportunities,
 }
+
+/// Calls with their tokens and cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slice {
+    /// Calls.
+    pub calls: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens.
+    pub output_tokens: u64,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+}
+
+impl Slice {
+    fn add(&mut self, call: &CallFigures) {
+        self.calls += 1;
+        self.input_tokens += call.input_tokens;
+        self.output_tokens += call.output_tokens;
+        self.cost_usd += call.cost_usd;
+    }
+}
+
+/// Calls of one feature on one model that did not use a batch API.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FeatureModel {
+    /// The feature (`None`: calls without one).
+    pub feature: Option<String>,
+    /// The model.
+    pub model: String,
+    /// All its non-batch calls.
+    pub all: Slice,
+    /// Those made off-hours (00:00 to 06:00 UTC).
+    pub off_hours: Slice,
+    /// Prompt tokens above the feature's p95 prompt size, summed over the calls above it.
+    pub input_tokens_above_p95: u64,
+}
+
+/// Aggregates the savings strategies need.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Opportunities {
+    /// Per model: short calls (prompt at most [`SHORT_INPUT_TOKENS`], answer at most
+    /// [`SHORT_OUTPUT_TOKENS`]), which a smaller model could serve.
+    pub short_calls: Vec<(String, Slice)>,
+    /// Cost of calls whose `prompt_hash` had been seen before (every call of a prompt but one).
+    pub repeated_prompt_cost_usd: f64,
+    /// Calls that repeat an earlier prompt.
+    pub repeated_prompt_calls: u64,
+    /// Per feature and model (non-batch calls only).
+    pub by_feature_model: Vec<FeatureModel>,
+    /// Cost of failed calls.
+    pub failed_cost_usd: f64,
+}
+
+/// A prompt of at most this many tokens counts as short.
+pub const SHORT_INPUT_TOKENS: u64 = 1000;
+/// An answer of at most this many tokens counts as short.
+pub const SHORT_OUTPUT_TOKENS: u64 = 300;
+/// Off-hours: from midnight to this hour (UTC).
+pub const OFF_HOURS_END: u8 = 6;
 
 /// Where workload data is kept and aggregated. The store answers with aggregates (a few rows),
 /// never with the calls themselves. Every method sees one user's data only.
@@ -147,6 +209,8 @@ pub struct CallFigures {
     pub error: bool,
     /// Its cost.
     pub cost_usd: f64,
+    /// Whether it used a batch API.
+    pub batch: bool,
 }
 
 #[derive(Debug, Default)]
@@ -202,11 +266,42 @@ pub struct SummaryBuilder {
     models: std::collections::HashMap<String, Group>,
     features: std::collections::HashMap<Option<String>, Group>,
     hours: [(u64, f64); 24],
+    short: std::collections::HashMap<String, Slice>,
+    prompts: std::collections::HashMap<String, (u64, f64)>,
+    feature_models: std::collections::HashMap<(Option<String>, String), (FeatureModel, Vec<u64>)>,
+    failed_cost_usd: f64,
 }
 
 impl SummaryBuilder {
     /// Counts one call.
-    pub fn add(&mut self, model: &str, feature: Option<&str>, call: CallFigures) {
+    pub fn add(&mut self, model: &str, feature: Option<&str>, prompt_hash: Option<&str>, call: CallFigures) {
+        if call.input_tokens <= SHORT_INPUT_TOKENS && call.output_tokens <= SHORT_OUTPUT_TOKENS {
+            self.short.entry(model.to_owned()).or_default().add(&call);
+        }
+        if let Some(hash) = prompt_hash {
+            let seen = self.prompts.entry(hash.to_owned()).or_default();
+            seen.0 += 1;
+            seen.1 += call.cost_usd;
+        }
+        if call.error {
+            self.failed_cost_usd += call.cost_usd;
+        }
+        if !call.batch {
+            let key = (feature.map(str::to_owned), model.to_owned());
+            let (entry, inputs) = self.feature_models.entry(key).or_insert_with(|| {
+                let fm = FeatureModel {
+                    feature: feature.map(str::to_owned),
+                    model: model.to_owned(),
+                    ..FeatureModel::default()
+                };
+                (fm, Vec::new())
+            });
+            entry.all.add(&call);
+            if (call.at_ms.div_euclid(3_600_000)).rem_euclid(24) < i64::from(OFF_HOURS_END) {
+                entry.off_hours.add(&call);
+            }
+            inputs.push(call.input_tokens);
+        }
         self.first = Some(self.first.map_or(call.at_ms, |f| f.min(call.at_ms)));
         self.last = Some(self.last.map_or(call.at_ms, |l| l.max(call.at_ms)));
         self.total.add(&call);
@@ -218,6 +313,55 @@ impl SummaryBuilder {
         let hour = (call.at_ms.div_euclid(3_600_000)).rem_euclid(24) as usize;
         self.hours[hour].0 += 1;
         self.hours[hour].1 += call.cost_usd;
+    }
+
+    fn opportunities(
+        short: std::collections::HashMap<String, Slice>,
+        prompts: std::collections::HashMap<String, (u64, f64)>,
+        feature_models: std::collections::HashMap<(Option<String>, String), (FeatureModel, Vec<u64>)>,
+        failed_cost_usd: f64,
+    ) -> Opportunities {
+        let (mut repeated_calls, mut repeated_cost) = (0, 0.0);
+        for (calls, cost) in prompts.into_values().filter(|(calls, _)| *calls > 1) {
+            repeated_calls += calls - 1;
+            repeated_cost += cost * (calls - 1) as f64 / calls as f64;
+        }
+        // The p95 prompt size is per feature, across its models.
+        let mut feature_inputs: std::collections::HashMap<Option<String>, Vec<u64>> = std::collections::HashMap::new();
+        for ((feature, _), (_, inputs)) in &feature_models {
+            feature_inputs.entry(feature.clone()).or_default().extend(inputs);
+        }
+        let p95: std::collections::HashMap<Option<String>, u64> = feature_inputs
+            .into_iter()
+            .map(|(feature, mut inputs)| {
+                inputs.sort_unstable();
+                let rank = (95 * inputs.len()).div_ceil(100).max(1);
+                (feature, inputs[rank - 1])
+            })
+            .collect();
+        let mut by_feature_model: Vec<FeatureModel> = feature_models
+            .into_values()
+            .map(|(mut fm, inputs)| {
+                let limit = p95.get(&fm.feature).copied().unwrap_or(u64::MAX);
+                fm.input_tokens_above_p95 = inputs.iter().map(|i| i.saturating_sub(limit)).sum();
+                fm
+            })
+            .collect();
+        by_feature_model.sort_by(|a, b| {
+            b.all
+                .cost_usd
+                .total_cmp(&a.all.cost_usd)
+                .then_with(|| a.model.cmp(&b.model))
+        });
+        let mut short_calls: Vec<(String, Slice)> = short.into_iter().collect();
+        short_calls.sort_by(|a, b| b.1.cost_usd.total_cmp(&a.1.cost_usd).then_with(|| a.0.cmp(&b.0)));
+        Opportunities {
+            short_calls,
+            repeated_prompt_cost_usd: repeated_cost,
+            repeated_prompt_calls: repeated_calls,
+            by_feature_model,
+            failed_cost_usd,
+        }
     }
 
     /// The summary.
@@ -249,6 +393,7 @@ impl SummaryBuilder {
                     cost_usd: *cost,
                 })
                 .collect(),
+            opportunities: Self::opportunities(self.short, self.prompts, self.feature_models, self.failed_cost_usd),
         })
     }
 }

@@ -456,6 +456,102 @@ mod workload {
         assert_eq!(store.workload_event_count(&user).await.unwrap(), 5);
     }
 
+    #[tokio::test]
+    async fn the_savings_aggregates_match_figures_computed_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+        let user = UserId::generate();
+        let with = |mut event: WorkloadEvent, hash: &str| {
+            event.prompt_hash = Some(hash.into());
+            event
+        };
+        let calls = vec![
+            with(
+                call(
+                    "2026-11-01T01:00:00Z",
+                    "gpt-4o",
+                    Some("nightly"),
+                    (3000, 500),
+                    None,
+                    false,
+                    0.02,
+                ),
+                "p1",
+            ),
+            with(
+                call(
+                    "2026-11-01T02:00:00Z",
+                    "gpt-4o",
+                    Some("nightly"),
+                    (3000, 500),
+                    None,
+                    false,
+                    0.02,
+                ),
+                "p1",
+            ),
+            with(
+                call(
+                    "2026-11-01T03:00:00Z",
+                    "gpt-4o",
+                    Some("nightly"),
+                    (9000, 500),
+                    None,
+                    false,
+                    0.04,
+                ),
+                "p2",
+            ),
+            with(
+                call(
+                    "2026-11-01T12:00:00Z",
+                    "gpt-4o",
+                    Some("chat"),
+                    (400, 100),
+                    None,
+                    true,
+                    0.005,
+                ),
+                "p1",
+            ),
+        ];
+        store.insert_workload_events(&user, calls).await.unwrap();
+        let o = store
+            .workload_summary(&user, TimeRange::default())
+            .await
+            .unwrap()
+            .opportunities;
+        // p1 is called three times for 0.045: two repeats, two thirds of its cost.
+        assert_eq!(o.repeated_prompt_calls, 2);
+        assert!(
+            close(o.repeated_prompt_cost_usd, 0.03),
+            "{}",
+            o.repeated_prompt_cost_usd
+        );
+        assert!(close(o.failed_cost_usd, 0.005));
+        // Only the chat call is short (400 ≤ 1000 prompt tokens, 100 ≤ 300 answer tokens).
+        assert_eq!(o.short_calls.len(), 1);
+        assert_eq!((o.short_calls[0].0.as_str(), o.short_calls[0].1.calls), ("gpt-4o", 1));
+        assert!(close(o.short_calls[0].1.cost_usd, 0.005));
+        let nightly = &o.by_feature_model[0];
+        assert_eq!(
+            (nightly.feature.as_deref(), nightly.all.calls, nightly.off_hours.calls),
+            (Some("nightly"), 3, 3)
+        );
+        assert!(close(nightly.off_hours.cost_usd, 0.08));
+        assert_eq!(
+            nightly.input_tokens_above_p95, 0,
+            "the p95 of three prompts is the largest"
+        );
+        assert_eq!(
+            (
+                o.by_feature_model[1].feature.as_deref(),
+                o.by_feature_model[1].off_hours.calls
+            ),
+            (Some("chat"), 0)
+        );
+    }
+
     #[test]
     fn percentiles_are_nearest_rank() {
         let cases: [(&[f64], usize, Option<f64>); 6] = [
