@@ -57,6 +57,15 @@ fn opportunities_json(o: &Opportunities) -> Value {
     })
 }
 
+/// The run's user, which the agent (not the model) puts in a workload tool's parameters.
+pub(crate) fn user_parameter(parameters: &Value) -> Result<UserId, ToolError> {
+    parameters
+        .get("user_id")
+        .and_then(Value::as_str)
+        .and_then(|id| UserId::parse(id).ok())
+        .ok_or_else(|| ToolError::InvalidParameters("expected {\"user_id\": a user id}".into()))
+}
+
 /// The summary as the agents pass it on.
 pub fn summary_json(summary: &Summary) -> Value {
     let keyed = |rows: &[Usage], key: &str| -> Vec<Value> {
@@ -83,11 +92,7 @@ pub fn summary_json(summary: &Summary) -> Value {
 #[async_trait]
 impl Tool for WorkloadSummaryTool {
     async fn call(&self, parameters: Value) -> Result<Value, ToolError> {
-        let user = parameters
-            .get("user_id")
-            .and_then(Value::as_str)
-            .and_then(|id| UserId::parse(id).ok())
-            .ok_or_else(|| ToolError::InvalidParameters("expected {\"user_id\": a user id}".into()))?;
+        let user = user_parameter(&parameters)?;
         let bound = |key: &str| -> Result<Option<Timestamp>, ToolError> {
             match parameters.get(key) {
                 None | Some(Value::Null) => Ok(None),

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use switchboard_engine::{Agent, AgentContext, AgentError, AgentOutput, ModelRequest, Tool, ToolError};
-use switchboard_protocol::{AgentName, UserId};
+use switchboard_protocol::AgentName;
 use switchboard_store::AnalyticsStore;
 
 /// What a request is about.
@@ -241,11 +241,7 @@ impl WorkloadOverview {
 #[async_trait]
 impl Tool for WorkloadOverview {
     async fn call(&self, parameters: Value) -> Result<Value, ToolError> {
-        let user = parameters
-            .get("user_id")
-            .and_then(Value::as_str)
-            .and_then(|id| UserId::parse(id).ok())
-            .ok_or_else(|| ToolError::InvalidParameters("expected {\"user_id\": a user id}".into()))?;
+        let user = crate::data::user_parameter(&parameters)?;
         let calls = self
             .store
             .workload_event_count(&user)

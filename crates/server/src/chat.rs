@@ -10,20 +10,14 @@ use clap::Args;
 use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, ServerFrame, ThreadId, UserMessage};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::client::Client;
+use crate::client::SignIn;
 
 /// Options of `switchboard chat`.
 #[derive(Debug, Clone, Args)]
 pub struct ChatArgs {
-    /// The server's base URL.
-    #[arg(long, env = "SWITCHBOARD_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// Sign in with this email (needs --password) instead of dev-login.
-    #[arg(long)]
-    pub email: Option<String>,
-    /// The password for --email.
-    #[arg(long, env = "SWITCHBOARD_PASSWORD")]
-    pub password: Option<String>,
+    /// The server and how to sign in.
+    #[command(flatten)]
+    pub sign_in: SignIn,
 }
 
 /// What the timeline keeps between events of one run.
@@ -107,16 +101,11 @@ impl Timeline {
 
 /// Runs the terminal client until end of input.
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.server);
-    let session = match (&args.email, &args.password) {
-        (Some(email), Some(password)) => client.login(email, password).await?,
-        (None, None) => client.dev_login(None).await?,
-        _ => bail!("--email and --password go together"),
-    };
+    let (client, session) = args.sign_in.session().await?;
     let mut socket = client.connect(&session.access_token, None).await?;
     println!(
         "Connected to {} as {}. Type a message and press Enter; Ctrl-D quits.",
-        args.server, session.user_id
+        args.sign_in.server, session.user_id
     );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut thread_id: Option<ThreadId> = None;

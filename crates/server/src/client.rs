@@ -39,6 +39,33 @@ impl Session {
     }
 }
 
+/// Which server to talk to and how to sign in, shared by the commands that talk to one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignIn {
+    /// The server's base URL.
+    #[arg(long, env = "SWITCHBOARD_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Sign in with this email (needs --password) instead of dev-login.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// The password for --email.
+    #[arg(long, env = "SWITCHBOARD_PASSWORD")]
+    pub password: Option<String>,
+}
+
+impl SignIn {
+    /// A client of the server, signed in with the password or, without one, through dev-login.
+    pub async fn session(&self) -> anyhow::Result<(Client, Session)> {
+        let client = Client::new(&self.server);
+        let session = match (&self.email, &self.password) {
+            (Some(email), Some(password)) => client.login(email, password).await?,
+            (None, None) => client.dev_login(None).await?,
+            _ => bail!("--email and --password go together"),
+        };
+        Ok((client, session))
+    }
+}
+
 /// The HTTP side of a server.
 #[derive(Debug, Clone)]
 pub struct Client {

@@ -13,7 +13,7 @@ use serde_json::{Map, Number, Value};
 use switchboard_agents::demo::{DemoSpec, demo_rows};
 use switchboard_protocol::Timestamp;
 
-use crate::client::Client;
+use crate::client::SignIn;
 
 /// Rows per upload request.
 const CHUNK_ROWS: usize = 10_000;
@@ -25,15 +25,9 @@ const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 pub struct IngestArgs {
     /// The file: `.csv` (with a header), `.json` (an array), anything else NDJSON.
     pub file: PathBuf,
-    /// The server's base URL.
-    #[arg(long, env = "SWITCHBOARD_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// Sign in with this email (needs --password) instead of dev-login.
-    #[arg(long)]
-    pub email: Option<String>,
-    /// The password for --email.
-    #[arg(long, env = "SWITCHBOARD_PASSWORD")]
-    pub password: Option<String>,
+    /// The server and how to sign in.
+    #[command(flatten)]
+    pub sign_in: SignIn,
 }
 
 /// Options of `switchboard demo-data`.
@@ -159,12 +153,7 @@ fn read_rows(args: &IngestArgs) -> anyhow::Result<Vec<(u64, Value)>> {
 /// Uploads the file; on refused rows, names them by their line in the file.
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let rows = read_rows(&args)?;
-    let client = Client::new(&args.server);
-    let session = match (&args.email, &args.password) {
-        (Some(email), Some(password)) => client.login(email, password).await?,
-        (None, None) => client.dev_login(None).await?,
-        _ => bail!("--email and --password go together"),
-    };
+    let (client, session) = args.sign_in.session().await?;
     let progress = indicatif::ProgressBar::new(rows.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} calls ({per_sec}, {eta} left)")
             .expect("a valid template"),
