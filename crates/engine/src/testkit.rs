@@ -89,12 +89,45 @@ pub enum ToolBehavior {
     Fail(String),
 }
 
+/// A list of behaviours played one per call, the last one repeating; counts calls and calls
+/// dropped unfinished. Shared by the scripted tool and the scripted model.
+#[derive(Debug)]
+struct Script<B> {
+    steps: Mutex<VecDeque<B>>,
+    calls: AtomicUsize,
+    dropped: DropCounter,
+}
+
+impl<B: Clone> Script<B> {
+    fn new(steps: Vec<B>, what: &str) -> Self {
+        assert!(!steps.is_empty(), "a scripted {what} needs at least one behaviour");
+        Self {
+            steps: Mutex::new(steps.into()),
+            calls: AtomicUsize::new(0),
+            dropped: DropCounter::default(),
+        }
+    }
+
+    /// Counts a call and gives its behaviour.
+    fn next(&self) -> B {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut steps = self.steps.lock().unwrap();
+        if steps.len() > 1 {
+            steps.pop_front().unwrap()
+        } else {
+            steps.front().cloned().unwrap()
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
 /// A tool that plays a list of behaviours, one per call, repeating the last one.
 #[derive(Debug)]
 pub struct ScriptedTool {
-    script: Mutex<VecDeque<ToolBehavior>>,
-    calls: AtomicUsize,
-    dropped: DropCounter,
+    script: Script<ToolBehavior>,
 }
 
 impl ScriptedTool {
@@ -105,40 +138,27 @@ impl ScriptedTool {
 
     /// A tool that behaves as listed, call after call, then repeats the last behaviour.
     pub fn sequence(script: Vec<ToolBehavior>) -> Arc<Self> {
-        assert!(!script.is_empty(), "a scripted tool needs at least one behaviour");
         Arc::new(Self {
-            script: Mutex::new(script.into()),
-            calls: AtomicUsize::new(0),
-            dropped: DropCounter::default(),
+            script: Script::new(script, "tool"),
         })
     }
 
     /// Calls made so far.
     pub fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+        self.script.calls()
     }
 
     /// Calls dropped before they finished.
     pub fn dropped(&self) -> usize {
-        self.dropped.count()
-    }
-
-    fn next_behavior(&self) -> ToolBehavior {
-        let mut script = self.script.lock().unwrap();
-        if script.len() > 1 {
-            script.pop_front().unwrap()
-        } else {
-            script.front().cloned().unwrap()
-        }
+        self.script.dropped.count()
     }
 }
 
 #[async_trait]
 impl Tool for ScriptedTool {
     async fn call(&self, _parameters: Value) -> Result<Value, ToolError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut guard = self.dropped.guard();
-        let result = match self.next_behavior() {
+        let mut guard = self.script.dropped.guard();
+        let result = match self.script.next() {
             ToolBehavior::Ok(value) => Ok(value),
             ToolBehavior::Delay(delay, value) => {
                 tokio::time::sleep(delay).await;
@@ -173,9 +193,7 @@ pub enum ModelBehavior {
 /// A model that plays a list of behaviours, one per call, repeating the last one.
 #[derive(Debug)]
 pub struct ScriptedModel {
-    script: Mutex<VecDeque<ModelBehavior>>,
-    calls: AtomicUsize,
-    dropped: DropCounter,
+    script: Script<ModelBehavior>,
 }
 
 impl ScriptedModel {
@@ -186,11 +204,8 @@ impl ScriptedModel {
 
     /// A model that behaves as listed, then repeats the last behaviour.
     pub fn sequence(script: Vec<ModelBehavior>) -> Arc<Self> {
-        assert!(!script.is_empty(), "a scripted model needs at least one behaviour");
         Arc::new(Self {
-            script: Mutex::new(script.into()),
-            calls: AtomicUsize::new(0),
-            dropped: DropCounter::default(),
+            script: Script::new(script, "model"),
         })
     }
 
@@ -201,22 +216,12 @@ impl ScriptedModel {
 
     /// Calls made so far.
     pub fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+        self.script.calls()
     }
 
     /// Calls (or streams) dropped before they finished.
     pub fn dropped(&self) -> usize {
-        self.dropped.count()
-    }
-
-    fn next_behavior(&self) -> ModelBehavior {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut script = self.script.lock().unwrap();
-        if script.len() > 1 {
-            script.pop_front().unwrap()
-        } else {
-            script.front().cloned().unwrap()
-        }
+        self.script.dropped.count()
     }
 }
 
@@ -235,8 +240,8 @@ impl Model for ScriptedModel {
     }
 
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
-        let mut guard = self.dropped.guard();
-        let text = match self.next_behavior() {
+        let mut guard = self.script.dropped.guard();
+        let text = match self.script.next() {
             ModelBehavior::Reply(text) => text,
             ModelBehavior::Delay(delay, text) => {
                 tokio::time::sleep(delay).await;
@@ -260,7 +265,7 @@ impl Model for ScriptedModel {
     }
 
     async fn stream(&self, _request: ModelRequest) -> Result<TextStream, ModelError> {
-        let (pieces, interval, hang) = match self.next_behavior() {
+        let (pieces, interval, hang) = match self.script.next() {
             ModelBehavior::Reply(text) => (vec![text], Duration::ZERO, false),
             ModelBehavior::Delay(delay, text) => (vec![text], delay, false),
             ModelBehavior::Hang => (Vec::new(), Duration::ZERO, true),
@@ -268,7 +273,7 @@ impl Model for ScriptedModel {
             ModelBehavior::Chunks(pieces, interval) => (pieces, interval, false),
             ModelBehavior::HangAfter(pieces) => (pieces, Duration::ZERO, true),
         };
-        let guard = Arc::new(Mutex::new(self.dropped.guard()));
+        let guard = Arc::new(Mutex::new(self.script.dropped.guard()));
         let end_guard = Arc::clone(&guard);
         let pieces = futures_util::stream::iter(pieces).then(move |piece| async move {
             tokio::time::sleep(interval).await;
