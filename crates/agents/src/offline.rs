@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde_json::json;
-use switchboard_engine::{ChatRole, Model, ModelError, ModelRequest, ModelResponse, TextStream, Usage};
+use switchboard_engine::{ChatRole, Delta, DeltaStream, Model, ModelError, ModelRequest, ModelResponse, Usage};
 
 use crate::triage::Category;
 
@@ -71,26 +71,40 @@ impl Model for OfflineModel {
         "offline"
     }
 
+    fn cost_usd(&self, _usage: Usage) -> Option<f64> {
+        Some(0.0)
+    }
+
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
         let text = Self::answer(&request);
         Ok(ModelResponse {
-            usage: Usage {
-                input_tokens: request.messages.iter().map(|m| tokens(&m.content)).sum(),
-                output_tokens: tokens(&text),
-            },
+            usage: usage(&request, &text),
             text,
         })
     }
 
-    async fn stream(&self, request: ModelRequest) -> Result<TextStream, ModelError> {
+    async fn stream(&self, request: ModelRequest) -> Result<DeltaStream, ModelError> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
         let text = Self::answer(&request);
-        Ok(futures_util::stream::iter(pieces(&text).into_iter().map(Ok)).boxed())
+        let usage = usage(&request, &text);
+        let deltas = pieces(&text)
+            .into_iter()
+            .map(Delta::Text)
+            .chain([Delta::Usage(usage)])
+            .map(Ok);
+        Ok(futures_util::stream::iter(deltas).boxed())
+    }
+}
+
+fn usage(request: &ModelRequest, text: &str) -> Usage {
+    Usage {
+        input_tokens: request.messages.iter().map(|m| tokens(&m.content)).sum(),
+        output_tokens: tokens(text),
     }
 }
 

@@ -159,6 +159,7 @@ async fn run_baseline(runs: usize) -> (Duration, u64) {
                     is_final,
                     timings: None,
                     missing: Vec::new(),
+                    model_calls: Vec::new(),
                 })
             };
             publish("supervisor", started("cut costs")).await;

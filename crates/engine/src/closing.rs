@@ -129,6 +129,7 @@ impl OpenRun {
                         ..RunTimings::default()
                     }),
                     missing: Vec::new(),
+                    model_calls: Vec::new(),
                 }),
             ));
         }

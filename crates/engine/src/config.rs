@@ -11,7 +11,8 @@ pub struct EngineConfig {
     pub agent_timeout: Duration,
     /// Deadline of the whole run (default 60 s). The final event comes at most 1 s after it.
     pub run_timeout: Duration,
-    /// Deadline of one model call, a whole stream included (default 30 s).
+    /// Deadline of one model call, a whole stream included (default 20 s: below the agent's
+    /// deadline, so a fallback model still has time to answer when the model hangs).
     pub model_timeout: Duration,
     /// Active runs one user may have at once (default 3).
     pub max_active_runs_per_user: usize,
@@ -33,7 +34,7 @@ impl Default for EngineConfig {
             tool_timeout: Duration::from_secs(10),
             agent_timeout: Duration::from_secs(25),
             run_timeout: Duration::from_secs(60),
-            model_timeout: Duration::from_secs(30),
+            model_timeout: Duration::from_secs(20),
             max_active_runs_per_user: 3,
             max_active_runs: 128,
             breaker_failure_threshold: 5,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard_protocol::{AgentName, Event, IdError, RunId, RunStatus, ThreadId, TraceId, UserId};
+use switchboard_protocol::{AgentName, Event, IdError, ModelCallUsage, RunId, RunStatus, ThreadId, TraceId, UserId};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -138,6 +138,8 @@ pub struct RunOutcome {
     pub result: Option<Value>,
     /// Agents whose part is missing.
     pub missing: Vec<AgentName>,
+    /// The run's language-model calls (also on the final event).
+    pub model_calls: Vec<ModelCallUsage>,
     /// The run's duration.
     pub duration: Duration,
     /// The final event as published (none if the sink refused it).
@@ -164,6 +166,7 @@ impl RunHandle {
             answer: None,
             result: None,
             missing: Vec::new(),
+            model_calls: Vec::new(),
             duration: Duration::ZERO,
             final_event: None,
         })
@@ -215,6 +218,7 @@ pub(crate) struct Inner {
     pub(crate) plan: Plan,
     pub(crate) agents: HashMap<AgentName, AgentEntry>,
     pub(crate) model: Arc<dyn Model>,
+    pub(crate) fallback_model: Option<Arc<dyn Model>>,
     pub(crate) model_breaker: Arc<CircuitBreaker>,
     tool_breakers: Vec<Arc<CircuitBreaker>>,
     pub(crate) sequencer: Sequencer,
@@ -251,6 +255,7 @@ impl std::fmt::Debug for Engine {
 pub struct EngineBuilder {
     config: EngineConfig,
     model: Option<Arc<dyn Model>>,
+    fallback_model: Option<Arc<dyn Model>>,
     agents: Vec<(String, Arc<dyn Agent>, Vec<String>)>,
     tools: Vec<(String, Arc<dyn Tool>)>,
     plan: Option<Plan>,
@@ -275,6 +280,13 @@ impl EngineBuilder {
     /// The language model every agent uses.
     pub fn model(mut self, model: Arc<dyn Model>) -> Self {
         self.model = Some(model);
+        self
+    }
+
+    /// The model that answers when the model fails (times out, errs, or its circuit is open);
+    /// the user is told why. Its calls do not count in the model's circuit breaker.
+    pub fn fallback_model(mut self, model: Arc<dyn Model>) -> Self {
+        self.fallback_model = Some(model);
         self
     }
 
@@ -344,6 +356,7 @@ impl EngineBuilder {
                 plan,
                 agents,
                 model,
+                fallback_model: self.fallback_model,
                 tool_breakers,
                 sequencer: Sequencer::new(sink),
                 runs: Mutex::new(HashMap::new()),

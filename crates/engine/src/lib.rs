@@ -24,8 +24,8 @@ pub use closing::{Closing, OpenRun};
 pub use config::{ConfigError, EngineConfig};
 pub use engine::{BuildError, Engine, EngineBuilder, Plan, RunHandle, RunNotFound, RunOutcome, RunRequest, StartError};
 pub use model::{
-    ChatMessage, ChatRole, Model, ModelCallError, ModelError, ModelHandle, ModelRequest, ModelResponse, ModelStream,
-    TextStream, Usage,
+    ChatMessage, ChatRole, Delta, DeltaStream, Model, ModelCallError, ModelError, ModelHandle, ModelRequest,
+    ModelResponse, ModelStream, Usage,
 };
 pub use sink::{EventSink, SinkError};
 pub use tool::{Tool, ToolCallError, ToolError, Tools};

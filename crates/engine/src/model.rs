@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::breaker::{CircuitBreaker, Permit};
-use crate::report::{Report, Reporter, Stage, human};
+use switchboard_protocol::AgentThinking;
+
+use crate::report::{Report, Reporter, human};
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,8 +123,17 @@ impl ModelError {
     }
 }
 
-/// Pieces of text as the model writes them.
-pub type TextStream = BoxStream<'static, Result<String, ModelError>>;
+/// A piece of a streamed answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    /// More text of the answer.
+    Text(String),
+    /// The tokens the whole call used, when the model tells (usually at the end).
+    Usage(Usage),
+}
+
+/// A streamed answer, piece by piece.
+pub type DeltaStream = BoxStream<'static, Result<Delta, ModelError>>;
 
 /// A language model: the offline model, an OpenAI-compatible client, a scripted test model.
 #[async_trait]
@@ -130,13 +141,20 @@ pub trait Model: Send + Sync + 'static {
     /// The model's name, as told to users (`offline`, `gpt-4o-mini`).
     fn name(&self) -> &str;
 
+    /// What a call that used `usage` costs in US dollars, when the model's price is known.
+    fn cost_usd(&self, usage: Usage) -> Option<f64> {
+        let _ = usage;
+        None
+    }
+
     /// The whole answer at once.
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError>;
 
     /// The answer piece by piece. By default, the complete answer as one piece.
-    async fn stream(&self, request: ModelRequest) -> Result<TextStream, ModelError> {
+    async fn stream(&self, request: ModelRequest) -> Result<DeltaStream, ModelError> {
         let response = self.complete(request).await?;
-        Ok(futures_util::stream::once(async move { Ok(response.text) }).boxed())
+        let deltas = [Ok(Delta::Text(response.text)), Ok(Delta::Usage(response.usage))];
+        Ok(futures_util::stream::iter(deltas).boxed())
     }
 }
 
@@ -174,10 +192,12 @@ pub enum ModelCallError {
 }
 
 /// How agents call the run's model: each call bounded by the model deadline, counted by the
-/// model's circuit breaker, and accounted in the run's timings.
+/// model's circuit breaker, and accounted (time, tokens, cost) in the run. When the model fails
+/// and a fallback model is configured, the user is told why in a sentence and the fallback answers.
 #[derive(Debug, Clone)]
 pub struct ModelHandle {
     pub(crate) model: Arc<dyn Model>,
+    pub(crate) fallback: Option<Arc<dyn Model>>,
     pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) timeout: Duration,
     pub(crate) reporter: Reporter,
@@ -205,71 +225,156 @@ impl ModelHandle {
             })
     }
 
-    /// The whole answer at once.
+    /// The whole answer at once; from the fallback model when the model fails.
     pub async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelCallError> {
-        let permit = self.acquire()?;
+        let error = match self.acquire() {
+            Ok(permit) => match self.complete_with(&self.model, Some(permit), request.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            },
+            Err(error) => error,
+        };
+        let Some(fallback) = &self.fallback else {
+            return Err(error);
+        };
+        self.tell_fallback(&error, fallback.name()).await;
+        self.complete_with(fallback, None, request).await
+    }
+
+    async fn complete_with(
+        &self,
+        model: &Arc<dyn Model>,
+        permit: Option<Permit>,
+        request: ModelRequest,
+    ) -> Result<ModelResponse, ModelCallError> {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, self.model.complete(request)).await;
-        self.reporter.send(Report::Spent(Stage::Model, started.elapsed())).await;
-        match outcome {
+        let outcome = tokio::time::timeout(self.timeout, model.complete(request)).await;
+        let (result, usage) = match outcome {
             Ok(Ok(response)) => {
-                permit.success();
-                Ok(response)
+                permit.map(Permit::success);
+                let usage = response.usage;
+                (Ok(response), usage)
             }
             Ok(Err(source)) => {
-                permit.failure();
-                Err(ModelCallError::Failed {
-                    model: self.name().to_owned(),
+                permit.map(Permit::failure);
+                let error = ModelCallError::Failed {
+                    model: model.name().to_owned(),
                     after: started.elapsed(),
                     source,
-                })
+                };
+                (Err(error), Usage::default())
             }
             Err(_) => {
-                permit.failure();
-                Err(ModelCallError::Timeout {
-                    model: self.name().to_owned(),
+                permit.map(Permit::failure);
+                let error = ModelCallError::Timeout {
+                    model: model.name().to_owned(),
                     after: self.timeout,
-                })
+                };
+                (Err(error), Usage::default())
             }
+        };
+        self.account(model, usage, started, result.is_ok()).await;
+        result
+    }
+
+    /// Tells the run of one finished (or failed) call: its time, tokens and cost.
+    fn account(
+        &self,
+        model: &Arc<dyn Model>,
+        usage: Usage,
+        started: Instant,
+        success: bool,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let reporter = self.reporter.clone();
+        let call = ModelCall {
+            model: model.name().to_owned(),
+            usage,
+            cost_usd: model.cost_usd(usage),
+            duration: started.elapsed(),
+            success,
+        };
+        async move { reporter.send(Report::ModelCall(call)).await }
+    }
+
+    /// Tells the user, in a sentence, that the model failed and the fallback answers instead.
+    fn tell_fallback(&self, error: &ModelCallError, fallback: &str) -> impl Future<Output = ()> + Send + 'static {
+        let reason = error.to_string();
+        let mut chars = reason.chars();
+        let reason: String = chars
+            .next()
+            .map(|first| first.to_uppercase().chain(chars).collect())
+            .unwrap_or_default();
+        let text = format!("{reason}; answering with the {fallback} model instead.");
+        let reporter = self.reporter.clone();
+        async move {
+            reporter
+                .send(Report::Thinking(AgentThinking {
+                    text,
+                    step: None,
+                    progress: None,
+                }))
+                .await;
         }
     }
 
-    /// The answer piece by piece; the model deadline covers the whole stream.
+    /// The answer piece by piece; the model deadline covers the whole stream. When the model
+    /// fails (before or during the stream) and a fallback is configured, the fallback's answer
+    /// follows; text already streamed stays, separated from it by a blank line.
     pub async fn stream(&self, request: ModelRequest) -> Result<ModelStream, ModelCallError> {
-        let permit = self.acquire()?;
-        let started = Instant::now();
-        let deadline = started + self.timeout;
         let mut stream = ModelStream {
             handle: self.clone(),
+            model: Arc::clone(&self.model),
             inner: None,
-            permit: Some(permit),
-            started,
-            deadline,
+            permit: None,
+            started: Instant::now(),
+            deadline: Instant::now() + self.timeout,
+            usage: Usage::default(),
+            fallback: self.fallback.clone().map(|model| (model, request.clone())),
+            streamed: false,
         };
-        match tokio::time::timeout_at(deadline, self.model.stream(request)).await {
-            Ok(Ok(inner)) => {
-                stream.inner = Some(inner);
-                Ok(stream)
+        let opened = match self.acquire() {
+            Ok(permit) => {
+                stream.permit = Some(permit);
+                stream.open(request).await
             }
-            Ok(Err(source)) => Err(stream.fail(Some(source)).await),
-            Err(_) => Err(stream.fail(None).await),
+            Err(error) => Err(error),
+        };
+        match opened {
+            Ok(()) => Ok(stream),
+            Err(error) => stream.recover(error).await.map(|()| stream),
         }
     }
+}
+
+/// One finished model call, as the handle reports it to the run.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelCall {
+    pub(crate) model: String,
+    pub(crate) usage: Usage,
+    pub(crate) cost_usd: Option<f64>,
+    pub(crate) duration: Duration,
+    pub(crate) success: bool,
 }
 
 /// A model answer arriving piece by piece. Read it with [`ModelStream::next`].
 pub struct ModelStream {
     handle: ModelHandle,
-    inner: Option<TextStream>,
+    model: Arc<dyn Model>,
+    inner: Option<DeltaStream>,
     permit: Option<Permit>,
     started: Instant,
     deadline: Instant,
+    usage: Usage,
+    /// The fallback model and the request for it, until it is used.
+    fallback: Option<(Arc<dyn Model>, ModelRequest)>,
+    /// Whether any text reached the reader.
+    streamed: bool,
 }
 
 impl std::fmt::Debug for ModelStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelStream")
-            .field("model", &self.handle.name())
+            .field("model", &self.model.name())
             .field("open", &self.inner.is_some())
             .finish()
     }
@@ -278,27 +383,61 @@ impl std::fmt::Debug for ModelStream {
 impl ModelStream {
     /// The next piece; `None` at the end. After an error the stream is over.
     pub async fn next(&mut self) -> Option<Result<String, ModelCallError>> {
-        let inner = self.inner.as_mut()?;
-        match tokio::time::timeout_at(self.deadline, inner.next()).await {
-            Ok(Some(Ok(piece))) => Some(Ok(piece)),
-            Ok(None) => {
-                self.inner = None;
-                if let Some(permit) = self.permit.take() {
-                    permit.success();
+        loop {
+            let inner = self.inner.as_mut()?;
+            let error = match tokio::time::timeout_at(self.deadline, inner.next()).await {
+                Ok(Some(Ok(Delta::Text(piece)))) => {
+                    self.streamed |= !piece.is_empty();
+                    return Some(Ok(piece));
                 }
-                self.account().await;
-                None
+                Ok(Some(Ok(Delta::Usage(usage)))) => {
+                    self.usage = usage;
+                    continue;
+                }
+                Ok(None) => {
+                    self.inner = None;
+                    if let Some(permit) = self.permit.take() {
+                        permit.success();
+                    }
+                    self.handle.account(&self.model, self.usage, self.started, true).await;
+                    return None;
+                }
+                Ok(Some(Err(source))) => self.fail(Some(source)).await,
+                Err(_) => self.fail(None).await,
+            };
+            let streamed = self.streamed;
+            if let Err(error) = self.recover(error).await {
+                return Some(Err(error));
             }
-            Ok(Some(Err(source))) => Some(Err(self.fail(Some(source)).await)),
-            Err(_) => Some(Err(self.fail(None).await)),
+            if streamed {
+                return Some(Ok("\n\n".to_owned()));
+            }
         }
     }
 
-    /// Accounts the stream's time; takes no borrow across the await, so the stream need not be `Sync`.
-    fn account(&self) -> impl Future<Output = ()> + Send + 'static {
-        let reporter = self.handle.reporter.clone();
-        let spent = self.started.elapsed();
-        async move { reporter.send(Report::Spent(Stage::Model, spent)).await }
+    /// Starts the current model's stream under a fresh deadline.
+    async fn open(&mut self, request: ModelRequest) -> Result<(), ModelCallError> {
+        self.started = Instant::now();
+        self.deadline = self.started + self.handle.timeout;
+        self.usage = Usage::default();
+        match tokio::time::timeout_at(self.deadline, self.model.stream(request)).await {
+            Ok(Ok(inner)) => {
+                self.inner = Some(inner);
+                Ok(())
+            }
+            Ok(Err(source)) => Err(self.fail(Some(source)).await),
+            Err(_) => Err(self.fail(None).await),
+        }
+    }
+
+    /// After `error`: the fallback's stream when there is one left, else `error`.
+    async fn recover(&mut self, error: ModelCallError) -> Result<(), ModelCallError> {
+        let Some((fallback, request)) = self.fallback.take() else {
+            return Err(error);
+        };
+        self.handle.tell_fallback(&error, fallback.name()).await;
+        self.model = fallback;
+        self.open(request).await
     }
 
     async fn fail(&mut self, source: Option<ModelError>) -> ModelCallError {
@@ -306,8 +445,8 @@ impl ModelStream {
         if let Some(permit) = self.permit.take() {
             permit.failure();
         }
-        self.account().await;
-        let model = self.handle.name().to_owned();
+        self.handle.account(&self.model, self.usage, self.started, false).await;
+        let model = self.model.name().to_owned();
         match source {
             Some(source) => ModelCallError::Failed {
                 model,

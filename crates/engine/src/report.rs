@@ -5,12 +5,7 @@ use std::time::Duration;
 use switchboard_protocol::{AgentThinking, PartialResult, ToolCompleted, ToolExecuting};
 use tokio::sync::mpsc;
 
-/// A stage whose time is accounted in the run's timings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stage {
-    Model,
-    Tool,
-}
+use crate::model::ModelCall;
 
 /// The closed set of reports from an agent's task to the run driver.
 #[derive(Debug)]
@@ -19,7 +14,10 @@ pub(crate) enum Report {
     Partial(PartialResult),
     ToolStarted(ToolExecuting),
     ToolFinished(ToolCompleted),
-    Spent(Stage, Duration),
+    /// Time spent in a tool call.
+    ToolTime(Duration),
+    /// A finished model call.
+    ModelCall(ModelCall),
 }
 
 /// Sends reports to the run driver. Once the driver has closed the agent (it finished, timed out

@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use switchboard_protocol::{
     AgentCompleted, AgentError as AgentErrorEvent, AgentErrorCode, AgentName, AgentStarted, AgentThinking, Event,
-    EventPayload, RunStatus, RunTimings, ToolCompleted,
+    EventPayload, ModelCallUsage, RunStatus, RunTimings, ToolCompleted,
 };
 use tokio::task::JoinError;
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use crate::agent::{AgentContext, AgentError, AgentOutcome, AgentOutput, AgentRec
 use crate::closing::{Closing, OpenRun};
 use crate::engine::{Inner, RunControl, RunOutcome, RunRequest, StopReason};
 use crate::model::ModelHandle;
-use crate::report::{Report, Reporter, Stage, human, millis};
+use crate::report::{Report, Reporter, human, millis};
 use crate::sink::{RunIds, SinkError};
 use crate::tool::Tools;
 
@@ -229,6 +229,7 @@ fn completed_payload(
     is_final: bool,
     timings: Option<RunTimings>,
     missing: Vec<AgentName>,
+    model_calls: Vec<ModelCallUsage>,
 ) -> EventPayload {
     EventPayload::AgentCompleted(AgentCompleted {
         status,
@@ -237,6 +238,7 @@ fn completed_payload(
         is_final,
         timings,
         missing,
+        model_calls,
     })
 }
 
@@ -273,6 +275,7 @@ pub(crate) struct RunDriver {
     final_limit: Instant,
     records: Vec<AgentRecord>,
     model_time: Duration,
+    model_calls: Vec<ModelCallUsage>,
     tool_time: Duration,
     agent_times: Vec<(AgentName, Duration)>,
     call_ids: Arc<AtomicU64>,
@@ -315,6 +318,7 @@ impl RunDriver {
             final_limit: run_deadline + FINAL_GRACE,
             records: Vec::new(),
             model_time: Duration::ZERO,
+            model_calls: Vec::new(),
             tool_time: Duration::ZERO,
             agent_times: Vec::new(),
             call_ids: Arc::new(AtomicU64::new(0)),
@@ -461,6 +465,7 @@ impl RunDriver {
             },
             model: ModelHandle {
                 model: Arc::clone(&self.engine.model),
+                fallback: self.engine.fallback_model.clone(),
                 breaker: Arc::clone(&self.engine.model_breaker),
                 timeout: config.model_timeout,
                 reporter: reporter.clone(),
@@ -519,7 +524,15 @@ impl RunDriver {
                 let result = (!output.data.is_null()).then(|| output.data.clone());
                 self.emit(
                     name,
-                    completed_payload(RunStatus::Completed, elapsed, result, false, None, Vec::new()),
+                    completed_payload(
+                        RunStatus::Completed,
+                        elapsed,
+                        result,
+                        false,
+                        None,
+                        Vec::new(),
+                        Vec::new(),
+                    ),
                 )
                 .await;
                 AgentOutcome::Completed(output)
@@ -542,7 +555,7 @@ impl RunDriver {
                 self.emit(name, error).await;
                 self.emit(
                     name,
-                    completed_payload(failure.status, elapsed, None, false, None, Vec::new()),
+                    completed_payload(failure.status, elapsed, None, false, None, Vec::new(), Vec::new()),
                 )
                 .await;
                 AgentOutcome::Failed {
@@ -635,11 +648,20 @@ impl RunDriver {
 
     async fn on_report(&mut self, agent: &AgentName, report: Report) {
         let payload = match report {
-            Report::Spent(Stage::Model, spent) => {
-                self.model_time += spent;
+            Report::ModelCall(call) => {
+                self.model_time += call.duration;
+                self.model_calls.push(ModelCallUsage {
+                    agent: agent.clone(),
+                    model: call.model,
+                    input_tokens: call.usage.input_tokens,
+                    output_tokens: call.usage.output_tokens,
+                    cost_usd: call.cost_usd,
+                    duration_ms: millis(call.duration),
+                    success: call.success,
+                });
                 return;
             }
-            Report::Spent(Stage::Tool, spent) => {
+            Report::ToolTime(spent) => {
                 self.tool_time += spent;
                 return;
             }
@@ -746,7 +768,15 @@ impl RunDriver {
         let answer = if status == RunStatus::Completed { answer } else { None };
         let duration = self.accepted.elapsed();
         let timings = self.timings(duration);
-        let payload = completed_payload(status, duration, result.clone(), true, Some(timings), missing.clone());
+        let payload = completed_payload(
+            status,
+            duration,
+            result.clone(),
+            true,
+            Some(timings),
+            missing.clone(),
+            self.model_calls.clone(),
+        );
         let final_event = match self.log.publish(&supervisor, payload, self.final_limit).await {
             Ok(event) => Some(event),
             Err(error) => {
@@ -760,6 +790,7 @@ impl RunDriver {
             answer,
             result,
             missing,
+            model_calls: self.model_calls,
             duration,
             final_event,
         }
@@ -797,6 +828,7 @@ async fn abnormal_outcome(log: &RunLog, cause: Abnormal, accepted: Instant, unti
         answer: None,
         result: None,
         missing: Vec::new(),
+        model_calls: Vec::new(),
         duration,
         final_event,
     }

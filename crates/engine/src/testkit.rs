@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use crate::agent::{Agent, AgentContext, AgentError, AgentOutput};
 use crate::config::EngineConfig;
 use crate::engine::{Engine, Plan, RunOutcome, RunRequest};
-use crate::model::{Model, ModelError, ModelRequest, ModelResponse, TextStream, Usage};
+use crate::model::{Delta, DeltaStream, Model, ModelError, ModelRequest, ModelResponse, Usage};
 use crate::sink::{EventSink, SinkError};
 use crate::tool::{Tool, ToolError};
 
@@ -193,6 +193,7 @@ pub enum ModelBehavior {
 /// A model that plays a list of behaviours, one per call, repeating the last one.
 #[derive(Debug)]
 pub struct ScriptedModel {
+    name: String,
     script: Script<ModelBehavior>,
 }
 
@@ -204,7 +205,13 @@ impl ScriptedModel {
 
     /// A model that behaves as listed, then repeats the last behaviour.
     pub fn sequence(script: Vec<ModelBehavior>) -> Arc<Self> {
+        Self::named("scripted", script)
+    }
+
+    /// A model with its own name that behaves as listed, then repeats the last behaviour.
+    pub fn named(name: &str, script: Vec<ModelBehavior>) -> Arc<Self> {
         Arc::new(Self {
+            name: name.to_owned(),
             script: Script::new(script, "model"),
         })
     }
@@ -236,7 +243,7 @@ fn usage_of(request: &ModelRequest, text: &str) -> Usage {
 #[async_trait]
 impl Model for ScriptedModel {
     fn name(&self) -> &str {
-        "scripted"
+        &self.name
     }
 
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
@@ -264,7 +271,7 @@ impl Model for ScriptedModel {
         })
     }
 
-    async fn stream(&self, _request: ModelRequest) -> Result<TextStream, ModelError> {
+    async fn stream(&self, request: ModelRequest) -> Result<DeltaStream, ModelError> {
         let (pieces, interval, hang) = match self.script.next() {
             ModelBehavior::Reply(text) => (vec![text], Duration::ZERO, false),
             ModelBehavior::Delay(delay, text) => (vec![text], delay, false),
@@ -273,25 +280,25 @@ impl Model for ScriptedModel {
             ModelBehavior::Chunks(pieces, interval) => (pieces, interval, false),
             ModelBehavior::HangAfter(pieces) => (pieces, Duration::ZERO, true),
         };
+        let usage = usage_of(&request, &pieces.concat());
         let guard = Arc::new(Mutex::new(self.script.dropped.guard()));
         let end_guard = Arc::clone(&guard);
         let pieces = futures_util::stream::iter(pieces).then(move |piece| async move {
             tokio::time::sleep(interval).await;
-            Ok(piece)
+            Ok(Delta::Text(piece))
         });
         let tail = futures_util::stream::once(async move {
             if hang {
                 std::future::pending::<()>().await;
             }
             end_guard.lock().unwrap().finished = true;
-            None
-        })
-        .filter_map(|end: Option<Result<String, ModelError>>| async move { end });
+            Ok(Delta::Usage(usage))
+        });
         let keep_guard = futures_util::stream::once(async move {
             drop(guard);
             None
         })
-        .filter_map(|end: Option<Result<String, ModelError>>| async move { end });
+        .filter_map(|end: Option<Result<Delta, ModelError>>| async move { end });
         Ok(pieces.chain(tail).chain(keep_guard).boxed())
     }
 }
@@ -549,6 +556,7 @@ pub struct Scenario {
     agents: Vec<ScenarioAgent>,
     tools: Vec<(String, Arc<dyn Tool>)>,
     model: Arc<dyn Model>,
+    fallback_model: Option<Arc<dyn Model>>,
     plan: Option<Plan>,
 }
 
@@ -575,6 +583,7 @@ impl Scenario {
             agents: Vec::new(),
             tools: Vec::new(),
             model: ScriptedModel::ok(),
+            fallback_model: None,
             plan: None,
         }
     }
@@ -600,6 +609,12 @@ impl Scenario {
     /// Sets the model.
     pub fn model(mut self, model: Arc<dyn Model>) -> Self {
         self.model = model;
+        self
+    }
+
+    /// Sets the model that answers when the model fails.
+    pub fn fallback_model(mut self, model: Arc<dyn Model>) -> Self {
+        self.fallback_model = Some(model);
         self
     }
 
@@ -635,6 +650,9 @@ impl Scenario {
             .config(self.config.clone())
             .model(Arc::clone(&self.model))
             .plan(self.plan.clone().unwrap_or_else(|| self.default_plan()));
+        if let Some(fallback) = &self.fallback_model {
+            builder = builder.fallback_model(Arc::clone(fallback));
+        }
         for (name, tool) in &self.tools {
             builder = builder.tool(name, Arc::clone(tool));
         }

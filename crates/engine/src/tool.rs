@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::breaker::CircuitBreaker;
-use crate::report::{Report, Reporter, Stage, human, millis};
+use crate::report::{Report, Reporter, human, millis};
 
 /// A tool failed in a way it knows about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,7 +212,7 @@ impl Tools {
                 error: Some(capitalize(&error.to_string())),
             },
         };
-        self.reporter.send(Report::Spent(Stage::Tool, elapsed)).await;
+        self.reporter.send(Report::ToolTime(elapsed)).await;
         self.reporter.send(Report::ToolFinished(completed)).await;
         outcome
     }

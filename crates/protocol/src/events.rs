@@ -242,6 +242,29 @@ pub struct AgentCompleted {
     /// Agents whose part is missing from the answer (failed, timed out or not reached).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<AgentName>,
+    /// The run's language-model calls, each with its tokens and cost, on the final event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_calls: Vec<ModelCallUsage>,
+}
+
+/// One language-model call of a run: who made it, what it used and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCallUsage {
+    /// The agent that made the call.
+    pub agent: AgentName,
+    /// The model that answered (or failed).
+    pub model: String,
+    /// Prompt tokens, as the model reported them (0 when it did not).
+    pub input_tokens: u64,
+    /// Answer tokens, as the model reported them (0 when it did not).
+    pub output_tokens: u64,
+    /// What the call cost in US dollars, when the model's price is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// How long the call took.
+    pub duration_ms: u64,
+    /// Whether the model answered in full.
+    pub success: bool,
 }
 
 /// The run's duration broken down by stage, in milliseconds.

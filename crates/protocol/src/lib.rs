@@ -7,8 +7,8 @@ mod ids;
 mod time;
 
 pub use events::{
-    AgentCompleted, AgentError, AgentErrorCode, AgentStarted, AgentThinking, Event, EventPayload, PartialResult,
-    RunStatus, RunTimings, ToolCompleted, ToolExecuting,
+    AgentCompleted, AgentError, AgentErrorCode, AgentStarted, AgentThinking, Event, EventPayload, ModelCallUsage,
+    PartialResult, RunStatus, RunTimings, ToolCompleted, ToolExecuting,
 };
 pub use frames::{
     ClientFrame, ConnectionEstablished, Control, ControlFrame, Empty, ErrorBody, ErrorCode, ErrorPayload, FrameError,

@@ -36,6 +36,7 @@ fn finished(status: RunStatus, text: Option<&str>) -> EventPayload {
             ..RunTimings::default()
         }),
         missing: Vec::new(),
+        model_calls: Vec::new(),
     })
 }
 

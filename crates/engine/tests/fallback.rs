@@ -1,0 +1,257 @@
+//! The fallback model and the accounting of model calls, through the engine's API on tokio's
+//! paused clock: whatever the model does (fails, hangs, breaks off mid-stream, has its circuit
+//! open), the user is told why in a sentence and the run still answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchboard_engine::testkit::{MemorySink, ModelBehavior, Scenario, ScriptedModel, Step};
+use switchboard_engine::{DeltaStream, Model, ModelError, ModelRequest, ModelResponse, RunRequest, Usage};
+use switchboard_protocol::{Event, EventPayload, RunStatus, ThreadId, UserId};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn thoughts(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EventPayload::AgentThinking(t) => Some(t.text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn deltas(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EventPayload::PartialResult(p) => Some(p.delta.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (agent, model, success) of each model call on the final event.
+fn calls(events: &[Event]) -> Vec<(String, String, bool)> {
+    let Some(EventPayload::AgentCompleted(last)) = events.last().map(|e| &e.payload) else {
+        panic!("no final event");
+    };
+    last.model_calls
+        .iter()
+        .map(|c| (c.agent.to_string(), c.model.clone(), c.success))
+        .collect()
+}
+
+fn offline(text: &str) -> Arc<ScriptedModel> {
+    ScriptedModel::named("offline", vec![ModelBehavior::Reply(text.into())])
+}
+
+fn asking(primary: Arc<ScriptedModel>, fallback: Arc<ScriptedModel>) -> Scenario {
+    Scenario::new()
+        .model(primary)
+        .fallback_model(fallback)
+        .agent("triage", vec![Step::Ask("classify".into()), Step::answer("done")])
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_call_is_told_and_the_fallback_answers() {
+    let primary = ScriptedModel::named("gpt-x", vec![ModelBehavior::Fail("the server answered 500".into())]);
+    let scenario = asking(primary.clone(), offline("{}"));
+    let (events, outcome) = scenario.run_with_outcome("go", None).await;
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(
+        thoughts(&events),
+        [
+            "The language model (gpt-x) failed after 0 ms: the server answered 500; answering with the offline model instead."
+        ]
+    );
+    assert_eq!(
+        calls(&events),
+        [
+            ("triage".to_owned(), "gpt-x".to_owned(), false),
+            ("triage".to_owned(), "offline".to_owned(), true)
+        ]
+    );
+    assert_eq!(outcome.model_calls.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_model_is_given_up_at_its_deadline_and_the_fallback_answers_within_the_agents() {
+    let primary = ScriptedModel::named("gpt-x", vec![ModelBehavior::Hang]);
+    let scenario = asking(primary.clone(), offline("{}"));
+    let (events, outcome) = scenario.run_with_outcome("go", None).await;
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(
+        thoughts(&events),
+        ["The language model (gpt-x) did not answer within 20 s; answering with the offline model instead."]
+    );
+    assert_eq!(primary.dropped(), 1, "the hanging call was really dropped");
+    assert_eq!(outcome.duration, S(20));
+    let EventPayload::AgentCompleted(last) = &events.last().unwrap().payload else {
+        panic!("no final event");
+    };
+    assert_eq!(last.timings.as_ref().unwrap().model_ms, 20_000);
+    assert_eq!(last.model_calls[0].duration_ms, 20_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_circuit_sends_calls_straight_to_the_fallback() {
+    let primary = ScriptedModel::named("gpt-x", vec![ModelBehavior::Fail("overloaded".into())]);
+    let scenario = asking(primary.clone(), offline("{}"));
+    let engine = scenario.engine(MemorySink::new());
+    let alice = UserId::parse("usr_alice").unwrap();
+    for _ in 0..5 {
+        let outcome = engine
+            .start_run(RunRequest::new(alice.clone(), ThreadId::generate(), "go"))
+            .unwrap()
+            .outcome()
+            .await;
+        assert_eq!(outcome.status, RunStatus::Completed, "the fallback answered");
+    }
+    assert_eq!(
+        engine.breakers()[0].state,
+        "open",
+        "fallback answers do not hide the model's failures"
+    );
+    let outcome = engine
+        .start_run(RunRequest::new(alice.clone(), ThreadId::generate(), "go"))
+        .unwrap()
+        .outcome()
+        .await;
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(primary.calls(), 5, "the open circuit kept the call from the model");
+    let EventPayload::AgentCompleted(last) = &outcome.final_event.unwrap().payload else {
+        panic!("no final event");
+    };
+    assert_eq!(last.model_calls.len(), 1, "only the fallback was called");
+    assert_eq!(last.model_calls[0].model, "offline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_broken_off_midway_keeps_what_was_streamed_and_the_fallback_writes_the_answer() {
+    let primary = ScriptedModel::named(
+        "gpt-x",
+        vec![ModelBehavior::HangAfter(vec!["Your ".into(), "costs ".into()])],
+    );
+    let fallback = ScriptedModel::named(
+        "offline",
+        vec![ModelBehavior::Chunks(
+            vec!["The ".into(), "answer.".into()],
+            Duration::ZERO,
+        )],
+    );
+    let scenario = Scenario::new()
+        .model(primary)
+        .fallback_model(fallback)
+        .agent("reporting", vec![Step::StreamAnswer("write".into())]);
+    let (events, outcome) = scenario.run_with_outcome("go", None).await;
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(deltas(&events), ["Your ", "costs ", "\n\n", "The ", "answer."]);
+    assert_eq!(outcome.answer.as_deref(), Some("Your costs \n\nThe answer."));
+    assert_eq!(
+        thoughts(&events),
+        ["The language model (gpt-x) did not answer within 20 s; answering with the offline model instead."]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_refused_at_the_start_is_answered_by_the_fallback_alone() {
+    let primary = ScriptedModel::named("gpt-x", vec![ModelBehavior::Fail("rate limited".into())]);
+    let scenario = Scenario::new()
+        .model(primary)
+        .fallback_model(offline("All of it."))
+        .agent("reporting", vec![Step::StreamAnswer("write".into())]);
+    let (events, outcome) = scenario.run_with_outcome("go", None).await;
+    assert_eq!(deltas(&events), ["All of it."]);
+    assert_eq!(outcome.answer.as_deref(), Some("All of it."));
+    assert_eq!(
+        calls(&events),
+        [
+            ("reporting".to_owned(), "gpt-x".to_owned(), false),
+            ("reporting".to_owned(), "offline".to_owned(), true)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_fallback_fails_too_the_agent_fails_with_its_sentence() {
+    let primary = ScriptedModel::named("gpt-x", vec![ModelBehavior::Fail("down".into())]);
+    let fallback = ScriptedModel::named("offline", vec![ModelBehavior::Fail("also down".into())]);
+    let scenario = asking(primary, fallback);
+    let (events, outcome) = scenario.run_with_outcome("go", None).await;
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let errors: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EventPayload::AgentError(err) if e.agent_name.as_str() == "triage" => Some(err.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        ["The triage agent failed after 0 ms: the language model (offline) failed after 0 ms: also down."]
+    );
+}
+
+/// A model with a price: a dollar per thousand tokens either way.
+struct Priced(Arc<ScriptedModel>);
+
+#[async_trait]
+impl Model for Priced {
+    fn name(&self) -> &str {
+        "priced"
+    }
+
+    fn cost_usd(&self, usage: Usage) -> Option<f64> {
+        Some((usage.input_tokens + usage.output_tokens) as f64 / 1000.0)
+    }
+
+    async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
+        self.0.complete(request).await
+    }
+
+    async fn stream(&self, request: ModelRequest) -> Result<DeltaStream, ModelError> {
+        self.0.stream(request).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_model_call_is_recorded_with_its_tokens_and_cost() {
+    let model = Arc::new(Priced(ScriptedModel::new(ModelBehavior::Chunks(
+        vec!["one two ".into(), "three".into()],
+        Duration::from_millis(50),
+    ))));
+    let scenario = Scenario::new()
+        .model(model)
+        .agent("triage", vec![Step::Ask("classify this".into()), Step::answer("x")])
+        .agent("reporting", vec![Step::StreamAnswer("write it all".into())]);
+    let (events, outcome) = scenario.run_with_outcome("go", None).await;
+    let EventPayload::AgentCompleted(last) = &events.last().unwrap().payload else {
+        panic!("no final event");
+    };
+    assert_eq!(last.model_calls, outcome.model_calls);
+    let seen: Vec<(&str, u64, u64, Option<f64>, u64, bool)> = last
+        .model_calls
+        .iter()
+        .map(|c| {
+            (
+                c.agent.as_str(),
+                c.input_tokens,
+                c.output_tokens,
+                c.cost_usd,
+                c.duration_ms,
+                c.success,
+            )
+        })
+        .collect();
+    // Scripted usage counts words: "scripted" + the prompt in, the answer out.
+    assert_eq!(
+        seen,
+        [
+            ("triage", 3, 3, Some(0.006), 100, true),
+            ("reporting", 4, 3, Some(0.007), 100, true)
+        ]
+    );
+    assert_eq!(last.timings.as_ref().unwrap().model_ms, 200);
+}
