@@ -251,12 +251,10 @@ impl ModelHandle {
         let outcome = tokio::time::timeout(self.timeout, model.complete(request)).await;
         let (result, usage) = match outcome {
             Ok(Ok(response)) => {
-                permit.map(Permit::success);
                 let usage = response.usage;
                 (Ok(response), usage)
             }
             Ok(Err(source)) => {
-                permit.map(Permit::failure);
                 let error = ModelCallError::Failed {
                     model: model.name().to_owned(),
                     after: started.elapsed(),
@@ -265,7 +263,6 @@ impl ModelHandle {
                 (Err(error), Usage::default())
             }
             Err(_) => {
-                permit.map(Permit::failure);
                 let error = ModelCallError::Timeout {
                     model: model.name().to_owned(),
                     after: self.timeout,
@@ -273,6 +270,13 @@ impl ModelHandle {
                 (Err(error), Usage::default())
             }
         };
+        if let Some(permit) = permit {
+            if result.is_ok() {
+                permit.success();
+            } else {
+                permit.failure();
+            }
+        }
         self.account(model, usage, started, result.is_ok()).await;
         result
     }
