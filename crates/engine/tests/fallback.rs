@@ -231,17 +231,13 @@ async fn every_model_call_is_recorded_with_its_tokens_and_cost() {
         panic!("no final event");
     };
     assert_eq!(last.model_calls, outcome.model_calls);
-    let seen: Vec<(&str, u64, u64, Option<f64>, u64, bool)> = last
+    let seen: Vec<String> = last
         .model_calls
         .iter()
         .map(|c| {
-            (
-                c.agent.as_str(),
-                c.input_tokens,
-                c.output_tokens,
-                c.cost_usd,
-                c.duration_ms,
-                c.success,
+            format!(
+                "{}: {} in, {} out, ${:?}, {} ms, success {}",
+                c.agent, c.input_tokens, c.output_tokens, c.cost_usd, c.duration_ms, c.success
             )
         })
         .collect();
@@ -249,8 +245,8 @@ async fn every_model_call_is_recorded_with_its_tokens_and_cost() {
     assert_eq!(
         seen,
         [
-            ("triage", 3, 3, Some(0.006), 100, true),
-            ("reporting", 4, 3, Some(0.007), 100, true)
+            "triage: 3 in, 3 out, $Some(0.006), 100 ms, success true",
+            "reporting: 4 in, 3 out, $Some(0.007), 100 ms, success true"
         ]
     );
     assert_eq!(last.timings.as_ref().unwrap().model_ms, 200);
