@@ -297,7 +297,8 @@ impl Agent for ReportingAgent {
             optimization["prices_as_of"].as_str().unwrap_or("the price table"),
         );
         let draft = draft(triage.as_ref(), data.as_ref(), &savings_part, &missing);
-        let answer = ctx.stream_answer(ModelRequest::new(WRITE_PROMPT, draft)).await?;
+        let instructions = format!("{WRITE_PROMPT}\n\nThe user asked: {}", ctx.request());
+        let answer = ctx.stream_answer(ModelRequest::new(instructions, draft)).await?;
         // The report's figures come from the agents' computed outputs, never from the model.
         let report = data.as_ref().map(|summary| report(summary, &strategies, &actions));
         Ok(AgentOutput {

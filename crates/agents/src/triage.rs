@@ -255,6 +255,19 @@ impl Tool for WorkloadOverview {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TriageAgent;
 
+/// The category of a model's classification: a JSON object with a known `category`, alone or
+/// in a Markdown code block, as models sometimes wrap it.
+fn classification(text: &str) -> Option<Category> {
+    let text = text.trim();
+    let inner = text
+        .strip_prefix("```json")
+        .or_else(|| text.strip_prefix("```"))
+        .and_then(|rest| rest.strip_suffix("```"))
+        .unwrap_or(text);
+    let value: Value = serde_json::from_str(inner.trim()).ok()?;
+    value.get("category").and_then(Value::as_str).and_then(Category::parse)
+}
+
 const CLASSIFY_PROMPT: &str = "Classify the user's request about their language-model usage. Answer with a JSON object \
 {\"category\": one of cost, performance, quality, model_selection, workload_analysis, general}.";
 
@@ -274,10 +287,18 @@ impl Agent for TriageAgent {
         let mut request = ModelRequest::new(CLASSIFY_PROMPT, ctx.request());
         request.json = true;
         let response = ctx.model.complete(request).await?;
-        let category = serde_json::from_str::<Value>(&response.text)
-            .ok()
-            .and_then(|v| v.get("category").and_then(Value::as_str).and_then(Category::parse))
-            .unwrap_or_else(|| Category::of(ctx.request()));
+        let category = match classification(&response.text) {
+            Some(category) => category,
+            None => {
+                ctx.events
+                    .thinking(format!(
+                        "The language model ({}) answered with no category I know, so I classified the request by its keywords.",
+                        ctx.model.name()
+                    ))
+                    .await;
+                Category::of(ctx.request())
+            }
+        };
         let overview = ctx
             .tools
             .call("workload_overview", json!({ "user_id": ctx.run.user_id }))
@@ -316,6 +337,26 @@ impl Agent for TriageAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_models_classification_is_read_only_when_it_names_a_known_category() {
+        let cases = [
+            ("{\"category\": \"cost\"}", Some(Category::Cost)),
+            (
+                " {\"category\":\"performance\", \"why\": \"p95\"}\n",
+                Some(Category::Performance),
+            ),
+            ("```json\n{\"category\": \"quality\"}\n```", Some(Category::Quality)),
+            ("```\n{\"category\": \"general\"}\n```", Some(Category::General)),
+            ("{\"category\": \"astrology\"}", None),
+            ("{\"kind\": \"cost\"}", None),
+            ("It is about cost.", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(classification(text), expected, "{text}");
+        }
+    }
 
     #[test]
     fn requests_are_classified_by_what_they_ask() {

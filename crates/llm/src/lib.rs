@@ -6,6 +6,8 @@
 //! the whole call, retries included, and its circuit breaker counts the call once. Token counts
 //! come from the server's `usage`, streamed ones too (`stream_options.include_usage`).
 
+#[cfg(feature = "fake")]
+pub mod fake;
 mod sse;
 
 use std::collections::VecDeque;

@@ -2,125 +2,20 @@
 //! events over a socket, on tokio's paused clock: a normal stream, a slow one, a hang, 429 then
 //! success, 500, malformed streams, refused requests.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard_engine::testkit::{ModelBehavior, Scenario, ScriptedModel, Step};
 use switchboard_engine::{Delta, Model, ModelError, ModelRequest, Usage};
+use switchboard_llm::fake::{FakeServer, Reply, chunk, stream};
 use switchboard_llm::{ConfigError, OpenAiConfig, OpenAiModel, Price};
 use switchboard_protocol::{EventPayload, RunStatus};
 use tokio::time::Instant;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
-
-/// What the fake server answers to one request.
-#[derive(Debug, Clone)]
-enum Reply {
-    /// A status with a JSON body and, maybe, `Retry-After` in seconds.
-    Json(StatusCode, Value, Option<u64>),
-    /// `text/event-stream`: each piece of raw text after its pause.
-    Sse(Vec<(Duration, String)>),
-    /// These pieces, then nothing ever again (the connection stays open).
-    SseThenHang(Vec<String>),
-    /// No answer ever.
-    Hang,
-}
-
-#[derive(Default)]
-struct Fake {
-    replies: Mutex<VecDeque<Reply>>,
-    /// Each request's body and `Authorization` header.
-    seen: Mutex<Vec<(Value, Option<String>)>>,
-    /// Requests whose handling was dropped before it finished (the client went away).
-    dropped: AtomicUsize,
-}
-
-struct DropCount(Arc<Fake>, bool);
-
-impl Drop for DropCount {
-    fn drop(&mut self) {
-        if !self.1 {
-            self.0.dropped.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-async fn completions(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap().to_owned());
-    fake.seen
-        .lock()
-        .unwrap()
-        .push((serde_json::from_slice(&body).unwrap(), auth));
-    let reply = fake.replies.lock().unwrap().pop_front().expect("a reply is scripted");
-    let mut guard = DropCount(Arc::clone(&fake), false);
-    match reply {
-        Reply::Json(status, body, retry_after) => {
-            guard.1 = true;
-            let mut response = (status, axum::Json(body)).into_response();
-            if let Some(seconds) = retry_after {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, seconds.to_string().parse().unwrap());
-            }
-            response
-        }
-        Reply::Sse(pieces) => {
-            guard.1 = true;
-            let body = futures_util::stream::iter(pieces).then(|(pause, text)| async move {
-                tokio::time::sleep(pause).await;
-                Ok::<_, Infallible>(Bytes::from(text))
-            });
-            sse(Body::from_stream(body))
-        }
-        Reply::SseThenHang(pieces) => {
-            let first = futures_util::stream::iter(pieces).map(|text| Ok::<_, Infallible>(Bytes::from(text)));
-            let hang = futures_util::stream::once(async move {
-                let _guard = guard;
-                std::future::pending::<Result<Bytes, Infallible>>().await
-            });
-            sse(Body::from_stream(first.chain(hang)))
-        }
-        Reply::Hang => {
-            let _guard = guard;
-            std::future::pending().await
-        }
-    }
-}
-
-fn sse(body: Body) -> Response {
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .body(body)
-        .unwrap()
-}
-
-/// Starts the fake server with its scripted replies; returns it and its base URL.
-async fn fake(replies: Vec<Reply>) -> (Arc<Fake>, String) {
-    let fake = Arc::new(Fake {
-        replies: Mutex::new(replies.into()),
-        ..Fake::default()
-    });
-    let router = axum::Router::new()
-        .route("/v1/chat/completions", axum::routing::post(completions))
-        .with_state(Arc::clone(&fake));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| tcp.set_nodelay(true).unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (fake, format!("http://{addr}/v1"))
-}
 
 fn model(base_url: &str) -> OpenAiModel {
     let mut config = OpenAiConfig::new(base_url, "gpt-test");
@@ -130,55 +25,6 @@ fn model(base_url: &str) -> OpenAiModel {
         output_per_mtok: 8.0,
     });
     OpenAiModel::new(config).unwrap()
-}
-
-fn chunk(text: &str) -> String {
-    format!(
-        "data: {}\n\n",
-        json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
-    )
-}
-
-fn normal_stream(pieces: &[&str]) -> Vec<String> {
-    let mut out = vec![format!(
-        "data: {}\n\n",
-        json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-    )];
-    out.extend(pieces.iter().map(|p| chunk(p)));
-    out.push(format!(
-        "data: {}\n\n",
-        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    ));
-    out.push(format!(
-        "data: {}\n\n",
-        json!({"choices": [], "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}})
-    ));
-    out.push("data: [DONE]\n\n".to_owned());
-    out
-}
-
-fn immediately(pieces: Vec<String>) -> Reply {
-    Reply::Sse(pieces.into_iter().map(|p| (Duration::ZERO, p)).collect())
-}
-
-fn completion(text: &str) -> Reply {
-    Reply::Json(
-        StatusCode::OK,
-        json!({
-            "id": "chatcmpl-1", "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}
-        }),
-        None,
-    )
-}
-
-fn api_error(status: StatusCode, message: &str, retry_after: Option<u64>) -> Reply {
-    Reply::Json(
-        status,
-        json!({"error": {"message": message, "type": "server_error"}}),
-        retry_after,
-    )
 }
 
 /// Everything a stream gives: its text pieces, its usage, or the error that ended it.
@@ -200,15 +46,15 @@ async fn read_stream(model: &OpenAiModel, request: ModelRequest) -> (Vec<String>
 
 #[tokio::test(start_paused = true)]
 async fn a_normal_stream_gives_its_pieces_in_order_and_its_usage() {
-    let (fake, url) = fake(vec![immediately(normal_stream(&["Cut ", "your ", "costs."]))]).await;
-    let model = model(&url);
+    let fake = FakeServer::start(vec![Reply::stream(&["Cut ", "your ", "costs."])]).await;
+    let model = model(fake.base_url());
     let (pieces, usage, error) = read_stream(&model, ModelRequest::new("be brief", "how?")).await;
     assert_eq!(error, None);
     assert_eq!(pieces, ["Cut ", "your ", "costs."]);
     let usage = usage.unwrap();
     assert_eq!((usage.input_tokens, usage.output_tokens), (120, 30));
     assert_eq!(model.cost_usd(usage), Some((120.0 * 2.0 + 30.0 * 8.0) / 1e6));
-    let seen = fake.seen.lock().unwrap();
+    let seen = fake.requests();
     assert_eq!(seen.len(), 1);
     let (body, auth) = &seen[0];
     assert_eq!(auth.as_deref(), Some("Bearer sk-test"));
@@ -225,14 +71,14 @@ async fn a_normal_stream_gives_its_pieces_in_order_and_its_usage() {
 
 #[tokio::test(start_paused = true)]
 async fn a_whole_answer_asked_as_json_sends_the_response_format_and_reads_the_usage() {
-    let (fake, url) = fake(vec![completion("{\"category\": \"cost\"}")]).await;
+    let fake = FakeServer::start(vec![Reply::completion("{\"category\": \"cost\"}")]).await;
     let mut request = ModelRequest::new("classify", "cut costs");
     request.json = true;
     request.max_tokens = Some(50);
-    let response = model(&url).complete(request).await.unwrap();
+    let response = model(fake.base_url()).complete(request).await.unwrap();
     assert_eq!(response.text, "{\"category\": \"cost\"}");
     assert_eq!((response.usage.input_tokens, response.usage.output_tokens), (50, 7));
-    let body = &fake.seen.lock().unwrap()[0].0;
+    let body = &fake.requests()[0].0;
     assert_eq!(body["response_format"], json!({"type": "json_object"}));
     assert_eq!(body["max_tokens"], 50);
     assert_eq!(body["stream"], false);
@@ -240,12 +86,12 @@ async fn a_whole_answer_asked_as_json_sends_the_response_format_and_reads_the_us
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_stream_is_read_to_its_end_as_it_comes() {
-    let pieces: Vec<(Duration, String)> = normal_stream(&["one ", "two ", "three"])
+    let pieces: Vec<(Duration, String)> = stream(&["one ", "two ", "three"])
         .into_iter()
         .map(|p| (S(2), p))
         .collect();
-    let (_fake, url) = fake(vec![Reply::Sse(pieces)]).await;
-    let model = model(&url);
+    let fake = FakeServer::start(vec![Reply::Sse(pieces)]).await;
+    let model = model(fake.base_url());
     let started = Instant::now();
     let mut stream = model.stream(ModelRequest::new("s", "u")).await.unwrap();
     let mut arrivals = Vec::new();
@@ -263,17 +109,17 @@ async fn a_slow_stream_is_read_to_its_end_as_it_comes() {
 
 #[tokio::test(start_paused = true)]
 async fn too_many_requests_then_success_waits_as_asked_and_answers() {
-    let (fake, url) = fake(vec![
-        api_error(StatusCode::TOO_MANY_REQUESTS, "Rate limit reached", Some(2)),
-        api_error(StatusCode::TOO_MANY_REQUESTS, "Rate limit reached", None),
-        immediately(normal_stream(&["fine"])),
+    let fake = FakeServer::start(vec![
+        Reply::error(StatusCode::TOO_MANY_REQUESTS, "Rate limit reached", Some(2)),
+        Reply::error(StatusCode::TOO_MANY_REQUESTS, "Rate limit reached", None),
+        Reply::stream(&["fine"]),
     ])
     .await;
     let started = Instant::now();
-    let (pieces, _, error) = read_stream(&model(&url), ModelRequest::new("s", "u")).await;
+    let (pieces, _, error) = read_stream(&model(fake.base_url()), ModelRequest::new("s", "u")).await;
     assert_eq!(error, None);
     assert_eq!(pieces, ["fine"]);
-    assert_eq!(fake.seen.lock().unwrap().len(), 3);
+    assert_eq!(fake.requests().len(), 3);
     let waited = started.elapsed();
     // Retry-After: 2 s, then the second backoff: between half and all of 2 × 500 ms.
     assert!(
@@ -284,43 +130,57 @@ async fn too_many_requests_then_success_waits_as_asked_and_answers() {
 
 #[tokio::test(start_paused = true)]
 async fn a_server_error_on_every_try_fails_after_the_retries_with_what_the_server_said() {
-    let error = api_error(StatusCode::INTERNAL_SERVER_ERROR, "boom", None);
-    let (fake, url) = fake(vec![error.clone(), error.clone(), error]).await;
-    let failure = model(&url).complete(ModelRequest::new("s", "u")).await.unwrap_err();
+    let error = Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "boom", None);
+    let fake = FakeServer::start(vec![error.clone(), error.clone(), error]).await;
+    let failure = model(fake.base_url())
+        .complete(ModelRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(
         failure.message,
         "127.0.0.1 answered 500 Internal Server Error (boom) (after 3 attempts)"
     );
     assert!(failure.retryable);
-    assert_eq!(fake.seen.lock().unwrap().len(), 3);
+    assert_eq!(fake.requests().len(), 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_request_is_not_tried_again() {
-    let (fake, url) = fake(vec![api_error(
+    let fake = FakeServer::start(vec![Reply::error(
         StatusCode::UNAUTHORIZED,
         "Incorrect API key provided",
         None,
     )])
     .await;
-    let failure = model(&url).complete(ModelRequest::new("s", "u")).await.unwrap_err();
+    let failure = model(fake.base_url())
+        .complete(ModelRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(
         failure.message,
         "127.0.0.1 answered 401 Unauthorized (Incorrect API key provided)"
     );
     assert!(!failure.retryable);
-    assert_eq!(fake.seen.lock().unwrap().len(), 1);
+    assert_eq!(fake.requests().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_long_retry_after_fails_at_once_rather_than_outwait_the_deadline() {
-    let (fake, url) = fake(vec![api_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", Some(60))]).await;
-    let failure = model(&url).complete(ModelRequest::new("s", "u")).await.unwrap_err();
+    let fake = FakeServer::start(vec![Reply::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        Some(60),
+    )])
+    .await;
+    let failure = model(fake.base_url())
+        .complete(ModelRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(
         failure.message,
         "127.0.0.1 answered 503 Service Unavailable (overloaded); it asks to wait 60 s"
     );
-    assert_eq!(fake.seen.lock().unwrap().len(), 1);
+    assert_eq!(fake.requests().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -348,8 +208,8 @@ async fn malformed_streams_end_with_an_error_after_the_text_that_was_good() {
         ),
     ];
     for (stream, expected) in cases {
-        let (_fake, url) = fake(vec![immediately(stream)]).await;
-        let (pieces, _, error) = read_stream(&model(&url), ModelRequest::new("s", "u")).await;
+        let fake = FakeServer::start(vec![Reply::raw(stream)]).await;
+        let (pieces, _, error) = read_stream(&model(fake.base_url()), ModelRequest::new("s", "u")).await;
         assert_eq!(pieces, ["Hello "], "{expected}");
         assert_eq!(error.map(|e| e.message).as_deref(), Some(expected));
     }
@@ -357,8 +217,11 @@ async fn malformed_streams_end_with_an_error_after_the_text_that_was_good() {
 
 #[tokio::test(start_paused = true)]
 async fn a_whole_answer_that_is_not_a_completion_is_an_error() {
-    let (_fake, url) = fake(vec![Reply::Json(StatusCode::OK, json!({"result": "hi"}), None)]).await;
-    let failure = model(&url).complete(ModelRequest::new("s", "u")).await.unwrap_err();
+    let fake = FakeServer::start(vec![Reply::Json(StatusCode::OK, json!({"result": "hi"}), None)]).await;
+    let failure = model(fake.base_url())
+        .complete(ModelRequest::new("s", "u"))
+        .await
+        .unwrap_err();
     assert_eq!(
         failure.message,
         "the answer is not a chat completion (no choices[0].message.content)"
@@ -367,8 +230,8 @@ async fn a_whole_answer_that_is_not_a_completion_is_an_error() {
 
 #[tokio::test(start_paused = true)]
 async fn a_server_that_answers_a_stream_request_whole_is_read_as_one_piece() {
-    let (_fake, url) = fake(vec![completion("All at once.")]).await;
-    let (pieces, usage, error) = read_stream(&model(&url), ModelRequest::new("s", "u")).await;
+    let fake = FakeServer::start(vec![Reply::completion("All at once.")]).await;
+    let (pieces, usage, error) = read_stream(&model(fake.base_url()), ModelRequest::new("s", "u")).await;
     assert_eq!(error, None);
     assert_eq!(pieces, ["All at once."]);
     assert_eq!(usage.unwrap().output_tokens, 7);
@@ -422,9 +285,9 @@ fn thoughts(events: &[switchboard_protocol::Event]) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn in_a_run_a_hanging_model_is_dropped_at_its_deadline_and_the_offline_model_answers() {
-    let (fake, url) = fake(vec![Reply::Hang]).await;
+    let fake = FakeServer::start(vec![Reply::Hang]).await;
     let scenario = Scenario::new()
-        .model(Arc::new(model(&url)))
+        .model(Arc::new(model(fake.base_url())))
         .fallback_model(ScriptedModel::named(
             "offline",
             vec![ModelBehavior::Reply("The answer.".into())],
@@ -438,18 +301,14 @@ async fn in_a_run_a_hanging_model_is_dropped_at_its_deadline_and_the_offline_mod
         ["The language model (gpt-test) did not answer within 20 s; answering with the offline model instead."]
     );
     tokio::task::yield_now().await;
-    assert_eq!(
-        fake.dropped.load(Ordering::SeqCst),
-        1,
-        "the hanging request was really dropped"
-    );
+    assert_eq!(fake.dropped(), 1, "the hanging request was really dropped");
 }
 
 #[tokio::test(start_paused = true)]
 async fn in_a_run_a_stream_that_stalls_midway_keeps_its_text_and_the_offline_model_finishes() {
-    let (fake, url) = fake(vec![Reply::SseThenHang(vec![chunk("Your spend ")])]).await;
+    let fake = FakeServer::start(vec![Reply::SseThenHang(vec![chunk("Your spend ")])]).await;
     let scenario = Scenario::new()
-        .model(Arc::new(model(&url)))
+        .model(Arc::new(model(fake.base_url())))
         .fallback_model(ScriptedModel::named(
             "offline",
             vec![ModelBehavior::Reply("The answer.".into())],
@@ -467,9 +326,5 @@ async fn in_a_run_a_stream_that_stalls_midway_keeps_its_text_and_the_offline_mod
         .collect();
     assert_eq!(calls, [("gpt-test", false, 20_000), ("offline", true, 0)]);
     tokio::task::yield_now().await;
-    assert_eq!(
-        fake.dropped.load(Ordering::SeqCst),
-        1,
-        "the stalled stream was really dropped"
-    );
+    assert_eq!(fake.dropped(), 1, "the stalled stream was really dropped");
 }

@@ -9,14 +9,15 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
 use switchboard_agents::{OfflineModel, PriceTable};
-use switchboard_engine::Engine;
+use switchboard_engine::{Engine, Model};
+use switchboard_llm::{OpenAiConfig, OpenAiModel, Price};
 use switchboard_store::{AnalyticsStore, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Tickets, Tokens, load_secret};
-use crate::config::Config;
+use crate::config::{Config, LlmConfig};
 use crate::hub::Hub;
 use crate::limits::Connections;
 use crate::metrics::Metrics;
@@ -114,15 +115,19 @@ impl Application {
             None => PriceTable::embedded(),
         };
         let prices = Arc::new(prices);
+        let offline: Arc<dyn Model> = Arc::new(OfflineModel::new(config.model_latency));
         let secret = load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
         let tokens = Tokens::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(Arc::clone(&store), Arc::clone(&metrics)));
-        let engine = switchboard_agents::register(Engine::builder(), Arc::clone(&analytics), Arc::clone(&prices))
-            .config(config.engine.clone())
-            .model(Arc::new(OfflineModel::new(config.model_latency)))
-            .build(hub.clone())
-            .context("building the engine")?;
+        let builder = switchboard_agents::register(Engine::builder(), Arc::clone(&analytics), Arc::clone(&prices))
+            .config(config.engine.clone());
+        let builder = match &config.llm {
+            // The offline model answers when the configured one fails.
+            Some(llm) => builder.model(language_model(llm, &prices)?).fallback_model(offline),
+            None => builder.model(offline),
+        };
+        let engine = builder.build(hub.clone()).context("building the engine")?;
         let runs = Runs::new(
             Arc::clone(&store),
             engine,
@@ -253,4 +258,22 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
         .with_state(state)
+}
+
+/// The OpenAI-compatible model of the configuration, priced from the price table when it lists it.
+fn language_model(llm: &LlmConfig, prices: &PriceTable) -> anyhow::Result<Arc<dyn Model>> {
+    let price = prices.find(&llm.model).map(|p| Price {
+        input_per_mtok: p.input_per_mtok,
+        output_per_mtok: p.output_per_mtok,
+    });
+    if price.is_none() {
+        tracing::warn!(model = %llm.model, "the price table does not list the LLM model: its calls are recorded without cost");
+    }
+    let mut config = OpenAiConfig::new(&llm.base_url, &llm.model);
+    config.api_key = llm.api_key.clone();
+    config.max_retries = llm.max_retries;
+    config.price = price;
+    let model = OpenAiModel::new(config)?;
+    tracing::info!(model = %llm.model, base_url = %llm.base_url, "using an OpenAI-compatible model, with the offline model as fallback");
+    Ok(Arc::new(model))
 }

@@ -84,6 +84,19 @@ pub struct ServeArgs {
     /// A price table in the format of `crates/agents/data/prices.toml`, instead of the shipped one.
     #[arg(long, env = "SWITCHBOARD_PRICE_TABLE")]
     pub price_table: Option<PathBuf>,
+    /// An OpenAI-compatible API to use as the language model (e.g. `https://api.openai.com/v1`);
+    /// without it the offline model answers.
+    #[arg(long, env = "SWITCHBOARD_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    /// The API key for `--llm-base-url`.
+    #[arg(long, env = "SWITCHBOARD_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// The model to ask at `--llm-base-url` (e.g. `gpt-4o-mini`).
+    #[arg(long, env = "SWITCHBOARD_LLM_MODEL")]
+    pub llm_model: Option<String>,
+    /// Retries of a model call answered with 429 or 5xx.
+    #[arg(long, env = "SWITCHBOARD_LLM_MAX_RETRIES")]
+    pub llm_max_retries: Option<u32>,
 }
 
 /// The same keys, read from the TOML file.
@@ -112,6 +125,10 @@ struct FileConfig {
     refresh_token_ttl_secs: Option<u64>,
     log: Option<String>,
     price_table: Option<PathBuf>,
+    llm_base_url: Option<String>,
+    llm_api_key: Option<String>,
+    llm_model: Option<String>,
+    llm_max_retries: Option<u32>,
 }
 
 /// The server's settings, complete and validated.
@@ -153,6 +170,32 @@ pub struct Config {
     pub log: String,
     /// The price table file; `None`: the shipped table.
     pub price_table: Option<PathBuf>,
+    /// The OpenAI-compatible model, when one is configured; `None`: the offline model.
+    pub llm: Option<LlmConfig>,
+}
+
+/// An OpenAI-compatible model to use instead of the offline one (which still answers when it fails).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LlmConfig {
+    /// The API's root, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// The API key.
+    pub api_key: Option<String>,
+    /// The model's name.
+    pub model: String,
+    /// Retries on 429 and 5xx.
+    pub max_retries: u32,
+}
+
+impl std::fmt::Debug for LlmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
+            .field("model", &self.model)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -176,6 +219,7 @@ impl Default for Config {
             jwt_secret: None,
             log: "info".to_owned(),
             price_table: None,
+            llm: None,
         }
     }
 }
@@ -225,6 +269,23 @@ impl Config {
         layer!(ticket_ttl_secs, config.ticket_ttl, secs);
         layer!(access_token_ttl_secs, config.access_token_ttl, secs);
         layer!(refresh_token_ttl_secs, config.refresh_token_ttl, secs);
+        let llm = |key: &Option<String>, file: &Option<String>| key.clone().or(file.clone()).filter(|v| !v.is_empty());
+        let (base_url, model) = (
+            llm(&args.llm_base_url, &file.llm_base_url),
+            llm(&args.llm_model, &file.llm_model),
+        );
+        let api_key = llm(&args.llm_api_key, &file.llm_api_key);
+        config.llm = match (base_url, model) {
+            (Some(base_url), Some(model)) => Some(LlmConfig {
+                base_url,
+                api_key,
+                model,
+                max_retries: args.llm_max_retries.or(file.llm_max_retries).unwrap_or(2),
+            }),
+            (None, None) if api_key.is_none() => None,
+            (Some(_), None) => bail!("`llm_base_url` is set but `llm_model` is not: name the model to ask"),
+            _ => bail!("`llm_model` and `llm_api_key` need `llm_base_url`: the OpenAI-compatible API to ask"),
+        };
         config.jwt_secret = std::env::var("SWITCHBOARD_JWT_SECRET").ok().filter(|s| !s.is_empty());
         config.validate()?;
         Ok(config)

@@ -97,6 +97,7 @@ impl Hub {
                 })
                 .inc();
             self.metrics.run_duration.observe(done.duration_ms as f64 / 1000.0);
+            self.metrics.model_calls(&done.model_calls);
         }
     }
 }

@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use switchboard_protocol::ModelCallUsage;
 
 /// A label with one value: a status or an error code.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -19,6 +21,24 @@ pub(crate) struct StatusLabel {
 pub(crate) struct CodeLabel {
     /// The error code.
     pub(crate) code: String,
+}
+
+/// The labels of a language-model call: the model, and whether it answered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ModelLabel {
+    /// The model's name.
+    pub(crate) model: String,
+    /// `ok` or `failed`.
+    pub(crate) outcome: String,
+}
+
+/// The labels of tokens: the model, and `input` or `output`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct TokenLabel {
+    /// The model's name.
+    pub(crate) model: String,
+    /// `input` or `output`.
+    pub(crate) direction: String,
 }
 
 /// Every metric the server exports.
@@ -39,6 +59,12 @@ pub(crate) struct Metrics {
     pub(crate) events_stored: Counter,
     /// Errors told to clients, by code.
     pub(crate) errors: Family<CodeLabel, Counter>,
+    /// Language-model calls, by model and outcome.
+    pub(crate) model_calls: Family<ModelLabel, Counter>,
+    /// Language-model tokens, by model and direction.
+    pub(crate) model_tokens: Family<TokenLabel, Counter>,
+    /// What the language-model calls cost, by model (calls of unpriced models count nothing).
+    pub(crate) model_cost: Family<ModelLabel, Counter<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -51,6 +77,9 @@ impl Default for Metrics {
         let events_sent = Counter::default();
         let events_stored = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
+        let model_calls = Family::<ModelLabel, Counter>::default();
+        let model_tokens = Family::<TokenLabel, Counter>::default();
+        let model_cost = Family::<ModelLabel, Counter<f64, AtomicU64>>::default();
         registry.register("connections", "Open WebSocket connections", connections.clone());
         registry.register("runs", "Runs by final status", runs.clone());
         registry.register("run_duration_seconds", "Run duration", run_duration.clone());
@@ -66,6 +95,13 @@ impl Default for Metrics {
         );
         registry.register("events_stored", "Run events stored", events_stored.clone());
         registry.register("errors", "Errors told to clients, by code", errors.clone());
+        registry.register("model_calls", "Language-model calls", model_calls.clone());
+        registry.register("model_tokens", "Language-model tokens", model_tokens.clone());
+        registry.register(
+            "model_cost_usd",
+            "What language-model calls cost, in US dollars",
+            model_cost.clone(),
+        );
         Self {
             registry,
             connections,
@@ -75,6 +111,9 @@ impl Default for Metrics {
             events_sent,
             events_stored,
             errors,
+            model_calls,
+            model_tokens,
+            model_cost,
         }
     }
 }
@@ -87,6 +126,28 @@ impl Metrics {
                 code: code.as_str().to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a run's language-model calls: calls, tokens and cost per model.
+    pub(crate) fn model_calls(&self, calls: &[ModelCallUsage]) {
+        for call in calls {
+            let labels = ModelLabel {
+                model: call.model.clone(),
+                outcome: if call.success { "ok" } else { "failed" }.to_owned(),
+            };
+            self.model_calls.get_or_create(&labels).inc();
+            if let Some(cost) = call.cost_usd {
+                self.model_cost.get_or_create(&labels).inc_by(cost);
+            }
+            for (direction, tokens) in [("input", call.input_tokens), ("output", call.output_tokens)] {
+                self.model_tokens
+                    .get_or_create(&TokenLabel {
+                        model: call.model.clone(),
+                        direction: direction.to_owned(),
+                    })
+                    .inc_by(tokens);
+            }
+        }
     }
 
     /// The Prometheus text format.

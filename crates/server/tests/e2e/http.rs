@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
-use switchboard_protocol::ServerFrame;
+use switchboard_protocol::{EventPayload, ServerFrame};
 
 use crate::support::{events_until_final, next, send, spawn_app, spawn_app_with};
 
@@ -189,6 +189,18 @@ async fn health_and_metrics_tell_the_truth() {
     let mut socket = app.connect(&session).await;
     let accepted = send(&mut socket, "count me").await;
     let events = events_until_final(&mut socket, &accepted.run_id).await;
+    let EventPayload::AgentCompleted(last) = &events.last().unwrap().payload else {
+        panic!("no final event");
+    };
+    let calls: Vec<(&str, &str)> = last
+        .model_calls
+        .iter()
+        .map(|c| (c.agent.as_str(), c.model.as_str()))
+        .collect();
+    assert_eq!(calls, [("triage", "offline"), ("reporting", "offline")]);
+    let input: u64 = last.model_calls.iter().map(|c| c.input_tokens).sum();
+    let output: u64 = last.model_calls.iter().map(|c| c.output_tokens).sum();
+    assert!(input > 0 && output > 0);
     socket.send_text("nonsense").await.unwrap();
     assert!(matches!(next(&mut socket).await, ServerFrame::Control(_)));
     let text = app
@@ -209,6 +221,10 @@ async fn health_and_metrics_tell_the_truth() {
         "switchboard_errors_total{code=\"invalid_json\"} 1".to_owned(),
         "switchboard_run_duration_seconds_count 1".to_owned(),
         "switchboard_first_event_latency_seconds_count 1".to_owned(),
+        "switchboard_model_calls_total{model=\"offline\",outcome=\"ok\"} 2".to_owned(),
+        format!("switchboard_model_tokens_total{{model=\"offline\",direction=\"input\"}} {input}"),
+        format!("switchboard_model_tokens_total{{model=\"offline\",direction=\"output\"}} {output}"),
+        "switchboard_model_cost_usd_total{model=\"offline\",outcome=\"ok\"} 0.0".to_owned(),
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }

@@ -3,6 +3,7 @@
 mod auth;
 mod http;
 mod lifecycle;
+mod llm;
 mod resume;
 mod runs;
 mod socket;
