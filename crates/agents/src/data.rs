@@ -79,14 +79,18 @@ pub fn summary_json(summary: &Summary) -> Value {
     };
     let mut busiest: Vec<_> = summary.hours.iter().collect();
     busiest.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.hour.cmp(&b.hour)));
-    json!({
+    let mut out = json!({
         "period": { "from": summary.totals.first, "to": summary.totals.last },
         "totals": usage_json(&summary.totals.usage),
         "by_model": keyed(&summary.by_model, "model"),
         "by_feature": keyed(&summary.by_feature, "feature"),
         "busiest_hours": busiest.iter().take(3).map(|h| json!({"hour": h.hour, "calls": h.calls, "cost_usd": h.cost_usd})).collect::<Vec<_>>(),
+        "hours": summary.hours.iter().map(|h| json!({"hour": h.hour, "calls": h.calls, "cost_usd": h.cost_usd, "p95_latency_ms": h.p95_latency_ms})).collect::<Vec<_>>(),
         "opportunities": opportunities_json(&summary.opportunities),
-    })
+        "anomalies": crate::analysis::anomalies(summary),
+    });
+    out["latency"] = crate::analysis::latency(&out);
+    out
 }
 
 #[async_trait]
@@ -142,9 +146,10 @@ impl Agent for DataAgent {
     }
 }
 
-/// Dollars as people read them: cents, or four decimals below a dollar.
+/// Dollars as people read them: cents, or four decimals below a dollar (sums of cents that
+/// float a hair below a dollar still read as cents).
 pub fn usd(amount: f64) -> String {
-    if amount.abs() < 1.0 {
+    if (amount.abs() * 100.0).round() < 100.0 {
         format!("${amount:.4}")
     } else {
         format!("${amount:.2}")

@@ -210,5 +210,32 @@ mod tests {
                 .count()
         };
         assert!(day_rows(11) > 3 * day_rows(4), "a daily rhythm");
+
+        // The analysis finds the failure bursts, and not the quiet weekends: they are the norm.
+        let mut builder = switchboard_store::SummaryBuilder::default();
+        for e in &events {
+            let call = switchboard_store::CallFigures {
+                at_ms: e.timestamp.unix_millis(),
+                input_tokens: e.input_tokens,
+                output_tokens: e.output_tokens,
+                latency_ms: e.latency_ms,
+                error: e.status == switchboard_store::CallStatus::Error,
+                cost_usd: e.cost_usd,
+                batch: e.batch,
+            };
+            builder.add(&e.model, e.feature.as_deref(), e.prompt_hash.as_deref(), call);
+        }
+        let found: Vec<(String, &str)> = crate::anomalies(&builder.finish().unwrap())
+            .into_iter()
+            .map(|a| (a.start.to_string(), a.metric))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("2026-10-11T14:00:00.000Z".to_owned(), "error_rate"),
+                ("2026-10-11T15:00:00.000Z".to_owned(), "error_rate"),
+                ("2026-10-23T10:00:00.000Z".to_owned(), "error_rate")
+            ]
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! and chooses the stages), then `data` when the user has uploaded workload data (the figures, from
 //! the store), then `reporting` (writes the answer and the structured report).
 
+mod analysis;
 mod data;
 pub mod demo;
 mod offline;
@@ -13,6 +14,10 @@ mod reporting;
 mod triage;
 pub mod workload;
 
+pub use analysis::{
+    Anomaly, BURST_FACTOR, DAY_DEVIATIONS, MAX_ANOMALIES, MIN_DAYS, MIN_HOUR_CALLS, SPIKE_FACTOR, WEEKLY_DAYS,
+    anomalies, latency,
+};
 pub use data::{DataAgent, WorkloadSummaryTool, summary_json, usd};
 pub use offline::OfflineModel;
 pub use optimization::{Action, ActionsAgent, OptimizationAgent, Strategy, actions, strategies};

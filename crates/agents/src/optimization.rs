@@ -12,6 +12,7 @@ use switchboard_store::{OFF_HOURS_END, SHORT_INPUT_TOKENS, SHORT_OUTPUT_TOKENS};
 
 use crate::data::usd;
 use crate::prices::PriceTable;
+use crate::triage::Category;
 
 /// A feature counts as an off-hours bulk job when at least this share of its calls is off-hours.
 const BULK_SHARE: f64 = 0.8;
@@ -215,14 +216,19 @@ pub struct Action {
     pub detail: String,
 }
 
-/// The plan, in the order of the strategies (most valuable first).
-pub fn actions(strategies: &Value) -> Vec<Action> {
-    strategies
+/// The plan: the latency changes first when `latency_advice` (from the data agent's latency
+/// analysis) is given, then the strategies in their order (most valuable first).
+pub fn actions(strategies: &Value, latency_advice: &Value) -> Vec<Action> {
+    let latency = latency_advice.as_array().into_iter().flatten().map(|a| Action {
+        step: 0,
+        title: a["title"].as_str().unwrap_or("").to_owned(),
+        detail: a["detail"].as_str().unwrap_or("").to_owned(),
+    });
+    let savings = strategies
         .as_array()
         .into_iter()
         .flatten()
-        .enumerate()
-        .map(|(index, s)| {
+        .map(|s| {
             let saving = usd(f(&s["monthly_savings_usd"]));
             let detail = match s["kind"].as_str().unwrap_or("") {
                 "model_routing" => "Send a sample of the short calls to the cheaper model, compare answers, then route by prompt size.",
@@ -233,10 +239,17 @@ pub fn actions(strategies: &Value) -> Vec<Action> {
                 _ => "Apply the strategy.",
             };
             Action {
-                step: index + 1,
+                step: 0,
                 title: format!("{} (about {saving} a month)", s["title"].as_str().unwrap_or("")),
                 detail: detail.to_owned(),
             }
+        });
+    latency
+        .chain(savings)
+        .enumerate()
+        .map(|(index, action)| Action {
+            step: index + 1,
+            ..action
         })
         .collect()
 }
@@ -255,10 +268,22 @@ impl Agent for ActionsAgent {
         let Some(found) = ctx.output_of("optimization") else {
             return Err(AgentError::Failed("no strategies reached the actions step".into()));
         };
-        let plan = actions(&found.data["strategies"]);
-        ctx.events
-            .thinking(format!("{} steps, most valuable first.", plan.len()))
-            .await;
+        let performance = ctx
+            .output_of("triage")
+            .and_then(|t| t.data["category"].as_str())
+            .and_then(Category::parse)
+            == Some(Category::Performance);
+        let advice = match ctx.output_of("data") {
+            Some(data) if performance => data.data["latency"]["advice"].clone(),
+            _ => Value::Null,
+        };
+        let plan = actions(&found.data["strategies"], &advice);
+        let order = if advice.as_array().is_some_and(|a| !a.is_empty()) {
+            "the latency changes first, then the savings, most valuable first"
+        } else {
+            "most valuable first"
+        };
+        ctx.events.thinking(format!("{} steps, {order}.", plan.len())).await;
         Ok(AgentOutput::data(json!({ "actions": plan })))
     }
 }
@@ -313,7 +338,7 @@ mod tests {
             found.iter().all(|s| s.assumption.len() > 40),
             "each strategy states its assumption"
         );
-        let plan = actions(&serde_json::to_value(&found).unwrap());
+        let plan = actions(&serde_json::to_value(&found).unwrap(), &Value::Null);
         assert_eq!(plan.iter().map(|a| a.step).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert_eq!(
             plan[1].title,

@@ -132,6 +132,8 @@ pub fn report(summary: &Value, strategies: &Value, actions: &Value) -> Value {
         "by_feature": rows("by_feature", "feature"),
         "strategies": if strategies.is_array() { strategies.clone() } else { json!([]) },
         "actions": if actions.is_array() { actions.clone() } else { json!([]) },
+        "anomalies": if summary["anomalies"].is_array() { summary["anomalies"].clone() } else { json!([]) },
+        "latency": summary["latency"],
     })
 }
 
@@ -194,6 +196,61 @@ fn savings(strategies: &Value, actions: &Value, prices_as_of: &str) -> String {
     out
 }
 
+/// The latency analysis: overall percentiles, where p95 is worst, what to change.
+fn latency_part(latency: &Value) -> String {
+    if latency.is_null() {
+        return "## Latency\n\nNone of your calls reported `latency_ms`, so I cannot say where time goes; send it \
+                with each call.\n\n"
+            .to_owned();
+    }
+    let mut out = format!(
+        "## Latency\n\nOverall p50 {}, p95 {}.",
+        ms(&latency["p50_latency_ms"]),
+        ms(&latency["p95_latency_ms"])
+    );
+    let worst = |key: &str, name: &str, label: &dyn Fn(&Value) -> String| -> Option<String> {
+        let rows: Vec<String> = latency[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| format!("{} (p95 {})", label(&r[name]), ms(&r["p95_latency_ms"])))
+            .collect();
+        (!rows.is_empty()).then(|| rows.join(", "))
+    };
+    let plain = |v: &Value| v.as_str().unwrap_or("(none)").to_owned();
+    let hour = |v: &Value| format!("{:02}:00 UTC", v.as_u64().unwrap_or(0));
+    for (key, name, title, label) in [
+        (
+            "slowest_features",
+            "feature",
+            "features",
+            &plain as &dyn Fn(&Value) -> String,
+        ),
+        ("slowest_models", "model", "models", &plain),
+        ("slowest_hours", "hour", "hours", &hour),
+    ] {
+        if let Some(rows) = worst(key, name, label) {
+            out.push_str(&format!(" Slowest {title}: {rows}."));
+        }
+    }
+    out.push_str("\n\n");
+    let advice: Vec<&Value> = latency["advice"].as_array().into_iter().flatten().collect();
+    if advice.is_empty() {
+        out.push_str("Nothing in the data points to one change that would cut latency.\n\n");
+    } else {
+        out.push_str("What would make it faster:\n\n");
+        for a in advice {
+            out.push_str(&format!(
+                "- **{}.** {}\n",
+                a["title"].as_str().unwrap_or(""),
+                a["detail"].as_str().unwrap_or("")
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The figures part of the answer, from the data agent's summary.
 fn figures(category: Category, summary: &Value) -> String {
     let totals = &summary["totals"];
@@ -246,24 +303,21 @@ fn figures(category: Category, summary: &Value) -> String {
     if !hours.is_empty() {
         out.push_str(&format!("Busiest hours (UTC): {}.\n\n", hours.join(", ")));
     }
-    let slowest = summary["by_feature"]
+    let anomalies: Vec<&str> = summary["anomalies"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|r| r["p95_latency_ms"].is_number())
-        .max_by(|a, b| {
-            a["p95_latency_ms"]
-                .as_f64()
-                .unwrap_or(0.0)
-                .total_cmp(&b["p95_latency_ms"].as_f64().unwrap_or(0.0))
-        });
-    if let (Category::Performance, Some(slowest)) = (category, slowest) {
-        out.push_str(&format!(
-            "Latency is worst in **{}**: p95 {} (p50 {}).\n\n",
-            slowest["feature"].as_str().unwrap_or("?"),
-            ms(&slowest["p95_latency_ms"]),
-            ms(&slowest["p50_latency_ms"])
-        ));
+        .filter_map(|a| a["text"].as_str())
+        .collect();
+    if !anomalies.is_empty() {
+        out.push_str("**Off the norm:**\n\n");
+        for text in anomalies {
+            out.push_str(&format!("- {text}\n"));
+        }
+        out.push('\n');
+    }
+    if category == Category::Performance {
+        out.push_str(&latency_part(&summary["latency"]));
     }
     out.push_str("_These figures are computed from your data._\n\n");
     out

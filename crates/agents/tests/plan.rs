@@ -266,10 +266,41 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
             "assumption": "Failed calls are paid for and then retried; removing their cause saves their whole cost."
         }])
     );
-    assert_eq!(report["actions"][0]["step"], 1);
+    // A latency question: the latency changes come first. search writes 1,000 answer tokens in
+    // 2 calls (500 each, at the threshold) and half of its calls fail; no model has short calls
+    // to route, no hour has enough calls to judge, no prompt is above its feature's p95.
+    let titles: Vec<(u64, &str)> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["step"].as_u64().unwrap(), a["title"].as_str().unwrap()))
+        .collect();
     assert_eq!(
-        report["actions"][0]["title"],
-        "Fix the causes of failed calls (about $0.2200 a month)"
+        titles,
+        [
+            (1, "Cap the length of search's answers, or stream them"),
+            (2, "Fix the failures of search"),
+            (3, "Fix the causes of failed calls (about $0.2200 a month)")
+        ]
+    );
+    // Latencies 200, 400, 800, 1200: p50 at rank ceil(2.0) = 2, p95 at rank ceil(3.8) = 4.
+    let latency = &report["latency"];
+    assert_eq!(
+        (latency["p50_latency_ms"].as_f64(), latency["p95_latency_ms"].as_f64()),
+        (Some(400.0), Some(1200.0))
+    );
+    assert_eq!(
+        latency["slowest_features"],
+        serde_json::json!([
+            {"feature": "search", "calls": 2, "p50_latency_ms": 800.0, "p95_latency_ms": 1200.0},
+            {"feature": "tagging", "calls": 2, "p50_latency_ms": 200.0, "p95_latency_ms": 400.0}
+        ])
+    );
+    assert_eq!(latency["slowest_hours"], serde_json::json!([]));
+    assert_eq!(
+        report["anomalies"],
+        serde_json::json!([]),
+        "three days are too few for a norm"
     );
 
     let answer = outcome.answer.unwrap();
@@ -277,11 +308,14 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
         "From 2026-11-01 to 2026-11-03: **4 calls**, 8,000 input and 1,200 output tokens, **$0.0254** in total; 1 failed (25.0 %).",
         "| gpt-4o | 2 | $0.0250 | 98.4 % | 800 ms | 1200 ms | 50.0 % |",
         "Busiest hours (UTC): 09:00 (3 calls), 14:00 (1 calls).",
-        "Latency is worst in **search**: p95 1200 ms (p50 800 ms).",
+        "## Latency\n\nOverall p50 400 ms, p95 1200 ms. Slowest features: search (p95 1200 ms), tagging (p95 400 ms). \
+         Slowest models: gpt-4o (p95 1200 ms), gpt-4o-mini (p95 400 ms).",
+        "- **Fix the failures of search.** 50.0 % of its calls fail, and each retry adds a whole call's wait.",
+        "1. **Cap the length of search's answers, or stream them** Its calls write 500 tokens on average;",
         "These figures are computed from your data.",
         "| Fix the causes of failed calls | $0.2200 |",
         "In all about **$0.2200 a month**, projected to 30 days from your data's period at the list prices of 2025-06-01.",
-        "1. **Fix the causes of failed calls (about $0.2200 a month)**",
+        "3. **Fix the causes of failed calls (about $0.2200 a month)**",
     ] {
         assert!(answer.contains(expected), "missing `{expected}` in:\n{answer}");
     }

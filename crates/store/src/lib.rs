@@ -10,8 +10,9 @@ use switchboard_protocol::{Event, MessageId, Role, RunId, RunStatus, RunTimings,
 
 pub use sqlite::SqliteStore;
 pub use workload::{
-    AnalyticsStore, CallFigures, CallStatus, FeatureModel, HourUsage, OFF_HOURS_END, Opportunities, SHORT_INPUT_TOKENS,
-    SHORT_OUTPUT_TOKENS, Slice, Summary, SummaryBuilder, TimeRange, Totals, Usage, WorkloadEvent, nearest_rank,
+    AnalyticsStore, Bucket, CallFigures, CallStatus, FeatureModel, HourUsage, OFF_HOURS_END, Opportunities,
+    SHORT_INPUT_TOKENS, SHORT_OUTPUT_TOKENS, Slice, Summary, SummaryBuilder, TimeRange, Totals, Usage, WorkloadEvent,
+    nearest_rank,
 };
 
 /// A storage operation failed.

@@ -105,6 +105,21 @@ pub struct HourUsage {
     pub calls: u64,
     /// Their cost.
     pub cost_usd: f64,
+    /// Nearest-rank p95 latency of the calls in that hour that reported one.
+    pub p95_latency_ms: Option<f64>,
+}
+
+/// Calls, failures and cost in one clock hour (UTC), for finding hours and days off the norm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    /// The hour's start.
+    pub start: Timestamp,
+    /// Calls in it.
+    pub calls: u64,
+    /// Failed calls in it.
+    pub errors: u64,
+    /// Their cost.
+    pub cost_usd: f64,
 }
 
 /// Everything the analysis reads about a range of a user's calls, in one answer.
@@ -118,6 +133,8 @@ pub struct Summary {
     pub by_feature: Vec<Usage>,
     /// Per hour of the day (UTC), for the hours that have calls, in hour order.
     pub hours: Vec<HourUsage>,
+    /// Per clock hour (UTC) that has calls, in time order.
+    pub hourly: Vec<Bucket>,
     /// What the savings strategies are computed from.
     pub opportunities: Opportunities,
 }
@@ -266,6 +283,8 @@ pub struct SummaryBuilder {
     models: std::collections::HashMap<String, Group>,
     features: std::collections::HashMap<Option<String>, Group>,
     hours: [(u64, f64); 24],
+    hour_latencies: [Vec<f64>; 24],
+    hourly: std::collections::HashMap<i64, (u64, u64, f64)>,
     short: std::collections::HashMap<String, Slice>,
     prompts: std::collections::HashMap<String, (u64, f64)>,
     feature_models: std::collections::HashMap<(Option<String>, String), (FeatureModel, Vec<u64>)>,
@@ -310,9 +329,17 @@ impl SummaryBuilder {
             None => self.models.entry(model.to_owned()).or_default().add(&call),
         }
         self.features.entry(feature.map(str::to_owned)).or_default().add(&call);
-        let hour = (call.at_ms.div_euclid(3_600_000)).rem_euclid(24) as usize;
+        let clock_hour = call.at_ms.div_euclid(3_600_000);
+        let hour = clock_hour.rem_euclid(24) as usize;
         self.hours[hour].0 += 1;
         self.hours[hour].1 += call.cost_usd;
+        if let Some(latency) = call.latency_ms {
+            self.hour_latencies[hour].push(latency);
+        }
+        let bucket = self.hourly.entry(clock_hour).or_default();
+        bucket.0 += 1;
+        bucket.1 += u64::from(call.error);
+        bucket.2 += call.cost_usd;
     }
 
     fn opportunities(
@@ -365,11 +392,10 @@ impl SummaryBuilder {
     }
 
     /// The summary.
-    pub fn finish(self) -> Result<Summary, StoreError> {
-        let at = |ms: Option<i64>| {
-            ms.map(|ms| Timestamp::from_unix_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}"))))
-                .transpose()
-        };
+    pub fn finish(mut self) -> Result<Summary, StoreError> {
+        let stamp =
+            |ms: i64| Timestamp::from_unix_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")));
+        let at = |ms: Option<i64>| ms.map(stamp).transpose();
         let by_cost = |mut rows: Vec<Usage>| {
             rows.sort_by(|a, b| b.cost_usd.total_cmp(&a.cost_usd).then_with(|| a.key.cmp(&b.key)));
             rows
@@ -385,14 +411,35 @@ impl SummaryBuilder {
             hours: self
                 .hours
                 .iter()
+                .zip(self.hour_latencies.iter_mut())
                 .enumerate()
-                .filter(|(_, (calls, _))| *calls > 0)
-                .map(|(hour, (calls, cost))| HourUsage {
-                    hour: hour as u8,
-                    calls: *calls,
-                    cost_usd: *cost,
+                .filter(|(_, ((calls, _), _))| *calls > 0)
+                .map(|(hour, ((calls, cost), latencies))| {
+                    latencies.sort_unstable_by(f64::total_cmp);
+                    HourUsage {
+                        hour: hour as u8,
+                        calls: *calls,
+                        cost_usd: *cost,
+                        p95_latency_ms: nearest_rank(latencies, 95),
+                    }
                 })
                 .collect(),
+            hourly: {
+                let mut hourly = self
+                    .hourly
+                    .into_iter()
+                    .map(|(hour, (calls, errors, cost_usd))| {
+                        Ok(Bucket {
+                            start: stamp(hour * 3_600_000)?,
+                            calls,
+                            errors,
+                            cost_usd,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                hourly.sort_by_key(|b| b.start.unix_millis());
+                hourly
+            },
             opportunities: Self::opportunities(self.short, self.prompts, self.feature_models, self.failed_cost_usd),
         })
     }

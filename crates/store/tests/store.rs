@@ -433,8 +433,33 @@ mod workload {
         assert_eq!((features[2].calls, features[2].p50_latency_ms), (1, None));
 
         let hours = summary.hours.clone();
-        let hours: Vec<(u8, u64)> = hours.iter().map(|h: &HourUsage| (h.hour, h.calls)).collect();
-        assert_eq!(hours, [(10, 3), (11, 1), (23, 1)]);
+        let hours: Vec<(u8, u64, Option<f64>)> = hours
+            .iter()
+            .map(|h: &HourUsage| (h.hour, h.calls, h.p95_latency_ms))
+            .collect();
+        // 10:00 holds latencies 100 and 300 (the third call has none): p95 rank ceil(1.9) = 2.
+        assert_eq!(hours, [(10, 3, Some(300.0)), (11, 1, Some(200.0)), (23, 1, Some(50.0))]);
+        let hourly: Vec<(String, u64, u64, f64)> = summary
+            .hourly
+            .iter()
+            .map(|b| {
+                (
+                    b.start.to_string(),
+                    b.calls,
+                    b.errors,
+                    (b.cost_usd * 100.0).round() / 100.0,
+                )
+            })
+            .collect();
+        assert_eq!(
+            hourly,
+            [
+                ("2026-11-01T10:00:00.000Z".to_owned(), 2, 1, 1.5),
+                ("2026-11-01T11:00:00.000Z".to_owned(), 1, 0, 0.25),
+                ("2026-11-01T23:00:00.000Z".to_owned(), 1, 0, 0.01),
+                ("2026-11-02T10:00:00.000Z".to_owned(), 1, 0, 0.02)
+            ]
+        );
 
         let range = TimeRange {
             from: Some(Timestamp::parse("2026-11-01T10:15:00Z").unwrap()),
@@ -453,7 +478,7 @@ mod workload {
             ),
             (0, None, None)
         );
-        assert!(empty.by_model.is_empty() && empty.hours.is_empty());
+        assert!(empty.by_model.is_empty() && empty.hours.is_empty() && empty.hourly.is_empty());
         assert_eq!(store.workload_event_count(&user).await.unwrap(), 5);
     }
 
