@@ -1,0 +1,115 @@
+//! The whole analysis, end to end: one user asks "How can we cut our LLM costs?" and the shipped
+//! agents (triage, data, optimization, actions, reporting, with the offline model) answer from
+//! 10 000, 100 000 and 1 000 000 of their workload events in SQLite (the demo month, scaled).
+//! The baseline in the same run is the same question from a user without data (triage and
+//! reporting only). Each figure is the median of three runs.
+//!
+//! `cargo bench -p switchboard-agents --bench analysis`
+
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard_agents::demo::{DemoSpec, demo_rows};
+use switchboard_agents::workload::parse_row;
+use switchboard_agents::{OfflineModel, PriceTable, register};
+use switchboard_engine::testkit::MemorySink;
+use switchboard_engine::{Engine, EngineConfig, RunRequest};
+use switchboard_protocol::{EventPayload, RunStatus, ThreadId, UserId};
+use switchboard_store::{AnalyticsStore, SqliteStore};
+
+const RUNS: usize = 3;
+const QUESTION: &str = "How can we cut our LLM costs?";
+
+/// One run: its wall time and the time its tools took (from the final event's timings).
+async fn run(engine: &Engine, user: &UserId) -> anyhow::Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let outcome = engine
+        .start_run(RunRequest::new(user.clone(), ThreadId::generate(), QUESTION))?
+        .outcome()
+        .await;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        outcome.status == RunStatus::Completed,
+        "the run ended {:?}",
+        outcome.status
+    );
+    let Some(EventPayload::AgentCompleted(done)) = outcome.final_event.map(|e| e.payload) else {
+        anyhow::bail!("no final event");
+    };
+    let tools = Duration::from_millis(done.timings.map_or(0, |t| t.tools_ms));
+    Ok((took, tools))
+}
+
+fn median(mut values: Vec<Duration>) -> f64 {
+    values.sort();
+    values[values.len() / 2].as_secs_f64() * 1000.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        println!("analysis end to end: \"{QUESTION}\", five agents, offline model, SQLite, release build");
+        println!("(median of {RUNS} runs each)");
+        println!();
+        println!("| events | baseline: no data (ms) | whole analysis (ms) | of which tools (ms) | answer (chars) |");
+        println!("| ---: | ---: | ---: | ---: | ---: |");
+        let prices = PriceTable::embedded();
+        for count in [10_000u32, 100_000, 1_000_000] {
+            let dir = tempfile::tempdir()?;
+            let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await?);
+            let (user, newcomer) = (UserId::generate(), UserId::generate());
+            // Weekends are quieter and the nightly job adds its own calls: scale the day's calls
+            // from a first try so that the month holds about `count` calls.
+            let spec = |calls_per_day: u32| DemoSpec {
+                seed: 7,
+                days: 30,
+                calls_per_day,
+                end_unix_ms: 1_793_491_200_000, // 2026-11-01
+            };
+            let first_try = demo_rows(spec(count / 30)).len() as f64;
+            let calls_per_day = (f64::from(count / 30) * f64::from(count) / first_try).round() as u32;
+            let rows: Vec<_> = demo_rows(spec(calls_per_day))
+                .iter()
+                .map(|row| parse_row(row, &prices))
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let stored = rows.len();
+            for chunk in rows.chunks(50_000) {
+                store.insert_workload_events(&user, chunk.to_vec()).await?;
+            }
+            let config = EngineConfig {
+                run_timeout: Duration::from_secs(600),
+                agent_timeout: Duration::from_secs(600),
+                tool_timeout: Duration::from_secs(600),
+                ..EngineConfig::default()
+            };
+            let engine = register(Engine::builder(), store, Arc::new(prices.clone()))
+                .config(config)
+                .model(Arc::new(OfflineModel::default()))
+                .build(MemorySink::new())?;
+            let (mut baseline, mut whole, mut tools) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..RUNS {
+                baseline.push(run(&engine, &newcomer).await?.0);
+                let (took, in_tools) = run(&engine, &user).await?;
+                whole.push(took);
+                tools.push(in_tools);
+            }
+            let answer = engine
+                .start_run(RunRequest::new(user.clone(), ThreadId::generate(), QUESTION))?
+                .outcome()
+                .await
+                .answer
+                .unwrap_or_default();
+            println!(
+                "| {stored} | {:.1} | {:.1} | {:.1} | {} |",
+                median(baseline),
+                median(whole),
+                median(tools),
+                answer.len()
+            );
+        }
+        anyhow::Ok(())
+    })
+}
