@@ -280,25 +280,44 @@ pub struct SummaryBuilder {
     first: Option<i64>,
     last: Option<i64>,
     total: Group,
-    models: std::collections::HashMap<String, Group>,
-    features: std::collections::HashMap<Option<String>, Group>,
+    /// Model and feature names, each stored once: rows refer to them by index, so counting a
+    /// row allocates nothing.
+    names: std::collections::HashMap<String, u32>,
+    name_list: Vec<String>,
+    models: std::collections::HashMap<u32, Group>,
+    features: std::collections::HashMap<Option<u32>, Group>,
     hours: [(u64, f64); 24],
     hour_latencies: [Vec<f64>; 24],
     hourly: std::collections::HashMap<i64, (u64, u64, f64)>,
-    short: std::collections::HashMap<String, Slice>,
+    short: std::collections::HashMap<u32, Slice>,
     prompts: std::collections::HashMap<String, (u64, f64)>,
-    feature_models: std::collections::HashMap<(Option<String>, String), (FeatureModel, Vec<u64>)>,
+    feature_models: std::collections::HashMap<(Option<u32>, u32), (Slice, Slice, Vec<u64>)>,
     failed_cost_usd: f64,
 }
 
 impl SummaryBuilder {
+    fn name(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.names.get(name) {
+            return *id;
+        }
+        let id = self.name_list.len() as u32;
+        self.names.insert(name.to_owned(), id);
+        self.name_list.push(name.to_owned());
+        id
+    }
+
     /// Counts one call.
     pub fn add(&mut self, model: &str, feature: Option<&str>, prompt_hash: Option<&str>, call: CallFigures) {
+        let model = self.name(model);
+        let feature = feature.map(|f| self.name(f));
         if call.input_tokens <= SHORT_INPUT_TOKENS && call.output_tokens <= SHORT_OUTPUT_TOKENS {
-            self.short.entry(model.to_owned()).or_default().add(&call);
+            self.short.entry(model).or_default().add(&call);
         }
         if let Some(hash) = prompt_hash {
-            let seen = self.prompts.entry(hash.to_owned()).or_default();
+            let seen = match self.prompts.get_mut(hash) {
+                Some(seen) => seen,
+                None => self.prompts.entry(hash.to_owned()).or_default(),
+            };
             seen.0 += 1;
             seen.1 += call.cost_usd;
         }
@@ -306,29 +325,18 @@ impl SummaryBuilder {
             self.failed_cost_usd += call.cost_usd;
         }
         if !call.batch {
-            let key = (feature.map(str::to_owned), model.to_owned());
-            let (entry, inputs) = self.feature_models.entry(key).or_insert_with(|| {
-                let fm = FeatureModel {
-                    feature: feature.map(str::to_owned),
-                    model: model.to_owned(),
-                    ..FeatureModel::default()
-                };
-                (fm, Vec::new())
-            });
-            entry.all.add(&call);
+            let (all, off_hours, inputs) = self.feature_models.entry((feature, model)).or_default();
+            all.add(&call);
             if (call.at_ms.div_euclid(3_600_000)).rem_euclid(24) < i64::from(OFF_HOURS_END) {
-                entry.off_hours.add(&call);
+                off_hours.add(&call);
             }
             inputs.push(call.input_tokens);
         }
         self.first = Some(self.first.map_or(call.at_ms, |f| f.min(call.at_ms)));
         self.last = Some(self.last.map_or(call.at_ms, |l| l.max(call.at_ms)));
         self.total.add(&call);
-        match self.models.get_mut(model) {
-            Some(group) => group.add(&call),
-            None => self.models.entry(model.to_owned()).or_default().add(&call),
-        }
-        self.features.entry(feature.map(str::to_owned)).or_default().add(&call);
+        self.models.entry(model).or_default().add(&call);
+        self.features.entry(feature).or_default().add(&call);
         let clock_hour = call.at_ms.div_euclid(3_600_000);
         let hour = clock_hour.rem_euclid(24) as usize;
         self.hours[hour].0 += 1;
@@ -393,6 +401,28 @@ impl SummaryBuilder {
 
     /// The summary.
     pub fn finish(mut self) -> Result<Summary, StoreError> {
+        let names = std::mem::take(&mut self.name_list);
+        let short = self
+            .short
+            .drain()
+            .map(|(model, slice)| (names[model as usize].clone(), slice))
+            .collect();
+        let feature_models = self
+            .feature_models
+            .drain()
+            .map(|((feature, model), (all, off_hours, inputs))| {
+                let feature = feature.map(|f| names[f as usize].clone());
+                let model = names[model as usize].clone();
+                let fm = FeatureModel {
+                    feature: feature.clone(),
+                    model: model.clone(),
+                    all,
+                    off_hours,
+                    input_tokens_above_p95: 0,
+                };
+                ((feature, model), (fm, inputs))
+            })
+            .collect();
         let stamp =
             |ms: i64| Timestamp::from_unix_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")));
         let at = |ms: Option<i64>| ms.map(stamp).transpose();
@@ -406,8 +436,18 @@ impl SummaryBuilder {
                 last: at(self.last)?,
                 usage: self.total.usage(None),
             },
-            by_model: by_cost(self.models.into_iter().map(|(k, g)| g.usage(Some(k))).collect()),
-            by_feature: by_cost(self.features.into_iter().map(|(k, g)| g.usage(k)).collect()),
+            by_model: by_cost(
+                self.models
+                    .into_iter()
+                    .map(|(k, g)| g.usage(Some(names[k as usize].clone())))
+                    .collect(),
+            ),
+            by_feature: by_cost(
+                self.features
+                    .into_iter()
+                    .map(|(k, g)| g.usage(k.map(|k| names[k as usize].clone())))
+                    .collect(),
+            ),
             hours: self
                 .hours
                 .iter()
@@ -440,7 +480,7 @@ impl SummaryBuilder {
                 hourly.sort_by_key(|b| b.start.unix_millis());
                 hourly
             },
-            opportunities: Self::opportunities(self.short, self.prompts, self.feature_models, self.failed_cost_usd),
+            opportunities: Self::opportunities(short, self.prompts, feature_models, self.failed_cost_usd),
         })
     }
 }
