@@ -273,6 +273,10 @@ pub fn nearest_rank(sorted: &[f64], percent: usize) -> Option<f64> {
     sorted.get(rank - 1).copied()
 }
 
+/// One feature's calls to one model (by name index): all of them, those off-hours, and each
+/// one's prompt tokens.
+type FeatureModelCalls = (Slice, Slice, Vec<u64>);
+
 /// Builds a [`Summary`] from calls streamed in any order: one pass, memory for the latencies
 /// only. For backends that cannot compute percentiles in their queries.
 #[derive(Debug, Default)]
@@ -291,7 +295,7 @@ pub struct SummaryBuilder {
     hourly: std::collections::HashMap<i64, (u64, u64, f64)>,
     short: std::collections::HashMap<u32, Slice>,
     prompts: std::collections::HashMap<String, (u64, f64)>,
-    feature_models: std::collections::HashMap<(Option<u32>, u32), (Slice, Slice, Vec<u64>)>,
+    feature_models: std::collections::HashMap<(Option<u32>, u32), FeatureModelCalls>,
     failed_cost_usd: f64,
 }
 
