@@ -731,6 +731,28 @@ pub fn summary(events: &[Event]) -> Vec<String> {
         .collect()
 }
 
+/// The texts of a run's `agent_thinking` events, in order.
+pub fn thoughts(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EventPayload::AgentThinking(t) => Some(t.text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pieces of a run's streamed answer (`partial_result` deltas), in order.
+pub fn deltas(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EventPayload::PartialResult(p) => Some(p.delta.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The final event's payload fields that tests look at.
 pub fn final_status(events: &[Event]) -> Option<RunStatus> {
     events.iter().rev().find_map(|e| match &e.payload {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_engine::testkit::{
     MemorySink, ModelBehavior, Scenario, ScriptedModel, ScriptedTool, SinkBehavior, Step, ToolBehavior, check_gapless,
-    check_run, final_status, summary,
+    check_run, deltas, final_status, summary,
 };
 use switchboard_engine::{BuildError, Engine, EngineConfig, Plan, RunRequest, StartError};
 use switchboard_protocol::{AgentErrorCode, Event, EventPayload, RunStatus, ThreadId, UserId};
@@ -128,14 +128,7 @@ async fn a_completed_run_carries_the_answer_the_missing_parts_and_the_timings() 
         .agent("data", vec![Step::Fail("the data is gone".into())])
         .agent("reporting", vec![Step::StreamAnswer("write".into())]);
     let (events, outcome) = scenario.run_with_outcome("go", None).await;
-    let deltas: Vec<String> = events
-        .iter()
-        .filter_map(|e| match &e.payload {
-            EventPayload::PartialResult(p) => Some(p.delta.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(deltas, ["Cut ", "costs ", "now."]);
+    assert_eq!(deltas(&events), ["Cut ", "costs ", "now."]);
     assert_eq!(outcome.status, RunStatus::Completed);
     assert_eq!(outcome.answer.as_deref(), Some("Cut costs now."));
     assert_eq!(outcome.result.as_ref().unwrap()["text"], "Cut costs now.");

@@ -6,31 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchboard_engine::testkit::{MemorySink, ModelBehavior, Scenario, ScriptedModel, Step};
+use switchboard_engine::testkit::{MemorySink, ModelBehavior, Scenario, ScriptedModel, Step, deltas, thoughts};
 use switchboard_engine::{DeltaStream, Model, ModelError, ModelRequest, ModelResponse, RunRequest, Usage};
 use switchboard_protocol::{Event, EventPayload, RunStatus, ThreadId, UserId};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
-
-fn thoughts(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match &e.payload {
-            EventPayload::AgentThinking(t) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn deltas(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match &e.payload {
-            EventPayload::PartialResult(p) => Some(p.delta.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// (agent, model, success) of each model call on the final event.
 fn calls(events: &[Event]) -> Vec<(String, String, bool)> {

@@ -33,12 +33,12 @@ pub struct Price {
 }
 
 /// How to reach the model.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OpenAiConfig {
     /// The API's root, e.g. `https://api.openai.com/v1`; `/chat/completions` is added.
     pub base_url: String,
     /// Sent as `Authorization: Bearer <key>` when given.
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     /// The model to ask, e.g. `gpt-4o-mini`.
     pub model: String,
     /// Tries after the first when the server is overloaded or failing (default 2).
@@ -49,16 +49,25 @@ pub struct OpenAiConfig {
     pub price: Option<Price>,
 }
 
-impl std::fmt::Debug for OpenAiConfig {
+/// An API key: never printed, not even in debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The key.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key itself, for the `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
-            .field("model", &self.model)
-            .field("max_retries", &self.max_retries)
-            .field("backoff", &self.backoff)
-            .field("price", &self.price)
-            .finish()
+        f.write_str("ApiKey(<hidden>)")
     }
 }
 
@@ -169,7 +178,7 @@ impl OpenAiModel {
         loop {
             let mut request = self.http.post(self.endpoint.clone()).json(body);
             if let Some(key) = &self.config.api_key {
-                request = request.bearer_auth(key);
+                request = request.bearer_auth(key.expose());
             }
             let (error, retry_after) = match request.send().await {
                 Ok(response) if response.status().is_success() => return Ok(response),

@@ -8,10 +8,10 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
 use serde_json::json;
-use switchboard_engine::testkit::{ModelBehavior, Scenario, ScriptedModel, Step};
+use switchboard_engine::testkit::{ModelBehavior, Scenario, ScriptedModel, Step, thoughts};
 use switchboard_engine::{Delta, Model, ModelError, ModelRequest, Usage};
 use switchboard_llm::fake::{FakeServer, Reply, chunk, stream};
-use switchboard_llm::{ConfigError, OpenAiConfig, OpenAiModel, Price};
+use switchboard_llm::{ApiKey, ConfigError, OpenAiConfig, OpenAiModel, Price};
 use switchboard_protocol::{EventPayload, RunStatus};
 use tokio::time::Instant;
 
@@ -19,7 +19,7 @@ const S: fn(u64) -> Duration = Duration::from_secs;
 
 fn model(base_url: &str) -> OpenAiModel {
     let mut config = OpenAiConfig::new(base_url, "gpt-test");
-    config.api_key = Some("sk-test".into());
+    config.api_key = Some(ApiKey::new("sk-test"));
     config.price = Some(Price {
         input_per_mtok: 2.0,
         output_per_mtok: 8.0,
@@ -129,58 +129,49 @@ async fn too_many_requests_then_success_waits_as_asked_and_answers() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_server_error_on_every_try_fails_after_the_retries_with_what_the_server_said() {
-    let error = Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "boom", None);
-    let fake = FakeServer::start(vec![error.clone(), error.clone(), error]).await;
-    let failure = model(fake.base_url())
-        .complete(ModelRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        failure.message,
-        "127.0.0.1 answered 500 Internal Server Error (boom) (after 3 attempts)"
-    );
-    assert!(failure.retryable);
-    assert_eq!(fake.requests().len(), 3);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_refused_request_is_not_tried_again() {
-    let fake = FakeServer::start(vec![Reply::error(
-        StatusCode::UNAUTHORIZED,
-        "Incorrect API key provided",
-        None,
-    )])
-    .await;
-    let failure = model(fake.base_url())
-        .complete(ModelRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        failure.message,
-        "127.0.0.1 answered 401 Unauthorized (Incorrect API key provided)"
-    );
-    assert!(!failure.retryable);
-    assert_eq!(fake.requests().len(), 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_long_retry_after_fails_at_once_rather_than_outwait_the_deadline() {
-    let fake = FakeServer::start(vec![Reply::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-        Some(60),
-    )])
-    .await;
-    let failure = model(fake.base_url())
-        .complete(ModelRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        failure.message,
-        "127.0.0.1 answered 503 Service Unavailable (overloaded); it asks to wait 60 s"
-    );
-    assert_eq!(fake.requests().len(), 1);
+async fn failed_calls_say_what_the_server_said_and_are_retried_only_when_that_can_help() {
+    let boom = Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "boom", None);
+    let cases = [
+        (
+            vec![boom.clone(), boom.clone(), boom],
+            "127.0.0.1 answered 500 Internal Server Error (boom) (after 3 attempts)",
+            true,
+            3,
+        ),
+        (
+            vec![Reply::error(
+                StatusCode::UNAUTHORIZED,
+                "Incorrect API key provided",
+                None,
+            )],
+            "127.0.0.1 answered 401 Unauthorized (Incorrect API key provided)",
+            false,
+            1,
+        ),
+        (
+            // Waiting a minute would outlast the model deadline: it fails at once.
+            vec![Reply::error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", Some(60))],
+            "127.0.0.1 answered 503 Service Unavailable (overloaded); it asks to wait 60 s",
+            true,
+            1,
+        ),
+        (
+            vec![Reply::Json(StatusCode::OK, json!({"result": "hi"}), None)],
+            "the answer is not a chat completion (no choices[0].message.content)",
+            false,
+            1,
+        ),
+    ];
+    for (replies, message, retryable, requests) in cases {
+        let fake = FakeServer::start(replies).await;
+        let failure = model(fake.base_url())
+            .complete(ModelRequest::new("s", "u"))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.message, message);
+        assert_eq!(failure.retryable, retryable, "{message}");
+        assert_eq!(fake.requests().len(), requests, "{message}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -213,19 +204,6 @@ async fn malformed_streams_end_with_an_error_after_the_text_that_was_good() {
         assert_eq!(pieces, ["Hello "], "{expected}");
         assert_eq!(error.map(|e| e.message).as_deref(), Some(expected));
     }
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_whole_answer_that_is_not_a_completion_is_an_error() {
-    let fake = FakeServer::start(vec![Reply::Json(StatusCode::OK, json!({"result": "hi"}), None)]).await;
-    let failure = model(fake.base_url())
-        .complete(ModelRequest::new("s", "u"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        failure.message,
-        "the answer is not a chat completion (no choices[0].message.content)"
-    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -268,31 +246,27 @@ fn configurations_that_cannot_work_are_refused() {
         ConfigError::NoModel
     );
     let mut config = OpenAiConfig::new("https://host/v1/", "gpt-4o");
-    config.api_key = Some("sk-secret".into());
+    config.api_key = Some(ApiKey::new("sk-secret"));
     assert!(OpenAiModel::new(config.clone()).is_ok());
     assert!(!format!("{config:?}").contains("sk-secret"), "the key is never printed");
 }
 
-fn thoughts(events: &[switchboard_protocol::Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match &e.payload {
-            EventPayload::AgentThinking(t) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-#[tokio::test(start_paused = true)]
-async fn in_a_run_a_hanging_model_is_dropped_at_its_deadline_and_the_offline_model_answers() {
-    let fake = FakeServer::start(vec![Reply::Hang]).await;
-    let scenario = Scenario::new()
+/// A run whose reporting agent streams its answer from the fake server's model, with an offline
+/// stand-in that answers "The answer." when it fails.
+fn reporting_with_fallback(fake: &FakeServer) -> Scenario {
+    Scenario::new()
         .model(Arc::new(model(fake.base_url())))
         .fallback_model(ScriptedModel::named(
             "offline",
             vec![ModelBehavior::Reply("The answer.".into())],
         ))
-        .agent("reporting", vec![Step::StreamAnswer("write".into())]);
+        .agent("reporting", vec![Step::StreamAnswer("write".into())])
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_a_run_a_hanging_model_is_dropped_at_its_deadline_and_the_offline_model_answers() {
+    let fake = FakeServer::start(vec![Reply::Hang]).await;
+    let scenario = reporting_with_fallback(&fake);
     let (events, outcome) = scenario.run_with_outcome("go", None).await;
     assert_eq!(outcome.status, RunStatus::Completed);
     assert_eq!(outcome.answer.as_deref(), Some("The answer."));
@@ -307,13 +281,7 @@ async fn in_a_run_a_hanging_model_is_dropped_at_its_deadline_and_the_offline_mod
 #[tokio::test(start_paused = true)]
 async fn in_a_run_a_stream_that_stalls_midway_keeps_its_text_and_the_offline_model_finishes() {
     let fake = FakeServer::start(vec![Reply::SseThenHang(vec![chunk("Your spend ")])]).await;
-    let scenario = Scenario::new()
-        .model(Arc::new(model(fake.base_url())))
-        .fallback_model(ScriptedModel::named(
-            "offline",
-            vec![ModelBehavior::Reply("The answer.".into())],
-        ))
-        .agent("reporting", vec![Step::StreamAnswer("write".into())]);
+    let scenario = reporting_with_fallback(&fake);
     let (events, outcome) = scenario.run_with_outcome("go", None).await;
     assert_eq!(outcome.answer.as_deref(), Some("Your spend \n\nThe answer."));
     let EventPayload::AgentCompleted(last) = &events.last().unwrap().payload else {

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
 use switchboard_engine::EngineConfig;
+use switchboard_llm::ApiKey;
 
 /// The settings of `switchboard serve`, as given on the command line or in the environment.
 /// `None` means "not given here": the file or the default decides.
@@ -175,27 +176,16 @@ pub struct Config {
 }
 
 /// An OpenAI-compatible model to use instead of the offline one (which still answers when it fails).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlmConfig {
     /// The API's root, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     /// The API key.
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     /// The model's name.
     pub model: String,
     /// Retries on 429 and 5xx.
     pub max_retries: u32,
-}
-
-impl std::fmt::Debug for LlmConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LlmConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
-            .field("model", &self.model)
-            .field("max_retries", &self.max_retries)
-            .finish()
-    }
 }
 
 impl Default for Config {
@@ -278,7 +268,7 @@ impl Config {
         config.llm = match (base_url, model) {
             (Some(base_url), Some(model)) => Some(LlmConfig {
                 base_url,
-                api_key,
+                api_key: api_key.map(ApiKey::new),
                 model,
                 max_retries: args.llm_max_retries.or(file.llm_max_retries).unwrap_or(2),
             }),
@@ -325,4 +315,52 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llm_args(base_url: Option<&str>, model: Option<&str>, key: Option<&str>) -> ServeArgs {
+        ServeArgs {
+            llm_base_url: base_url.map(Into::into),
+            llm_model: model.map(Into::into),
+            llm_api_key: key.map(Into::into),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn an_llm_needs_its_url_and_its_model_and_its_key_is_never_printed() {
+        let config = Config::load(&llm_args(
+            Some("https://api.example/v1"),
+            Some("gpt-4o-mini"),
+            Some("sk-x"),
+        ))
+        .unwrap();
+        let llm = config.llm.clone().unwrap();
+        assert_eq!(
+            (llm.base_url.as_str(), llm.model.as_str(), llm.max_retries),
+            ("https://api.example/v1", "gpt-4o-mini", 2)
+        );
+        assert_eq!(llm.api_key.as_ref().map(ApiKey::expose), Some("sk-x"));
+        assert!(!format!("{config:?}").contains("sk-x"));
+        assert_eq!(Config::load(&llm_args(None, None, None)).unwrap().llm, None);
+        for (args, error) in [
+            (
+                llm_args(Some("https://api.example/v1"), None, None),
+                "`llm_base_url` is set but `llm_model` is not: name the model to ask",
+            ),
+            (
+                llm_args(None, Some("gpt-4o-mini"), None),
+                "`llm_model` and `llm_api_key` need `llm_base_url`: the OpenAI-compatible API to ask",
+            ),
+            (
+                llm_args(None, None, Some("sk-x")),
+                "`llm_model` and `llm_api_key` need `llm_base_url`: the OpenAI-compatible API to ask",
+            ),
+        ] {
+            assert_eq!(Config::load(&args).unwrap_err().to_string(), error);
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use switchboard::config::LlmConfig;
-use switchboard_engine::testkit::{check_run, final_status};
+use switchboard_engine::testkit::{check_run, final_status, thoughts};
 use switchboard_llm::fake::{FakeServer, Reply};
 use switchboard_protocol::{Event, EventPayload, RunStatus};
 
@@ -19,7 +19,7 @@ async fn app_with(fake: &FakeServer) -> TestApp {
         c.heartbeat_interval = Duration::from_secs(600);
         c.llm = Some(LlmConfig {
             base_url,
-            api_key: Some("sk-test".into()),
+            api_key: Some(switchboard_llm::ApiKey::new("sk-test")),
             model: "gpt-4o-mini".into(),
             max_retries: 2,
         });
@@ -47,14 +47,18 @@ async fn upload(app: &TestApp, token: &str) {
     assert_eq!(response.status(), 200);
 }
 
-fn thoughts(events: &[Event]) -> Vec<String> {
+/// A server using the fake's model; a user who uploaded the two calls asks `question`; the run's
+/// events, checked against the contract, and completed.
+async fn ask(fake: &FakeServer, question: &str) -> Vec<Event> {
+    let app = app_with(fake).await;
+    let session = app.user("asker").await;
+    upload(&app, &session.access_token).await;
+    let mut socket = app.connect(&session).await;
+    let accepted = send(&mut socket, question).await;
+    let events = run_events(&mut socket, &accepted.run_id).await;
+    check_run(&events).unwrap();
+    assert_eq!(final_status(&events), Some(RunStatus::Completed));
     events
-        .iter()
-        .filter_map(|e| match &e.payload {
-            EventPayload::AgentThinking(t) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn final_payload(events: &[Event]) -> &switchboard_protocol::AgentCompleted {
@@ -71,14 +75,7 @@ async fn the_model_classifies_and_writes_the_answer_while_the_report_comes_from_
         Reply::stream(&["You spent ", "$0.75."]),
     ])
     .await;
-    let app = app_with(&fake).await;
-    let session = app.user("modelled").await;
-    upload(&app, &session.access_token).await;
-    let mut socket = app.connect(&session).await;
-    let accepted = send(&mut socket, "where does our money go?").await;
-    let events = run_events(&mut socket, &accepted.run_id).await;
-    check_run(&events).unwrap();
-    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    let events = ask(&fake, "where does our money go?").await;
     let done = final_payload(&events);
     let result = done.result.as_ref().unwrap();
     assert_eq!(result["text"], "You spent $0.75.");
@@ -122,14 +119,7 @@ async fn the_model_classifies_and_writes_the_answer_while_the_report_comes_from_
 async fn a_failing_model_is_told_in_sentences_and_the_offline_model_still_answers() {
     let boom = Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "boom", None);
     let fake = FakeServer::start(vec![boom.clone(), boom.clone(), boom, Reply::Hang]).await;
-    let app = app_with(&fake).await;
-    let session = app.user("unlucky").await;
-    upload(&app, &session.access_token).await;
-    let mut socket = app.connect(&session).await;
-    let accepted = send(&mut socket, "how can we cut our costs?").await;
-    let events = run_events(&mut socket, &accepted.run_id).await;
-    check_run(&events).unwrap();
-    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    let events = ask(&fake, "how can we cut our costs?").await;
     let told: Vec<String> = thoughts(&events)
         .into_iter()
         .filter(|t| t.starts_with("The language model"))
@@ -170,4 +160,25 @@ async fn a_failing_model_is_told_in_sentences_and_the_offline_model_still_answer
     assert_eq!(fake.dropped(), 1, "the hanging request was dropped");
     let category: &Value = &result["category"];
     assert_eq!(category, "cost", "the offline model classified it");
+}
+
+#[tokio::test]
+async fn a_server_with_an_llm_url_that_cannot_work_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = switchboard::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_owned(),
+        ..switchboard::Config::default()
+    };
+    config.llm = Some(LlmConfig {
+        base_url: "api.openai.com/v1".into(),
+        api_key: None,
+        model: "gpt-4o-mini".into(),
+        max_retries: 2,
+    });
+    let error = switchboard::Application::build(config).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the LLM base URL `api.openai.com/v1` is not an http:// or https:// URL"
+    );
 }
