@@ -297,7 +297,7 @@ mod tests {
         json!({
             "period": {"from": "2026-11-01T00:00:00.000Z", "to": "2026-11-16T00:00:00.000Z"},
             "opportunities": {
-                // 50k×$2.50 + 10k×$10 per million = $0.225 on gpt-4o; $0.009 on gpt-4.1-nano.
+                // 50k×$2.50 + 10k×$10 per million = $0.225 on gpt-4o; 50k×$0.05 + 10k×$0.40 = $0.0065 on gpt-5-nano.
                 "short_calls": [{"model": "gpt-4o", "calls": {"calls": 100, "input_tokens": 50_000, "output_tokens": 10_000, "cost_usd": 0.225}}],
                 "repeated_prompt_calls": 40,
                 "repeated_prompt_cost_usd": 1.5,
@@ -323,7 +323,7 @@ mod tests {
                 ("caching", 3.00),
                 ("prompt_trimming", 1.00),
                 ("error_reduction", 0.50),
-                ("model_routing", 0.43),
+                ("model_routing", 0.44),
             ]
         );
         assert_eq!(
@@ -332,7 +332,7 @@ mod tests {
         );
         assert_eq!(
             found[4].title,
-            "Route short calls to a cheaper model: gpt-4o → gpt-4.1-nano (100 short calls)"
+            "Route short calls to a cheaper model: gpt-4o → gpt-5-nano (100 short calls)"
         );
         assert!(
             found.iter().all(|s| s.assumption.len() > 40),

@@ -100,8 +100,12 @@ mod tests {
     #[test]
     fn the_shipped_table_prices_calls_by_exact_or_versioned_name() {
         let table = PriceTable::embedded();
-        let cases: [(&str, u64, u64, bool, Option<f64>); 6] = [
+        let cases: [(&str, u64, u64, bool, Option<f64>); 9] = [
             ("gpt-4o", 1_000_000, 1_000_000, false, Some(12.5)),
+            ("gpt-5-mini-2025-08-07", 1_000_000, 1_000_000, false, Some(2.25)),
+            // The longest listed prefix decides: Opus 4.5 is not priced as Opus 4.
+            ("claude-opus-4-5-20251101", 1_000_000, 1_000_000, false, Some(30.0)),
+            ("claude-opus-4-20250514", 1_000_000, 1_000_000, false, Some(90.0)),
             ("gpt-4o-2024-08-06", 2_000, 500, false, Some(0.01)),
             ("gpt-4o-mini-2024-07-18", 1_000_000, 0, false, Some(0.15)),
             ("claude-3-5-haiku", 1_000_000, 1_000_000, true, Some(2.4)),
@@ -115,7 +119,7 @@ mod tests {
                 (cost, expected) => assert_eq!(cost, expected, "{model}"),
             }
         }
-        assert_eq!(table.as_of, "2025-06-01");
+        assert_eq!(table.as_of, "2025-11-24");
         assert!(!table.sources.is_empty());
     }
 

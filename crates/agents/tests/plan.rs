@@ -257,7 +257,7 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
     assert_eq!(report["by_feature"][0]["feature"], "search");
     assert_eq!(report["by_feature"][1]["feature"], "tagging");
     // Only the failed call saves anything: $0.015 over 2.007 days is $0.22 in 30 days. Routing the
-    // short gpt-4o-mini calls to gpt-4.1-nano saves $0.00012 (under a cent a month); no prompt repeats,
+    // short gpt-4o-mini calls to gpt-5-nano saves $0.00022 (under a cent a month); no prompt repeats,
     // no off-hours work, no prompt above its feature's p95.
     assert_eq!(
         report["strategies"],
@@ -314,7 +314,7 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
         "1. **Cap the length of search's answers, or stream them** Its calls write 500 tokens on average;",
         "These figures are computed from your data.",
         "| Fix the causes of failed calls | $0.2200 |",
-        "In all about **$0.2200 a month**, projected to 30 days from your data's period at the list prices of 2025-06-01.",
+        "In all about **$0.2200 a month**, projected to 30 days from your data's period at the list prices of 2025-11-24.",
         "3. **Fix the causes of failed calls (about $0.2200 a month)**",
     ] {
         assert!(answer.contains(expected), "missing `{expected}` in:\n{answer}");
