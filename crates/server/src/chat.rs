@@ -87,6 +87,20 @@ impl Timeline {
                         timings.total_ms
                     ));
                 }
+                for call in done.model_calls.iter().filter(|_| done.is_final) {
+                    let cost = call
+                        .cost_usd
+                        .map_or_else(|| "unpriced".to_owned(), |c| format!("${c:.6}"));
+                    line.push_str(&format!(
+                        "\n         model call: {} by {}, {} in + {} out tokens, {cost}, {} ms{}",
+                        call.model,
+                        call.agent,
+                        call.input_tokens,
+                        call.output_tokens,
+                        call.duration_ms,
+                        if call.success { "" } else { ", failed" }
+                    ));
+                }
                 Some(line)
             }
         };

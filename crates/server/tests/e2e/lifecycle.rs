@@ -176,6 +176,8 @@ async fn the_chat_client_prints_the_timeline_then_the_answer() {
         "✓ extract_entities",
         "■ supervisor completed in",
         "timings (ms): queue",
+        "model call: offline by triage, ",
+        "model call: offline by reporting, ",
         "I read this as **a cost question**. You mentioned models: gpt-4o.",
     ] {
         assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
