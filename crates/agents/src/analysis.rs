@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 use switchboard_protocol::Timestamp;
-use switchboard_store::Summary;
+use switchboard_store::{OFF_HOURS_END, Summary};
 
 /// Days needed before a day (or an hour of the day) has a norm to be compared with.
 pub const MIN_DAYS: usize = 7;
@@ -34,6 +34,9 @@ const WEEKDAYS: [&str; 7] = [
     "Friday",
     "Saturday",
 ];
+/// A feature counts as an off-hours bulk job (not user-facing) when at least this share of its
+/// calls falls between 00:00 and `OFF_HOURS_END` UTC.
+pub const BULK_SHARE: f64 = 0.8;
 /// The most anomalies reported (the strongest; then in time order).
 pub const MAX_ANOMALIES: usize = 10;
 
@@ -268,14 +271,50 @@ fn slowest(summary: &Value, key: &str) -> Vec<Value> {
     rows
 }
 
+/// The features that run off-hours in bulk (see [`BULK_SHARE`]), from the data agent's summary.
+pub fn bulk_features(summary: &Value) -> Vec<String> {
+    let mut calls: Vec<(String, u64, u64)> = Vec::new();
+    for row in summary["opportunities"]["by_feature_model"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let Some(feature) = row["feature"].as_str() else {
+            continue;
+        };
+        let (all, off) = (
+            row["all"]["calls"].as_u64().unwrap_or(0),
+            row["off_hours"]["calls"].as_u64().unwrap_or(0),
+        );
+        match calls.iter_mut().find(|(name, _, _)| name == feature) {
+            Some(entry) => {
+                entry.1 += all;
+                entry.2 += off;
+            }
+            None => calls.push((feature.to_owned(), all, off)),
+        }
+    }
+    calls
+        .into_iter()
+        .filter(|(_, all, off)| *all > 0 && *off as f64 / *all as f64 >= BULK_SHARE)
+        .map(|(name, _, _)| name)
+        .collect()
+}
+
 /// Where latency is worst (features, models, hours of the day, by p95) and what to change,
-/// from the data agent's summary. `null` when no call reported a latency.
+/// from the data agent's summary. Features that run off-hours in bulk are named but left out of
+/// the advice: their latency reaches no user. `null` when no call reported a latency.
 pub fn latency(summary: &Value) -> Value {
     let overall = &summary["totals"];
     let Some(p95) = f(&overall["p95_latency_ms"]) else {
         return Value::Null;
     };
     let features = slowest(summary, "by_feature");
+    let bulk = bulk_features(summary);
+    let interactive: Vec<&Value> = features
+        .iter()
+        .filter(|r| !r["feature"].as_str().is_some_and(|f| bulk.iter().any(|b| b == f)))
+        .collect();
     let models = slowest(summary, "by_model");
     // An hour of the day with a handful of calls says nothing about load.
     let hours: Vec<Value> = slowest(summary, "hours")
@@ -283,12 +322,13 @@ pub fn latency(summary: &Value) -> Value {
         .filter(|h| h["calls"].as_u64().unwrap_or(0) >= MIN_HOUR_CALLS)
         .collect();
     let mut advice: Vec<Value> = Vec::new();
-    if let Some(worst) = features.first() {
+    if let Some(worst) = interactive.first() {
         let name = worst["feature"].as_str().unwrap_or("(none)");
         let calls = worst["calls"].as_f64().unwrap_or(0.0).max(1.0);
         let output_per_call = worst["output_tokens"].as_f64().unwrap_or(0.0) / calls;
         if output_per_call >= 500.0 {
             advice.push(json!({
+                "kind": "output_length",
                 "title": format!("Cap the length of {name}'s answers, or stream them"),
                 "detail": format!("Its calls write {output_per_call:.0} tokens on average; answer time grows with every token, so stream them to the user and set max_tokens."),
             }));
@@ -296,6 +336,7 @@ pub fn latency(summary: &Value) -> Value {
         let errors = worst["error_rate"].as_f64().unwrap_or(0.0);
         if errors >= 0.05 {
             advice.push(json!({
+                "kind": "error_reduction",
                 "title": format!("Fix the failures of {name}"),
                 "detail": format!("{:.1} % of its calls fail, and each retry adds a whole call's wait.", errors * 100.0),
             }));
@@ -319,6 +360,7 @@ pub fn latency(summary: &Value) -> Value {
             fast["model"].as_str().unwrap_or("?"),
         );
         advice.push(json!({
+            "kind": "model_routing",
             "title": format!("Route short calls from {slow_name} to {fast_name}"),
             "detail": format!(
                 "p95 is {:.0} ms on {slow_name} and {:.0} ms on {fast_name}; {} of the {slow_name} calls are short \
@@ -331,14 +373,20 @@ pub fn latency(summary: &Value) -> Value {
             ),
         }));
     }
-    let mut hour_p95s: Vec<f64> = hours.iter().filter_map(|h| f(&h["p95_latency_ms"])).collect();
+    // Off-hours, a bulk job's own slow calls set the hour's p95, not the provider's load.
+    let judged: Vec<&Value> = hours
+        .iter()
+        .filter(|h| bulk.is_empty() || h["hour"].as_u64().unwrap_or(0) >= u64::from(OFF_HOURS_END))
+        .collect();
+    let mut hour_p95s: Vec<f64> = judged.iter().filter_map(|h| f(&h["p95_latency_ms"])).collect();
     let typical = median(&mut hour_p95s);
-    if let Some(hour) = hours.first()
-        && hours.len() >= 2
+    if let Some(hour) = judged.first()
+        && judged.len() >= 2
         && f(&hour["p95_latency_ms"]).unwrap_or(0.0) >= 1.5 * typical
     {
         let at = hour["hour"].as_u64().unwrap_or(0);
         advice.push(json!({
+            "kind": "peak_hours",
             "title": format!("Move work away from {at:02}:00 UTC"),
             "detail": format!(
                 "p95 reaches {:.0} ms in that hour against {typical:.0} ms in a typical hour: the provider queues or throttles you then; spread the work or raise your rate limits.",
@@ -353,19 +401,21 @@ pub fn latency(summary: &Value) -> Value {
         .filter(|fm| fm["input_tokens_above_p95"].as_u64().unwrap_or(0) > 0)
         .filter_map(|fm| fm["feature"].as_str())
         .collect();
-    if let Some(feature) = features
+    if let Some(feature) = interactive
         .iter()
         .take(3)
         .filter_map(|r| r["feature"].as_str())
         .find(|name| trimmed.contains(name))
     {
         advice.push(json!({
+            "kind": "prompt_trimming",
             "title": format!("Trim the longest prompts of {feature}"),
             "detail": "Its largest prompts are far above its usual size; prompt length sets the time to the first token.",
         }));
     }
     if summary["opportunities"]["repeated_prompt_calls"].as_u64().unwrap_or(0) > 0 {
         advice.push(json!({
+            "kind": "caching",
             "title": "Cache the answers to repeated prompts",
             "detail": format!(
                 "{} calls repeated a prompt already sent; a cache answers them in milliseconds.",
@@ -385,6 +435,7 @@ pub fn latency(summary: &Value) -> Value {
         "slowest_features": top(&features, "feature"),
         "slowest_models": top(&models, "model"),
         "slowest_hours": top(&hours, "hour"),
+        "bulk_features": bulk,
         "advice": advice,
     })
 }
@@ -528,37 +579,75 @@ mod tests {
         assert_eq!(anomalies(&SummaryBuilder::default().finish().unwrap()), Vec::new());
     }
 
+    /// Eight days of `chat` at noon (10 calls, 500 ms) and of `nightly` at 03:00 (5 calls, 9 s, a
+    /// bulk job); on the 7th, `report` at 15:00: 20 calls of 3 s, 12 failed, 1,000 answer tokens each.
+    fn slow_month() -> Summary {
+        let mut builder = SummaryBuilder::default();
+        for day in 0..8 {
+            for _ in 0..10 {
+                builder.add(
+                    "gpt-4o",
+                    Some("chat"),
+                    None,
+                    call(NOV_1 + day * DAY + 12 * HOUR, 500.0, false, 0.10, 200),
+                );
+            }
+            for _ in 0..5 {
+                builder.add(
+                    "gpt-4o",
+                    Some("nightly"),
+                    None,
+                    call(NOV_1 + day * DAY + 3 * HOUR, 9000.0, false, 0.10, 200),
+                );
+            }
+        }
+        for index in 0..20 {
+            let at = NOV_1 + 6 * DAY + 15 * HOUR;
+            builder.add("gpt-4o", Some("report"), None, call(at, 3000.0, index < 12, 0.01, 1000));
+        }
+        builder.finish().unwrap()
+    }
+
     #[test]
-    fn latency_says_where_p95_is_worst_and_what_to_change() {
-        let summary = crate::summary_json(&month());
+    fn latency_says_where_p95_is_worst_and_what_to_change_leaving_bulk_jobs_out() {
+        let summary = crate::summary_json(&slow_month());
         let latency = &summary["latency"];
-        // 110 calls at 500 ms, 20 at 3 s: p50 rank 65 is 500, p95 rank 124 is 3000.
+        // 80 calls at 500 ms, 20 at 3 s, 40 at 9 s: p50 rank 70 is 500, p95 rank 133 is 9000.
         assert_eq!(
             (latency["p50_latency_ms"].as_f64(), latency["p95_latency_ms"].as_f64()),
-            (Some(500.0), Some(3000.0))
+            (Some(500.0), Some(9000.0))
         );
-        assert_eq!(latency["slowest_features"][0]["feature"], "nightly");
-        assert_eq!(
-            latency["slowest_hours"],
-            json!([
-                {"hour": 3, "calls": 20, "p50_latency_ms": null, "p95_latency_ms": 3000.0},
-                {"hour": 12, "calls": 110, "p50_latency_ms": null, "p95_latency_ms": 500.0}
-            ])
-        );
-        let titles: Vec<&str> = latency["advice"]
+        let slowest: Vec<&str> = latency["slowest_features"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| a["title"].as_str().unwrap())
+            .map(|f| f["feature"].as_str().unwrap())
             .collect();
-        // nightly writes 1,000 tokens a call and 60 % of its calls fail; 03:00's p95 (3 s) is
+        assert_eq!(slowest, ["nightly", "report", "chat"]);
+        assert_eq!(latency["bulk_features"], json!(["nightly"]));
+        assert_eq!(
+            latency["slowest_hours"],
+            json!([
+                {"hour": 3, "calls": 40, "p50_latency_ms": null, "p95_latency_ms": 9000.0},
+                {"hour": 15, "calls": 20, "p50_latency_ms": null, "p95_latency_ms": 3000.0},
+                {"hour": 12, "calls": 80, "p50_latency_ms": null, "p95_latency_ms": 500.0}
+            ])
+        );
+        let advice: Vec<(&str, &str)> = latency["advice"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["kind"].as_str().unwrap(), a["title"].as_str().unwrap()))
+            .collect();
+        // nightly is slowest but no user waits for it. report writes 1,000 tokens a call and 60 %
+        // of its calls fail; 03:00 is the bulk job's hour, so 15:00 is judged: its p95 (3 s) is
         // more than 1.5 × the typical hour's (the median of 3000 and 500: 1750 ms).
         assert_eq!(
-            titles,
+            advice,
             [
-                "Cap the length of nightly's answers, or stream them",
-                "Fix the failures of nightly",
-                "Move work away from 03:00 UTC"
+                ("output_length", "Cap the length of report's answers, or stream them"),
+                ("error_reduction", "Fix the failures of report"),
+                ("peak_hours", "Move work away from 15:00 UTC")
             ]
         );
         assert!(crate::latency(&json!({"totals": {"p95_latency_ms": null}})).is_null());

@@ -15,8 +15,8 @@ mod triage;
 pub mod workload;
 
 pub use analysis::{
-    Anomaly, BURST_FACTOR, DAY_DEVIATIONS, MAX_ANOMALIES, MIN_DAYS, MIN_HOUR_CALLS, SPIKE_FACTOR, WEEKLY_DAYS,
-    anomalies, latency,
+    Anomaly, BULK_SHARE, BURST_FACTOR, DAY_DEVIATIONS, MAX_ANOMALIES, MIN_DAYS, MIN_HOUR_CALLS, SPIKE_FACTOR,
+    WEEKLY_DAYS, anomalies, bulk_features, latency,
 };
 pub use data::{DataAgent, WorkloadSummaryTool, summary_json, usd};
 pub use offline::OfflineModel;

@@ -10,12 +10,11 @@ use serde_json::{Value, json};
 use switchboard_engine::{Agent, AgentContext, AgentError, AgentOutput};
 use switchboard_store::{OFF_HOURS_END, SHORT_INPUT_TOKENS, SHORT_OUTPUT_TOKENS};
 
+use crate::analysis::BULK_SHARE;
 use crate::data::usd;
-use crate::prices::PriceTable;
+use crate::prices::{ModelPrice, PriceTable};
 use crate::triage::Category;
 
-/// A feature counts as an off-hours bulk job when at least this share of its calls is off-hours.
-const BULK_SHARE: f64 = 0.8;
 /// Projections are per month of this many days.
 const MONTH_DAYS: f64 = 30.0;
 
@@ -58,24 +57,38 @@ fn cents(amount: f64) -> f64 {
     (amount * 100.0).round() / 100.0
 }
 
+/// The cheapest of `candidates` from `current`'s provider that lists below it.
+fn cheapest_instead<'a>(
+    current: &ModelPrice,
+    candidates: impl Iterator<Item = &'a ModelPrice>,
+) -> Option<&'a ModelPrice> {
+    let list = |m: &ModelPrice| m.input_per_mtok + m.output_per_mtok;
+    candidates
+        .filter(|m| m.provider == current.provider && list(m) < list(current))
+        .min_by(|a, b| list(a).total_cmp(&list(b)))
+}
+
 /// The strategies, most valuable first; strategies that would save nothing are left out.
 pub fn strategies(summary: &Value, prices: &PriceTable) -> Vec<Strategy> {
     let o = &summary["opportunities"];
     let scale = MONTH_DAYS / period_days(summary);
     let mut out = Vec::new();
 
-    // Model routing: short calls to the cheapest model of the same provider.
+    // Model routing: short calls to a cheaper model of the same provider: the cheapest the team
+    // already runs, else the cheapest in the price table.
     let mut routing = 0.0;
     let mut moves = Vec::new();
+    let used: Vec<&str> = summary["by_model"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["model"].as_str())
+        .collect();
     for row in o["short_calls"].as_array().into_iter().flatten() {
         let model = row["model"].as_str().unwrap_or("");
         let Some(current) = prices.find(model) else { continue };
-        let cheaper = prices
-            .models
-            .iter()
-            .filter(|m| m.provider == current.provider)
-            .min_by(|a, b| (a.input_per_mtok + a.output_per_mtok).total_cmp(&(b.input_per_mtok + b.output_per_mtok)));
-        let Some(cheaper) = cheaper.filter(|c| c.name != current.name) else {
+        let in_use = cheapest_instead(current, used.iter().filter_map(|name| prices.find(name)));
+        let Some(cheaper) = in_use.or_else(|| cheapest_instead(current, prices.models.iter())) else {
             continue;
         };
         let calls = &row["calls"];
@@ -96,7 +109,8 @@ pub fn strategies(summary: &Value, prices: &PriceTable) -> Vec<Strategy> {
         monthly_savings_usd: cents(routing * scale),
         assumption: format!(
             "Calls with at most {SHORT_INPUT_TOKENS} prompt and {SHORT_OUTPUT_TOKENS} answer tokens are served as well by \
-             the cheapest model of the same provider in the price table, at its list price; check quality on a sample first."
+             a cheaper model of the same provider (the cheapest you already run, else the cheapest in the price table), at \
+             its list price; check quality on a sample first."
         ),
     });
 
@@ -217,8 +231,15 @@ pub struct Action {
 }
 
 /// The plan: the latency changes first when `latency_advice` (from the data agent's latency
-/// analysis) is given, then the strategies in their order (most valuable first).
+/// analysis) is given, then the strategies in their order (most valuable first), but for those of
+/// a kind a latency change already covers (their savings stay in the strategies' table).
 pub fn actions(strategies: &Value, latency_advice: &Value) -> Vec<Action> {
+    let covered: Vec<&str> = latency_advice
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["kind"].as_str())
+        .collect();
     let latency = latency_advice.as_array().into_iter().flatten().map(|a| Action {
         step: 0,
         title: a["title"].as_str().unwrap_or("").to_owned(),
@@ -228,6 +249,7 @@ pub fn actions(strategies: &Value, latency_advice: &Value) -> Vec<Action> {
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|s| !s["kind"].as_str().is_some_and(|kind| covered.contains(&kind)))
         .map(|s| {
             let saving = usd(f(&s["monthly_savings_usd"]));
             let detail = match s["kind"].as_str().unwrap_or("") {
@@ -310,6 +332,22 @@ mod tests {
                 ],
             },
         })
+    }
+
+    #[test]
+    fn routing_prefers_a_cheaper_model_the_team_already_runs() {
+        let mut summary = summary();
+        summary["by_model"] = json!([{"model": "gpt-4o"}, {"model": "gpt-4o-mini"}, {"model": "claude-sonnet-4"}]);
+        let found = strategies(&summary, &PriceTable::embedded());
+        let routing = found.iter().find(|s| s.kind == "model_routing").unwrap();
+        // 50k×$0.15 + 10k×$0.60 = $0.0135 on gpt-4o-mini: ($0.225 − $0.0135) × 2 = $0.423.
+        assert_eq!(
+            (routing.title.as_str(), routing.monthly_savings_usd),
+            (
+                "Route short calls to a cheaper model: gpt-4o → gpt-4o-mini (100 short calls)",
+                0.42
+            )
+        );
     }
 
     #[test]

@@ -234,6 +234,25 @@ fn latency_part(latency: &Value) -> String {
         }
     }
     out.push_str("\n\n");
+    let bulk: Vec<&str> = latency["bulk_features"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !bulk.is_empty() {
+        let one = bulk.len() == 1;
+        out.push_str(&format!(
+            "{} run{} off-hours in bulk (at least {:.0} % of the calls before {:02}:00 UTC): no user waits for {}, so \
+             {} left out of the advice below.\n\n",
+            bulk.join(", "),
+            if one { "s" } else { "" },
+            crate::analysis::BULK_SHARE * 100.0,
+            switchboard_store::OFF_HOURS_END,
+            if one { "it" } else { "them" },
+            if one { "it is" } else { "they are" },
+        ));
+    }
     let advice: Vec<&Value> = latency["advice"].as_array().into_iter().flatten().collect();
     if advice.is_empty() {
         out.push_str("Nothing in the data points to one change that would cut latency.\n\n");
