@@ -257,7 +257,7 @@ fn run_json(run: &RunRecord) -> Value {
     json!({
         "id": run.id, "thread_id": run.thread_id, "status": run.state.as_str(),
         "started_at": run.started_at, "finished_at": run.finished_at,
-        "duration_ms": run.duration_ms, "timings": run.timings,
+        "duration_ms": run.duration_ms, "timings": run.timings, "model_calls": run.model_calls,
     })
 }
 

@@ -6,7 +6,9 @@ mod sqlite;
 mod workload;
 
 use async_trait::async_trait;
-use switchboard_protocol::{Event, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId};
+use switchboard_protocol::{
+    Event, MessageId, ModelCallUsage, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
+};
 
 pub use sqlite::SqliteStore;
 pub use workload::{
@@ -99,7 +101,7 @@ impl RunState {
 }
 
 /// A run as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {
     /// The run.
     pub id: RunId,
@@ -119,6 +121,8 @@ pub struct RunRecord {
     pub duration_ms: Option<u64>,
     /// From the final event.
     pub timings: Option<RunTimings>,
+    /// The run's language-model calls, from the final event.
+    pub model_calls: Vec<ModelCallUsage>,
 }
 
 /// A user message to store together with the run it starts.

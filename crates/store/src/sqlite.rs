@@ -20,7 +20,8 @@ use crate::{
     Summary, SummaryBuilder, Thread, TimeRange, User, WorkloadEvent,
 };
 
-const SCHEMA_VERSION: i64 = 2;
+/// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -58,7 +59,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at INTEGER NOT NULL,
     finished_at INTEGER,
     duration_ms INTEGER,
-    timings TEXT
+    timings TEXT,
+    model_calls TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_running ON runs (status) WHERE status = 'running';
 CREATE TABLE IF NOT EXISTS events (
@@ -149,6 +151,11 @@ impl SqliteStore {
                 )));
             }
             conn.execute_batch(SCHEMA).map_err(backend)?;
+            // Tables made by an older schema gain the columns added since.
+            if (1..3).contains(&version) {
+                conn.execute_batch("ALTER TABLE runs ADD COLUMN model_calls TEXT")
+                    .map_err(backend)?;
+            }
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(backend)?;
             Ok(conn)
@@ -209,7 +216,8 @@ fn to_thread((id, user_id, title, created_at, updated_at): ThreadRow) -> Result<
 
 const THREAD_COLUMNS: &str = "id, user_id, title, created_at, updated_at";
 const MESSAGE_COLUMNS: &str = "id, thread_id, role, text, run_id, client_message_id, created_at";
-const RUN_COLUMNS: &str = "id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings";
+const RUN_COLUMNS: &str =
+    "id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings, model_calls";
 
 type MessageRow = (String, String, String, String, Option<String>, Option<String>, i64);
 
@@ -253,6 +261,7 @@ type RunRow = (
     Option<i64>,
     Option<i64>,
     Option<String>,
+    Option<String>,
 );
 
 fn run_from(row: &Row<'_>) -> rusqlite::Result<RunRow> {
@@ -266,11 +275,12 @@ fn run_from(row: &Row<'_>) -> rusqlite::Result<RunRow> {
         row.get(6)?,
         row.get(7)?,
         row.get(8)?,
+        row.get(9)?,
     ))
 }
 
 fn to_run(
-    (id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings): RunRow,
+    (id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings, model_calls): RunRow,
 ) -> Result<RunRecord, StoreError> {
     let state = match status.as_str() {
         "running" => RunState::Running,
@@ -288,6 +298,10 @@ fn to_run(
         timings: timings
             .map(|t| serde_json::from_str::<RunTimings>(&t).map_err(|e| corrupt("run timings", e)))
             .transpose()?,
+        model_calls: model_calls
+            .map(|c| serde_json::from_str(&c).map_err(|e| corrupt("run model calls", e)))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -779,9 +793,15 @@ fn append_one(conn: &Connection, append: &PendingAppend) -> Result<(), StoreErro
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| corrupt("timings", e))?;
+    let model_calls = Some(&done.model_calls)
+        .filter(|calls| !calls.is_empty())
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| corrupt("model calls", e))?;
     let at = append.timestamp_ms;
     conn.prepare_cached(
-        "UPDATE runs SET status = ?1, finished_at = ?2, duration_ms = ?3, timings = ?4 WHERE id = ?5 AND user_id = ?6",
+        "UPDATE runs SET status = ?1, finished_at = ?2, duration_ms = ?3, timings = ?4, model_calls = ?5
+         WHERE id = ?6 AND user_id = ?7",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -789,6 +809,7 @@ fn append_one(conn: &Connection, append: &PendingAppend) -> Result<(), StoreErro
             at,
             done.duration_ms as i64,
             timings,
+            model_calls,
             run,
             user
         ])

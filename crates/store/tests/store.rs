@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use switchboard_protocol::{
-    AgentCompleted, AgentName, AgentStarted, Event, EventPayload, MessageId, Role, RunId, RunStatus, RunTimings, Seq,
-    ThreadId, Timestamp, TraceId, UserId,
+    AgentCompleted, AgentName, AgentStarted, Event, EventPayload, MessageId, ModelCallUsage, Role, RunId, RunStatus,
+    RunTimings, Seq, ThreadId, Timestamp, TraceId, UserId,
 };
 use switchboard_store::{NewMessage, RunState, SqliteStore, Store, StoreError};
 
@@ -36,8 +36,20 @@ fn finished(status: RunStatus, text: Option<&str>) -> EventPayload {
             ..RunTimings::default()
         }),
         missing: Vec::new(),
-        model_calls: Vec::new(),
+        model_calls: vec![model_call()],
     })
+}
+
+fn model_call() -> ModelCallUsage {
+    ModelCallUsage {
+        agent: AgentName::parse("reporting").unwrap(),
+        model: "gpt-4o-mini".into(),
+        input_tokens: 120,
+        output_tokens: 30,
+        cost_usd: Some(0.000036),
+        duration_ms: 900,
+        success: true,
+    }
 }
 
 fn new_message(user: &UserId, thread: Option<ThreadId>, text: &str, client_id: Option<&str>) -> NewMessage {
@@ -191,6 +203,7 @@ async fn event_log(store: &dyn Store) {
     assert_eq!(record.state, RunState::Finished(RunStatus::Completed));
     assert_eq!(record.duration_ms, Some(1200));
     assert_eq!(record.timings.unwrap().total_ms, 1200);
+    assert_eq!(record.model_calls, [model_call()]);
     assert!(store.running_runs().await.unwrap().iter().all(|r| r.id != run));
     let messages = store.messages(&alice, &thread).await.unwrap();
     assert_eq!(messages.len(), 2);
@@ -268,6 +281,46 @@ async fn the_sqlite_store_keeps_everything_across_reopening() {
         .await
         .unwrap();
     assert!(again.duplicate);
+}
+
+#[tokio::test]
+async fn a_database_of_schema_2_is_brought_up_to_date_and_keeps_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let alice = UserId::generate();
+    let accepted = {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .accept_message(new_message(&alice, None, "hello", None))
+            .await
+            .unwrap()
+    };
+    // Back to schema 2, as a server of that version left it: no `runs.model_calls`.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("ALTER TABLE runs DROP COLUMN model_calls; PRAGMA user_version = 2;")
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let (run, thread) = (accepted.run_id.clone(), accepted.thread_id.clone());
+    assert_eq!(store.running_runs().await.unwrap()[0].id, run);
+    store
+        .append_event(&alice, &event(1, &run, &thread, started()))
+        .await
+        .unwrap();
+    store
+        .append_event(
+            &alice,
+            &event(2, &run, &thread, finished(RunStatus::Completed, Some("done"))),
+        )
+        .await
+        .unwrap();
+    let record = store.run(&alice, &run).await.unwrap().unwrap();
+    assert_eq!(record.model_calls, [model_call()]);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 3);
 }
 
 #[tokio::test]

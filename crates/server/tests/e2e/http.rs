@@ -201,6 +201,16 @@ async fn health_and_metrics_tell_the_truth() {
     let input: u64 = last.model_calls.iter().map(|c| c.input_tokens).sum();
     let output: u64 = last.model_calls.iter().map(|c| c.output_tokens).sum();
     assert!(input > 0 && output > 0);
+    let (_, run) = app
+        .client
+        .get(&format!("/api/runs/{}", accepted.run_id), Some(&session.access_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        run["model_calls"],
+        serde_json::to_value(&last.model_calls).unwrap(),
+        "the run keeps its model calls"
+    );
     socket.send_text("nonsense").await.unwrap();
     assert!(matches!(next(&mut socket).await, ServerFrame::Control(_)));
     let text = app
