@@ -74,23 +74,22 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-fn day_label(ms: i64) -> String {
-    Timestamp::from_unix_millis(ms)
-        .map(|t| t.to_string().get(..10).unwrap_or_default().to_owned())
-        .unwrap_or_default()
+fn day_label(at: Timestamp) -> String {
+    at.to_string().get(..10).unwrap_or_default().to_owned()
 }
 
-fn hour_label(ms: i64) -> String {
-    Timestamp::from_unix_millis(ms)
-        .map(|t| {
-            let text = t.to_string();
-            format!(
-                "{} {}:00 UTC",
-                text.get(..10).unwrap_or_default(),
-                text.get(11..13).unwrap_or_default()
-            )
-        })
-        .unwrap_or_default()
+fn hour_label(at: Timestamp) -> String {
+    let text = at.to_string();
+    format!(
+        "{} {}:00 UTC",
+        text.get(..10).unwrap_or_default(),
+        text.get(11..13).unwrap_or_default()
+    )
+}
+
+/// Whether a feature with `all` calls, `off_hours` of them off-hours, is a bulk job.
+pub(crate) fn is_bulk(all: u64, off_hours: u64) -> bool {
+    all > 0 && off_hours as f64 / all as f64 >= BULK_SHARE
 }
 
 /// The hours and days of `summary` far off the norm: days whose spend is far from the median
@@ -118,7 +117,6 @@ pub fn anomalies(summary: &Summary) -> Vec<Anomaly> {
         }
         let rate = bucket.errors as f64 / bucket.calls as f64;
         if rate >= (overall * BURST_FACTOR).max(overall + 0.10) {
-            let start = bucket.start.unix_millis();
             found.push((
                 rate / overall.max(0.001),
                 Anomaly {
@@ -129,7 +127,7 @@ pub fn anomalies(summary: &Summary) -> Vec<Anomaly> {
                     norm: overall,
                     text: format!(
                         "{}: {:.0} % of {} calls failed, against {:.1} % overall.",
-                        hour_label(start),
+                        hour_label(bucket.start),
                         rate * 100.0,
                         bucket.calls,
                         overall * 100.0
@@ -154,12 +152,13 @@ pub fn anomalies(summary: &Summary) -> Vec<Anomaly> {
     // design, not by accident); with less, against every day.
     let weekly = days >= WEEKLY_DAYS;
     let weekday = |index: usize| ((first_day + index as i64 + 4).rem_euclid(7)) as usize;
-    let norms: Vec<(f64, f64)> = (0..7)
-        .map(|wd| {
+    let group = |index: usize| if weekly { weekday(index) } else { 0 };
+    let norms: Vec<(f64, f64)> = (0..if weekly { 7 } else { 1 })
+        .map(|g| {
             let mut peers: Vec<f64> = daily
                 .iter()
                 .enumerate()
-                .filter(|(index, _)| !weekly || weekday(*index) == wd)
+                .filter(|(index, _)| group(*index) == g)
                 .map(|(_, cost)| *cost)
                 .collect();
             let norm = median(&mut peers);
@@ -168,11 +167,13 @@ pub fn anomalies(summary: &Summary) -> Vec<Anomaly> {
         })
         .collect();
     for (index, cost) in daily.iter().enumerate() {
-        let (norm, spread) = norms[weekday(index)];
+        let (norm, spread) = norms[group(index)];
         let usual = if weekly { WEEKDAYS[weekday(index)] } else { "day" };
         let off = (cost - norm).abs();
+        let Some(start) = Timestamp::from_unix_millis((first_day + index as i64) * DAY_MS) else {
+            continue;
+        };
         if off > (DAY_DEVIATIONS * spread).max(0.5 * norm) && off > 0.0 {
-            let start = (first_day + index as i64) * DAY_MS;
             let text = if *cost > norm {
                 format!(
                     "{}: {} spent, {:.1}× the usual {usual} ({}).",
@@ -193,7 +194,7 @@ pub fn anomalies(summary: &Summary) -> Vec<Anomaly> {
                 off / norm.max(0.01),
                 Anomaly {
                     kind: "day",
-                    start: Timestamp::from_unix_millis(start).unwrap_or(summary.hourly[0].start),
+                    start,
                     metric: "cost_usd",
                     value: *cost,
                     norm,
@@ -204,13 +205,16 @@ pub fn anomalies(summary: &Summary) -> Vec<Anomaly> {
     }
 
     // Hours: traffic against the same hour of the day on every day of the period.
+    let usual_at: Vec<f64> = (0..24)
+        .map(|hour_of_day| {
+            let mut same_hour: Vec<f64> = (first_day..=last_day)
+                .map(|day| by_hour.get(&(day * 24 + hour_of_day)).copied().unwrap_or(0) as f64)
+                .collect();
+            median(&mut same_hour)
+        })
+        .collect();
     for bucket in &summary.hourly {
-        let start = bucket.start.unix_millis();
-        let hour_of_day = start.div_euclid(HOUR_MS).rem_euclid(24);
-        let mut same_hour: Vec<f64> = (first_day..=last_day)
-            .map(|day| by_hour.get(&(day * 24 + hour_of_day)).copied().unwrap_or(0) as f64)
-            .collect();
-        let usual = median(&mut same_hour);
+        let usual = usual_at[bucket.start.unix_millis().div_euclid(HOUR_MS).rem_euclid(24) as usize];
         let calls = bucket.calls as f64;
         if calls >= usual * SPIKE_FACTOR && calls - usual >= MIN_HOUR_CALLS as f64 {
             found.push((
@@ -224,13 +228,13 @@ pub fn anomalies(summary: &Summary) -> Vec<Anomaly> {
                     text: if usual == 0.0 {
                         format!(
                             "{}: {} calls, in an hour of the day that usually has none.",
-                            hour_label(start),
+                            hour_label(bucket.start),
                             bucket.calls
                         )
                     } else {
                         format!(
                             "{}: {} calls, {:.1}× the usual {usual} for that hour.",
-                            hour_label(start),
+                            hour_label(bucket.start),
                             bucket.calls,
                             calls / usual
                         )
@@ -296,7 +300,7 @@ pub fn bulk_features(summary: &Value) -> Vec<String> {
     }
     calls
         .into_iter()
-        .filter(|(_, all, off)| *all > 0 && *off as f64 / *all as f64 >= BULK_SHARE)
+        .filter(|(_, all, off)| is_bulk(*all, *off))
         .map(|(name, _, _)| name)
         .collect()
 }

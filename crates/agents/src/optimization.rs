@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use switchboard_engine::{Agent, AgentContext, AgentError, AgentOutput};
 use switchboard_store::{OFF_HOURS_END, SHORT_INPUT_TOKENS, SHORT_OUTPUT_TOKENS};
 
-use crate::analysis::BULK_SHARE;
+use crate::analysis::{BULK_SHARE, is_bulk};
 use crate::data::usd;
 use crate::prices::{ModelPrice, PriceTable};
 use crate::triage::Category;
@@ -135,7 +135,7 @@ pub fn strategies(summary: &Value, prices: &PriceTable) -> Vec<Strategy> {
         let feature = row["feature"].as_str().unwrap_or("(none)");
         let Some(price) = prices.find(model) else { continue };
         let (all, off) = (u(&row["all"]["calls"]), u(&row["off_hours"]["calls"]));
-        if all > 0 && off as f64 / all as f64 >= BULK_SHARE && price.batch_discount > 0.0 {
+        if is_bulk(all, off) && price.batch_discount > 0.0 {
             batching += f(&row["off_hours"]["cost_usd"]) * price.batch_discount;
             batch_features.push(format!("{feature} on {model}"));
         }

@@ -222,24 +222,17 @@ fn error_payload(
     })
 }
 
-fn completed_payload(
-    status: RunStatus,
-    duration: Duration,
-    result: Option<Value>,
-    is_final: bool,
-    timings: Option<RunTimings>,
-    missing: Vec<AgentName>,
-    model_calls: Vec<ModelCallUsage>,
-) -> EventPayload {
-    EventPayload::AgentCompleted(AgentCompleted {
+/// `agent_completed` of a sub-agent (not final: no timings, nothing missing, no model calls).
+fn agent_completed(status: RunStatus, duration: Duration, result: Option<Value>) -> AgentCompleted {
+    AgentCompleted {
         status,
         duration_ms: millis(duration),
         result,
-        is_final,
-        timings,
-        missing,
-        model_calls,
-    })
+        is_final: false,
+        timings: None,
+        missing: Vec::new(),
+        model_calls: Vec::new(),
+    }
 }
 
 /// Why the whole run must end now.
@@ -524,15 +517,7 @@ impl RunDriver {
                 let result = (!output.data.is_null()).then(|| output.data.clone());
                 self.emit(
                     name,
-                    completed_payload(
-                        RunStatus::Completed,
-                        elapsed,
-                        result,
-                        false,
-                        None,
-                        Vec::new(),
-                        Vec::new(),
-                    ),
+                    EventPayload::AgentCompleted(agent_completed(RunStatus::Completed, elapsed, result)),
                 )
                 .await;
                 AgentOutcome::Completed(output)
@@ -555,7 +540,7 @@ impl RunDriver {
                 self.emit(name, error).await;
                 self.emit(
                     name,
-                    completed_payload(failure.status, elapsed, None, false, None, Vec::new(), Vec::new()),
+                    EventPayload::AgentCompleted(agent_completed(failure.status, elapsed, None)),
                 )
                 .await;
                 AgentOutcome::Failed {
@@ -768,15 +753,13 @@ impl RunDriver {
         let answer = if status == RunStatus::Completed { answer } else { None };
         let duration = self.accepted.elapsed();
         let timings = self.timings(duration);
-        let payload = completed_payload(
-            status,
-            duration,
-            result.clone(),
-            true,
-            Some(timings),
-            missing.clone(),
-            self.model_calls.clone(),
-        );
+        let payload = EventPayload::AgentCompleted(AgentCompleted {
+            is_final: true,
+            timings: Some(timings),
+            missing: missing.clone(),
+            model_calls: self.model_calls.clone(),
+            ..agent_completed(status, duration, result.clone())
+        });
         let final_event = match self.log.publish(&supervisor, payload, self.final_limit).await {
             Ok(event) => Some(event),
             Err(error) => {

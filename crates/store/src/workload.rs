@@ -312,6 +312,8 @@ impl SummaryBuilder {
 
     /// Counts one call.
     pub fn add(&mut self, model: &str, feature: Option<&str>, prompt_hash: Option<&str>, call: CallFigures) {
+        let clock_hour = call.at_ms.div_euclid(3_600_000);
+        let hour = clock_hour.rem_euclid(24) as usize;
         let model = self.name(model);
         let feature = feature.map(|f| self.name(f));
         if call.input_tokens <= SHORT_INPUT_TOKENS && call.output_tokens <= SHORT_OUTPUT_TOKENS {
@@ -331,7 +333,7 @@ impl SummaryBuilder {
         if !call.batch {
             let (all, off_hours, inputs) = self.feature_models.entry((feature, model)).or_default();
             all.add(&call);
-            if (call.at_ms.div_euclid(3_600_000)).rem_euclid(24) < i64::from(OFF_HOURS_END) {
+            if hour < usize::from(OFF_HOURS_END) {
                 off_hours.add(&call);
             }
             inputs.push(call.input_tokens);
@@ -341,8 +343,6 @@ impl SummaryBuilder {
         self.total.add(&call);
         self.models.entry(model).or_default().add(&call);
         self.features.entry(feature).or_default().add(&call);
-        let clock_hour = call.at_ms.div_euclid(3_600_000);
-        let hour = clock_hour.rem_euclid(24) as usize;
         self.hours[hour].0 += 1;
         self.hours[hour].1 += call.cost_usd;
         if let Some(latency) = call.latency_ms {
@@ -357,7 +357,7 @@ impl SummaryBuilder {
     fn opportunities(
         short: std::collections::HashMap<String, Slice>,
         prompts: std::collections::HashMap<String, (u64, f64)>,
-        feature_models: std::collections::HashMap<(Option<String>, String), (FeatureModel, Vec<u64>)>,
+        feature_models: Vec<(FeatureModel, Vec<u64>)>,
         failed_cost_usd: f64,
     ) -> Opportunities {
         let (mut repeated_calls, mut repeated_cost) = (0, 0.0);
@@ -367,8 +367,8 @@ impl SummaryBuilder {
         }
         // The p95 prompt size is per feature, across its models.
         let mut feature_inputs: std::collections::HashMap<Option<String>, Vec<u64>> = std::collections::HashMap::new();
-        for ((feature, _), (_, inputs)) in &feature_models {
-            feature_inputs.entry(feature.clone()).or_default().extend(inputs);
+        for (fm, inputs) in &feature_models {
+            feature_inputs.entry(fm.feature.clone()).or_default().extend(inputs);
         }
         let p95: std::collections::HashMap<Option<String>, u64> = feature_inputs
             .into_iter()
@@ -379,7 +379,7 @@ impl SummaryBuilder {
             })
             .collect();
         let mut by_feature_model: Vec<FeatureModel> = feature_models
-            .into_values()
+            .into_iter()
             .map(|(mut fm, inputs)| {
                 let limit = p95.get(&fm.feature).copied().unwrap_or(u64::MAX);
                 fm.input_tokens_above_p95 = inputs.iter().map(|i| i.saturating_sub(limit)).sum();
@@ -415,16 +415,14 @@ impl SummaryBuilder {
             .feature_models
             .drain()
             .map(|((feature, model), (all, off_hours, inputs))| {
-                let feature = feature.map(|f| names[f as usize].clone());
-                let model = names[model as usize].clone();
                 let fm = FeatureModel {
-                    feature: feature.clone(),
-                    model: model.clone(),
+                    feature: feature.map(|f| names[f as usize].clone()),
+                    model: names[model as usize].clone(),
                     all,
                     off_hours,
                     input_tokens_above_p95: 0,
                 };
-                ((feature, model), (fm, inputs))
+                (fm, inputs)
             })
             .collect();
         let stamp =
