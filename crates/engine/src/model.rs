@@ -1,7 +1,7 @@
-//! Language models: the `Model` trait that model clients implement, and the handle agents call
-//! it through (deadline, circuit breaker, time accounting).
+//! Language models: the `Model` trait that model clients implement, the handle agents call
+//! it through (deadline, circuit breaker, time accounting), and the run's ledger of model calls.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::breaker::{CircuitBreaker, Permit};
-use switchboard_protocol::AgentThinking;
+use switchboard_protocol::{AgentName, AgentThinking, ModelCallUsage};
 
-use crate::report::{Report, Reporter, human};
+use crate::report::{Report, Reporter, human, millis};
 
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,8 +192,9 @@ pub enum ModelCallError {
 }
 
 /// How agents call the run's model: each call bounded by the model deadline, counted by the
-/// model's circuit breaker, and accounted (time, tokens, cost) in the run. When the model fails
-/// and a fallback model is configured, the user is told why in a sentence and the fallback answers.
+/// model's circuit breaker, and accounted (time, tokens, cost) in the run's ledger of model
+/// calls, also when it is cut off. When the model fails and a fallback model is configured, the
+/// user is told why in a sentence and the fallback answers.
 #[derive(Debug, Clone)]
 pub struct ModelHandle {
     pub(crate) model: Arc<dyn Model>,
@@ -201,6 +202,8 @@ pub struct ModelHandle {
     pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) timeout: Duration,
     pub(crate) reporter: Reporter,
+    pub(crate) ledger: Arc<ModelLedger>,
+    pub(crate) turn: Turn,
 }
 
 impl std::fmt::Debug for dyn Model {
@@ -247,6 +250,7 @@ impl ModelHandle {
         permit: Option<Permit>,
         request: ModelRequest,
     ) -> Result<ModelResponse, ModelCallError> {
+        let call = self.ledger.enter(self.turn, model);
         let started = Instant::now();
         let outcome = tokio::time::timeout(self.timeout, model.complete(request)).await;
         let (result, usage) = match outcome {
@@ -277,27 +281,8 @@ impl ModelHandle {
                 permit.failure();
             }
         }
-        self.account(model, usage, started, result.is_ok()).await;
+        call.settle(usage, result.is_ok());
         result
-    }
-
-    /// Tells the run of one finished (or failed) call: its time, tokens and cost.
-    fn account(
-        &self,
-        model: &Arc<dyn Model>,
-        usage: Usage,
-        started: Instant,
-        success: bool,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let reporter = self.reporter.clone();
-        let call = ModelCall {
-            model: model.name().to_owned(),
-            usage,
-            cost_usd: model.cost_usd(usage),
-            duration: started.elapsed(),
-            success,
-        };
-        async move { reporter.send(Report::ModelCall(call)).await }
     }
 
     /// Tells the user, in a sentence, that the model failed and the fallback answers instead.
@@ -330,6 +315,7 @@ impl ModelHandle {
             model: Arc::clone(&self.model),
             inner: None,
             permit: None,
+            call: None,
             started: Instant::now(),
             deadline: Instant::now() + self.timeout,
             usage: Usage::default(),
@@ -350,14 +336,156 @@ impl ModelHandle {
     }
 }
 
-/// One finished model call, as the handle reports it to the run.
-#[derive(Debug, Clone)]
-pub(crate) struct ModelCall {
-    pub(crate) model: String,
-    pub(crate) usage: Usage,
-    pub(crate) cost_usd: Option<f64>,
-    pub(crate) duration: Duration,
-    pub(crate) success: bool,
+/// One agent's turn in the run's [`ModelLedger`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Turn(usize);
+
+/// The run's model calls, in the order they started, shared by the run's model handles and its
+/// driver. A handle enters a call when it starts and settles it when it ends; when an agent's
+/// turn ends (the agent returned, or its future was dropped at a deadline or a stop) the driver
+/// settles what the turn left open, as failed and timed up to that moment. So a call cut off
+/// in flight keeps its time, whatever order the agent's task is dropped in.
+#[derive(Debug, Default)]
+pub(crate) struct ModelLedger {
+    state: Mutex<LedgerState>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerState {
+    /// Each turn's agent, and whether the turn is still open.
+    turns: Vec<(AgentName, bool)>,
+    calls: Vec<LedgerEntry>,
+}
+
+#[derive(Debug)]
+struct LedgerEntry {
+    turn: usize,
+    model: Arc<dyn Model>,
+    started: Instant,
+    settled: Option<Settled>,
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    usage: Usage,
+    duration: Duration,
+    success: bool,
+}
+
+impl ModelLedger {
+    fn state(&self) -> MutexGuard<'_, LedgerState> {
+        // The lock is also taken in drop guards: a poisoned one must not panic again.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens `agent`'s turn: its calls are entered from now until [`ModelLedger::end_turn`].
+    pub(crate) fn begin_turn(&self, agent: &AgentName) -> Turn {
+        let mut state = self.state();
+        state.turns.push((agent.clone(), true));
+        Turn(state.turns.len() - 1)
+    }
+
+    /// Enters a call of `model` that starts now. A call started after its turn ended (by a task
+    /// the agent left behind) is not entered: like the agent's reports, it no longer reaches the run.
+    fn enter(self: &Arc<Self>, turn: Turn, model: &Arc<dyn Model>) -> OpenCall {
+        let mut state = self.state();
+        let open = state.turns.get(turn.0).is_some_and(|(_, open)| *open);
+        let index = open.then(|| {
+            state.calls.push(LedgerEntry {
+                turn: turn.0,
+                model: Arc::clone(model),
+                started: Instant::now(),
+                settled: None,
+            });
+            state.calls.len() - 1
+        });
+        OpenCall {
+            ledger: Arc::clone(self),
+            index,
+        }
+    }
+
+    /// Settles the call at `index`, timed up to now; a call already settled keeps how it ended.
+    fn settle(&self, index: usize, usage: Usage, success: bool) {
+        if let Some(entry) = self.state().calls.get_mut(index) {
+            settle(entry, usage, success);
+        }
+    }
+
+    /// Ends a turn: the calls it left open are settled as failed, timed up to now.
+    pub(crate) fn end_turn(&self, turn: Turn) {
+        let mut state = self.state();
+        if let Some((_, open)) = state.turns.get_mut(turn.0) {
+            *open = false;
+        }
+        for entry in state.calls.iter_mut().filter(|entry| entry.turn == turn.0) {
+            settle(entry, Usage::default(), false);
+        }
+    }
+
+    /// Ends every turn (settling what is open, as in [`ModelLedger::end_turn`]) and returns the
+    /// run's calls in the order they started, with the time they took together.
+    pub(crate) fn close(&self) -> (Vec<ModelCallUsage>, Duration) {
+        let mut state = self.state();
+        let state = &mut *state;
+        for (_, open) in &mut state.turns {
+            *open = false;
+        }
+        let mut total = Duration::ZERO;
+        let calls = state
+            .calls
+            .iter_mut()
+            .map(|entry| {
+                let settled = settle(entry, Usage::default(), false);
+                total += settled.duration;
+                ModelCallUsage {
+                    agent: state.turns[entry.turn].0.clone(),
+                    model: entry.model.name().to_owned(),
+                    input_tokens: settled.usage.input_tokens,
+                    output_tokens: settled.usage.output_tokens,
+                    cost_usd: entry.model.cost_usd(settled.usage),
+                    duration_ms: millis(settled.duration),
+                    success: settled.success,
+                }
+            })
+            .collect();
+        (calls, total)
+    }
+}
+
+/// Settles `entry` unless it already is; returns how it ended.
+fn settle(entry: &mut LedgerEntry, usage: Usage, success: bool) -> Settled {
+    *entry.settled.get_or_insert_with(|| Settled {
+        usage,
+        duration: entry.started.elapsed(),
+        success,
+    })
+}
+
+/// A call entered in the ledger and not yet settled by its handle. Dropped unsettled (the call's
+/// future or stream was dropped), it settles the call as failed.
+#[derive(Debug)]
+struct OpenCall {
+    ledger: Arc<ModelLedger>,
+    /// `None` when the call was not entered, or once it is settled.
+    index: Option<usize>,
+}
+
+impl OpenCall {
+    fn settle(mut self, usage: Usage, success: bool) {
+        if let Some(index) = self.index.take() {
+            self.ledger.settle(index, usage, success);
+        }
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        if let Some(index) = self.index.take() {
+            self.ledger.settle(index, Usage::default(), false);
+        }
+    }
 }
 
 /// A model answer arriving piece by piece. Read it with [`ModelStream::next`].
@@ -366,6 +494,8 @@ pub struct ModelStream {
     model: Arc<dyn Model>,
     inner: Option<DeltaStream>,
     permit: Option<Permit>,
+    /// The current model's call in the ledger, until it is settled.
+    call: Option<OpenCall>,
     started: Instant,
     deadline: Instant,
     usage: Usage,
@@ -403,11 +533,13 @@ impl ModelStream {
                     if let Some(permit) = self.permit.take() {
                         permit.success();
                     }
-                    self.handle.account(&self.model, self.usage, self.started, true).await;
+                    if let Some(call) = self.call.take() {
+                        call.settle(self.usage, true);
+                    }
                     return None;
                 }
-                Ok(Some(Err(source))) => self.fail(Some(source)).await,
-                Err(_) => self.fail(None).await,
+                Ok(Some(Err(source))) => self.fail(Some(source)),
+                Err(_) => self.fail(None),
             };
             let streamed = self.streamed;
             if let Err(error) = self.recover(error).await {
@@ -421,6 +553,7 @@ impl ModelStream {
 
     /// Starts the current model's stream under a fresh deadline.
     async fn open(&mut self, request: ModelRequest) -> Result<(), ModelCallError> {
+        self.call = Some(self.handle.ledger.enter(self.handle.turn, &self.model));
         self.started = Instant::now();
         self.deadline = self.started + self.handle.timeout;
         self.usage = Usage::default();
@@ -429,8 +562,8 @@ impl ModelStream {
                 self.inner = Some(inner);
                 Ok(())
             }
-            Ok(Err(source)) => Err(self.fail(Some(source)).await),
-            Err(_) => Err(self.fail(None).await),
+            Ok(Err(source)) => Err(self.fail(Some(source))),
+            Err(_) => Err(self.fail(None)),
         }
     }
 
@@ -444,12 +577,15 @@ impl ModelStream {
         self.open(request).await
     }
 
-    async fn fail(&mut self, source: Option<ModelError>) -> ModelCallError {
+    /// Ends the current model's call as failed: with `source`, or at the deadline without one.
+    fn fail(&mut self, source: Option<ModelError>) -> ModelCallError {
         self.inner = None;
         if let Some(permit) = self.permit.take() {
             permit.failure();
         }
-        self.handle.account(&self.model, self.usage, self.started, false).await;
+        if let Some(call) = self.call.take() {
+            call.settle(self.usage, false);
+        }
         let model = self.model.name().to_owned();
         match source {
             Some(source) => ModelCallError::Failed {

@@ -5,8 +5,6 @@ use std::time::Duration;
 use switchboard_protocol::{AgentThinking, PartialResult, ToolCompleted, ToolExecuting};
 use tokio::sync::mpsc;
 
-use crate::model::ModelCall;
-
 /// The closed set of reports from an agent's task to the run driver.
 #[derive(Debug)]
 pub(crate) enum Report {
@@ -16,8 +14,6 @@ pub(crate) enum Report {
     ToolFinished(ToolCompleted),
     /// Time spent in a tool call.
     ToolTime(Duration),
-    /// A finished model call.
-    ModelCall(ModelCall),
 }
 
 /// Sends reports to the run driver. Once the driver has closed the agent (it finished, timed out

@@ -25,7 +25,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::agent::{AgentContext, AgentError, AgentOutcome, AgentOutput, AgentRecord, Events, RunInfo};
 use crate::closing::{Closing, OpenRun};
 use crate::engine::{Inner, RunControl, RunOutcome, RunRequest, StopReason};
-use crate::model::ModelHandle;
+use crate::model::{ModelHandle, ModelLedger};
 use crate::report::{Report, Reporter, human, millis};
 use crate::sink::{RunIds, SinkError};
 use crate::tool::Tools;
@@ -155,9 +155,17 @@ impl RunLog {
         self.state.lock().unwrap().store_time
     }
 
-    /// Closes whatever is open and publishes a failed final event. Used only when the driver
-    /// itself failed, so the run still ends with its one final event.
-    async fn close_abnormally(&self, cause: Abnormal, elapsed: Duration, until: Instant) -> Option<Event> {
+    /// Closes whatever is open and publishes a failed final event, with the run's model calls
+    /// (`model_calls`, taking `model_time`). Used only when the driver itself failed, so the run
+    /// still ends with its one final event.
+    async fn close_abnormally(
+        &self,
+        cause: Abnormal,
+        elapsed: Duration,
+        until: Instant,
+        model_calls: &[ModelCallUsage],
+        model_time: Duration,
+    ) -> Option<Event> {
         let open = {
             let state = self.state.lock().unwrap();
             let mut tools: Vec<_> = state
@@ -180,8 +188,17 @@ impl RunLog {
             elapsed,
         };
         let mut final_event = None;
-        for (agent, payload) in open.closing_events(closing) {
-            let is_final = matches!(&payload, EventPayload::AgentCompleted(c) if c.is_final);
+        for (agent, mut payload) in open.closing_events(closing) {
+            let is_final = match &mut payload {
+                EventPayload::AgentCompleted(c) if c.is_final => {
+                    c.model_calls = model_calls.to_vec();
+                    if let Some(timings) = &mut c.timings {
+                        timings.model_ms = millis(model_time);
+                    }
+                    true
+                }
+                _ => false,
+            };
             let published = self.publish(&agent, payload, until).await;
             if is_final {
                 final_event = published.ok();
@@ -267,8 +284,8 @@ pub(crate) struct RunDriver {
     run_deadline: Instant,
     final_limit: Instant,
     records: Vec<AgentRecord>,
-    model_time: Duration,
-    model_calls: Vec<ModelCallUsage>,
+    /// The run's model calls, shared with the agents' model handles.
+    ledger: Arc<ModelLedger>,
     tool_time: Duration,
     agent_times: Vec<(AgentName, Duration)>,
     call_ids: Arc<AtomicU64>,
@@ -310,8 +327,7 @@ impl RunDriver {
             run_deadline,
             final_limit: run_deadline + FINAL_GRACE,
             records: Vec::new(),
-            model_time: Duration::ZERO,
-            model_calls: Vec::new(),
+            ledger: Arc::default(),
             tool_time: Duration::ZERO,
             agent_times: Vec::new(),
             call_ids: Arc::new(AtomicU64::new(0)),
@@ -325,6 +341,7 @@ impl RunDriver {
     pub(crate) async fn run_to_end(self) -> RunOutcome {
         let engine = Arc::clone(&self.engine);
         let log = Arc::clone(&self.log);
+        let ledger = Arc::clone(&self.ledger);
         let (accepted, run_deadline, final_limit) = (self.accepted, self.run_deadline, self.final_limit);
         let (run_id, user_id) = (self.info.run_id.clone(), self.info.user_id.clone());
         let span = tracing::info_span!("run", run_id = %run_id, user_id = %user_id, trace_id = %self.info.trace_id);
@@ -338,7 +355,7 @@ impl RunDriver {
                     code: AgentErrorCode::Internal,
                     status: RunStatus::Failed,
                 };
-                abnormal_outcome(&log, cause, accepted, final_limit).await
+                abnormal_outcome(&log, &ledger, cause, accepted, final_limit).await
             }
             Err(_) => {
                 tracing::error!(%run_id, "the run driver overran its limit");
@@ -357,7 +374,7 @@ impl RunDriver {
                     },
                 };
                 // Past the limit already: a late final event is better than none.
-                abnormal_outcome(&log, cause, accepted, Instant::now() + FINAL_RESERVE).await
+                abnormal_outcome(&log, &ledger, cause, accepted, Instant::now() + FINAL_RESERVE).await
             }
         };
         engine.finish(&run_id, &user_id);
@@ -449,6 +466,7 @@ impl RunDriver {
         let agent_deadline = (started + config.agent_timeout).min(self.run_deadline);
         let cancel = self.control.token().child_token();
         let (reporter, mut reports) = Reporter::channel();
+        let turn = self.ledger.begin_turn(name);
         let ctx = AgentContext {
             agent: name.clone(),
             run: Arc::clone(&self.info),
@@ -462,6 +480,8 @@ impl RunDriver {
                 breaker: Arc::clone(&self.engine.model_breaker),
                 timeout: config.model_timeout,
                 reporter: reporter.clone(),
+                ledger: Arc::clone(&self.ledger),
+                turn,
             },
             tools: Tools {
                 allowed: tools,
@@ -488,9 +508,11 @@ impl RunDriver {
             }
         };
         // Close the agent: nothing it sends from now on reaches the stream; what it sent
-        // before is published.
+        // before is published. Its model calls still in flight end here, as failed: the task
+        // may be dropped only later, so this does not wait for the calls' own drop guards.
         cancel.cancel();
         work.abort();
+        self.ledger.end_turn(turn);
         reports.close();
         while let Ok(report) = reports.try_recv() {
             self.on_report(name, report).await;
@@ -633,19 +655,6 @@ impl RunDriver {
 
     async fn on_report(&mut self, agent: &AgentName, report: Report) {
         let payload = match report {
-            Report::ModelCall(call) => {
-                self.model_time += call.duration;
-                self.model_calls.push(ModelCallUsage {
-                    agent: agent.clone(),
-                    model: call.model,
-                    input_tokens: call.usage.input_tokens,
-                    output_tokens: call.usage.output_tokens,
-                    cost_usd: call.cost_usd,
-                    duration_ms: millis(call.duration),
-                    success: call.success,
-                });
-                return;
-            }
             Report::ToolTime(spent) => {
                 self.tool_time += spent;
                 return;
@@ -752,12 +761,13 @@ impl RunDriver {
         let result = if status == RunStatus::Completed { result } else { None };
         let answer = if status == RunStatus::Completed { answer } else { None };
         let duration = self.accepted.elapsed();
-        let timings = self.timings(duration);
+        let (model_calls, model_time) = self.ledger.close();
+        let timings = self.timings(duration, model_time);
         let payload = EventPayload::AgentCompleted(AgentCompleted {
             is_final: true,
             timings: Some(timings),
             missing: missing.clone(),
-            model_calls: self.model_calls.clone(),
+            model_calls: model_calls.clone(),
             ..agent_completed(status, duration, result.clone())
         });
         let final_event = match self.log.publish(&supervisor, payload, self.final_limit).await {
@@ -773,13 +783,13 @@ impl RunDriver {
             answer,
             result,
             missing,
-            model_calls: self.model_calls,
+            model_calls,
             duration,
             final_event,
         }
     }
 
-    fn timings(&self, total: Duration) -> RunTimings {
+    fn timings(&self, total: Duration, model_time: Duration) -> RunTimings {
         let mut agents = std::collections::BTreeMap::new();
         for (name, spent) in &self.agent_times {
             *agents.entry(name.to_string()).or_insert(0) += millis(*spent);
@@ -787,7 +797,7 @@ impl RunDriver {
         RunTimings {
             queue_ms: millis(self.queue_time),
             store_ms: millis(self.log.store_time()),
-            model_ms: millis(self.model_time),
+            model_ms: millis(model_time),
             tools_ms: millis(self.tool_time),
             agents,
             total_ms: millis(total),
@@ -803,15 +813,24 @@ struct Abnormal {
     status: RunStatus,
 }
 
-async fn abnormal_outcome(log: &RunLog, cause: Abnormal, accepted: Instant, until: Instant) -> RunOutcome {
+async fn abnormal_outcome(
+    log: &RunLog,
+    ledger: &ModelLedger,
+    cause: Abnormal,
+    accepted: Instant,
+    until: Instant,
+) -> RunOutcome {
     let duration = accepted.elapsed();
-    let final_event = log.close_abnormally(cause, duration, until).await;
+    let (model_calls, model_time) = ledger.close();
+    let final_event = log
+        .close_abnormally(cause, duration, until, &model_calls, model_time)
+        .await;
     RunOutcome {
         status: cause.status,
         answer: None,
         result: None,
         missing: Vec::new(),
-        model_calls: Vec::new(),
+        model_calls,
         duration,
         final_event,
     }

@@ -184,10 +184,15 @@ pub enum ModelBehavior {
     Hang,
     /// Fails (retryable).
     Fail(String),
+    /// Fails (retryable) after a delay; a stream is refused after it.
+    FailAfter(Duration, String),
     /// Streams these pieces, one per interval (a complete call gets them joined).
     Chunks(Vec<String>, Duration),
     /// Streams these pieces, then hangs.
     HangAfter(Vec<String>),
+    /// Streams these pieces, one per interval, then breaks off with this error (retryable); a
+    /// complete call fails after the same time.
+    BreakOff(Vec<String>, Duration, String),
 }
 
 /// A model that plays a list of behaviours, one per call, repeating the last one.
@@ -259,6 +264,16 @@ impl Model for ScriptedModel {
                 guard.finished = true;
                 return Err(ModelError::transient(message));
             }
+            ModelBehavior::FailAfter(delay, message) => {
+                tokio::time::sleep(delay).await;
+                guard.finished = true;
+                return Err(ModelError::transient(message));
+            }
+            ModelBehavior::BreakOff(pieces, interval, message) => {
+                tokio::time::sleep(interval * pieces.len() as u32).await;
+                guard.finished = true;
+                return Err(ModelError::transient(message));
+            }
             ModelBehavior::Chunks(pieces, interval) => {
                 tokio::time::sleep(interval * pieces.len() as u32).await;
                 pieces.concat()
@@ -272,13 +287,20 @@ impl Model for ScriptedModel {
     }
 
     async fn stream(&self, request: ModelRequest) -> Result<DeltaStream, ModelError> {
-        let (pieces, interval, hang) = match self.script.next() {
-            ModelBehavior::Reply(text) => (vec![text], Duration::ZERO, false),
-            ModelBehavior::Delay(delay, text) => (vec![text], delay, false),
-            ModelBehavior::Hang => (Vec::new(), Duration::ZERO, true),
+        let (pieces, interval, hang, broken) = match self.script.next() {
+            ModelBehavior::Reply(text) => (vec![text], Duration::ZERO, false, None),
+            ModelBehavior::Delay(delay, text) => (vec![text], delay, false, None),
+            ModelBehavior::Hang => (Vec::new(), Duration::ZERO, true, None),
             ModelBehavior::Fail(message) => return Err(ModelError::transient(message)),
-            ModelBehavior::Chunks(pieces, interval) => (pieces, interval, false),
-            ModelBehavior::HangAfter(pieces) => (pieces, Duration::ZERO, true),
+            ModelBehavior::FailAfter(delay, message) => {
+                let mut guard = self.script.dropped.guard();
+                tokio::time::sleep(delay).await;
+                guard.finished = true;
+                return Err(ModelError::transient(message));
+            }
+            ModelBehavior::Chunks(pieces, interval) => (pieces, interval, false, None),
+            ModelBehavior::HangAfter(pieces) => (pieces, Duration::ZERO, true, None),
+            ModelBehavior::BreakOff(pieces, interval, message) => (pieces, interval, false, Some(message)),
         };
         let usage = usage_of(&request, &pieces.concat());
         let guard = Arc::new(Mutex::new(self.script.dropped.guard()));
@@ -292,7 +314,10 @@ impl Model for ScriptedModel {
                 std::future::pending::<()>().await;
             }
             end_guard.lock().unwrap().finished = true;
-            Ok(Delta::Usage(usage))
+            match broken {
+                Some(message) => Err(ModelError::transient(message)),
+                None => Ok(Delta::Usage(usage)),
+            }
         });
         let keep_guard = futures_util::stream::once(async move {
             drop(guard);

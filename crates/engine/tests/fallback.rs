@@ -1,13 +1,17 @@
 //! The fallback model and the accounting of model calls, through the engine's API on tokio's
 //! paused clock: whatever the model does (fails, hangs, breaks off mid-stream, has its circuit
-//! open), the user is told why in a sentence and the run still answers.
+//! open), the user is told why in a sentence and the run still answers; and every call, also one
+//! cut off in flight, is on the final event with its time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_engine::testkit::{MemorySink, ModelBehavior, Scenario, ScriptedModel, Step, deltas, thoughts};
-use switchboard_engine::{DeltaStream, Model, ModelError, ModelRequest, ModelResponse, RunRequest, Usage};
+use switchboard_engine::{
+    Agent, AgentContext, AgentError, AgentOutput, DeltaStream, EngineConfig, Model, ModelError, ModelRequest,
+    ModelResponse, RunRequest, Usage,
+};
 use switchboard_protocol::{Event, EventPayload, RunStatus, ThreadId, UserId};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -230,4 +234,209 @@ async fn every_model_call_is_recorded_with_its_tokens_and_cost() {
         ]
     );
     assert_eq!(last.timings.as_ref().unwrap().model_ms, 200);
+}
+
+/// Opens a stream, reads its first piece and drops the rest unread, then works on for a second.
+struct DropsTheStream;
+
+#[async_trait]
+impl Agent for DropsTheStream {
+    async fn run(&self, ctx: AgentContext) -> Result<AgentOutput, AgentError> {
+        let mut stream = ctx.model.stream(ModelRequest::new("scripted", "write")).await?;
+        let first = stream.next().await.transpose()?.unwrap_or_default();
+        drop(stream);
+        tokio::time::sleep(S(1)).await;
+        Ok(AgentOutput {
+            answer: Some(first),
+            ..AgentOutput::default()
+        })
+    }
+}
+
+/// Leaves a model call running in a task of its own, then finishes after a second.
+struct LeavesACallBehind;
+
+#[async_trait]
+impl Agent for LeavesACallBehind {
+    async fn run(&self, ctx: AgentContext) -> Result<AgentOutput, AgentError> {
+        let model = ctx.model.clone();
+        tokio::spawn(async move { model.complete(ModelRequest::new("scripted", "classify")).await });
+        tokio::time::sleep(S(1)).await;
+        Ok(AgentOutput::default())
+    }
+}
+
+/// A run's model calls as recorded, one case per way a call can end.
+struct Recorded {
+    name: &'static str,
+    scenario: Scenario,
+    cancel_after: Option<Duration>,
+    status: RunStatus,
+    /// (agent, model, success, duration in ms) of each call on the final event.
+    calls: &'static [(&'static str, &'static str, bool, u64)],
+    /// The final event's `timings.model_ms`.
+    model_ms: u64,
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_model_call_is_recorded_with_its_time_however_it_ends() {
+    let ms = Duration::from_millis;
+    let config = |change: fn(&mut EngineConfig)| {
+        let mut config = EngineConfig::default();
+        change(&mut config);
+        config
+    };
+    let ask_then_stream = |model: Arc<ScriptedModel>| {
+        Scenario::new()
+            .model(model)
+            .agent("triage", vec![Step::Ask("classify".into())])
+            .agent("reporting", vec![Step::StreamAnswer("write".into())])
+    };
+    let stream_only = |model: Arc<ScriptedModel>| {
+        Scenario::new()
+            .model(model)
+            .agent("triage", vec![Step::plan(&[])])
+            .agent("reporting", vec![Step::StreamAnswer("write".into())])
+    };
+    let cases = vec![
+        Recorded {
+            name: "the model hangs past the agent deadline",
+            scenario: ask_then_stream(ScriptedModel::new(ModelBehavior::Hang))
+                .config(config(|c| c.agent_timeout = S(2))),
+            cancel_after: None,
+            status: RunStatus::TimedOut,
+            calls: &[
+                ("triage", "scripted", false, 2_000),
+                ("reporting", "scripted", false, 2_000),
+            ],
+            model_ms: 4_000,
+        },
+        Recorded {
+            name: "the model hangs past the run deadline",
+            scenario: ask_then_stream(ScriptedModel::sequence(vec![
+                ModelBehavior::Delay(S(1), "{}".into()),
+                ModelBehavior::Hang,
+            ]))
+            .config(config(|c| c.run_timeout = S(3))),
+            cancel_after: None,
+            status: RunStatus::TimedOut,
+            calls: &[
+                ("triage", "scripted", true, 1_000),
+                ("reporting", "scripted", false, 2_000),
+            ],
+            model_ms: 3_000,
+        },
+        Recorded {
+            name: "the run is cancelled while a call is in flight",
+            scenario: ask_then_stream(ScriptedModel::new(ModelBehavior::Hang)),
+            cancel_after: Some(ms(1_500)),
+            status: RunStatus::Cancelled,
+            calls: &[("triage", "scripted", false, 1_500)],
+            model_ms: 1_500,
+        },
+        Recorded {
+            name: "the model fails after a while",
+            scenario: ask_then_stream(ScriptedModel::new(ModelBehavior::FailAfter(S(1), "overloaded".into()))),
+            cancel_after: None,
+            status: RunStatus::Failed,
+            calls: &[
+                ("triage", "scripted", false, 1_000),
+                ("reporting", "scripted", false, 1_000),
+            ],
+            model_ms: 2_000,
+        },
+        Recorded {
+            name: "a stream breaks off midway",
+            scenario: stream_only(ScriptedModel::new(ModelBehavior::BreakOff(
+                vec!["Your ".into(), "costs ".into()],
+                ms(500),
+                "connection reset".into(),
+            ))),
+            cancel_after: None,
+            status: RunStatus::Failed,
+            calls: &[("reporting", "scripted", false, 1_000)],
+            model_ms: 1_000,
+        },
+        Recorded {
+            name: "a stream hangs midway past the agent deadline",
+            scenario: stream_only(ScriptedModel::new(ModelBehavior::HangAfter(vec!["Your ".into()])))
+                .config(config(|c| c.agent_timeout = S(2))),
+            cancel_after: None,
+            status: RunStatus::TimedOut,
+            calls: &[("reporting", "scripted", false, 2_000)],
+            model_ms: 2_000,
+        },
+        Recorded {
+            name: "the agent drops a stream it has not read to the end",
+            scenario: Scenario::new()
+                .model(ScriptedModel::new(ModelBehavior::Chunks(
+                    vec!["Your ".into(), "costs".into()],
+                    ms(500),
+                )))
+                .agent_impl("reporting", Arc::new(DropsTheStream), None),
+            cancel_after: None,
+            status: RunStatus::Completed,
+            calls: &[("reporting", "scripted", false, 500)],
+            model_ms: 500,
+        },
+        Recorded {
+            name: "a call the agent leaves in flight ends with the agent's turn",
+            scenario: Scenario::new()
+                .model(ScriptedModel::new(ModelBehavior::Hang))
+                .agent_impl("triage", Arc::new(LeavesACallBehind), None)
+                .agent("reporting", vec![Step::Sleep(S(2)), Step::answer("done")]),
+            cancel_after: None,
+            status: RunStatus::Completed,
+            calls: &[("triage", "scripted", false, 1_000)],
+            model_ms: 1_000,
+        },
+        Recorded {
+            name: "the model times out and the fallback hangs past the agent deadline",
+            scenario: asking(
+                ScriptedModel::named("gpt-x", vec![ModelBehavior::Hang]),
+                ScriptedModel::named("offline", vec![ModelBehavior::Hang]),
+            ),
+            cancel_after: None,
+            status: RunStatus::TimedOut,
+            calls: &[("triage", "gpt-x", false, 20_000), ("triage", "offline", false, 5_000)],
+            model_ms: 25_000,
+        },
+        Recorded {
+            name: "a stream breaks off and the fallback's stream hangs past the agent deadline",
+            scenario: Scenario::new()
+                .model(ScriptedModel::named(
+                    "gpt-x",
+                    vec![ModelBehavior::BreakOff(vec!["Your ".into()], S(1), "reset".into())],
+                ))
+                .fallback_model(ScriptedModel::named(
+                    "offline",
+                    vec![ModelBehavior::HangAfter(vec!["The ".into()])],
+                ))
+                .agent("reporting", vec![Step::StreamAnswer("write".into())])
+                .config(config(|c| c.agent_timeout = S(5))),
+            cancel_after: None,
+            status: RunStatus::TimedOut,
+            calls: &[
+                ("reporting", "gpt-x", false, 1_000),
+                ("reporting", "offline", false, 4_000),
+            ],
+            model_ms: 5_000,
+        },
+    ];
+    for case in cases {
+        let (events, outcome) = case.scenario.run_with_outcome("go", case.cancel_after).await;
+        let name = case.name;
+        assert_eq!(outcome.status, case.status, "case: {name}");
+        let Some(EventPayload::AgentCompleted(last)) = events.last().map(|e| &e.payload) else {
+            panic!("no final event, case: {name}");
+        };
+        let calls: Vec<(&str, &str, bool, u64)> = last
+            .model_calls
+            .iter()
+            .map(|c| (c.agent.as_str(), c.model.as_str(), c.success, c.duration_ms))
+            .collect();
+        assert_eq!(calls, case.calls, "case: {name}");
+        assert_eq!(last.timings.as_ref().unwrap().model_ms, case.model_ms, "case: {name}");
+        assert_eq!(outcome.model_calls, last.model_calls, "case: {name}");
+    }
 }

@@ -14,6 +14,11 @@ use switchboard_protocol::{Event, EventPayload, RunStatus};
 use crate::support::{TestApp, run_events, send, spawn_app_with};
 
 async fn app_with(fake: &FakeServer) -> TestApp {
+    app_configured(fake, |_| {}).await
+}
+
+/// A server using the fake's model, with `configure` applied last.
+async fn app_configured(fake: &FakeServer, configure: impl FnOnce(&mut switchboard::Config)) -> TestApp {
     let base_url = fake.base_url().to_owned();
     spawn_app_with(move |c| {
         c.heartbeat_interval = Duration::from_secs(600);
@@ -23,6 +28,7 @@ async fn app_with(fake: &FakeServer) -> TestApp {
             model: "gpt-4o-mini".into(),
             max_retries: 2,
         });
+        configure(c);
     })
     .await
 }
@@ -160,6 +166,43 @@ async fn a_failing_model_is_told_in_sentences_and_the_offline_model_still_answer
     assert_eq!(fake.dropped(), 1, "the hanging request was dropped");
     let category: &Value = &result["category"];
     assert_eq!(category, "cost", "the offline model classified it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn model_calls_cut_off_by_the_agent_deadline_are_on_the_final_event_with_their_time() {
+    // The agents' deadline comes before the model's, so each hanging call is dropped with its
+    // agent, before the offline model could answer instead.
+    let fake = FakeServer::start(vec![Reply::Hang, Reply::Hang]).await;
+    let app = app_configured(&fake, |c| c.engine.agent_timeout = Duration::from_secs(2)).await;
+    let session = app.user("asker").await;
+    let mut socket = app.connect(&session).await;
+    let accepted = send(&mut socket, "how can we cut our costs?").await;
+    let events = run_events(&mut socket, &accepted.run_id).await;
+    check_run(&events).unwrap();
+    assert_eq!(final_status(&events), Some(RunStatus::TimedOut));
+    let done = final_payload(&events);
+    let calls: Vec<(&str, &str, bool)> = done
+        .model_calls
+        .iter()
+        .map(|c| (c.agent.as_str(), c.model.as_str(), c.success))
+        .collect();
+    assert_eq!(
+        calls,
+        [("triage", "gpt-4o-mini", false), ("reporting", "gpt-4o-mini", false)]
+    );
+    for call in &done.model_calls {
+        assert!(
+            (1..=2_000).contains(&call.duration_ms),
+            "a call waits until its agent is stopped: {call:?}"
+        );
+    }
+    let waited: u64 = done.model_calls.iter().map(|c| c.duration_ms).sum();
+    let model_ms = done.timings.as_ref().unwrap().model_ms;
+    assert!(
+        model_ms > 0 && model_ms.abs_diff(waited) <= 1,
+        "model_ms {model_ms}, calls {waited}"
+    );
+    assert_eq!(fake.requests().len(), 2);
 }
 
 #[tokio::test]
