@@ -40,6 +40,11 @@ pub const BULK_SHARE: f64 = 0.8;
 /// The most anomalies reported (the strongest; then in time order).
 pub const MAX_ANOMALIES: usize = 10;
 
+/// A usual day below this many dollars is too small to say how many times a day exceeds it.
+const MIN_NORM_USD: f64 = 0.01;
+/// A day more than this many times its norm is said to be far above it, not counted in times.
+const MAX_RATIO: f64 = 1000.0;
+
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
@@ -174,12 +179,20 @@ pub fn anomalies(summary: &Summary) -> Vec<Anomaly> {
             continue;
         };
         if off > (DAY_DEVIATIONS * spread).max(0.5 * norm) && off > 0.0 {
-            let text = if *cost > norm {
+            let ratio = cost / norm;
+            let text = if *cost > norm && norm >= MIN_NORM_USD && ratio <= MAX_RATIO {
                 format!(
-                    "{}: {} spent, {:.1}× the usual {usual} ({}).",
+                    "{}: {} spent, {}× the usual {usual} ({}).",
                     day_label(start),
                     crate::usd(*cost),
-                    cost / norm.max(f64::MIN_POSITIVE),
+                    crate::data::figure(ratio, 1),
+                    crate::usd(norm)
+                )
+            } else if *cost > norm {
+                format!(
+                    "{}: {} spent, far above the usual {usual} ({}).",
+                    day_label(start),
+                    crate::usd(*cost),
                     crate::usd(norm)
                 )
             } else {
@@ -233,10 +246,10 @@ pub fn anomalies(summary: &Summary) -> Vec<Anomaly> {
                         )
                     } else {
                         format!(
-                            "{}: {} calls, {:.1}× the usual {usual} for that hour.",
+                            "{}: {} calls, {}× the usual {usual} for that hour.",
                             hour_label(bucket.start),
                             bucket.calls,
-                            calls / usual
+                            crate::data::figure(calls / usual, 1)
                         )
                     },
                 },
@@ -581,6 +594,45 @@ mod tests {
         // 12 of 40 failed (30 %), all at 01:00: 12 of 20 (60 %) is not three times 30 %.
         assert_eq!(found, Vec::new());
         assert_eq!(anomalies(&SummaryBuilder::default().finish().unwrap()), Vec::new());
+    }
+
+    #[test]
+    fn a_day_far_above_a_usual_day_of_almost_nothing_is_not_counted_in_times() {
+        // Eight days at noon of `usual` each, but the 5th, which costs `spent`.
+        let text = |usual: f64, spent: f64| {
+            let mut builder = SummaryBuilder::default();
+            for day in 0..8 {
+                let cost = if day == 4 { spent } else { usual };
+                builder.add(
+                    "m",
+                    None,
+                    None,
+                    call(NOV_1 + day * DAY + 12 * HOUR, 100.0, false, cost, 10),
+                );
+            }
+            let found: Vec<String> = anomalies(&builder.finish().unwrap())
+                .into_iter()
+                .map(|a| a.text)
+                .collect();
+            found.join(" ")
+        };
+        let cases: [(f64, f64, &str); 4] = [
+            (1.0, 4.0, "2026-11-05: $4.00 spent, 4.0× the usual day ($1.00)."),
+            (
+                1.0,
+                1000.0,
+                "2026-11-05: $1000.00 spent, 1000.0× the usual day ($1.00).",
+            ),
+            (0.0, 5.0, "2026-11-05: $5.00 spent, far above the usual day ($0.0000)."),
+            (
+                0.001,
+                10_000.0,
+                "2026-11-05: $10000.00 spent, far above the usual day ($0.0010).",
+            ),
+        ];
+        for (usual, spent, expected) in cases {
+            assert_eq!(text(usual, spent), expected, "usual {usual}, spent {spent}");
+        }
     }
 
     /// Eight days of `chat` at noon (10 calls, 500 ms) and of `nightly` at 03:00 (5 calls, 9 s, a

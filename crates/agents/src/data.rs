@@ -88,6 +88,7 @@ pub fn summary_json(summary: &Summary) -> Value {
         "hours": summary.hours.iter().map(|h| json!({"hour": h.hour, "calls": h.calls, "cost_usd": h.cost_usd, "p95_latency_ms": h.p95_latency_ms})).collect::<Vec<_>>(),
         "opportunities": opportunities_json(&summary.opportunities),
         "anomalies": crate::analysis::anomalies(summary),
+        "calls_left_out": summary.calls_left_out,
     });
     out["latency"] = crate::analysis::latency(&out);
     out
@@ -139,19 +140,120 @@ impl Agent for DataAgent {
             .await?;
         let calls = summary["totals"]["calls"].as_u64().unwrap_or(0);
         let cost = summary["totals"]["cost_usd"].as_f64().unwrap_or(0.0);
+        let left_out = match summary["calls_left_out"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!("; {}", left_out_sentence(n)),
+        };
         ctx.events
-            .step(format!("Read {calls} calls costing {} in total.", usd(cost)), 2, 1.0)
+            .step(
+                format!("Read {calls} calls costing {} in total{left_out}.", usd(cost)),
+                2,
+                1.0,
+            )
             .await;
         Ok(AgentOutput::data(summary))
     }
 }
 
-/// Dollars as people read them: cents, or four decimals below a dollar (sums of cents that
-/// float a hair below a dollar still read as cents).
-pub fn usd(amount: f64) -> String {
-    if (amount.abs() * 100.0).round() < 100.0 {
-        format!("${amount:.4}")
+/// From this size on a figure is written in scientific notation (`1.00e12`): no sum of figures
+/// in range comes near it, and it keeps a figure that is out of range from filling a line.
+const SCIENTIFIC_FROM: f64 = 1e12;
+
+/// Written for a figure that is not a number or infinite: neither is ever printed.
+const OUT_OF_RANGE: &str = "(out of range)";
+
+/// A figure with `decimals` decimals, never `inf`, `NaN` or hundreds of digits.
+pub(crate) fn figure(value: f64, decimals: usize) -> String {
+    if !value.is_finite() {
+        OUT_OF_RANGE.to_owned()
+    } else if value.abs() >= SCIENTIFIC_FROM {
+        format!("{value:.2e}")
     } else {
-        format!("${amount:.2}")
+        format!("{value:.decimals$}")
+    }
+}
+
+/// Dollars as people read them: cents, or four decimals below a dollar (sums of cents that
+/// float a hair below a dollar still read as cents). Never `inf`, `NaN` or hundreds of digits.
+pub fn usd(amount: f64) -> String {
+    if !amount.is_finite() {
+        OUT_OF_RANGE.to_owned()
+    } else if (amount.abs() * 100.0).round() < 100.0 {
+        format!("${}", figure(amount, 4))
+    } else {
+        format!("${}", figure(amount, 2))
+    }
+}
+
+/// The ranges a call's figures must lie in, as a phrase.
+pub(crate) fn ranges() -> String {
+    use switchboard_store::{
+        EARLIEST_CALL_MS, LATEST_CALL_MS, MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS, MAX_CALL_TOKENS,
+    };
+    let year = |ms: i64| {
+        Timestamp::from_unix_millis(ms)
+            .map_or_else(String::new, |t| t.to_string().get(..4).unwrap_or_default().to_owned())
+    };
+    format!(
+        "at most {} prompt and answer tokens each, a latency from 0 to {} ms (a day), a cost from $0 to ${}, made in \
+         the years {} to {}",
+        grouped(MAX_CALL_TOKENS),
+        grouped(MAX_CALL_LATENCY_MS as u64),
+        grouped(MAX_CALL_COST_USD as u64),
+        year(EARLIEST_CALL_MS),
+        year(LATEST_CALL_MS)
+    )
+}
+
+/// A count with thousands separators: `107,555,052`.
+pub(crate) fn grouped(count: u64) -> String {
+    let digits = count.to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// Says that `calls` stored calls were left out of the figures, and why.
+pub(crate) fn left_out_sentence(calls: u64) -> String {
+    if calls == 1 {
+        "1 stored call was left out because its figures are out of range".to_owned()
+    } else {
+        format!("{calls} stored calls were left out because their figures are out of range")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_never_read_as_inf_nan_or_hundreds_of_digits() {
+        let cases: [(f64, &str); 9] = [
+            (0.0254, "$0.0254"),
+            (0.999, "$1.00"),
+            (28.0, "$28.00"),
+            (123_456.789, "$123456.79"),
+            (1e12, "$1.00e12"),
+            (1e308, "$1.00e308"),
+            (f64::INFINITY, "(out of range)"),
+            (f64::NEG_INFINITY, "(out of range)"),
+            (f64::NAN, "(out of range)"),
+        ];
+        for (amount, expected) in cases {
+            assert_eq!(usd(amount), expected, "{amount}");
+        }
+        assert_eq!(
+            (figure(f64::NAN, 1), figure(-2.5e300, 0), figure(812.46, 1)),
+            ("(out of range)".to_owned(), "-2.50e300".to_owned(), "812.5".to_owned())
+        );
+        assert_eq!(
+            (grouped(0), grouped(1000), grouped(10_000_000)),
+            ("0".to_owned(), "1,000".to_owned(), "10,000,000".to_owned())
+        );
     }
 }

@@ -171,7 +171,8 @@ pub fn strategies(summary: &Value, prices: &PriceTable) -> Vec<Strategy> {
         assumption: "Failed calls are paid for and then retried; removing their cause saves their whole cost."
             .to_owned(),
     });
-    out.retain(|s| s.monthly_savings_usd > 0.0);
+    // A saving that is not a finite amount could only come from figures out of range.
+    out.retain(|s| s.monthly_savings_usd.is_finite() && s.monthly_savings_usd > 0.0);
     out.sort_by(|a, b| b.monthly_savings_usd.total_cmp(&a.monthly_savings_usd));
     out
 }

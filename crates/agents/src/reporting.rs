@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use switchboard_engine::{Agent, AgentContext, AgentError, AgentOutput, ModelRequest};
 
-use crate::data::usd;
+use crate::data::{figure, grouped, left_out_sentence, ranges, usd};
 use crate::triage::{Category, Triage};
 
 /// The reporting agent.
@@ -134,24 +134,19 @@ pub fn report(summary: &Value, strategies: &Value, actions: &Value) -> Value {
         "actions": if actions.is_array() { actions.clone() } else { json!([]) },
         "anomalies": if summary["anomalies"].is_array() { summary["anomalies"].clone() } else { json!([]) },
         "latency": summary["latency"],
+        "calls_left_out": summary["calls_left_out"].as_u64().unwrap_or(0),
     })
 }
 
 /// A count with thousands separators: `107,555,052`.
 fn count(value: &Value) -> String {
-    let digits = value.as_u64().unwrap_or(0).to_string();
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
+    grouped(value.as_u64().unwrap_or(0))
 }
 
 fn ms(value: &Value) -> String {
-    value.as_f64().map_or_else(|| "–".to_owned(), |v| format!("{v:.0} ms"))
+    value
+        .as_f64()
+        .map_or_else(|| "–".to_owned(), |v| format!("{} ms", figure(v, 0)))
 }
 
 /// The savings and the plan, when the optimization and actions agents ran.
@@ -273,6 +268,19 @@ fn latency_part(latency: &Value) -> String {
 /// The figures part of the answer, from the data agent's summary.
 fn figures(category: Category, summary: &Value) -> String {
     let totals = &summary["totals"];
+    let left_out = summary["calls_left_out"].as_u64().unwrap_or(0);
+    if totals["calls"].as_u64().unwrap_or(0) == 0 {
+        return if left_out > 0 {
+            format!(
+                "{} (each call needs {}), and none is left, so I give no figures rather than guess. Upload the \
+                 calls again with their true figures.\n\n",
+                left_out_sentence(left_out),
+                ranges()
+            )
+        } else {
+            "None of your calls falls in the period asked about, so I give no figures.\n\n".to_owned()
+        };
+    }
     let cost = totals["cost_usd"].as_f64().unwrap_or(0.0);
     let errors = totals["errors"].as_u64().unwrap_or(0);
     let day = |v: &Value| {
@@ -281,28 +289,35 @@ fn figures(category: Category, summary: &Value) -> String {
             .unwrap_or_default()
     };
     let mut out = format!(
-        "From {} to {}: **{} calls**, {} input and {} output tokens, **{}** in total; {errors} failed ({:.1} %).\n\n",
+        "From {} to {}: **{} calls**, {} input and {} output tokens, **{}** in total; {errors} failed ({} %).\n\n",
         day(&summary["period"]["from"]),
         day(&summary["period"]["to"]),
         count(&totals["calls"]),
         count(&totals["input_tokens"]),
         count(&totals["output_tokens"]),
         usd(cost),
-        totals["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+        figure(totals["error_rate"].as_f64().unwrap_or(0.0) * 100.0, 1),
     );
+    if left_out > 0 {
+        out.push_str(&format!(
+            "{} (each call needs {}): no figure here counts them.\n\n",
+            left_out_sentence(left_out),
+            ranges()
+        ));
+    }
     for (key, name, title) in [("by_model", "model", "Model"), ("by_feature", "feature", "Feature")] {
         out.push_str(&format!("| {title} | calls | cost | share | p50 | p95 | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"));
         for row in summary[key].as_array().into_iter().flatten() {
             let row_cost = row["cost_usd"].as_f64().unwrap_or(0.0);
             out.push_str(&format!(
-                "| {} | {} | {} | {:.1} % | {} | {} | {:.1} % |\n",
+                "| {} | {} | {} | {} % | {} | {} | {} % |\n",
                 row[name].as_str().unwrap_or("?"),
                 count(&row["calls"]),
                 usd(row_cost),
-                if cost > 0.0 { row_cost / cost * 100.0 } else { 0.0 },
+                figure(if cost > 0.0 { row_cost / cost * 100.0 } else { 0.0 }, 1),
                 ms(&row["p50_latency_ms"]),
                 ms(&row["p95_latency_ms"]),
-                row["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                figure(row["error_rate"].as_f64().unwrap_or(0.0) * 100.0, 1),
             ));
         }
         out.push('\n');

@@ -1,16 +1,25 @@
 //! Validating uploaded workload rows (JSON arrays and NDJSON): every row is checked, every bad
 //! row is named by its 1-based line with every problem it has, and the cost of a row that gives
 //! none is computed from the price table.
+//!
+//! Every figure must lie in the store's ranges ([`MAX_CALL_TOKENS`], [`MAX_CALL_LATENCY_MS`],
+//! [`MAX_CALL_COST_USD`], [`EARLIEST_CALL_MS`] to [`LATEST_CALL_MS`]), defined once in
+//! `switchboard-store`, whose summary leaves out stored calls outside them.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use switchboard_protocol::Timestamp;
 use switchboard_store::{CallStatus, WorkloadEvent};
+pub use switchboard_store::{
+    EARLIEST_CALL_MS, LATEST_CALL_MS, MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS, MAX_CALL_TOKENS,
+};
 
 use crate::prices::PriceTable;
 
 /// Longest text field of a row.
 const MAX_TEXT: usize = 200;
+/// Longest a bad value is quoted in an error, in characters.
+const MAX_QUOTED: usize = 40;
 
 /// A bad row: its 1-based line (array index + 1 for JSON arrays) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,26 +52,56 @@ fn text_field(row: &Map<String, Value>, key: &str, problems: &mut Vec<String>) -
     }
 }
 
+/// A bad value as the error quotes it: its JSON text (numbers as JSON writes them, `1e+308`, not
+/// 309 digits), cut short when long.
+fn quoted(value: &Value) -> String {
+    cut(&value.to_string())
+}
+
+/// `text`, cut to its first `MAX_QUOTED` characters.
+fn cut(text: &str) -> String {
+    if text.chars().count() <= MAX_QUOTED {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(MAX_QUOTED).collect::<String>())
+    }
+}
+
+/// An instant of [`EARLIEST_CALL_MS`] or [`LATEST_CALL_MS`] as RFC 3339.
+fn instant(ms: i64) -> String {
+    Timestamp::from_unix_millis(ms).map_or_else(|| format!("{ms} ms after 1970"), |t| t.to_string())
+}
+
 fn count_field(row: &Map<String, Value>, key: &str, problems: &mut Vec<String>) -> u64 {
     match row.get(key) {
         None | Some(Value::Null) => {
             problems.push(format!("{key} is required"));
             0
         }
-        Some(value) => value.as_u64().unwrap_or_else(|| {
-            problems.push(format!("{key} must be a whole number of 0 or more"));
-            0
-        }),
+        Some(value) => match value.as_u64() {
+            Some(count) if count <= MAX_CALL_TOKENS => count,
+            _ => {
+                problems.push(format!(
+                    "{key} must be a whole number from 0 to {MAX_CALL_TOKENS}, not {}",
+                    quoted(value)
+                ));
+                0
+            }
+        },
     }
 }
 
-fn amount_field(row: &Map<String, Value>, key: &str, problems: &mut Vec<String>) -> Option<f64> {
+/// An optional number from 0 to `max`; `unit` says what `max` is counted in.
+fn amount_field(row: &Map<String, Value>, key: &str, max: f64, unit: &str, problems: &mut Vec<String>) -> Option<f64> {
     match row.get(key) {
         None | Some(Value::Null) => None,
         Some(value) => match value.as_f64() {
-            Some(amount) if amount.is_finite() && amount >= 0.0 => Some(amount),
+            Some(amount) if (0.0..=max).contains(&amount) => Some(amount),
             _ => {
-                problems.push(format!("{key} must be a number of 0 or more"));
+                problems.push(format!(
+                    "{key} must be a number from 0 to {max} ({unit}), not {}",
+                    quoted(value)
+                ));
                 None
             }
         },
@@ -80,12 +119,25 @@ pub fn parse_row(value: &Value, prices: &PriceTable) -> Result<WorkloadEvent, St
             problems.push("timestamp is required".to_owned());
             None
         }
-        Some(Value::String(text)) => Timestamp::parse(text).ok().or_else(|| {
-            problems.push(format!(
-                "timestamp `{text}` is not an RFC 3339 time such as 2026-11-01T12:00:00Z"
-            ));
-            None
-        }),
+        Some(Value::String(text)) => match Timestamp::parse(text) {
+            Ok(at) if (EARLIEST_CALL_MS..=LATEST_CALL_MS).contains(&at.unix_millis()) => Some(at),
+            Ok(_) => {
+                problems.push(format!(
+                    "timestamp must be from {} to {}, not `{}`",
+                    instant(EARLIEST_CALL_MS),
+                    instant(LATEST_CALL_MS),
+                    cut(text)
+                ));
+                None
+            }
+            Err(_) => {
+                problems.push(format!(
+                    "timestamp `{}` is not an RFC 3339 time such as 2026-11-01T12:00:00Z",
+                    cut(text)
+                ));
+                None
+            }
+        },
         Some(_) => {
             problems.push("timestamp must be an RFC 3339 time such as 2026-11-01T12:00:00Z".to_owned());
             None
@@ -103,7 +155,13 @@ pub fn parse_row(value: &Value, prices: &PriceTable) -> Result<WorkloadEvent, St
     let provider = text_field(row, "provider", &mut problems);
     let feature = text_field(row, "feature", &mut problems);
     let prompt_hash = text_field(row, "prompt_hash", &mut problems);
-    let latency_ms = amount_field(row, "latency_ms", &mut problems);
+    let latency_ms = amount_field(
+        row,
+        "latency_ms",
+        MAX_CALL_LATENCY_MS,
+        "milliseconds, a day",
+        &mut problems,
+    );
     let status = match row.get("status") {
         None | Some(Value::Null) => CallStatus::Ok,
         Some(Value::String(s)) if s == "ok" => CallStatus::Ok,
@@ -121,11 +179,30 @@ pub fn parse_row(value: &Value, prices: &PriceTable) -> Result<WorkloadEvent, St
             false
         }
     };
-    let given_cost = amount_field(row, "cost_usd", &mut problems);
+    let given_cost = amount_field(
+        row,
+        "cost_usd",
+        MAX_CALL_COST_USD,
+        "US dollars for the call",
+        &mut problems,
+    );
     let cost_usd = match (given_cost, &model) {
         (Some(cost), _) => Some(cost),
         (None, Some(model)) => match prices.find(model) {
-            Some(price) => Some(price.cost(input_tokens, output_tokens, batch)),
+            Some(price) => {
+                let cost = price.cost(input_tokens, output_tokens, batch);
+                if (0.0..=MAX_CALL_COST_USD).contains(&cost) {
+                    Some(cost)
+                } else {
+                    problems.push(format!(
+                        "cost_usd is missing and the price table makes the call cost {} US dollars, above the \
+                         limit of {MAX_CALL_COST_USD} for one call",
+                        serde_json::Number::from_f64(cost)
+                            .map_or_else(|| "infinitely many".to_owned(), |n| n.to_string())
+                    ));
+                    None
+                }
+            }
             None => {
                 problems.push(format!(
                     "cost_usd is missing and the model `{model}` is not in the price table; give cost_usd or add the model to the price table"
@@ -239,6 +316,10 @@ mod tests {
                 with("timestamp", json!(1700000000)),
                 "timestamp must be an RFC 3339 time",
             ),
+            (
+                with("timestamp", json!("x".repeat(100_000))),
+                "timestamp `xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…` is not an RFC 3339 time",
+            ),
             (without("model"), "model is required"),
             (with("model", json!("")), "model must be a non-empty text"),
             (
@@ -248,23 +329,26 @@ mod tests {
             (without("input_tokens"), "input_tokens is required"),
             (
                 with("input_tokens", json!(-5)),
-                "input_tokens must be a whole number of 0 or more",
+                "input_tokens must be a whole number from 0 to 10000000, not -5",
             ),
             (
                 with("output_tokens", json!(2.5)),
-                "output_tokens must be a whole number of 0 or more",
+                "output_tokens must be a whole number from 0 to 10000000, not 2.5",
             ),
             (
                 with("output_tokens", json!("200")),
-                "output_tokens must be a whole number of 0 or more",
+                "output_tokens must be a whole number from 0 to 10000000, not \"200\"",
             ),
             (
                 with("latency_ms", json!(-1)),
-                "latency_ms must be a number of 0 or more",
+                "latency_ms must be a number from 0 to 86400000 (milliseconds, a day), not -1",
             ),
             (with("status", json!("failed")), "status must be \"ok\" or \"error\""),
             (with("batch", json!("yes")), "batch must be true or false"),
-            (with("cost_usd", json!(-0.5)), "cost_usd must be a number of 0 or more"),
+            (
+                with("cost_usd", json!(-0.5)),
+                "cost_usd must be a number from 0 to 10000 (US dollars for the call), not -0.5",
+            ),
             (with("feature", json!(5)), "feature must be a non-empty text"),
             (
                 with("model", json!("our-finetune")),
@@ -282,6 +366,188 @@ mod tests {
                 "row {row}: got `{error}`, expected `{expected}`"
             );
         }
+    }
+
+    /// Checks that `row` is refused with exactly `expected`, or accepted when it is `None`.
+    fn check(row: &Value, prices: &PriceTable, expected: Option<&str>) {
+        match (parse_row(row, prices), expected) {
+            (Ok(_), None) => {}
+            (Err(error), Some(expected)) => assert_eq!(error, expected, "row {row}"),
+            (got, expected) => panic!("row {row}: got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn every_figure_must_lie_in_its_range_and_the_error_names_the_field_the_value_and_the_bound() {
+        let prices = PriceTable::embedded();
+        let tokens = |key: &str, shown: &str| format!("{key} must be a whole number from 0 to 10000000, not {shown}");
+        let latency =
+            |shown: &str| format!("latency_ms must be a number from 0 to 86400000 (milliseconds, a day), not {shown}");
+        let cost =
+            |shown: &str| format!("cost_usd must be a number from 0 to 10000 (US dollars for the call), not {shown}");
+        let time = |shown: &str| {
+            format!("timestamp must be from 2000-01-01T00:00:00.000Z to 2100-12-31T23:59:59.999Z, not `{shown}`")
+        };
+        let cases: Vec<(Value, Option<String>)> = vec![
+            (with("input_tokens", json!(MAX_CALL_TOKENS)), None),
+            (
+                with("input_tokens", json!(10_000_001)),
+                Some(tokens("input_tokens", "10000001")),
+            ),
+            (
+                with("output_tokens", json!(u64::MAX)),
+                Some(tokens("output_tokens", "18446744073709551615")),
+            ),
+            (
+                with("output_tokens", json!(1e20)),
+                Some(tokens("output_tokens", "1e+20")),
+            ),
+            (with("input_tokens", json!(-1)), Some(tokens("input_tokens", "-1"))),
+            (
+                with("input_tokens", json!(i64::MIN)),
+                Some(tokens("input_tokens", "-9223372036854775808")),
+            ),
+            (with("latency_ms", json!(MAX_CALL_LATENCY_MS)), None),
+            (with("latency_ms", json!(0)), None),
+            (with("latency_ms", json!(86_400_001)), Some(latency("86400001"))),
+            (with("latency_ms", json!(1e308)), Some(latency("1e+308"))),
+            (with("latency_ms", json!(-1)), Some(latency("-1"))),
+            (with("cost_usd", json!(MAX_CALL_COST_USD)), None),
+            (with("cost_usd", json!(0)), None),
+            (with("cost_usd", json!(10_000.01)), Some(cost("10000.01"))),
+            (with("cost_usd", json!(1e308)), Some(cost("1e+308"))),
+            (with("cost_usd", json!(-1)), Some(cost("-1"))),
+            (with("cost_usd", json!(-1e308)), Some(cost("-1e+308"))),
+            (with("cost_usd", json!(u64::MAX)), Some(cost("18446744073709551615"))),
+            (
+                with("cost_usd", json!("x".repeat(100))),
+                Some(cost(&format!("\"{}…", "x".repeat(39)))),
+            ),
+            (with("timestamp", json!("2000-01-01T00:00:00Z")), None),
+            (with("timestamp", json!("2100-12-31T23:59:59.999Z")), None),
+            (
+                with("timestamp", json!("1999-12-31T23:59:59Z")),
+                Some(time("1999-12-31T23:59:59Z")),
+            ),
+            (
+                with("timestamp", json!("2101-01-01T00:00:00Z")),
+                Some(time("2101-01-01T00:00:00Z")),
+            ),
+            (
+                with("timestamp", json!("0001-01-01T00:00:00Z")),
+                Some(time("0001-01-01T00:00:00Z")),
+            ),
+            (
+                with("timestamp", json!("9999-12-31T23:59:59Z")),
+                Some(time("9999-12-31T23:59:59Z")),
+            ),
+            (
+                json!({"timestamp": "1970-01-01T00:00:00Z", "model": "gpt-4o", "input_tokens": 1e30,
+                       "output_tokens": 5, "latency_ms": 1e300, "cost_usd": 1e308}),
+                Some(format!(
+                    "{}; {}; {}; {}",
+                    time("1970-01-01T00:00:00Z"),
+                    tokens("input_tokens", "1e+30"),
+                    latency("1e+300"),
+                    cost("1e+308")
+                )),
+            ),
+        ];
+        for (row, expected) in &cases {
+            check(row, &prices, expected.as_deref());
+        }
+    }
+
+    #[test]
+    fn a_cost_computed_from_the_price_table_must_lie_in_its_range_too() {
+        let prices = PriceTable::parse(
+            "as_of = \"x\"\nsources = []\n[[model]]\nname = \"dear\"\nprovider = \"p\"\ninput_per_mtok = 1e308\noutput_per_mtok = 2000.0\n",
+        )
+        .unwrap();
+        let row = |input: u64, output: u64| json!({"timestamp": "2026-11-01T12:00:00Z", "model": "dear", "input_tokens": input, "output_tokens": output});
+        // 5,000,000 answer tokens at $2,000 per million: exactly the limit.
+        check(&row(0, 5_000_000), &prices, None);
+        check(
+            &row(0, 5_000_001),
+            &prices,
+            Some(
+                "cost_usd is missing and the price table makes the call cost 10000.002 US dollars, above the limit of 10000 for one call",
+            ),
+        );
+        check(
+            &row(10_000_000, 0),
+            &prices,
+            Some(
+                "cost_usd is missing and the price table makes the call cost infinitely many US dollars, above the limit of 10000 for one call",
+            ),
+        );
+    }
+
+    #[test]
+    fn numbers_json_cannot_hold_refuse_their_row_or_the_body() {
+        let prices = PriceTable::embedded();
+        let line =
+            |figures: &str| format!("{{\"timestamp\": \"2026-11-01T12:00:00Z\", \"model\": \"gpt-4o\", {figures}}}");
+        // JSON numbers beyond f64 (1e400) are not read as infinity: the line is not valid JSON.
+        // Integers beyond u64 are read as floats, and are above the token limit.
+        let cases: [(&str, &str); 4] = [
+            (
+                "\"input_tokens\": 1, \"output_tokens\": 1, \"cost_usd\": 1e400",
+                "the line is not valid JSON: number out of range",
+            ),
+            (
+                "\"input_tokens\": 1, \"output_tokens\": 1, \"latency_ms\": -1e400",
+                "the line is not valid JSON: number out of range",
+            ),
+            (
+                "\"input_tokens\": 100000000000000000000000, \"output_tokens\": 1",
+                "input_tokens must be a whole number from 0 to 10000000, not 1e+23",
+            ),
+            (
+                "\"input_tokens\": 1, \"output_tokens\": -100000000000000000000000",
+                "output_tokens must be a whole number from 0 to 10000000, not -1e+23",
+            ),
+        ];
+        for (figures, expected) in cases {
+            let body = format!(
+                "{}\n{}\n",
+                line("\"input_tokens\": 1, \"output_tokens\": 1"),
+                line(figures)
+            );
+            let Err(UploadError::Rows(errors)) = parse_ndjson(body.as_bytes(), &prices) else {
+                panic!("accepted: {figures}")
+            };
+            assert_eq!(errors.len(), 1, "{figures}");
+            assert_eq!(errors[0].line, 2, "{figures}");
+            assert!(
+                errors[0].error.starts_with(expected),
+                "{figures}: got `{}`, expected `{expected}`",
+                errors[0].error
+            );
+        }
+        // In a JSON array such a number makes the whole body unreadable.
+        let body = format!(
+            "[{}]",
+            line("\"input_tokens\": 1, \"output_tokens\": 1, \"cost_usd\": 1e400")
+        );
+        let Err(UploadError::Malformed(message)) = parse_json_array(body.as_bytes(), &prices) else {
+            panic!("accepted")
+        };
+        assert!(message.contains("number out of range"), "{message}");
+        let body = format!(
+            "[{}]",
+            line("\"input_tokens\": 1, \"output_tokens\": 1, \"cost_usd\": 1e308")
+        );
+        let Err(UploadError::Rows(errors)) = parse_json_array(body.as_bytes(), &prices) else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            errors,
+            [RowError {
+                line: 1,
+                error: "cost_usd must be a number from 0 to 10000 (US dollars for the call), not 1e+308".to_owned()
+            }]
+        );
     }
 
     #[test]

@@ -319,3 +319,149 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
         assert!(answer.contains(expected), "missing `{expected}` in:\n{answer}");
     }
 }
+
+/// Runs one request over `store` and returns the answer and `result.report` as JSON text.
+async fn ask(store: Arc<switchboard_store::SqliteStore>, user: &UserId, text: &str) -> (String, serde_json::Value) {
+    let sink = MemorySink::new();
+    let engine = register(
+        Engine::builder(),
+        store,
+        Arc::new(switchboard_agents::PriceTable::embedded()),
+    )
+    .model(Arc::new(OfflineModel::default()))
+    .build(sink.clone())
+    .unwrap();
+    let outcome = engine
+        .start_run(RunRequest::new(user.clone(), ThreadId::generate(), text))
+        .unwrap()
+        .outcome()
+        .await;
+    check_run(&sink.events_of(user)).unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let report = outcome.result.as_ref().unwrap()["report"].clone();
+    (outcome.answer.unwrap(), report)
+}
+
+/// Fails when `text` holds `inf`, `NaN` (as words) or a run of more than 15 digits.
+fn assert_no_absurd_figure(text: &str) {
+    for word in text.split(|c: char| !c.is_ascii_alphanumeric()) {
+        let lower = word.to_ascii_lowercase();
+        assert!(
+            !matches!(lower.as_str(), "inf" | "infinity" | "nan"),
+            "`{word}` in:\n{text}"
+        );
+    }
+    let longest = text
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest <= 15, "a run of {longest} digits in:\n{text}");
+}
+
+#[tokio::test]
+async fn stored_calls_with_absurd_figures_are_left_out_and_said_to_be_and_no_figure_is_inf_or_overflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        switchboard_store::SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let user = UserId::parse("usr_team").unwrap();
+    // Four weeks of one ordinary call a day at noon, from Sunday 2026-11-01.
+    let mut calls: Vec<WorkloadEvent> = (1..=28)
+        .map(|day| {
+            call(
+                &format!("2026-11-{day:02}T12:00:00Z"),
+                "gpt-4o",
+                "search",
+                (2000, 500),
+                800.0,
+                false,
+                1.0,
+            )
+        })
+        .collect();
+    // Rows the upload refuses, stored directly (as an older version could have): a cost of 1e308
+    // on Sunday the 8th, an infinite cost, a negative one, the most tokens SQLite can hold, a
+    // latency of thirty years, a call from 1970.
+    let absurd = [
+        ("2026-11-08T12:00:00Z", (2000, 500), 800.0, 1e308),
+        ("2026-11-09T12:00:00Z", (2000, 500), 800.0, f64::INFINITY),
+        ("2026-11-10T12:00:00Z", (2000, 500), 800.0, -1.0),
+        ("2026-11-11T12:00:00Z", (i64::MAX as u64, i64::MAX as u64), 800.0, 1.0),
+        ("2026-11-12T12:00:00Z", (2000, 500), 1e12, 1.0),
+        ("1970-01-01T00:00:00Z", (2000, 500), 800.0, 1.0),
+    ];
+    for (at, tokens, latency, cost) in absurd {
+        calls.push(call(at, "gpt-4o", "search", tokens, latency, true, cost));
+    }
+    store.insert_workload_events(&user, calls).await.unwrap();
+
+    for question in ["How can we cut our LLM costs?", "Why is search so slow?"] {
+        let (answer, report) = ask(Arc::clone(&store), &user, question).await;
+        assert_no_absurd_figure(&answer);
+        assert_no_absurd_figure(&report.to_string());
+        assert!(
+            answer.contains("6 stored calls were left out because their figures are out of range"),
+            "{question}:\n{answer}"
+        );
+        assert!(
+            answer.contains("From 2026-11-01 to 2026-11-28: **28 calls**, 56,000 input and 14,000 output tokens, **$28.00** in total; 0 failed (0.0 %)."),
+            "{question}:\n{answer}"
+        );
+        assert_eq!(report["calls_left_out"], 6, "{report}");
+        assert_eq!(
+            (report["calls"].as_u64(), report["total_cost_usd"].as_f64()),
+            (Some(28), Some(28.0))
+        );
+        assert_eq!(report["anomalies"], serde_json::json!([]), "every day costs the same");
+    }
+}
+
+#[tokio::test]
+async fn when_every_stored_call_is_out_of_range_the_answer_gives_no_figures_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        switchboard_store::SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let user = UserId::parse("usr_team").unwrap();
+    let calls = vec![
+        call(
+            "2026-11-01T12:00:00Z",
+            "gpt-4o",
+            "search",
+            (2000, 500),
+            800.0,
+            false,
+            1e308,
+        ),
+        call(
+            "2026-11-02T12:00:00Z",
+            "gpt-4o",
+            "search",
+            (2000, 500),
+            -3.0,
+            false,
+            1.0,
+        ),
+    ];
+    store.insert_workload_events(&user, calls).await.unwrap();
+    let (answer, report) = ask(store, &user, "How can we cut our LLM costs?").await;
+    assert_no_absurd_figure(&answer);
+    assert_no_absurd_figure(&report.to_string());
+    assert!(
+        answer.contains(
+            "2 stored calls were left out because their figures are out of range (each call needs at most 10,000,000 \
+             prompt and answer tokens each, a latency from 0 to 86,400,000 ms (a day), a cost from $0 to $10,000, \
+             made in the years 2000 to 2100), and none is left, so I give no figures rather than guess."
+        ),
+        "{answer}"
+    );
+    assert_eq!(
+        (report["calls"].as_u64(), report["calls_left_out"].as_u64()),
+        (Some(0), Some(2))
+    );
+}

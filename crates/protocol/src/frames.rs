@@ -47,6 +47,8 @@ pub enum ErrorCode {
     InvalidRows,
     /// The request body is over the size limit (HTTP).
     PayloadTooLarge,
+    /// The request body did not arrive within its deadline; nothing of it was used (HTTP 408).
+    RequestTimeout,
     /// Something failed inside the server.
     Internal,
 }
@@ -72,6 +74,7 @@ impl ErrorCode {
             ErrorCode::ServerBusy => "server_busy",
             ErrorCode::InvalidRows => "invalid_rows",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -153,6 +156,25 @@ impl FrameError {
     }
 }
 
+/// Longest frame type an error message quotes, in characters.
+const MAX_QUOTED_TYPE: usize = 64;
+/// Longest reason from the JSON reader an error message gives, in characters: it can quote the
+/// offending value, which may be as long as the frame.
+const MAX_REASON: usize = 200;
+
+/// `reason` cut to [`MAX_REASON`] characters: its start and its end (which says what was
+/// expected) around an ellipsis.
+fn shortened(reason: &str) -> String {
+    let count = reason.chars().count();
+    if count <= MAX_REASON {
+        return reason.to_owned();
+    }
+    let half = (MAX_REASON - 1) / 2;
+    let start: String = reason.chars().take(half).collect();
+    let end: String = reason.chars().skip(count - half).collect();
+    format!("{start}…{end}")
+}
+
 impl ClientFrame {
     /// Every client frame type, by wire name.
     pub const TYPES: [&'static str; 5] = ["user_message", "stop_agent", "resume", "get_thread_history", "ping"];
@@ -177,15 +199,20 @@ impl ClientFrame {
             None | Some(Value::Null) => Value::Object(Default::default()),
             Some(p @ Value::Object(_)) => p,
             Some(_) => {
+                let shown: String = kind.chars().take(MAX_QUOTED_TYPE).collect();
                 return Err(FrameError::new(
                     ErrorCode::InvalidPayload,
-                    format!("the payload of `{kind}` must be a JSON object"),
+                    format!("the payload of `{shown}` must be a JSON object"),
                 ));
             }
         };
         fn payload_of<T: serde::de::DeserializeOwned>(kind: &str, payload: Value) -> Result<T, FrameError> {
-            serde_json::from_value(payload)
-                .map_err(|e| FrameError::new(ErrorCode::InvalidPayload, format!("invalid payload for `{kind}`: {e}")))
+            serde_json::from_value(payload).map_err(|e| {
+                FrameError::new(
+                    ErrorCode::InvalidPayload,
+                    format!("invalid payload for `{kind}`: {}", shortened(&e.to_string())),
+                )
+            })
         }
         Ok(match kind.as_str() {
             "user_message" => ClientFrame::UserMessage(payload_of(&kind, payload)?),
@@ -194,7 +221,7 @@ impl ClientFrame {
             "get_thread_history" => ClientFrame::GetThreadHistory(payload_of(&kind, payload)?),
             "ping" => ClientFrame::Ping(Empty {}),
             other => {
-                let shown: String = other.chars().take(64).collect();
+                let shown: String = other.chars().take(MAX_QUOTED_TYPE).collect();
                 return Err(FrameError::new(
                     ErrorCode::UnknownType,
                     format!(

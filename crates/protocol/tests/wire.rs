@@ -203,3 +203,29 @@ fn client_frames_parse_or_get_the_right_error_code() {
         check_client(input, expected);
     }
 }
+
+#[test]
+fn error_messages_quote_only_a_short_piece_of_a_long_frame() {
+    let long = "x".repeat(10_000);
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"type": "resume", "payload": {"after_seq": long}}),
+            "expected u64",
+        ),
+        (
+            json!({"type": "user_message", "payload": {"text": "hi", "thread_id": format!("thr_{long}")}}),
+            "not a valid thread id",
+        ),
+        (json!({"type": long, "payload": 1}), "must be a JSON object"),
+        (json!({"type": long}), "unknown frame type"),
+    ];
+    for (frame, expected) in cases {
+        let error = ClientFrame::parse(&frame.to_string()).unwrap_err();
+        assert!(
+            error.message.chars().count() <= 512 && error.message.contains(expected),
+            "{} characters, expected `{expected}`: {}",
+            error.message.chars().count(),
+            error.message
+        );
+    }
+}

@@ -7,55 +7,19 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::process::Stdio;
+#[path = "support/server.rs"]
+mod server;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use switchboard::client::{Client, Session, Socket};
 use switchboard_protocol::{ClientFrame, Control, ServerFrame, UserMessage};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const PHASES: [(usize, usize); 3] = [(1, 300), (100, 30), (1_000, 5)];
 const IDLE_CONNECTIONS: usize = 10_000;
 const CONNECTIONS_PER_USER: usize = 10;
-
-async fn start_server(data_dir: &std::path::Path) -> anyhow::Result<(Child, Client)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--rate-limit-per-minute",
-            "1000000",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("SWITCHBOARD_LOG", "warn,switchboard=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the server")?;
-    let mut lines = BufReader::new(child.stderr.take().context("no stderr")?).lines();
-    let addr = loop {
-        let line = lines.next_line().await?.context("the server exited before listening")?;
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().context("no address")?.to_owned();
-        }
-    };
-    // Pass on what the server warns about: a benchmark that hides errors measures nothing.
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("server: {line}");
-            }
-        }
-    });
-    Ok((child, Client::new(&format!("http://{addr}"))))
-}
 
 async fn open(client: &Client, session: &Session) -> anyhow::Result<Socket> {
     let mut socket = client.connect(&session.access_token, None).await?;
@@ -185,7 +149,7 @@ async fn users(client: &Client, count: usize) -> anyhow::Result<Vec<Session>> {
 
 async fn main_async() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (server, client) = start_server(dir.path()).await?;
+    let (server, client) = server::start_server(dir.path(), &["--rate-limit-per-minute", "1000000"]).await?;
     let pid = server.id().context("no pid")?;
     let sessions = Arc::new(users(&client, IDLE_CONNECTIONS / CONNECTIONS_PER_USER).await?);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -1,24 +1,26 @@
 //! The HTTP API of PROTOCOL.md section 7 (JSON), apart from `/ws`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard_protocol::{ErrorCode, RunId, Seq, ThreadId};
-use switchboard_store::{RunRecord, StoreError, Thread};
+use switchboard_store::{Rotation, RunRecord, StoreError, Thread};
 
 use crate::app::AppState;
-use crate::auth::{AuthUser, TokenType, hash_password, unusable_password_hash, verify_password};
+use crate::auth::{AuthUser, TokenPair, hash_password, new_refresh_family, unusable_password_hash, verify_password};
 use crate::delivery::Delivery;
 use crate::error::ApiError;
+use crate::limits::{Admission, admit};
 use crate::ws::history_message;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -46,7 +48,7 @@ fn valid_email(email: &str) -> bool {
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
                 && email.len() <= 254
-                && !email.chars().any(char::is_whitespace)
+                && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         }
         None => false,
     }
@@ -81,29 +83,66 @@ pub(crate) async fn register(
     Ok((StatusCode::CREATED, Json(json!({ "user": user_json(&user) }))).into_response())
 }
 
-fn pair_response(state: &AppState, user: &switchboard_store::User) -> ApiResult<Json<Value>> {
-    let pair = state.tokens.issue(&user.id).map_err(ApiError::internal)?;
+/// A sign-in's answer: a new pair whose refresh token starts a new refresh-token family.
+async fn pair_response(state: &AppState, user: &switchboard_store::User) -> ApiResult<Json<Value>> {
+    let family = new_refresh_family().map_err(ApiError::internal)?;
+    let (pair, refresh) = state.tokens.issue(&user.id, &family).map_err(ApiError::internal)?;
+    state
+        .store
+        .start_refresh_family(&user.id, &family, &refresh)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(_) => ApiError::unauthorized("The user no longer exists."),
+            other => other.into(),
+        })?;
+    pair_body(pair, user)
+}
+
+/// The pair and the user, as sign-in and refresh answer.
+fn pair_body(pair: TokenPair, user: &switchboard_store::User) -> ApiResult<Json<Value>> {
     let mut body = serde_json::to_value(pair).map_err(ApiError::internal)?;
     body["user"] = user_json(user);
     Ok(Json(body))
 }
 
 /// `POST /api/auth/login`.
+///
+/// Throttled: after `login_max_failures` failures for one email, or from one client address,
+/// within the window, attempts for that email or from that address are answered 429 until the
+/// window has passed (the right password included). An unknown email is checked against a decoy
+/// hash, so that it takes as long as a wrong password and tells nothing of who is registered.
 pub(crate) async fn login(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body?;
-    let refused = || ApiError::unauthorized("The email or the password is wrong.");
-    let user = state
-        .store
-        .user_by_email(body.email.trim())
-        .await?
-        .ok_or_else(refused)?;
-    if !verify_password(body.password, user.password_hash.clone()).await {
-        return Err(refused());
+    let email = body.email.trim();
+    let address = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
+    if let Err(wait) = state.login_throttle.check(email, address) {
+        state.metrics.error(ErrorCode::RateLimited);
+        let message = format!(
+            "Too many failed logins for this account or from this address; try again in {} s.",
+            ApiError::whole_seconds(wait)
+        );
+        return Err(ApiError::rate_limited(message, wait));
     }
-    pair_response(&state, &user)
+    let user = state.store.user_by_email(email).await?;
+    let hash = user
+        .as_ref()
+        .map_or_else(|| state.decoy_hash.to_string(), |user| user.password_hash.clone());
+    state.metrics.password_checks.inc();
+    let matches = verify_password(body.password, hash, Arc::clone(&state.decoy_hash)).await;
+    match user {
+        Some(user) if matches => {
+            state.login_throttle.succeeded(email);
+            pair_response(&state, &user).await
+        }
+        _ => {
+            state.login_throttle.failed(email, address);
+            Err(ApiError::unauthorized("The email or the password is wrong."))
+        }
+    }
 }
 
 /// Body of refresh.
@@ -112,22 +151,45 @@ pub(crate) struct RefreshBody {
     refresh_token: String,
 }
 
-/// `POST /api/auth/refresh`.
+/// `POST /api/auth/refresh`: each refresh token buys one new pair of its family. A token used
+/// a second time revokes its family, so whoever holds the newest token of that chain (the user
+/// or a thief) has to sign in again.
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     body: Result<Json<RefreshBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body?;
-    let (user_id, _) = state
+    let refused = |why: &str| ApiError::unauthorized(format!("The refresh token was refused: {why}."));
+    let presented = state
         .tokens
-        .verify(&body.refresh_token, TokenType::Refresh)
-        .map_err(|e| ApiError::unauthorized(format!("The refresh token was refused: {e}.")))?;
+        .verify_refresh(&body.refresh_token)
+        .map_err(|e| refused(&e.to_string()))?;
     let user = state
         .store
-        .user_by_id(&user_id)
+        .user_by_id(&presented.user)
         .await?
-        .ok_or_else(|| ApiError::unauthorized("The refresh token was refused: the user no longer exists."))?;
-    pair_response(&state, &user)
+        .ok_or_else(|| refused("the user no longer exists"))?;
+    let (pair, next) = state
+        .tokens
+        .issue(&user.id, &presented.family)
+        .map_err(ApiError::internal)?;
+    let rotation = state
+        .store
+        .rotate_refresh_token(&user.id, &presented.family, &presented.id, &next)
+        .await?;
+    match rotation {
+        Rotation::Rotated => pair_body(pair, &user),
+        Rotation::Reused => {
+            tracing::warn!(user_id = %user.id, "a refresh token was used twice: its sign-in is revoked");
+            Err(refused(
+                "it was used before, so every token of its sign-in is revoked now; sign in again",
+            ))
+        }
+        Rotation::Revoked => Err(refused(
+            "its sign-in was revoked after one of its tokens was used twice; sign in again",
+        )),
+        Rotation::Unknown => Err(refused("its sign-in is not known here; sign in again")),
+    }
 }
 
 /// Optional body of dev-login.
@@ -162,7 +224,7 @@ pub(crate) async fn dev_login(
             Err(other) => return Err(other.into()),
         },
     };
-    pair_response(&state, &user)
+    pair_response(&state, &user).await
 }
 
 /// `POST /api/ws-ticket`.
@@ -330,27 +392,11 @@ pub(crate) async fn events(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let after = Seq::new(last_event_id.or(query.after_seq).unwrap_or(0));
     if wants_stream {
+        // The same admission as a socket: one limit counts both, and the stream ends when the
+        // token it was opened with expires.
+        let admission = admit(&state, &user.id, user.claims.exp)?;
         let (delivery, _) = Delivery::start(Arc::clone(&state.hub), user.id.clone(), Some(after)).await?;
-        let metrics = Arc::clone(&state.metrics);
-        let stream = futures_util::stream::unfold(delivery, move |mut delivery| {
-            let metrics = Arc::clone(&metrics);
-            async move {
-                match delivery.next().await {
-                    Ok(record) => {
-                        metrics.events_sent.inc();
-                        let event = SseEvent::default()
-                            .id(record.seq.to_string())
-                            .data(record.json.as_str());
-                        Some((Ok::<_, Infallible>(event), delivery))
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "SSE stream ended: cannot read events");
-                        None
-                    }
-                }
-            }
-        });
-        return Ok(Sse::new(stream)
+        return Ok(Sse::new(sse_stream(&state, delivery, admission))
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response());
     }
@@ -372,6 +418,44 @@ pub(crate) async fn events(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// The user's events as an SSE stream, until the token expires (told in a last `error` event),
+/// the server closes, or the store fails.
+fn sse_stream(
+    state: &AppState,
+    delivery: Delivery,
+    admission: Admission,
+) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> + use<> {
+    let open = (delivery, admission, Arc::clone(&state.metrics), state.closing.clone());
+    futures_util::stream::unfold(Some(open), |open| async move {
+        let (mut delivery, admission, metrics, closing) = open?;
+        let next = tokio::select! {
+            biased;
+            () = closing.cancelled() => return None,
+            () = tokio::time::sleep_until(admission.expires) => None,
+            next = delivery.next() => Some(next),
+        };
+        match next {
+            Some(Ok(record)) => {
+                metrics.events_sent.inc();
+                let event = SseEvent::default()
+                    .id(record.seq.to_string())
+                    .data(record.json.as_str());
+                Some((Ok(event), Some((delivery, admission, metrics, closing))))
+            }
+            Some(Err(error)) => {
+                tracing::error!(%error, "SSE stream ended: cannot read events");
+                None
+            }
+            None => {
+                metrics.error(ErrorCode::Unauthorized);
+                let body = json!({ "error": { "code": ErrorCode::Unauthorized, "message":
+                    "The access token expired; sign in again and resume with Last-Event-ID." } });
+                Some((Ok(SseEvent::default().event("error").data(body.to_string())), None))
+            }
+        }
+    })
+}
+
 /// The largest workload upload.
 pub(crate) const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
 /// Bad rows named in one answer, at most.
@@ -386,7 +470,9 @@ pub(crate) async fn upload_workload(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(timed_out) = ApiError::body_timed_out(&rejection) {
+            timed_out
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::PayloadTooLarge,

@@ -16,10 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Tickets, Tokens, load_secret};
+use crate::auth::{Tickets, Tokens, decoy_password_hash, load_secret};
 use crate::config::{Config, LlmConfig};
 use crate::hub::Hub;
-use crate::limits::Connections;
+use crate::limits::{Connections, LoginThrottle};
+use crate::listener::{self, ConnectionLimits};
 use crate::metrics::Metrics;
 use crate::runs::Runs;
 use crate::{api, recovery, ws};
@@ -48,6 +49,10 @@ pub struct AppState {
     pub(crate) tickets: Arc<Tickets>,
     /// Open connections per user.
     pub(crate) connections: Arc<Connections>,
+    /// Failed logins per email and per client address.
+    pub(crate) login_throttle: Arc<LoginThrottle>,
+    /// What logins for unknown emails are checked against.
+    pub(crate) decoy_hash: Arc<str>,
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
     /// Open sockets, for shutdown.
@@ -67,6 +72,7 @@ impl std::fmt::Debug for AppState {
 /// A built server, bound to its address, not yet serving.
 pub struct Application {
     listener: TcpListener,
+    connection_limits: ConnectionLimits,
     state: AppState,
 }
 
@@ -135,6 +141,12 @@ impl Application {
             config.rate_limit_per_minute,
             config.max_text_chars,
         );
+        let login_throttle = LoginThrottle::new(config.login_max_failures, config.login_failure_window);
+        let file_limit = listener::raise_file_limit();
+        let connection_limits = ConnectionLimits {
+            max_open: listener::max_open_connections(config.max_open_connections, file_limit),
+            header_timeout: config.header_timeout,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -148,12 +160,18 @@ impl Application {
             tokens: Arc::new(tokens),
             tickets: Arc::new(Tickets::default()),
             connections: Arc::new(Connections::default()),
+            login_throttle: Arc::new(login_throttle),
+            decoy_hash: decoy_password_hash().await?,
             metrics,
             sockets: TaskTracker::new(),
             stopping: CancellationToken::new(),
             closing: CancellationToken::new(),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            connection_limits,
+            state,
+        })
     }
 
     /// The address the server is bound to.
@@ -169,22 +187,25 @@ impl Application {
     /// Serves until stopped, then: stop accepting, let active runs finish for the grace period,
     /// end the rest as `interrupted`, close sockets with 1001, return.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            connection_limits,
+            state,
+        } = self;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "listening on {addr}");
+        tracing::info!(
+            %addr,
+            max_open_connections = connection_limits.max_open,
+            "listening on {addr}"
+        );
         let stopping = state.stopping.clone();
         let signals = tokio::spawn(stop_on_signal(stopping.clone()));
-        // Events are many small frames: without TCP_NODELAY, Nagle's algorithm would hold each
-        // one back until the client's delayed ACK (up to 40 ms).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::warn!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(stopping.clone().cancelled_owned())
-            .into_future();
-        let server = tokio::spawn(server);
+        let server = tokio::spawn(listener::serve(
+            listener,
+            router(state.clone()),
+            connection_limits,
+            stopping.clone(),
+        ));
         stopping.cancelled().await;
         signals.abort();
         tracing::info!(
@@ -201,9 +222,9 @@ impl Application {
             tracing::warn!("some sockets did not close in time");
         }
         match tokio::time::timeout(SOCKET_CLOSE_GRACE, server).await {
-            Ok(Ok(Ok(()))) | Err(_) => {}
-            Ok(Ok(Err(error))) => tracing::error!(%error, "the HTTP server failed"),
+            Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "the HTTP server task failed"),
+            Err(_) => tracing::warn!("some HTTP connections did not finish in time"),
         }
         tracing::info!("stopped");
         Ok(())
@@ -257,6 +278,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(api::ready))
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
+        .layer(axum::middleware::map_request_with_state(
+            state.config.request_body_timeout,
+            listener::limit_body_time,
+        ))
         .with_state(state)
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,6 +14,7 @@ use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::{Timestamp, UserId};
+use switchboard_store::{RefreshFamilyId, RefreshTokenId};
 use tokio::time::Instant;
 
 use crate::app::AppState;
@@ -29,6 +30,16 @@ pub(crate) enum TokenType {
     Refresh,
 }
 
+impl TokenType {
+    /// The kind with its article, for sentences: "an access token", "a refresh token".
+    fn with_article(self) -> &'static str {
+        match self {
+            TokenType::Access => "an access token",
+            TokenType::Refresh => "a refresh token",
+        }
+    }
+}
+
 /// The claims of a Switchboard JWT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Claims {
@@ -42,6 +53,9 @@ pub(crate) struct Claims {
     pub(crate) jti: String,
     /// `access` or `refresh`.
     pub(crate) typ: TokenType,
+    /// The refresh-token family (one sign-in's chain of refresh tokens); refresh tokens only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fam: Option<String>,
 }
 
 /// A token was refused; the text is for the client.
@@ -50,12 +64,26 @@ pub(crate) enum TokenError {
     /// Past its `exp`.
     #[error("the token has expired")]
     Expired,
-    /// A refresh token where an access token is needed, or the reverse.
-    #[error("this is not an {0} token")]
-    WrongType(&'static str),
+    /// A refresh token where an access token is needed, or the reverse (the kind expected).
+    #[error("this is not {}", .0.with_article())]
+    WrongType(TokenType),
+    /// A refresh token signed before refresh tokens were rotated: it belongs to no family.
+    #[error("it was issued before sign-ins were tracked; sign in again")]
+    NoFamily,
     /// Bad signature, bad shape, unknown user.
     #[error("the token is not valid")]
     Invalid,
+}
+
+/// A verified refresh token: whose it is, its family and its own id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RefreshToken {
+    /// The user.
+    pub(crate) user: UserId,
+    /// The sign-in it belongs to.
+    pub(crate) family: RefreshFamilyId,
+    /// Its `jti`.
+    pub(crate) id: RefreshTokenId,
 }
 
 /// An access/refresh pair.
@@ -101,25 +129,45 @@ impl Tokens {
         }
     }
 
-    fn sign(&self, user: &UserId, typ: TokenType, ttl: Duration) -> anyhow::Result<String> {
+    fn sign(&self, user: &UserId, typ: TokenType, jti: &str, fam: Option<&RefreshFamilyId>) -> anyhow::Result<String> {
+        let ttl = match typ {
+            TokenType::Access => self.access_ttl,
+            TokenType::Refresh => self.refresh_ttl,
+        };
         let now = Timestamp::now().unix_millis() / 1000;
         let claims = Claims {
             sub: user.to_string(),
             exp: now + ttl.as_secs() as i64,
             iat: now,
-            jti: uuid_like(),
+            jti: jti.to_owned(),
             typ,
+            fam: fam.map(ToString::to_string),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("signing a token")
     }
 
-    /// A fresh pair for `user`.
-    pub(crate) fn issue(&self, user: &UserId) -> anyhow::Result<TokenPair> {
-        Ok(TokenPair {
-            access_token: self.sign(user, TokenType::Access, self.access_ttl)?,
-            refresh_token: self.sign(user, TokenType::Refresh, self.refresh_ttl)?,
+    /// A fresh pair for `user` whose refresh token belongs to `family`, and that refresh
+    /// token's id, which the store must learn before the pair is handed out.
+    pub(crate) fn issue(&self, user: &UserId, family: &RefreshFamilyId) -> anyhow::Result<(TokenPair, RefreshTokenId)> {
+        let refresh = RefreshTokenId::parse(&uuid_like()).context("a refresh token id")?;
+        let pair = TokenPair {
+            access_token: self.sign(user, TokenType::Access, &uuid_like(), None)?,
+            refresh_token: self.sign(user, TokenType::Refresh, refresh.as_str(), Some(family))?,
             token_type: "Bearer",
             expires_in: self.access_ttl.as_secs(),
+        };
+        Ok((pair, refresh))
+    }
+
+    /// Checks a refresh token's signature, expiry and type, and reads its family. A refresh
+    /// token without a family (signed before sign-ins were tracked) is refused.
+    pub(crate) fn verify_refresh(&self, token: &str) -> Result<RefreshToken, TokenError> {
+        let (user, claims) = self.verify(token, TokenType::Refresh)?;
+        let family = claims.fam.as_deref().ok_or(TokenError::NoFamily)?;
+        Ok(RefreshToken {
+            user,
+            family: RefreshFamilyId::parse(family).map_err(|_| TokenError::Invalid)?,
+            id: RefreshTokenId::parse(&claims.jti).map_err(|_| TokenError::Invalid)?,
         })
     }
 
@@ -131,10 +179,7 @@ impl Tokens {
                 _ => TokenError::Invalid,
             })?;
         if data.claims.typ != expected {
-            return Err(TokenError::WrongType(match expected {
-                TokenType::Access => "access",
-                TokenType::Refresh => "refresh",
-            }));
+            return Err(TokenError::WrongType(expected));
         }
         let user = UserId::parse(&data.claims.sub).map_err(|_| TokenError::Invalid)?;
         Ok((user, data.claims))
@@ -153,6 +198,11 @@ fn hex(bytes: &[u8]) -> String {
 
 fn uuid_like() -> String {
     hex(&random_bytes::<16>())
+}
+
+/// A new refresh-token family: the chain a sign-in starts.
+pub(crate) fn new_refresh_family() -> anyhow::Result<RefreshFamilyId> {
+    RefreshFamilyId::parse(&uuid_like()).context("a refresh token family id")
 }
 
 /// The JWT secret: from the configuration, or the one kept in the data dir (generated on first
@@ -203,15 +253,28 @@ pub(crate) async fn hash_password(password: String) -> anyhow::Result<String> {
     .await?
 }
 
-/// Checks a password against a stored hash.
-pub(crate) async fn verify_password(password: String, hash: String) -> bool {
+/// Checks a password against a stored hash. A hash that is not one (an account that only signs
+/// in through dev-login) is checked against `decoy` and fails, so that it takes as long as a
+/// wrong password.
+pub(crate) async fn verify_password(password: String, hash: String, decoy: Arc<str>) -> bool {
     tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-            .unwrap_or(false)
+        let check = |hash: &str| {
+            PasswordHash::new(hash)
+                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        };
+        check(&hash).unwrap_or_else(|_| {
+            let _ = check(&decoy);
+            false
+        })
     })
     .await
     .unwrap_or(false)
+}
+
+/// The hash of a random password that nobody knows: what a login for an unknown email is
+/// checked against, so that it costs as much as a wrong password.
+pub(crate) async fn decoy_password_hash() -> anyhow::Result<Arc<str>> {
+    Ok(hash_password(uuid_like()).await?.into())
 }
 
 /// A hash that matches no password, for accounts that only log in through dev-login.

@@ -52,9 +52,27 @@ pub struct ServeArgs {
     /// How long active runs may finish after SIGTERM before they are interrupted.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
-    /// Open WebSocket connections one user may have.
+    /// Open WebSocket connections and SSE streams one user may have, together.
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_USER")]
     pub max_connections_per_user: Option<usize>,
+    /// Open TCP connections of all clients together; past it new ones are answered 503 and
+    /// closed. Default: 50 000, or three quarters of the open-file limit when that is lower.
+    #[arg(long, env = "SWITCHBOARD_MAX_OPEN_CONNECTIONS")]
+    pub max_open_connections: Option<usize>,
+    /// Time a client has to send a request's headers (also the WebSocket handshake), and the
+    /// longest a kept-alive connection may sit idle between requests.
+    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// Time a client has to send a request's whole body (then 408, and nothing of it is used).
+    #[arg(long, env = "SWITCHBOARD_REQUEST_BODY_TIMEOUT_MS")]
+    pub request_body_timeout_ms: Option<u64>,
+    /// Failed logins for one email, or from one client address, after which further attempts
+    /// are refused (429) until the window has passed.
+    #[arg(long, env = "SWITCHBOARD_LOGIN_MAX_FAILURES")]
+    pub login_max_failures: Option<u32>,
+    /// The window in which failed logins are counted.
+    #[arg(long, env = "SWITCHBOARD_LOGIN_FAILURE_WINDOW_SECS")]
+    pub login_failure_window_secs: Option<u64>,
     /// Active runs one user may have.
     #[arg(long, env = "SWITCHBOARD_MAX_ACTIVE_RUNS_PER_USER")]
     pub max_active_runs_per_user: Option<usize>,
@@ -116,6 +134,11 @@ struct FileConfig {
     model_latency_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     max_connections_per_user: Option<usize>,
+    max_open_connections: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    request_body_timeout_ms: Option<u64>,
+    login_max_failures: Option<u32>,
+    login_failure_window_secs: Option<u64>,
     max_active_runs_per_user: Option<usize>,
     max_active_runs: Option<usize>,
     rate_limit_per_minute: Option<u32>,
@@ -151,8 +174,20 @@ pub struct Config {
     pub model_latency: Duration,
     /// Grace period at shutdown.
     pub shutdown_grace: Duration,
-    /// Connections per user.
+    /// Sockets and SSE streams per user, together.
     pub max_connections_per_user: usize,
+    /// Open TCP connections of all clients; `None`: 50 000, or three quarters of the open-file
+    /// limit when that is lower.
+    pub max_open_connections: Option<usize>,
+    /// Deadline for a request's headers (and the WebSocket handshake), and for an idle
+    /// kept-alive connection.
+    pub header_timeout: Duration,
+    /// Deadline for a request's whole body.
+    pub request_body_timeout: Duration,
+    /// Failed logins per email or client address within the window before logins are refused.
+    pub login_max_failures: u32,
+    /// The window of `login_max_failures`.
+    pub login_failure_window: Duration,
     /// Messages per user per minute.
     pub rate_limit_per_minute: u32,
     /// Largest client frame.
@@ -200,6 +235,11 @@ impl Default for Config {
             model_latency: Duration::ZERO,
             shutdown_grace: Duration::from_millis(10_000),
             max_connections_per_user: 10,
+            max_open_connections: None,
+            header_timeout: Duration::from_millis(10_000),
+            request_body_timeout: Duration::from_millis(30_000),
+            login_max_failures: 10,
+            login_failure_window: Duration::from_secs(15 * 60),
             rate_limit_per_minute: 60,
             max_frame_bytes: 64 * 1024,
             max_text_chars: 16_000,
@@ -241,6 +281,11 @@ impl Config {
         layer!(data_dir);
         layer!(dev);
         layer!(max_connections_per_user);
+        layer!(login_max_failures);
+        config.max_open_connections = args.max_open_connections.or(file.max_open_connections);
+        layer!(header_timeout_ms, config.header_timeout, ms);
+        layer!(request_body_timeout_ms, config.request_body_timeout, ms);
+        layer!(login_failure_window_secs, config.login_failure_window, secs);
         layer!(rate_limit_per_minute);
         layer!(max_frame_bytes);
         layer!(max_text_chars);
@@ -288,6 +333,11 @@ impl Config {
             ("heartbeat_interval_ms", self.heartbeat_interval.is_zero()),
             ("pong_timeout_ms", self.pong_timeout.is_zero()),
             ("max_connections_per_user", self.max_connections_per_user == 0),
+            ("max_open_connections", self.max_open_connections == Some(0)),
+            ("header_timeout_ms", self.header_timeout.is_zero()),
+            ("request_body_timeout_ms", self.request_body_timeout.is_zero()),
+            ("login_max_failures", self.login_max_failures == 0),
+            ("login_failure_window_secs", self.login_failure_window.is_zero()),
             ("rate_limit_per_minute", self.rate_limit_per_minute == 0),
             ("max_text_chars", self.max_text_chars == 0),
             ("ticket_ttl_secs", self.ticket_ttl.is_zero()),

@@ -3,10 +3,14 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use switchboard_protocol::{ErrorBody, ErrorCode, ErrorPayload};
 use switchboard_store::StoreError;
+
+use crate::listener::BodyTimedOut;
 
 /// An error answered as `{"error":{"code","message"}}`.
 #[derive(Debug, Clone)]
@@ -14,6 +18,8 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -23,7 +29,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// 429 `rate_limited`, with `Retry-After`.
+    pub(crate) fn rate_limited(message: impl Into<String>, wait: Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, message)
+        }
+    }
+
+    /// `wait` in whole seconds, rounded up (what `Retry-After` says).
+    pub(crate) fn whole_seconds(wait: Duration) -> u64 {
+        wait.as_millis().div_ceil(1000) as u64
     }
 
     /// 401.
@@ -62,8 +82,27 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// 408, when a request's body (or one of the causes of `error`) missed its deadline.
+    pub(crate) fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        BodyTimedOut::find(error).map(|deadline| {
+            Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::RequestTimeout,
+                format!(
+                    "The request body did not arrive within {} s; nothing of it was used.",
+                    deadline.as_secs_f64()
+                ),
+            )
+        })
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if let Some(timed_out) = ApiError::body_timed_out(&rejection) {
+            return timed_out;
+        }
         let status = match rejection {
             JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             JsonRejection::JsonSyntaxError(_) | JsonRejection::BytesRejection(_) => StatusCode::BAD_REQUEST,
@@ -82,6 +121,12 @@ impl IntoResponse for ApiError {
                 reference: None,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(Self::whole_seconds(wait)));
+        }
+        response
     }
 }

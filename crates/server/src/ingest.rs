@@ -96,6 +96,26 @@ fn csv_value(column: &str, cell: &str) -> Value {
     }
 }
 
+/// The rows of CSV with a header, each with its line in the text: a row maps each column to its
+/// trimmed cell, leaving out empty cells, with numbers and `batch` read as the server expects.
+pub fn parse_csv(bytes: &[u8]) -> Result<Vec<(u64, Value)>, csv::Error> {
+    let mut reader = csv::Reader::from_reader(bytes);
+    let headers: Vec<String> = reader.headers()?.iter().map(|h| h.trim().to_owned()).collect();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record?;
+        let line = record.position().map_or(0, |p| p.line());
+        let mut row = Map::new();
+        for (column, cell) in headers.iter().zip(record.iter()) {
+            if !cell.trim().is_empty() {
+                row.insert(column.clone(), csv_value(column, cell.trim()));
+            }
+        }
+        rows.push((line, Value::Object(row)));
+    }
+    Ok(rows)
+}
+
 /// The file's rows with their line numbers in the file.
 fn read_rows(args: &IngestArgs) -> anyhow::Result<Vec<(u64, Value)>> {
     let path = &args.file;
@@ -106,23 +126,7 @@ fn read_rows(args: &IngestArgs) -> anyhow::Result<Vec<(u64, Value)>> {
         .unwrap_or("")
         .to_ascii_lowercase();
     match extension.as_str() {
-        "csv" => {
-            let mut reader = csv::Reader::from_reader(text.as_bytes());
-            let headers: Vec<String> = reader.headers()?.iter().map(|h| h.trim().to_owned()).collect();
-            let mut rows = Vec::new();
-            for record in reader.records() {
-                let record = record.with_context(|| format!("{} is not valid CSV", path.display()))?;
-                let line = record.position().map_or(0, |p| p.line());
-                let mut row = Map::new();
-                for (column, cell) in headers.iter().zip(record.iter()) {
-                    if !cell.trim().is_empty() {
-                        row.insert(column.clone(), csv_value(column, cell.trim()));
-                    }
-                }
-                rows.push((line, Value::Object(row)));
-            }
-            Ok(rows)
-        }
+        "csv" => parse_csv(text.as_bytes()).with_context(|| format!("{} is not valid CSV", path.display())),
         "json" => {
             let value: Value =
                 serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;

@@ -10,11 +10,15 @@ mod auth;
 pub mod chat;
 pub mod client;
 pub mod config;
+pub mod conformance;
 mod delivery;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 pub mod ingest;
 mod limits;
+mod listener;
 mod metrics;
 mod recovery;
 mod runs;

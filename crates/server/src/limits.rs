@@ -1,48 +1,176 @@
-//! Per-user limits kept in memory: messages per minute and open connections.
+//! Limits kept in memory: events per key in a sliding window (messages per user, failed logins
+//! per email and per client address), and the admission of a connection (a WebSocket or an SSE
+//! stream) under its user's limit until its token expires.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_protocol::UserId;
+use axum::http::StatusCode;
+use switchboard_protocol::{ErrorCode, Timestamp, UserId};
 use tokio::time::Instant;
 
-const WINDOW: Duration = Duration::from_secs(60);
+use crate::app::AppState;
+use crate::error::ApiError;
 
-/// At most `limit` messages per user in any 60 s window.
+/// Keys kept before expired ones are swept out.
+const SWEEP_ABOVE: usize = 10_000;
+
+/// At most `limit` events per key in any window of `window`.
 #[derive(Debug)]
-pub(crate) struct RateLimiter {
+pub(crate) struct SlidingWindow<K> {
     limit: usize,
-    recent: Mutex<HashMap<UserId, VecDeque<Instant>>>,
+    window: Duration,
+    recent: Mutex<HashMap<K, VecDeque<Instant>>>,
 }
 
-impl RateLimiter {
-    /// A limiter of `per_minute` messages.
-    pub(crate) fn new(per_minute: u32) -> Self {
+impl<K: Hash + Eq + Clone> SlidingWindow<K> {
+    /// A window of `limit` events per `window`.
+    pub(crate) fn new(limit: u32, window: Duration) -> Self {
         Self {
-            limit: per_minute as usize,
+            limit: limit as usize,
+            window,
             recent: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Counts a message; `Err(wait)` when the user is over the limit (and it is not counted).
-    pub(crate) fn check(&self, user: &UserId) -> Result<(), Duration> {
+    /// `Err(wait)` when `key` has had `limit` events in the window: how long until one of them
+    /// leaves it.
+    pub(crate) fn check(&self, key: &K) -> Result<(), Duration> {
         let now = Instant::now();
         let mut recent = self.recent.lock().unwrap();
-        if recent.len() > 10_000 {
-            recent.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
+        match recent.get_mut(key) {
+            Some(times) => self.over(times, now),
+            None => Ok(()),
         }
-        let times = recent.entry(user.clone()).or_default();
-        while times.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+    }
+
+    /// Counts an event of `key`.
+    pub(crate) fn record(&self, key: &K) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap();
+        self.sweep(&mut recent, now);
+        let times = recent.entry(key.clone()).or_default();
+        times.push_back(now);
+        // Only the newest `limit` events can matter.
+        while times.len() > self.limit {
+            times.pop_front();
+        }
+    }
+
+    /// Counts an event of `key` unless it is over the limit (then it is not counted).
+    pub(crate) fn acquire(&self, key: &K) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap();
+        self.sweep(&mut recent, now);
+        let times = recent.entry(key.clone()).or_default();
+        self.over(times, now)?;
+        times.push_back(now);
+        Ok(())
+    }
+
+    /// Forgets the events of `key`.
+    pub(crate) fn clear(&self, key: &K) {
+        self.recent.lock().unwrap().remove(key);
+    }
+
+    fn over(&self, times: &mut VecDeque<Instant>, now: Instant) -> Result<(), Duration> {
+        while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
             times.pop_front();
         }
         if times.len() >= self.limit {
             let oldest = *times.front().expect("the limit is at least 1");
-            return Err(WINDOW - now.duration_since(oldest));
+            return Err(self.window - now.duration_since(oldest));
         }
-        times.push_back(now);
         Ok(())
     }
+
+    fn sweep(&self, recent: &mut HashMap<K, VecDeque<Instant>>, now: Instant) {
+        if recent.len() > SWEEP_ABOVE {
+            recent.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < self.window));
+        }
+    }
+}
+
+/// Failed logins, counted per email and per client address: past the limit, further attempts
+/// for that email or from that address are refused until the window has passed.
+#[derive(Debug)]
+pub(crate) struct LoginThrottle {
+    by_email: SlidingWindow<String>,
+    by_address: SlidingWindow<IpAddr>,
+}
+
+impl LoginThrottle {
+    /// `max_failures` per email and per address within `window`.
+    pub(crate) fn new(max_failures: u32, window: Duration) -> Self {
+        Self {
+            by_email: SlidingWindow::new(max_failures, window),
+            by_address: SlidingWindow::new(max_failures, window),
+        }
+    }
+
+    /// `Err(wait)` when the email or the address has failed too often.
+    pub(crate) fn check(&self, email: &str, address: Option<IpAddr>) -> Result<(), Duration> {
+        let by_email = self.by_email.check(&email_key(email));
+        let by_address = address.map_or(Ok(()), |address| self.by_address.check(&address));
+        match (by_email, by_address) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(wait), Ok(())) | (Ok(()), Err(wait)) => Err(wait),
+            (Err(a), Err(b)) => Err(a.max(b)),
+        }
+    }
+
+    /// Counts a failed login.
+    pub(crate) fn failed(&self, email: &str, address: Option<IpAddr>) {
+        self.by_email.record(&email_key(email));
+        if let Some(address) = address {
+            self.by_address.record(&address);
+        }
+    }
+
+    /// A successful login clears the email's failures (not the address's: one account's
+    /// password does not vouch for the other guesses made from there).
+    pub(crate) fn succeeded(&self, email: &str) {
+        self.by_email.clear(&email_key(email));
+    }
+}
+
+/// Emails are compared without case, as the store does.
+fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// A connection admitted for a user: it holds the user's connection slot, and must end when its
+/// token expires. Sockets and SSE streams are both admitted here, so one limit counts both.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// The user's slot, freed when dropped.
+    #[expect(dead_code, reason = "held for its Drop")]
+    pub(crate) slot: ConnectionSlot,
+    /// When the token the connection was opened with expires.
+    pub(crate) expires: Instant,
+}
+
+/// Admits a connection of `user` whose token expires at `token_exp` (seconds since the epoch),
+/// or refuses it with 429 `too_many_connections`.
+pub(crate) fn admit(state: &AppState, user: &UserId, token_exp: i64) -> Result<Admission, ApiError> {
+    let limit = state.config.max_connections_per_user;
+    let Some(slot) = state.connections.open(user, limit) else {
+        state.metrics.error(ErrorCode::TooManyConnections);
+        let message = format!("You already have {limit} open connections; close one first.");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyConnections,
+            message,
+        ));
+    };
+    let left = (token_exp.saturating_mul(1000) - Timestamp::now().unix_millis()).max(0) as u64;
+    Ok(Admission {
+        slot,
+        expires: Instant::now() + Duration::from_millis(left),
+    })
 }
 
 /// Open connections per user.

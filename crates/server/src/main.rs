@@ -1,5 +1,7 @@
 //! `switchboard`: `serve` runs the server, `chat` talks to one from the terminal.
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use switchboard::chat::ChatArgs;
 use switchboard::ingest::{DemoDataArgs, IngestArgs};
@@ -24,8 +26,23 @@ enum Command {
     DemoData(DemoDataArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // A sentence and its causes; never a backtrace, which `anyhow` would print from
+            // `main` when RUST_BACKTRACE is set, as it is in many shells.
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => {

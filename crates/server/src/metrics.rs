@@ -65,6 +65,9 @@ pub(crate) struct Metrics {
     pub(crate) model_tokens: Family<TokenLabel, Counter>,
     /// What the language-model calls cost, by model (calls of unpriced models count nothing).
     pub(crate) model_cost: Family<ModelLabel, Counter<f64, AtomicU64>>,
+    /// Password hashes checked at login: one per attempt that was not throttled, whether the
+    /// email exists or not.
+    pub(crate) password_checks: Counter,
 }
 
 impl Default for Metrics {
@@ -80,6 +83,7 @@ impl Default for Metrics {
         let model_calls = Family::<ModelLabel, Counter>::default();
         let model_tokens = Family::<TokenLabel, Counter>::default();
         let model_cost = Family::<ModelLabel, Counter<f64, AtomicU64>>::default();
+        let password_checks = Counter::default();
         registry.register("connections", "Open WebSocket connections", connections.clone());
         registry.register("runs", "Runs by final status", runs.clone());
         registry.register("run_duration_seconds", "Run duration", run_duration.clone());
@@ -102,6 +106,11 @@ impl Default for Metrics {
             "What language-model calls cost, in US dollars",
             model_cost.clone(),
         );
+        registry.register(
+            "password_checks",
+            "Password hashes checked at login (also for unknown emails, so that both take as long)",
+            password_checks.clone(),
+        );
         Self {
             registry,
             connections,
@@ -114,6 +123,7 @@ impl Default for Metrics {
             model_calls,
             model_tokens,
             model_cost,
+            password_checks,
         }
     }
 }

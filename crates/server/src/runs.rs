@@ -2,6 +2,7 @@
 //! Shared by the socket (`user_message`, `stop_agent`) and the HTTP API (`/api/runs/{id}/cancel`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchboard_engine::{Engine, RunRequest, StartError};
 use switchboard_protocol::{ErrorCode, MessageAccepted, MessageId, RunId, UserId, UserMessage};
@@ -9,7 +10,7 @@ use switchboard_store::{NewMessage, RunState, Store, StoreError};
 use tokio::time::Instant;
 
 use crate::hub::Hub;
-use crate::limits::RateLimiter;
+use crate::limits::SlidingWindow;
 
 /// Longest `client_message_id`.
 const MAX_CLIENT_ID: usize = 128;
@@ -50,7 +51,7 @@ pub(crate) struct Runs {
     store: Arc<dyn Store>,
     engine: Engine,
     hub: Arc<Hub>,
-    limiter: RateLimiter,
+    limiter: SlidingWindow<UserId>,
     max_text_chars: usize,
 }
 
@@ -73,7 +74,7 @@ impl Runs {
             store,
             engine,
             hub,
-            limiter: RateLimiter::new(rate_per_minute),
+            limiter: SlidingWindow::new(rate_per_minute, Duration::from_secs(60)),
             max_text_chars,
         }
     }
@@ -126,7 +127,7 @@ impl Runs {
             ));
         }
         // The rate limit counts last: a message refused for the limits above costs no budget.
-        if let Err(wait) = self.limiter.check(user) {
+        if let Err(wait) = self.limiter.acquire(user) {
             return Err(Refusal::new(
                 ErrorCode::RateLimited,
                 format!(

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Extension, Query, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -24,7 +24,8 @@ use crate::app::AppState;
 use crate::auth::{TokenType, bearer_value};
 use crate::delivery::Delivery;
 use crate::error::ApiError;
-use crate::limits::ConnectionSlot;
+use crate::limits::{Admission, admit};
+use crate::listener::OpenConnection;
 
 /// Frames waiting for the writer; when full, the connection task waits (and a lagging live
 /// stream is re-read from the store).
@@ -39,6 +40,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Close codes of PROTOCOL.md section 6.
 mod close_code {
     pub(super) const GOING_AWAY: u16 = 1001;
+    pub(super) const PROTOCOL_ERROR: u16 = 1002;
+    pub(super) const INVALID_DATA: u16 = 1007;
     pub(super) const POLICY: u16 = 1008;
     pub(super) const TOO_LARGE: u16 = 1009;
     pub(super) const INTERNAL: u16 = 1011;
@@ -55,7 +58,7 @@ pub(crate) struct WsQuery {
 struct Credential {
     user: UserId,
     /// Seconds since the epoch when the credential's token expires.
-    token_exp: Option<i64>,
+    token_exp: i64,
     /// The subprotocol to select.
     protocol: Option<String>,
 }
@@ -86,7 +89,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> 
         let protocol = if speaks_v1 { PROTOCOL_NAME.to_owned() } else { value };
         return Ok(Credential {
             user,
-            token_exp: Some(claims.exp),
+            token_exp: claims.exp,
             protocol: Some(protocol),
         });
     }
@@ -99,7 +102,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> 
         let (user, claims) = verify(token)?;
         return Ok(Credential {
             user,
-            token_exp: Some(claims.exp),
+            token_exp: claims.exp,
             protocol,
         });
     }
@@ -110,7 +113,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> 
             .ok_or_else(|| "The ticket is unknown, expired or already used.".to_owned())?;
         return Ok(Credential {
             user,
-            token_exp: Some(token_exp),
+            token_exp,
             protocol,
         });
     }
@@ -126,6 +129,7 @@ pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
+    open: Option<Extension<OpenConnection>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let credential = match authenticate(&state, &headers, query.ticket.as_deref()) {
@@ -140,28 +144,56 @@ pub(crate) async fn upgrade(
         Some(Ok(after)) => Some(Seq::new(after)),
         Some(Err(_)) => return ApiError::invalid("after_seq must be a whole number.").into_response(),
     };
-    let limit = state.config.max_connections_per_user;
-    let Some(slot) = state.connections.open(&credential.user, limit) else {
-        state.metrics.error(ErrorCode::TooManyConnections);
-        let message = format!("You already have {limit} open connections; close one first.");
-        return ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyConnections, message).into_response();
+    let admission = match admit(&state, &credential.user, credential.token_exp) {
+        Ok(admission) => admission,
+        Err(refusal) => return refusal.into_response(),
     };
     // Frames up to the hard cap are read whole, so that a frame over the protocol's limit can
     // be answered with `message_too_large` before the close.
     let hard_cap = state.config.max_frame_bytes.saturating_mul(16).max(1 << 20);
-    // Small buffers: tungstenite zero-fills its whole read buffer before each read, and keeps
-    // both buffers for the life of the socket, so the 128 KiB defaults cost CPU on every frame
-    // and memory on every idle connection. Larger frames still grow the buffer as needed.
-    let mut ws = ws
-        .max_message_size(hard_cap)
-        .max_frame_size(hard_cap)
-        .read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER);
+    let mut ws = socket_settings(ws, hard_cap);
     if let Some(protocol) = credential.protocol.clone() {
         ws = ws.protocols([protocol]);
     }
     let span = tracing::info_span!("connection", user_id = %credential.user);
-    ws.on_upgrade(move |socket| tracing::Instrument::instrument(serve(state, socket, credential, after, slot), span))
+    ws.on_upgrade(move |socket| {
+        let serving = serve(state, socket, credential, after, admission);
+        // The socket keeps its place under the server-wide connection cap while it is open.
+        tracing::Instrument::instrument(
+            async move {
+                serving.await;
+                drop(open)
+            },
+            span,
+        )
+    })
+}
+
+/// The settings of every socket the server upgrades: messages and frames up to `max_message`
+/// bytes, and small buffers. tungstenite zero-fills its whole read buffer before each read, and
+/// keeps both buffers for the life of the socket, so the 128 KiB defaults cost CPU on every
+/// frame and memory on every idle connection. Larger frames still grow the buffer as needed.
+pub(crate) fn socket_settings(ws: WebSocketUpgrade, max_message: usize) -> WebSocketUpgrade {
+    ws.max_message_size(max_message)
+        .max_frame_size(max_message)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+}
+
+/// The close code and reason a failed read is answered with (RFC 6455 section 7.4.1), when the peer broke
+/// the protocol rather than the connection: 1009 for a frame over the cap, 1007 for a text that
+/// is not UTF-8, 1002 for any other protocol error (an unmasked frame, reserved bits, a control
+/// frame over 125 bytes or fragmented, an unknown opcode, a stray continuation). `None`: the
+/// connection itself failed, and there is nobody to tell.
+pub(crate) fn close_for_read_error(error: axum::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error;
+    let (code, reason) = match error.into_inner().downcast_ref::<Error>()? {
+        Error::Capacity(_) => (close_code::TOO_LARGE, "the frame is too large"),
+        Error::Utf8(_) => (close_code::INVALID_DATA, "the text is not valid UTF-8"),
+        Error::Protocol(_) => (close_code::PROTOCOL_ERROR, "protocol error"),
+        _ => return None,
+    };
+    Some((code, reason))
 }
 
 /// The inputs of a connection's loop.
@@ -187,7 +219,7 @@ struct Connection {
     delivery: Delivery,
 }
 
-async fn serve(state: AppState, socket: WebSocket, credential: Credential, after: Option<Seq>, _slot: ConnectionSlot) {
+async fn serve(state: AppState, socket: WebSocket, credential: Credential, after: Option<Seq>, admission: Admission) {
     let _tracked = state.sockets.token();
     state.metrics.connections.inc();
     let connection_id = ConnectionId::generate();
@@ -228,7 +260,7 @@ async fn serve(state: AppState, socket: WebSocket, credential: Credential, after
         flow = connection.send_control(resumed).await;
     }
     if matches!(flow, Flow::Continue) {
-        flow = connection.run(&mut stream, credential.token_exp).await;
+        flow = connection.run(&mut stream, admission.expires).await;
     }
     if let Flow::Close(code, reason) = flow {
         let _ = connection.out.send(close_message(code, reason)).await;
@@ -252,7 +284,7 @@ async fn finish(
     state.metrics.connections.dec();
 }
 
-fn close_message(code: u16, reason: &str) -> Message {
+pub(crate) fn close_message(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from(reason),
@@ -269,16 +301,10 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut outbound: mpsc:
     }
 }
 
-fn seconds_until(exp: i64) -> Duration {
-    let now = Timestamp::now().unix_millis();
-    Duration::from_millis((exp.saturating_mul(1000) - now).max(0) as u64)
-}
-
 impl Connection {
-    async fn run(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>, token_exp: Option<i64>) -> Flow {
+    async fn run(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>, expiry: Instant) -> Flow {
         let config = Arc::clone(&self.state.config);
         let (interval, pong_timeout) = (config.heartbeat_interval, config.pong_timeout);
-        let expiry = token_exp.map(|exp| Instant::now() + seconds_until(exp));
         let shutdown = self.state.closing.clone();
         let mut last_received = Instant::now();
         let mut last_beat = last_received;
@@ -288,7 +314,7 @@ impl Connection {
             let input = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Input::Shutdown,
-                () = sleep_until_some(expiry) => Input::TokenExpired,
+                () = tokio::time::sleep_until(expiry) => Input::TokenExpired,
                 frame = stream.next() => Input::Frame(frame),
                 event = self.delivery.next() => Input::Event(event),
                 () = tokio::time::sleep_until(idle_deadline.min(next_beat)) => Input::Timer,
@@ -299,10 +325,9 @@ impl Connection {
                 Input::Frame(None) => Flow::Stop,
                 Input::Frame(Some(Err(error))) => {
                     tracing::debug!(%error, "socket read failed");
-                    if is_over_capacity(error) {
-                        Flow::Close(close_code::TOO_LARGE, "the frame is too large")
-                    } else {
-                        Flow::Stop
+                    match close_for_read_error(error) {
+                        Some((code, reason)) => Flow::Close(code, reason),
+                        None => Flow::Stop,
                     }
                 }
                 Input::Frame(Some(Ok(message))) => {
@@ -463,18 +488,5 @@ pub(crate) fn history_message(message: switchboard_store::Message) -> HistoryMes
         text: message.text,
         run_id: message.run_id,
         created_at: message.created_at,
-    }
-}
-
-/// Whether a read failed because the frame was over the hard cap.
-fn is_over_capacity(error: axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    matches!(error.into_inner().downcast_ref::<Error>(), Some(Error::Capacity(_)))
-}
-
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

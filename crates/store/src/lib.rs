@@ -1,6 +1,7 @@
-//! Switchboard's storage: users, threads, messages, runs and each user's durable event log,
-//! behind the [`Store`] trait. [`SqliteStore`] is the embedded default; networked backends
-//! implement the same trait and pass the same test suite (`tests/store.rs`).
+//! Switchboard's storage: users, their refresh-token families, threads, messages, runs and each
+//! user's durable event log, behind the [`Store`] trait. [`SqliteStore`] is the embedded
+//! default; networked backends implement the same trait and pass the same test suite
+//! (`tests/store.rs`).
 
 mod sqlite;
 mod workload;
@@ -12,9 +13,9 @@ use switchboard_protocol::{
 
 pub use sqlite::SqliteStore;
 pub use workload::{
-    AnalyticsStore, Bucket, CallFigures, CallStatus, FeatureModel, HourUsage, OFF_HOURS_END, Opportunities,
-    SHORT_INPUT_TOKENS, SHORT_OUTPUT_TOKENS, Slice, Summary, SummaryBuilder, TimeRange, Totals, Usage, WorkloadEvent,
-    nearest_rank,
+    AnalyticsStore, Bucket, CallFigures, CallStatus, EARLIEST_CALL_MS, FeatureModel, HourUsage, LATEST_CALL_MS,
+    MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS, MAX_CALL_TOKENS, OFF_HOURS_END, Opportunities, SHORT_INPUT_TOKENS,
+    SHORT_OUTPUT_TOKENS, Slice, Summary, SummaryBuilder, TimeRange, Totals, Usage, WorkloadEvent, nearest_rank,
 };
 
 /// A storage operation failed.
@@ -179,6 +180,74 @@ impl EventRecord {
     }
 }
 
+/// Why a string is not a valid refresh-token or family id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not a valid {kind}: use 1 to 80 letters, digits, '_' or '-'")]
+pub struct TokenIdError {
+    kind: &'static str,
+    value: String,
+}
+
+macro_rules! token_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses an id (one the server generated, or one read back from a token it signed).
+            pub fn parse(value: &str) -> Result<Self, TokenIdError> {
+                let ok = (1..=80).contains(&value.len())
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if ok {
+                    Ok(Self(value.to_owned()))
+                } else {
+                    Err(TokenIdError {
+                        kind: $kind,
+                        value: value.chars().take(80).collect(),
+                    })
+                }
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+token_id!(
+    /// One refresh token (its JWT `jti`).
+    RefreshTokenId, "refresh token id"
+);
+token_id!(
+    /// A refresh-token family: the chain of refresh tokens that one sign-in leads to, each bought
+    /// with the one before.
+    RefreshFamilyId, "refresh token family id"
+);
+
+/// What presenting a refresh token to its family did (refresh token rotation, OAuth 2.0
+/// Security BCP): a token buys the next one once, and a token used twice revokes its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was the family's newest: it is spent now, and `next` is the newest.
+    Rotated,
+    /// The token was spent already (an older token of the family): someone else may hold the
+    /// chain, so the family is revoked now, its newest token included.
+    Reused,
+    /// The family was revoked before; nothing changed.
+    Revoked,
+    /// No such family of this user (never started here, or its user is gone).
+    Unknown,
+}
+
 /// Everything the server keeps durably. Every method that names a user only sees that user's
 /// data: another user's thread or run is `NotFound` / `None`.
 #[async_trait]
@@ -223,6 +292,25 @@ pub trait Store: Send + Sync + 'static {
     async fn run_events(&self, user: &UserId, run: &RunId) -> Result<Vec<Event>, StoreError>;
     /// The user's newest seq (`Seq::ZERO` when none).
     async fn last_seq(&self, user: &UserId) -> Result<Seq, StoreError>;
+
+    /// Starts a refresh-token family of `user` (a sign-in) whose newest token is `first`.
+    /// `NotFound` when there is no such user, `Conflict` when the family id is taken.
+    async fn start_refresh_family(
+        &self,
+        user: &UserId,
+        family: &RefreshFamilyId,
+        first: &RefreshTokenId,
+    ) -> Result<(), StoreError>;
+    /// Presents `presented` to the user's `family`, atomically: when it is the family's newest
+    /// token, `next` becomes the newest (`Rotated`); when it is an older one, the family is
+    /// revoked (`Reused`). Concurrent rotations of one token let exactly one win.
+    async fn rotate_refresh_token(
+        &self,
+        user: &UserId,
+        family: &RefreshFamilyId,
+        presented: &RefreshTokenId,
+        next: &RefreshTokenId,
+    ) -> Result<Rotation, StoreError>;
 
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;

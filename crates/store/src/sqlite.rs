@@ -16,12 +16,12 @@ use switchboard_protocol::{
 use tokio::sync::oneshot;
 
 use crate::{
-    Accepted, AnalyticsStore, CallFigures, EventRecord, Message, NewMessage, RunRecord, RunState, Store, StoreError,
-    Summary, SummaryBuilder, Thread, TimeRange, User, WorkloadEvent,
+    Accepted, AnalyticsStore, CallFigures, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation,
+    RunRecord, RunState, Store, StoreError, Summary, SummaryBuilder, Thread, TimeRange, User, WorkloadEvent,
 };
 
-/// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`.
-const SCHEMA_VERSION: i64 = 3;
+/// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -86,6 +86,15 @@ CREATE TABLE IF NOT EXISTS workload_events (
     batch INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS workload_by_user_time ON workload_events (user_id, ts);
+CREATE TABLE IF NOT EXISTS refresh_families (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    current_token TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    rotated_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS refresh_families_by_user ON refresh_families (user_id);
 ";
 
 /// The SQLite store. Cheap to clone.
@@ -142,6 +151,8 @@ impl SqliteStore {
             conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
             conn.pragma_update(None, "busy_timeout", 5000).map_err(backend)?;
+            // A user's refresh-token families are deleted with the user.
+            conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
             let version: i64 = conn
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .map_err(backend)?;
@@ -151,7 +162,8 @@ impl SqliteStore {
                 )));
             }
             conn.execute_batch(SCHEMA).map_err(backend)?;
-            // Tables made by an older schema gain the columns added since.
+            // Tables made by an older schema gain the columns added since; tables added since
+            // (`refresh_families` in 4) come with `SCHEMA`.
             if (1..3).contains(&version) {
                 conn.execute_batch("ALTER TABLE runs ADD COLUMN model_calls TEXT")
                     .map_err(backend)?;
@@ -679,6 +691,75 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.query_row([user], |r| r.get(0)))
                 .map_err(backend)?;
             Ok(Seq::new(last.max(0) as u64))
+        })
+        .await
+    }
+
+    async fn start_refresh_family(
+        &self,
+        user: &UserId,
+        family: &RefreshFamilyId,
+        first: &RefreshTokenId,
+    ) -> Result<(), StoreError> {
+        let (user, family, first) = (user.to_string(), family.to_string(), first.to_string());
+        self.with(move |conn| {
+            // Inserting from `users` makes a missing user a row count of 0, not a constraint error.
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO refresh_families (id, user_id, current_token, created_at, rotated_at)
+                     SELECT ?1, id, ?3, ?4, ?4 FROM users WHERE id = ?2",
+                )
+                .and_then(|mut s| s.execute(params![family, user, first, now_millis()]))
+                .map_err(|e| match backend(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!("the refresh family {family} exists")),
+                    other => other,
+                })?;
+            if inserted == 0 {
+                return Err(StoreError::NotFound(format!("user {user}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        user: &UserId,
+        family: &RefreshFamilyId,
+        presented: &RefreshTokenId,
+        next: &RefreshTokenId,
+    ) -> Result<Rotation, StoreError> {
+        let (user, family) = (user.to_string(), family.to_string());
+        let (presented, next) = (presented.to_string(), next.to_string());
+        self.with(move |conn| {
+            // Immediate: the write lock is taken before the read, so the compare and the swap
+            // are one step even for another process on the same file.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let found: Option<(String, Option<i64>)> = tx
+                .prepare_cached("SELECT current_token, revoked_at FROM refresh_families WHERE id = ?1 AND user_id = ?2")
+                .and_then(|mut s| s.query_row([&family, &user], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(backend)?;
+            let now = now_millis();
+            let rotation = match found {
+                None => Rotation::Unknown,
+                Some((_, Some(_))) => Rotation::Revoked,
+                Some((current, None)) if current == presented => {
+                    tx.prepare_cached("UPDATE refresh_families SET current_token = ?1, rotated_at = ?2 WHERE id = ?3")
+                        .and_then(|mut s| s.execute(params![next, now, family]))
+                        .map_err(backend)?;
+                    Rotation::Rotated
+                }
+                Some((_, None)) => {
+                    tx.prepare_cached("UPDATE refresh_families SET revoked_at = ?1 WHERE id = ?2")
+                        .and_then(|mut s| s.execute(params![now, family]))
+                        .map_err(backend)?;
+                    Rotation::Reused
+                }
+            };
+            tx.commit().map_err(backend)?;
+            Ok(rotation)
         })
         .await
     }

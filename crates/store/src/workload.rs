@@ -137,6 +137,9 @@ pub struct Summary {
     pub hourly: Vec<Bucket>,
     /// What the savings strategies are computed from.
     pub opportunities: Opportunities,
+    /// Stored calls of the range left out of every figure above because one of their figures
+    /// is out of range (see [`CallFigures::in_range`]).
+    pub calls_left_out: u64,
 }
 
 /// Calls with their tokens and cost.
@@ -155,8 +158,8 @@ pub struct Slice {
 impl Slice {
     fn add(&mut self, call: &CallFigures) {
         self.calls += 1;
-        self.input_tokens += call.input_tokens;
-        self.output_tokens += call.output_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(call.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(call.output_tokens);
         self.cost_usd += call.cost_usd;
     }
 }
@@ -199,6 +202,21 @@ pub const SHORT_OUTPUT_TOKENS: u64 = 300;
 /// Off-hours: from midnight to this hour (UTC).
 pub const OFF_HOURS_END: u8 = 6;
 
+/// The most tokens one call's prompt may have, and its answer (each): ten million, well above
+/// any model's context window. Uploads above it are refused; stored calls above it are left out
+/// of the summary.
+pub const MAX_CALL_TOKENS: u64 = 10_000_000;
+/// The longest one call may take, in milliseconds: a day. Latency must also be 0 or more.
+pub const MAX_CALL_LATENCY_MS: f64 = 86_400_000.0;
+/// The most one call may cost, in US dollars: ten thousand. Cost must also be 0 or more.
+pub const MAX_CALL_COST_USD: f64 = 10_000.0;
+/// The earliest time a call may have been made, in milliseconds since the epoch:
+/// 2000-01-01T00:00:00Z.
+pub const EARLIEST_CALL_MS: i64 = 946_684_800_000;
+/// The latest time a call may have been made, in milliseconds since the epoch:
+/// 2100-12-31T23:59:59.999Z (so calls fall in the years 2000 to 2100).
+pub const LATEST_CALL_MS: i64 = 4_133_980_799_999;
+
 /// Where workload data is kept and aggregated. The store answers with aggregates (a few rows),
 /// never with the calls themselves. Every method sees one user's data only.
 #[async_trait]
@@ -230,6 +248,22 @@ pub struct CallFigures {
     pub batch: bool,
 }
 
+impl CallFigures {
+    /// Whether every figure is within its range: made from [`EARLIEST_CALL_MS`] to
+    /// [`LATEST_CALL_MS`], at most [`MAX_CALL_TOKENS`] prompt and answer tokens each, a latency
+    /// (when reported) from 0 to [`MAX_CALL_LATENCY_MS`], a cost from 0 to [`MAX_CALL_COST_USD`].
+    /// Not-a-number and infinite figures are out of range.
+    pub fn in_range(&self) -> bool {
+        (EARLIEST_CALL_MS..=LATEST_CALL_MS).contains(&self.at_ms)
+            && self.input_tokens <= MAX_CALL_TOKENS
+            && self.output_tokens <= MAX_CALL_TOKENS
+            && self
+                .latency_ms
+                .is_none_or(|latency| (0.0..=MAX_CALL_LATENCY_MS).contains(&latency))
+            && (0.0..=MAX_CALL_COST_USD).contains(&self.cost_usd)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Group {
     calls: u64,
@@ -244,8 +278,8 @@ impl Group {
     fn add(&mut self, call: &CallFigures) {
         self.calls += 1;
         self.errors += u64::from(call.error);
-        self.input_tokens += call.input_tokens;
-        self.output_tokens += call.output_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(call.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(call.output_tokens);
         self.cost_usd += call.cost_usd;
         if let Some(latency) = call.latency_ms {
             self.latencies.push(latency);
@@ -279,6 +313,11 @@ type FeatureModelCalls = (Slice, Slice, Vec<u64>);
 
 /// Builds a [`Summary`] from calls streamed in any order: one pass, memory for the latencies
 /// only. For backends that cannot compute percentiles in their queries.
+///
+/// Calls with a figure out of range ([`CallFigures::in_range`]) are counted in
+/// [`Summary::calls_left_out`] and nowhere else: rows can reach the store without the upload's
+/// checks (written directly, or by an older version), and one absurd row must not turn every
+/// total into an overflow.
 #[derive(Debug, Default)]
 pub struct SummaryBuilder {
     first: Option<i64>,
@@ -297,6 +336,7 @@ pub struct SummaryBuilder {
     prompts: std::collections::HashMap<String, (u64, f64)>,
     feature_models: std::collections::HashMap<(Option<u32>, u32), FeatureModelCalls>,
     failed_cost_usd: f64,
+    left_out: u64,
 }
 
 impl SummaryBuilder {
@@ -310,8 +350,12 @@ impl SummaryBuilder {
         id
     }
 
-    /// Counts one call.
+    /// Counts one call, or only that it was left out when a figure is out of range.
     pub fn add(&mut self, model: &str, feature: Option<&str>, prompt_hash: Option<&str>, call: CallFigures) {
+        if !call.in_range() {
+            self.left_out += 1;
+            return;
+        }
         let clock_hour = call.at_ms.div_euclid(3_600_000);
         let hour = clock_hour.rem_euclid(24) as usize;
         let model = self.name(model);
@@ -382,7 +426,9 @@ impl SummaryBuilder {
             .into_iter()
             .map(|(mut fm, inputs)| {
                 let limit = p95.get(&fm.feature).copied().unwrap_or(u64::MAX);
-                fm.input_tokens_above_p95 = inputs.iter().map(|i| i.saturating_sub(limit)).sum();
+                fm.input_tokens_above_p95 = inputs
+                    .iter()
+                    .fold(0, |sum: u64, i| sum.saturating_add(i.saturating_sub(limit)));
                 fm
             })
             .collect();
@@ -483,6 +529,7 @@ impl SummaryBuilder {
                 hourly
             },
             opportunities: Self::opportunities(short, self.prompts, feature_models, self.failed_cost_usd),
+            calls_left_out: self.left_out,
         })
     }
 }

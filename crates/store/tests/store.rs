@@ -7,7 +7,9 @@ use switchboard_protocol::{
     AgentCompleted, AgentName, AgentStarted, Event, EventPayload, MessageId, ModelCallUsage, Role, RunId, RunStatus,
     RunTimings, Seq, ThreadId, Timestamp, TraceId, UserId,
 };
-use switchboard_store::{NewMessage, RunState, SqliteStore, Store, StoreError};
+use switchboard_store::{
+    NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunState, SqliteStore, Store, StoreError,
+};
 
 fn event(seq: u64, run: &RunId, thread: &ThreadId, payload: EventPayload) -> Event {
     Event {
@@ -241,10 +243,112 @@ async fn event_log(store: &dyn Store) {
     store.ping().await.unwrap();
 }
 
+fn refresh_token(id: &str) -> RefreshTokenId {
+    RefreshTokenId::parse(id).unwrap()
+}
+
+fn refresh_family(id: &str) -> RefreshFamilyId {
+    RefreshFamilyId::parse(id).unwrap()
+}
+
+async fn refresh_rotation(store: &dyn Store) {
+    let ann = store.create_user("ann.refresh@example.com", "hash").await.unwrap().id;
+    let bob = store.create_user("bob.refresh@example.com", "hash").await.unwrap().id;
+    let (chain, other) = (refresh_family("fam-chain"), refresh_family("fam-other"));
+    let rotate = |user: &UserId, family: &RefreshFamilyId, presented: &str, next: &str| {
+        let (user, family) = (user.clone(), family.clone());
+        let (presented, next) = (refresh_token(presented), refresh_token(next));
+        async move {
+            store
+                .rotate_refresh_token(&user, &family, &presented, &next)
+                .await
+                .unwrap()
+        }
+    };
+    store
+        .start_refresh_family(&ann, &chain, &refresh_token("t1"))
+        .await
+        .unwrap();
+    store
+        .start_refresh_family(&ann, &other, &refresh_token("o1"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.start_refresh_family(&bob, &chain, &refresh_token("x")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .start_refresh_family(&UserId::generate(), &refresh_family("fam-nobody"), &refresh_token("x"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert_eq!(rotate(&ann, &chain, "t1", "t2").await, Rotation::Rotated);
+    assert_eq!(rotate(&ann, &chain, "t2", "t3").await, Rotation::Rotated);
+    assert_eq!(
+        rotate(&bob, &chain, "t3", "b1").await,
+        Rotation::Unknown,
+        "another user's family is not found"
+    );
+    assert_eq!(
+        rotate(&ann, &refresh_family("fam-never"), "t3", "t4").await,
+        Rotation::Unknown
+    );
+    assert_eq!(
+        rotate(&ann, &chain, "t1", "t4").await,
+        Rotation::Reused,
+        "a spent token revokes its family"
+    );
+    assert_eq!(
+        rotate(&ann, &chain, "t3", "t4").await,
+        Rotation::Revoked,
+        "the family's newest token is refused after a reuse"
+    );
+    assert_eq!(rotate(&ann, &chain, "t1", "t5").await, Rotation::Revoked);
+    assert_eq!(
+        rotate(&ann, &other, "o1", "o2").await,
+        Rotation::Rotated,
+        "another family of the same user is untouched"
+    );
+}
+
+async fn concurrent_rotations(store: Arc<dyn Store>) {
+    let user = store.create_user("cat.refresh@example.com", "hash").await.unwrap().id;
+    let family = refresh_family("fam-race");
+    store
+        .start_refresh_family(&user, &family, &refresh_token("r0"))
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 1..=8 {
+        let (store, user, family) = (Arc::clone(&store), user.clone(), family.clone());
+        tasks.spawn(async move {
+            let next = refresh_token(&format!("r{i}"));
+            store
+                .rotate_refresh_token(&user, &family, &refresh_token("r0"), &next)
+                .await
+                .unwrap()
+        });
+    }
+    let outcomes = tasks.join_all().await;
+    let won = outcomes.iter().filter(|o| **o == Rotation::Rotated).count();
+    assert_eq!(won, 1, "exactly one rotation wins: {outcomes:?}");
+    assert!(outcomes.contains(&Rotation::Reused), "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Rotation::Rotated | Rotation::Reused | Rotation::Revoked)),
+        "{outcomes:?}"
+    );
+}
+
 async fn suite(store: Arc<dyn Store>) {
     users(store.as_ref()).await;
     threads_and_messages(store.as_ref()).await;
     event_log(store.as_ref()).await;
+    refresh_rotation(store.as_ref()).await;
+    concurrent_rotations(Arc::clone(&store)).await;
 }
 
 #[tokio::test]
@@ -320,7 +424,93 @@ async fn a_database_of_schema_2_is_brought_up_to_date_and_keeps_its_runs() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
+}
+
+#[tokio::test]
+async fn a_database_of_schema_3_gains_refresh_families_and_keeps_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let ann = {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.create_user("ann@example.com", "hash").await.unwrap()
+    };
+    // Back to schema 3, as a server of that version left it: no `refresh_families`.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE refresh_families; PRAGMA user_version = 3;")
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.user_by_email("ann@example.com").await.unwrap().map(|u| u.id),
+        Some(ann.id.clone())
+    );
+    let family = refresh_family("fam-upgraded");
+    store
+        .start_refresh_family(&ann.id, &family, &refresh_token("t1"))
+        .await
+        .unwrap();
+    let rotation = store
+        .rotate_refresh_token(&ann.id, &family, &refresh_token("t1"), &refresh_token("t2"))
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Rotated);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 4);
+}
+
+#[tokio::test]
+async fn a_database_of_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    drop(SqliteStore::open(&path).await.unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 5).unwrap();
+    }
+    let error = SqliteStore::open(&path).await.unwrap_err();
+    assert!(error.to_string().contains("newer than this server's 4"), "{error}");
+}
+
+#[tokio::test]
+async fn the_refresh_families_of_a_deleted_user_go_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let ann = {
+        let store = SqliteStore::open(&path).await.unwrap();
+        let ann = store.create_user("ann@example.com", "hash").await.unwrap();
+        store
+            .start_refresh_family(&ann.id, &refresh_family("fam-gone"), &refresh_token("t1"))
+            .await
+            .unwrap();
+        ann
+    };
+    // The store has no way to delete a user yet; the schema's cascade is what this checks
+    // (foreign keys are enforced per connection, as the store's own connection does).
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        conn.execute("DELETE FROM users WHERE id = ?1", [ann.id.as_str()])
+            .unwrap();
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM refresh_families", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let rotation = store
+        .rotate_refresh_token(
+            &ann.id,
+            &refresh_family("fam-gone"),
+            &refresh_token("t1"),
+            &refresh_token("t2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Unknown);
 }
 
 #[tokio::test]
@@ -335,7 +525,8 @@ async fn opening_a_file_that_is_not_a_database_is_a_clear_error() {
 mod workload {
     use switchboard_protocol::{Timestamp, UserId};
     use switchboard_store::{
-        AnalyticsStore, CallStatus, HourUsage, SqliteStore, TimeRange, WorkloadEvent, nearest_rank,
+        AnalyticsStore, CallFigures, CallStatus, EARLIEST_CALL_MS, HourUsage, LATEST_CALL_MS, MAX_CALL_COST_USD,
+        MAX_CALL_LATENCY_MS, MAX_CALL_TOKENS, SqliteStore, SummaryBuilder, TimeRange, WorkloadEvent, nearest_rank,
     };
 
     fn call(
@@ -652,6 +843,155 @@ mod workload {
         for (values, percent, expected) in cases {
             assert_eq!(nearest_rank(values, percent), expected, "p{percent} of {values:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn stored_calls_with_figures_out_of_range_are_left_out_of_the_summary_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+        let user = UserId::generate();
+        let good = || {
+            call(
+                "2026-11-01T10:00:00Z",
+                "gpt-4o",
+                Some("search"),
+                (1000, 100),
+                Some(100.0),
+                false,
+                0.5,
+            )
+        };
+        let with = |change: &dyn Fn(&mut WorkloadEvent)| {
+            let mut event = good();
+            change(&mut event);
+            event
+        };
+        // Rows the upload would refuse, written directly as an older version or another
+        // writer could have: each has one figure out of range.
+        let absurd = vec![
+            with(&|e| e.cost_usd = 1e308),
+            with(&|e| e.cost_usd = f64::INFINITY),
+            with(&|e| e.cost_usd = -1.0),
+            with(&|e| e.cost_usd = MAX_CALL_COST_USD + 0.01),
+            with(&|e| e.input_tokens = i64::MAX as u64),
+            with(&|e| e.output_tokens = MAX_CALL_TOKENS + 1),
+            with(&|e| e.latency_ms = Some(1e12)),
+            with(&|e| e.latency_ms = Some(-5.0)),
+            with(&|e| e.latency_ms = Some(f64::INFINITY)),
+            with(&|e| e.timestamp = Timestamp::parse("1970-01-01T00:00:00Z").unwrap()),
+            with(&|e| e.timestamp = Timestamp::parse("2200-06-01T00:00:00Z").unwrap()),
+            with(&|e| e.model = "other".into()),
+        ];
+        let mut rows = absurd;
+        // The last one is good (another model), and so are these at the very bounds.
+        rows.push(with(&|e| {
+            e.cost_usd = MAX_CALL_COST_USD;
+            e.input_tokens = MAX_CALL_TOKENS;
+            e.output_tokens = MAX_CALL_TOKENS;
+            e.latency_ms = Some(MAX_CALL_LATENCY_MS);
+        }));
+        rows.push(with(&|e| {
+            e.timestamp = Timestamp::from_unix_millis(EARLIEST_CALL_MS).unwrap()
+        }));
+        rows.push(with(&|e| {
+            e.timestamp = Timestamp::from_unix_millis(LATEST_CALL_MS).unwrap()
+        }));
+        rows.push(good());
+        store.insert_workload_events(&user, rows).await.unwrap();
+        assert_eq!(
+            store.workload_event_count(&user).await.unwrap(),
+            16,
+            "every row is stored"
+        );
+
+        let summary = store.workload_summary(&user, TimeRange::default()).await.unwrap();
+        assert_eq!(summary.calls_left_out, 11);
+        let u = &summary.totals.usage;
+        assert_eq!(
+            (u.calls, u.input_tokens, u.output_tokens),
+            (5, 4 * 1000 + MAX_CALL_TOKENS, 4 * 100 + MAX_CALL_TOKENS)
+        );
+        assert!(close(u.cost_usd, 4.0 * 0.5 + MAX_CALL_COST_USD), "{}", u.cost_usd);
+        assert_eq!(u.p95_latency_ms, Some(MAX_CALL_LATENCY_MS));
+        assert_eq!(
+            (
+                summary.totals.first.unwrap().to_string(),
+                summary.totals.last.unwrap().to_string()
+            ),
+            (
+                "2000-01-01T00:00:00.000Z".to_owned(),
+                "2100-12-31T23:59:59.999Z".to_owned()
+            )
+        );
+        let models: Vec<(Option<&str>, u64)> = summary.by_model.iter().map(|m| (m.key.as_deref(), m.calls)).collect();
+        assert_eq!(models, [(Some("gpt-4o"), 4), (Some("other"), 1)]);
+        let hourly_calls: u64 = summary.hourly.iter().map(|b| b.calls).sum();
+        let hourly_cost: f64 = summary.hourly.iter().map(|b| b.cost_usd).sum();
+        assert_eq!(hourly_calls, 5);
+        assert!(close(hourly_cost, u.cost_usd));
+        assert!(close(summary.opportunities.failed_cost_usd, 0.0));
+        assert!(
+            summary.hours.iter().all(|h| h.cost_usd.is_finite())
+                && summary.by_feature.iter().all(|f| f.cost_usd.is_finite()),
+            "no figure is infinite: {summary:?}"
+        );
+
+        let none_left = SqliteStore::open(&dir.path().join("other.sqlite")).await.unwrap();
+        none_left
+            .insert_workload_events(&user, vec![with(&|e| e.cost_usd = 1e308)])
+            .await
+            .unwrap();
+        let summary = none_left.workload_summary(&user, TimeRange::default()).await.unwrap();
+        assert_eq!(
+            (summary.calls_left_out, summary.totals.usage.calls, summary.totals.first),
+            (1, 0, None)
+        );
+        assert!(summary.hourly.is_empty() && summary.by_model.is_empty());
+    }
+
+    #[test]
+    fn the_summary_builder_leaves_out_figures_no_backend_could_store() {
+        let call = |input_tokens: u64, latency_ms: Option<f64>, cost_usd: f64| CallFigures {
+            at_ms: EARLIEST_CALL_MS,
+            input_tokens,
+            output_tokens: 1,
+            latency_ms,
+            error: true,
+            cost_usd,
+            batch: false,
+        };
+        let cases: [(CallFigures, bool); 9] = [
+            (call(1, None, 0.0), true),
+            (call(u64::MAX, None, 0.0), false),
+            (call(1, Some(f64::NAN), 0.0), false),
+            (call(1, Some(f64::NEG_INFINITY), 0.0), false),
+            (call(1, None, f64::NAN), false),
+            (call(1, None, f64::NEG_INFINITY), false),
+            (call(1, None, -0.000_001), false),
+            (
+                CallFigures {
+                    at_ms: i64::MIN,
+                    ..call(1, None, 0.0)
+                },
+                false,
+            ),
+            (
+                CallFigures {
+                    at_ms: LATEST_CALL_MS + 1,
+                    ..call(1, None, 0.0)
+                },
+                false,
+            ),
+        ];
+        let mut builder = SummaryBuilder::default();
+        for (figures, in_range) in cases {
+            assert_eq!(figures.in_range(), in_range, "{figures:?}");
+            builder.add("m", Some("f"), Some("p"), figures);
+        }
+        let summary = builder.finish().unwrap();
+        assert_eq!((summary.calls_left_out, summary.totals.usage.calls), (8, 1));
+        assert_eq!(summary.totals.usage.p95_latency_ms, None);
+        assert!(summary.opportunities.failed_cost_usd == 0.0);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::support::{SECRET, spawn_app, spawn_app_with};
+use crate::support::{SECRET, TestApp, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn register_login_and_refresh_answer_with_the_documented_codes() {
@@ -291,4 +291,106 @@ async fn an_eleventh_connection_of_a_user_is_refused_until_one_closes() {
     sockets.pop().unwrap().close().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(open(app.client.base(), "", &header).await.is_ok());
+}
+
+/// `POST /api/auth/refresh` with this refresh token: the status and the answer.
+async fn refresh(app: &TestApp, refresh_token: &str) -> (u16, Value) {
+    app.client
+        .post("/api/auth/refresh", None, &json!({ "refresh_token": refresh_token }))
+        .await
+        .unwrap()
+}
+
+/// Asserts a 401 `unauthorized` whose sentence contains `words`.
+fn assert_refused(answer: (u16, Value), words: &str) {
+    let (status, body) = answer;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(words), "`{message}` does not say `{words}`");
+}
+
+#[tokio::test]
+async fn a_refresh_token_buys_one_pair_and_using_it_again_revokes_its_whole_chain() {
+    let app = spawn_app().await;
+    let first = app.client.register("rae@example.com", "correct horse").await.unwrap();
+    let (status, second) = refresh(&app, &first.refresh_token).await;
+    assert_eq!(status, 200, "{second}");
+    let second = second["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(
+        second, first.refresh_token,
+        "each refresh hands out a new refresh token"
+    );
+    let (status, third) = refresh(&app, &second).await;
+    assert_eq!(status, 200, "the new refresh token buys the next pair: {third}");
+    let third = third["refresh_token"].as_str().unwrap().to_owned();
+
+    assert_refused(refresh(&app, &first.refresh_token).await, "it was used before");
+    assert_refused(refresh(&app, &third).await, "its sign-in was revoked");
+    assert_refused(refresh(&app, &second).await, "its sign-in was revoked");
+
+    let again = app.client.login("rae@example.com", "correct horse").await.unwrap();
+    let (status, body) = refresh(&app, &again.refresh_token).await;
+    assert_eq!(status, 200, "a fresh sign-in starts a new chain: {body}");
+}
+
+#[tokio::test]
+async fn each_sign_in_starts_a_chain_of_its_own() {
+    let app = spawn_app().await;
+    let (laptop, phone) = (app.user("dee").await, app.user("dee").await);
+    assert_eq!(laptop.user_id, phone.user_id);
+    assert_eq!(refresh(&app, &laptop.refresh_token).await.0, 200);
+    assert_refused(refresh(&app, &laptop.refresh_token).await, "it was used before");
+    let (status, body) = refresh(&app, &phone.refresh_token).await;
+    assert_eq!(status, 200, "the other sign-in's chain is untouched: {body}");
+}
+
+#[tokio::test]
+async fn a_token_of_the_wrong_kind_is_refused_in_a_grammatical_sentence() {
+    let app = spawn_app().await;
+    let session = app.user("kim").await;
+    assert_refused(
+        refresh(&app, &session.access_token).await,
+        "this is not a refresh token",
+    );
+    let answer = app
+        .client
+        .get("/api/threads", Some(&session.refresh_token))
+        .await
+        .unwrap();
+    assert_refused(answer, "this is not an access token");
+}
+
+#[tokio::test]
+async fn a_refresh_token_without_a_known_chain_is_refused_with_a_request_to_sign_in_again() {
+    let app = spawn_app().await;
+    let session = app.user("lou").await;
+    let user = session.user_id.to_string();
+    // Signed before refresh tokens were rotated: no `fam` claim.
+    let old = token(SECRET, &user, "refresh", 600);
+    assert_refused(
+        refresh(&app, &old).await,
+        "issued before sign-ins were tracked; sign in again",
+    );
+    // Signed with the right key, but naming a chain this server never started.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({"sub": user, "exp": now + 600, "iat": now, "jti": "j1", "typ": "refresh", "fam": "nofamily"});
+    let stranger = jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_refused(refresh(&app, &stranger).await, "not known here; sign in again");
+    assert_eq!(
+        refresh(&app, &session.refresh_token).await.0,
+        200,
+        "the user's own chain still works"
+    );
 }

@@ -1,9 +1,14 @@
 //! End-to-end tests: the real server on port 0 over real sockets, one module per area.
 
 mod auth;
+mod connections;
+mod figures;
+mod hostile;
 mod http;
 mod lifecycle;
 mod llm;
+mod login;
+mod raw;
 mod resume;
 mod runs;
 mod socket;

@@ -13,8 +13,8 @@ use switchboard_protocol::{
     UserMessage,
 };
 use switchboard_store::{
-    Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RunRecord, SqliteStore, Store, StoreError, Summary,
-    Thread, TimeRange, User, WorkloadEvent,
+    Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
+    SqliteStore, Store, StoreError, Summary, Thread, TimeRange, User, WorkloadEvent,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -302,6 +302,25 @@ impl Store for HangingStore {
     async fn last_seq(&self, user: &UserId) -> Result<Seq, StoreError> {
         self.gate().await;
         self.inner.last_seq(user).await
+    }
+    async fn start_refresh_family(
+        &self,
+        user: &UserId,
+        family: &RefreshFamilyId,
+        first: &RefreshTokenId,
+    ) -> Result<(), StoreError> {
+        self.gate().await;
+        self.inner.start_refresh_family(user, family, first).await
+    }
+    async fn rotate_refresh_token(
+        &self,
+        user: &UserId,
+        family: &RefreshFamilyId,
+        presented: &RefreshTokenId,
+        next: &RefreshTokenId,
+    ) -> Result<Rotation, StoreError> {
+        self.gate().await;
+        self.inner.rotate_refresh_token(user, family, presented, next).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.gate().await;
