@@ -125,6 +125,15 @@ async fn a_cost_question_is_classified_and_answered_without_invented_figures() {
     assert_eq!(timings.model_ms, 100, "two model calls of 50 ms");
 }
 
+/// A fresh SQLite store in a folder that lives as long as the first value.
+async fn sqlite() -> (tempfile::TempDir, Arc<switchboard_store::SqliteStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = switchboard_store::SqliteStore::open(&dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    (dir, Arc::new(store))
+}
+
 fn call(
     at: &str,
     model: &str,
@@ -156,12 +165,7 @@ fn call(
 /// Four calls; every figure of the report below is worked out by hand from them.
 #[tokio::test]
 async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        switchboard_store::SqliteStore::open(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap(),
-    );
+    let (_dir, store) = sqlite().await;
     let user = UserId::parse("usr_team").unwrap();
     let calls = vec![
         call(
@@ -361,12 +365,7 @@ fn assert_no_absurd_figure(text: &str) {
 
 #[tokio::test]
 async fn stored_calls_with_absurd_figures_are_left_out_and_said_to_be_and_no_figure_is_inf_or_overflows() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        switchboard_store::SqliteStore::open(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap(),
-    );
+    let (_dir, store) = sqlite().await;
     let user = UserId::parse("usr_team").unwrap();
     // Four weeks of one ordinary call a day at noon, from Sunday 2026-11-01.
     let mut calls: Vec<WorkloadEvent> = (1..=28)
@@ -421,12 +420,7 @@ async fn stored_calls_with_absurd_figures_are_left_out_and_said_to_be_and_no_fig
 
 #[tokio::test]
 async fn when_every_stored_call_is_out_of_range_the_answer_gives_no_figures_and_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        switchboard_store::SqliteStore::open(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap(),
-    );
+    let (_dir, store) = sqlite().await;
     let user = UserId::parse("usr_team").unwrap();
     let calls = vec![
         call(

@@ -1,6 +1,6 @@
 //! The server's socket code (accept loop, socket settings, close codes) against the
-//! Autobahn|Testsuite cases of sections 1 to 10, driven by `kosoku` (scripts/test installs it;
-//! `KOSOKU` names the program when it is not on the PATH): no case may fail.
+//! Autobahn|Testsuite cases of sections 1 to 10, driven by `kosoku` (scripts/test installs it
+//! into `target/tools`; `KOSOKU` names another): no case may fail.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +19,7 @@ async fn the_socket_code_passes_every_autobahn_case_of_sections_1_to_10() {
     let stop = CancellationToken::new();
     let server = tokio::spawn(switchboard::conformance::serve_echo(listener, stop.clone()));
     let reports = tempfile::tempdir().unwrap();
-    let program = std::env::var("KOSOKU").unwrap_or_else(|_| "kosoku".to_owned());
+    let program = kosoku();
     let output = tokio::process::Command::new(&program)
         .args([
             "-m",
@@ -57,6 +57,18 @@ async fn the_socket_code_passes_every_autobahn_case_of_sections_1_to_10() {
         .filter(|(_, behavior)| !PASSING.contains(&behavior.as_str()))
         .collect();
     assert!(failed.is_empty(), "failed cases: {failed:?}");
+}
+
+/// `KOSOKU`, else the one `scripts/test` installs in `target/tools`, else `kosoku` on the PATH.
+fn kosoku() -> String {
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tools/venv/bin/kosoku");
+    std::env::var("KOSOKU").unwrap_or_else(|_| {
+        if installed.exists() {
+            installed.to_string_lossy().into_owned()
+        } else {
+            "kosoku".to_owned()
+        }
+    })
 }
 
 /// Case id → behavior, from the report's `index.json` (wherever kosoku put it under `dir`).

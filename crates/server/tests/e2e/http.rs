@@ -213,16 +213,7 @@ async fn health_and_metrics_tell_the_truth() {
     );
     socket.send_text("nonsense").await.unwrap();
     assert!(matches!(next(&mut socket).await, ServerFrame::Control(_)));
-    let text = app
-        .client
-        .http()
-        .get(format!("{}/metrics", app.client.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     for line in [
         "switchboard_connections 1".to_owned(),
         "switchboard_runs_total{status=\"completed\"} 1".to_owned(),

@@ -33,16 +33,14 @@ async fn login_from(app: &TestApp, from: &str, email: &str, password: &str) -> (
     (status, retry_after, response.json().await.unwrap_or(Value::Null))
 }
 
+/// `POST /api/auth/register` with `PASSWORD`: the status and the body.
+async fn try_register(app: &TestApp, email: &str) -> (u16, Value) {
+    let body = json!({ "email": email, "password": PASSWORD });
+    app.client.post("/api/auth/register", None, &body).await.unwrap()
+}
+
 async fn register(app: &TestApp, email: &str) {
-    let (status, body) = app
-        .client
-        .post(
-            "/api/auth/register",
-            None,
-            &json!({ "email": email, "password": PASSWORD }),
-        )
-        .await
-        .unwrap();
+    let (status, body) = try_register(app, email).await;
     assert_eq!(status, 201, "{body}");
 }
 
@@ -113,17 +111,9 @@ async fn a_successful_login_clears_the_failures_of_its_email() {
 
 /// The value of a counter in `/metrics`.
 async fn counter(app: &TestApp, name: &str) -> u64 {
-    let text = app
-        .client
-        .http()
-        .get(format!("{}/metrics", app.client.base()))
-        .send()
+    app.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|line| line.strip_prefix(&format!("{name} ")))
         .map_or(0, |value| value.trim().parse().unwrap())
 }
@@ -155,15 +145,7 @@ async fn emails_with_control_characters_are_refused() {
         "bell\u{7}@example.com",
         "del\u{7f}x@example.com",
     ] {
-        let (status, body) = app
-            .client
-            .post(
-                "/api/auth/register",
-                None,
-                &json!({ "email": email, "password": PASSWORD }),
-            )
-            .await
-            .unwrap();
+        let (status, body) = try_register(&app, email).await;
         assert_eq!(status, 422, "{email:?}: {body}");
         assert_eq!(body["error"]["code"], "invalid_request");
     }
