@@ -505,6 +505,16 @@ pub struct ModelStream {
     streamed: bool,
 }
 
+impl Drop for ModelStream {
+    /// A stream dropped before its end (the agent stopped reading, or was cut off) ends its
+    /// call as failed, with the tokens counted so far.
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.settle(self.usage, false);
+        }
+    }
+}
+
 impl std::fmt::Debug for ModelStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelStream")

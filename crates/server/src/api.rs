@@ -17,7 +17,7 @@ use switchboard_protocol::{ErrorCode, RunId, Seq, ThreadId};
 use switchboard_store::{Rotation, RunRecord, StoreError, Thread};
 
 use crate::app::AppState;
-use crate::auth::{AuthUser, TokenPair, hash_password, new_refresh_family, unusable_password_hash, verify_password};
+use crate::auth::{AuthUser, TokenPair, new_refresh_family, unusable_password_hash};
 use crate::delivery::Delivery;
 use crate::error::ApiError;
 use crate::limits::{Admission, admit};
@@ -67,7 +67,7 @@ pub(crate) async fn register(
     if !(8..=1024).contains(&length) {
         return Err(ApiError::invalid("The password must have 8 to 1024 characters."));
     }
-    let hash = hash_password(body.password).await.map_err(ApiError::internal)?;
+    let hash = state.passwords.hash(body.password).await?;
     let user = state
         .store
         .create_user(body.email.trim(), &hash)
@@ -118,30 +118,29 @@ pub(crate) async fn login(
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body?;
     let email = body.email.trim();
+    let refused = || ApiError::unauthorized("The email or the password is wrong.");
+    if !valid_email(email) {
+        // Nobody can be registered under it: nothing to guess, and nothing to keep a count for.
+        return Err(refused());
+    }
     let address = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
-    if let Err(wait) = state.login_throttle.check(email, address) {
+    let attempt = state.login_throttle.begin(email, address).map_err(|wait| {
         state.metrics.error(ErrorCode::RateLimited);
         let message = format!(
             "Too many failed logins for this account or from this address; try again in {} s.",
             ApiError::whole_seconds(wait)
         );
-        return Err(ApiError::rate_limited(message, wait));
-    }
+        ApiError::rate_limited(message, wait)
+    })?;
     let user = state.store.user_by_email(email).await?;
-    let hash = user
-        .as_ref()
-        .map_or_else(|| state.decoy_hash.to_string(), |user| user.password_hash.clone());
-    state.metrics.password_checks.inc();
-    let matches = verify_password(body.password, hash, Arc::clone(&state.decoy_hash)).await;
+    let hash = user.as_ref().map(|user| user.password_hash.clone());
+    let matches = state.passwords.verify(body.password, hash).await?;
     match user {
         Some(user) if matches => {
-            state.login_throttle.succeeded(email);
+            attempt.succeeded();
             pair_response(&state, &user).await
         }
-        _ => {
-            state.login_throttle.failed(email, address);
-            Err(ApiError::unauthorized("The email or the password is wrong."))
-        }
+        _ => Err(refused()),
     }
 }
 
@@ -202,8 +201,9 @@ pub(crate) struct DevLoginBody {
 /// (created on first use, with no usable password).
 pub(crate) async fn dev_login(
     State(state): State<AppState>,
-    body: Option<Json<DevLoginBody>>,
+    body: Result<Option<Json<DevLoginBody>>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
+    let body = body?;
     if !state.config.dev {
         return Err(ApiError::not_found("route"));
     }
@@ -260,8 +260,9 @@ pub(crate) struct NewThread {
 pub(crate) async fn create_thread(
     State(state): State<AppState>,
     user: AuthUser,
-    body: Option<Json<NewThread>>,
+    body: Result<Option<Json<NewThread>>, JsonRejection>,
 ) -> ApiResult<Response> {
+    let body = body?;
     let title = body.and_then(|Json(b)| b.title).unwrap_or_default();
     if title.chars().count() > 200 {
         return Err(ApiError::invalid("The title must have at most 200 characters."));

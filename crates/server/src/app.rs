@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Tickets, Tokens, decoy_password_hash, load_secret};
+use crate::auth::{Passwords, Tickets, Tokens, load_secret};
 use crate::config::{Config, LlmConfig};
 use crate::hub::Hub;
 use crate::limits::{Connections, LoginThrottle};
@@ -51,8 +51,8 @@ pub struct AppState {
     pub(crate) connections: Arc<Connections>,
     /// Failed logins per email and per client address.
     pub(crate) login_throttle: Arc<LoginThrottle>,
-    /// What logins for unknown emails are checked against.
-    pub(crate) decoy_hash: Arc<str>,
+    /// Password hashing and checking, a few at once.
+    pub(crate) passwords: Arc<Passwords>,
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
     /// Open sockets, for shutdown.
@@ -125,6 +125,7 @@ impl Application {
         let secret = load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
         let tokens = Tokens::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
         let metrics = Arc::new(Metrics::default());
+        let passwords = Passwords::new(metrics.password_checks.clone()).await?;
         let hub = Arc::new(Hub::new(Arc::clone(&store), Arc::clone(&metrics)));
         let builder = switchboard_agents::register(Engine::builder(), Arc::clone(&analytics), Arc::clone(&prices))
             .config(config.engine.clone());
@@ -161,7 +162,7 @@ impl Application {
             tickets: Arc::new(Tickets::default()),
             connections: Arc::new(Connections::default()),
             login_throttle: Arc::new(login_throttle),
-            decoy_hash: decoy_password_hash().await?,
+            passwords: Arc::new(passwords),
             metrics,
             sockets: TaskTracker::new(),
             stopping: CancellationToken::new(),

@@ -12,9 +12,11 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::{Timestamp, UserId};
 use switchboard_store::{RefreshFamilyId, RefreshTokenId};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::app::AppState;
@@ -241,40 +243,98 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
-/// Hashes a password with argon2id (on the blocking pool: it takes tens of milliseconds).
-pub(crate) async fn hash_password(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
-    })
-    .await?
+/// How long a sign-in waits for a free password check before it is refused as busy.
+const PASSWORD_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Too many passwords are being hashed or checked at once.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PasswordError {
+    /// Every slot stayed taken for the queue timeout.
+    #[error("too many sign-ins are being checked at once")]
+    Busy,
+    /// The hashing itself failed.
+    #[error("hashing a password failed: {0}")]
+    Failed(String),
 }
 
-/// Checks a password against a stored hash. A hash that is not one (an account that only signs
-/// in through dev-login) is checked against `decoy` and fails, so that it takes as long as a
-/// wrong password.
-pub(crate) async fn verify_password(password: String, hash: String, decoy: Arc<str>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let check = |hash: &str| {
-            PasswordHash::new(hash)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-        };
-        check(&hash).unwrap_or_else(|_| {
-            let _ = check(&decoy);
-            false
+/// Password hashing and checking with argon2id: each takes tens of milliseconds and about
+/// 19 MiB, on the blocking pool, so only a few run at once (twice the cores) and the rest wait
+/// their turn (for at most `PASSWORD_QUEUE_TIMEOUT`). Unknown emails are checked against a decoy
+/// hash, so that they cost what a wrong password costs; `checks` counts every argon2 check.
+pub(crate) struct Passwords {
+    running: Arc<Semaphore>,
+    decoy: Arc<str>,
+    checks: Counter,
+}
+
+impl std::fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passwords")
+    }
+}
+
+impl Passwords {
+    /// Hashes the decoy (a random password nobody knows) and counts checks in `checks`.
+    pub(crate) async fn new(checks: Counter) -> anyhow::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let running = Arc::new(Semaphore::new(2 * cores));
+        let decoy = tokio::task::spawn_blocking(|| hash_blocking(uuid_like()))
+            .await?
+            .map_err(|e| anyhow::anyhow!(e))?
+            .into();
+        Ok(Self { running, decoy, checks })
+    }
+
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, PasswordError> {
+        tokio::time::timeout(PASSWORD_QUEUE_TIMEOUT, Arc::clone(&self.running).acquire_owned())
+            .await
+            .map_err(|_| PasswordError::Busy)?
+            .map_err(|_| PasswordError::Busy)
+    }
+
+    /// The argon2id hash of `password`.
+    pub(crate) async fn hash(&self, password: String) -> Result<String, PasswordError> {
+        let slot = self.slot().await?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            hash_blocking(password)
         })
-    })
-    .await
-    .unwrap_or(false)
+        .await
+        .map_err(|e| PasswordError::Failed(e.to_string()))?
+    }
+
+    /// Whether `password` matches `hash`. `None` (an unknown email) and a hash that is not one
+    /// (an account that only signs in through dev-login) are checked against the decoy and fail,
+    /// so that they take as long as a wrong password.
+    pub(crate) async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, PasswordError> {
+        let slot = self.slot().await?;
+        let (decoy, checks) = (Arc::clone(&self.decoy), self.checks.clone());
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let check = |hash: &str| {
+                let parsed = PasswordHash::new(hash).ok()?;
+                checks.inc();
+                Some(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            };
+            match hash.as_deref().and_then(check) {
+                Some(matches) => matches,
+                None => {
+                    let _ = check(&decoy);
+                    false
+                }
+            }
+        })
+        .await
+        .map_err(|e| PasswordError::Failed(e.to_string()))
+    }
 }
 
-/// The hash of a random password that nobody knows: what a login for an unknown email is
-/// checked against, so that it costs as much as a wrong password.
-pub(crate) async fn decoy_password_hash() -> anyhow::Result<Arc<str>> {
-    Ok(hash_password(uuid_like()).await?.into())
+fn hash_blocking(password: String) -> Result<String, PasswordError> {
+    let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| PasswordError::Failed(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| PasswordError::Failed(e.to_string()))
 }
 
 /// A hash that matches no password, for accounts that only log in through dev-login.

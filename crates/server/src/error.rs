@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use switchboard_protocol::{ErrorBody, ErrorCode, ErrorPayload};
 use switchboard_store::StoreError;
 
+use crate::auth::PasswordError;
 use crate::listener::BodyTimedOut;
 
 /// An error answered as `{"error":{"code","message"}}`.
@@ -95,6 +96,22 @@ impl ApiError {
                 ),
             )
         })
+    }
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(error: PasswordError) -> Self {
+        match error {
+            PasswordError::Busy => Self {
+                retry_after: Some(Duration::from_secs(1)),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::ServerBusy,
+                    "Too many sign-ins are being checked at once; try again shortly.",
+                )
+            },
+            PasswordError::Failed(cause) => ApiError::internal(cause),
+        }
     }
 }
 

@@ -36,39 +36,27 @@ impl<K: Hash + Eq + Clone> SlidingWindow<K> {
         }
     }
 
-    /// `Err(wait)` when `key` has had `limit` events in the window: how long until one of them
-    /// leaves it.
-    pub(crate) fn check(&self, key: &K) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut recent = self.recent.lock().unwrap();
-        match recent.get_mut(key) {
-            Some(times) => self.over(times, now),
-            None => Ok(()),
-        }
-    }
-
-    /// Counts an event of `key`.
-    pub(crate) fn record(&self, key: &K) {
-        let now = Instant::now();
-        let mut recent = self.recent.lock().unwrap();
-        self.sweep(&mut recent, now);
-        let times = recent.entry(key.clone()).or_default();
-        times.push_back(now);
-        // Only the newest `limit` events can matter.
-        while times.len() > self.limit {
-            times.pop_front();
-        }
-    }
-
-    /// Counts an event of `key` unless it is over the limit (then it is not counted).
-    pub(crate) fn acquire(&self, key: &K) -> Result<(), Duration> {
+    /// Counts an event of `key` unless it is over the limit (then it is not counted, and
+    /// `Err(wait)` says how long until one of its events leaves the window); the event's instant,
+    /// to `release` it with.
+    pub(crate) fn acquire(&self, key: &K) -> Result<Instant, Duration> {
         let now = Instant::now();
         let mut recent = self.recent.lock().unwrap();
         self.sweep(&mut recent, now);
         let times = recent.entry(key.clone()).or_default();
         self.over(times, now)?;
         times.push_back(now);
-        Ok(())
+        Ok(now)
+    }
+
+    /// Uncounts the event of `key` that `acquire` counted at `at`.
+    pub(crate) fn release(&self, key: &K, at: Instant) {
+        let mut recent = self.recent.lock().unwrap();
+        if let Some(times) = recent.get_mut(key)
+            && let Some(index) = times.iter().rposition(|t| *t == at)
+        {
+            times.remove(index);
+        }
     }
 
     /// Forgets the events of `key`.
@@ -111,29 +99,45 @@ impl LoginThrottle {
         }
     }
 
-    /// `Err(wait)` when the email or the address has failed too often.
-    pub(crate) fn check(&self, email: &str, address: Option<IpAddr>) -> Result<(), Duration> {
-        let by_email = self.by_email.check(&email_key(email));
-        let by_address = address.map_or(Ok(()), |address| self.by_address.check(&address));
-        match (by_email, by_address) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(wait), Ok(())) | (Ok(()), Err(wait)) => Err(wait),
-            (Err(a), Err(b)) => Err(a.max(b)),
-        }
+    /// Starts a login attempt, counted as failed from now on (so that attempts sent at once
+    /// cannot all get past the limit while their passwords are checked); `Err(wait)` when the
+    /// email or the address has failed too often.
+    pub(crate) fn begin(&self, email: &str, address: Option<IpAddr>) -> Result<LoginAttempt<'_>, Duration> {
+        let email = email_key(email);
+        let at_email = self.by_email.acquire(&email)?;
+        let at_address = match address.map(|address| (address, self.by_address.acquire(&address))) {
+            None => None,
+            Some((address, Ok(at))) => Some((address, at)),
+            Some((_, Err(wait))) => {
+                self.by_email.release(&email, at_email);
+                return Err(wait);
+            }
+        };
+        Ok(LoginAttempt {
+            throttle: self,
+            email,
+            at_address,
+        })
     }
+}
 
-    /// Counts a failed login.
-    pub(crate) fn failed(&self, email: &str, address: Option<IpAddr>) {
-        self.by_email.record(&email_key(email));
-        if let Some(address) = address {
-            self.by_address.record(&address);
+/// A login attempt, counted as failed unless it `succeeded`.
+#[derive(Debug)]
+pub(crate) struct LoginAttempt<'a> {
+    throttle: &'a LoginThrottle,
+    email: String,
+    at_address: Option<(IpAddr, Instant)>,
+}
+
+impl LoginAttempt<'_> {
+    /// The password was right: the email's failures are forgotten, and this attempt does not
+    /// count against the address (whose other failures stay: one account's password does not
+    /// vouch for the guesses made from there).
+    pub(crate) fn succeeded(self) {
+        self.throttle.by_email.clear(&self.email);
+        if let Some((address, at)) = self.at_address {
+            self.throttle.by_address.release(&address, at);
         }
-    }
-
-    /// A successful login clears the email's failures (not the address's: one account's
-    /// password does not vouch for the other guesses made from there).
-    pub(crate) fn succeeded(&self, email: &str) {
-        self.by_email.clear(&email_key(email));
     }
 }
 

@@ -20,7 +20,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
@@ -40,6 +40,9 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How much of a refused connection's request is read (so that closing it does not reset the
 /// connection before the client read the answer).
 const REFUSAL_DRAIN_BYTES: usize = 16 * 1024;
+/// How long a write to a client may stay pending before the connection is given up: a client
+/// that stops reading cannot hold a response, an SSE stream or its place under the cap forever.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default cap on open connections, when the open-file limit allows it.
 const DEFAULT_MAX_OPEN_CONNECTIONS: usize = 50_000;
 
@@ -57,28 +60,34 @@ pub(crate) struct ConnectionLimits {
 #[derive(Debug, Clone)]
 pub(crate) struct OpenConnection(#[expect(dead_code, reason = "held for its Drop")] Arc<OwnedSemaphorePermit>);
 
-/// Raises the process's open-file limit to its hard limit and returns the limit now in force
-/// (`None` when it cannot be read).
+/// Raises the process's open-file limit to its hard limit (or, when that is unlimited, to the
+/// kernel's `nr_open`) and returns the limit now in force (`None` when unlimited).
 pub(crate) fn raise_file_limit() -> Option<u64> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    let Some(current) = limit.current else {
-        return None; // unlimited
+    let current = limit.current?;
+    let target = limit.maximum.or_else(|| {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+    });
+    let Some(target) = target.filter(|target| *target > current) else {
+        return Some(current);
     };
-    if limit.maximum.is_none_or(|maximum| maximum > current) {
-        let raised = Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        match setrlimit(Resource::Nofile, raised) {
-            Ok(()) => {
-                tracing::info!(from = current, to = ?limit.maximum, "raised the open-file limit");
-                return limit.maximum;
-            }
-            Err(error) => tracing::warn!(%error, current, "cannot raise the open-file limit"),
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::info!(from = current, to = target, "raised the open-file limit");
+            Some(target)
+        }
+        Err(error) => {
+            tracing::warn!(%error, current, "cannot raise the open-file limit");
+            Some(current)
         }
     }
-    Some(current)
 }
 
 /// The cap on open connections: the configured one, else 50 000 (about 700 MiB of idle sockets)
@@ -134,7 +143,7 @@ pub(crate) async fn serve(
             tracing::warn!(%error, "cannot set TCP_NODELAY");
         }
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            refuse(tcp, &refusals, limits.max_open);
+            refuse(tcp, &refusals);
             continue;
         };
         let open_connection = OpenConnection(Arc::new(permit));
@@ -171,7 +180,10 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     let connection = builder
-        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
+        .serve_connection(
+            TokioIo::new(WriteDeadline::new(tcp, WRITE_STALL_TIMEOUT)),
+            TowerToHyperService::new(service),
+        )
         .with_upgrades();
     let mut connection = pin!(connection);
     let result = tokio::select! {
@@ -188,21 +200,21 @@ async fn serve_connection(
     drop(open);
 }
 
+/// What a connection past the cap is answered.
+const REFUSAL_BODY: &str = "{\"error\":{\"code\":\"server_busy\",\"message\":\"The server has as many open \
+                            connections as it takes; try again shortly.\"}}";
+
 /// Answers a connection past the cap with 503 and closes it, without holding the accept loop.
-fn refuse(mut tcp: TcpStream, refusals: &Arc<Semaphore>, max_open: usize) {
+fn refuse(mut tcp: TcpStream, refusals: &Arc<Semaphore>) {
     let Ok(permit) = Arc::clone(refusals).try_acquire_owned() else {
         return; // too many refusals at once: just close it
     };
     tokio::spawn(async move {
         let _permit = permit;
-        let body = format!(
-            "{{\"error\":{{\"code\":\"server_busy\",\"message\":\"The server has as many open connections as it \
-             takes ({max_open}); try again shortly.\"}}}}"
-        );
         let response = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             retry-after: 1\r\nconnection: close\r\n\r\n{body}",
-            body.len()
+             retry-after: 1\r\nconnection: close\r\n\r\n{REFUSAL_BODY}",
+            REFUSAL_BODY.len()
         );
         let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
             tcp.write_all(response.as_bytes()).await?;
@@ -256,6 +268,78 @@ impl AcceptErrors {
             tracing::info!("accepting connections again");
         }
         self.since_logged = 0;
+    }
+}
+
+/// A connection's IO whose writes must make progress: a write, flush or shutdown that stays
+/// pending for `stall` fails with `TimedOut`, which ends the connection (and the socket it was
+/// upgraded to).
+pub(crate) struct WriteDeadline<T> {
+    inner: T,
+    stall: Duration,
+    /// Running while a write is pending.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> WriteDeadline<T> {
+    pub(crate) fn new(inner: T, stall: Duration) -> Self {
+        Self {
+            inner,
+            stall,
+            sleep: None,
+        }
+    }
+
+    fn progress<R>(&mut self, result: Poll<std::io::Result<R>>, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
+        if result.is_ready() {
+            self.sleep = None;
+            return result;
+        }
+        let stall = self.stall;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", stall.as_secs_f64()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(result, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(result, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progress(result, cx)
     }
 }
 
@@ -328,6 +412,33 @@ pub(crate) async fn limit_body_time(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_does_not_read_fails_after_the_stall_timeout() {
+        let (server, _client) = tokio::io::duplex(64);
+        let mut guarded = WriteDeadline::new(server, Duration::from_secs(30));
+        let started = Instant::now();
+        let error = guarded.write_all(&[7; 1024]).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_slowly_but_steadily_gets_the_whole_write() {
+        let (server, mut client) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut buffer = [0u8; 64];
+            let mut read = 0;
+            while read < 1024 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                read += client.read(&mut buffer).await.unwrap();
+            }
+            read
+        });
+        let mut guarded = WriteDeadline::new(server, Duration::from_secs(30));
+        guarded.write_all(&[7; 1024]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), 1024);
+    }
 
     #[test]
     fn the_connection_cap_stays_below_the_file_limit_unless_set() {

@@ -65,8 +65,8 @@ pub(crate) struct Metrics {
     pub(crate) model_tokens: Family<TokenLabel, Counter>,
     /// What the language-model calls cost, by model (calls of unpriced models count nothing).
     pub(crate) model_cost: Family<ModelLabel, Counter<f64, AtomicU64>>,
-    /// Password hashes checked at login: one per attempt that was not throttled, whether the
-    /// email exists or not.
+    /// argon2 checks of a password at login: one per attempt that was not throttled, against
+    /// the account's hash or, for an unknown email, the decoy.
     pub(crate) password_checks: Counter,
 }
 

@@ -187,9 +187,14 @@ pub(crate) fn socket_settings(ws: WebSocketUpgrade, max_message: usize) -> WebSo
 /// connection itself failed, and there is nobody to tell.
 pub(crate) fn close_for_read_error(error: axum::Error) -> Option<(u16, &'static str)> {
     use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     let (code, reason) = match error.into_inner().downcast_ref::<Error>()? {
         Error::Capacity(_) => (close_code::TOO_LARGE, "the frame is too large"),
         Error::Utf8(_) => (close_code::INVALID_DATA, "the text is not valid UTF-8"),
+        // The peer is gone, or has closed already: nobody to tell.
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake | ProtocolError::ReceivedAfterClosing) => {
+            return None;
+        }
         Error::Protocol(_) => (close_code::PROTOCOL_ERROR, "protocol error"),
         _ => return None,
     };

@@ -4,6 +4,7 @@
 //! (`tests/store.rs`).
 
 mod sqlite;
+mod sqlite_analytics;
 mod workload;
 
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use switchboard_protocol::{
 };
 
 pub use sqlite::SqliteStore;
+pub use sqlite_analytics::SqliteAnalytics;
 pub use workload::{
     AnalyticsStore, Bucket, CallFigures, CallStatus, EARLIEST_CALL_MS, FeatureModel, HourUsage, LATEST_CALL_MS,
     MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS, MAX_CALL_TOKENS, OFF_HOURS_END, Opportunities, SHORT_INPUT_TOKENS,

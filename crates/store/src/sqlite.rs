@@ -15,13 +15,15 @@ use switchboard_protocol::{
 };
 use tokio::sync::oneshot;
 
+use crate::sqlite_analytics::{SqliteAnalytics, path_beside as analytics_path};
 use crate::{
-    Accepted, AnalyticsStore, CallFigures, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation,
-    RunRecord, RunState, Store, StoreError, Summary, SummaryBuilder, Thread, TimeRange, User, WorkloadEvent,
+    Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
+    RunState, Store, StoreError, Summary, Thread, TimeRange, User, WorkloadEvent,
 };
 
-/// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`.
-const SCHEMA_VERSION: i64 = 4;
+/// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`;
+/// 5: `workload_events` moved to a file of its own (`SqliteAnalytics`).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -71,21 +73,6 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (user_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id);
-CREATE TABLE IF NOT EXISTS workload_events (
-    user_id TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    provider TEXT,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    latency_ms REAL,
-    status TEXT NOT NULL,
-    feature TEXT,
-    prompt_hash TEXT,
-    cost_usd REAL NOT NULL,
-    batch INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS workload_by_user_time ON workload_events (user_id, ts);
 CREATE TABLE IF NOT EXISTS refresh_families (
     id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
@@ -102,6 +89,7 @@ CREATE INDEX IF NOT EXISTS refresh_families_by_user ON refresh_families (user_id
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     appends: Arc<Mutex<AppendQueue>>,
+    analytics: SqliteAnalytics,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -110,14 +98,14 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn backend(error: rusqlite::Error) -> StoreError {
+pub(crate) fn backend(error: rusqlite::Error) -> StoreError {
     match error.sqlite_error_code() {
         Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(error.to_string()),
         _ => StoreError::Backend(error.to_string()),
     }
 }
 
-fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {error}"))
 }
 
@@ -143,10 +131,11 @@ fn text(row: &Row<'_>, index: usize) -> rusqlite::Result<String> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
+    /// Opens (creating if needed) the database file and, beside it, the workload data's own
+    /// (`name-workload.ext`, see [`SqliteStore::analytics`]), and brings their schemas up to date.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let path = path.to_owned();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+        let (conn, analytics) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let conn = Connection::open(&path).map_err(backend)?;
             conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
@@ -168,16 +157,25 @@ impl SqliteStore {
                 conn.execute_batch("ALTER TABLE runs ADD COLUMN model_calls TEXT")
                     .map_err(backend)?;
             }
+            // Workload rows of schema 2 to 4 move to their own file.
+            let analytics = SqliteAnalytics::open_blocking(&analytics_path(&path), Some((&conn, &path)))?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(backend)?;
-            Ok(conn)
+            Ok((conn, analytics))
         })
         .await
         .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             appends: Arc::new(Mutex::new(AppendQueue::default())),
+            analytics,
         })
+    }
+
+    /// The workload data: a file of its own, with its own connections, so that analytics never
+    /// hold the connection or the write lock that chat needs.
+    pub fn analytics(&self) -> &SqliteAnalytics {
+        &self.analytics
     }
 
     /// Runs `work` with the connection on the blocking pool.
@@ -916,107 +914,18 @@ fn append_one(conn: &Connection, append: &PendingAppend) -> Result<(), StoreErro
     Ok(())
 }
 
+/// The workload data lives in a file of its own (`SqliteAnalytics`), beside this one.
 #[async_trait]
 impl AnalyticsStore for SqliteStore {
     async fn insert_workload_events(&self, user: &UserId, events: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
-        let user = user.to_string();
-        self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            {
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO workload_events (user_id, ts, model, provider, input_tokens, output_tokens,
-                         latency_ms, status, feature, prompt_hash, cost_usd, batch)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                    )
-                    .map_err(backend)?;
-                for event in &events {
-                    insert
-                        .execute(params![
-                            &user,
-                            event.timestamp.unix_millis(),
-                            event.model,
-                            event.provider,
-                            i64::try_from(event.input_tokens).map_err(|e| corrupt("input_tokens", e))?,
-                            i64::try_from(event.output_tokens).map_err(|e| corrupt("output_tokens", e))?,
-                            event.latency_ms,
-                            event.status.as_str(),
-                            event.feature,
-                            event.prompt_hash,
-                            event.cost_usd,
-                            event.batch,
-                        ])
-                        .map_err(backend)?;
-                }
-            }
-            tx.commit().map_err(backend)?;
-            Ok(events.len())
-        })
-        .await
+        self.analytics.insert_workload_events(user, events).await
     }
 
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
-        let (user, (from, to)) = (user.to_string(), bounds(range));
-        self.with(move |conn| {
-            // One pass over the range's rows (the (user_id, ts) index finds them); SQLite has no
-            // percentile function, and one scan aggregated here beats a window query per group.
-            let mut statement = conn
-                .prepare_cached(
-                    "SELECT ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error', cost_usd,
-                            prompt_hash, batch
-                     FROM workload_events WHERE user_id = ?1 AND ts >= ?2 AND ts < ?3",
-                )
-                .map_err(backend)?;
-            let mut rows = statement.query(params![user, from, to]).map_err(backend)?;
-            let mut summary = SummaryBuilder::default();
-            while let Some(row) = rows.next().map_err(backend)? {
-                let model: &str = row
-                    .get_ref(1)
-                    .and_then(|v| v.as_str().map_err(Into::into))
-                    .map_err(backend)?;
-                let feature: Option<&str> = row
-                    .get_ref(2)
-                    .and_then(|v| v.as_str_or_null().map_err(Into::into))
-                    .map_err(backend)?;
-                let call = CallFigures {
-                    at_ms: row.get(0).map_err(backend)?,
-                    input_tokens: row.get::<_, i64>(3).map_err(backend)?.max(0) as u64,
-                    output_tokens: row.get::<_, i64>(4).map_err(backend)?.max(0) as u64,
-                    latency_ms: row.get(5).map_err(backend)?,
-                    error: row.get(6).map_err(backend)?,
-                    cost_usd: row.get(7).map_err(backend)?,
-                    batch: row.get(9).map_err(backend)?,
-                };
-                let prompt_hash: Option<&str> = row
-                    .get_ref(8)
-                    .and_then(|v| v.as_str_or_null().map_err(Into::into))
-                    .map_err(backend)?;
-                summary.add(model, feature, prompt_hash, call);
-            }
-            summary.finish()
-        })
-        .await
+        self.analytics.workload_summary(user, range).await
     }
 
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
-        let user = user.to_string();
-        self.with(move |conn| {
-            let count: i64 = conn
-                .prepare_cached("SELECT COUNT(*) FROM workload_events WHERE user_id = ?1")
-                .and_then(|mut s| s.query_row([user], |r| r.get(0)))
-                .map_err(backend)?;
-            Ok(count.max(0) as u64)
-        })
-        .await
+        self.analytics.workload_event_count(user).await
     }
-}
-
-/// A range as millisecond bounds for `ts >= from AND ts < to`.
-fn bounds(range: TimeRange) -> (i64, i64) {
-    (
-        range.from.map_or(i64::MIN, Timestamp::unix_millis),
-        range.to.map_or(i64::MAX, Timestamp::unix_millis),
-    )
 }

@@ -424,7 +424,7 @@ async fn a_database_of_schema_2_is_brought_up_to_date_and_keeps_its_runs() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 }
 
 #[tokio::test]
@@ -459,7 +459,7 @@ async fn a_database_of_schema_3_gains_refresh_families_and_keeps_its_users() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 }
 
 #[tokio::test]
@@ -469,10 +469,86 @@ async fn a_database_of_a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).await.unwrap());
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.pragma_update(None, "user_version", 6).unwrap();
     }
     let error = SqliteStore::open(&path).await.unwrap_err();
-    assert!(error.to_string().contains("newer than this server's 4"), "{error}");
+    assert!(error.to_string().contains("newer than this server's 5"), "{error}");
+}
+
+/// Puts back the workload table of schema 2 to 4 into the chat file at `path`, with `rows` calls
+/// of `user`, as a server of that version left it.
+fn legacy_workload_rows(path: &std::path::Path, user: &UserId, rows: usize) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE workload_events (user_id TEXT NOT NULL, ts INTEGER NOT NULL, model TEXT NOT NULL,
+         provider TEXT, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, latency_ms REAL,
+         status TEXT NOT NULL, feature TEXT, prompt_hash TEXT, cost_usd REAL NOT NULL, batch INTEGER NOT NULL);
+         CREATE INDEX workload_by_user_time ON workload_events (user_id, ts);
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
+    for row in 0..rows {
+        conn.execute(
+            "INSERT INTO workload_events VALUES (?1, ?2, 'gpt-4o', NULL, 100, 10, 250.0, 'ok', 'search', NULL, 0.01, 0)",
+            rusqlite::params![user.to_string(), 1_793_000_000_000_i64 + row as i64],
+        )
+        .unwrap();
+    }
+}
+
+fn has_workload_table(path: &std::path::Path) -> bool {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'workload_events'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap()
+        > 0
+}
+
+#[tokio::test]
+async fn workload_rows_of_schema_4_move_to_their_own_file_once_even_when_a_move_was_cut_short() {
+    use switchboard_store::AnalyticsStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let ann = UserId::generate();
+    drop(SqliteStore::open(&path).await.unwrap());
+    std::fs::remove_file(dir.path().join("db-workload.sqlite")).unwrap();
+    legacy_workload_rows(&path, &ann, 3);
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.workload_event_count(&ann).await.unwrap(), 3);
+    drop(store);
+    assert!(!has_workload_table(&path), "the chat file keeps no workload rows");
+    assert!(dir.path().join("db-workload.sqlite").exists());
+
+    // A move that copied the rows but stopped before dropping them from the chat file.
+    legacy_workload_rows(&path, &ann, 3);
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.workload_event_count(&ann).await.unwrap(),
+        3,
+        "nothing copied twice"
+    );
+    drop(store);
+    assert!(!has_workload_table(&path));
+}
+
+#[tokio::test]
+async fn a_workload_file_of_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    drop(SqliteStore::open(&path).await.unwrap());
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("db-workload.sqlite")).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+    }
+    let error = SqliteStore::open(&path).await.unwrap_err();
+    assert!(
+        error.to_string().contains("workload database has schema version 2"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

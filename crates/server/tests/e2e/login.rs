@@ -90,6 +90,20 @@ async fn after_ten_failed_logins_from_one_address_it_is_refused_and_other_addres
 }
 
 #[tokio::test]
+async fn fifty_wrong_passwords_sent_at_once_get_ten_answers_and_forty_refusals() {
+    let app = spawn_app().await;
+    register(&app, "dan@example.com").await;
+    let attempts = (0..50).map(|_| login_from(&app, "127.0.0.11", "dan@example.com", "a wrong guess"));
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|(status, _, _)| status)
+        .collect();
+    let count = |wanted: u16| statuses.iter().filter(|s| **s == wanted).count();
+    assert_eq!((count(401), count(429)), (10, 40), "{statuses:?}");
+}
+
+#[tokio::test]
 async fn a_successful_login_clears_the_failures_of_its_email() {
     let app = spawn_app().await;
     register(&app, "cy@example.com").await;

@@ -5,6 +5,7 @@ mod connections;
 mod figures;
 mod hostile;
 mod http;
+mod isolation;
 mod lifecycle;
 mod llm;
 mod login;
