@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchboard_agents::demo::{DemoSpec, demo_rows};
+use switchboard_agents::demo::demo_month_of_about;
 use switchboard_agents::workload::parse_row;
 use switchboard_agents::{OfflineModel, PriceTable, register};
 use switchboard_engine::testkit::MemorySink;
@@ -60,17 +60,7 @@ fn main() -> anyhow::Result<()> {
             let dir = tempfile::tempdir()?;
             let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await?);
             let (user, newcomer) = (UserId::generate(), UserId::generate());
-            // Weekends are quieter and the nightly job adds its own calls: scale the day's calls
-            // from a first try so that the month holds about `count` calls.
-            let spec = |calls_per_day: u32| DemoSpec {
-                seed: 7,
-                days: 30,
-                calls_per_day,
-                end_unix_ms: 1_793_491_200_000, // 2026-11-01
-            };
-            let first_try = demo_rows(spec(count / 30)).len() as f64;
-            let calls_per_day = (f64::from(count / 30) * f64::from(count) / first_try).round() as u32;
-            let rows: Vec<_> = demo_rows(spec(calls_per_day))
+            let rows: Vec<_> = demo_month_of_about(count)
                 .iter()
                 .map(|row| parse_row(row, &prices))
                 .collect::<Result<_, _>>()

@@ -83,6 +83,21 @@ fn between(rng: &mut fastrand::Rng, (low, high): (u64, u64)) -> u64 {
     rng.u64(low..=high)
 }
 
+/// A month of about `calls` rows (seed 7, ending 2026-11-01), for benchmarks. Weekends are
+/// quieter and the nightly job adds its own calls, so the day's calls are scaled from a first try.
+pub fn demo_month_of_about(calls: u32) -> Vec<Value> {
+    let spec = |calls_per_day: u32| DemoSpec {
+        seed: 7,
+        days: 30,
+        calls_per_day,
+        end_unix_ms: 1_793_491_200_000, // 2026-11-01
+    };
+    let first_try = demo_rows(spec(calls / 30)).len() as f64;
+    demo_rows(spec(
+        (f64::from(calls / 30) * f64::from(calls) / first_try).round() as u32
+    ))
+}
+
 /// The rows, oldest first, as JSON objects ready for `POST /api/workload-events`.
 pub fn demo_rows(spec: DemoSpec) -> Vec<Value> {
     let mut rng = fastrand::Rng::with_seed(spec.seed);

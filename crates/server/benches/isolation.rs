@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use switchboard::client::{Client, Session, Socket};
-use switchboard_agents::demo::{DemoSpec, demo_rows};
+use switchboard_agents::demo::demo_month_of_about;
 use switchboard_protocol::{ClientFrame, Control, ServerFrame, UserMessage};
 
 const CALLS: u32 = 900_000;
@@ -60,18 +60,7 @@ async fn one_run(socket: &mut Socket, text: &str) -> anyhow::Result<Duration> {
 
 /// Uploads the demo month scaled to about `calls` calls; how many were stored.
 async fn upload(client: &Client, session: &Session, calls: u32) -> anyhow::Result<u64> {
-    // Weekends are quieter and the nightly job adds its own calls: scale the day's calls from a
-    // first try so that the month holds about `calls` calls.
-    let spec = |calls_per_day: u32| DemoSpec {
-        seed: 7,
-        days: 30,
-        calls_per_day,
-        end_unix_ms: 1_793_491_200_000, // 2026-11-01
-    };
-    let first_try = demo_rows(spec(calls / 30)).len() as f64;
-    let rows = demo_rows(spec(
-        (f64::from(calls / 30) * f64::from(calls) / first_try).round() as u32
-    ));
+    let rows = demo_month_of_about(calls);
     let mut body = String::new();
     let mut stored = 0;
     for (index, row) in rows.iter().enumerate() {
