@@ -26,16 +26,22 @@ impl AnalyticsStore for Uploaded {
     }
 }
 
-async fn answer(uploaded: u64, text: &str) -> String {
+/// The shipped agents over `analytics`, answering with `model`, and the sink of their events.
+fn engine_over(analytics: Arc<dyn AnalyticsStore>, model: OfflineModel) -> (Engine, Arc<MemorySink>) {
     let sink = MemorySink::new();
     let engine = register(
         Engine::builder(),
-        Arc::new(Uploaded(uploaded)),
+        analytics,
         Arc::new(switchboard_agents::PriceTable::embedded()),
     )
-    .model(Arc::new(OfflineModel::default()))
+    .model(Arc::new(model))
     .build(sink.clone())
     .unwrap();
+    (engine, sink)
+}
+
+async fn answer(uploaded: u64, text: &str) -> String {
+    let (engine, _sink) = engine_over(Arc::new(Uploaded(uploaded)), OfflineModel::default());
     let user = UserId::parse("usr_a").unwrap();
     let outcome = engine
         .start_run(RunRequest::new(user, ThreadId::generate(), text))
@@ -71,15 +77,7 @@ async fn without_data_the_answer_says_what_to_send_and_unreadable_data_is_said_t
 
 #[tokio::test(start_paused = true)]
 async fn a_cost_question_is_classified_and_answered_without_invented_figures() {
-    let sink = MemorySink::new();
-    let engine = register(
-        Engine::builder(),
-        Arc::new(Uploaded(0)),
-        Arc::new(switchboard_agents::PriceTable::embedded()),
-    )
-    .model(Arc::new(OfflineModel::new(Duration::from_millis(50))))
-    .build(sink.clone())
-    .unwrap();
+    let (engine, sink) = engine_over(Arc::new(Uploaded(0)), OfflineModel::new(Duration::from_millis(50)));
     let user = UserId::parse("usr_a").unwrap();
     let text = "How can we cut our LLM costs on gpt-4o below $500?";
     let outcome = engine
@@ -206,15 +204,7 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
         ),
     ];
     store.insert_workload_events(&user, calls).await.unwrap();
-    let sink = MemorySink::new();
-    let engine = register(
-        Engine::builder(),
-        store,
-        Arc::new(switchboard_agents::PriceTable::embedded()),
-    )
-    .model(Arc::new(OfflineModel::default()))
-    .build(sink.clone())
-    .unwrap();
+    let (engine, sink) = engine_over(store, OfflineModel::default());
     let outcome = engine
         .start_run(RunRequest::new(
             user.clone(),
@@ -326,15 +316,7 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
 
 /// Runs one request over `store` and returns the answer and `result.report` as JSON text.
 async fn ask(store: Arc<switchboard_store::SqliteStore>, user: &UserId, text: &str) -> (String, serde_json::Value) {
-    let sink = MemorySink::new();
-    let engine = register(
-        Engine::builder(),
-        store,
-        Arc::new(switchboard_agents::PriceTable::embedded()),
-    )
-    .model(Arc::new(OfflineModel::default()))
-    .build(sink.clone())
-    .unwrap();
+    let (engine, sink) = engine_over(store, OfflineModel::default());
     let outcome = engine
         .start_run(RunRequest::new(user.clone(), ThreadId::generate(), text))
         .unwrap()

@@ -12,7 +12,6 @@ const ROW: &str = r#""timestamp": "2026-11-01T12:00:00Z", "model": "gpt-4o""#;
 async fn an_upload_with_a_figure_out_of_range_is_refused_naming_its_line_and_stores_nothing() {
     let app = spawn_app().await;
     let session = app.user("figures").await;
-    let url = format!("{}/api/workload-events", app.client.base());
     let good = format!(r#"{{{ROW}, "input_tokens": 1200, "output_tokens": 300, "cost_usd": 0.01}}"#);
     let row = |figures: &str| format!("{{{ROW}, {figures}}}");
     // (case, content type, body, status, code, the rows named: line and error)
@@ -68,18 +67,8 @@ async fn an_upload_with_a_figure_out_of_range_is_refused_naming_its_line_and_sto
         ),
     ];
     for (name, content_type, body, status, code, rows) in cases {
-        let response = app
-            .client
-            .http()
-            .post(&url)
-            .bearer_auth(&session.access_token)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), status, "case: {name}");
-        let answer: Value = response.json().await.unwrap();
+        let (got, answer) = app.upload(&session.access_token, content_type, body).await;
+        assert_eq!(got, status, "case: {name}");
         assert_eq!(answer["error"]["code"], code, "case: {name}: {answer}");
         if rows.is_null() {
             let message = if status == 422 {

@@ -67,6 +67,14 @@ async fn ask(fake: &FakeServer, question: &str) -> Vec<Event> {
     events
 }
 
+/// Each model call of a final event as (agent, model, success).
+fn calls_of(done: &switchboard_protocol::AgentCompleted) -> Vec<(&str, &str, bool)> {
+    done.model_calls
+        .iter()
+        .map(|c| (c.agent.as_str(), c.model.as_str(), c.success))
+        .collect()
+}
+
 fn final_payload(events: &[Event]) -> &switchboard_protocol::AgentCompleted {
     match &events.last().unwrap().payload {
         EventPayload::AgentCompleted(done) if done.is_final => done,
@@ -148,11 +156,7 @@ async fn a_failing_model_is_told_in_sentences_and_the_offline_model_still_answer
     let text = result["text"].as_str().unwrap();
     assert!(text.contains("$0.75"), "the offline model wrote the figures: {text}");
     assert_eq!(result["report"]["total_cost_usd"], 0.75);
-    let calls: Vec<(&str, &str, bool)> = done
-        .model_calls
-        .iter()
-        .map(|c| (c.agent.as_str(), c.model.as_str(), c.success))
-        .collect();
+    let calls = calls_of(done);
     assert_eq!(
         calls,
         [
@@ -181,11 +185,7 @@ async fn model_calls_cut_off_by_the_agent_deadline_are_on_the_final_event_with_t
     check_run(&events).unwrap();
     assert_eq!(final_status(&events), Some(RunStatus::TimedOut));
     let done = final_payload(&events);
-    let calls: Vec<(&str, &str, bool)> = done
-        .model_calls
-        .iter()
-        .map(|c| (c.agent.as_str(), c.model.as_str(), c.success))
-        .collect();
+    let calls = calls_of(done);
     assert_eq!(
         calls,
         [("triage", "gpt-4o-mini", false), ("reporting", "gpt-4o-mini", false)]

@@ -90,6 +90,27 @@ impl TestApp {
         }
     }
 
+    /// `POST /api/workload-events` with `body` as `content_type`: the status and the JSON answer.
+    pub(crate) async fn upload(
+        &self,
+        token: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .http()
+            .post(format!("{}/api/workload-events", self.client.base()))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     /// `GET /metrics`, the text.
     pub(crate) async fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.client.base());

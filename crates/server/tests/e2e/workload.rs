@@ -15,7 +15,6 @@ fn row(model: &str) -> Value {
 async fn uploads_are_stored_whole_or_refused_with_every_bad_row_named() {
     let app = spawn_app().await;
     let session = app.user("uploader").await;
-    let url = format!("{}/api/workload-events", app.client.base());
     let array = |rows: Vec<Value>| serde_json::to_vec(&Value::Array(rows)).unwrap();
     let ndjson = |rows: Vec<Value>| rows.iter().map(|r| format!("{r}\n")).collect::<String>().into_bytes();
     let mut missing_model = row("gpt-4o");
@@ -97,18 +96,8 @@ async fn uploads_are_stored_whole_or_refused_with_every_bad_row_named() {
         ),
     ];
     for (name, content_type, body, status, expected) in cases {
-        let response = app
-            .client
-            .http()
-            .post(&url)
-            .bearer_auth(&session.access_token)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), status, "case: {name}");
-        let answer: Value = response.json().await.unwrap();
+        let (got, answer) = app.upload(&session.access_token, content_type, body).await;
+        assert_eq!(got, status, "case: {name}");
         if status == 200 {
             assert_eq!(answer, expected, "case: {name}");
         } else {
@@ -122,22 +111,8 @@ async fn uploads_are_stored_whole_or_refused_with_every_bad_row_named() {
         "only the good uploads were stored"
     );
 
-    let response = app
-        .client
-        .http()
-        .post(&url)
-        .bearer_auth(&session.access_token)
-        .header("content-type", "application/json")
-        .body(array(vec![
-            row("gpt-4o"),
-            missing_model,
-            row("gpt-4o"),
-            row("our-finetune"),
-        ]))
-        .send()
-        .await
-        .unwrap();
-    let answer: Value = response.json().await.unwrap();
+    let body = array(vec![row("gpt-4o"), missing_model, row("gpt-4o"), row("our-finetune")]);
+    let (_, answer) = app.upload(&session.access_token, "application/json", body).await;
     assert_eq!(answer["error"]["message"], "2 row(s) are invalid; nothing was stored.");
     assert_eq!(
         answer["error"]["rows"][0],
