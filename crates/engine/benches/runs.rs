@@ -18,8 +18,8 @@ use switchboard_engine::{
     Agent, AgentContext, AgentError, AgentOutput, Engine, EventSink, Plan, RunRequest, SinkError, Tool, ToolError,
 };
 use switchboard_protocol::{
-    AgentCompleted, AgentName, AgentStarted, Event, EventPayload, RunId, RunStatus, Seq, ThreadId, Timestamp,
-    ToolCompleted, ToolExecuting, TraceId, UserId,
+    AgentCompleted, AgentName, AgentStarted, Event, EventPayload, LogEntry, NewEvent, RunId, RunStatus, Seq, ThreadId,
+    Timestamp, ToolCompleted, ToolExecuting, TraceId, UserId,
 };
 
 const AGENTS: [&str; 5] = ["triage", "data", "optimization", "actions", "reporting"];
@@ -34,14 +34,9 @@ struct CountingSink {
 
 #[async_trait]
 impl EventSink for CountingSink {
-    async fn last_seq(&self, _user: &UserId) -> Result<Seq, SinkError> {
-        Ok(Seq::ZERO)
-    }
-
-    async fn publish(&self, _user: &UserId, event: &Event) -> Result<(), SinkError> {
-        std::hint::black_box(event);
-        self.events.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError> {
+        self.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(batch.into_iter().map(|entry| entry.event.numbered(Seq::ZERO)).collect())
     }
 }
 
@@ -136,11 +131,8 @@ async fn run_baseline(runs: usize) -> (Duration, u64) {
         tasks.spawn(async move {
             let user = UserId::parse(&format!("usr_{}", i % USERS)).unwrap();
             let (run_id, thread_id, trace_id) = (RunId::generate(), ThreadId::generate(), TraceId::generate());
-            let mut seq = Seq::ZERO;
-            let mut publish = async |agent: &str, payload: EventPayload| {
-                seq = seq.next();
-                let event = Event {
-                    seq,
+            let publish = async |agent: &str, payload: EventPayload| {
+                let event = NewEvent {
                     run_id: run_id.clone(),
                     thread_id: thread_id.clone(),
                     agent_name: AgentName::parse(agent).unwrap(),
@@ -148,7 +140,12 @@ async fn run_baseline(runs: usize) -> (Duration, u64) {
                     trace_id: trace_id.clone(),
                     payload,
                 };
-                sink.publish(&user, &event).await.unwrap();
+                let entry = LogEntry {
+                    user_id: user.clone(),
+                    event,
+                    end: None,
+                };
+                sink.append(vec![entry]).await.unwrap();
             };
             let started = |task: &str| EventPayload::AgentStarted(AgentStarted { task: task.into() });
             let completed = |result: Option<Value>, is_final: bool| {

@@ -24,7 +24,9 @@ pub struct EngineConfig {
     pub breaker_failure_threshold: u32,
     /// How long an open circuit refuses calls before a trial call (default 30 s).
     pub breaker_cooldown: Duration,
-    /// How long one hand-over of an event to the sink may take before it is given up (default 2 s).
+    /// How long a run waits for room in the event queue (a store that is behind) before it gives
+    /// up a non-final event (default 2 s). The final event waits for its own storing instead,
+    /// until the run deadline + 1 s.
     pub sink_timeout: Duration,
 }
 

@@ -17,7 +17,7 @@ use crate::breaker::{BreakerSnapshot, CircuitBreaker};
 use crate::config::{ConfigError, EngineConfig};
 use crate::model::Model;
 use crate::run::RunDriver;
-use crate::sink::{EventSink, Sequencer};
+use crate::sink::{EventQueue, EventSink, QUEUE_CAPACITY};
 use crate::tool::{Tool, ToolEntry, ToolRegistry};
 
 /// Which agents a run goes through: `first` (triage) chooses among `stages`, `last` (reporting)
@@ -221,17 +221,109 @@ pub(crate) struct Inner {
     pub(crate) fallback_model: Option<Arc<dyn Model>>,
     pub(crate) model_breaker: Arc<CircuitBreaker>,
     tool_breakers: Vec<Arc<CircuitBreaker>>,
-    pub(crate) sequencer: Sequencer,
+    pub(crate) events: EventQueue,
+    admitted: Mutex<Admitted>,
     runs: Mutex<HashMap<RunId, ActiveRun>>,
     accepting: AtomicBool,
     tracker: TaskTracker,
 }
 
+/// The runs admitted (reserved or running), in all and per user. A user's entry lives while it
+/// has some, so memory follows active users, not runs served.
+#[derive(Default)]
+struct Admitted {
+    total: usize,
+    per_user: HashMap<UserId, usize>,
+}
+
 impl Inner {
-    /// Forgets a run that has published its final event.
-    pub(crate) fn finish(&self, run_id: &RunId, user_id: &UserId) {
+    /// Forgets a run that has published its final event (its place is given back when its
+    /// reservation is dropped).
+    pub(crate) fn finish(&self, run_id: &RunId) {
         self.runs.lock().unwrap().remove(run_id);
-        self.sequencer.leave(user_id);
+    }
+
+    fn release(&self, user: &UserId) {
+        let mut admitted = self.admitted.lock().unwrap();
+        admitted.total = admitted.total.saturating_sub(1);
+        if let Some(count) = admitted.per_user.get_mut(user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                admitted.per_user.remove(user);
+            }
+        }
+    }
+}
+
+/// A place among the engine's active runs, for one user: the one admission of a run. The
+/// server takes it before it stores a message, so that a message the limits refuse leaves
+/// nothing behind, and starts the run with it; dropped unused, it gives the place back.
+pub struct Reservation {
+    inner: Arc<Inner>,
+    user_id: UserId,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation").field("user_id", &self.user_id).finish()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.inner.release(&self.user_id);
+    }
+}
+
+impl Reservation {
+    /// Whose place it is.
+    pub fn user_id(&self) -> &UserId {
+        &self.user_id
+    }
+
+    /// Starts the reserved run; its events go to the sink under the reservation's user. The run
+    /// holds the place until its final event.
+    pub fn start(self, thread_id: ThreadId, run_id: RunId, text: String) -> Result<RunHandle, StartError> {
+        let inner = Arc::clone(&self.inner);
+        if !inner.accepting.load(Ordering::SeqCst) {
+            return Err(StartError::ShuttingDown);
+        }
+        let accepted = Instant::now();
+        let control = Arc::new(RunControl::default());
+        {
+            let mut runs = inner.runs.lock().unwrap();
+            if runs.contains_key(&run_id) {
+                return Err(StartError::DuplicateRun(run_id));
+            }
+            runs.insert(
+                run_id.clone(),
+                ActiveRun {
+                    user_id: self.user_id.clone(),
+                    control: Arc::clone(&control),
+                },
+            );
+        }
+        let trace_id = TraceId::generate();
+        let (tx, rx) = oneshot::channel();
+        let handle = RunHandle {
+            run_id: run_id.clone(),
+            trace_id: trace_id.clone(),
+            outcome: rx,
+        };
+        let request = RunRequest {
+            user_id: self.user_id.clone(),
+            thread_id,
+            run_id,
+            text,
+        };
+        let driver = RunDriver::new(Arc::clone(&inner), request, trace_id, control, accepted);
+        inner.tracker.spawn(async move {
+            let outcome = driver.run_to_end().await;
+            // The place is free before the caller learns the outcome.
+            drop(self);
+            let _ = tx.send(outcome);
+        });
+        Ok(handle)
     }
 }
 
@@ -358,7 +450,8 @@ impl EngineBuilder {
                 model,
                 fallback_model: self.fallback_model,
                 tool_breakers,
-                sequencer: Sequencer::new(sink),
+                events: EventQueue::new(sink, QUEUE_CAPACITY),
+                admitted: Mutex::default(),
                 runs: Mutex::new(HashMap::new()),
                 accepting: AtomicBool::new(true),
                 tracker: TaskTracker::new(),
@@ -378,50 +471,39 @@ impl Engine {
         &self.inner.config
     }
 
-    /// Starts a run; its events go to the sink under the request's user.
-    pub fn start_run(&self, request: RunRequest) -> Result<RunHandle, StartError> {
+    /// Admits a run of `user`: a place among the active runs, refused when the engine is
+    /// shutting down, the user has `max_active_runs_per_user` or the server `max_active_runs`.
+    pub fn reserve(&self, user: &UserId) -> Result<Reservation, StartError> {
         let inner = &self.inner;
         if !inner.accepting.load(Ordering::SeqCst) {
             return Err(StartError::ShuttingDown);
         }
-        let accepted = Instant::now();
-        let control = Arc::new(RunControl::default());
-        {
-            let mut runs = inner.runs.lock().unwrap();
-            if runs.contains_key(&request.run_id) {
-                return Err(StartError::DuplicateRun(request.run_id));
-            }
-            if runs.len() >= inner.config.max_active_runs {
-                return Err(StartError::Busy {
-                    limit: inner.config.max_active_runs,
-                });
-            }
-            let limit = inner.config.max_active_runs_per_user;
-            inner
-                .sequencer
-                .enter(&request.user_id, limit)
-                .map_err(|_| StartError::TooManyActiveRuns { limit })?;
-            runs.insert(
-                request.run_id.clone(),
-                ActiveRun {
-                    user_id: request.user_id.clone(),
-                    control: Arc::clone(&control),
-                },
-            );
+        let config = &inner.config;
+        let mut admitted = inner.admitted.lock().unwrap();
+        if admitted.total >= config.max_active_runs {
+            return Err(StartError::Busy {
+                limit: config.max_active_runs,
+            });
         }
-        let trace_id = TraceId::generate();
-        let (tx, rx) = oneshot::channel();
-        let handle = RunHandle {
-            run_id: request.run_id.clone(),
-            trace_id: trace_id.clone(),
-            outcome: rx,
-        };
-        let driver = RunDriver::new(Arc::clone(inner), request, trace_id, control, accepted);
-        inner.tracker.spawn(async move {
-            let outcome = driver.run_to_end().await;
-            let _ = tx.send(outcome);
-        });
-        Ok(handle)
+        let mine = admitted.per_user.get(user).copied().unwrap_or(0);
+        if mine >= config.max_active_runs_per_user {
+            return Err(StartError::TooManyActiveRuns {
+                limit: config.max_active_runs_per_user,
+            });
+        }
+        admitted.total += 1;
+        admitted.per_user.insert(user.clone(), mine + 1);
+        Ok(Reservation {
+            inner: Arc::clone(inner),
+            user_id: user.clone(),
+        })
+    }
+
+    /// Starts a run (a reservation and its start in one step); its events go to the sink under
+    /// the request's user.
+    pub fn start_run(&self, request: RunRequest) -> Result<RunHandle, StartError> {
+        self.reserve(&request.user_id)?
+            .start(request.thread_id, request.run_id, request.text)
     }
 
     /// Stops an active run of `user`: its model and tool calls are dropped at once and it ends
@@ -458,19 +540,26 @@ impl Engine {
         inner.tracker.wait().await;
     }
 
-    /// Runs in flight.
+    /// Runs admitted and not ended (reserved or in flight).
     pub fn active_runs(&self) -> usize {
-        self.inner.runs.lock().unwrap().len()
+        self.inner.admitted.lock().unwrap().total
     }
 
-    /// Runs in flight of one user.
+    /// Runs admitted and not ended of one user.
     pub fn active_runs_of(&self, user: &UserId) -> usize {
-        self.inner.sequencer.active_runs(user)
+        self.inner
+            .admitted
+            .lock()
+            .unwrap()
+            .per_user
+            .get(user)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Users whose state the engine holds (those with active runs).
     pub fn tracked_users(&self) -> usize {
-        self.inner.sequencer.tracked_users()
+        self.inner.admitted.lock().unwrap().per_user.len()
     }
 
     /// The state of every circuit breaker: the model's first, then the tools' by name.

@@ -3,7 +3,8 @@
 //!
 //! Agents ([`Agent`]) call tools ([`Tool`]) and a language model ([`Model`]) through handles that
 //! apply deadlines and circuit breakers; the engine turns everything that happens into the typed
-//! events of `switchboard-protocol`, numbers them per user and hands them to an [`EventSink`].
+//! events of `switchboard-protocol` and hands them to an [`EventSink`], the event log, which
+//! numbers them per user as it stores them.
 //! There is no HTTP here.
 
 mod agent;
@@ -22,7 +23,9 @@ pub use agent::{Agent, AgentContext, AgentError, AgentOutcome, AgentOutput, Agen
 pub use breaker::{BreakerSnapshot, CircuitBreaker, Permit, Refused};
 pub use closing::{Closing, OpenRun};
 pub use config::{ConfigError, EngineConfig};
-pub use engine::{BuildError, Engine, EngineBuilder, Plan, RunHandle, RunNotFound, RunOutcome, RunRequest, StartError};
+pub use engine::{
+    BuildError, Engine, EngineBuilder, Plan, Reservation, RunHandle, RunNotFound, RunOutcome, RunRequest, StartError,
+};
 pub use model::{
     ChatMessage, ChatRole, Delta, DeltaStream, Model, ModelCallError, ModelError, ModelHandle, ModelRequest,
     ModelResponse, ModelStream, Usage,

@@ -4,7 +4,9 @@
 //! its own under its deadline, and is the only writer of the run's events. Its loop consumes a
 //! closed set of inputs: a stop request, a deadline, a report from the agent, the agent's end.
 //! [`RunLog`] checks every event against the contract of PROTOCOL.md section 3 before it is
-//! numbered, and a safety net closes the run if the driver itself fails.
+//! queued for the event log (which numbers it), and a safety net closes the run if the driver
+//! itself fails. The driver waits for the log only when its queue is full and for the final
+//! event, which is due by the final limit whatever the store does.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -16,7 +18,8 @@ use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use switchboard_protocol::{
     AgentCompleted, AgentError as AgentErrorEvent, AgentErrorCode, AgentName, AgentStarted, AgentThinking, Event,
-    EventPayload, ModelCallUsage, RunStatus, RunTimings, ToolCompleted,
+    EventPayload, LogEntry, ModelCallUsage, NewEvent, PartialResult, RunEnd, RunStatus, RunTimings, Timestamp,
+    ToolCompleted,
 };
 use tokio::task::JoinError;
 use tokio::time::Instant;
@@ -27,13 +30,18 @@ use crate::closing::{Closing, OpenRun};
 use crate::engine::{Inner, RunControl, RunOutcome, RunRequest, StopReason};
 use crate::model::{ModelHandle, ModelLedger};
 use crate::report::{Report, Reporter, human, millis};
-use crate::sink::{RunIds, SinkError};
+use crate::sink::{Receipt, SinkError};
 use crate::tool::Tools;
 
 /// The final event comes at most this long after the run deadline.
 pub(crate) const FINAL_GRACE: Duration = Duration::from_secs(1);
 /// Time kept back, before the final event's limit, for publishing the final event itself.
 const FINAL_RESERVE: Duration = Duration::from_millis(250);
+/// Pieces of the answer that arrive within this long of the first one go out as one
+/// `partial_result`: fewer, larger events for the same text.
+const COALESCE: Duration = Duration::from_millis(5);
+/// A coalesced `partial_result` goes out at this size at the latest.
+const COALESCE_BYTES: usize = 4096;
 
 /// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +67,15 @@ struct LogState {
     store_time: Duration,
 }
 
+/// The identity of a run, shared by all its events.
+#[derive(Debug, Clone)]
+struct RunIds {
+    user_id: switchboard_protocol::UserId,
+    run_id: switchboard_protocol::RunId,
+    thread_id: switchboard_protocol::ThreadId,
+    trace_id: switchboard_protocol::TraceId,
+}
+
 /// The run's events as published so far, and the rules every next one must keep.
 pub(crate) struct RunLog {
     engine: Arc<Inner>,
@@ -67,13 +84,56 @@ pub(crate) struct RunLog {
 }
 
 impl RunLog {
-    /// Checks `payload` against the contract, then numbers and publishes it.
-    async fn publish(&self, agent: &AgentName, payload: EventPayload, until: Instant) -> Result<Event, PublishError> {
+    /// Checks `payload` against the contract, then queues it for the event log, waiting for room
+    /// until `until`. A final event comes with its run's `end`.
+    async fn publish(
+        &self,
+        agent: &AgentName,
+        payload: EventPayload,
+        end: Option<RunEnd>,
+        until: Instant,
+    ) -> Result<Receipt, PublishError> {
         self.admit(agent, &payload).map_err(PublishError::Contract)?;
+        let entry = LogEntry {
+            user_id: self.ids.user_id.clone(),
+            event: NewEvent {
+                run_id: self.ids.run_id.clone(),
+                thread_id: self.ids.thread_id.clone(),
+                agent_name: agent.clone(),
+                timestamp: Timestamp::now(),
+                trace_id: self.ids.trace_id.clone(),
+                payload,
+            },
+            end,
+        };
         let started = Instant::now();
-        let result = self.engine.sequencer.publish(&self.ids, agent, payload, until).await;
+        let queued = self.engine.events.submit(entry, until).await;
         self.state.lock().unwrap().store_time += started.elapsed();
-        Ok(result?)
+        Ok(queued?)
+    }
+
+    /// Publishes the run's final event and waits, until `until`, for it to be stored: every
+    /// event of the run queued before it is stored by then too.
+    async fn publish_final(
+        &self,
+        done: AgentCompleted,
+        answer: Option<String>,
+        until: Instant,
+    ) -> Result<Event, PublishError> {
+        let end = RunEnd::of(&done, answer);
+        let receipt = self
+            .publish(
+                &AgentName::supervisor(),
+                EventPayload::AgentCompleted(done),
+                Some(end),
+                until,
+            )
+            .await?;
+        let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+        match tokio::time::timeout_at(until, receipt.stored()).await {
+            Ok(stored) => Ok(stored?),
+            Err(_) => Err(SinkError::TimedOut(budget_ms).into()),
+        }
     }
 
     /// The contract of section 3, applied to the next event.
@@ -187,24 +247,21 @@ impl RunLog {
             why: cause.why,
             elapsed,
         };
-        let mut final_event = None;
-        for (agent, mut payload) in open.closing_events(closing) {
-            let is_final = match &mut payload {
-                EventPayload::AgentCompleted(c) if c.is_final => {
-                    c.model_calls = model_calls.to_vec();
-                    if let Some(timings) = &mut c.timings {
+        for (agent, payload) in open.closing_events(closing) {
+            match payload {
+                EventPayload::AgentCompleted(mut done) if done.is_final => {
+                    done.model_calls = model_calls.to_vec();
+                    if let Some(timings) = &mut done.timings {
                         timings.model_ms = millis(model_time);
                     }
-                    true
+                    return self.publish_final(done, None, until).await.ok();
                 }
-                _ => false,
-            };
-            let published = self.publish(&agent, payload, until).await;
-            if is_final {
-                final_event = published.ok();
+                payload => {
+                    let _ = self.publish(&agent, payload, None, until).await;
+                }
             }
         }
-        final_event
+        None
     }
 }
 
@@ -291,6 +348,8 @@ pub(crate) struct RunDriver {
     call_ids: Arc<AtomicU64>,
     stop: Option<RunStop>,
     queue_time: Duration,
+    /// Pieces of the answer not yet published, and when they are due.
+    partial: Option<(String, Instant)>,
 }
 
 impl RunDriver {
@@ -333,6 +392,7 @@ impl RunDriver {
             call_ids: Arc::new(AtomicU64::new(0)),
             stop: None,
             queue_time: Duration::ZERO,
+            partial: None,
         }
     }
 
@@ -377,7 +437,7 @@ impl RunDriver {
                 abnormal_outcome(&log, &ledger, cause, accepted, Instant::now() + FINAL_RESERVE).await
             }
         };
-        engine.finish(&run_id, &user_id);
+        engine.finish(&run_id);
         outcome
     }
 
@@ -386,13 +446,10 @@ impl RunDriver {
         (Instant::now() + self.engine.config.sink_timeout).min(self.final_limit - FINAL_RESERVE)
     }
 
-    async fn emit(&self, agent: &AgentName, payload: EventPayload) -> Option<Event> {
-        match self.log.publish(agent, payload, self.event_limit()).await {
-            Ok(event) => Some(event),
-            Err(error) => {
-                tracing::error!(%agent, %error, "event not published");
-                None
-            }
+    /// Queues a non-final event; the run goes on without waiting for it to be stored.
+    async fn emit(&self, agent: &AgentName, payload: EventPayload) {
+        if let Err(error) = self.log.publish(agent, payload, None, self.event_limit()).await {
+            tracing::error!(%agent, %error, "event not published");
         }
     }
 
@@ -499,10 +556,14 @@ impl RunDriver {
         let mut work = AbortOnDropHandle::new(tokio::spawn(async move { agent.run(ctx).await }));
         let control = Arc::clone(&self.control);
         let ending = loop {
+            let partial_due = self.partial.as_ref().map(|(_, due)| *due);
             tokio::select! {
                 biased;
                 reason = control.stopped() => break Ending::Stopped(reason),
                 () = tokio::time::sleep_until(agent_deadline) => break Ending::Deadline,
+                () = tokio::time::sleep_until(partial_due.unwrap_or(agent_deadline)), if partial_due.is_some() => {
+                    self.flush_partial(name).await;
+                }
                 Some(report) = reports.recv() => self.on_report(name, report).await,
                 joined = &mut work => break Ending::Joined(joined),
             }
@@ -517,6 +578,7 @@ impl RunDriver {
         while let Ok(report) = reports.try_recv() {
             self.on_report(name, report).await;
         }
+        self.flush_partial(name).await;
         let elapsed = started.elapsed();
         let failure = self.failure_of(name, &ending, elapsed);
         let dropped_because = match &failure {
@@ -659,12 +721,35 @@ impl RunDriver {
                 self.tool_time += spent;
                 return;
             }
+            Report::Partial(partial) => {
+                match &mut self.partial {
+                    Some((text, _)) => text.push_str(&partial.delta),
+                    None => self.partial = Some((partial.delta, Instant::now() + COALESCE)),
+                }
+                if self
+                    .partial
+                    .as_ref()
+                    .is_some_and(|(text, _)| text.len() >= COALESCE_BYTES)
+                {
+                    self.flush_partial(agent).await;
+                }
+                return;
+            }
             Report::Thinking(thinking) => EventPayload::AgentThinking(thinking),
-            Report::Partial(partial) => EventPayload::PartialResult(partial),
             Report::ToolStarted(call) => EventPayload::ToolExecuting(call),
             Report::ToolFinished(done) => EventPayload::ToolCompleted(done),
         };
+        // Whatever the agent reports next follows the pieces of the answer before it.
+        self.flush_partial(agent).await;
         self.emit(agent, payload).await;
+    }
+
+    /// Publishes the pieces of the answer gathered so far as one `partial_result`.
+    async fn flush_partial(&mut self, agent: &AgentName) {
+        if let Some((delta, _)) = self.partial.take() {
+            self.emit(agent, EventPayload::PartialResult(PartialResult { delta }))
+                .await;
+        }
     }
 
     /// The supervisor's end: its error when the run failed, then the final event.
@@ -763,14 +848,14 @@ impl RunDriver {
         let duration = self.accepted.elapsed();
         let (model_calls, model_time) = self.ledger.close();
         let timings = self.timings(duration, model_time);
-        let payload = EventPayload::AgentCompleted(AgentCompleted {
+        let done = AgentCompleted {
             is_final: true,
             timings: Some(timings),
             missing: missing.clone(),
             model_calls: model_calls.clone(),
             ..agent_completed(status, duration, result.clone())
-        });
-        let final_event = match self.log.publish(&supervisor, payload, self.final_limit).await {
+        };
+        let final_event = match self.log.publish_final(done, answer.clone(), self.final_limit).await {
             Ok(event) => Some(event),
             Err(error) => {
                 tracing::error!(%error, "final event not published");

@@ -1,13 +1,18 @@
-//! Where events leave the engine, and the one place that numbers them.
+//! Where events leave the engine: the [`EventSink`] (the server's event log) and the queue in
+//! front of it.
 //!
-//! Every event of a user gets its `seq` in [`Sequencer::publish`], under that user's lock, so the
-//! sink sees each user's events in seq order with no gap, whatever runs are active.
+//! A run hands each event to the [`EventQueue`] and goes on: it waits only while the queue is
+//! full (the store is behind), never for a commit, except for its final event, which it waits
+//! for until its limit. One writer at a time takes everything queued, of every user, and hands
+//! it to the sink as one batch; the sink numbers and stores the batch at once (one transaction)
+//! and returns the events numbered. So the events of one user reach the sink in the order they
+//! were queued, and `seq` is given in one place, the sink, when the event is stored.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use switchboard_protocol::{AgentName, Event, EventPayload, RunId, Seq, ThreadId, Timestamp, TraceId, UserId};
+use switchboard_protocol::{Event, LogEntry};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 /// A sink could not take an event.
@@ -21,124 +26,137 @@ pub enum SinkError {
     TimedOut(u64),
 }
 
-/// The destination of every event. The server backs it with its store and its sockets.
-///
-/// `publish` must be atomic: when it returns an error (or is dropped because it took too long)
-/// the event must not be kept, because the engine gives the same seq to the next event.
+/// The destination of every event: the event log. The server backs it with its store (which
+/// numbers the events) and its sockets.
 #[async_trait]
 pub trait EventSink: Send + Sync + 'static {
-    /// The newest seq already published for `user` (`Seq::ZERO` when none).
-    async fn last_seq(&self, user: &UserId) -> Result<Seq, SinkError>;
-
-    /// Takes one event of `user`. Events of one user arrive one at a time, in seq order.
-    async fn publish(&self, user: &UserId, event: &Event) -> Result<(), SinkError>;
+    /// Stores `batch` at once, all or nothing, giving each event the next `seq` of its user in
+    /// the order given (and finishing the run of an entry that carries its `end`). Returns the
+    /// events as stored, in the same order. The engine calls it for one batch at a time.
+    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError>;
 }
 
-/// The identity of a run, shared by all its events.
-#[derive(Debug, Clone)]
-pub(crate) struct RunIds {
-    pub(crate) user_id: UserId,
-    pub(crate) run_id: RunId,
-    pub(crate) thread_id: ThreadId,
-    pub(crate) trace_id: TraceId,
+/// Non-final events that may wait for the sink at once, over all runs. Past it, a run waits for
+/// room before it goes on (up to its event limit).
+pub(crate) const QUEUE_CAPACITY: usize = 4096;
+/// Events handed to the sink in one batch at most.
+const MAX_BATCH: usize = 1024;
+
+/// The answer to one queued event: it is stored (with its seq), or it is not.
+#[derive(Debug)]
+pub(crate) struct Receipt(oneshot::Receiver<Result<Event, SinkError>>);
+
+impl Receipt {
+    /// Waits until the event is stored (or refused).
+    pub(crate) async fn stored(self) -> Result<Event, SinkError> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(SinkError::Failed("the event writer stopped".into())))
+    }
 }
 
-type UserSeq = Arc<tokio::sync::Mutex<Option<Seq>>>;
-
-struct UserEntry {
-    active_runs: usize,
-    seq: UserSeq,
+struct Queued {
+    entry: LogEntry,
+    reply: oneshot::Sender<Result<Event, SinkError>>,
+    /// Its room in the queue, given back once the sink answered (none for final events).
+    _room: Option<OwnedSemaphorePermit>,
 }
 
-/// Per-user numbering and the count of active runs. A user's entry lives while it has active
-/// runs; afterwards its last seq is read back from the sink, so memory follows active users only.
-pub(crate) struct Sequencer {
+#[derive(Default)]
+struct Pending {
+    queued: Vec<Queued>,
+    writing: bool,
+}
+
+/// The bounded queue in front of the sink, shared by every run of the engine.
+pub(crate) struct EventQueue {
     sink: Arc<dyn EventSink>,
-    users: Mutex<HashMap<UserId, UserEntry>>,
+    room: Arc<Semaphore>,
+    pending: Arc<Mutex<Pending>>,
 }
 
-impl Sequencer {
-    pub(crate) fn new(sink: Arc<dyn EventSink>) -> Self {
+impl EventQueue {
+    pub(crate) fn new(sink: Arc<dyn EventSink>, capacity: usize) -> Self {
         Self {
             sink,
-            users: Mutex::new(HashMap::new()),
+            room: Arc::new(Semaphore::new(capacity)),
+            pending: Arc::default(),
         }
     }
 
-    /// Counts a new active run of `user`, unless the user already has `limit`.
-    pub(crate) fn enter(&self, user: &UserId, limit: usize) -> Result<(), usize> {
-        let mut users = self.users.lock().unwrap();
-        let entry = users.entry(user.clone()).or_insert_with(|| UserEntry {
-            active_runs: 0,
-            seq: Arc::new(tokio::sync::Mutex::new(None)),
-        });
-        if entry.active_runs >= limit {
-            return Err(entry.active_runs);
+    /// Queues an entry, waiting for room until `until` (a final event never waits: there is
+    /// one per active run, so they are bounded by the runs). Cancel-safe: an entry is queued
+    /// whole or not at all.
+    pub(crate) async fn submit(&self, entry: LogEntry, until: Instant) -> Result<Receipt, SinkError> {
+        let room = if entry.end.is_some() {
+            None
+        } else {
+            let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+            match tokio::time::timeout_at(until, Arc::clone(&self.room).acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_closed)) => return Err(SinkError::Failed("the event queue is closed".into())),
+                Err(_) => return Err(SinkError::TimedOut(budget_ms)),
+            }
+        };
+        let (reply, receipt) = oneshot::channel();
+        let start_writer = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.queued.push(Queued {
+                entry,
+                reply,
+                _room: room,
+            });
+            !std::mem::replace(&mut pending.writing, true)
+        };
+        if start_writer {
+            tokio::spawn(write_all(Arc::clone(&self.sink), Arc::clone(&self.pending)));
         }
-        entry.active_runs += 1;
-        Ok(())
+        Ok(Receipt(receipt))
     }
+}
 
-    /// Ends an active run of `user`; the last one frees the user's entry.
-    pub(crate) fn leave(&self, user: &UserId) {
-        let mut users = self.users.lock().unwrap();
-        if let Some(entry) = users.get_mut(user) {
-            entry.active_runs = entry.active_runs.saturating_sub(1);
-            if entry.active_runs == 0 {
-                users.remove(user);
+/// Hands batches to the sink until the queue is empty; only one runs at a time.
+async fn write_all(sink: Arc<dyn EventSink>, pending: Arc<Mutex<Pending>>) {
+    /// Lets the next entry start a writer again if this one panics or is dropped half-way.
+    struct Writing<'a>(&'a Mutex<Pending>, bool);
+    impl Drop for Writing<'_> {
+        fn drop(&mut self) {
+            if self.1 {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
             }
         }
     }
-
-    pub(crate) fn active_runs(&self, user: &UserId) -> usize {
-        self.users.lock().unwrap().get(user).map_or(0, |e| e.active_runs)
-    }
-
-    pub(crate) fn tracked_users(&self) -> usize {
-        self.users.lock().unwrap().len()
-    }
-
-    /// Numbers the event and hands it to the sink, giving up at `until`.
-    /// The user's seq only advances when the sink took the event.
-    pub(crate) async fn publish(
-        &self,
-        ids: &RunIds,
-        agent: &AgentName,
-        payload: EventPayload,
-        until: Instant,
-    ) -> Result<Event, SinkError> {
-        let seq_lock = {
-            let users = self.users.lock().unwrap();
-            match users.get(&ids.user_id) {
-                Some(entry) => Arc::clone(&entry.seq),
-                None => return Err(SinkError::Failed("the run is no longer active".into())),
+    let mut writing = Writing(&pending, true);
+    loop {
+        let batch: Vec<Queued> = {
+            let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.queued.is_empty() {
+                pending.writing = false;
+                writing.1 = false;
+                return;
             }
+            let take = pending.queued.len().min(MAX_BATCH);
+            pending.queued.drain(..take).collect()
         };
-        let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
-        let attempt = async {
-            let mut last = seq_lock.lock().await;
-            // Forget the cached seq until the sink confirms: if this call fails or is dropped
-            // half-way (the event may or may not be stored), the next one asks the sink again.
-            let previous = match last.take() {
-                Some(seq) => seq,
-                None => self.sink.last_seq(&ids.user_id).await?,
-            };
-            let event = Event {
-                seq: previous.next(),
-                run_id: ids.run_id.clone(),
-                thread_id: ids.thread_id.clone(),
-                agent_name: agent.clone(),
-                timestamp: Timestamp::now(),
-                trace_id: ids.trace_id.clone(),
-                payload,
-            };
-            self.sink.publish(&ids.user_id, &event).await?;
-            *last = Some(event.seq);
-            Ok(event)
-        };
-        match tokio::time::timeout_at(until, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(SinkError::TimedOut(budget_ms)),
+        let (entries, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.entry, (q.reply, q._room))).unzip();
+        let count = entries.len();
+        match sink.append(entries).await {
+            Ok(events) if events.len() == count => {
+                for (event, (reply, _room)) in events.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(event));
+                }
+            }
+            Ok(events) => {
+                let error = SinkError::Failed(format!("the sink stored {} of {count} events", events.len()));
+                for (reply, _room) in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                for (reply, _room) in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
         }
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use switchboard_protocol::{AgentName, Event, EventPayload, RunId, RunStatus, Seq, ThreadId, UserId};
+use switchboard_protocol::{AgentName, Event, EventPayload, LogEntry, RunEnd, RunId, RunStatus, Seq, ThreadId, UserId};
 use tokio::time::Instant;
 
 use crate::agent::{Agent, AgentContext, AgentError, AgentOutput};
@@ -483,7 +483,7 @@ pub enum SinkBehavior {
     /// Takes every event at once.
     #[default]
     Accept,
-    /// Takes every event after a delay.
+    /// Takes each batch of events after a delay (a long one is a store that stalls).
     Slow(Duration),
     /// Refuses every event.
     Fail,
@@ -500,12 +500,17 @@ pub struct Published {
     pub at: Instant,
 }
 
-/// A sink that keeps every event in memory, per user.
+/// A sink that keeps every event in memory, per user, numbering them as a store does.
 #[derive(Debug, Default)]
 pub struct MemorySink {
     published: Mutex<Vec<Published>>,
     last: Mutex<HashMap<UserId, Seq>>,
+    ends: Mutex<HashMap<RunId, RunEnd>>,
+    batches: Mutex<Vec<usize>>,
     behavior: Mutex<SinkBehavior>,
+    /// How the first batches are answered, one each; then `behavior`.
+    script: Mutex<std::collections::VecDeque<SinkBehavior>>,
+    stored: tokio::sync::Notify,
 }
 
 impl MemorySink {
@@ -514,9 +519,28 @@ impl MemorySink {
         Arc::new(Self::default())
     }
 
+    /// A sink that answers its first batches as `script` says, one each, then takes everything.
+    pub fn scripted(script: Vec<SinkBehavior>) -> Arc<Self> {
+        let sink = Self::default();
+        *sink.script.lock().unwrap() = script.into();
+        Arc::new(sink)
+    }
+
     /// Changes how the sink answers from now on.
     pub fn set_behavior(&self, behavior: SinkBehavior) {
         *self.behavior.lock().unwrap() = behavior;
+    }
+
+    /// Waits until the final event of `run` is stored (however long a slow sink takes).
+    pub async fn final_of(&self, run: &RunId) -> Event {
+        loop {
+            let stored = self.stored.notified();
+            let found = self.events_of_run(run).into_iter().find(Event::is_final);
+            if let Some(event) = found {
+                return event;
+            }
+            stored.await;
+        }
     }
 
     /// Everything published, in order.
@@ -533,6 +557,16 @@ impl MemorySink {
             .collect()
     }
 
+    /// The end handed with the run's final event, once it is stored.
+    pub fn run_end(&self, run: &RunId) -> Option<RunEnd> {
+        self.ends.lock().unwrap().get(run).cloned()
+    }
+
+    /// The size of every batch stored, in order.
+    pub fn batches(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().clone()
+    }
+
     /// The events of one run, in order.
     pub fn events_of_run(&self, run: &RunId) -> Vec<Event> {
         self.published()
@@ -545,29 +579,35 @@ impl MemorySink {
 
 #[async_trait]
 impl EventSink for MemorySink {
-    async fn last_seq(&self, user: &UserId) -> Result<Seq, SinkError> {
-        Ok(self.last.lock().unwrap().get(user).copied().unwrap_or(Seq::ZERO))
-    }
-
-    async fn publish(&self, user: &UserId, event: &Event) -> Result<(), SinkError> {
-        let behavior = *self.behavior.lock().unwrap();
+    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError> {
+        let scripted = self.script.lock().unwrap().pop_front();
+        let behavior = scripted.unwrap_or_else(|| *self.behavior.lock().unwrap());
         match behavior {
             SinkBehavior::Accept => {}
             SinkBehavior::Slow(delay) => tokio::time::sleep(delay).await,
             SinkBehavior::Fail => return Err(SinkError::Failed("scripted sink failure".into())),
         }
         let mut last = self.last.lock().unwrap();
-        let previous = last.get(user).copied().unwrap_or(Seq::ZERO);
-        if event.seq != previous.next() {
-            return Err(SinkError::Failed(format!("seq {} after {previous}", event.seq)));
+        let mut published = self.published.lock().unwrap();
+        self.batches.lock().unwrap().push(batch.len());
+        let at = Instant::now();
+        let mut stored = Vec::with_capacity(batch.len());
+        for entry in batch {
+            let seq = last.get(&entry.user_id).copied().unwrap_or(Seq::ZERO).next();
+            last.insert(entry.user_id.clone(), seq);
+            let event = entry.event.numbered(seq);
+            if let Some(end) = entry.end {
+                self.ends.lock().unwrap().insert(event.run_id.clone(), end);
+            }
+            published.push(Published {
+                user_id: entry.user_id,
+                event: event.clone(),
+                at,
+            });
+            stored.push(event);
         }
-        last.insert(user.clone(), event.seq);
-        self.published.lock().unwrap().push(Published {
-            user_id: user.clone(),
-            event: event.clone(),
-            at: Instant::now(),
-        });
-        Ok(())
+        self.stored.notify_waiters();
+        Ok(stored)
     }
 }
 
@@ -583,6 +623,7 @@ pub struct Scenario {
     model: Arc<dyn Model>,
     fallback_model: Option<Arc<dyn Model>>,
     plan: Option<Plan>,
+    sink_script: Vec<SinkBehavior>,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -610,6 +651,7 @@ impl Scenario {
             model: ScriptedModel::ok(),
             fallback_model: None,
             plan: None,
+            sink_script: Vec::new(),
         }
     }
 
@@ -646,6 +688,13 @@ impl Scenario {
     /// Sets the settings.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// How the sink of [`Scenario::run_with_outcome`] answers its first batches (a slow or
+    /// stalling store), one each; then it takes everything.
+    pub fn sink_script(mut self, script: Vec<SinkBehavior>) -> Self {
+        self.sink_script = script;
         self
     }
 
@@ -696,10 +745,12 @@ impl Scenario {
         self.run_with_outcome(text, None).await.0
     }
 
-    /// Runs one message, cancelling it after `cancel_after` if given; returns the events and
-    /// the outcome, and checks the contract (the deadline bound included) on the way.
+    /// Runs one message, cancelling it after `cancel_after` if given; returns the events (once
+    /// the final one is stored, however long the sink stalls) and the outcome, and checks the
+    /// contract on the way: the run ends by its deadline + 1 s, and its final event is stored
+    /// by then unless the outcome says it was not.
     pub async fn run_with_outcome(&self, text: &str, cancel_after: Option<Duration>) -> (Vec<Event>, RunOutcome) {
-        let sink = MemorySink::new();
+        let sink = MemorySink::scripted(self.sink_script.clone());
         let engine = self.engine(sink.clone());
         let user = UserId::parse("usr_test").unwrap();
         let started = Instant::now();
@@ -716,10 +767,22 @@ impl Scenario {
             });
         }
         let outcome = handle.outcome().await;
-        let events = sink.events_of_run(&run_id);
         let limit = started + self.config.run_timeout + Duration::from_secs(1);
-        if let Some(last) = sink.published().last() {
-            assert!(last.at <= limit, "the final event came after the run deadline + 1 s");
+        assert!(Instant::now() <= limit, "the run ended after its deadline + 1 s");
+        let stored_final = tokio::time::timeout(Duration::from_secs(24 * 3600), sink.final_of(&run_id))
+            .await
+            .expect("the run's final event is stored in the end");
+        let events = sink.events_of_run(&run_id);
+        if let Some(final_event) = &outcome.final_event {
+            assert_eq!(
+                final_event, &stored_final,
+                "the outcome's final event is the stored one"
+            );
+            let at = sink.published().iter().find(|p| &p.event == final_event).map(|p| p.at);
+            assert!(
+                at.is_some_and(|at| at <= limit),
+                "the final event came after the run deadline + 1 s"
+            );
         }
         if let Err(broken) = check_run(&events) {
             panic!("contract broken: {broken}\n{:#?}", summary(&events));

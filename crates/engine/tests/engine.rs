@@ -484,6 +484,164 @@ async fn a_failing_sink_does_not_hang_the_run_and_frees_its_slot() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn pieces_of_the_answer_within_a_few_milliseconds_go_out_as_one_partial_result() {
+    let chunks = |gap: u64| {
+        ModelBehavior::Chunks(
+            vec!["Cut ".into(), "costs ".into(), "now.".into()],
+            Duration::from_millis(gap),
+        )
+    };
+    let run = async |gap: u64| {
+        let scenario = Scenario::new()
+            .model(ScriptedModel::new(chunks(gap)))
+            .agent("reporting", vec![Step::StreamAnswer("write".into())]);
+        let (events, outcome) = scenario.run_with_outcome("go", None).await;
+        assert_eq!(outcome.answer.as_deref(), Some("Cut costs now."));
+        deltas(&events)
+    };
+    assert_eq!(run(1).await, ["Cut costs now."], "1 ms apart: one event");
+    assert_eq!(run(0).await, ["Cut costs now."], "at once: one event");
+    assert_eq!(run(20).await, ["Cut ", "costs ", "now."], "20 ms apart: one each");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reservation_holds_its_place_until_dropped_or_its_run_ends() {
+    let config = EngineConfig {
+        max_active_runs: 3,
+        max_active_runs_per_user: 2,
+        ..EngineConfig::default()
+    };
+    let engine = Scenario::new()
+        .agent("reporting", vec![Step::answer("hi")])
+        .config(config)
+        .engine(MemorySink::new());
+    let (alice, bob) = (user("alice"), user("bob"));
+    let first = engine.reserve(&alice).unwrap();
+    let second = engine.reserve(&alice).unwrap();
+    assert_eq!(
+        engine.reserve(&alice).unwrap_err(),
+        StartError::TooManyActiveRuns { limit: 2 },
+        "reserved places count before any run starts"
+    );
+    let third = engine.reserve(&bob).unwrap();
+    assert_eq!(engine.reserve(&bob).unwrap_err(), StartError::Busy { limit: 3 });
+    assert_eq!((engine.active_runs(), engine.active_runs_of(&alice)), (3, 2));
+    drop(second);
+    assert_eq!(
+        engine.active_runs_of(&alice),
+        1,
+        "a dropped reservation gives its place back"
+    );
+    let run = first
+        .start(
+            ThreadId::generate(),
+            switchboard_protocol::RunId::generate(),
+            "hello".into(),
+        )
+        .unwrap();
+    assert_eq!(
+        engine.active_runs_of(&alice),
+        1,
+        "the run holds the reservation's place"
+    );
+    run.outcome().await;
+    drop(third);
+    assert_eq!((engine.active_runs(), engine.tracked_users()), (0, 0));
+    engine.shutdown(S(1)).await;
+    assert_eq!(engine.reserve(&alice).unwrap_err(), StartError::ShuttingDown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_run_end_goes_to_the_log_with_the_final_event_as_typed_data() {
+    let sink = MemorySink::new();
+    let engine = Scenario::new()
+        .agent("triage", vec![Step::Fail("no triage today".into())])
+        .agent("reporting", vec![Step::answer("Cut costs.")])
+        .engine(sink.clone());
+    let outcome = engine.start_run(request(&user("a"))).unwrap().outcome().await;
+    let final_event = outcome.final_event.clone().unwrap();
+    let end = sink.run_end(&final_event.run_id).unwrap();
+    assert_eq!(end.status, RunStatus::Completed);
+    assert_eq!(end.answer, outcome.answer);
+    assert!(end.answer.as_deref().is_some_and(|a| a.starts_with("Cut costs.")));
+    assert_eq!(end.duration_ms, outcome.duration.as_millis() as u64);
+    assert_eq!(end.model_calls, outcome.model_calls);
+    let EventPayload::AgentCompleted(done) = &final_event.payload else {
+        panic!("the final event is agent_completed");
+    };
+    assert_eq!(end.timings, done.timings);
+
+    let cancelled = hanging().engine(sink.clone());
+    let handle = cancelled.start_run(request(&user("b"))).unwrap();
+    let run_id = handle.run_id.clone();
+    cancelled.cancel(&user("b"), &run_id).unwrap();
+    handle.outcome().await;
+    let end = sink.run_end(&run_id).unwrap();
+    assert_eq!((end.status, end.answer), (RunStatus::Cancelled, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_does_not_wait_for_each_event_to_be_stored_and_runs_share_batches() {
+    // Every batch takes the store 1 s: a run that waited for each of its events would take
+    // about 8 s. It waits only for its final event: the first batch, then the rest in one.
+    let sink = MemorySink::new();
+    sink.set_behavior(SinkBehavior::Slow(S(1)));
+    let engine = Scenario::new()
+        .agent("triage", vec![Step::think("looking"), Step::answer("quick")])
+        .agent("reporting", vec![Step::think("writing"), Step::answer("done")])
+        .engine(sink.clone());
+    let users: Vec<UserId> = (0..20).map(|i| user(&format!("u{i}"))).collect();
+    let handles: Vec<_> = users.iter().map(|u| engine.start_run(request(u)).unwrap()).collect();
+    for handle in handles {
+        let outcome = handle.outcome().await;
+        assert_eq!(outcome.status, RunStatus::Completed);
+        assert!(outcome.duration <= S(2), "the run took {:?}", outcome.duration);
+    }
+    for u in &users {
+        let events = sink.events_of(u);
+        check_gapless(&events).unwrap();
+        check_run(&events).unwrap();
+    }
+    let batches = sink.batches();
+    assert_eq!(batches.iter().sum::<usize>(), 20 * 9);
+    assert!(batches.len() <= 3, "20 runs' events went in {} batches", batches.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_pushes_back_and_a_stalled_store_still_cannot_keep_a_run_past_its_limit() {
+    // The store stalls; the run narrates more events than the queue holds. It waits for room
+    // (up to its event limit each time), gives up the events that find none, and ends by its
+    // deadline + 1 s; its final event is stored when the store comes back.
+    let sink = MemorySink::scripted(vec![SinkBehavior::Slow(S(3600))]);
+    let config = EngineConfig {
+        run_timeout: S(10),
+        ..EngineConfig::default()
+    };
+    let chatty = vec![Step::think("again"); 5000];
+    let engine = Scenario::new()
+        .config(config)
+        .agent("reporting", [chatty, vec![Step::answer("done")]].concat())
+        .engine(sink.clone());
+    let started = tokio::time::Instant::now();
+    let handle = engine.start_run(request(&user("a"))).unwrap();
+    let run_id = handle.run_id.clone();
+    let outcome = handle.outcome().await;
+    assert!(
+        started.elapsed() <= S(11),
+        "the run ended after {:?}",
+        started.elapsed()
+    );
+    assert!(outcome.final_event.is_none(), "the store has not stored it yet");
+    assert_eq!(engine.active_runs(), 0);
+    let stored_final = sink.final_of(&run_id).await;
+    let events = sink.events_of_run(&run_id);
+    check_gapless(&events).unwrap();
+    assert_eq!(events.last(), Some(&stored_final));
+    assert_eq!(events.iter().filter(|e| e.is_final()).count(), 1);
+    assert!(events.len() < 5000, "events that found no room were given up");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_run_id_cannot_be_started_twice_while_active() {
     let engine = hanging().engine(MemorySink::new());
     let first = request(&user("a"));

@@ -1,6 +1,8 @@
 //! Random plans of agents and tools, with random delays, failures, hangs, panics and
-//! cancellations at random moments: every generated run keeps every rule of PROTOCOL.md
-//! section 3, ends with exactly one final event, and ends no later than its deadline + 1 s.
+//! cancellations at random moments, and a store that is slow or stalls for longer than any
+//! deadline: every generated run keeps every rule of PROTOCOL.md section 3, ends with exactly
+//! one final event (stored by its deadline + 1 s unless the store stalled), and ends no later
+//! than its deadline + 1 s.
 //! Each case runs on a fresh current-thread runtime with tokio's paused clock.
 
 use std::time::Duration;
@@ -8,7 +10,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::json;
 use switchboard_engine::EngineConfig;
-use switchboard_engine::testkit::{ModelBehavior, Scenario, ScriptedModel, ScriptedTool, Step, ToolBehavior};
+use switchboard_engine::testkit::{
+    ModelBehavior, Scenario, ScriptedModel, ScriptedTool, SinkBehavior, Step, ToolBehavior,
+};
 use switchboard_protocol::RunStatus;
 
 fn millis() -> impl Strategy<Value = Duration> {
@@ -33,6 +37,19 @@ fn model_behavior() -> impl Strategy<Value = ModelBehavior> {
         1 => Just(ModelBehavior::Fail("overloaded".into())),
         2 => (1usize..5, millis()).prop_map(|(n, d)| ModelBehavior::Chunks(vec!["piece ".into(); n], d / 4)),
         1 => Just(ModelBehavior::HangAfter(vec!["half".into()])),
+    ]
+}
+
+/// A batch answered faster than this leaves the final event in time: at the deadline the
+/// writer may be inside one batch, and the final event is in the next, within the 1 s grace.
+const IN_TIME: Duration = Duration::from_millis(450);
+
+/// How the store answers a batch: at once, slowly, or stalling for longer than any deadline.
+fn sink_behavior() -> impl Strategy<Value = SinkBehavior> {
+    prop_oneof![
+        6 => Just(SinkBehavior::Accept),
+        3 => (0..IN_TIME.as_millis() as u64).prop_map(|ms| SinkBehavior::Slow(Duration::from_millis(ms))),
+        1 => (1u64..200).prop_map(|secs| SinkBehavior::Slow(Duration::from_secs(secs))),
     ]
 }
 
@@ -66,6 +83,7 @@ struct Case {
     model: Vec<ModelBehavior>,
     cancel_after: Option<Duration>,
     config: EngineConfig,
+    store: Vec<SinkBehavior>,
 }
 
 fn config() -> impl Strategy<Value = EngineConfig> {
@@ -96,9 +114,10 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(model_behavior(), 1..4),
         prop::option::weighted(0.3, (0u64..70_000).prop_map(Duration::from_millis)),
         config(),
+        prop::collection::vec(sink_behavior(), 0..12),
     )
         .prop_map(
-            |(triage, stages, reporting, alpha, beta, model, cancel_after, config)| Case {
+            |(triage, stages, reporting, alpha, beta, model, cancel_after, config, store)| Case {
                 triage,
                 stages,
                 reporting,
@@ -107,6 +126,7 @@ fn case() -> impl Strategy<Value = Case> {
                 model,
                 cancel_after,
                 config,
+                store,
             },
         )
 }
@@ -124,7 +144,9 @@ fn scenario(case: &Case) -> Scenario {
     for (name, steps) in names.iter().zip(&case.stages) {
         scenario = scenario.agent(name, steps.clone());
     }
-    scenario.agent("reporting", case.reporting.clone())
+    scenario
+        .agent("reporting", case.reporting.clone())
+        .sink_script(case.store.clone())
 }
 
 proptest! {
@@ -137,12 +159,17 @@ proptest! {
             .start_paused(true)
             .build()
             .unwrap();
-        // `run_with_outcome` checks the contract of section 3 and the deadline + 1 s bound.
+        // `run_with_outcome` checks the contract of section 3 on the stored events (once the
+        // final one is stored, however long the store stalled) and the deadline + 1 s bound.
         let (events, outcome) = runtime.block_on(scenario(&case).run_with_outcome("go", case.cancel_after));
         let limit = case.config.run_timeout + Duration::from_secs(1);
         prop_assert!(outcome.duration <= limit, "run took {:?}", outcome.duration);
-        let final_event = outcome.final_event.clone().expect("the final event was published");
-        prop_assert_eq!(Some(&final_event), events.last());
+        let stalled = case.store.iter().any(|b| matches!(b, SinkBehavior::Slow(d) if *d > IN_TIME));
+        match &outcome.final_event {
+            Some(final_event) => prop_assert_eq!(Some(final_event), events.last()),
+            None => prop_assert!(stalled, "the final event was not stored in time, and the store never stalled"),
+        }
+        prop_assert_eq!(events.iter().filter(|e| e.is_final()).count(), 1);
         if outcome.status == RunStatus::Completed {
             prop_assert!(outcome.answer.is_some());
         }

@@ -272,7 +272,7 @@ pub struct ModelCallUsage {
 pub struct RunTimings {
     /// From the request to the start of the run's work.
     pub queue_ms: u64,
-    /// Spent handing events to the store and sockets.
+    /// Spent waiting for the event log (room in its queue when the store is behind).
     pub store_ms: u64,
     /// Spent in language-model calls.
     pub model_ms: u64,

@@ -4,6 +4,7 @@
 mod events;
 mod frames;
 mod ids;
+mod log;
 mod time;
 
 pub use events::{
@@ -16,4 +17,5 @@ pub use frames::{
     StopAgent, ThreadHistory, UserMessage,
 };
 pub use ids::{AgentName, ConnectionId, IdError, MessageId, RunId, Seq, ThreadId, TraceId, UserId};
+pub use log::{LogEntry, NewEvent, RunEnd};
 pub use time::Timestamp;

@@ -4,6 +4,12 @@
 //! idle connection with 10 000 connections open.
 //!
 //! `cargo bench -p switchboard --bench load` (`scripts/bench-load` raises the file limit first).
+//!
+//! `cargo bench -p switchboard --bench load -- model-latency`: what the server adds to the
+//! model's time. The offline model takes 100 ms per call at 1 user, 500 ms at 50 and 1 000
+//! concurrent users (`--max-active-runs` raised to let them all run); each run's time from
+//! `user_message` to its final event is set against the model time its final event reports
+//! (`timings.model_ms`, the same-run baseline): p50 and p95 of the ratio, and of both times.
 
 #![allow(clippy::print_stdout)]
 
@@ -31,8 +37,9 @@ async fn open(client: &Client, session: &Session) -> anyhow::Result<Socket> {
 
 /// How a message went.
 enum Outcome {
-    /// Microseconds to `agent_started` and to the final event.
-    Ran(u64, u64),
+    /// Microseconds to `agent_started` and to the final event, and the model's milliseconds
+    /// as the final event reports them.
+    Ran(u64, u64, u64),
     /// Refused with `server_busy`.
     Busy,
 }
@@ -63,9 +70,13 @@ async fn one_run(socket: &mut Socket) -> anyhow::Result<Outcome> {
                 if first.is_none() && event.type_name() == "agent_started" {
                     first = Some(sent.elapsed().as_micros() as u64);
                 }
-                if event.is_final() {
+                if let switchboard_protocol::EventPayload::AgentCompleted(done) = &event.payload
+                    && done.is_final
+                {
+                    let total = sent.elapsed().as_micros() as u64;
                     let first = first.context("no agent_started")?;
-                    return Ok(Outcome::Ran(first, sent.elapsed().as_micros() as u64));
+                    let model_ms = done.timings.as_ref().map_or(0, |t| t.model_ms);
+                    return Ok(Outcome::Ran(first, total, model_ms));
                 }
             }
             ServerFrame::Control(c) => {
@@ -147,7 +158,117 @@ async fn users(client: &Client, count: usize) -> anyhow::Result<Vec<Session>> {
     Ok(sessions)
 }
 
+/// What one phase measured: (to `agent_started` µs, to final µs, model ms) per run.
+struct Phase {
+    timings: Vec<(u64, u64, u64)>,
+    busy: u64,
+    elapsed: Duration,
+}
+
+fn sorted(values: impl Iterator<Item = u64>) -> Vec<u64> {
+    let mut values: Vec<u64> = values.collect();
+    values.sort_unstable();
+    values
+}
+
+/// `connections` sockets, one user each, each sending `runs_each` messages one after another.
+async fn phase(client: &Client, sessions: &[Session], connections: usize, runs_each: usize) -> anyhow::Result<Phase> {
+    let mut sockets = Vec::with_capacity(connections);
+    for session in sessions.iter().take(connections) {
+        sockets.push(open(client, session).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, mut socket) in sockets.into_iter().enumerate() {
+        tasks.spawn(async move {
+            let mut timings = Vec::with_capacity(runs_each);
+            let mut busy = 0u64;
+            while timings.len() < runs_each {
+                match one_run(&mut socket).await? {
+                    Outcome::Ran(first, last, model) => timings.push((first, last, model)),
+                    Outcome::Busy => {
+                        busy += 1;
+                        tokio::time::sleep(backoff(busy, index)).await;
+                    }
+                }
+            }
+            socket.close().await.ok();
+            anyhow::Ok((timings, busy))
+        });
+    }
+    let mut phase = Phase {
+        timings: Vec::new(),
+        busy: 0,
+        elapsed: Duration::ZERO,
+    };
+    while let Some(result) = tasks.join_next().await {
+        let (timings, refused) = result??;
+        phase.busy += refused;
+        phase.timings.extend(timings);
+    }
+    phase.elapsed = started.elapsed();
+    Ok(phase)
+}
+
+/// The model-latency mode: (users, model latency per call, runs per user).
+const MODEL_PHASES: [(usize, u64, usize); 3] = [(1, 100, 30), (50, 500, 10), (1_000, 500, 3)];
+
+async fn model_latency() -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "model-latency benchmark: release server on loopback, offline model with added latency, SQLite store, \
+         {cores} cores; each connection is one user sending its next message when the last run ended"
+    );
+    println!();
+    println!(
+        "| users | model per call | runs | run p50 / p95 (ms) | model time p50 / p95 (ms) | run ÷ model p50 / p95 | refused busy |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (users_count, latency_ms, runs_each) in MODEL_PHASES {
+        let dir = tempfile::tempdir()?;
+        let latency = latency_ms.to_string();
+        let args = [
+            "--rate-limit-per-minute",
+            "1000000",
+            "--model-latency-ms",
+            &latency,
+            "--max-active-runs",
+            "4096",
+        ];
+        let (server, client) = server::start_server(dir.path(), &args).await?;
+        let sessions = users(&client, users_count).await?;
+        // One run each first, so that the measured runs find the server warm.
+        phase(&client, &sessions, users_count, 1).await?;
+        let runs = phase(&client, &sessions, users_count, runs_each).await?;
+        let total: Vec<u64> = sorted(runs.timings.iter().map(|t| t.1));
+        let model: Vec<u64> = sorted(runs.timings.iter().map(|t| t.2 * 1000));
+        let mut ratios: Vec<f64> = runs
+            .timings
+            .iter()
+            .map(|(_, total, model)| *total as f64 / (*model as f64 * 1000.0).max(1.0))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let ratio = |p: f64| ratios[((ratios.len() as f64 - 1.0) * p).round() as usize];
+        println!(
+            "| {users_count} | {latency_ms} ms | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.3} / {:.3} | {} |",
+            total.len(),
+            percentile(&total, 0.5),
+            percentile(&total, 0.95),
+            percentile(&model, 0.5),
+            percentile(&model, 0.95),
+            ratio(0.5),
+            ratio(0.95),
+            runs.busy
+        );
+        drop(server);
+    }
+    Ok(())
+}
+
 async fn main_async() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "model-latency") {
+        return model_latency().await;
+    }
     let dir = tempfile::tempdir()?;
     let (server, client) = server::start_server(dir.path(), &["--rate-limit-per-minute", "1000000"]).await?;
     let pid = server.id().context("no pid")?;
@@ -167,51 +288,18 @@ async fn main_async() -> anyhow::Result<()> {
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for (connections, runs_each) in PHASES {
-        let mut sockets = Vec::with_capacity(connections);
-        for session in sessions.iter().take(connections) {
-            sockets.push(open(&client, session).await?);
-        }
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for (index, mut socket) in sockets.into_iter().enumerate() {
-            tasks.spawn(async move {
-                let mut timings = Vec::with_capacity(runs_each);
-                let mut busy = 0u64;
-                while timings.len() < runs_each {
-                    match one_run(&mut socket).await? {
-                        Outcome::Ran(first, last) => timings.push((first, last)),
-                        Outcome::Busy => {
-                            busy += 1;
-                            tokio::time::sleep(backoff(busy, index)).await;
-                        }
-                    }
-                }
-                socket.close().await.ok();
-                anyhow::Ok((timings, busy))
-            });
-        }
-        let mut first = Vec::new();
-        let mut last = Vec::new();
-        let mut busy = 0;
-        while let Some(result) = tasks.join_next().await {
-            let (timings, refused) = result??;
-            busy += refused;
-            for (f, l) in timings {
-                first.push(f);
-                last.push(l);
-            }
-        }
-        let elapsed = started.elapsed();
-        first.sort_unstable();
-        last.sort_unstable();
+        let runs = phase(&client, &sessions, connections, runs_each).await?;
+        let first: Vec<u64> = sorted(runs.timings.iter().map(|t| t.0));
+        let last: Vec<u64> = sorted(runs.timings.iter().map(|t| t.1));
         println!(
-            "| {connections} | {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {busy} |",
+            "| {connections} | {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} |",
             last.len(),
-            last.len() as f64 / elapsed.as_secs_f64(),
+            last.len() as f64 / runs.elapsed.as_secs_f64(),
             percentile(&first, 0.5),
             percentile(&first, 0.99),
             percentile(&last, 0.5),
-            percentile(&last, 0.99)
+            percentile(&last, 0.99),
+            runs.busy
         );
     }
     // Let the closed sockets of the phases go before measuring.

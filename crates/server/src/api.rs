@@ -396,7 +396,7 @@ pub(crate) async fn events(
         // The same admission as a socket: one limit counts both, and the stream ends when the
         // token it was opened with expires.
         let admission = admit(&state, &user.id, user.claims.exp)?;
-        let (delivery, _) = Delivery::start(Arc::clone(&state.hub), user.id.clone(), Some(after)).await?;
+        let (delivery, _) = Delivery::start(Arc::clone(&state.log), user.id.clone(), Some(after)).await?;
         return Ok(Sse::new(sse_stream(&state, delivery, admission))
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response());

@@ -18,9 +18,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Passwords, Tickets, Tokens, load_secret};
 use crate::config::{Config, LlmConfig};
-use crate::hub::Hub;
+use crate::fanout::LocalFanOut;
 use crate::limits::{Connections, LoginThrottle};
 use crate::listener::{self, ConnectionLimits};
+use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::runs::Runs;
 use crate::{api, recovery, ws};
@@ -40,7 +41,7 @@ pub struct AppState {
     /// Model prices.
     pub(crate) prices: Arc<PriceTable>,
     /// Event storage and fan-out (the engine's sink).
-    pub(crate) hub: Arc<Hub>,
+    pub(crate) log: Arc<EventLog>,
     /// Starting and stopping runs.
     pub(crate) runs: Arc<Runs>,
     /// JWTs.
@@ -106,7 +107,13 @@ impl Application {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-        let closed = recovery::close_interrupted_runs(store.as_ref())
+        let metrics = Arc::new(Metrics::default());
+        let log = Arc::new(EventLog::new(
+            Arc::clone(&store),
+            Arc::new(LocalFanOut::default()),
+            vec![metrics.clone()],
+        ));
+        let closed = recovery::close_interrupted_runs(&log)
             .await
             .context("closing interrupted runs")?;
         if closed > 0 {
@@ -124,9 +131,7 @@ impl Application {
         let offline: Arc<dyn Model> = Arc::new(OfflineModel::new(config.model_latency));
         let secret = load_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
         let tokens = Tokens::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
-        let metrics = Arc::new(Metrics::default());
         let passwords = Passwords::new(metrics.password_checks.clone()).await?;
-        let hub = Arc::new(Hub::new(Arc::clone(&store), Arc::clone(&metrics)));
         let builder = switchboard_agents::register(Engine::builder(), Arc::clone(&analytics), Arc::clone(&prices))
             .config(config.engine.clone());
         let builder = match &config.llm {
@@ -134,11 +139,11 @@ impl Application {
             Some(llm) => builder.model(language_model(llm, &prices)?).fallback_model(offline),
             None => builder.model(offline),
         };
-        let engine = builder.build(hub.clone()).context("building the engine")?;
+        let engine = builder.build(log.clone()).context("building the engine")?;
         let runs = Runs::new(
             Arc::clone(&store),
             engine,
-            Arc::clone(&hub),
+            Arc::clone(&metrics),
             config.rate_limit_per_minute,
             config.max_text_chars,
         );
@@ -156,7 +161,7 @@ impl Application {
             store,
             analytics,
             prices,
-            hub,
+            log,
             runs: Arc::new(runs),
             tokens: Arc::new(tokens),
             tickets: Arc::new(Tickets::default()),

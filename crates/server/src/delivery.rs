@@ -15,14 +15,14 @@ use switchboard_store::{EventRecord, StoreError};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::hub::Hub;
+use crate::log::EventLog;
 
 /// Events read from the store per page.
 const PAGE: usize = 256;
 
 /// The delivery state of one connection.
 pub(crate) struct Delivery {
-    hub: Arc<Hub>,
+    log: Arc<EventLog>,
     user: UserId,
     live: Option<broadcast::Receiver<Arc<EventRecord>>>,
     /// The newest seq handed out.
@@ -46,17 +46,17 @@ impl std::fmt::Debug for Delivery {
 impl Delivery {
     /// Starts delivering `user`'s events after `after` (none: only new ones). Returns the
     /// delivery and the user's newest seq at this moment.
-    pub(crate) async fn start(hub: Arc<Hub>, user: UserId, after: Option<Seq>) -> Result<(Self, Seq), StoreError> {
-        let live = hub.subscribe(&user);
-        let last = match hub.last_seq(&user).await {
+    pub(crate) async fn start(log: Arc<EventLog>, user: UserId, after: Option<Seq>) -> Result<(Self, Seq), StoreError> {
+        let live = log.subscribe(&user);
+        let last = match log.last_seq(&user).await {
             Ok(last) => last,
             Err(error) => {
-                hub.unsubscribe(&user, live);
+                log.unsubscribe(&user, live);
                 return Err(error);
             }
         };
         let delivery = Self {
-            hub,
+            log,
             user,
             live: Some(live),
             sent: after.unwrap_or(last).min(last),
@@ -69,7 +69,7 @@ impl Delivery {
 
     /// Replays from `after` again (the `resume` frame); returns the newest seq known.
     pub(crate) async fn resume(&mut self, after: Seq) -> Result<Seq, StoreError> {
-        self.known = self.known.max(self.hub.last_seq(&self.user).await?);
+        self.known = self.known.max(self.log.last_seq(&self.user).await?);
         self.sent = after.min(self.known);
         self.backlog.clear();
         Ok(self.known)
@@ -84,7 +84,7 @@ impl Delivery {
     pub(crate) async fn next(&mut self) -> Result<Arc<EventRecord>, StoreError> {
         loop {
             if self.stale {
-                self.known = self.known.max(self.hub.last_seq(&self.user).await?);
+                self.known = self.known.max(self.log.last_seq(&self.user).await?);
                 self.stale = false;
             }
             if let Some(record) = self.backlog.pop_front() {
@@ -95,7 +95,7 @@ impl Delivery {
                 continue;
             }
             if self.sent < self.known {
-                let page = self.hub.store().events_after(&self.user, self.sent, PAGE).await?;
+                let page = self.log.events_after(&self.user, self.sent, PAGE).await?;
                 if page.is_empty() {
                     // The store knows less than we thought (cannot happen with a consistent
                     // store): wait for live events rather than spin.
@@ -125,7 +125,7 @@ impl Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         if let Some(live) = self.live.take() {
-            self.hub.unsubscribe(&self.user, live);
+            self.log.unsubscribe(&self.user, live);
         }
     }
 }

@@ -13,12 +13,13 @@ pub mod config;
 pub mod conformance;
 mod delivery;
 mod error;
+mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
-mod hub;
 pub mod ingest;
 mod limits;
 mod listener;
+mod log;
 mod metrics;
 mod recovery;
 mod runs;

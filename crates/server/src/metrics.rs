@@ -6,8 +6,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use switchboard_protocol::ModelCallUsage;
+
+use switchboard_protocol::{Event, EventPayload, ModelCallUsage, RunId, UserId};
+use tokio::time::Instant;
+
+use crate::log::Observer;
 
 /// A label with one value: a status or an error code.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -68,6 +74,8 @@ pub(crate) struct Metrics {
     /// argon2 checks of a password at login: one per attempt that was not throttled, against
     /// the account's hash or, for an unknown email, the decoy.
     pub(crate) password_checks: Counter,
+    /// When each run not yet started was accepted, for `first_event_latency`.
+    accepted: Mutex<HashMap<RunId, Instant>>,
 }
 
 impl Default for Metrics {
@@ -124,11 +132,22 @@ impl Default for Metrics {
             model_tokens,
             model_cost,
             password_checks,
+            accepted: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Notes when a run was accepted, to measure the latency of its first event.
+    pub(crate) fn accepted(&self, run: &RunId, at: Instant) {
+        self.accepted.lock().unwrap().insert(run.clone(), at);
+    }
+
+    /// Forgets a run that did not start.
+    pub(crate) fn forget(&self, run: &RunId) {
+        self.accepted.lock().unwrap().remove(run);
+    }
+
     /// Counts an error told to a client.
     pub(crate) fn error(&self, code: switchboard_protocol::ErrorCode) {
         self.errors
@@ -167,5 +186,27 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// The metrics observe the event log: events stored, the first event's latency, and each final
+/// event's status, duration and model calls.
+impl Observer for Metrics {
+    fn stored(&self, _user: &UserId, event: &Event) {
+        self.events_stored.inc();
+        if let Some(at) = self.accepted.lock().unwrap().remove(&event.run_id) {
+            self.first_event_latency.observe(at.elapsed().as_secs_f64());
+        }
+        if let EventPayload::AgentCompleted(done) = &event.payload
+            && done.is_final
+        {
+            self.runs
+                .get_or_create(&StatusLabel {
+                    status: done.status.as_str().to_owned(),
+                })
+                .inc();
+            self.run_duration.observe(done.duration_ms as f64 / 1000.0);
+            self.model_calls(&done.model_calls);
+        }
     }
 }

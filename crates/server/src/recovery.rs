@@ -1,12 +1,15 @@
 //! At start-up: runs that a crash left active are closed as `interrupted`, so a client that
-//! resumes sees every run end.
+//! resumes sees every run end. The closing events go through the event log like any run's.
 
 use switchboard_engine::{Closing, OpenRun};
-use switchboard_protocol::{AgentErrorCode, Event, RunStatus, Timestamp, TraceId};
-use switchboard_store::{Store, StoreError};
+use switchboard_protocol::{AgentErrorCode, EventPayload, LogEntry, NewEvent, RunEnd, RunStatus, Timestamp, TraceId};
+use switchboard_store::StoreError;
+
+use crate::log::EventLog;
 
 /// Closes every run still marked running. Returns how many were closed.
-pub(crate) async fn close_interrupted_runs(store: &dyn Store) -> Result<usize, StoreError> {
+pub(crate) async fn close_interrupted_runs(log: &EventLog) -> Result<usize, StoreError> {
+    let store = log.store();
     let runs = store.running_runs().await?;
     for run in &runs {
         let events = store.run_events(&run.user_id, &run.id).await?;
@@ -18,20 +21,26 @@ pub(crate) async fn close_interrupted_runs(store: &dyn Store) -> Result<usize, S
             why: "the server stopped while the run was active",
             elapsed: std::time::Duration::from_millis(elapsed_ms),
         };
-        let mut seq = store.last_seq(&run.user_id).await?;
-        for (agent, payload) in OpenRun::from_events(&events).closing_events(closing) {
-            seq = seq.next();
-            let event = Event {
-                seq,
-                run_id: run.id.clone(),
-                thread_id: run.thread_id.clone(),
-                agent_name: agent,
-                timestamp: Timestamp::now(),
-                trace_id: trace_id.clone(),
-                payload,
-            };
-            store.append_event(&run.user_id, &event).await?;
-        }
+        let entries = OpenRun::from_events(&events)
+            .closing_events(closing)
+            .into_iter()
+            .map(|(agent, payload)| LogEntry {
+                user_id: run.user_id.clone(),
+                end: match &payload {
+                    EventPayload::AgentCompleted(done) if done.is_final => Some(RunEnd::of(done, None)),
+                    _ => None,
+                },
+                event: NewEvent {
+                    run_id: run.id.clone(),
+                    thread_id: run.thread_id.clone(),
+                    agent_name: agent,
+                    timestamp: Timestamp::now(),
+                    trace_id: trace_id.clone(),
+                    payload,
+                },
+            })
+            .collect();
+        log.append_entries(entries).await?;
         tracing::warn!(run_id = %run.id, user_id = %run.user_id, "closed a run interrupted by a restart");
     }
     Ok(runs.len())

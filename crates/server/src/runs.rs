@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_engine::{Engine, RunRequest, StartError};
+use switchboard_engine::{Engine, StartError};
 use switchboard_protocol::{ErrorCode, MessageAccepted, MessageId, RunId, UserId, UserMessage};
 use switchboard_store::{NewMessage, RunState, Store, StoreError};
 use tokio::time::Instant;
 
-use crate::hub::Hub;
 use crate::limits::SlidingWindow;
+use crate::metrics::Metrics;
 
 /// Longest `client_message_id`.
 const MAX_CLIENT_ID: usize = 128;
@@ -32,6 +32,21 @@ impl Refusal {
         }
     }
 
+    /// The engine refused to admit or start the run.
+    fn start(error: StartError) -> Self {
+        let code = match error {
+            StartError::TooManyActiveRuns { .. } => ErrorCode::TooManyActiveRuns,
+            StartError::ShuttingDown => ErrorCode::ShuttingDown,
+            StartError::Busy { .. } => ErrorCode::ServerBusy,
+            StartError::DuplicateRun(_) => ErrorCode::Internal,
+        };
+        let mut sentence = error.to_string();
+        if let Some(first) = sentence.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        Refusal::new(code, format!("{sentence}."))
+    }
+
     fn store(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(_) => Refusal::new(ErrorCode::ThreadNotFound, "No such thread."),
@@ -50,7 +65,7 @@ impl Refusal {
 pub(crate) struct Runs {
     store: Arc<dyn Store>,
     engine: Engine,
-    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     limiter: SlidingWindow<UserId>,
     max_text_chars: usize,
 }
@@ -66,14 +81,14 @@ impl Runs {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         engine: Engine,
-        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
         rate_per_minute: u32,
         max_text_chars: usize,
     ) -> Self {
         Self {
             store,
             engine,
-            hub,
+            metrics,
             limiter: SlidingWindow::new(rate_per_minute, Duration::from_secs(60)),
             max_text_chars,
         }
@@ -110,22 +125,9 @@ impl Runs {
                 format!("client_message_id must have 1 to {MAX_CLIENT_ID} characters."),
             ));
         }
-        let limit = self.engine.config().max_active_runs_per_user;
-        if self.engine.active_runs_of(user) >= limit {
-            // Checked before storing, so a refused message leaves nothing behind; the engine
-            // checks again when the run starts, for messages racing from several tabs.
-            return Err(Refusal::new(
-                ErrorCode::TooManyActiveRuns,
-                format!("You already have {limit} active runs; wait for one to finish or stop one."),
-            ));
-        }
-        if self.engine.active_runs() >= self.engine.config().max_active_runs {
-            let limit = self.engine.config().max_active_runs;
-            return Err(Refusal::new(
-                ErrorCode::ServerBusy,
-                format!("The server is at its limit of {limit} active runs; try again in a moment."),
-            ));
-        }
+        // The engine's one admission: a place among the active runs, held from before the
+        // message is stored, so a refused message leaves nothing behind.
+        let reservation = self.engine.reserve(user).map_err(Refusal::start)?;
         // The rate limit counts last: a message refused for the limits above costs no budget.
         if let Err(wait) = self.limiter.acquire(user) {
             return Err(Refusal::new(
@@ -158,15 +160,10 @@ impl Runs {
         if accepted.duplicate {
             return Ok(reply);
         }
-        self.hub.accepted(&accepted.run_id, accepted_at);
-        let request = RunRequest {
-            user_id: user.clone(),
-            thread_id: accepted.thread_id.clone(),
-            run_id: accepted.run_id.clone(),
-            text: message.text,
-        };
-        if let Err(error) = self.engine.start_run(request) {
-            self.hub.forget(&accepted.run_id);
+        self.metrics.accepted(&accepted.run_id, accepted_at);
+        let started = reservation.start(accepted.thread_id.clone(), accepted.run_id.clone(), message.text);
+        if let Err(error) = started {
+            self.metrics.forget(&accepted.run_id);
             if let Err(store_error) = self
                 .store
                 .discard_run(user, &accepted.run_id, accepted.created_thread)
@@ -174,17 +171,7 @@ impl Runs {
             {
                 tracing::error!(error = %store_error, run_id = %accepted.run_id, "could not discard a refused run");
             }
-            let code = match error {
-                StartError::TooManyActiveRuns { .. } => ErrorCode::TooManyActiveRuns,
-                StartError::ShuttingDown => ErrorCode::ShuttingDown,
-                StartError::Busy { .. } => ErrorCode::ServerBusy,
-                StartError::DuplicateRun(_) => ErrorCode::Internal,
-            };
-            let mut sentence = error.to_string();
-            if let Some(first) = sentence.get_mut(0..1) {
-                first.make_ascii_uppercase();
-            }
-            return Err(Refusal::new(code, format!("{sentence}.")));
+            return Err(Refusal::start(error));
         }
         Ok(reply)
     }

@@ -231,7 +231,7 @@ async fn serve(state: AppState, socket: WebSocket, credential: Credential, after
     let (sink, mut stream) = socket.split();
     let (out, outbound) = mpsc::channel(OUTBOUND_BUFFER);
     let writer = tokio::spawn(write_loop(sink, outbound));
-    let (delivery, last_seq) = match Delivery::start(Arc::clone(&state.hub), credential.user.clone(), after).await {
+    let (delivery, last_seq) = match Delivery::start(Arc::clone(&state.log), credential.user.clone(), after).await {
         Ok(started) => started,
         Err(error) => {
             tracing::error!(%error, "cannot read the user's events");
@@ -460,7 +460,7 @@ impl Connection {
                 }
             },
             ClientFrame::GetThreadHistory(request) => {
-                match state.hub.store().messages(&self.user, &request.thread_id).await {
+                match state.store.messages(&self.user, &request.thread_id).await {
                     Ok(messages) => {
                         let history = ThreadHistory {
                             thread_id: request.thread_id,

@@ -9,7 +9,7 @@ mod workload;
 
 use async_trait::async_trait;
 use switchboard_protocol::{
-    Event, MessageId, ModelCallUsage, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
+    Event, LogEntry, MessageId, ModelCallUsage, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
 };
 
 pub use sqlite::SqliteStore;
@@ -169,6 +169,17 @@ pub struct EventRecord {
     pub json: String,
 }
 
+/// An event as the log stored it: numbered, with its JSON as sent on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Whose log it is in.
+    pub user_id: UserId,
+    /// The event, with the seq the store gave it.
+    pub event: Event,
+    /// Its seq and JSON.
+    pub record: EventRecord,
+}
+
 impl EventRecord {
     /// From an event.
     pub fn from_event(event: &Event) -> Result<Self, StoreError> {
@@ -284,10 +295,13 @@ pub trait Store: Send + Sync + 'static {
     /// Every run still marked running, of every user (to close them after a crash).
     async fn running_runs(&self) -> Result<Vec<RunRecord>, StoreError>;
 
-    /// Appends an event to the user's log; its seq must be the next one (`Conflict` otherwise).
-    /// A final event also finishes the run and, when it carries `result.text`, stores the answer
-    /// as an assistant message, in the same transaction. Returns the event as stored.
-    async fn append_event(&self, user: &UserId, event: &Event) -> Result<EventRecord, StoreError>;
+    /// Appends the entries to their users' logs in one transaction, all or none: each event gets
+    /// the next seq of its user, in the order given, assigned in the transaction itself, so that
+    /// writers racing for one user (other tasks, other processes on the same database) get
+    /// consecutive seqs and never the same one. An entry with its run's `end` also finishes that
+    /// run (status, duration, timings, model calls) and stores its answer as an assistant
+    /// message. Returns the events as stored, in the order given.
+    async fn append_events(&self, entries: Vec<LogEntry>) -> Result<Vec<StoredEvent>, StoreError>;
     /// The user's events with seq > `after`, oldest first, at most `limit`.
     async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
     /// Every event of one run of the user, oldest first.

@@ -4,21 +4,20 @@
 //! WAL mode with `synchronous = NORMAL`: a committed transaction survives the process being
 //! killed; only a power loss can take the last ones.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use switchboard_protocol::{
-    AgentCompleted, Event, EventPayload, MessageId, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp,
-    UserId,
+    Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
 };
-use tokio::sync::oneshot;
 
 use crate::sqlite_analytics::{SqliteAnalytics, path_beside as analytics_path};
 use crate::{
     Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
-    RunState, Store, StoreError, Summary, Thread, TimeRange, User, WorkloadEvent,
+    RunState, Store, StoreError, StoredEvent, Summary, Thread, TimeRange, User, WorkloadEvent,
 };
 
 /// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`;
@@ -88,8 +87,38 @@ CREATE INDEX IF NOT EXISTS refresh_families_by_user ON refresh_families (user_id
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    appends: Arc<Mutex<AppendQueue>>,
     analytics: SqliteAnalytics,
+    _checkpointer: Arc<Checkpointer>,
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies the WAL back into the database file on a thread and connection of its own, so that
+/// no commit (of the event log above all) pays for a checkpoint. Passive: it never waits for
+/// the writer or the readers. The thread ends when the store is dropped.
+struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.pragma_update(None, "busy_timeout", 5000).map_err(backend)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                    let checkpoint = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(error) = checkpoint {
+                        tracing::warn!(%error, "checkpointing the database failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Self { _stop: stop })
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -135,11 +164,15 @@ impl SqliteStore {
     /// (`name-workload.ext`, see [`SqliteStore::analytics`]), and brings their schemas up to date.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let path = path.to_owned();
-        let (conn, analytics) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let (conn, analytics, checkpointer) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let conn = Connection::open(&path).map_err(backend)?;
             conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
             conn.pragma_update(None, "busy_timeout", 5000).map_err(backend)?;
+            // Room for the pages a batch of events touches, so that a transaction does not
+            // spill to the file half-way; and no checkpoint inside a commit (`Checkpointer`).
+            conn.pragma_update(None, "cache_size", -32_768).map_err(backend)?;
+            conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(backend)?;
             // A user's refresh-token families are deleted with the user.
             conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
             let version: i64 = conn
@@ -161,13 +194,14 @@ impl SqliteStore {
             let analytics = SqliteAnalytics::open_blocking(&analytics_path(&path), Some((&conn, &path)))?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(backend)?;
-            Ok((conn, analytics))
+            let checkpointer = Checkpointer::start(&path)?;
+            Ok((conn, analytics, checkpointer))
         })
         .await
         .map_err(|e| StoreError::Backend(format!("opening the store failed: {e}")))??;
         Ok(Self {
+            _checkpointer: Arc::new(checkpointer),
             conn: Arc::new(Mutex::new(conn)),
-            appends: Arc::new(Mutex::new(AppendQueue::default())),
             analytics,
         })
     }
@@ -632,31 +666,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_event(&self, user: &UserId, event: &Event) -> Result<EventRecord, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let append = PendingAppend {
-            user: user.to_string(),
-            run: event.run_id.to_string(),
-            record: EventRecord::from_event(event)?,
-            finished: match &event.payload {
-                EventPayload::AgentCompleted(done) if done.is_final => Some(done.clone()),
-                _ => None,
-            },
-            timestamp_ms: event.timestamp.unix_millis(),
-            reply,
-        };
-        let start_flush = {
-            let mut queue = self.appends.lock().unwrap_or_else(|p| p.into_inner());
-            queue.pending.push(append);
-            !std::mem::replace(&mut queue.flushing, true)
-        };
-        if start_flush {
-            let (conn, appends) = (Arc::clone(&self.conn), Arc::clone(&self.appends));
-            tokio::task::spawn_blocking(move || flush_appends(&conn, &appends));
+    async fn append_events(&self, entries: Vec<LogEntry>) -> Result<Vec<StoredEvent>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
-        answer
-            .await
-            .map_err(|_| StoreError::Backend("the store's writer stopped before writing the event".into()))?
+        self.with(move |conn| append_all(conn, entries)).await
     }
 
     async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
@@ -768,125 +782,63 @@ impl Store for SqliteStore {
     }
 }
 
-/// An event waiting to be appended, with the caller waiting for the outcome.
-struct PendingAppend {
-    user: String,
-    run: String,
-    record: EventRecord,
-    finished: Option<AgentCompleted>,
-    timestamp_ms: i64,
-    reply: oneshot::Sender<Result<EventRecord, StoreError>>,
-}
-
-/// Appends waiting for the writer. Group commit: every append that arrives while a batch is
-/// being written goes into the next batch, one transaction for all, so the store keeps up with
-/// many concurrent runs.
-#[derive(Default)]
-struct AppendQueue {
-    pending: Vec<PendingAppend>,
-    flushing: bool,
-}
-
-/// Writes batches until the queue is empty. Runs on tokio's blocking pool (so the paused clock
-/// of tests does not move while it works).
-fn flush_appends(conn: &Mutex<Connection>, appends: &Mutex<AppendQueue>) {
-    /// Lets the next append start a writer again if this one panics.
-    struct Flushing<'a>(&'a Mutex<AppendQueue>);
-    impl Drop for Flushing<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                self.0.lock().unwrap_or_else(|p| p.into_inner()).flushing = false;
-            }
-        }
-    }
-    let _flushing = Flushing(appends);
-    loop {
-        let batch = {
-            let mut queue = appends.lock().unwrap_or_else(|p| p.into_inner());
-            if queue.pending.is_empty() {
-                queue.flushing = false;
-                return;
-            }
-            std::mem::take(&mut queue.pending)
-        };
-        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-        match write_batch(&mut conn, &batch) {
-            Ok(results) => {
-                for (append, result) in batch.into_iter().zip(results) {
-                    let _ = append.reply.send(result);
-                }
-            }
-            Err(error) => {
-                for append in batch {
-                    let _ = append.reply.send(Err(error.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// One transaction for the batch; each append in a savepoint of its own, so that one refused
-/// append (a seq that does not follow) leaves the others in.
-fn write_batch(
-    conn: &mut Connection,
-    batch: &[PendingAppend],
-) -> Result<Vec<Result<EventRecord, StoreError>>, StoreError> {
-    let mut tx = conn
+/// One transaction for all the entries. `BEGIN IMMEDIATE` takes the write lock before the first
+/// read, so each user's last seq is read and advanced under it, even against another process
+/// on the same file.
+fn append_all(conn: &mut Connection, entries: Vec<LogEntry>) -> Result<Vec<StoredEvent>, StoreError> {
+    let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(backend)?;
-    let mut results = Vec::with_capacity(batch.len());
-    for append in batch {
-        let savepoint = tx.savepoint().map_err(backend)?;
-        match append_one(&savepoint, append) {
-            Ok(()) => {
-                savepoint.commit().map_err(backend)?;
-                results.push(Ok(append.record.clone()));
-            }
-            // Dropping the savepoint rolls this append back.
-            Err(error) => results.push(Err(error)),
+    let mut last: HashMap<UserId, i64> = HashMap::new();
+    let mut stored = Vec::with_capacity(entries.len());
+    for LogEntry { user_id, event, end } in entries {
+        let user = user_id.as_str();
+        let previous = match last.get(&user_id) {
+            Some(seq) => *seq,
+            None => tx
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE user_id = ?1")
+                .and_then(|mut s| s.query_row([user], |r| r.get(0)))
+                .map_err(backend)?,
+        };
+        let seq = previous + 1;
+        let event = event.numbered(Seq::new(seq as u64));
+        let record = EventRecord::from_event(&event)?;
+        let run = event.run_id.as_str();
+        tx.prepare_cached("INSERT INTO events (user_id, seq, run_id, json) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut s| s.execute(params![user, seq, run, record.json]))
+            .map_err(backend)?;
+        if let Some(end) = &end {
+            finish_run(&tx, user, run, end, event.timestamp.unix_millis())?;
         }
+        last.insert(user_id.clone(), seq);
+        stored.push(StoredEvent { user_id, event, record });
     }
     tx.commit().map_err(backend)?;
-    Ok(results)
+    Ok(stored)
 }
 
-fn append_one(conn: &Connection, append: &PendingAppend) -> Result<(), StoreError> {
-    let (user, run) = (&append.user, &append.run);
-    let last: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE user_id = ?1")
-        .and_then(|mut s| s.query_row([user], |r| r.get(0)))
-        .map_err(backend)?;
-    let seq = append.record.seq.get() as i64;
-    if seq != last + 1 {
-        return Err(StoreError::Conflict(format!("seq {seq} does not follow {last}")));
-    }
-    conn.prepare_cached("INSERT INTO events (user_id, seq, run_id, json) VALUES (?1, ?2, ?3, ?4)")
-        .and_then(|mut s| s.execute(params![user, seq, run, append.record.json]))
-        .map_err(backend)?;
-    let Some(done) = &append.finished else {
-        return Ok(());
-    };
-    let timings = done
+/// Stores the run's end, and a completed run's answer as an assistant message.
+fn finish_run(conn: &Connection, user: &str, run: &str, end: &RunEnd, at: i64) -> Result<(), StoreError> {
+    let timings = end
         .timings
         .as_ref()
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| corrupt("timings", e))?;
-    let model_calls = Some(&done.model_calls)
+    let model_calls = Some(&end.model_calls)
         .filter(|calls| !calls.is_empty())
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| corrupt("model calls", e))?;
-    let at = append.timestamp_ms;
     conn.prepare_cached(
         "UPDATE runs SET status = ?1, finished_at = ?2, duration_ms = ?3, timings = ?4, model_calls = ?5
          WHERE id = ?6 AND user_id = ?7",
     )
     .and_then(|mut s| {
         s.execute(params![
-            done.status.as_str(),
+            end.status.as_str(),
             at,
-            done.duration_ms as i64,
+            i64::try_from(end.duration_ms).unwrap_or(i64::MAX),
             timings,
             model_calls,
             run,
@@ -894,12 +846,7 @@ fn append_one(conn: &Connection, append: &PendingAppend) -> Result<(), StoreErro
         ])
     })
     .map_err(backend)?;
-    let answer = done
-        .result
-        .as_ref()
-        .and_then(|r| r.get("text"))
-        .and_then(|t| t.as_str());
-    if let (RunStatus::Completed, Some(answer)) = (done.status, answer) {
+    if let (RunStatus::Completed, Some(answer)) = (end.status, &end.answer) {
         conn.prepare_cached(
             "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, created_at)
              SELECT ?1, thread_id, user_id, 'assistant', ?2, id, ?3 FROM runs

@@ -4,23 +4,38 @@ use std::sync::Arc;
 
 use serde_json::json;
 use switchboard_protocol::{
-    AgentCompleted, AgentName, AgentStarted, Event, EventPayload, MessageId, ModelCallUsage, Role, RunId, RunStatus,
-    RunTimings, Seq, ThreadId, Timestamp, TraceId, UserId,
+    AgentCompleted, AgentName, AgentStarted, EventPayload, LogEntry, MessageId, ModelCallUsage, NewEvent, Role, RunEnd,
+    RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, TraceId, UserId,
 };
 use switchboard_store::{
     NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunState, SqliteStore, Store, StoreError,
 };
 
-fn event(seq: u64, run: &RunId, thread: &ThreadId, payload: EventPayload) -> Event {
-    Event {
-        seq: Seq::new(seq),
-        run_id: run.clone(),
-        thread_id: thread.clone(),
-        agent_name: AgentName::supervisor(),
-        timestamp: Timestamp::now(),
-        trace_id: TraceId::generate(),
-        payload,
+/// An event for `user`'s log; a final payload comes with the run's end (and `answer`).
+fn entry(user: &UserId, run: &RunId, thread: &ThreadId, payload: EventPayload, answer: Option<&str>) -> LogEntry {
+    let end = match &payload {
+        EventPayload::AgentCompleted(done) if done.is_final => Some(RunEnd::of(done, answer.map(str::to_owned))),
+        _ => None,
+    };
+    LogEntry {
+        user_id: user.clone(),
+        event: NewEvent {
+            run_id: run.clone(),
+            thread_id: thread.clone(),
+            agent_name: AgentName::supervisor(),
+            timestamp: Timestamp::now(),
+            trace_id: TraceId::generate(),
+            payload,
+        },
+        end,
     }
+}
+
+/// Appends one entry; returns its seq.
+async fn append(store: &dyn Store, entry: LogEntry) -> u64 {
+    let stored = store.append_events(vec![entry]).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    stored[0].event.seq.get()
 }
 
 fn started() -> EventPayload {
@@ -169,18 +184,25 @@ async fn event_log(store: &dyn Store) {
         .unwrap();
     let (run, thread) = (accepted.run_id.clone(), accepted.thread_id.clone());
     assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::ZERO);
-    store
-        .append_event(&alice, &event(1, &run, &thread, started()))
+    assert!(store.append_events(Vec::new()).await.unwrap().is_empty());
+    assert_eq!(append(store, entry(&alice, &run, &thread, started(), None)).await, 1);
+    // One batch, two users: each user's seqs follow on from its own log, in the order given.
+    let batch = store
+        .append_events(vec![
+            entry(&bob, &run, &thread, started(), None),
+            entry(&alice, &run, &thread, started(), None),
+            entry(&bob, &run, &thread, started(), None),
+        ])
         .await
         .unwrap();
-    let gap = store.append_event(&alice, &event(3, &run, &thread, started())).await;
-    assert!(matches!(gap, Err(StoreError::Conflict(_))), "a gap is refused");
-    let repeat = store.append_event(&alice, &event(1, &run, &thread, started())).await;
-    assert!(matches!(repeat, Err(StoreError::Conflict(_))), "a duplicate is refused");
-    store
-        .append_event(&bob, &event(1, &run, &thread, started()))
-        .await
-        .unwrap();
+    let seqs: Vec<(UserId, u64)> = batch.iter().map(|s| (s.user_id.clone(), s.event.seq.get())).collect();
+    assert_eq!(seqs, [(bob.clone(), 1), (alice.clone(), 2), (bob.clone(), 2)]);
+    assert_eq!(batch[1].record.seq, Seq::new(2));
+    assert_eq!(
+        batch[1].record.event().unwrap(),
+        batch[1].event,
+        "the JSON is the event as numbered"
+    );
     assert_eq!(
         store
             .running_runs()
@@ -189,17 +211,16 @@ async fn event_log(store: &dyn Store) {
             .iter()
             .filter(|r| r.id == run)
             .count(),
-        1
+        1,
+        "events without the run's end leave it running"
     );
-    store
-        .append_event(
-            &alice,
-            &event(2, &run, &thread, finished(RunStatus::Completed, Some("**Answer**"))),
-        )
-        .await
-        .unwrap();
-    assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::new(2));
-    assert_eq!(store.last_seq(&bob).await.unwrap(), Seq::new(1));
+    let done = finished(RunStatus::Completed, Some("**Answer**"));
+    assert_eq!(
+        append(store, entry(&alice, &run, &thread, done, Some("**Answer**"))).await,
+        3
+    );
+    assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::new(3));
+    assert_eq!(store.last_seq(&bob).await.unwrap(), Seq::new(2));
 
     let record = store.run(&alice, &run).await.unwrap().unwrap();
     assert_eq!(record.state, RunState::Finished(RunStatus::Completed));
@@ -216,31 +237,71 @@ async fn event_log(store: &dyn Store) {
     assert_eq!(messages[1].run_id.as_ref(), Some(&run));
 
     let all = store.events_after(&alice, Seq::ZERO, 100).await.unwrap();
-    assert_eq!(all.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), [1, 2]);
-    assert_eq!(all[1].event().unwrap().seq, Seq::new(2));
+    assert_eq!(all.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(all[2].event().unwrap().seq, Seq::new(3));
     let page = store.events_after(&alice, Seq::new(1), 1).await.unwrap();
     assert_eq!(page.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), [2]);
-    assert!(store.events_after(&alice, Seq::new(2), 10).await.unwrap().is_empty());
-    assert_eq!(store.run_events(&alice, &run).await.unwrap().len(), 2);
+    assert!(store.events_after(&alice, Seq::new(3), 10).await.unwrap().is_empty());
+    assert_eq!(store.run_events(&alice, &run).await.unwrap().len(), 3);
     assert!(store.run_events(&bob, &RunId::generate()).await.unwrap().is_empty());
 
+    // The run's record comes from the end handed with the final event, not from its JSON.
     let failed = store
         .accept_message(new_message(&alice, Some(thread.clone()), "again", None))
         .await
         .unwrap();
-    store
-        .append_event(
-            &alice,
-            &event(3, &failed.run_id, &thread, finished(RunStatus::Failed, None)),
-        )
-        .await
-        .unwrap();
+    let mut gave_up = entry(&alice, &failed.run_id, &thread, finished(RunStatus::Failed, None), None);
+    gave_up.end = Some(RunEnd {
+        status: RunStatus::TimedOut,
+        duration_ms: 61_000,
+        timings: None,
+        model_calls: Vec::new(),
+        answer: Some("not stored: the run did not complete".into()),
+    });
+    append(store, gave_up).await;
+    let record = store.run(&alice, &failed.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.duration_ms, record.model_calls.len()),
+        (RunState::Finished(RunStatus::TimedOut), Some(61_000), 0)
+    );
     assert_eq!(
         store.messages(&alice, &thread).await.unwrap().len(),
         3,
-        "a failed run stores no answer"
+        "a run that did not complete stores no answer"
     );
     store.ping().await.unwrap();
+}
+
+/// Writers racing for one user's log (tasks on `store`, and on `other`, a second handle on the
+/// same database, as another server process would hold) get consecutive seqs, never one twice.
+async fn racing_writers(store: Arc<dyn Store>, other: Arc<dyn Store>) {
+    let user = UserId::generate();
+    let (run, thread) = (RunId::generate(), ThreadId::generate());
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..8 {
+        let store = Arc::clone(if writer % 2 == 0 { &store } else { &other });
+        let (user, run, thread) = (user.clone(), run.clone(), thread.clone());
+        tasks.spawn(async move {
+            let mut seqs = Vec::new();
+            for _ in 0..10 {
+                let batch = (0..3).map(|_| entry(&user, &run, &thread, started(), None)).collect();
+                let stored = store.append_events(batch).await.unwrap();
+                let mine: Vec<u64> = stored.iter().map(|s| s.event.seq.get()).collect();
+                assert!(
+                    mine.windows(2).all(|w| w[1] == w[0] + 1),
+                    "a batch is consecutive: {mine:?}"
+                );
+                seqs.extend(mine);
+            }
+            seqs
+        });
+    }
+    let mut all: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=240).collect::<Vec<_>>(), "every seq once, none skipped");
+    let stored = store.events_after(&user, Seq::ZERO, 1000).await.unwrap();
+    assert_eq!(stored.len(), 240);
+    assert_eq!(other.last_seq(&user).await.unwrap(), Seq::new(240));
 }
 
 fn refresh_token(id: &str) -> RefreshTokenId {
@@ -343,10 +404,12 @@ async fn concurrent_rotations(store: Arc<dyn Store>) {
     );
 }
 
-async fn suite(store: Arc<dyn Store>) {
+/// `other` is a second handle on the same database (as a second server process holds).
+async fn suite(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     users(store.as_ref()).await;
     threads_and_messages(store.as_ref()).await;
     event_log(store.as_ref()).await;
+    racing_writers(Arc::clone(&store), other).await;
     refresh_rotation(store.as_ref()).await;
     concurrent_rotations(Arc::clone(&store)).await;
 }
@@ -354,10 +417,10 @@ async fn suite(store: Arc<dyn Store>) {
 #[tokio::test]
 async fn the_sqlite_store_passes_the_storage_suite() {
     let dir = tempfile::tempdir().unwrap();
-    suite(Arc::new(
-        SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap(),
-    ))
-    .await;
+    let path = dir.path().join("db.sqlite");
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let other = Arc::new(SqliteStore::open(&path).await.unwrap());
+    suite(store, other).await;
 }
 
 #[tokio::test]
@@ -371,10 +434,11 @@ async fn the_sqlite_store_keeps_everything_across_reopening() {
             .accept_message(new_message(&alice, None, "hello", Some("k")))
             .await
             .unwrap();
-        store
-            .append_event(&alice, &event(1, &accepted.run_id, &accepted.thread_id, started()))
-            .await
-            .unwrap();
+        append(
+            &store,
+            entry(&alice, &accepted.run_id, &accepted.thread_id, started(), None),
+        )
+        .await;
         accepted
     };
     let store = SqliteStore::open(&path).await.unwrap();
@@ -408,17 +472,9 @@ async fn a_database_of_schema_2_is_brought_up_to_date_and_keeps_its_runs() {
     let store = SqliteStore::open(&path).await.unwrap();
     let (run, thread) = (accepted.run_id.clone(), accepted.thread_id.clone());
     assert_eq!(store.running_runs().await.unwrap()[0].id, run);
-    store
-        .append_event(&alice, &event(1, &run, &thread, started()))
-        .await
-        .unwrap();
-    store
-        .append_event(
-            &alice,
-            &event(2, &run, &thread, finished(RunStatus::Completed, Some("done"))),
-        )
-        .await
-        .unwrap();
+    append(&store, entry(&alice, &run, &thread, started(), None)).await;
+    let done = finished(RunStatus::Completed, Some("done"));
+    append(&store, entry(&alice, &run, &thread, done, Some("done"))).await;
     let record = store.run(&alice, &run).await.unwrap().unwrap();
     assert_eq!(record.model_calls, [model_call()]);
     drop(store);

@@ -9,12 +9,12 @@ use async_trait::async_trait;
 use switchboard::client::{Client, Session, Socket};
 use switchboard::{Application, Config};
 use switchboard_protocol::{
-    ClientFrame, Control, ErrorCode, ErrorPayload, Event, MessageAccepted, RunId, Seq, ServerFrame, ThreadId, UserId,
-    UserMessage,
+    ClientFrame, Control, ErrorCode, ErrorPayload, Event, LogEntry, MessageAccepted, RunId, Seq, ServerFrame, ThreadId,
+    UserId, UserMessage,
 };
 use switchboard_store::{
     Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
-    SqliteStore, Store, StoreError, Summary, Thread, TimeRange, User, WorkloadEvent,
+    SqliteStore, Store, StoreError, StoredEvent, Summary, Thread, TimeRange, User, WorkloadEvent,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -315,9 +315,9 @@ impl Store for HangingStore {
         self.gate().await;
         self.inner.running_runs().await
     }
-    async fn append_event(&self, user: &UserId, event: &Event) -> Result<EventRecord, StoreError> {
+    async fn append_events(&self, entries: Vec<LogEntry>) -> Result<Vec<StoredEvent>, StoreError> {
         self.gate().await;
-        self.inner.append_event(user, event).await
+        self.inner.append_events(entries).await
     }
     async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         self.gate().await;

@@ -1,0 +1,86 @@
+//! What the event log is handed: an event before it has its `seq`, and the run's end as typed
+//! data. Not wire types themselves (the wire carries the [`Event`] the log makes of them), but
+//! the vocabulary the engine, the store and the server share, so that none of them has to
+//! re-read an event's JSON to learn what it says.
+
+use crate::{AgentCompleted, AgentName, Event, EventPayload, ModelCallUsage, RunId, RunStatus, RunTimings, Seq};
+use crate::{ThreadId, Timestamp, TraceId, UserId};
+
+/// An event before the event log numbers it: all of [`Event`] but its `seq`, which the log gives
+/// it in the transaction that stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The run the event belongs to.
+    pub run_id: RunId,
+    /// The thread of the run.
+    pub thread_id: ThreadId,
+    /// The agent that produced the event.
+    pub agent_name: AgentName,
+    /// When the event was produced.
+    pub timestamp: Timestamp,
+    /// The run's trace id.
+    pub trace_id: TraceId,
+    /// The event's type and payload.
+    pub payload: EventPayload,
+}
+
+impl NewEvent {
+    /// The event with its seq.
+    pub fn numbered(self, seq: Seq) -> Event {
+        Event {
+            seq,
+            run_id: self.run_id,
+            thread_id: self.thread_id,
+            agent_name: self.agent_name,
+            timestamp: self.timestamp,
+            trace_id: self.trace_id,
+            payload: self.payload,
+        }
+    }
+
+    /// Whether this is a run's final event.
+    pub fn is_final(&self) -> bool {
+        matches!(&self.payload, EventPayload::AgentCompleted(c) if c.is_final)
+    }
+}
+
+/// How a run ended, handed to the log together with its final event, so that the run's record
+/// (status, duration, timings, model calls) and the assistant's answer are stored in the same
+/// transaction as the event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnd {
+    /// The final status.
+    pub status: RunStatus,
+    /// The run's duration.
+    pub duration_ms: u64,
+    /// Where the run's time went.
+    pub timings: Option<RunTimings>,
+    /// The run's language-model calls.
+    pub model_calls: Vec<ModelCallUsage>,
+    /// The assistant's answer, stored as a message of the thread (completed runs only).
+    pub answer: Option<String>,
+}
+
+impl RunEnd {
+    /// The end that a final `agent_completed` tells, with the answer the run wrote (if any).
+    pub fn of(done: &AgentCompleted, answer: Option<String>) -> Self {
+        Self {
+            status: done.status,
+            duration_ms: done.duration_ms,
+            timings: done.timings.clone(),
+            model_calls: done.model_calls.clone(),
+            answer: answer.filter(|_| done.status == RunStatus::Completed),
+        }
+    }
+}
+
+/// One event for a user's log; a final event comes with its run's end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// Whose log.
+    pub user_id: UserId,
+    /// The event.
+    pub event: NewEvent,
+    /// The run's end, with the final event only.
+    pub end: Option<RunEnd>,
+}

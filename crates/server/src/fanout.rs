@@ -1,0 +1,55 @@
+//! Fan-out: how a stored event reaches the live connections of its user. [`LocalFanOut`] is
+//! the in-process broadcast of one server; a networked one (between nodes) implements the
+//! same trait. A fan-out only carries events the log has stored: a connection that misses one
+//! (it lagged, or the fan-out lost it) reads it back from the store (see `delivery`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use switchboard_protocol::UserId;
+use switchboard_store::EventRecord;
+use tokio::sync::broadcast;
+
+/// Live events a slow connection may fall behind by before it reads from the store instead.
+const LIVE_BUFFER: usize = 256;
+
+/// Carries stored events to the connections of their user.
+pub(crate) trait FanOut: Send + Sync + 'static {
+    /// Live events of `user` from now on.
+    fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Arc<EventRecord>>;
+    /// Ends a subscription; the user's channel goes when nobody listens any more.
+    fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Arc<EventRecord>>);
+    /// Hands a stored event of `user` to whoever listens (nobody is fine: it is in the store).
+    fn publish(&self, user: &UserId, record: Arc<EventRecord>);
+}
+
+/// The in-process fan-out: a broadcast channel per user while someone listens.
+#[derive(Debug, Default)]
+pub(crate) struct LocalFanOut {
+    channels: Mutex<HashMap<UserId, broadcast::Sender<Arc<EventRecord>>>>,
+}
+
+impl FanOut for LocalFanOut {
+    fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Arc<EventRecord>> {
+        let mut channels = self.channels.lock().unwrap();
+        channels
+            .entry(user.clone())
+            .or_insert_with(|| broadcast::channel(LIVE_BUFFER).0)
+            .subscribe()
+    }
+
+    fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Arc<EventRecord>>) {
+        drop(receiver);
+        let mut channels = self.channels.lock().unwrap();
+        if channels.get(user).is_some_and(|sender| sender.receiver_count() == 0) {
+            channels.remove(user);
+        }
+    }
+
+    fn publish(&self, user: &UserId, record: Arc<EventRecord>) {
+        let sender = self.channels.lock().unwrap().get(user).cloned();
+        if let Some(sender) = sender {
+            let _ = sender.send(record);
+        }
+    }
+}

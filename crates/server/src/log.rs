@@ -1,0 +1,102 @@
+//! The event log: the one path by which events are stored and told. The engine's runs reach it
+//! through its event queue ([`EventSink`]), crash recovery directly; both hand it [`LogEntry`]s,
+//! and the store numbers them in the transaction that stores them. Once a batch is stored its
+//! observers (the metrics) see each event, then the fan-out carries it to the user's live
+//! connections: an event reaches a socket only after it is stored.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use switchboard_engine::{EventSink, SinkError};
+use switchboard_protocol::{Event, LogEntry, Seq, UserId};
+use switchboard_store::{EventRecord, Store, StoreError, StoredEvent};
+use tokio::sync::broadcast;
+
+use crate::fanout::FanOut;
+
+/// Sees every event the log stored, once, in each user's seq order.
+pub(crate) trait Observer: Send + Sync + 'static {
+    /// `event` of `user` is stored.
+    fn stored(&self, user: &UserId, event: &Event);
+}
+
+/// The store, the fan-out and the observers, as one log.
+pub(crate) struct EventLog {
+    store: Arc<dyn Store>,
+    fanout: Arc<dyn FanOut>,
+    observers: Vec<Arc<dyn Observer>>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("observers", &self.observers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// A log over `store`, telling `fanout` and `observers` of what it stored.
+    pub(crate) fn new(store: Arc<dyn Store>, fanout: Arc<dyn FanOut>, observers: Vec<Arc<dyn Observer>>) -> Self {
+        Self {
+            store,
+            fanout,
+            observers,
+        }
+    }
+
+    /// Stores the entries in one transaction (the store gives each its seq), then tells the
+    /// observers and the fan-out. Returns the events as stored, in the order given.
+    pub(crate) async fn append_entries(&self, entries: Vec<LogEntry>) -> Result<Vec<Event>, StoreError> {
+        let stored = self.store.append_events(entries).await?;
+        let mut events = Vec::with_capacity(stored.len());
+        for StoredEvent { user_id, event, record } in stored {
+            for observer in &self.observers {
+                observer.stored(&user_id, &event);
+            }
+            self.fanout.publish(&user_id, Arc::new(record));
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// The store behind the log.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Live events of `user` from now on.
+    pub(crate) fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Arc<EventRecord>> {
+        self.fanout.subscribe(user)
+    }
+
+    /// Ends a subscription.
+    pub(crate) fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Arc<EventRecord>>) {
+        self.fanout.unsubscribe(user, receiver);
+    }
+
+    /// The newest seq of `user`.
+    pub(crate) async fn last_seq(&self, user: &UserId) -> Result<Seq, StoreError> {
+        self.store.last_seq(user).await
+    }
+
+    /// The user's stored events after `after`, at most `limit`.
+    pub(crate) async fn events_after(
+        &self,
+        user: &UserId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.store.events_after(user, after, limit).await
+    }
+}
+
+#[async_trait]
+impl EventSink for EventLog {
+    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError> {
+        self.append_entries(batch).await.map_err(|error| {
+            tracing::error!(%error, "events not stored");
+            SinkError::Failed(error.to_string())
+        })
+    }
+}
