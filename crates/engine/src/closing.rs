@@ -84,7 +84,11 @@ impl OpenRun {
                 supervisor.clone(),
                 EventPayload::AgentStarted(AgentStarted { task: String::new() }),
             ));
-            agents.push(supervisor.clone());
+        }
+        // The supervisor's completion is the run's final event: it closes the run even when its
+        // start is missing from what was stored.
+        if agents.first() != Some(&supervisor) {
+            agents.insert(0, supervisor.clone());
         }
         let took = human(closing.elapsed);
         for agent in agents.iter().rev() {

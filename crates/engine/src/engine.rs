@@ -316,11 +316,11 @@ impl Reservation {
             run_id,
             text,
         };
-        let driver = RunDriver::new(Arc::clone(&inner), request, trace_id, control, accepted);
+        let driver = RunDriver::new(Arc::clone(&inner), request, trace_id, control, accepted, self);
         inner.tracker.spawn(async move {
+            // The run gives its place back when its final event is queued, at the latest when
+            // it ends: before the caller learns the outcome.
             let outcome = driver.run_to_end().await;
-            // The place is free before the caller learns the outcome.
-            drop(self);
             let _ = tx.send(outcome);
         });
         Ok(handle)
@@ -525,7 +525,8 @@ impl Engine {
     }
 
     /// Stops taking runs, lets active runs finish for `grace`, then ends the rest as
-    /// `interrupted`. Returns when every run has published its final event.
+    /// `interrupted`. Returns when every run has ended and the events queued are stored, or,
+    /// when the store does not answer, `sink_timeout` after the last run ended.
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
         inner.accepting.store(false, Ordering::SeqCst);
@@ -538,6 +539,9 @@ impl Engine {
             }
         }
         inner.tracker.wait().await;
+        if !inner.events.drain(Instant::now() + inner.config.sink_timeout).await {
+            tracing::error!("the event store did not take the last events before shutdown");
+        }
     }
 
     /// Runs admitted and not ended (reserved or in flight).

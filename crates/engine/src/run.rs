@@ -18,8 +18,7 @@ use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use switchboard_protocol::{
     AgentCompleted, AgentError as AgentErrorEvent, AgentErrorCode, AgentName, AgentStarted, AgentThinking, Event,
-    EventPayload, LogEntry, ModelCallUsage, NewEvent, PartialResult, RunEnd, RunStatus, RunTimings, Timestamp,
-    ToolCompleted,
+    EventPayload, LogEntry, ModelCallUsage, NewEvent, PartialResult, RunStatus, RunTimings, Timestamp, ToolCompleted,
 };
 use tokio::task::JoinError;
 use tokio::time::Instant;
@@ -27,7 +26,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::agent::{AgentContext, AgentError, AgentOutcome, AgentOutput, AgentRecord, Events, RunInfo};
 use crate::closing::{Closing, OpenRun};
-use crate::engine::{Inner, RunControl, RunOutcome, RunRequest, StopReason};
+use crate::engine::{Inner, Reservation, RunControl, RunOutcome, RunRequest, StopReason};
 use crate::model::{ModelHandle, ModelLedger};
 use crate::report::{Report, Reporter, human, millis};
 use crate::sink::{Receipt, SinkError};
@@ -81,31 +80,31 @@ pub(crate) struct RunLog {
     engine: Arc<Inner>,
     ids: RunIds,
     state: Mutex<LogState>,
+    /// The run's place among the active runs: given back once its final event is queued (so a
+    /// client that sees the final event may start its next run at once), or when the run ends.
+    place: Mutex<Option<Reservation>>,
 }
 
 impl RunLog {
     /// Checks `payload` against the contract, then queues it for the event log, waiting for room
-    /// until `until`. A final event comes with its run's `end`.
+    /// until `until`. A final event comes with the run's `answer`.
     async fn publish(
         &self,
         agent: &AgentName,
         payload: EventPayload,
-        end: Option<RunEnd>,
+        answer: Option<String>,
         until: Instant,
     ) -> Result<Receipt, PublishError> {
         self.admit(agent, &payload).map_err(PublishError::Contract)?;
-        let entry = LogEntry {
-            user_id: self.ids.user_id.clone(),
-            event: NewEvent {
-                run_id: self.ids.run_id.clone(),
-                thread_id: self.ids.thread_id.clone(),
-                agent_name: agent.clone(),
-                timestamp: Timestamp::now(),
-                trace_id: self.ids.trace_id.clone(),
-                payload,
-            },
-            end,
+        let event = NewEvent {
+            run_id: self.ids.run_id.clone(),
+            thread_id: self.ids.thread_id.clone(),
+            agent_name: agent.clone(),
+            timestamp: Timestamp::now(),
+            trace_id: self.ids.trace_id.clone(),
+            payload,
         };
+        let entry = LogEntry::new(self.ids.user_id.clone(), event, answer);
         let started = Instant::now();
         let queued = self.engine.events.submit(entry, until).await;
         self.state.lock().unwrap().store_time += started.elapsed();
@@ -120,15 +119,15 @@ impl RunLog {
         answer: Option<String>,
         until: Instant,
     ) -> Result<Event, PublishError> {
-        let end = RunEnd::of(&done, answer);
         let receipt = self
             .publish(
                 &AgentName::supervisor(),
                 EventPayload::AgentCompleted(done),
-                Some(end),
+                answer,
                 until,
             )
             .await?;
+        self.release_place();
         let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
         match tokio::time::timeout_at(until, receipt.stored()).await {
             Ok(stored) => Ok(stored?),
@@ -196,6 +195,11 @@ impl RunLog {
             }
         }
         Ok(())
+    }
+
+    /// Gives the run's place among the active runs back.
+    fn release_place(&self) {
+        drop(self.place.lock().unwrap().take());
     }
 
     /// Tool calls of `agent` still open: `(call id, tool name, started)`.
@@ -359,6 +363,7 @@ impl RunDriver {
         trace_id: switchboard_protocol::TraceId,
         control: Arc<RunControl>,
         accepted: Instant,
+        place: Reservation,
     ) -> Self {
         let ids = RunIds {
             user_id: request.user_id.clone(),
@@ -372,6 +377,7 @@ impl RunDriver {
                 engine: Arc::clone(&engine),
                 ids,
                 state: Mutex::new(LogState::default()),
+                place: Mutex::new(Some(place)),
             }),
             info: Arc::new(RunInfo {
                 run_id: request.run_id,
@@ -438,6 +444,7 @@ impl RunDriver {
             }
         };
         engine.finish(&run_id);
+        log.release_place();
         outcome
     }
 

@@ -6,13 +6,19 @@
 //! for until its limit. One writer at a time takes everything queued, of every user, and hands
 //! it to the sink as one batch; the sink numbers and stores the batch at once (one transaction)
 //! and returns the events numbered. So the events of one user reach the sink in the order they
-//! were queued, and `seq` is given in one place, the sink, when the event is stored.
+//! were queued, and `seq` is given in one place, the sink, when the event is stored. A batch the
+//! sink refuses is tried again until it is taken: nothing queued is lost or stored twice, and a
+//! store that is down holds the events (not the runs, which end by their limits) until it is back.
 
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use switchboard_protocol::{Event, LogEntry};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use futures_util::FutureExt;
+use switchboard_protocol::{Event, EventPayload, LogEntry};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 /// A sink could not take an event.
@@ -36,35 +42,40 @@ pub trait EventSink: Send + Sync + 'static {
     async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError>;
 }
 
-/// Non-final events that may wait for the sink at once, over all runs. Past it, a run waits for
-/// room before it goes on (up to its event limit).
+/// Events that may wait for the sink at once, over all runs. Past it, a run waits for room
+/// before it goes on (up to its event limit); then narration is given up, while the events that
+/// make up the run's structure are queued all the same, so the stored log keeps the contract.
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 /// Events handed to the sink in one batch at most.
 const MAX_BATCH: usize = 1024;
+/// The first wait before a failed batch is tried again; it doubles up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The answer to one queued event: it is stored (with its seq), or it is not.
 #[derive(Debug)]
-pub(crate) struct Receipt(oneshot::Receiver<Result<Event, SinkError>>);
+pub(crate) struct Receipt(oneshot::Receiver<Event>);
 
 impl Receipt {
-    /// Waits until the event is stored (or refused).
+    /// Waits until the event is stored.
     pub(crate) async fn stored(self) -> Result<Event, SinkError> {
         self.0
             .await
-            .unwrap_or_else(|_| Err(SinkError::Failed("the event writer stopped".into())))
+            .map_err(|_| SinkError::Failed("the event writer stopped".into()))
     }
 }
 
 struct Queued {
     entry: LogEntry,
-    reply: oneshot::Sender<Result<Event, SinkError>>,
-    /// Its room in the queue, given back once the sink answered (none for final events).
+    reply: oneshot::Sender<Event>,
+    /// Its room in the queue, given back once it is stored (none for an event queued past the
+    /// bound, or a final event).
     _room: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Default)]
 struct Pending {
-    queued: Vec<Queued>,
+    queued: VecDeque<Queued>,
     writing: bool,
 }
 
@@ -73,6 +84,8 @@ pub(crate) struct EventQueue {
     sink: Arc<dyn EventSink>,
     room: Arc<Semaphore>,
     pending: Arc<Mutex<Pending>>,
+    /// Told whenever the writer finds the queue empty.
+    drained: Arc<Notify>,
 }
 
 impl EventQueue {
@@ -81,12 +94,13 @@ impl EventQueue {
             sink,
             room: Arc::new(Semaphore::new(capacity)),
             pending: Arc::default(),
+            drained: Arc::default(),
         }
     }
 
-    /// Queues an entry, waiting for room until `until` (a final event never waits: there is
-    /// one per active run, so they are bounded by the runs). Cancel-safe: an entry is queued
-    /// whole or not at all.
+    /// Queues an entry, waiting for room until `until`. A final event never waits (there is one
+    /// per run); past `until`, narration (`agent_thinking`, `partial_result`) is given up and any
+    /// other event is queued past the bound. Cancel-safe: an entry is queued whole or not at all.
     pub(crate) async fn submit(&self, entry: LogEntry, until: Instant) -> Result<Receipt, SinkError> {
         let room = if entry.end.is_some() {
             None
@@ -94,14 +108,14 @@ impl EventQueue {
             let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
             match tokio::time::timeout_at(until, Arc::clone(&self.room).acquire_owned()).await {
                 Ok(Ok(permit)) => Some(permit),
-                Ok(Err(_closed)) => return Err(SinkError::Failed("the event queue is closed".into())),
-                Err(_) => return Err(SinkError::TimedOut(budget_ms)),
+                _ if is_narration(&entry.event.payload) => return Err(SinkError::TimedOut(budget_ms)),
+                _ => None,
             }
         };
         let (reply, receipt) = oneshot::channel();
         let start_writer = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.queued.push(Queued {
+            pending.queued.push_back(Queued {
                 entry,
                 reply,
                 _room: room,
@@ -109,54 +123,97 @@ impl EventQueue {
             !std::mem::replace(&mut pending.writing, true)
         };
         if start_writer {
-            tokio::spawn(write_all(Arc::clone(&self.sink), Arc::clone(&self.pending)));
+            let writer = Writer {
+                sink: Arc::clone(&self.sink),
+                pending: Arc::clone(&self.pending),
+                drained: Arc::clone(&self.drained),
+            };
+            tokio::spawn(writer.write_all());
         }
         Ok(Receipt(receipt))
     }
-}
 
-/// Hands batches to the sink until the queue is empty; only one runs at a time.
-async fn write_all(sink: Arc<dyn EventSink>, pending: Arc<Mutex<Pending>>) {
-    /// Lets the next entry start a writer again if this one panics or is dropped half-way.
-    struct Writing<'a>(&'a Mutex<Pending>, bool);
-    impl Drop for Writing<'_> {
-        fn drop(&mut self) {
-            if self.1 {
-                self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
+    /// Waits until everything queued so far is stored, or `until`. True when it is.
+    pub(crate) async fn drain(&self, until: Instant) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            {
+                let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.queued.is_empty() && !pending.writing {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(until, drained).await.is_err() {
+                return false;
             }
         }
     }
-    let mut writing = Writing(&pending, true);
-    loop {
-        let batch: Vec<Queued> = {
-            let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.queued.is_empty() {
-                pending.writing = false;
-                writing.1 = false;
-                return;
-            }
-            let take = pending.queued.len().min(MAX_BATCH);
-            pending.queued.drain(..take).collect()
-        };
-        let (entries, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.entry, (q.reply, q._room))).unzip();
-        let count = entries.len();
-        match sink.append(entries).await {
-            Ok(events) if events.len() == count => {
-                for (event, (reply, _room)) in events.into_iter().zip(replies) {
-                    let _ = reply.send(Ok(event));
+}
+
+/// Narration: the events a run may lose without breaking the contract.
+fn is_narration(payload: &EventPayload) -> bool {
+    matches!(payload, EventPayload::AgentThinking(_) | EventPayload::PartialResult(_))
+}
+
+/// Hands batches to the sink until the queue is empty; only one runs at a time.
+struct Writer {
+    sink: Arc<dyn EventSink>,
+    pending: Arc<Mutex<Pending>>,
+    drained: Arc<Notify>,
+}
+
+impl Writer {
+    async fn write_all(self) {
+        /// Lets the next entry start a writer again if this one is dropped half-way (the
+        /// runtime shuts down).
+        struct Writing<'a>(&'a Mutex<Pending>, bool);
+        impl Drop for Writing<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
                 }
             }
-            Ok(events) => {
-                let error = SinkError::Failed(format!("the sink stored {} of {count} events", events.len()));
-                for (reply, _room) in replies {
-                    let _ = reply.send(Err(error.clone()));
+        }
+        let mut writing = Writing(&self.pending, true);
+        loop {
+            let batch: Vec<Queued> = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.queued.is_empty() {
+                    pending.writing = false;
+                    writing.1 = false;
+                    self.drained.notify_waiters();
+                    return;
                 }
+                let take = pending.queued.len().min(MAX_BATCH);
+                pending.queued.drain(..take).collect()
+            };
+            let events = self.store(&batch).await;
+            for (queued, event) in batch.into_iter().zip(events) {
+                // A run that gave up waiting is fine: the event is stored all the same.
+                let _ = queued.reply.send(event);
             }
-            Err(error) => {
-                for (reply, _room) in replies {
-                    let _ = reply.send(Err(error.clone()));
+        }
+    }
+
+    /// Stores one batch, trying again (with a growing wait) until the sink takes it: a failed
+    /// batch stored nothing, so trying it again can neither lose nor repeat an event, and the
+    /// events behind it wait, in order. A panic in the sink counts as a failure.
+    async fn store(&self, batch: &[Queued]) -> Vec<Event> {
+        let mut wait = RETRY_FIRST;
+        loop {
+            let entries: Vec<LogEntry> = batch.iter().map(|q| q.entry.clone()).collect();
+            let attempt = AssertUnwindSafe(self.sink.append(entries)).catch_unwind().await;
+            let error = match attempt {
+                Ok(Ok(events)) if events.len() == batch.len() => return events,
+                Ok(Ok(events)) => {
+                    SinkError::Failed(format!("the sink stored {} of {} events", events.len(), batch.len()))
                 }
-            }
+                Ok(Err(error)) => error,
+                Err(_panic) => SinkError::Failed("the sink panicked".into()),
+            };
+            tracing::error!(%error, events = batch.len(), retry_in_ms = wait.as_millis() as u64, "events not stored; trying again");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MAX);
         }
     }
 }

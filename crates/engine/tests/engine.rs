@@ -9,8 +9,8 @@ use switchboard_engine::testkit::{
     MemorySink, ModelBehavior, Scenario, ScriptedModel, ScriptedTool, SinkBehavior, Step, ToolBehavior, check_gapless,
     check_run, deltas, final_status, summary,
 };
-use switchboard_engine::{BuildError, Engine, EngineConfig, Plan, RunRequest, StartError};
-use switchboard_protocol::{AgentErrorCode, Event, EventPayload, RunStatus, ThreadId, UserId};
+use switchboard_engine::{BuildError, Engine, EngineConfig, EventSink, Plan, RunRequest, SinkError, StartError};
+use switchboard_protocol::{AgentErrorCode, Event, EventPayload, LogEntry, RunStatus, ThreadId, UserId};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -465,22 +465,88 @@ async fn a_hanging_sink_cannot_keep_a_run_alive_past_its_limit() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failing_sink_does_not_hang_the_run_and_frees_its_slot() {
+async fn a_failing_sink_does_not_hang_the_run_and_loses_nothing_once_it_recovers() {
     let sink = MemorySink::new();
     sink.set_behavior(SinkBehavior::Fail);
     let engine = Scenario::new()
         .agent("reporting", vec![Step::answer("hi")])
         .engine(sink.clone());
     let alice = user("alice");
-    let outcome = engine.start_run(request(&alice)).unwrap().outcome().await;
-    assert!(outcome.final_event.is_none());
+    let first = engine.start_run(request(&alice)).unwrap();
+    let first_run = first.run_id.clone();
+    let started = tokio::time::Instant::now();
+    let outcome = first.outcome().await;
+    assert!(outcome.final_event.is_none(), "the store refused everything");
+    assert!(started.elapsed() <= S(61), "the run ended by its limit");
     assert_eq!(engine.active_runs(), 0);
+    assert!(sink.published().is_empty());
+    // The store answers again: the first run's events, tried again, are stored before the
+    // second run's, each once, in order.
     sink.set_behavior(SinkBehavior::Accept);
-    engine.start_run(request(&alice)).unwrap().outcome().await;
-    let events = sink.events_of(&alice);
+    let second = engine.start_run(request(&alice)).unwrap();
+    let second_run = second.run_id.clone();
+    assert_eq!(second.outcome().await.status, RunStatus::Completed);
+    check_gapless(&sink.events_of(&alice)).unwrap();
+    for run in [&first_run, &second_run] {
+        let events = sink.events_of_run(run);
+        check_run(&events).unwrap();
+        assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    }
+    assert!(sink.events_of(&alice)[0].run_id == first_run);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_that_panics_is_tried_again_and_the_events_behind_it_are_not_stranded() {
+    let sink = Arc::new(PanickingOnce {
+        inner: MemorySink::new(),
+        panicked: std::sync::atomic::AtomicBool::new(false),
+    });
+    let engine = Scenario::new()
+        .agent("reporting", vec![Step::answer("hi")])
+        .engine(sink.clone());
+    let outcome = engine.start_run(request(&user("a"))).unwrap().outcome().await;
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let events = sink.inner.events_of(&user("a"));
     check_gapless(&events).unwrap();
     check_run(&events).unwrap();
-    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    assert_eq!(outcome.final_event.as_ref(), events.last());
+}
+
+/// A sink whose first batch panics.
+struct PanickingOnce {
+    inner: Arc<MemorySink>,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl EventSink for PanickingOnce {
+    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError> {
+        if !self.panicked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("scripted store panic");
+        }
+        self.inner.append(batch).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_the_queued_events_to_be_stored() {
+    // The store takes 62 s for its first batch: the run ends at its limit (61 s) without its
+    // final event stored; shutdown waits (up to `sink_timeout`, 2 s) until it is.
+    let sink = MemorySink::scripted(vec![SinkBehavior::Slow(S(62))]);
+    let engine = Scenario::new()
+        .agent("reporting", vec![Step::think("writing"), Step::answer("hi")])
+        .engine(sink.clone());
+    let handle = engine.start_run(request(&user("a"))).unwrap();
+    let outcome = handle.outcome().await;
+    assert!(outcome.final_event.is_none());
+    engine.shutdown(S(30)).await;
+    let events = sink.events_of(&user("a"));
+    check_run(&events).unwrap();
+    assert_eq!(
+        final_status(&events),
+        Some(RunStatus::Completed),
+        "stored before shutdown returned"
+    );
 }
 
 #[tokio::test(start_paused = true)]

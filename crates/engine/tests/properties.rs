@@ -44,10 +44,12 @@ fn model_behavior() -> impl Strategy<Value = ModelBehavior> {
 /// writer may be inside one batch, and the final event is in the next, within the 1 s grace.
 const IN_TIME: Duration = Duration::from_millis(450);
 
-/// How the store answers a batch: at once, slowly, or stalling for longer than any deadline.
+/// How the store answers a batch: at once, slowly, stalling for longer than any deadline, or
+/// failing (the batch is tried again 10 ms later, then after twice as long each time).
 fn sink_behavior() -> impl Strategy<Value = SinkBehavior> {
     prop_oneof![
         6 => Just(SinkBehavior::Accept),
+        1 => Just(SinkBehavior::Fail),
         3 => (0..IN_TIME.as_millis() as u64).prop_map(|ms| SinkBehavior::Slow(Duration::from_millis(ms))),
         1 => (1u64..200).prop_map(|secs| SinkBehavior::Slow(Duration::from_secs(secs))),
     ]
@@ -164,7 +166,9 @@ proptest! {
         let (events, outcome) = runtime.block_on(scenario(&case).run_with_outcome("go", case.cancel_after));
         let limit = case.config.run_timeout + Duration::from_secs(1);
         prop_assert!(outcome.duration <= limit, "run took {:?}", outcome.duration);
-        let stalled = case.store.iter().any(|b| matches!(b, SinkBehavior::Slow(d) if *d > IN_TIME));
+        // Three failures in a row already wait 10 + 20 + 40 ms before the next try.
+        let failures = case.store.iter().filter(|b| **b == SinkBehavior::Fail).count();
+        let stalled = failures >= 3 || case.store.iter().any(|b| matches!(b, SinkBehavior::Slow(d) if *d > IN_TIME));
         match &outcome.final_event {
             Some(final_event) => prop_assert_eq!(Some(final_event), events.last()),
             None => prop_assert!(stalled, "the final event was not stored in time, and the store never stalled"),

@@ -95,6 +95,7 @@ struct Shared {
     replies: Mutex<VecDeque<Reply>>,
     seen: Mutex<Vec<(Value, Option<String>)>>,
     dropped: AtomicUsize,
+    dropped_now: tokio::sync::Notify,
 }
 
 /// Counts a request whose handling was dropped before it finished.
@@ -104,6 +105,7 @@ impl Drop for DropCount {
     fn drop(&mut self) {
         if !self.1 {
             self.0.dropped.fetch_add(1, Ordering::SeqCst);
+            self.0.dropped_now.notify_waiters();
         }
     }
 }
@@ -154,6 +156,19 @@ impl FakeServer {
     /// Requests whose answer was dropped before it finished (the client went away).
     pub fn dropped(&self) -> usize {
         self.shared.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `count` requests were dropped (the server learns it from the
+    /// connection, a moment after the client let go); returns how many were.
+    pub async fn dropped_at_least(&self, count: usize) -> usize {
+        loop {
+            let dropped_now = self.shared.dropped_now.notified();
+            let dropped = self.dropped();
+            if dropped >= count {
+                return dropped;
+            }
+            dropped_now.await;
+        }
     }
 }
 

@@ -37,11 +37,6 @@ impl NewEvent {
             payload: self.payload,
         }
     }
-
-    /// Whether this is a run's final event.
-    pub fn is_final(&self) -> bool {
-        matches!(&self.payload, EventPayload::AgentCompleted(c) if c.is_final)
-    }
 }
 
 /// How a run ended, handed to the log together with its final event, so that the run's record
@@ -81,6 +76,18 @@ pub struct LogEntry {
     pub user_id: UserId,
     /// The event.
     pub event: NewEvent,
-    /// The run's end, with the final event only.
+    /// The run's end: set exactly when the event is the run's final one.
     pub end: Option<RunEnd>,
+}
+
+impl LogEntry {
+    /// An entry for `user`'s log; a final event gets its run's end from its payload, with
+    /// `answer` (the run's answer; ignored unless the run completed).
+    pub fn new(user_id: UserId, event: NewEvent, answer: Option<String>) -> Self {
+        let end = match &event.payload {
+            EventPayload::AgentCompleted(done) if done.is_final => Some(RunEnd::of(done, answer)),
+            _ => None,
+        };
+        Self { user_id, event, end }
+    }
 }

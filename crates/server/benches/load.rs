@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use switchboard::client::{Client, Session, Socket};
-use switchboard_protocol::{ClientFrame, Control, ServerFrame, UserMessage};
+use switchboard_protocol::{ClientFrame, Control, RunTimings, ServerFrame, UserMessage};
 
 const PHASES: [(usize, usize); 3] = [(1, 300), (100, 30), (1_000, 5)];
 const IDLE_CONNECTIONS: usize = 10_000;
@@ -37,11 +37,20 @@ async fn open(client: &Client, session: &Session) -> anyhow::Result<Socket> {
 
 /// How a message went.
 enum Outcome {
-    /// Microseconds to `agent_started` and to the final event, and the model's milliseconds
-    /// as the final event reports them.
-    Ran(u64, u64, u64),
+    /// It ran.
+    Ran(RunTimes),
     /// Refused with `server_busy`.
     Busy,
+}
+
+/// One run as the client saw it, and the timings its final event reports.
+struct RunTimes {
+    /// Microseconds to `agent_started`.
+    first_us: u64,
+    /// Microseconds to the final event.
+    total_us: u64,
+    /// Where the server says the run's time went.
+    timings: RunTimings,
 }
 
 /// A client refused with `server_busy` waits between half and one and a half of this before it
@@ -73,10 +82,11 @@ async fn one_run(socket: &mut Socket) -> anyhow::Result<Outcome> {
                 if let switchboard_protocol::EventPayload::AgentCompleted(done) = &event.payload
                     && done.is_final
                 {
-                    let total = sent.elapsed().as_micros() as u64;
-                    let first = first.context("no agent_started")?;
-                    let model_ms = done.timings.as_ref().map_or(0, |t| t.model_ms);
-                    return Ok(Outcome::Ran(first, total, model_ms));
+                    return Ok(Outcome::Ran(RunTimes {
+                        first_us: first.context("no agent_started")?,
+                        total_us: sent.elapsed().as_micros() as u64,
+                        timings: done.timings.clone().unwrap_or_default(),
+                    }));
                 }
             }
             ServerFrame::Control(c) => {
@@ -158,9 +168,9 @@ async fn users(client: &Client, count: usize) -> anyhow::Result<Vec<Session>> {
     Ok(sessions)
 }
 
-/// What one phase measured: (to `agent_started` µs, to final µs, model ms) per run.
+/// What one phase measured.
 struct Phase {
-    timings: Vec<(u64, u64, u64)>,
+    timings: Vec<RunTimes>,
     busy: u64,
     elapsed: Duration,
 }
@@ -185,7 +195,7 @@ async fn phase(client: &Client, sessions: &[Session], connections: usize, runs_e
             let mut busy = 0u64;
             while timings.len() < runs_each {
                 match one_run(&mut socket).await? {
-                    Outcome::Ran(first, last, model) => timings.push((first, last, model)),
+                    Outcome::Ran(run) => timings.push(run),
                     Outcome::Busy => {
                         busy += 1;
                         tokio::time::sleep(backoff(busy, index)).await;
@@ -224,6 +234,7 @@ async fn model_latency() -> anyhow::Result<()> {
         "| users | model per call | runs | run p50 / p95 (ms) | model time p50 / p95 (ms) | run ÷ model p50 / p95 | refused busy |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut breakdowns = Vec::new();
     for (users_count, latency_ms, runs_each) in MODEL_PHASES {
         let dir = tempfile::tempdir()?;
         let latency = latency_ms.to_string();
@@ -240,12 +251,12 @@ async fn model_latency() -> anyhow::Result<()> {
         // One run each first, so that the measured runs find the server warm.
         phase(&client, &sessions, users_count, 1).await?;
         let runs = phase(&client, &sessions, users_count, runs_each).await?;
-        let total: Vec<u64> = sorted(runs.timings.iter().map(|t| t.1));
-        let model: Vec<u64> = sorted(runs.timings.iter().map(|t| t.2 * 1000));
+        let total: Vec<u64> = sorted(runs.timings.iter().map(|t| t.total_us));
+        let model: Vec<u64> = sorted(runs.timings.iter().map(|t| t.timings.model_ms * 1000));
         let mut ratios: Vec<f64> = runs
             .timings
             .iter()
-            .map(|(_, total, model)| *total as f64 / (*model as f64 * 1000.0).max(1.0))
+            .map(|t| t.total_us as f64 / (t.timings.model_ms as f64 * 1000.0).max(1.0))
             .collect();
         ratios.sort_by(f64::total_cmp);
         let ratio = |p: f64| ratios[((ratios.len() as f64 - 1.0) * p).round() as usize];
@@ -260,7 +271,33 @@ async fn model_latency() -> anyhow::Result<()> {
             ratio(0.95),
             runs.busy
         );
+        breakdowns.push((users_count, runs.timings));
         drop(server);
+    }
+    println!();
+    println!("Where the time beyond the model went, p50 / p95 per run (ms): the final event's `timings`, and the rest");
+    println!("as the client saw it (the final event's storing, delivery and the client itself).");
+    println!();
+    println!("| users | queue | tools | store | engine and agents | after the server's total |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (users_count, runs) in breakdowns {
+        let part = |f: &dyn Fn(&RunTimes) -> u64| {
+            let values = sorted(runs.iter().map(|r| f(r) * 1000));
+            format!("{:.1} / {:.1}", percentile(&values, 0.5), percentile(&values, 0.95))
+        };
+        let t = |r: &RunTimes| r.timings.clone();
+        println!(
+            "| {users_count} | {} | {} | {} | {} | {} |",
+            part(&|r| t(r).queue_ms),
+            part(&|r| t(r).tools_ms),
+            part(&|r| t(r).store_ms),
+            part(&|r| {
+                let t = t(r);
+                t.total_ms
+                    .saturating_sub(t.model_ms + t.tools_ms + t.queue_ms + t.store_ms)
+            }),
+            part(&|r| (r.total_us / 1000).saturating_sub(t(r).total_ms)),
+        );
     }
     Ok(())
 }
@@ -289,8 +326,8 @@ async fn main_async() -> anyhow::Result<()> {
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for (connections, runs_each) in PHASES {
         let runs = phase(&client, &sessions, connections, runs_each).await?;
-        let first: Vec<u64> = sorted(runs.timings.iter().map(|t| t.0));
-        let last: Vec<u64> = sorted(runs.timings.iter().map(|t| t.1));
+        let first: Vec<u64> = sorted(runs.timings.iter().map(|t| t.first_us));
+        let last: Vec<u64> = sorted(runs.timings.iter().map(|t| t.total_us));
         println!(
             "| {connections} | {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} |",
             last.len(),

@@ -31,7 +31,7 @@ pub(crate) struct LocalFanOut {
 
 impl FanOut for LocalFanOut {
     fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Arc<EventRecord>> {
-        let mut channels = self.channels.lock().unwrap();
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels
             .entry(user.clone())
             .or_insert_with(|| broadcast::channel(LIVE_BUFFER).0)
@@ -40,14 +40,19 @@ impl FanOut for LocalFanOut {
 
     fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Arc<EventRecord>>) {
         drop(receiver);
-        let mut channels = self.channels.lock().unwrap();
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if channels.get(user).is_some_and(|sender| sender.receiver_count() == 0) {
             channels.remove(user);
         }
     }
 
     fn publish(&self, user: &UserId, record: Arc<EventRecord>) {
-        let sender = self.channels.lock().unwrap().get(user).cloned();
+        let sender = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned();
         if let Some(sender) = sender {
             let _ = sender.send(record);
         }

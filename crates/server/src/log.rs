@@ -46,15 +46,22 @@ impl EventLog {
     }
 
     /// Stores the entries in one transaction (the store gives each its seq), then tells the
-    /// observers and the fan-out. Returns the events as stored, in the order given.
+    /// observers and the fan-out. Returns the events as stored, in the order given. Once the
+    /// store has answered, nothing here can fail: a panicking observer or fan-out is logged and
+    /// passed over, so that a batch that is stored is never reported as failed (and stored again).
     pub(crate) async fn append_entries(&self, entries: Vec<LogEntry>) -> Result<Vec<Event>, StoreError> {
         let stored = self.store.append_events(entries).await?;
         let mut events = Vec::with_capacity(stored.len());
         for StoredEvent { user_id, event, record } in stored {
-            for observer in &self.observers {
-                observer.stored(&user_id, &event);
+            let tell = || {
+                for observer in &self.observers {
+                    observer.stored(&user_id, &event);
+                }
+                self.fanout.publish(&user_id, Arc::new(record));
+            };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(tell)).is_err() {
+                tracing::error!(seq = %event.seq, user_id = %user_id, "telling of a stored event panicked");
             }
-            self.fanout.publish(&user_id, Arc::new(record));
             events.push(event);
         }
         Ok(events)

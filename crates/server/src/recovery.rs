@@ -2,7 +2,7 @@
 //! resumes sees every run end. The closing events go through the event log like any run's.
 
 use switchboard_engine::{Closing, OpenRun};
-use switchboard_protocol::{AgentErrorCode, EventPayload, LogEntry, NewEvent, RunEnd, RunStatus, Timestamp, TraceId};
+use switchboard_protocol::{AgentErrorCode, LogEntry, NewEvent, RunStatus, Timestamp, TraceId};
 use switchboard_store::StoreError;
 
 use crate::log::EventLog;
@@ -24,20 +24,16 @@ pub(crate) async fn close_interrupted_runs(log: &EventLog) -> Result<usize, Stor
         let entries = OpenRun::from_events(&events)
             .closing_events(closing)
             .into_iter()
-            .map(|(agent, payload)| LogEntry {
-                user_id: run.user_id.clone(),
-                end: match &payload {
-                    EventPayload::AgentCompleted(done) if done.is_final => Some(RunEnd::of(done, None)),
-                    _ => None,
-                },
-                event: NewEvent {
+            .map(|(agent, payload)| {
+                let event = NewEvent {
                     run_id: run.id.clone(),
                     thread_id: run.thread_id.clone(),
                     agent_name: agent,
                     timestamp: Timestamp::now(),
                     trace_id: trace_id.clone(),
                     payload,
-                },
+                };
+                LogEntry::new(run.user_id.clone(), event, None)
             })
             .collect();
         log.append_entries(entries).await?;

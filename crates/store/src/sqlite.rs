@@ -96,9 +96,11 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 
 /// Copies the WAL back into the database file on a thread and connection of its own, so that
 /// no commit (of the event log above all) pays for a checkpoint. Passive: it never waits for
-/// the writer or the readers. The thread ends when the store is dropped.
+/// the writer or the readers. Dropping it (with the last clone of the store) ends the thread
+/// and closes its connection before the drop returns.
 struct Checkpointer {
-    _stop: std::sync::mpsc::Sender<()>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
@@ -106,18 +108,39 @@ impl Checkpointer {
         let conn = Connection::open(path).map_err(backend)?;
         conn.pragma_update(None, "busy_timeout", 5000).map_err(backend)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
+                let mut failing = false;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                    let checkpoint = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                    if let Err(error) = checkpoint {
-                        tracing::warn!(%error, "checkpointing the database failed");
+                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        // Said once when it starts failing, and once when it works again.
+                        Err(error) if !failing => {
+                            failing = true;
+                            tracing::warn!(%error, "checkpointing the database failed; trying again every 500 ms");
+                        }
+                        Ok(()) if failing => {
+                            failing = false;
+                            tracing::info!("checkpointing the database works again");
+                        }
+                        _ => {}
                     }
                 }
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Self { _stop: stop })
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -173,6 +196,9 @@ impl SqliteStore {
             // spill to the file half-way; and no checkpoint inside a commit (`Checkpointer`).
             conn.pragma_update(None, "cache_size", -32_768).map_err(backend)?;
             conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(backend)?;
+            // After a checkpoint, the WAL file is cut back to this size.
+            conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+                .map_err(backend)?;
             // A user's refresh-token families are deleted with the user.
             conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
             let version: i64 = conn

@@ -13,22 +13,15 @@ use switchboard_store::{
 
 /// An event for `user`'s log; a final payload comes with the run's end (and `answer`).
 fn entry(user: &UserId, run: &RunId, thread: &ThreadId, payload: EventPayload, answer: Option<&str>) -> LogEntry {
-    let end = match &payload {
-        EventPayload::AgentCompleted(done) if done.is_final => Some(RunEnd::of(done, answer.map(str::to_owned))),
-        _ => None,
+    let event = NewEvent {
+        run_id: run.clone(),
+        thread_id: thread.clone(),
+        agent_name: AgentName::supervisor(),
+        timestamp: Timestamp::now(),
+        trace_id: TraceId::generate(),
+        payload,
     };
-    LogEntry {
-        user_id: user.clone(),
-        event: NewEvent {
-            run_id: run.clone(),
-            thread_id: thread.clone(),
-            agent_name: AgentName::supervisor(),
-            timestamp: Timestamp::now(),
-            trace_id: TraceId::generate(),
-            payload,
-        },
-        end,
-    }
+    LogEntry::new(user.clone(), event, answer.map(str::to_owned))
 }
 
 /// Appends one entry; returns its seq.

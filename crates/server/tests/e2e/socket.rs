@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use switchboard_protocol::{ClientFrame, Control, ErrorCode, ServerFrame, ThreadId};
+use switchboard_protocol::{ClientFrame, Control, ErrorCode, Event, ServerFrame, ThreadId};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{assert_code, close_frame, error, message, next, read_for, send, spawn_app, spawn_app_with};
+use crate::support::{
+    assert_code, close_frame, error, events_until_final, message, next, read_for, send, spawn_app, spawn_app_with,
+};
 
 #[tokio::test]
 async fn the_first_frame_is_connection_established() {
@@ -153,6 +155,27 @@ async fn messages_over_the_rate_limit_are_refused_until_the_minute_passes() {
             break;
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_message_holds_no_place_among_the_active_runs() {
+    // One run at a time on the whole server, one message a minute per user: a message refused
+    // for the rate limit must give back the place it was admitted to.
+    let app = spawn_app_with(|c| {
+        c.rate_limit_per_minute = 1;
+        c.engine.max_active_runs = 1;
+        c.model_latency = Duration::from_secs(5);
+    })
+    .await;
+    let (ann, bob) = (app.user("ann").await, app.user("bob").await);
+    let (mut ann_socket, mut bob_socket) = (app.connect(&ann).await, app.connect(&bob).await);
+    let first = send(&mut ann_socket, "first").await;
+    events_until_final(&mut ann_socket, &first.run_id).await;
+    ann_socket.send(&message("second", None, None)).await.unwrap();
+    assert_code(&error(&mut ann_socket).await, ErrorCode::RateLimited);
+    let bobs = send(&mut bob_socket, "mine").await;
+    let events = events_until_final(&mut bob_socket, &bobs.run_id).await;
+    assert!(events.last().is_some_and(Event::is_final));
 }
 
 #[tokio::test(start_paused = true)]
