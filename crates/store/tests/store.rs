@@ -473,7 +473,52 @@ async fn a_database_of_schema_2_is_brought_up_to_date_and_keeps_its_runs() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
+}
+
+#[tokio::test]
+async fn a_database_of_schema_5_keeps_its_event_log_in_the_order_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let (ann, bob) = (UserId::generate(), UserId::generate());
+    let (run, thread) = (RunId::generate(), ThreadId::generate());
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        for user in [&ann, &bob, &ann] {
+            append(&store, entry(user, &run, &thread, started(), None)).await;
+        }
+    }
+    // Back to schema 5, as a server of that version left it: events clustered by user and seq.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE old (user_id TEXT NOT NULL, seq INTEGER NOT NULL, run_id TEXT NOT NULL,
+                 json TEXT NOT NULL, PRIMARY KEY (user_id, seq)) WITHOUT ROWID;
+             INSERT INTO old SELECT user_id, seq, run_id, json FROM events;
+             DROP TABLE events;
+             ALTER TABLE old RENAME TO events;
+             CREATE INDEX events_by_run ON events (run_id);
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.last_seq(&ann).await.unwrap(), Seq::new(2));
+    assert_eq!(append(&store, entry(&ann, &run, &thread, started(), None)).await, 3);
+    assert_eq!(append(&store, entry(&bob, &run, &thread, started(), None)).await, 2);
+    let anns = store.events_after(&ann, Seq::ZERO, 10).await.unwrap();
+    assert_eq!(anns.iter().map(|e| e.seq.get()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(anns[0].event().unwrap().seq, Seq::new(1));
+    assert_eq!(store.run_events(&bob, &run).await.unwrap().len(), 2);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (version, sql): (i64, String) = (
+        conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap(),
+        conn.query_row("SELECT sql FROM sqlite_master WHERE name = 'events'", [], |r| r.get(0))
+            .unwrap(),
+    );
+    assert_eq!(version, 6);
+    assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
 }
 
 #[tokio::test]
@@ -508,7 +553,7 @@ async fn a_database_of_schema_3_gains_refresh_families_and_keeps_its_users() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
 }
 
 #[tokio::test]
@@ -518,10 +563,10 @@ async fn a_database_of_a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).await.unwrap());
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 6).unwrap();
+        conn.pragma_update(None, "user_version", 7).unwrap();
     }
     let error = SqliteStore::open(&path).await.unwrap_err();
-    assert!(error.to_string().contains("newer than this server's 5"), "{error}");
+    assert!(error.to_string().contains("newer than this server's 6"), "{error}");
 }
 
 /// Puts back the workload table of schema 2 to 4 into the chat file at `path`, with `rows` calls
