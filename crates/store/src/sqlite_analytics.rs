@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS workload_prompts (
     cost_usd REAL NOT NULL,
     PRIMARY KEY (user_id, prompt_hash)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS workload_repeated_prompts ON workload_prompts (user_id) WHERE calls > 1;
+CREATE INDEX IF NOT EXISTS workload_repeated_prompts ON workload_prompts (user_id, calls, cost_usd) WHERE calls > 1;
 ";
 
 /// The columns of a roll-up cell after its key, in the order [`read_cell`] takes them.
@@ -350,11 +350,15 @@ impl AnalyticsStore for SqliteAnalytics {
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
         let user = user.to_string();
         self.read(move |conn| {
+            // Every stored call is in a roll-up cell or counted as left out of its hour.
             let count: i64 = conn
-                .prepare_cached("SELECT COUNT(*) FROM workload_events WHERE user_id = ?1")
+                .prepare_cached(
+                    "SELECT (SELECT COALESCE(SUM(calls), 0) FROM workload_rollups WHERE user_id = ?1)
+                          + (SELECT COALESCE(SUM(calls), 0) FROM workload_left_out WHERE user_id = ?1)",
+                )
                 .and_then(|mut s| s.query_row([user], |r| r.get(0)))
                 .map_err(backend)?;
-            Ok(count.max(0) as u64)
+            u64::try_from(count).map_err(|e| corrupt("the count of calls", e))
         })
         .await
     }
@@ -461,10 +465,12 @@ fn summary(conn: &Connection, user: &str, range: TimeRange) -> Result<Summary, S
         }
     }
     if range.from.is_none() && range.to.is_none() {
+        // The partial index holds only the prompts called more than once; left to itself the
+        // planner would walk all of the user's prompts by the primary key.
         let (calls, cost): (i64, f64) = conn
             .prepare_cached(
                 "SELECT COALESCE(SUM(calls - 1), 0), COALESCE(SUM(cost_usd * (calls - 1) / calls), 0.0)
-                 FROM workload_prompts WHERE user_id = ?1 AND calls > 1",
+                 FROM workload_prompts INDEXED BY workload_repeated_prompts WHERE user_id = ?1 AND calls > 1",
             )
             .and_then(|mut s| s.query_row([user], |r| Ok((r.get(0)?, r.get(1)?))))
             .map_err(backend)?;
@@ -608,23 +614,55 @@ impl<'a> Call<'a> {
 /// Where a call's cell is: user, clock hour, model, feature, batch.
 type CellKey<'a> = (&'a str, i64, &'a str, Option<&'a str>, bool);
 
-/// Adds `calls`, in order, to the roll-ups: each cell they touch is read once, the calls added to
-/// it one by one, and written back; the prompt counts are updated call by call. Calls with a
-/// figure out of range only count as left out of their hour.
-fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>>) -> Result<(), StoreError> {
+/// A cell's key, owned, as read back from the file.
+type StoredKey = (String, i64, String, Option<String>, bool);
+
+/// Adds `calls`, in order, to the roll-ups: the cells of the hours they span are read in one
+/// query per user, the calls added to them one by one, and the cells they touched written back;
+/// the prompt counts are updated call by call, in prompt order. Calls with a figure out of range only count as
+/// left out of their hour.
+fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>> + Clone) -> Result<(), StoreError> {
+    let mut spans: HashMap<&'a str, (i64, i64)> = HashMap::new();
+    for call in calls.clone().filter(|call| call.figures.in_range()) {
+        let hour = clock_hour(call.figures.at_ms);
+        let span = spans.entry(call.user).or_insert((hour, hour));
+        *span = (span.0.min(hour), span.1.max(hour));
+    }
+    let mut stored: HashMap<StoredKey, Cell> = HashMap::new();
+    let mut read = tx
+        .prepare_cached(&format!(
+            "SELECT hour, model, has_feature, feature, batch, {CELL_COLUMNS} FROM workload_rollups
+             WHERE user_id = ?1 AND hour >= ?2 AND hour <= ?3"
+        ))
+        .map_err(backend)?;
+    for (user, (first, last)) in &spans {
+        let mut rows = read.query(params![user, first, last]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let hour: i64 = row.get(0).map_err(backend)?;
+            let model = text(row, 1)?;
+            let feature = match row.get::<_, bool>(2).map_err(backend)? {
+                true => Some(text(row, 3)?.to_owned()),
+                false => None,
+            };
+            let cell = read_cell(row, 5).map_err(|e| corrupt(&format!("the roll-up of hour {hour} for {model}"), e))?;
+            let key = (
+                (*user).to_owned(),
+                hour,
+                model.to_owned(),
+                feature,
+                row.get(4).map_err(backend)?,
+            );
+            stored.insert(key, cell);
+        }
+    }
     let mut cells: HashMap<CellKey<'a>, Cell> = HashMap::new();
     let mut left_out: HashMap<(&'a str, i64), u64> = HashMap::new();
+    let mut prompts: Vec<(&'a str, &'a str, f64)> = Vec::new();
     let mut prompt = tx
         .prepare_cached(
             "INSERT INTO workload_prompts (user_id, prompt_hash, calls, cost_usd) VALUES (?1, ?2, 1, ?3)
              ON CONFLICT (user_id, prompt_hash) DO UPDATE SET calls = calls + 1, cost_usd = cost_usd + excluded.cost_usd",
         )
-        .map_err(backend)?;
-    let mut stored = tx
-        .prepare_cached(&format!(
-            "SELECT {CELL_COLUMNS} FROM workload_rollups
-             WHERE user_id = ?1 AND hour = ?2 AND model = ?3 AND has_feature = ?4 AND feature = ?5 AND batch = ?6"
-        ))
         .map_err(backend)?;
     for call in calls {
         let hour = clock_hour(call.figures.at_ms);
@@ -633,33 +671,28 @@ fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>>) -> Result
             continue;
         }
         let key = (call.user, hour, call.model, call.feature, call.figures.batch);
-        let cell = match cells.entry(key) {
-            std::collections::hash_map::Entry::Occupied(cell) => cell.into_mut(),
-            std::collections::hash_map::Entry::Vacant(place) => {
-                let mut rows = stored
-                    .query(params![
-                        call.user,
-                        hour,
-                        call.model,
-                        call.feature.is_some(),
-                        call.feature.unwrap_or(""),
-                        call.figures.batch
-                    ])
-                    .map_err(backend)?;
-                let cell = match rows.next().map_err(backend)? {
-                    Some(row) => read_cell(row, 0)
-                        .map_err(|e| corrupt(&format!("the roll-up of hour {hour} for {}", call.model), e))?,
-                    None => Cell::default(),
-                };
-                place.insert(cell)
-            }
-        };
-        cell.add(&call.figures);
+        cells
+            .entry(key)
+            .or_insert_with(|| {
+                let owned = (
+                    call.user.to_owned(),
+                    hour,
+                    call.model.to_owned(),
+                    call.feature.map(str::to_owned),
+                    call.figures.batch,
+                );
+                stored.remove(&owned).unwrap_or_default()
+            })
+            .add(&call.figures);
         if let Some(hash) = call.prompt_hash {
-            prompt
-                .execute(params![call.user, hash, call.figures.cost_usd])
-                .map_err(backend)?;
+            prompts.push((call.user, hash, call.figures.cost_usd));
         }
+    }
+    // In key order, which keeps the pages the upserts touch in cache; the sort is stable, so
+    // each prompt's costs are still added in call order.
+    prompts.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    for (user, hash, cost) in prompts {
+        prompt.execute(params![user, hash, cost]).map_err(backend)?;
     }
     let mut write = tx
         .prepare_cached(&format!(
