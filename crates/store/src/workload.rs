@@ -111,7 +111,8 @@ pub struct HourUsage {
     pub calls: u64,
     /// Their cost.
     pub cost_usd: f64,
-    /// Nearest-rank p95 latency of the calls in that hour that reported one.
+    /// Nearest-rank p95 latency of the calls in that hour that reported one (estimated within
+    /// [`PERCENTILE_RELATIVE_ERROR`]).
     pub p95_latency_ms: Option<f64>,
 }
 
@@ -237,7 +238,9 @@ pub trait AnalyticsStore: Send + Sync + 'static {
     async fn insert_workload_events(&self, user: &UserId, events: Vec<WorkloadEvent>) -> Result<usize, StoreError>;
     /// How many events the user has stored.
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError>;
-    /// Totals, per-model, per-feature and per-hour usage of a range.
+    /// Totals, per-model, per-feature and per-hour usage of a range, with the aggregates the
+    /// savings strategies need. Counts and sums are exact; percentiles are within
+    /// [`PERCENTILE_RELATIVE_ERROR`] of the exact nearest-rank values.
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError>;
 }
 
