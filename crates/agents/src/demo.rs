@@ -86,20 +86,35 @@ fn between(rng: &mut fastrand::Rng, (low, high): (u64, u64)) -> u64 {
 /// A month of about `calls` rows (seed 7, ending 2026-11-01), for benchmarks. Weekends are
 /// quieter and the nightly job adds its own calls, so the day's calls are scaled from a first try.
 pub fn demo_month_of_about(calls: u32) -> Vec<Value> {
+    let mut rows = Vec::new();
+    demo_month_of_about_by_day(calls, |day| rows.extend(day));
+    rows
+}
+
+/// The same rows as [`demo_month_of_about`], handed over a day at a time (oldest first), so that
+/// a month of ten million calls never has to be held at once.
+pub fn demo_month_of_about_by_day(calls: u32, each_day: impl FnMut(Vec<Value>)) {
     let spec = |calls_per_day: u32| DemoSpec {
         seed: 7,
         days: 30,
         calls_per_day,
         end_unix_ms: 1_793_491_200_000, // 2026-11-01
     };
-    let first_try = demo_rows(spec(calls / 30)).len() as f64;
-    demo_rows(spec(
-        (f64::from(calls / 30) * f64::from(calls) / first_try).round() as u32
-    ))
+    let mut first_try = 0usize;
+    demo_days(spec(calls / 30), |day| first_try += day.len());
+    let calls_per_day = (f64::from(calls / 30) * f64::from(calls) / first_try as f64).round() as u32;
+    demo_days(spec(calls_per_day), each_day);
 }
 
 /// The rows, oldest first, as JSON objects ready for `POST /api/workload-events`.
 pub fn demo_rows(spec: DemoSpec) -> Vec<Value> {
+    let mut rows = Vec::new();
+    demo_days(spec, |day| rows.extend(day));
+    rows
+}
+
+/// The rows of each day in turn, oldest first (every row of a day falls within it).
+fn demo_days(spec: DemoSpec, mut each_day: impl FnMut(Vec<Value>)) {
     let mut rng = fastrand::Rng::with_seed(spec.seed);
     let day_ms = 24 * 3_600_000i64;
     let start = spec.end_unix_ms - i64::from(spec.days) * day_ms;
@@ -109,8 +124,8 @@ pub fn demo_rows(spec: DemoSpec) -> Vec<Value> {
         (start + 9 * day_ms + 14 * 3_600_000, 2),
         (start + 21 * day_ms + 10 * 3_600_000, 1),
     ];
-    let mut rows = Vec::new();
     for day in 0..i64::from(spec.days) {
+        let mut rows = Vec::new();
         let weekend = matches!(day % 7, 5 | 6);
         let day_calls = f64::from(spec.calls_per_day) * if weekend { 0.45 } else { 1.0 };
         for (hour, weight) in RHYTHM.iter().enumerate() {
@@ -165,9 +180,9 @@ pub fn demo_rows(spec: DemoSpec) -> Vec<Value> {
                 "batch": false,
             }));
         }
+        rows.sort_by(|a, b| a["timestamp"].as_str().cmp(&b["timestamp"].as_str()));
+        each_day(rows);
     }
-    rows.sort_by(|a, b| a["timestamp"].as_str().cmp(&b["timestamp"].as_str()));
-    rows
 }
 
 #[cfg(test)]

@@ -353,7 +353,10 @@ fn figures(category: Category, summary: &Value) -> String {
     if category == Category::Performance {
         out.push_str(&latency_part(&summary["latency"]));
     }
-    out.push_str("_These figures are computed from your data._\n\n");
+    out.push_str(&format!(
+        "_These figures are computed from your data; latency percentiles are estimates within {} %._\n\n",
+        switchboard_store::PERCENTILE_RELATIVE_ERROR * 100.0
+    ));
     out
 }
 

@@ -8,7 +8,7 @@ use switchboard_agents::{OfflineModel, register};
 use switchboard_engine::testkit::{MemorySink, check_run, summary};
 use switchboard_engine::{Engine, RunRequest};
 use switchboard_protocol::{EventPayload, RunStatus, ThreadId, UserId};
-use switchboard_store::{AnalyticsStore, StoreError, Summary, TimeRange, WorkloadEvent};
+use switchboard_store::{AnalyticsStore, PERCENTILE_RELATIVE_ERROR, StoreError, Summary, TimeRange, WorkloadEvent};
 
 /// An analytics store that says the user has `0` calls uploaded, and cannot summarise them.
 struct Uploaded(u64);
@@ -238,7 +238,8 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
         (Some("gpt-4o"), Some(2))
     );
     assert!(close(&big["cost_usd"], 0.025) && close(&big["error_rate"], 0.5));
-    // 800 and 1200: p50 at rank ceil(1.0) = 1, p95 at rank ceil(1.9) = 2.
+    // 800 and 1200: p50 at rank ceil(1.0) = 1, p95 at rank ceil(1.9) = 2 (the smallest and the
+    // largest, which the sketch knows exactly).
     assert_eq!(
         (big["p50_latency_ms"].as_f64(), big["p95_latency_ms"].as_f64()),
         (Some(800.0), Some(1200.0))
@@ -278,12 +279,12 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
             (2, "Fix the failures of search")
         ]
     );
-    // Latencies 200, 400, 800, 1200: p50 at rank ceil(2.0) = 2, p95 at rank ceil(3.8) = 4.
+    // Latencies 200, 400, 800, 1200: p50 at rank ceil(2.0) = 2 (estimated within 1 %), p95 at
+    // rank ceil(3.8) = 4, the largest (known exactly).
     let latency = &report["latency"];
-    assert_eq!(
-        (latency["p50_latency_ms"].as_f64(), latency["p95_latency_ms"].as_f64()),
-        (Some(400.0), Some(1200.0))
-    );
+    let p50 = latency["p50_latency_ms"].as_f64().unwrap();
+    assert!((p50 - 400.0).abs() <= PERCENTILE_RELATIVE_ERROR * 400.0, "{p50}");
+    assert_eq!(latency["p95_latency_ms"].as_f64(), Some(1200.0));
     assert_eq!(
         latency["slowest_features"],
         serde_json::json!([
@@ -303,11 +304,11 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
         "From 2026-11-01 to 2026-11-03: **4 calls**, 8,000 input and 1,200 output tokens, **$0.0254** in total; 1 failed (25.0 %).",
         "| gpt-4o | 2 | $0.0250 | 98.4 % | 800 ms | 1200 ms | 50.0 % |",
         "Busiest hours (UTC): 09:00 (3 calls), 14:00 (1 calls).",
-        "## Latency\n\nOverall p50 400 ms, p95 1200 ms. Slowest features: search (p95 1200 ms), tagging (p95 400 ms). \
+        "## Latency\n\nOverall p50 399 ms, p95 1200 ms. Slowest features: search (p95 1200 ms), tagging (p95 400 ms). \
          Slowest models: gpt-4o (p95 1200 ms), gpt-4o-mini (p95 400 ms).",
         "- **Fix the failures of search.** 50.0 % of its calls fail, and each retry adds a whole call's wait.",
         "1. **Cap the length of search's answers, or stream them** Its calls write 500 tokens on average;",
-        "These figures are computed from your data.",
+        "_These figures are computed from your data; latency percentiles are estimates within 1 %._",
         "| Fix the causes of failed calls | $0.2200 |",
         "In all about **$0.2200 a month**, projected to 30 days from your data's period at the list prices of 2025-11-24.",
     ] {

@@ -1,6 +1,7 @@
 //! The analysis' store query (`workload_summary`: totals, per model, per feature, per hour, with
 //! p50/p95 latency) over 10 000, 100 000 and 1 000 000 workload events of one user, in SQLite. The baseline in the same run is a plain
-//! `workload_event_count` (one indexed count) over the same rows.
+//! `workload_event_count` (one indexed count) over the same rows. The ingest rate is the calls
+//! stored per second through `insert_workload_events`, 50 000 a batch.
 //!
 //! `cargo bench -p switchboard-store --bench aggregates`
 
@@ -55,17 +56,20 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         println!("store aggregation: workload_summary over one user's events (SQLite, release build)");
         println!();
-        println!("| events | insert (s) | baseline: count (ms) | workload_summary (ms) |");
-        println!("| ---: | ---: | ---: | ---: |");
+        println!("| events | insert (s) | ingest (calls/s) | baseline: count (ms) | workload_summary (ms) |");
+        println!("| ---: | ---: | ---: | ---: | ---: |");
         for count in [10_000usize, 100_000, 1_000_000] {
             let dir = tempfile::tempdir()?;
             let store = SqliteStore::open(&dir.path().join("db.sqlite")).await?;
             let user = UserId::generate();
-            let started = Instant::now();
-            for chunk in events(count).chunks(50_000) {
-                store.insert_workload_events(&user, chunk.to_vec()).await?;
+            let mut insert = Duration::ZERO;
+            let all = events(count);
+            for chunk in all.chunks(50_000) {
+                let chunk = chunk.to_vec();
+                let started = Instant::now();
+                store.insert_workload_events(&user, chunk).await?;
+                insert += started.elapsed();
             }
-            let insert = started.elapsed();
             let time = |d: Duration| d.as_secs_f64() * 1000.0;
             let started = Instant::now();
             let counted = store.workload_event_count(&user).await?;
@@ -79,8 +83,9 @@ fn main() -> anyhow::Result<()> {
             let shape = (summary.by_model.len(), summary.by_feature.len(), summary.hours.len());
             assert_eq!(shape, (MODELS.len(), FEATURES.len(), 24));
             println!(
-                "| {count} | {:.1} | {:.1} | {:.1} |",
+                "| {count} | {:.1} | {:.0} | {:.1} | {:.1} |",
                 insert.as_secs_f64(),
+                count as f64 / insert.as_secs_f64(),
                 time(baseline),
                 time(queries)
             );

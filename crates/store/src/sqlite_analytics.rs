@@ -3,7 +3,18 @@
 //! long scan never holds the chat store's connection. One writer connection takes uploads; a few
 //! reader connections (WAL readers, which neither wait for the writer nor hold it up) answer the
 //! summaries and counts, so one user's long analysis leaves readers for everybody else.
+//!
+//! Beside the rows, the file keeps roll-ups updated in the upload's own transaction: one cell
+//! per user, clock hour (UTC), model, feature and batch flag, with the calls, tokens, cost,
+//! failures, short calls, first and last call, and sketches of latency and prompt size
+//! (`workload_rollups`); the calls whose figures are out of range per user and hour
+//! (`workload_left_out`); and per user and prompt hash the calls and their cost
+//! (`workload_prompts`, with a partial index on the repeated ones). A summary reads the cells of
+//! the whole hours in its range, so its cost follows the hours and groups, not the calls.
+//! Uploads are merged into the cells in call order, so any split into batches gives the same
+//! cells as one upload.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, TryLockError};
 
@@ -13,10 +24,15 @@ use switchboard_protocol::{Timestamp, UserId};
 use tokio::sync::Semaphore;
 
 use crate::sqlite::{backend, corrupt};
-use crate::{AnalyticsStore, CallFigures, StoreError, Summary, SummaryBuilder, TimeRange, WorkloadEvent};
+use crate::workload::{Cell, HOUR_MS, Sketch, clock_hour};
+use crate::{
+    AnalyticsStore, CallFigures, CallStatus, Slice, StoreError, Summary, SummaryBuilder, TimeRange, WorkloadEvent,
+};
 
-/// 1: `workload_events` (before, the table lived in the chat store's file, schema 2 to 4).
-const SCHEMA_VERSION: i64 = 1;
+/// 1: `workload_events` (before, the table lived in the chat store's file, schema 2 to 4);
+/// 2: the roll-ups (`workload_rollups`, `workload_left_out`, `workload_prompts`), built from
+/// the rows once when a version-1 file is opened.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS workload_events (
@@ -38,13 +54,61 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS workload_rollups (
+    user_id TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    has_feature INTEGER NOT NULL,
+    feature TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    errors INTEGER NOT NULL,
+    failed_cost_usd REAL NOT NULL,
+    short_calls INTEGER NOT NULL,
+    short_input_tokens INTEGER NOT NULL,
+    short_output_tokens INTEGER NOT NULL,
+    short_cost_usd REAL NOT NULL,
+    first_ts INTEGER NOT NULL,
+    last_ts INTEGER NOT NULL,
+    latency BLOB NOT NULL,
+    prompt_tokens BLOB NOT NULL,
+    PRIMARY KEY (user_id, hour, model, has_feature, feature, batch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workload_left_out (
+    user_id TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (user_id, hour)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workload_prompts (
+    user_id TEXT NOT NULL,
+    prompt_hash TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    PRIMARY KEY (user_id, prompt_hash)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS workload_repeated_prompts ON workload_prompts (user_id, calls, cost_usd) WHERE calls > 1;
 ";
+
+/// The columns of a roll-up cell after its key, in the order [`read_cell`] takes them.
+const CELL_COLUMNS: &str = "calls, input_tokens, output_tokens, cost_usd, errors, failed_cost_usd, short_calls, \
+    short_input_tokens, short_output_tokens, short_cost_usd, first_ts, last_ts, latency, prompt_tokens";
+
+/// Rows rolled up at a time when roll-ups are built from stored rows.
+const ROLL_UP_CHUNK: i64 = 50_000;
 
 /// The columns of a workload row, in the order both files have them.
 const COLUMNS: &str = "user_id, ts, model, provider, input_tokens, output_tokens, latency_ms, status, feature, prompt_hash, cost_usd, batch";
 
 /// Reader connections: two, as the machine has cores; a third scan waits for one of them.
 const READERS: usize = 2;
+
+/// The writer's page cache: an upload touches the rows' index and the prompts' at random
+/// places, and SQLite's default 2 MiB makes it read the same pages again and again.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 /// The workload data in SQLite. Cheap to clone.
 #[derive(Clone)]
@@ -98,10 +162,24 @@ impl SqliteAnalytics {
                 "the workload database has schema version {version}, newer than this server's {SCHEMA_VERSION}"
             )));
         }
-        writer.execute_batch(SCHEMA).map_err(backend)?;
         writer
-            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(backend)?;
+        if version < SCHEMA_VERSION {
+            // New tables and the roll-ups of the rows already there (a version-1 file), at
+            // once: a file is either at version 1 or has every row rolled up.
+            let tx = writer
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            tx.execute_batch(SCHEMA).map_err(backend)?;
+            let rows = roll_up_stored_rows(&tx, 0)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            if rows > 0 {
+                tracing::info!(rows, "built the workload roll-ups from the stored rows");
+            }
+        }
         if let Some((chat, chat_path)) = chat {
             take_over(&mut writer, chat, chat_path)?;
         }
@@ -196,12 +274,18 @@ fn take_over(writer: &mut Connection, chat: &Connection, chat_path: &Path) -> Re
         let tx = writer
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
+        let before: i64 = tx
+            .query_row("SELECT COALESCE(MAX(rowid), 0) FROM main.workload_events", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
         let rows = tx
             .execute(
                 &format!("INSERT INTO main.workload_events ({COLUMNS}) SELECT {COLUMNS} FROM chat.workload_events"),
                 [],
             )
             .map_err(backend)?;
+        roll_up_stored_rows(&tx, before)?;
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('moved_from_chat_store', ?1)",
             [rows.to_string()],
@@ -251,6 +335,7 @@ impl AnalyticsStore for SqliteAnalytics {
                         .map_err(backend)?;
                 }
             }
+            roll_up(&tx, events.iter().map(|event| Call::of_event(&user, event)))?;
             tx.commit().map_err(backend)?;
             Ok(events.len())
         })
@@ -258,56 +343,22 @@ impl AnalyticsStore for SqliteAnalytics {
     }
 
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
-        let (user, (from, to)) = (user.to_string(), bounds(range));
-        self.read(move |conn| {
-            // One pass over the range's rows (the (user_id, ts) index finds them); SQLite has no
-            // percentile function, and one scan aggregated here beats a window query per group.
-            let mut statement = conn
-                .prepare_cached(
-                    "SELECT ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error', cost_usd,
-                            prompt_hash, batch
-                     FROM workload_events WHERE user_id = ?1 AND ts >= ?2 AND ts < ?3",
-                )
-                .map_err(backend)?;
-            let mut rows = statement.query(params![user, from, to]).map_err(backend)?;
-            let mut summary = SummaryBuilder::default();
-            while let Some(row) = rows.next().map_err(backend)? {
-                let model: &str = row
-                    .get_ref(1)
-                    .and_then(|v| v.as_str().map_err(Into::into))
-                    .map_err(backend)?;
-                let feature: Option<&str> = row
-                    .get_ref(2)
-                    .and_then(|v| v.as_str_or_null().map_err(Into::into))
-                    .map_err(backend)?;
-                let call = CallFigures {
-                    at_ms: row.get(0).map_err(backend)?,
-                    input_tokens: row.get::<_, i64>(3).map_err(backend)?.max(0) as u64,
-                    output_tokens: row.get::<_, i64>(4).map_err(backend)?.max(0) as u64,
-                    latency_ms: row.get(5).map_err(backend)?,
-                    error: row.get(6).map_err(backend)?,
-                    cost_usd: row.get(7).map_err(backend)?,
-                    batch: row.get(9).map_err(backend)?,
-                };
-                let prompt_hash: Option<&str> = row
-                    .get_ref(8)
-                    .and_then(|v| v.as_str_or_null().map_err(Into::into))
-                    .map_err(backend)?;
-                summary.add(model, feature, prompt_hash, call);
-            }
-            summary.finish()
-        })
-        .await
+        let user = user.to_string();
+        self.read(move |conn| summary(conn, &user, range)).await
     }
 
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
         let user = user.to_string();
         self.read(move |conn| {
+            // Every stored call is in a roll-up cell or counted as left out of its hour.
             let count: i64 = conn
-                .prepare_cached("SELECT COUNT(*) FROM workload_events WHERE user_id = ?1")
+                .prepare_cached(
+                    "SELECT (SELECT COALESCE(SUM(calls), 0) FROM workload_rollups WHERE user_id = ?1)
+                          + (SELECT COALESCE(SUM(calls), 0) FROM workload_left_out WHERE user_id = ?1)",
+                )
                 .and_then(|mut s| s.query_row([user], |r| r.get(0)))
                 .map_err(backend)?;
-            Ok(count.max(0) as u64)
+            u64::try_from(count).map_err(|e| corrupt("the count of calls", e))
         })
         .await
     }
@@ -319,4 +370,498 @@ fn bounds(range: TimeRange) -> (i64, i64) {
         range.from.map_or(i64::MIN, Timestamp::unix_millis),
         range.to.map_or(i64::MAX, Timestamp::unix_millis),
     )
+}
+
+/// How a summary reads a range: the clock hours wholly inside it from the roll-ups, the rest
+/// (the part of an hour at either end, when a bound falls mid-hour) from the rows.
+#[derive(Debug, PartialEq, Eq)]
+struct Split {
+    /// Clock hours `from..to` read from the roll-ups (empty when `from >= to`).
+    hours: (i64, i64),
+    /// Millisecond ranges `from..to` read from the rows.
+    edges: Vec<(i64, i64)>,
+}
+
+fn split(range: TimeRange) -> Split {
+    let (from, to) = (
+        range.from.map(Timestamp::unix_millis),
+        range.to.map(Timestamp::unix_millis),
+    );
+    let first = from.map_or(i64::MIN, |ms| {
+        ms.div_euclid(HOUR_MS) + i64::from(ms.rem_euclid(HOUR_MS) != 0)
+    });
+    let end = to.map_or(i64::MAX, |ms| ms.div_euclid(HOUR_MS));
+    if first >= end {
+        // Both bounds are given and no whole hour lies between them.
+        let (from, to) = bounds(range);
+        let edges = if from < to { vec![(from, to)] } else { Vec::new() };
+        return Split { hours: (0, 0), edges };
+    }
+    let mut edges = Vec::new();
+    if let Some(ms) = from.filter(|ms| *ms < first.saturating_mul(HOUR_MS)) {
+        edges.push((ms, first.saturating_mul(HOUR_MS)));
+    }
+    if let Some(ms) = to.filter(|ms| end.saturating_mul(HOUR_MS) < *ms) {
+        edges.push((end.saturating_mul(HOUR_MS), ms));
+    }
+    Split {
+        hours: (first, end),
+        edges,
+    }
+}
+
+/// The summary of `user`'s calls in `range`: the roll-ups of its whole hours, the rows of its
+/// partial edge hours, and the repeated prompts from the per-prompt counts (a range open on
+/// both ends) or from the range's rows (a bounded range: the counts cover all time).
+fn summary(conn: &Connection, user: &str, range: TimeRange) -> Result<Summary, StoreError> {
+    let mut summary = SummaryBuilder::default();
+    let Split { hours, edges } = split(range);
+    if hours.0 < hours.1 {
+        let mut cells = conn
+            .prepare_cached(&format!(
+                "SELECT hour, model, has_feature, feature, batch, {CELL_COLUMNS} FROM workload_rollups
+                 WHERE user_id = ?1 AND hour >= ?2 AND hour < ?3"
+            ))
+            .map_err(backend)?;
+        let mut rows = cells.query(params![user, hours.0, hours.1]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let hour: i64 = row.get(0).map_err(backend)?;
+            let model = text(row, 1)?;
+            let feature = match row.get::<_, bool>(2).map_err(backend)? {
+                true => Some(text(row, 3)?),
+                false => None,
+            };
+            let batch: bool = row.get(4).map_err(backend)?;
+            let cell = read_cell(row, 5).map_err(|e| corrupt(&format!("the roll-up of hour {hour} for {model}"), e))?;
+            summary.add_cell(hour, model, feature, batch, &cell);
+        }
+        let left_out: i64 = conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(calls), 0) FROM workload_left_out WHERE user_id = ?1 AND hour >= ?2 AND hour < ?3",
+            )
+            .and_then(|mut s| s.query_row(params![user, hours.0, hours.1], |r| r.get(0)))
+            .map_err(backend)?;
+        summary.add_left_out(u64::try_from(left_out).map_err(|e| corrupt("calls left out", e))?);
+    }
+    for (from, to) in edges {
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error', cost_usd, batch
+                 FROM workload_events WHERE user_id = ?1 AND ts >= ?2 AND ts < ?3",
+            )
+            .map_err(backend)?;
+        let mut rows = statement.query(params![user, from, to]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let call = CallFigures {
+                at_ms: row.get(0).map_err(backend)?,
+                input_tokens: row.get::<_, i64>(3).map_err(backend)?.max(0) as u64,
+                output_tokens: row.get::<_, i64>(4).map_err(backend)?.max(0) as u64,
+                latency_ms: row.get(5).map_err(backend)?,
+                error: row.get(6).map_err(backend)?,
+                cost_usd: row.get(7).map_err(backend)?,
+                batch: row.get(8).map_err(backend)?,
+            };
+            summary.add(text(row, 1)?, optional_text(row, 2)?, None, call);
+        }
+    }
+    if range.from.is_none() && range.to.is_none() {
+        // The partial index holds only the prompts called more than once; left to itself the
+        // planner would walk all of the user's prompts by the primary key.
+        let (calls, cost): (i64, f64) = conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(calls - 1), 0), COALESCE(SUM(cost_usd * (calls - 1) / calls), 0.0)
+                 FROM workload_prompts INDEXED BY workload_repeated_prompts WHERE user_id = ?1 AND calls > 1",
+            )
+            .and_then(|mut s| s.query_row([user], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(backend)?;
+        if !(cost.is_finite() && cost >= 0.0) {
+            return Err(StoreError::Corrupt(format!("the repeated prompts cost {cost}")));
+        }
+        summary.add_repeated_prompts(
+            u64::try_from(calls).map_err(|e| corrupt("repeated prompt calls", e))?,
+            cost,
+        );
+    } else {
+        let (from, to) = bounds(range);
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT ts, input_tokens, output_tokens, latency_ms, cost_usd, prompt_hash FROM workload_events
+                 WHERE user_id = ?1 AND ts >= ?2 AND ts < ?3 AND prompt_hash IS NOT NULL",
+            )
+            .map_err(backend)?;
+        let mut rows = statement.query(params![user, from, to]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let call = CallFigures {
+                at_ms: row.get(0).map_err(backend)?,
+                input_tokens: row.get::<_, i64>(1).map_err(backend)?.max(0) as u64,
+                output_tokens: row.get::<_, i64>(2).map_err(backend)?.max(0) as u64,
+                latency_ms: row.get(3).map_err(backend)?,
+                error: false,
+                cost_usd: row.get(4).map_err(backend)?,
+                batch: false,
+            };
+            summary.add_prompt(text(row, 5)?, &call);
+        }
+    }
+    summary.finish()
+}
+
+fn text<'r>(row: &'r rusqlite::Row<'_>, index: usize) -> Result<&'r str, StoreError> {
+    row.get_ref(index)
+        .and_then(|v| v.as_str().map_err(Into::into))
+        .map_err(backend)
+}
+
+fn optional_text<'r>(row: &'r rusqlite::Row<'_>, index: usize) -> Result<Option<&'r str>, StoreError> {
+    row.get_ref(index)
+        .and_then(|v| v.as_str_or_null().map_err(Into::into))
+        .map_err(backend)
+}
+
+/// A roll-up cell from its columns ([`CELL_COLUMNS`]) starting at `first`, checked: counts
+/// not negative and consistent, sums finite, sketches well formed and holding the cell's calls.
+fn read_cell(row: &rusqlite::Row<'_>, first: usize) -> Result<Cell, String> {
+    let count = |i: usize| -> Result<u64, String> {
+        let value: i64 = row.get(first + i).map_err(|e| e.to_string())?;
+        u64::try_from(value).map_err(|_| format!("a negative count {value}"))
+    };
+    let money = |i: usize| -> Result<f64, String> {
+        let value: f64 = row.get(first + i).map_err(|e| e.to_string())?;
+        if value.is_finite() && value >= 0.0 {
+            Ok(value)
+        } else {
+            Err(format!("a cost of {value}"))
+        }
+    };
+    let sketch = |i: usize, what: &str| -> Result<Sketch, String> {
+        let bytes: &[u8] = row
+            .get_ref(first + i)
+            .and_then(|v| v.as_blob().map_err(Into::into))
+            .map_err(|e| format!("the {what} sketch: {e}"))?;
+        Sketch::decode(bytes).map_err(|e| format!("the {what} sketch: {e}"))
+    };
+    let cell = Cell {
+        all: Slice {
+            calls: count(0)?,
+            input_tokens: count(1)?,
+            output_tokens: count(2)?,
+            cost_usd: money(3)?,
+        },
+        errors: count(4)?,
+        failed_cost_usd: money(5)?,
+        short: Slice {
+            calls: count(6)?,
+            input_tokens: count(7)?,
+            output_tokens: count(8)?,
+            cost_usd: money(9)?,
+        },
+        first_ms: row.get(first + 10).map_err(|e| e.to_string())?,
+        last_ms: row.get(first + 11).map_err(|e| e.to_string())?,
+        latency: sketch(12, "latency")?,
+        prompt_tokens: sketch(13, "prompt size")?,
+    };
+    let calls = cell.all.calls;
+    if calls == 0
+        || cell.errors > calls
+        || cell.short.calls > calls
+        || cell.latency.count() > calls
+        || cell.prompt_tokens.count() != calls
+        || cell.first_ms > cell.last_ms
+    {
+        return Err(format!(
+            "counts that do not add up ({calls} calls, {} failed, {} short, {} latencies, {} prompt sizes, from {} to {})",
+            cell.errors,
+            cell.short.calls,
+            cell.latency.count(),
+            cell.prompt_tokens.count(),
+            cell.first_ms,
+            cell.last_ms
+        ));
+    }
+    Ok(cell)
+}
+
+/// One call to roll up, borrowed from an upload or a stored row.
+#[derive(Debug, Clone, Copy)]
+struct Call<'a> {
+    user: &'a str,
+    model: &'a str,
+    feature: Option<&'a str>,
+    prompt_hash: Option<&'a str>,
+    figures: CallFigures,
+}
+
+impl<'a> Call<'a> {
+    fn of_event(user: &'a str, event: &'a WorkloadEvent) -> Self {
+        Call {
+            user,
+            model: &event.model,
+            feature: event.feature.as_deref(),
+            prompt_hash: event.prompt_hash.as_deref(),
+            figures: CallFigures {
+                at_ms: event.timestamp.unix_millis(),
+                input_tokens: event.input_tokens,
+                output_tokens: event.output_tokens,
+                latency_ms: event.latency_ms,
+                error: event.status == CallStatus::Error,
+                cost_usd: event.cost_usd,
+                batch: event.batch,
+            },
+        }
+    }
+}
+
+/// Where a call's cell is: user, clock hour, model, feature, batch.
+type CellKey<'a> = (&'a str, i64, &'a str, Option<&'a str>, bool);
+
+/// A cell's key, owned, as read back from the file.
+type StoredKey = (String, i64, String, Option<String>, bool);
+
+/// Adds `calls`, in order, to the roll-ups: the cells of the hours they span are read in one
+/// query per user, the calls added to them one by one, and the cells they touched written back;
+/// the prompt counts are updated call by call, in prompt order. Calls with a figure out of range only count as
+/// left out of their hour.
+fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>> + Clone) -> Result<(), StoreError> {
+    let mut spans: HashMap<&'a str, (i64, i64)> = HashMap::new();
+    for call in calls.clone().filter(|call| call.figures.in_range()) {
+        let hour = clock_hour(call.figures.at_ms);
+        let span = spans.entry(call.user).or_insert((hour, hour));
+        *span = (span.0.min(hour), span.1.max(hour));
+    }
+    let mut stored: HashMap<StoredKey, Cell> = HashMap::new();
+    let mut read = tx
+        .prepare_cached(&format!(
+            "SELECT hour, model, has_feature, feature, batch, {CELL_COLUMNS} FROM workload_rollups
+             WHERE user_id = ?1 AND hour >= ?2 AND hour <= ?3"
+        ))
+        .map_err(backend)?;
+    for (user, (first, last)) in &spans {
+        let mut rows = read.query(params![user, first, last]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let hour: i64 = row.get(0).map_err(backend)?;
+            let model = text(row, 1)?;
+            let feature = match row.get::<_, bool>(2).map_err(backend)? {
+                true => Some(text(row, 3)?.to_owned()),
+                false => None,
+            };
+            let cell = read_cell(row, 5).map_err(|e| corrupt(&format!("the roll-up of hour {hour} for {model}"), e))?;
+            let key = (
+                (*user).to_owned(),
+                hour,
+                model.to_owned(),
+                feature,
+                row.get(4).map_err(backend)?,
+            );
+            stored.insert(key, cell);
+        }
+    }
+    let mut cells: HashMap<CellKey<'a>, Cell> = HashMap::new();
+    let mut left_out: HashMap<(&'a str, i64), u64> = HashMap::new();
+    let mut prompts: Vec<(&'a str, &'a str, f64)> = Vec::new();
+    let mut prompt = tx
+        .prepare_cached(
+            "INSERT INTO workload_prompts (user_id, prompt_hash, calls, cost_usd) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT (user_id, prompt_hash) DO UPDATE SET calls = calls + 1, cost_usd = cost_usd + excluded.cost_usd",
+        )
+        .map_err(backend)?;
+    for call in calls {
+        let hour = clock_hour(call.figures.at_ms);
+        if !call.figures.in_range() {
+            *left_out.entry((call.user, hour)).or_default() += 1;
+            continue;
+        }
+        let key = (call.user, hour, call.model, call.feature, call.figures.batch);
+        cells
+            .entry(key)
+            .or_insert_with(|| {
+                let owned = (
+                    call.user.to_owned(),
+                    hour,
+                    call.model.to_owned(),
+                    call.feature.map(str::to_owned),
+                    call.figures.batch,
+                );
+                stored.remove(&owned).unwrap_or_default()
+            })
+            .add(&call.figures);
+        if let Some(hash) = call.prompt_hash {
+            prompts.push((call.user, hash, call.figures.cost_usd));
+        }
+    }
+    // In key order, which keeps the pages the upserts touch in cache; the sort is stable, so
+    // each prompt's costs are still added in call order.
+    prompts.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    for (user, hash, cost) in prompts {
+        prompt.execute(params![user, hash, cost]).map_err(backend)?;
+    }
+    let mut write = tx
+        .prepare_cached(&format!(
+            "INSERT OR REPLACE INTO workload_rollups (user_id, hour, model, has_feature, feature, batch, {CELL_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+        ))
+        .map_err(backend)?;
+    let int = |value: u64| i64::try_from(value).map_err(|e| corrupt("a roll-up count", e));
+    for ((user, hour, model, feature, batch), cell) in cells {
+        write
+            .execute(params![
+                user,
+                hour,
+                model,
+                feature.is_some(),
+                feature.unwrap_or(""),
+                batch,
+                int(cell.all.calls)?,
+                int(cell.all.input_tokens)?,
+                int(cell.all.output_tokens)?,
+                cell.all.cost_usd,
+                int(cell.errors)?,
+                cell.failed_cost_usd,
+                int(cell.short.calls)?,
+                int(cell.short.input_tokens)?,
+                int(cell.short.output_tokens)?,
+                cell.short.cost_usd,
+                cell.first_ms,
+                cell.last_ms,
+                cell.latency.encode(),
+                cell.prompt_tokens.encode(),
+            ])
+            .map_err(backend)?;
+    }
+    let mut write = tx
+        .prepare_cached(
+            "INSERT INTO workload_left_out (user_id, hour, calls) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, hour) DO UPDATE SET calls = calls + excluded.calls",
+        )
+        .map_err(backend)?;
+    for ((user, hour), calls) in left_out {
+        write.execute(params![user, hour, int(calls)?]).map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// A stored row, owned, for rolling up rows already in the file.
+struct StoredRow {
+    user: String,
+    model: String,
+    feature: Option<String>,
+    prompt_hash: Option<String>,
+    figures: CallFigures,
+}
+
+/// Rolls up the stored rows after `rowid` (all of them from 0), in the order they were stored
+/// and so as their uploads would have; returns how many there were.
+fn roll_up_stored_rows(tx: &Connection, mut rowid: i64) -> Result<u64, StoreError> {
+    let mut select = tx
+        .prepare(
+            "SELECT rowid, user_id, ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error',
+                    cost_usd, prompt_hash, batch
+             FROM main.workload_events WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+        )
+        .map_err(backend)?;
+    let mut total = 0;
+    loop {
+        let mut chunk = Vec::new();
+        let mut rows = select.query(params![rowid, ROLL_UP_CHUNK]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            rowid = row.get(0).map_err(backend)?;
+            chunk.push(StoredRow {
+                user: text(row, 1)?.to_owned(),
+                model: text(row, 3)?.to_owned(),
+                feature: optional_text(row, 4)?.map(str::to_owned),
+                prompt_hash: optional_text(row, 10)?.map(str::to_owned),
+                figures: CallFigures {
+                    at_ms: row.get(2).map_err(backend)?,
+                    input_tokens: row.get::<_, i64>(5).map_err(backend)?.max(0) as u64,
+                    output_tokens: row.get::<_, i64>(6).map_err(backend)?.max(0) as u64,
+                    latency_ms: row.get(7).map_err(backend)?,
+                    error: row.get(8).map_err(backend)?,
+                    cost_usd: row.get(9).map_err(backend)?,
+                    batch: row.get(11).map_err(backend)?,
+                },
+            });
+        }
+        if chunk.is_empty() {
+            return Ok(total);
+        }
+        total += chunk.len() as u64;
+        roll_up(
+            tx,
+            chunk.iter().map(|row| Call {
+                user: &row.user,
+                model: &row.model,
+                feature: row.feature.as_deref(),
+                prompt_hash: row.prompt_hash.as_deref(),
+                figures: row.figures,
+            }),
+        )?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Option<Timestamp> {
+        Some(Timestamp::parse(text).unwrap())
+    }
+
+    fn ms(text: &str) -> i64 {
+        Timestamp::parse(text).unwrap().unix_millis()
+    }
+
+    #[test]
+    fn a_range_reads_its_whole_hours_from_the_roll_ups_and_its_edges_from_the_rows() {
+        let hour = |text: &str| clock_hour(ms(text));
+        let range = |from: Option<Timestamp>, to: Option<Timestamp>| TimeRange { from, to };
+        let cases: [(TimeRange, Split); 6] = [
+            (
+                TimeRange::default(),
+                Split {
+                    hours: (i64::MIN, i64::MAX),
+                    edges: vec![],
+                },
+            ),
+            (
+                range(at("2026-11-01T10:00:00Z"), at("2026-11-02T00:00:00Z")),
+                Split {
+                    hours: (hour("2026-11-01T10:00:00Z"), hour("2026-11-02T00:00:00Z")),
+                    edges: vec![],
+                },
+            ),
+            (
+                range(at("2026-11-01T10:15:00Z"), at("2026-11-01T12:30:00Z")),
+                Split {
+                    hours: (hour("2026-11-01T11:00:00Z"), hour("2026-11-01T12:00:00Z")),
+                    edges: vec![
+                        (ms("2026-11-01T10:15:00Z"), ms("2026-11-01T11:00:00Z")),
+                        (ms("2026-11-01T12:00:00Z"), ms("2026-11-01T12:30:00Z")),
+                    ],
+                },
+            ),
+            (
+                range(at("2026-11-01T10:15:00Z"), at("2026-11-01T10:45:00Z")),
+                Split {
+                    hours: (0, 0),
+                    edges: vec![(ms("2026-11-01T10:15:00Z"), ms("2026-11-01T10:45:00Z"))],
+                },
+            ),
+            (
+                range(None, at("2026-11-01T10:45:00Z")),
+                Split {
+                    hours: (i64::MIN, hour("2026-11-01T10:00:00Z")),
+                    edges: vec![(ms("2026-11-01T10:00:00Z"), ms("2026-11-01T10:45:00Z"))],
+                },
+            ),
+            (
+                range(at("2026-11-01T10:45:00Z"), at("2026-11-01T10:15:00Z")),
+                Split {
+                    hours: (0, 0),
+                    edges: vec![],
+                },
+            ),
+        ];
+        for (range, expected) in cases {
+            assert_eq!(split(range), expected, "{range:?}");
+        }
+    }
 }

@@ -1,10 +1,15 @@
 //! Workload data: the log of a team's own language-model calls, which the analysis agents read.
 //! It lives in the analytics store, behind [`AnalyticsStore`] (SQLite in the embedded default).
 
+mod sketch;
+
+use std::collections::{BTreeMap, HashMap};
+
 use async_trait::async_trait;
 use switchboard_protocol::{Timestamp, UserId};
 
 use crate::StoreError;
+pub(crate) use sketch::Sketch;
 
 /// Whether a model call succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +68,9 @@ pub struct TimeRange {
 
 /// Calls, tokens, cost, errors and latency of a group of calls.
 ///
-/// Latency percentiles are nearest-rank over the calls that report a latency: the p-th
-/// percentile of n values is the value at rank ceil(p × n / 100) in ascending order.
+/// Latency percentiles are nearest-rank over the calls that report a latency (the p-th
+/// percentile of n values is the value at rank ceil(p × n / 100) in ascending order), estimated
+/// from a sketch within [`PERCENTILE_RELATIVE_ERROR`] of the exact value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Usage {
     /// The group (a model or a feature); `None` for calls without a feature.
@@ -105,7 +111,8 @@ pub struct HourUsage {
     pub calls: u64,
     /// Their cost.
     pub cost_usd: f64,
-    /// Nearest-rank p95 latency of the calls in that hour that reported one.
+    /// Nearest-rank p95 latency of the calls in that hour that reported one (estimated within
+    /// [`PERCENTILE_RELATIVE_ERROR`]).
     pub p95_latency_ms: Option<f64>,
 }
 
@@ -175,7 +182,8 @@ pub struct FeatureModel {
     pub all: Slice,
     /// Those made off-hours (00:00 to 06:00 UTC).
     pub off_hours: Slice,
-    /// Prompt tokens above the feature's p95 prompt size, summed over the calls above it.
+    /// Prompt tokens above the feature's p95 prompt size, summed over the calls above it (both
+    /// estimated from a sketch of the prompt sizes: see [`PERCENTILE_RELATIVE_ERROR`]).
     pub input_tokens_above_p95: u64,
 }
 
@@ -194,6 +202,11 @@ pub struct Opportunities {
     /// Cost of failed calls.
     pub failed_cost_usd: f64,
 }
+
+/// The relative error bound of every percentile in a [`Summary`] (latency, and the p95 prompt
+/// size): 1 %. Each comes from a mergeable sketch (DDSketch's logarithmic bins) kept in the
+/// hourly roll-ups, so the estimate `e` of an exact nearest-rank value `x` has |e − x| ≤ 0.01 x.
+pub const PERCENTILE_RELATIVE_ERROR: f64 = sketch::RELATIVE_ACCURACY;
 
 /// A prompt of at most this many tokens counts as short.
 pub const SHORT_INPUT_TOKENS: u64 = 1000;
@@ -225,7 +238,9 @@ pub trait AnalyticsStore: Send + Sync + 'static {
     async fn insert_workload_events(&self, user: &UserId, events: Vec<WorkloadEvent>) -> Result<usize, StoreError>;
     /// How many events the user has stored.
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError>;
-    /// Totals, per-model, per-feature and per-hour usage of a range.
+    /// Totals, per-model, per-feature and per-hour usage of a range, with the aggregates the
+    /// savings strategies need. Counts and sums are exact; percentiles are within
+    /// [`PERCENTILE_RELATIVE_ERROR`] of the exact nearest-rank values.
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError>;
 }
 
@@ -264,39 +279,111 @@ impl CallFigures {
     }
 }
 
+/// One roll-up cell: the calls of one user in one clock hour to one model from one feature, batch
+/// or not, kept at ingest so that a summary reads cells, not rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Cell {
+    /// Calls, their tokens and cost.
+    pub(crate) all: Slice,
+    /// Failed calls.
+    pub(crate) errors: u64,
+    /// Cost of the failed calls.
+    pub(crate) failed_cost_usd: f64,
+    /// Short calls (see [`SHORT_INPUT_TOKENS`]).
+    pub(crate) short: Slice,
+    /// The first and last call's time, milliseconds since the epoch (0 while empty).
+    pub(crate) first_ms: i64,
+    pub(crate) last_ms: i64,
+    /// Latency of the calls that report one.
+    pub(crate) latency: Sketch,
+    /// Prompt tokens of every call.
+    pub(crate) prompt_tokens: Sketch,
+}
+
+impl Cell {
+    /// Counts one call, whose figures the caller has checked are in range.
+    pub(crate) fn add(&mut self, call: &CallFigures) {
+        if self.all.calls == 0 {
+            (self.first_ms, self.last_ms) = (call.at_ms, call.at_ms);
+        } else {
+            self.first_ms = self.first_ms.min(call.at_ms);
+            self.last_ms = self.last_ms.max(call.at_ms);
+        }
+        self.all.add(call);
+        if call.error {
+            self.errors += 1;
+            self.failed_cost_usd += call.cost_usd;
+        }
+        if call.input_tokens <= SHORT_INPUT_TOKENS && call.output_tokens <= SHORT_OUTPUT_TOKENS {
+            self.short.add(call);
+        }
+        if let Some(latency) = call.latency_ms {
+            self.latency.add(latency);
+        }
+        self.prompt_tokens.add(call.input_tokens as f64);
+    }
+
+    /// Adds every call of `other`.
+    pub(crate) fn merge(&mut self, other: &Cell) {
+        if other.all.calls == 0 {
+            return;
+        }
+        if self.all.calls == 0 {
+            (self.first_ms, self.last_ms) = (other.first_ms, other.last_ms);
+        } else {
+            self.first_ms = self.first_ms.min(other.first_ms);
+            self.last_ms = self.last_ms.max(other.last_ms);
+        }
+        self.all.merge(&other.all);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.failed_cost_usd += other.failed_cost_usd;
+        self.short.merge(&other.short);
+        self.latency.merge(&other.latency);
+        self.prompt_tokens.merge(&other.prompt_tokens);
+    }
+}
+
+impl Slice {
+    fn merge(&mut self, other: &Slice) {
+        self.calls = self.calls.saturating_add(other.calls);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cost_usd += other.cost_usd;
+    }
+}
+
+/// The clock hour (hours since the epoch) of a time in milliseconds.
+pub(crate) fn clock_hour(at_ms: i64) -> i64 {
+    at_ms.div_euclid(HOUR_MS)
+}
+
+/// An hour in milliseconds.
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+
 #[derive(Debug, Default)]
 struct Group {
-    calls: u64,
+    all: Slice,
     errors: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-    cost_usd: f64,
-    latencies: Vec<f64>,
+    latency: Sketch,
 }
 
 impl Group {
-    fn add(&mut self, call: &CallFigures) {
-        self.calls += 1;
-        self.errors += u64::from(call.error);
-        self.input_tokens = self.input_tokens.saturating_add(call.input_tokens);
-        self.output_tokens = self.output_tokens.saturating_add(call.output_tokens);
-        self.cost_usd += call.cost_usd;
-        if let Some(latency) = call.latency_ms {
-            self.latencies.push(latency);
-        }
+    fn add(&mut self, cell: &Cell) {
+        self.all.merge(&cell.all);
+        self.errors = self.errors.saturating_add(cell.errors);
+        self.latency.merge(&cell.latency);
     }
 
-    fn usage(mut self, key: Option<String>) -> Usage {
-        self.latencies.sort_unstable_by(f64::total_cmp);
+    fn usage(self, key: Option<String>) -> Usage {
         Usage {
             key,
-            calls: self.calls,
+            calls: self.all.calls,
             errors: self.errors,
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
-            cost_usd: self.cost_usd,
-            p50_latency_ms: nearest_rank(&self.latencies, 50),
-            p95_latency_ms: nearest_rank(&self.latencies, 95),
+            input_tokens: self.all.input_tokens,
+            output_tokens: self.all.output_tokens,
+            cost_usd: self.all.cost_usd,
+            p50_latency_ms: self.latency.nearest_rank(50),
+            p95_latency_ms: self.latency.nearest_rank(95),
         }
     }
 }
@@ -307,35 +394,31 @@ pub fn nearest_rank(sorted: &[f64], percent: usize) -> Option<f64> {
     sorted.get(rank - 1).copied()
 }
 
-/// One feature's calls to one model (by name index): all of them, those off-hours, and each
-/// one's prompt tokens.
-type FeatureModelCalls = (Slice, Slice, Vec<u64>);
+/// Where a cell belongs: clock hour, model and feature (by name index), batch or not.
+type CellAt = (i64, u32, Option<u32>, bool);
 
-/// Builds a [`Summary`] from calls streamed in any order: one pass, memory for the latencies
-/// only. For backends that cannot compute percentiles in their queries.
+/// Builds a [`Summary`] from calls and roll-up cells given in any order; memory for the cells
+/// (one per clock hour, model, feature and batch flag) and the prompts seen, not the calls.
 ///
 /// Calls with a figure out of range ([`CallFigures::in_range`]) are counted in
 /// [`Summary::calls_left_out`] and nowhere else: rows can reach the store without the upload's
 /// checks (written directly, or by an older version), and one absurd row must not turn every
 /// total into an overflow.
+///
+/// Percentiles (latency, and the p95 prompt size that trimming is measured against) come from
+/// sketches and are within [`PERCENTILE_RELATIVE_ERROR`] of the exact nearest-rank values
+/// ([`nearest_rank`]); the prompt tokens above the p95 are summed from the same sketch.
 #[derive(Debug, Default)]
 pub struct SummaryBuilder {
-    first: Option<i64>,
-    last: Option<i64>,
-    total: Group,
-    /// Model and feature names, each stored once: rows refer to them by index, so counting a
-    /// row allocates nothing.
-    names: std::collections::HashMap<String, u32>,
+    /// Model and feature names, each stored once: cells refer to them by index, so counting a
+    /// call allocates nothing.
+    names: HashMap<String, u32>,
     name_list: Vec<String>,
-    models: std::collections::HashMap<u32, Group>,
-    features: std::collections::HashMap<Option<u32>, Group>,
-    hours: [(u64, f64); 24],
-    hour_latencies: [Vec<f64>; 24],
-    hourly: std::collections::HashMap<i64, (u64, u64, f64)>,
-    short: std::collections::HashMap<u32, Slice>,
-    prompts: std::collections::HashMap<String, (u64, f64)>,
-    feature_models: std::collections::HashMap<(Option<u32>, u32), FeatureModelCalls>,
-    failed_cost_usd: f64,
+    /// In key order, so that sums are added in the same order whatever order cells came in.
+    cells: BTreeMap<CellAt, Cell>,
+    prompts: HashMap<String, (u64, f64)>,
+    /// Repeated prompts counted elsewhere (by the store at ingest).
+    repeated: (u64, f64),
     left_out: u64,
 }
 
@@ -350,86 +433,122 @@ impl SummaryBuilder {
         id
     }
 
+    fn cell(&mut self, hour: i64, model: &str, feature: Option<&str>, batch: bool) -> &mut Cell {
+        let model = self.name(model);
+        let feature = feature.map(|f| self.name(f));
+        self.cells.entry((hour, model, feature, batch)).or_default()
+    }
+
     /// Counts one call, or only that it was left out when a figure is out of range.
     pub fn add(&mut self, model: &str, feature: Option<&str>, prompt_hash: Option<&str>, call: CallFigures) {
         if !call.in_range() {
             self.left_out += 1;
             return;
         }
-        let clock_hour = call.at_ms.div_euclid(3_600_000);
-        let hour = clock_hour.rem_euclid(24) as usize;
-        let model = self.name(model);
-        let feature = feature.map(|f| self.name(f));
-        if call.input_tokens <= SHORT_INPUT_TOKENS && call.output_tokens <= SHORT_OUTPUT_TOKENS {
-            self.short.entry(model).or_default().add(&call);
-        }
+        self.cell(clock_hour(call.at_ms), model, feature, call.batch).add(&call);
         if let Some(hash) = prompt_hash {
-            let seen = match self.prompts.get_mut(hash) {
-                Some(seen) => seen,
-                None => self.prompts.entry(hash.to_owned()).or_default(),
-            };
-            seen.0 += 1;
-            seen.1 += call.cost_usd;
+            self.add_prompt(hash, &call);
         }
-        if call.error {
-            self.failed_cost_usd += call.cost_usd;
-        }
-        if !call.batch {
-            let (all, off_hours, inputs) = self.feature_models.entry((feature, model)).or_default();
-            all.add(&call);
-            if hour < usize::from(OFF_HOURS_END) {
-                off_hours.add(&call);
-            }
-            inputs.push(call.input_tokens);
-        }
-        self.first = Some(self.first.map_or(call.at_ms, |f| f.min(call.at_ms)));
-        self.last = Some(self.last.map_or(call.at_ms, |l| l.max(call.at_ms)));
-        self.total.add(&call);
-        self.models.entry(model).or_default().add(&call);
-        self.features.entry(feature).or_default().add(&call);
-        self.hours[hour].0 += 1;
-        self.hours[hour].1 += call.cost_usd;
-        if let Some(latency) = call.latency_ms {
-            self.hour_latencies[hour].push(latency);
-        }
-        let bucket = self.hourly.entry(clock_hour).or_default();
-        bucket.0 += 1;
-        bucket.1 += u64::from(call.error);
-        bucket.2 += call.cost_usd;
     }
 
-    fn opportunities(
-        short: std::collections::HashMap<String, Slice>,
-        prompts: std::collections::HashMap<String, (u64, f64)>,
-        feature_models: Vec<(FeatureModel, Vec<u64>)>,
-        failed_cost_usd: f64,
-    ) -> Opportunities {
-        let (mut repeated_calls, mut repeated_cost) = (0, 0.0);
-        for (calls, cost) in prompts.into_values().filter(|(calls, _)| *calls > 1) {
+    /// Counts one call's prompt for the repeated-prompt figures only (its other figures come
+    /// from a cell); a call out of range is not counted.
+    pub(crate) fn add_prompt(&mut self, prompt_hash: &str, call: &CallFigures) {
+        if !call.in_range() {
+            return;
+        }
+        let seen = match self.prompts.get_mut(prompt_hash) {
+            Some(seen) => seen,
+            None => self.prompts.entry(prompt_hash.to_owned()).or_default(),
+        };
+        seen.0 += 1;
+        seen.1 += call.cost_usd;
+    }
+
+    /// Counts a roll-up cell.
+    pub(crate) fn add_cell(&mut self, hour: i64, model: &str, feature: Option<&str>, batch: bool, cell: &Cell) {
+        self.cell(hour, model, feature, batch).merge(cell);
+    }
+
+    /// Counts repeated prompts the store has counted (calls that repeat an earlier prompt, and
+    /// their share of the cost).
+    pub(crate) fn add_repeated_prompts(&mut self, calls: u64, cost_usd: f64) {
+        self.repeated.0 = self.repeated.0.saturating_add(calls);
+        self.repeated.1 += cost_usd;
+    }
+
+    /// Counts calls left out by the store (see [`Summary::calls_left_out`]).
+    pub(crate) fn add_left_out(&mut self, calls: u64) {
+        self.left_out = self.left_out.saturating_add(calls);
+    }
+
+    /// The summary.
+    pub fn finish(self) -> Result<Summary, StoreError> {
+        let names = &self.name_list;
+        let name = |id: u32| names[id as usize].clone();
+        let (mut first, mut last) = (None::<i64>, None::<i64>);
+        let mut total = Group::default();
+        let mut models: HashMap<u32, Group> = HashMap::new();
+        let mut features: HashMap<Option<u32>, Group> = HashMap::new();
+        let mut hours: [(u64, f64, Sketch); 24] = Default::default();
+        let mut hourly: BTreeMap<i64, (u64, u64, f64)> = BTreeMap::new();
+        let mut short: HashMap<u32, Slice> = HashMap::new();
+        let mut feature_models: HashMap<(Option<u32>, u32), (Slice, Slice, Sketch)> = HashMap::new();
+        let mut feature_prompts: HashMap<Option<u32>, Sketch> = HashMap::new();
+        let mut failed_cost_usd = 0.0;
+        for (&(hour, model, feature, batch), cell) in &self.cells {
+            if cell.all.calls == 0 {
+                continue;
+            }
+            first = Some(first.map_or(cell.first_ms, |f| f.min(cell.first_ms)));
+            last = Some(last.map_or(cell.last_ms, |l| l.max(cell.last_ms)));
+            total.add(cell);
+            models.entry(model).or_default().add(cell);
+            features.entry(feature).or_default().add(cell);
+            let of_day = hour.rem_euclid(24) as usize;
+            let day_hour = &mut hours[of_day];
+            day_hour.0 += cell.all.calls;
+            day_hour.1 += cell.all.cost_usd;
+            day_hour.2.merge(&cell.latency);
+            let bucket = hourly.entry(hour).or_default();
+            bucket.0 += cell.all.calls;
+            bucket.1 += cell.errors;
+            bucket.2 += cell.all.cost_usd;
+            if cell.short.calls > 0 {
+                short.entry(model).or_default().merge(&cell.short);
+            }
+            failed_cost_usd += cell.failed_cost_usd;
+            if !batch {
+                let (all, off_hours, prompts) = feature_models.entry((feature, model)).or_default();
+                all.merge(&cell.all);
+                if of_day < usize::from(OFF_HOURS_END) {
+                    off_hours.merge(&cell.all);
+                }
+                prompts.merge(&cell.prompt_tokens);
+                feature_prompts.entry(feature).or_default().merge(&cell.prompt_tokens);
+            }
+        }
+
+        let (mut repeated_calls, mut repeated_cost) = self.repeated;
+        for (calls, cost) in self.prompts.into_values().filter(|(calls, _)| *calls > 1) {
             repeated_calls += calls - 1;
             repeated_cost += cost * (calls - 1) as f64 / calls as f64;
         }
         // The p95 prompt size is per feature, across its models.
-        let mut feature_inputs: std::collections::HashMap<Option<String>, Vec<u64>> = std::collections::HashMap::new();
-        for (fm, inputs) in &feature_models {
-            feature_inputs.entry(fm.feature.clone()).or_default().extend(inputs);
-        }
-        let p95: std::collections::HashMap<Option<String>, u64> = feature_inputs
+        let p95: HashMap<Option<u32>, f64> = feature_prompts
             .into_iter()
-            .map(|(feature, mut inputs)| {
-                inputs.sort_unstable();
-                let rank = (95 * inputs.len()).div_ceil(100).max(1);
-                (feature, inputs[rank - 1])
-            })
+            .filter_map(|(feature, sketch)| Some((feature, sketch.nearest_rank(95)?)))
             .collect();
         let mut by_feature_model: Vec<FeatureModel> = feature_models
             .into_iter()
-            .map(|(mut fm, inputs)| {
-                let limit = p95.get(&fm.feature).copied().unwrap_or(u64::MAX);
-                fm.input_tokens_above_p95 = inputs
-                    .iter()
-                    .fold(0, |sum: u64, i| sum.saturating_add(i.saturating_sub(limit)));
-                fm
+            .map(|((feature, model), (all, off_hours, prompts))| FeatureModel {
+                feature: feature.map(name),
+                model: name(model),
+                all,
+                off_hours,
+                input_tokens_above_p95: p95
+                    .get(&feature)
+                    .map_or(0, |limit| prompts.sum_above(*limit).round() as u64),
             })
             .collect();
         by_feature_model.sort_by(|a, b| {
@@ -437,40 +556,11 @@ impl SummaryBuilder {
                 .cost_usd
                 .total_cmp(&a.all.cost_usd)
                 .then_with(|| a.model.cmp(&b.model))
+                .then_with(|| a.feature.cmp(&b.feature))
         });
-        let mut short_calls: Vec<(String, Slice)> = short.into_iter().collect();
+        let mut short_calls: Vec<(String, Slice)> = short.into_iter().map(|(m, s)| (name(m), s)).collect();
         short_calls.sort_by(|a, b| b.1.cost_usd.total_cmp(&a.1.cost_usd).then_with(|| a.0.cmp(&b.0)));
-        Opportunities {
-            short_calls,
-            repeated_prompt_cost_usd: repeated_cost,
-            repeated_prompt_calls: repeated_calls,
-            by_feature_model,
-            failed_cost_usd,
-        }
-    }
 
-    /// The summary.
-    pub fn finish(mut self) -> Result<Summary, StoreError> {
-        let names = std::mem::take(&mut self.name_list);
-        let short = self
-            .short
-            .drain()
-            .map(|(model, slice)| (names[model as usize].clone(), slice))
-            .collect();
-        let feature_models = self
-            .feature_models
-            .drain()
-            .map(|((feature, model), (all, off_hours, inputs))| {
-                let fm = FeatureModel {
-                    feature: feature.map(|f| names[f as usize].clone()),
-                    model: names[model as usize].clone(),
-                    all,
-                    off_hours,
-                    input_tokens_above_p95: 0,
-                };
-                (fm, inputs)
-            })
-            .collect();
         let stamp =
             |ms: i64| Timestamp::from_unix_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("timestamp {ms}")));
         let at = |ms: Option<i64>| ms.map(stamp).transpose();
@@ -480,55 +570,41 @@ impl SummaryBuilder {
         };
         Ok(Summary {
             totals: Totals {
-                first: at(self.first)?,
-                last: at(self.last)?,
-                usage: self.total.usage(None),
+                first: at(first)?,
+                last: at(last)?,
+                usage: total.usage(None),
             },
-            by_model: by_cost(
-                self.models
-                    .into_iter()
-                    .map(|(k, g)| g.usage(Some(names[k as usize].clone())))
-                    .collect(),
-            ),
-            by_feature: by_cost(
-                self.features
-                    .into_iter()
-                    .map(|(k, g)| g.usage(k.map(|k| names[k as usize].clone())))
-                    .collect(),
-            ),
-            hours: self
-                .hours
+            by_model: by_cost(models.into_iter().map(|(k, g)| g.usage(Some(name(k)))).collect()),
+            by_feature: by_cost(features.into_iter().map(|(k, g)| g.usage(k.map(name))).collect()),
+            hours: hours
                 .iter()
-                .zip(self.hour_latencies.iter_mut())
                 .enumerate()
-                .filter(|(_, ((calls, _), _))| *calls > 0)
-                .map(|(hour, ((calls, cost), latencies))| {
-                    latencies.sort_unstable_by(f64::total_cmp);
-                    HourUsage {
-                        hour: hour as u8,
-                        calls: *calls,
-                        cost_usd: *cost,
-                        p95_latency_ms: nearest_rank(latencies, 95),
-                    }
+                .filter(|(_, (calls, _, _))| *calls > 0)
+                .map(|(hour, (calls, cost, latency))| HourUsage {
+                    hour: hour as u8,
+                    calls: *calls,
+                    cost_usd: *cost,
+                    p95_latency_ms: latency.nearest_rank(95),
                 })
                 .collect(),
-            hourly: {
-                let mut hourly = self
-                    .hourly
-                    .into_iter()
-                    .map(|(hour, (calls, errors, cost_usd))| {
-                        Ok(Bucket {
-                            start: stamp(hour * 3_600_000)?,
-                            calls,
-                            errors,
-                            cost_usd,
-                        })
+            hourly: hourly
+                .into_iter()
+                .map(|(hour, (calls, errors, cost_usd))| {
+                    Ok(Bucket {
+                        start: stamp(hour * HOUR_MS)?,
+                        calls,
+                        errors,
+                        cost_usd,
                     })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                hourly.sort_by_key(|b| b.start.unix_millis());
-                hourly
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?,
+            opportunities: Opportunities {
+                short_calls,
+                repeated_prompt_cost_usd: repeated_cost,
+                repeated_prompt_calls: repeated_calls,
+                by_feature_model,
+                failed_cost_usd,
             },
-            opportunities: Self::opportunities(short, self.prompts, feature_models, self.failed_cost_usd),
             calls_left_out: self.left_out,
         })
     }
