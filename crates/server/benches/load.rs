@@ -10,6 +10,7 @@
 //! concurrent users (`--max-active-runs` raised to let them all run); each run's time from
 //! `user_message` to its final event is set against the model time its final event reports
 //! (`timings.model_ms`, the same-run baseline): p50 and p95 of the ratio, and of both times.
+//! The users start spread evenly over one run's model time, so they stay out of step.
 
 #![allow(clippy::print_stdout)]
 
@@ -150,6 +151,20 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
+/// CPU time a process has used (user and system), in clock ticks of 10 ms.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name")?
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| -> anyhow::Result<u64> { Ok(fields.get(n).context("short stat")?.parse()?) };
+    Ok(field(11)? + field(12)?)
+}
+
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
@@ -181,8 +196,15 @@ fn sorted(values: impl Iterator<Item = u64>) -> Vec<u64> {
     values
 }
 
-/// `connections` sockets, one user each, each sending `runs_each` messages one after another.
-async fn phase(client: &Client, sessions: &[Session], connections: usize, runs_each: usize) -> anyhow::Result<Phase> {
+/// `connections` sockets, one user each, each sending `runs_each` messages one after another;
+/// the users start evenly spread over `spread` (none: all at once).
+async fn phase(
+    client: &Client,
+    sessions: &[Session],
+    connections: usize,
+    runs_each: usize,
+    spread: Duration,
+) -> anyhow::Result<Phase> {
     let mut sockets = Vec::with_capacity(connections);
     for session in sessions.iter().take(connections) {
         sockets.push(open(client, session).await?);
@@ -190,7 +212,9 @@ async fn phase(client: &Client, sessions: &[Session], connections: usize, runs_e
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (index, mut socket) in sockets.into_iter().enumerate() {
+        let offset = spread.mul_f64(index as f64 / connections as f64);
         tasks.spawn(async move {
+            tokio::time::sleep(offset).await;
             let mut timings = Vec::with_capacity(runs_each);
             let mut busy = 0u64;
             while timings.len() < runs_each {
@@ -220,8 +244,16 @@ async fn phase(client: &Client, sessions: &[Session], connections: usize, runs_e
     Ok(phase)
 }
 
-/// The model-latency mode: (users, model latency per call, runs per user).
-const MODEL_PHASES: [(usize, u64, usize); 3] = [(1, 100, 30), (50, 500, 10), (1_000, 500, 3)];
+/// The model-latency mode: (users, model latency per call, runs per user, users in step).
+/// Users out of step start spread over one run's model time; users in step all send at once,
+/// every time (a herd: 1 000 runs arrive in the same millisecond, and finish together).
+const MODEL_PHASES: [(usize, u64, usize, bool); 5] = [
+    (1, 100, 30, false),
+    (50, 500, 10, false),
+    (50, 500, 10, true),
+    (1_000, 500, 3, false),
+    (1_000, 500, 3, true),
+];
 
 async fn model_latency() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -235,7 +267,7 @@ async fn model_latency() -> anyhow::Result<()> {
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut breakdowns = Vec::new();
-    for (users_count, latency_ms, runs_each) in MODEL_PHASES {
+    for (users_count, latency_ms, runs_each, in_step) in MODEL_PHASES {
         let dir = tempfile::tempdir()?;
         let latency = latency_ms.to_string();
         let args = [
@@ -248,9 +280,28 @@ async fn model_latency() -> anyhow::Result<()> {
         ];
         let (server, client) = server::start_server(dir.path(), &args).await?;
         let sessions = users(&client, users_count).await?;
+        // Users do not act in step: each starts at its own moment within one run's model time,
+        // so the server sees a steady 1 000 concurrent runs, not 1 000 arriving in the same
+        // millisecond every second.
+        let spread = if in_step {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(latency_ms * 2)
+        };
+        let label = if in_step {
+            format!("{users_count} in step")
+        } else {
+            users_count.to_string()
+        };
         // One run each first, so that the measured runs find the server warm.
-        phase(&client, &sessions, users_count, 1).await?;
-        let runs = phase(&client, &sessions, users_count, runs_each).await?;
+        phase(&client, &sessions, users_count, 1, spread).await?;
+        let pid = server.id().context("no pid")?;
+        let (cpu_before, own_before) = (cpu_ticks(pid)?, cpu_ticks(std::process::id())?);
+        let runs = phase(&client, &sessions, users_count, runs_each, spread).await?;
+        let cpu = |before: u64, pid: u32| -> anyhow::Result<f64> {
+            Ok((cpu_ticks(pid)? - before) as f64 * 10.0 / runs.timings.len() as f64)
+        };
+        let cpu_per_run = (cpu(cpu_before, pid)?, cpu(own_before, std::process::id())?);
         let total: Vec<u64> = sorted(runs.timings.iter().map(|t| t.total_us));
         let model: Vec<u64> = sorted(runs.timings.iter().map(|t| t.timings.model_ms * 1000));
         let mut ratios: Vec<f64> = runs
@@ -261,7 +312,7 @@ async fn model_latency() -> anyhow::Result<()> {
         ratios.sort_by(f64::total_cmp);
         let ratio = |p: f64| ratios[((ratios.len() as f64 - 1.0) * p).round() as usize];
         println!(
-            "| {users_count} | {latency_ms} ms | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.3} / {:.3} | {} |",
+            "| {label} | {latency_ms} ms | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.3} / {:.3} | {} |",
             total.len(),
             percentile(&total, 0.5),
             percentile(&total, 0.95),
@@ -271,23 +322,27 @@ async fn model_latency() -> anyhow::Result<()> {
             ratio(0.95),
             runs.busy
         );
-        breakdowns.push((users_count, runs.timings));
+        let log = event_log_figures(&client).await?;
+        breakdowns.push((label, runs.timings, log, cpu_per_run));
         drop(server);
     }
     println!();
     println!("Where the time beyond the model went, p50 / p95 per run (ms): the final event's `timings`, and the rest");
-    println!("as the client saw it (the final event's storing, delivery and the client itself).");
+    println!("as the client saw it, outside the run (storing the message, then the final event, delivery, the client).");
     println!();
-    println!("| users | queue | tools | store | engine and agents | after the server's total |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (users_count, runs) in breakdowns {
+    println!(
+        "| users | queue | tools | store | engine and agents | outside the run | event log: events per batch, ms per batch (mean) | CPU ms per run: server, client |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (label, runs, log, (server_cpu, client_cpu)) in breakdowns {
+        let log = log.map_or_else(|| "n/a".to_owned(), |(per_batch, ms)| format!("{per_batch:.1}, {ms:.2}"));
         let part = |f: &dyn Fn(&RunTimes) -> u64| {
             let values = sorted(runs.iter().map(|r| f(r) * 1000));
             format!("{:.1} / {:.1}", percentile(&values, 0.5), percentile(&values, 0.95))
         };
         let t = |r: &RunTimes| r.timings.clone();
         println!(
-            "| {users_count} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {log} | {server_cpu:.2}, {client_cpu:.2} |",
             part(&|r| t(r).queue_ms),
             part(&|r| t(r).tools_ms),
             part(&|r| t(r).store_ms),
@@ -300,6 +355,32 @@ async fn model_latency() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The event log's batches, from the server's metrics: mean events per batch and mean ms per
+/// batch (none from a server that does not export them).
+async fn event_log_figures(client: &Client) -> anyhow::Result<Option<(f64, f64)>> {
+    let text = client
+        .http()
+        .get(format!("{}/metrics", client.base()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| -> Option<f64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let batches = match value("switchboard_event_batch_size_count") {
+        Some(count) => count.max(1.0),
+        None => return Ok(None),
+    };
+    Ok(Some((
+        value("switchboard_event_batch_size_sum").unwrap_or(0.0) / batches,
+        value("switchboard_event_batch_seconds_sum").unwrap_or(0.0) * 1000.0 / batches,
+    )))
 }
 
 async fn main_async() -> anyhow::Result<()> {
@@ -325,7 +406,7 @@ async fn main_async() -> anyhow::Result<()> {
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for (connections, runs_each) in PHASES {
-        let runs = phase(&client, &sessions, connections, runs_each).await?;
+        let runs = phase(&client, &sessions, connections, runs_each, Duration::ZERO).await?;
         let first: Vec<u64> = sorted(runs.timings.iter().map(|t| t.first_us));
         let last: Vec<u64> = sorted(runs.timings.iter().map(|t| t.total_us));
         println!(

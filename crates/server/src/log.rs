@@ -5,12 +5,14 @@
 //! connections: an event reaches a socket only after it is stored.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_engine::{EventSink, SinkError};
 use switchboard_protocol::{Event, LogEntry, Seq, UserId};
 use switchboard_store::{EventRecord, Store, StoreError, StoredEvent};
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use crate::fanout::FanOut;
 
@@ -18,6 +20,9 @@ use crate::fanout::FanOut;
 pub(crate) trait Observer: Send + Sync + 'static {
     /// `event` of `user` is stored.
     fn stored(&self, user: &UserId, event: &Event);
+
+    /// A batch of `events` was stored in one transaction that took `took`.
+    fn batch_stored(&self, _events: usize, _took: Duration) {}
 }
 
 /// The store, the fan-out and the observers, as one log.
@@ -50,7 +55,12 @@ impl EventLog {
     /// store has answered, nothing here can fail: a panicking observer or fan-out is logged and
     /// passed over, so that a batch that is stored is never reported as failed (and stored again).
     pub(crate) async fn append_entries(&self, entries: Vec<LogEntry>) -> Result<Vec<Event>, StoreError> {
+        let started = Instant::now();
         let stored = self.store.append_events(entries).await?;
+        let took = started.elapsed();
+        for observer in &self.observers {
+            observer.batch_stored(stored.len(), took);
+        }
         let mut events = Vec::with_capacity(stored.len());
         for StoredEvent { user_id, event, record } in stored {
             let tell = || {

@@ -63,6 +63,10 @@ pub(crate) struct Metrics {
     pub(crate) events_sent: Counter,
     /// Run events stored.
     pub(crate) events_stored: Counter,
+    /// Events per batch the event log stored in one transaction.
+    pub(crate) event_batch_size: Histogram,
+    /// How long the store took for one batch of events.
+    pub(crate) event_batch_seconds: Histogram,
     /// Errors told to clients, by code.
     pub(crate) errors: Family<CodeLabel, Counter>,
     /// Language-model calls, by model and outcome.
@@ -87,6 +91,8 @@ impl Default for Metrics {
         let first_event_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let events_sent = Counter::default();
         let events_stored = Counter::default();
+        let event_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let event_batch_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let errors = Family::<CodeLabel, Counter>::default();
         let model_calls = Family::<ModelLabel, Counter>::default();
         let model_tokens = Family::<TokenLabel, Counter>::default();
@@ -106,6 +112,16 @@ impl Default for Metrics {
             events_sent.clone(),
         );
         registry.register("events_stored", "Run events stored", events_stored.clone());
+        registry.register(
+            "event_batch_size",
+            "Events the event log stored in one transaction",
+            event_batch_size.clone(),
+        );
+        registry.register(
+            "event_batch_seconds",
+            "How long the store took for one batch of events",
+            event_batch_seconds.clone(),
+        );
         registry.register("errors", "Errors told to clients, by code", errors.clone());
         registry.register("model_calls", "Language-model calls", model_calls.clone());
         registry.register("model_tokens", "Language-model tokens", model_tokens.clone());
@@ -127,6 +143,8 @@ impl Default for Metrics {
             first_event_latency,
             events_sent,
             events_stored,
+            event_batch_size,
+            event_batch_seconds,
             errors,
             model_calls,
             model_tokens,
@@ -208,5 +226,10 @@ impl Observer for Metrics {
             self.run_duration.observe(done.duration_ms as f64 / 1000.0);
             self.model_calls(&done.model_calls);
         }
+    }
+
+    fn batch_stored(&self, events: usize, took: std::time::Duration) {
+        self.event_batch_size.observe(events as f64);
+        self.event_batch_seconds.observe(took.as_secs_f64());
     }
 }

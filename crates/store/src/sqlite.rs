@@ -13,6 +13,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavio
 use switchboard_protocol::{
     Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
 };
+use tokio::sync::oneshot;
 
 use crate::sqlite_analytics::{SqliteAnalytics, path_beside as analytics_path};
 use crate::{
@@ -114,6 +115,7 @@ CREATE INDEX IF NOT EXISTS refresh_families_by_user ON refresh_families (user_id
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    accepts: Arc<Mutex<AcceptQueue>>,
     analytics: SqliteAnalytics,
     _checkpointer: Arc<Checkpointer>,
 }
@@ -258,6 +260,7 @@ impl SqliteStore {
         Ok(Self {
             _checkpointer: Arc::new(checkpointer),
             conn: Arc::new(Mutex::new(conn)),
+            accepts: Arc::default(),
             analytics,
         })
     }
@@ -590,94 +593,19 @@ impl Store for SqliteStore {
     }
 
     async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError> {
-        self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let user = message.user_id.to_string();
-            if let Some(client_id) = &message.client_message_id {
-                let sql = format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = ?1 AND client_message_id = ?2 AND role = 'user'"
-                );
-                let earlier = tx
-                    .prepare_cached(&sql)
-                    .and_then(|mut s| s.query_row([&user, client_id], message_from).optional())
-                    .map_err(backend)?;
-                if let Some(row) = earlier {
-                    let earlier = to_message(row)?;
-                    let run_id = earlier
-                        .run_id
-                        .clone()
-                        .ok_or_else(|| StoreError::Corrupt("a user message without its run".into()))?;
-                    return Ok(Accepted {
-                        thread_id: earlier.thread_id.clone(),
-                        message: earlier,
-                        run_id,
-                        duplicate: true,
-                        created_thread: false,
-                    });
-                }
-            }
-            let now = now_millis();
-            let created_thread = message.thread_id.is_none();
-            let thread_id = match &message.thread_id {
-                Some(thread) => {
-                    let exists: Option<i64> = tx
-                        .prepare_cached("SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2")
-                        .and_then(|mut s| s.query_row([thread.as_str(), &user], |r| r.get(0)).optional())
-                        .map_err(backend)?;
-                    if exists.is_none() {
-                        return Err(StoreError::NotFound(format!("thread {thread}")));
-                    }
-                    tx.execute("UPDATE threads SET updated_at = ?1 WHERE id = ?2", params![now, thread.as_str()])
-                        .map_err(backend)?;
-                    thread.clone()
-                }
-                None => {
-                    let thread = ThreadId::generate();
-                    tx.execute(
-                        "INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                        params![thread.as_str(), &user, thread_title(&message.text), now],
-                    )
-                    .map_err(backend)?;
-                    thread
-                }
-            };
-            tx.execute(
-                "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, client_message_id, created_at)
-                 VALUES (?1, ?2, ?3, 'user', ?4, ?5, ?6, ?7)",
-                params![
-                    message.message_id.as_str(),
-                    thread_id.as_str(),
-                    &user,
-                    message.text,
-                    message.run_id.as_str(),
-                    message.client_message_id,
-                    now
-                ],
-            )
-            .map_err(backend)?;
-            tx.execute(
-                "INSERT INTO runs (id, user_id, thread_id, message_id, status, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-                params![message.run_id.as_str(), &user, thread_id.as_str(), message.message_id.as_str(), now],
-            )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-            Ok(Accepted {
-                message: Message {
-                    id: message.message_id,
-                    thread_id: thread_id.clone(),
-                    role: Role::User,
-                    text: message.text,
-                    run_id: Some(message.run_id.clone()),
-                    client_message_id: message.client_message_id,
-                    created_at: timestamp(now)?,
-                },
-                run_id: message.run_id,
-                thread_id,
-                duplicate: false,
-                created_thread,
-            })
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        let start_writer = {
+            let mut queue = self.accepts.lock().unwrap_or_else(|p| p.into_inner());
+            queue.pending.push((message, reply));
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start_writer {
+            let (conn, accepts) = (Arc::clone(&self.conn), Arc::clone(&self.accepts));
+            tokio::task::spawn_blocking(move || accept_all(&conn, &accepts));
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store's writer stopped before storing the message".into()))?
     }
 
     async fn discard_run(&self, user: &UserId, run: &RunId, created_thread: bool) -> Result<(), StoreError> {
@@ -836,6 +764,167 @@ impl Store for SqliteStore {
         self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
             .await
     }
+}
+
+/// Messages waiting to be stored, each with its caller waiting for the outcome. Group commit:
+/// the messages that arrive while a batch is written form the next batch, one transaction for
+/// all (a savepoint each, so that one refused message leaves the others in), so that many users
+/// sending at once wait for a few commits, not for one commit each.
+#[derive(Default)]
+struct AcceptQueue {
+    pending: Vec<(NewMessage, oneshot::Sender<Result<Accepted, StoreError>>)>,
+    writing: bool,
+}
+
+/// Stores the queued messages in batches until none is left. Runs on tokio's blocking pool.
+fn accept_all(conn: &Mutex<Connection>, accepts: &Mutex<AcceptQueue>) {
+    /// Lets the next message start a writer again if this one panics.
+    struct Writing<'a>(&'a Mutex<AcceptQueue>);
+    impl Drop for Writing<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
+            }
+        }
+    }
+    let _writing = Writing(accepts);
+    loop {
+        let batch = {
+            let mut queue = accepts.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.pending.is_empty() {
+                queue.writing = false;
+                return;
+            }
+            std::mem::take(&mut queue.pending)
+        };
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match accept_batch(&mut conn, messages) {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn accept_batch(
+    conn: &mut Connection,
+    messages: Vec<NewMessage>,
+) -> Result<Vec<Result<Accepted, StoreError>>, StoreError> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let mut results = Vec::with_capacity(messages.len());
+    for message in messages {
+        let savepoint = tx.savepoint().map_err(backend)?;
+        match accept_one(&savepoint, message) {
+            Ok(accepted) => {
+                savepoint.commit().map_err(backend)?;
+                results.push(Ok(accepted));
+            }
+            // Dropping the savepoint rolls this message back.
+            Err(error) => results.push(Err(error)),
+        }
+    }
+    tx.commit().map_err(backend)?;
+    Ok(results)
+}
+
+/// Stores one user message and its run (and its thread, when it starts one).
+fn accept_one(conn: &Connection, message: NewMessage) -> Result<Accepted, StoreError> {
+    let user = message.user_id.to_string();
+    if let Some(client_id) = &message.client_message_id {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = ?1 AND client_message_id = ?2 AND role = 'user'"
+        );
+        let earlier = conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.query_row([&user, client_id], message_from).optional())
+            .map_err(backend)?;
+        if let Some(row) = earlier {
+            let earlier = to_message(row)?;
+            let run_id = earlier
+                .run_id
+                .clone()
+                .ok_or_else(|| StoreError::Corrupt("a user message without its run".into()))?;
+            return Ok(Accepted {
+                thread_id: earlier.thread_id.clone(),
+                message: earlier,
+                run_id,
+                duplicate: true,
+                created_thread: false,
+            });
+        }
+    }
+    let now = now_millis();
+    let created_thread = message.thread_id.is_none();
+    let thread_id = match &message.thread_id {
+        Some(thread) => {
+            let exists: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM threads WHERE id = ?1 AND user_id = ?2")
+                .and_then(|mut s| s.query_row([thread.as_str(), &user], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("thread {thread}")));
+            }
+            conn.execute(
+                "UPDATE threads SET updated_at = ?1 WHERE id = ?2",
+                params![now, thread.as_str()],
+            )
+            .map_err(backend)?;
+            thread.clone()
+        }
+        None => {
+            let thread = ThreadId::generate();
+            conn.execute(
+                "INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![thread.as_str(), &user, thread_title(&message.text), now],
+            )
+            .map_err(backend)?;
+            thread
+        }
+    };
+    conn.execute(
+        "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, client_message_id, created_at)
+             VALUES (?1, ?2, ?3, 'user', ?4, ?5, ?6, ?7)",
+        params![
+            message.message_id.as_str(),
+            thread_id.as_str(),
+            &user,
+            message.text,
+            message.run_id.as_str(),
+            message.client_message_id,
+            now
+        ],
+    )
+    .map_err(backend)?;
+    conn.execute(
+            "INSERT INTO runs (id, user_id, thread_id, message_id, status, started_at) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+            params![message.run_id.as_str(), &user, thread_id.as_str(), message.message_id.as_str(), now],
+        )
+        .map_err(backend)?;
+    Ok(Accepted {
+        message: Message {
+            id: message.message_id,
+            thread_id: thread_id.clone(),
+            role: Role::User,
+            text: message.text,
+            run_id: Some(message.run_id.clone()),
+            client_message_id: message.client_message_id,
+            created_at: timestamp(now)?,
+        },
+        run_id: message.run_id,
+        thread_id,
+        duplicate: false,
+        created_thread,
+    })
 }
 
 /// One transaction for all the entries. `BEGIN IMMEDIATE` takes the write lock before the first

@@ -8,7 +8,7 @@ use switchboard_protocol::{
     RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, TraceId, UserId,
 };
 use switchboard_store::{
-    NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunState, SqliteStore, Store, StoreError,
+    Accepted, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunState, SqliteStore, Store, StoreError,
 };
 
 /// An event for `user`'s log; a final payload comes with the run's end (and `answer`).
@@ -397,12 +397,53 @@ async fn concurrent_rotations(store: Arc<dyn Store>) {
     );
 }
 
+/// Messages sent at once (which a backend may store in one transaction): each is stored or
+/// refused on its own, and a repeated `client_message_id` is stored once.
+async fn concurrent_messages(store: Arc<dyn Store>) {
+    let (ann, eve) = (UserId::generate(), UserId::generate());
+    let eves = store
+        .accept_message(new_message(&eve, None, "mine", None))
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (store, ann) = (Arc::clone(&store), ann.clone());
+        let eves_thread = eves.thread_id.clone();
+        tasks.spawn(async move {
+            let message = match i % 3 {
+                0 => new_message(&ann, None, &format!("question {i}"), None),
+                1 => new_message(&ann, None, "again and again", Some("same-key")),
+                _ => new_message(&ann, Some(eves_thread), "into eve's thread", None),
+            };
+            (i % 3, store.accept_message(message).await)
+        });
+    }
+    let results = tasks.join_all().await;
+    let of = |kind: usize| results.iter().filter(move |(k, _)| *k == kind).map(|(_, r)| r);
+    assert!(of(0).all(|r| r.as_ref().is_ok_and(|a| !a.duplicate && a.created_thread)));
+    let repeated: Vec<&Accepted> = of(1).map(|r| r.as_ref().unwrap()).collect();
+    assert_eq!(
+        repeated.iter().filter(|a| !a.duplicate).count(),
+        1,
+        "one stored, the rest repeats"
+    );
+    assert!(repeated.iter().all(|a| a.run_id == repeated[0].run_id));
+    assert!(
+        of(2).all(|r| matches!(r, Err(StoreError::NotFound(_)))),
+        "another user's thread is refused"
+    );
+    assert_eq!(store.threads(&ann).await.unwrap().len(), 11);
+    assert_eq!(store.threads(&eve).await.unwrap().len(), 1);
+    assert_eq!(store.messages(&eve, &eves.thread_id).await.unwrap().len(), 1);
+}
+
 /// `other` is a second handle on the same database (as a second server process holds).
 async fn suite(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     users(store.as_ref()).await;
     threads_and_messages(store.as_ref()).await;
     event_log(store.as_ref()).await;
     racing_writers(Arc::clone(&store), other).await;
+    concurrent_messages(Arc::clone(&store)).await;
     refresh_rotation(store.as_ref()).await;
     concurrent_rotations(Arc::clone(&store)).await;
 }
