@@ -18,7 +18,7 @@ use switchboard_engine::{
     Agent, AgentContext, AgentError, AgentOutput, Engine, EventSink, Plan, RunRequest, SinkError, Tool, ToolError,
 };
 use switchboard_protocol::{
-    AgentCompleted, AgentName, AgentStarted, Event, EventPayload, LogEntry, NewEvent, RunId, RunStatus, Seq, ThreadId,
+    AgentCompleted, AgentName, AgentStarted, EventPayload, LogEntry, NewEvent, RunId, RunStatus, Seq, ThreadId,
     Timestamp, ToolCompleted, ToolExecuting, TraceId, UserId,
 };
 
@@ -34,9 +34,10 @@ struct CountingSink {
 
 #[async_trait]
 impl EventSink for CountingSink {
-    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError> {
+    async fn append(&self, batch: &[LogEntry]) -> Result<Vec<Seq>, SinkError> {
         self.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        Ok(batch.into_iter().map(|entry| entry.event.numbered(Seq::ZERO)).collect())
+        std::hint::black_box(batch);
+        Ok(vec![Seq::ZERO; batch.len()])
     }
 }
 
@@ -145,7 +146,7 @@ async fn run_baseline(runs: usize) -> (Duration, u64) {
                     event,
                     end: None,
                 };
-                sink.append(vec![entry]).await.unwrap();
+                sink.append(&[entry]).await.unwrap();
             };
             let started = |task: &str| EventPayload::AgentStarted(AgentStarted { task: task.into() });
             let completed = |result: Option<Value>, is_final: bool| {

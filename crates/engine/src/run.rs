@@ -94,7 +94,7 @@ impl RunLog {
         payload: EventPayload,
         answer: Option<String>,
         until: Instant,
-    ) -> Result<Receipt, PublishError> {
+    ) -> Result<Option<Receipt>, PublishError> {
         self.admit(agent, &payload).map_err(PublishError::Contract)?;
         let event = NewEvent {
             run_id: self.ids.run_id.clone(),
@@ -128,6 +128,7 @@ impl RunLog {
             )
             .await?;
         self.release_place();
+        let receipt = receipt.ok_or_else(|| PublishError::Contract("a final event without its receipt".into()))?;
         let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
         match tokio::time::timeout_at(until, receipt.stored()).await {
             Ok(stored) => Ok(stored?),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
-use switchboard_protocol::{Event, EventPayload, LogEntry};
+use switchboard_protocol::{Event, EventPayload, LogEntry, Seq};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
@@ -38,8 +38,8 @@ pub enum SinkError {
 pub trait EventSink: Send + Sync + 'static {
     /// Stores `batch` at once, all or nothing, giving each event the next `seq` of its user in
     /// the order given (and finishing the run of an entry that carries its `end`). Returns the
-    /// events as stored, in the same order. The engine calls it for one batch at a time.
-    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError>;
+    /// seqs given, in the same order. The engine calls it for one batch at a time.
+    async fn append(&self, batch: &[LogEntry]) -> Result<Vec<Seq>, SinkError>;
 }
 
 /// Events that may wait for the sink at once, over all runs. Past it, a run waits for room
@@ -67,7 +67,8 @@ impl Receipt {
 
 struct Queued {
     entry: LogEntry,
-    reply: oneshot::Sender<Event>,
+    /// For a final event: its run waits to learn that it is stored.
+    reply: Option<oneshot::Sender<Event>>,
     /// Its room in the queue, given back once it is stored (none for an event queued past the
     /// bound, or a final event).
     _room: Option<OwnedSemaphorePermit>,
@@ -99,11 +100,15 @@ impl EventQueue {
     }
 
     /// Queues an entry, waiting for room until `until`. A final event never waits (there is one
-    /// per run); past `until`, narration (`agent_thinking`, `partial_result`) is given up and any
-    /// other event is queued past the bound. Cancel-safe: an entry is queued whole or not at all.
-    pub(crate) async fn submit(&self, entry: LogEntry, until: Instant) -> Result<Receipt, SinkError> {
-        let room = if entry.end.is_some() {
+    /// per run) and is the only one with a receipt (the only one a run waits for); past `until`,
+    /// narration (`agent_thinking`, `partial_result`) is given up and any other event is queued
+    /// past the bound. Cancel-safe: an entry is queued whole or not at all.
+    pub(crate) async fn submit(&self, entry: LogEntry, until: Instant) -> Result<Option<Receipt>, SinkError> {
+        let is_final = entry.end.is_some();
+        let room = if is_final {
             None
+        } else if let Ok(permit) = Arc::clone(&self.room).try_acquire_owned() {
+            Some(permit)
         } else {
             let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
             match tokio::time::timeout_at(until, Arc::clone(&self.room).acquire_owned()).await {
@@ -112,7 +117,13 @@ impl EventQueue {
                 _ => None,
             }
         };
-        let (reply, receipt) = oneshot::channel();
+        let (reply, receipt) = match is_final {
+            true => {
+                let (reply, receipt) = oneshot::channel();
+                (Some(reply), Some(Receipt(receipt)))
+            }
+            false => (None, None),
+        };
         let start_writer = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.queued.push_back(Queued {
@@ -130,7 +141,7 @@ impl EventQueue {
             };
             tokio::spawn(writer.write_all());
         }
-        Ok(Receipt(receipt))
+        Ok(receipt)
     }
 
     /// Waits until everything queued so far is stored, or `until`. True when it is.
@@ -187,10 +198,14 @@ impl Writer {
                 let take = pending.queued.len().min(MAX_BATCH);
                 pending.queued.drain(..take).collect()
             };
-            let events = self.store(&batch).await;
-            for (queued, event) in batch.into_iter().zip(events) {
+            let (entries, waiting): (Vec<LogEntry>, Vec<_>) =
+                batch.into_iter().map(|q| (q.entry, (q.reply, q._room))).unzip();
+            let seqs = self.store(&entries).await;
+            for ((entry, seq), (reply, _room)) in entries.into_iter().zip(seqs).zip(waiting) {
                 // A run that gave up waiting is fine: the event is stored all the same.
-                let _ = queued.reply.send(event);
+                if let Some(reply) = reply.filter(|reply| !reply.is_closed()) {
+                    let _ = reply.send(entry.event.numbered(seq));
+                }
             }
         }
     }
@@ -198,16 +213,13 @@ impl Writer {
     /// Stores one batch, trying again (with a growing wait) until the sink takes it: a failed
     /// batch stored nothing, so trying it again can neither lose nor repeat an event, and the
     /// events behind it wait, in order. A panic in the sink counts as a failure.
-    async fn store(&self, batch: &[Queued]) -> Vec<Event> {
+    async fn store(&self, batch: &[LogEntry]) -> Vec<Seq> {
         let mut wait = RETRY_FIRST;
         loop {
-            let entries: Vec<LogEntry> = batch.iter().map(|q| q.entry.clone()).collect();
-            let attempt = AssertUnwindSafe(self.sink.append(entries)).catch_unwind().await;
+            let attempt = AssertUnwindSafe(self.sink.append(batch)).catch_unwind().await;
             let error = match attempt {
-                Ok(Ok(events)) if events.len() == batch.len() => return events,
-                Ok(Ok(events)) => {
-                    SinkError::Failed(format!("the sink stored {} of {} events", events.len(), batch.len()))
-                }
+                Ok(Ok(seqs)) if seqs.len() == batch.len() => return seqs,
+                Ok(Ok(seqs)) => SinkError::Failed(format!("the sink stored {} of {} events", seqs.len(), batch.len())),
                 Ok(Err(error)) => error,
                 Err(_panic) => SinkError::Failed("the sink panicked".into()),
             };

@@ -579,7 +579,7 @@ impl MemorySink {
 
 #[async_trait]
 impl EventSink for MemorySink {
-    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError> {
+    async fn append(&self, batch: &[LogEntry]) -> Result<Vec<Seq>, SinkError> {
         let scripted = self.script.lock().unwrap().pop_front();
         let behavior = scripted.unwrap_or_else(|| *self.behavior.lock().unwrap());
         match behavior {
@@ -595,16 +595,16 @@ impl EventSink for MemorySink {
         for entry in batch {
             let seq = last.get(&entry.user_id).copied().unwrap_or(Seq::ZERO).next();
             last.insert(entry.user_id.clone(), seq);
-            let event = entry.event.numbered(seq);
-            if let Some(end) = entry.end {
-                self.ends.lock().unwrap().insert(event.run_id.clone(), end);
+            let event = entry.event.clone().numbered(seq);
+            if let Some(end) = &entry.end {
+                self.ends.lock().unwrap().insert(event.run_id.clone(), end.clone());
             }
             published.push(Published {
-                user_id: entry.user_id,
-                event: event.clone(),
+                user_id: entry.user_id.clone(),
+                event,
                 at,
             });
-            stored.push(event);
+            stored.push(seq);
         }
         self.stored.notify_waiters();
         Ok(stored)

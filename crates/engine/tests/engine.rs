@@ -520,7 +520,7 @@ struct PanickingOnce {
 
 #[async_trait::async_trait]
 impl EventSink for PanickingOnce {
-    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError> {
+    async fn append(&self, batch: &[LogEntry]) -> Result<Vec<switchboard_protocol::Seq>, SinkError> {
         if !self.panicked.swap(true, std::sync::atomic::Ordering::SeqCst) {
             panic!("scripted store panic");
         }

@@ -3,6 +3,8 @@
 //! the vocabulary the engine, the store and the server share, so that none of them has to
 //! re-read an event's JSON to learn what it says.
 
+use serde::Serialize;
+
 use crate::{AgentCompleted, AgentName, Event, EventPayload, ModelCallUsage, RunId, RunStatus, RunTimings, Seq};
 use crate::{ThreadId, Timestamp, TraceId, UserId};
 
@@ -25,6 +27,23 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// The event as JSON, written once before the log numbers it (and outside whatever lock
+    /// the log holds while it does); [`UnnumberedJson::numbered`] then puts the seq in.
+    pub fn to_json(&self) -> serde_json::Result<UnnumberedJson> {
+        let view = WireView {
+            seq: Seq::ZERO,
+            run_id: &self.run_id,
+            thread_id: &self.thread_id,
+            agent_name: &self.agent_name,
+            timestamp: &self.timestamp,
+            trace_id: &self.trace_id,
+            payload: &self.payload,
+        };
+        let json = serde_json::to_string(&view)?;
+        debug_assert!(json.starts_with(UnnumberedJson::PREFIX));
+        Ok(UnnumberedJson(json))
+    }
+
     /// The event with its seq.
     pub fn numbered(self, seq: Seq) -> Event {
         Event {
@@ -36,6 +55,33 @@ impl NewEvent {
             trace_id: self.trace_id,
             payload: self.payload,
         }
+    }
+}
+
+/// An event borrowed, serialized field for field as [`Event`] is (`seq` first).
+#[derive(Serialize)]
+struct WireView<'a> {
+    seq: Seq,
+    run_id: &'a RunId,
+    thread_id: &'a ThreadId,
+    agent_name: &'a AgentName,
+    timestamp: &'a Timestamp,
+    trace_id: &'a TraceId,
+    #[serde(flatten)]
+    payload: &'a EventPayload,
+}
+
+/// An event's JSON before it has its seq (written with seq 0, which comes first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnnumberedJson(String);
+
+impl UnnumberedJson {
+    const PREFIX: &'static str = "{\"seq\":0,";
+
+    /// The JSON of the event with `seq`, exactly as `serde_json` writes the numbered [`Event`].
+    pub fn numbered(&self, seq: Seq) -> String {
+        let rest = self.0.strip_prefix(Self::PREFIX).unwrap_or(&self.0);
+        format!("{{\"seq\":{},{rest}", seq.get())
     }
 }
 

@@ -229,3 +229,42 @@ fn error_messages_quote_only_a_short_piece_of_a_long_frame() {
         );
     }
 }
+
+#[test]
+fn an_event_written_before_its_seq_is_the_json_of_the_numbered_event() {
+    use switchboard_protocol::{
+        AgentCompleted, AgentName, AgentThinking, EventPayload, NewEvent, RunId, RunStatus, Seq, ThreadId, Timestamp,
+        TraceId,
+    };
+    let payloads = [
+        EventPayload::AgentThinking(AgentThinking {
+            text: "Reading \"30 days\" of calls…\n".into(),
+            step: Some(2),
+            progress: None,
+        }),
+        EventPayload::AgentCompleted(AgentCompleted {
+            status: RunStatus::Completed,
+            duration_ms: 1200,
+            result: Some(json!({"text": "done", "nested": {"a": [1, 2]}})),
+            is_final: true,
+            timings: None,
+            missing: Vec::new(),
+            model_calls: Vec::new(),
+        }),
+    ];
+    for payload in payloads {
+        let event = NewEvent {
+            run_id: RunId::generate(),
+            thread_id: ThreadId::generate(),
+            agent_name: AgentName::supervisor(),
+            timestamp: Timestamp::now(),
+            trace_id: TraceId::generate(),
+            payload,
+        };
+        let unnumbered = event.to_json().unwrap();
+        for seq in [1, 42, u64::MAX] {
+            let expected = serde_json::to_string(&event.clone().numbered(Seq::new(seq))).unwrap();
+            assert_eq!(unnumbered.numbered(Seq::new(seq)), expected);
+        }
+    }
+}

@@ -328,14 +328,19 @@ async fn model_latency() -> anyhow::Result<()> {
     }
     println!();
     println!("Where the time beyond the model went, p50 / p95 per run (ms): the final event's `timings`, and the rest");
-    println!("as the client saw it, outside the run (storing the message, then the final event, delivery, the client).");
+    println!(
+        "as the client saw it, outside the run (storing the message, then the final event, delivery, the client)."
+    );
     println!();
     println!(
         "| users | queue | tools | store | engine and agents | outside the run | event log: events per batch, ms per batch (mean) | CPU ms per run: server, client |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (label, runs, log, (server_cpu, client_cpu)) in breakdowns {
-        let log = log.map_or_else(|| "n/a".to_owned(), |(per_batch, ms)| format!("{per_batch:.1}, {ms:.2}"));
+        let log = log.map_or_else(
+            || "n/a".to_owned(),
+            |(per_batch, ms)| format!("{per_batch:.1}, {ms:.2}"),
+        );
         let part = |f: &dyn Fn(&RunTimes) -> u64| {
             let values = sorted(runs.iter().map(|r| f(r) * 1000));
             format!("{:.1} / {:.1}", percentile(&values, 0.5), percentile(&values, 0.95))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_engine::{EventSink, SinkError};
-use switchboard_protocol::{Event, LogEntry, Seq, UserId};
+use switchboard_protocol::{LogEntry, Seq, UserId};
 use switchboard_store::{EventRecord, Store, StoreError, StoredEvent};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -18,8 +18,8 @@ use crate::fanout::FanOut;
 
 /// Sees every event the log stored, once, in each user's seq order.
 pub(crate) trait Observer: Send + Sync + 'static {
-    /// `event` of `user` is stored.
-    fn stored(&self, user: &UserId, event: &Event);
+    /// `entry` is stored, with `seq`.
+    fn stored(&self, entry: &LogEntry, seq: Seq);
 
     /// A batch of `events` was stored in one transaction that took `took`.
     fn batch_stored(&self, _events: usize, _took: Duration) {}
@@ -54,27 +54,35 @@ impl EventLog {
     /// observers and the fan-out. Returns the events as stored, in the order given. Once the
     /// store has answered, nothing here can fail: a panicking observer or fan-out is logged and
     /// passed over, so that a batch that is stored is never reported as failed (and stored again).
-    pub(crate) async fn append_entries(&self, entries: Vec<LogEntry>) -> Result<Vec<Event>, StoreError> {
+    pub(crate) async fn append_entries(&self, entries: &[LogEntry]) -> Result<Vec<Seq>, StoreError> {
         let started = Instant::now();
         let stored = self.store.append_events(entries).await?;
         let took = started.elapsed();
+        if stored.len() != entries.len() {
+            return Err(StoreError::Backend(format!(
+                "the store stored {} of {} events",
+                stored.len(),
+                entries.len()
+            )));
+        }
         for observer in &self.observers {
             observer.batch_stored(stored.len(), took);
         }
-        let mut events = Vec::with_capacity(stored.len());
-        for StoredEvent { user_id, event, record } in stored {
+        let mut seqs = Vec::with_capacity(stored.len());
+        for (entry, StoredEvent { user_id, record }) in entries.iter().zip(stored) {
+            let seq = record.seq;
             let tell = || {
                 for observer in &self.observers {
-                    observer.stored(&user_id, &event);
+                    observer.stored(entry, seq);
                 }
                 self.fanout.publish(&user_id, Arc::new(record));
             };
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(tell)).is_err() {
-                tracing::error!(seq = %event.seq, user_id = %user_id, "telling of a stored event panicked");
+                tracing::error!(%seq, user_id = %user_id, "telling of a stored event panicked");
             }
-            events.push(event);
+            seqs.push(seq);
         }
-        Ok(events)
+        Ok(seqs)
     }
 
     /// The store behind the log.
@@ -110,7 +118,7 @@ impl EventLog {
 
 #[async_trait]
 impl EventSink for EventLog {
-    async fn append(&self, batch: Vec<LogEntry>) -> Result<Vec<Event>, SinkError> {
+    async fn append(&self, batch: &[LogEntry]) -> Result<Vec<Seq>, SinkError> {
         self.append_entries(batch).await.map_err(|error| {
             tracing::error!(%error, "events not stored");
             SinkError::Failed(error.to_string())

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-use switchboard_protocol::{Event, EventPayload, ModelCallUsage, RunId, UserId};
+use switchboard_protocol::{EventPayload, LogEntry, ModelCallUsage, RunId, Seq};
 use tokio::time::Instant;
 
 use crate::log::Observer;
@@ -210,7 +210,8 @@ impl Metrics {
 /// The metrics observe the event log: events stored, the first event's latency, and each final
 /// event's status, duration and model calls.
 impl Observer for Metrics {
-    fn stored(&self, _user: &UserId, event: &Event) {
+    fn stored(&self, entry: &LogEntry, _seq: Seq) {
+        let event = &entry.event;
         self.events_stored.inc();
         if let Some(at) = self.accepted.lock().unwrap().remove(&event.run_id) {
             self.first_event_latency.observe(at.elapsed().as_secs_f64());

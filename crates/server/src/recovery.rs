@@ -35,8 +35,8 @@ pub(crate) async fn close_interrupted_runs(log: &EventLog) -> Result<usize, Stor
                 };
                 LogEntry::new(run.user_id.clone(), event, None)
             })
-            .collect();
-        log.append_entries(entries).await?;
+            .collect::<Vec<_>>();
+        log.append_entries(&entries).await?;
         tracing::warn!(run_id = %run.id, user_id = %run.user_id, "closed a run interrupted by a restart");
     }
     Ok(runs.len())

@@ -55,7 +55,7 @@ async fn append(store: &SqliteStore, entries: Vec<LogEntry>, batch: usize) -> Du
     let mut entries = entries.into_iter().peekable();
     while entries.peek().is_some() {
         let chunk: Vec<LogEntry> = entries.by_ref().take(batch).collect();
-        store.append_events(chunk).await.unwrap();
+        store.append_events(&chunk).await.unwrap();
     }
     started.elapsed()
 }

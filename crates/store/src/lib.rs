@@ -170,13 +170,11 @@ pub struct EventRecord {
     pub json: String,
 }
 
-/// An event as the log stored it: numbered, with its JSON as sent on the wire.
+/// An event as the log stored it: the seq the store gave it, and its JSON as sent on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
     /// Whose log it is in.
     pub user_id: UserId,
-    /// The event, with the seq the store gave it.
-    pub event: Event,
     /// Its seq and JSON.
     pub record: EventRecord,
 }
@@ -302,7 +300,7 @@ pub trait Store: Send + Sync + 'static {
     /// consecutive seqs and never the same one. An entry with its run's `end` also finishes that
     /// run (status, duration, timings, model calls) and stores its answer as an assistant
     /// message. Returns the events as stored, in the order given.
-    async fn append_events(&self, entries: Vec<LogEntry>) -> Result<Vec<StoredEvent>, StoreError>;
+    async fn append_events(&self, entries: &[LogEntry]) -> Result<Vec<StoredEvent>, StoreError>;
     /// The user's events with seq > `after`, oldest first, at most `limit`.
     async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
     /// Every event of one run of the user, oldest first.

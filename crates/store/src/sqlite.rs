@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use switchboard_protocol::{
-    Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
+    Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UnnumberedJson,
+    UserId,
 };
 use tokio::sync::oneshot;
 
@@ -650,11 +651,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append_events(&self, entries: Vec<LogEntry>) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn append_events(&self, entries: &[LogEntry]) -> Result<Vec<StoredEvent>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        self.with(move |conn| append_all(conn, entries)).await
+        // Written here, on the caller's thread, so the connection is held only for the rows.
+        let rows = entries
+            .iter()
+            .map(|entry| {
+                Ok(EventRow {
+                    user_id: entry.user_id.clone(),
+                    run_id: entry.event.run_id.to_string(),
+                    json: entry.event.to_json().map_err(|e| corrupt("event", e))?,
+                    end: entry.end.clone(),
+                    at: entry.event.timestamp.unix_millis(),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.with(move |conn| append_all(conn, rows)).await
     }
 
     async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
@@ -927,16 +941,32 @@ fn accept_one(conn: &Connection, message: NewMessage) -> Result<Accepted, StoreE
     })
 }
 
+/// An event on its way into the table: its JSON written, its seq to come.
+struct EventRow {
+    user_id: UserId,
+    run_id: String,
+    json: UnnumberedJson,
+    end: Option<RunEnd>,
+    at: i64,
+}
+
 /// One transaction for all the entries. `BEGIN IMMEDIATE` takes the write lock before the first
 /// read, so each user's last seq is read and advanced under it, even against another process
 /// on the same file.
-fn append_all(conn: &mut Connection, entries: Vec<LogEntry>) -> Result<Vec<StoredEvent>, StoreError> {
+fn append_all(conn: &mut Connection, rows: Vec<EventRow>) -> Result<Vec<StoredEvent>, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(backend)?;
     let mut last: HashMap<UserId, i64> = HashMap::new();
-    let mut stored = Vec::with_capacity(entries.len());
-    for LogEntry { user_id, event, end } in entries {
+    let mut stored = Vec::with_capacity(rows.len());
+    for EventRow {
+        user_id,
+        run_id,
+        json,
+        end,
+        at,
+    } in rows
+    {
         let user = user_id.as_str();
         let previous = match last.get(&user_id) {
             Some(seq) => *seq,
@@ -946,17 +976,18 @@ fn append_all(conn: &mut Connection, entries: Vec<LogEntry>) -> Result<Vec<Store
                 .map_err(backend)?,
         };
         let seq = previous + 1;
-        let event = event.numbered(Seq::new(seq as u64));
-        let record = EventRecord::from_event(&event)?;
-        let run = event.run_id.as_str();
+        let record = EventRecord {
+            seq: Seq::new(seq as u64),
+            json: json.numbered(Seq::new(seq as u64)),
+        };
         tx.prepare_cached("INSERT INTO events (user_id, seq, run_id, json) VALUES (?1, ?2, ?3, ?4)")
-            .and_then(|mut s| s.execute(params![user, seq, run, record.json]))
+            .and_then(|mut s| s.execute(params![user, seq, run_id, record.json]))
             .map_err(backend)?;
         if let Some(end) = &end {
-            finish_run(&tx, user, run, end, event.timestamp.unix_millis())?;
+            finish_run(&tx, user, &run_id, end, at)?;
         }
         last.insert(user_id.clone(), seq);
-        stored.push(StoredEvent { user_id, event, record });
+        stored.push(StoredEvent { user_id, record });
     }
     tx.commit().map_err(backend)?;
     Ok(stored)

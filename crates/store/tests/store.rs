@@ -26,9 +26,9 @@ fn entry(user: &UserId, run: &RunId, thread: &ThreadId, payload: EventPayload, a
 
 /// Appends one entry; returns its seq.
 async fn append(store: &dyn Store, entry: LogEntry) -> u64 {
-    let stored = store.append_events(vec![entry]).await.unwrap();
+    let stored = store.append_events(&[entry]).await.unwrap();
     assert_eq!(stored.len(), 1);
-    stored[0].event.seq.get()
+    stored[0].record.seq.get()
 }
 
 fn started() -> EventPayload {
@@ -177,23 +177,20 @@ async fn event_log(store: &dyn Store) {
         .unwrap();
     let (run, thread) = (accepted.run_id.clone(), accepted.thread_id.clone());
     assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::ZERO);
-    assert!(store.append_events(Vec::new()).await.unwrap().is_empty());
+    assert!(store.append_events(&[]).await.unwrap().is_empty());
     assert_eq!(append(store, entry(&alice, &run, &thread, started(), None)).await, 1);
     // One batch, two users: each user's seqs follow on from its own log, in the order given.
-    let batch = store
-        .append_events(vec![
-            entry(&bob, &run, &thread, started(), None),
-            entry(&alice, &run, &thread, started(), None),
-            entry(&bob, &run, &thread, started(), None),
-        ])
-        .await
-        .unwrap();
-    let seqs: Vec<(UserId, u64)> = batch.iter().map(|s| (s.user_id.clone(), s.event.seq.get())).collect();
+    let entries = [
+        entry(&bob, &run, &thread, started(), None),
+        entry(&alice, &run, &thread, started(), None),
+        entry(&bob, &run, &thread, started(), None),
+    ];
+    let batch = store.append_events(&entries).await.unwrap();
+    let seqs: Vec<(UserId, u64)> = batch.iter().map(|s| (s.user_id.clone(), s.record.seq.get())).collect();
     assert_eq!(seqs, [(bob.clone(), 1), (alice.clone(), 2), (bob.clone(), 2)]);
-    assert_eq!(batch[1].record.seq, Seq::new(2));
     assert_eq!(
         batch[1].record.event().unwrap(),
-        batch[1].event,
+        entries[1].event.clone().numbered(Seq::new(2)),
         "the JSON is the event as numbered"
     );
     assert_eq!(
@@ -277,9 +274,9 @@ async fn racing_writers(store: Arc<dyn Store>, other: Arc<dyn Store>) {
         tasks.spawn(async move {
             let mut seqs = Vec::new();
             for _ in 0..10 {
-                let batch = (0..3).map(|_| entry(&user, &run, &thread, started(), None)).collect();
-                let stored = store.append_events(batch).await.unwrap();
-                let mine: Vec<u64> = stored.iter().map(|s| s.event.seq.get()).collect();
+                let batch: Vec<LogEntry> = (0..3).map(|_| entry(&user, &run, &thread, started(), None)).collect();
+                let stored = store.append_events(&batch).await.unwrap();
+                let mine: Vec<u64> = stored.iter().map(|s| s.record.seq.get()).collect();
                 assert!(
                     mine.windows(2).all(|w| w[1] == w[0] + 1),
                     "a batch is consecutive: {mine:?}"

@@ -315,7 +315,7 @@ impl Store for HangingStore {
         self.gate().await;
         self.inner.running_runs().await
     }
-    async fn append_events(&self, entries: Vec<LogEntry>) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn append_events(&self, entries: &[LogEntry]) -> Result<Vec<StoredEvent>, StoreError> {
         self.gate().await;
         self.inner.append_events(entries).await
     }
