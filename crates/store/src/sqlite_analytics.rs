@@ -133,8 +133,15 @@ const COLUMNS: &str =
 const READERS: usize = 2;
 
 /// The writer's page cache: an upload touches the rows' index and the prompts' at random
-/// places, and SQLite's default 2 MiB makes it read the same pages again and again.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// places, and SQLite's default 2 MiB makes it read the same pages again and again; with
+/// millions of prompts one upload dirties tens of megabytes, which a smaller cache spills to
+/// the log before the commit. A bound, not an allocation: pages are cached as they are read.
+const WRITER_CACHE_KIB: i64 = 256 * 1024;
+
+/// WAL pages after which a commit copies the log back into the file (SQLite's default is
+/// 1 000). An upload rewrites much the same prompt and roll-up pages as the one before, so a
+/// larger log copies each page back once for several uploads.
+const WAL_CHECKPOINT_PAGES: i64 = 16_384;
 
 /// The workload data in SQLite. Cheap to clone.
 #[derive(Clone)]
@@ -190,6 +197,9 @@ impl SqliteAnalytics {
         }
         writer
             .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(backend)?;
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
             .map_err(backend)?;
         if version < SCHEMA_VERSION {
             // The new tables, the rows and roll-ups moved over and the roll-ups a version-1 file
@@ -842,15 +852,12 @@ fn prompt_key(text: &str) -> i64 {
     hash as i64
 }
 
-/// One prompt of an upload: its calls and cost so far, and where it is stored.
+/// One prompt of an upload: its user, text, what the upload adds to it, and its first call.
 #[derive(Debug)]
 struct Prompt<'a> {
     user: i64,
     text: &'a str,
-    /// Its key, once placed.
-    key: i64,
-    /// Whether its key is in the file already.
-    stored: bool,
+    /// The batch's calls of it (and, moved from version 2, the calls before).
     calls: u64,
     cost_usd: f64,
     /// The row of its first call, when known (not for counts moved from version 2).
@@ -874,8 +881,6 @@ impl<'a> PromptTally<'a> {
             self.prompts.push(Prompt {
                 user,
                 text,
-                key: 0,
-                stored: false,
                 calls: 0,
                 cost_usd: 0.0,
                 first_row,
@@ -899,9 +904,22 @@ impl<'a> PromptTally<'a> {
     }
 
     /// Finds each prompt's key (its hash, or the next free one after it when another prompt
-    /// holds it: the keys of one hash are consecutive, and nothing is ever removed), adds its
-    /// calls to the stored counts and writes them back, in key order.
+    /// holds it: the keys of one hash are consecutive, and nothing is ever removed), in key
+    /// order, and stores its calls: a new prompt is inserted at the first free key (one
+    /// statement, the common case), a known one has its counts read, added to and written back.
     fn store(mut self, tx: &Connection, prompt_key: fn(&str) -> i64) -> Result<(), StoreError> {
+        // What the batch adds to each prompt, from nothing: a new prompt's figures.
+        for &(at, cost_usd) in &self.calls {
+            let prompt = &mut self.prompts[at];
+            prompt.calls += 1;
+            prompt.cost_usd += cost_usd;
+        }
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO workload_prompts (user, key, calls, cost_usd, first_row, prompt_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (user, key) DO NOTHING",
+            )
+            .map_err(backend)?;
         let mut lookup = tx
             .prepare_cached(
                 "SELECT calls, cost_usd, first_row, prompt_hash FROM workload_prompts WHERE user = ?1 AND key = ?2",
@@ -910,6 +928,7 @@ impl<'a> PromptTally<'a> {
         let mut row_text = tx
             .prepare_cached("SELECT prompt_hash FROM workload_events WHERE rowid = ?1")
             .map_err(backend)?;
+        let int = |value: u64| i64::try_from(value).map_err(|e| corrupt("a prompt's calls", e));
         let mut order: Vec<(i64, i64, usize)> = self
             .prompts
             .iter()
@@ -917,18 +936,30 @@ impl<'a> PromptTally<'a> {
             .map(|(at, p)| (p.user, prompt_key(p.text), at))
             .collect();
         order.sort_unstable();
-        // Keys taken in this batch by prompts not yet stored.
-        let mut taken: HashMap<(i64, i64), usize> = HashMap::new();
+        // The known prompts, with the counts stored before this batch.
+        let mut known: Vec<(usize, i64, u64, f64)> = Vec::new();
         for &(user, hash, at) in &order {
-            let text = self.prompts[at].text;
+            let prompt = &self.prompts[at];
             let mut key = hash;
-            let mut probes = 0u64;
-            loop {
-                if taken.contains_key(&(user, key)) {
-                    key = key.wrapping_add(1);
-                    continue;
+            for probes in 0.. {
+                if probes > 1 << 20 {
+                    return Err(StoreError::Corrupt(format!("the prompt keys after {hash} never end")));
                 }
-                let found = lookup
+                let inline = prompt.first_row.is_none().then_some(prompt.text);
+                let inserted = insert
+                    .execute(params![
+                        user,
+                        key,
+                        int(prompt.calls)?,
+                        prompt.cost_usd,
+                        prompt.first_row,
+                        inline
+                    ])
+                    .map_err(backend)?;
+                if inserted == 1 {
+                    break;
+                }
+                let (calls, cost_usd, first_row, inline) = lookup
                     .query_row(params![user, key], |r| {
                         Ok((
                             r.get::<_, i64>(0)?,
@@ -937,12 +968,7 @@ impl<'a> PromptTally<'a> {
                             r.get::<_, Option<String>>(3)?,
                         ))
                     })
-                    .optional()
                     .map_err(backend)?;
-                let Some((calls, cost_usd, first_row, inline)) = found else {
-                    taken.insert((user, key), at);
-                    break;
-                };
                 let holder = match (inline, first_row) {
                     (Some(inline), _) => inline,
                     (None, Some(row)) => row_text
@@ -959,62 +985,52 @@ impl<'a> PromptTally<'a> {
                         return Err(StoreError::Corrupt(format!("the prompt key {key} names no prompt")));
                     }
                 };
-                if holder == text {
-                    let prompt = &mut self.prompts[at];
-                    prompt.stored = true;
-                    prompt.calls = u64::try_from(calls)
+                if holder == prompt.text {
+                    let calls = u64::try_from(calls)
                         .ok()
                         .filter(|calls| *calls > 0)
-                        .ok_or_else(|| StoreError::Corrupt(format!("the prompt key {key} has {calls} calls")))?
-                        .saturating_add(prompt.calls);
+                        .ok_or_else(|| StoreError::Corrupt(format!("the prompt key {key} has {calls} calls")))?;
                     if !(cost_usd.is_finite() && cost_usd >= 0.0) {
                         return Err(StoreError::Corrupt(format!("the prompt key {key} costs {cost_usd}")));
                     }
-                    prompt.cost_usd += cost_usd;
+                    known.push((at, key, calls, cost_usd));
                     break;
-                }
-                probes += 1;
-                if probes > 1 << 20 {
-                    return Err(StoreError::Corrupt(format!("the prompt keys after {hash} never end")));
                 }
                 key = key.wrapping_add(1);
             }
-            self.prompts[at].key = key;
         }
-        for (at, cost_usd) in self.calls.drain(..) {
-            let prompt = &mut self.prompts[at];
-            prompt.calls += 1;
-            prompt.cost_usd += cost_usd;
+        if known.is_empty() {
+            return Ok(());
         }
-        let mut placed: Vec<(i64, i64, usize)> = self
-            .prompts
+        // The known prompts' costs added to the stored ones call by call, as one upload after
+        // another would.
+        let mut totals: HashMap<usize, (u64, f64)> = known
             .iter()
-            .enumerate()
-            .map(|(at, p)| (p.user, p.key, at))
+            .map(|&(at, _, calls, cost_usd)| (at, (calls.saturating_add(self.prompts[at].calls), cost_usd)))
             .collect();
-        placed.sort_unstable();
+        for &(at, cost_usd) in &self.calls {
+            if let Some(total) = totals.get_mut(&at) {
+                total.1 += cost_usd;
+            }
+        }
+        for &(at, _, calls, cost_usd) in &known {
+            // Counted as version 2 kept them, not call by call.
+            if self.prompts[at].first_row.is_none() {
+                let total = totals.get_mut(&at).expect("every known prompt has a total");
+                *total = (
+                    calls.saturating_add(self.prompts[at].calls),
+                    cost_usd + self.prompts[at].cost_usd,
+                );
+            }
+        }
         let mut update = tx
             .prepare_cached("UPDATE workload_prompts SET calls = ?3, cost_usd = ?4 WHERE user = ?1 AND key = ?2")
             .map_err(backend)?;
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO workload_prompts (user, key, calls, cost_usd, first_row, prompt_hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(backend)?;
-        let int = |value: u64| i64::try_from(value).map_err(|e| corrupt("a prompt's calls", e));
-        for (_, _, at) in placed {
-            let p = &self.prompts[at];
-            if p.stored {
-                update
-                    .execute(params![p.user, p.key, int(p.calls)?, p.cost_usd])
-                    .map_err(backend)?;
-            } else {
-                let inline = p.first_row.is_none().then_some(p.text);
-                insert
-                    .execute(params![p.user, p.key, int(p.calls)?, p.cost_usd, p.first_row, inline])
-                    .map_err(backend)?;
-            }
+        for &(at, key, _, _) in &known {
+            let (calls, cost_usd) = totals[&at];
+            update
+                .execute(params![self.prompts[at].user, key, int(calls)?, cost_usd])
+                .map_err(backend)?;
         }
         Ok(())
     }
