@@ -13,13 +13,19 @@
 //! the whole hours in its range, so its cost follows the hours and groups, not the calls.
 //! Uploads are merged into the cells in call order, so any split into batches gives the same
 //! cells as one upload.
+//!
+//! Every table names a user by a small number (`workload_users`). A prompt is keyed by a
+//! 64-bit hash of its text and points at its first call's row rather than holding the text, so
+//! that its row is about thirty bytes: an upload of new prompts then dirties a fraction of the
+//! pages a table keyed by the text would. Prompts whose hashes collide take the next free keys,
+//! and a key found is checked against the text of the row it points at.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, TryLockError};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use switchboard_protocol::{Timestamp, UserId};
 use tokio::sync::Semaphore;
 
@@ -31,12 +37,23 @@ use crate::{
 
 /// 1: `workload_events` (before, the table lived in the chat store's file, schema 2 to 4);
 /// 2: the roll-ups (`workload_rollups`, `workload_left_out`, `workload_prompts`), built from
-/// the rows once when a version-1 file is opened.
-const SCHEMA_VERSION: i64 = 2;
+/// the rows once when a version-1 file is opened; 3: users by a small number
+/// (`workload_users`) in every table, and prompts by a 64-bit key of their hash with a pointer
+/// to the first call's row instead of the hash's text, so that the prompt table stays a
+/// fraction of the size and an upload rewrites fewer of its pages.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workload_users (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS workload_events (
-    user_id TEXT NOT NULL,
+    user INTEGER NOT NULL,
     ts INTEGER NOT NULL,
     model TEXT NOT NULL,
     provider TEXT,
@@ -49,13 +66,9 @@ CREATE TABLE IF NOT EXISTS workload_events (
     cost_usd REAL NOT NULL,
     batch INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS workload_by_user_time ON workload_events (user_id, ts);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
+CREATE INDEX IF NOT EXISTS workload_by_user_time ON workload_events (user, ts);
 CREATE TABLE IF NOT EXISTS workload_rollups (
-    user_id TEXT NOT NULL,
+    user INTEGER NOT NULL,
     hour INTEGER NOT NULL,
     model TEXT NOT NULL,
     has_feature INTEGER NOT NULL,
@@ -75,23 +88,35 @@ CREATE TABLE IF NOT EXISTS workload_rollups (
     last_ts INTEGER NOT NULL,
     latency BLOB NOT NULL,
     prompt_tokens BLOB NOT NULL,
-    PRIMARY KEY (user_id, hour, model, has_feature, feature, batch)
+    PRIMARY KEY (user, hour, model, has_feature, feature, batch)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS workload_left_out (
-    user_id TEXT NOT NULL,
+    user INTEGER NOT NULL,
     hour INTEGER NOT NULL,
     calls INTEGER NOT NULL,
-    PRIMARY KEY (user_id, hour)
+    PRIMARY KEY (user, hour)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS workload_prompts (
-    user_id TEXT NOT NULL,
-    prompt_hash TEXT NOT NULL,
+    user INTEGER NOT NULL,
+    key INTEGER NOT NULL,
     calls INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
-    PRIMARY KEY (user_id, prompt_hash)
+    first_row INTEGER,
+    prompt_hash TEXT,
+    PRIMARY KEY (user, key)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS workload_repeated_prompts ON workload_prompts (user_id, calls, cost_usd) WHERE calls > 1;
+CREATE INDEX IF NOT EXISTS workload_repeated_prompts ON workload_prompts (user, calls, cost_usd) WHERE calls > 1;
 ";
+
+/// Version 1 and 2 tables renamed out of the way while a file moves to version 3: what each is
+/// renamed to, and the indexes dropped before (their names are taken again).
+const OLD_TABLES: [(&str, &str); 4] = [
+    ("workload_events", "old_workload_events"),
+    ("workload_rollups", "old_workload_rollups"),
+    ("workload_left_out", "old_workload_left_out"),
+    ("workload_prompts", "old_workload_prompts"),
+];
+const OLD_INDEXES: &str = "DROP INDEX IF EXISTS workload_by_user_time; DROP INDEX IF EXISTS workload_repeated_prompts;";
 
 /// The columns of a roll-up cell after its key, in the order [`read_cell`] takes them.
 const CELL_COLUMNS: &str = "calls, input_tokens, output_tokens, cost_usd, errors, failed_cost_usd, short_calls, \
@@ -100,15 +125,23 @@ const CELL_COLUMNS: &str = "calls, input_tokens, output_tokens, cost_usd, errors
 /// Rows rolled up at a time when roll-ups are built from stored rows.
 const ROLL_UP_CHUNK: i64 = 50_000;
 
-/// The columns of a workload row, in the order both files have them.
-const COLUMNS: &str = "user_id, ts, model, provider, input_tokens, output_tokens, latency_ms, status, feature, prompt_hash, cost_usd, batch";
+/// The columns of a workload row after its user, in the order every version has them.
+const COLUMNS: &str =
+    "ts, model, provider, input_tokens, output_tokens, latency_ms, status, feature, prompt_hash, cost_usd, batch";
 
 /// Reader connections: two, as the machine has cores; a third scan waits for one of them.
 const READERS: usize = 2;
 
 /// The writer's page cache: an upload touches the rows' index and the prompts' at random
-/// places, and SQLite's default 2 MiB makes it read the same pages again and again.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// places, and SQLite's default 2 MiB makes it read the same pages again and again; with
+/// millions of prompts one upload dirties tens of megabytes, which a smaller cache spills to
+/// the log before the commit. A bound, not an allocation: pages are cached as they are read.
+const WRITER_CACHE_KIB: i64 = 256 * 1024;
+
+/// WAL pages after which a commit copies the log back into the file (SQLite's default is
+/// 1 000). An upload rewrites much the same prompt and roll-up pages as the one before, so a
+/// larger log copies each page back once for several uploads.
+const WAL_CHECKPOINT_PAGES: i64 = 16_384;
 
 /// The workload data in SQLite. Cheap to clone.
 #[derive(Clone)]
@@ -165,19 +198,25 @@ impl SqliteAnalytics {
         writer
             .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
             .map_err(backend)?;
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+            .map_err(backend)?;
         if version < SCHEMA_VERSION {
-            // New tables and the roll-ups of the rows already there (a version-1 file), at
-            // once: a file is either at version 1 or has every row rolled up.
+            // The new tables, the rows and roll-ups moved over and the roll-ups a version-1 file
+            // lacks built, at once: a file is at its old version or wholly at the new one.
             let tx = writer
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            tx.execute_batch(SCHEMA).map_err(backend)?;
-            let rows = roll_up_stored_rows(&tx, 0)?;
+            let rows = migrate(&tx, version)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(backend)?;
             tx.commit().map_err(backend)?;
             if rows > 0 {
-                tracing::info!(rows, "built the workload roll-ups from the stored rows");
+                tracing::info!(
+                    rows,
+                    from = version,
+                    "moved the workload data to schema {SCHEMA_VERSION}"
+                );
             }
         }
         if let Some((chat, chat_path)) = chat {
@@ -242,6 +281,139 @@ impl SqliteAnalytics {
     }
 }
 
+/// Brings a file at `version` (0: new) to [`SCHEMA_VERSION`] inside `tx`; returns how many
+/// rows it moved.
+fn migrate(tx: &Connection, version: i64) -> Result<u64, StoreError> {
+    if version == 0 {
+        tx.execute_batch(SCHEMA).map_err(backend)?;
+        return Ok(0);
+    }
+    let exists = |table: &str| -> Result<bool, StoreError> {
+        tx.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(backend)
+    };
+    tx.execute_batch(OLD_INDEXES).map_err(backend)?;
+    let mut renamed = Vec::new();
+    for (table, old) in OLD_TABLES {
+        if exists(table)? {
+            tx.execute_batch(&format!("ALTER TABLE {table} RENAME TO {old}"))
+                .map_err(backend)?;
+            renamed.push(old);
+        }
+    }
+    tx.execute_batch(SCHEMA).map_err(backend)?;
+    let has = |old: &str| renamed.contains(&old);
+    if has("old_workload_events") {
+        add_users(tx, "old_workload_events")?;
+    }
+    let rows = if has("old_workload_events") {
+        tx.execute(
+            &format!(
+                "INSERT INTO workload_events (rowid, user, {COLUMNS})
+                 SELECT e.rowid, u.id, {} FROM old_workload_events e JOIN workload_users u ON u.user_id = e.user_id
+                 ORDER BY e.rowid",
+                prefixed("e.", COLUMNS)
+            ),
+            [],
+        )
+        .map_err(backend)? as u64
+    } else {
+        0
+    };
+    if version >= 2 && has("old_workload_rollups") && has("old_workload_left_out") && has("old_workload_prompts") {
+        // The roll-ups are there: moved as they are, the prompts keyed anew.
+        for old in ["old_workload_rollups", "old_workload_left_out", "old_workload_prompts"] {
+            add_users(tx, old)?;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO workload_rollups (user, hour, model, has_feature, feature, batch, {CELL_COLUMNS})
+                 SELECT u.id, r.hour, r.model, r.has_feature, r.feature, r.batch, {}
+                 FROM old_workload_rollups r JOIN workload_users u ON u.user_id = r.user_id",
+                prefixed("r.", CELL_COLUMNS)
+            ),
+            [],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO workload_left_out (user, hour, calls)
+             SELECT u.id, l.hour, l.calls FROM old_workload_left_out l JOIN workload_users u ON u.user_id = l.user_id",
+            [],
+        )
+        .map_err(backend)?;
+        move_prompts(tx)?;
+    } else {
+        roll_up_stored_rows(tx, 0)?;
+    }
+    for old in renamed {
+        tx.execute_batch(&format!("DROP TABLE {old}")).map_err(backend)?;
+    }
+    Ok(rows)
+}
+
+/// `columns` (comma-separated) each with `prefix`.
+fn prefixed(prefix: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|column| format!("{prefix}{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Gives a number to every user of `table` (by its `user_id` column) who has none yet.
+fn add_users(tx: &Connection, table: &str) -> Result<(), StoreError> {
+    tx.execute(
+        &format!(
+            "INSERT INTO workload_users (user_id) SELECT DISTINCT user_id FROM {table} WHERE true
+             ON CONFLICT (user_id) DO NOTHING"
+        ),
+        [],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Moves version 2's prompt counts (by the hash's text) to version 3's keys, each keeping its
+/// text in the row, as no call's row is known for it.
+fn move_prompts(tx: &Connection) -> Result<(), StoreError> {
+    let mut select = tx
+        .prepare(
+            "SELECT u.id, p.prompt_hash, p.calls, p.cost_usd FROM old_workload_prompts p
+             JOIN workload_users u ON u.user_id = p.user_id ORDER BY u.id",
+        )
+        .map_err(backend)?;
+    let mut rows = select.query([]).map_err(backend)?;
+    let mut texts: Vec<(i64, String, u64, f64)> = Vec::new();
+    let flush = |texts: &mut Vec<(i64, String, u64, f64)>| -> Result<(), StoreError> {
+        let mut tally = PromptTally::default();
+        for (user, text, calls, cost) in texts.iter() {
+            tally.add_stored(*user, text, *calls, *cost);
+        }
+        tally.store(tx, prompt_key)?;
+        texts.clear();
+        Ok(())
+    };
+    while let Some(row) = rows.next().map_err(backend)? {
+        let calls: i64 = row.get(2).map_err(backend)?;
+        let calls = u64::try_from(calls).map_err(|e| corrupt("a prompt's calls", e))?;
+        texts.push((
+            row.get(0).map_err(backend)?,
+            text(row, 1)?.to_owned(),
+            calls,
+            row.get(3).map_err(backend)?,
+        ));
+        if texts.len() >= ROLL_UP_CHUNK as usize {
+            flush(&mut texts)?;
+        }
+    }
+    flush(&mut texts)
+}
+
 /// Moves the workload rows the chat store's file still holds (schema 2 to 4) into the workload
 /// file, then drops them there. The copy and a note of it commit together here, so a move that
 /// was cut short after the copy only drops the old table on the next start, and copies nothing
@@ -279,9 +451,15 @@ fn take_over(writer: &mut Connection, chat: &Connection, chat_path: &Path) -> Re
                 r.get(0)
             })
             .map_err(backend)?;
+        add_users(&tx, "chat.workload_events")?;
         let rows = tx
             .execute(
-                &format!("INSERT INTO main.workload_events ({COLUMNS}) SELECT {COLUMNS} FROM chat.workload_events"),
+                &format!(
+                    "INSERT INTO main.workload_events (user, {COLUMNS})
+                     SELECT u.id, {} FROM chat.workload_events e JOIN main.workload_users u ON u.user_id = e.user_id
+                     ORDER BY e.rowid",
+                    prefixed("e.", COLUMNS)
+                ),
                 [],
             )
             .map_err(backend)?;
@@ -308,34 +486,7 @@ impl AnalyticsStore for SqliteAnalytics {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            {
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO workload_events (user_id, ts, model, provider, input_tokens, output_tokens,
-                         latency_ms, status, feature, prompt_hash, cost_usd, batch)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                    )
-                    .map_err(backend)?;
-                for event in &events {
-                    insert
-                        .execute(params![
-                            &user,
-                            event.timestamp.unix_millis(),
-                            event.model,
-                            event.provider,
-                            i64::try_from(event.input_tokens).map_err(|e| corrupt("input_tokens", e))?,
-                            i64::try_from(event.output_tokens).map_err(|e| corrupt("output_tokens", e))?,
-                            event.latency_ms,
-                            event.status.as_str(),
-                            event.feature,
-                            event.prompt_hash,
-                            event.cost_usd,
-                            event.batch,
-                        ])
-                        .map_err(backend)?;
-                }
-            }
-            roll_up(&tx, events.iter().map(|event| Call::of_event(&user, event)))?;
+            insert(&tx, &user, &events, prompt_key)?;
             tx.commit().map_err(backend)?;
             Ok(events.len())
         })
@@ -344,17 +495,24 @@ impl AnalyticsStore for SqliteAnalytics {
 
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
         let user = user.to_string();
-        self.read(move |conn| summary(conn, &user, range)).await
+        self.read(move |conn| match user_number(conn, &user)? {
+            Some(user) => summary(conn, user, range),
+            None => SummaryBuilder::default().finish(),
+        })
+        .await
     }
 
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
         let user = user.to_string();
         self.read(move |conn| {
+            let Some(user) = user_number(conn, &user)? else {
+                return Ok(0);
+            };
             // Every stored call is in a roll-up cell or counted as left out of its hour.
             let count: i64 = conn
                 .prepare_cached(
-                    "SELECT (SELECT COALESCE(SUM(calls), 0) FROM workload_rollups WHERE user_id = ?1)
-                          + (SELECT COALESCE(SUM(calls), 0) FROM workload_left_out WHERE user_id = ?1)",
+                    "SELECT (SELECT COALESCE(SUM(calls), 0) FROM workload_rollups WHERE user = ?1)
+                          + (SELECT COALESCE(SUM(calls), 0) FROM workload_left_out WHERE user = ?1)",
                 )
                 .and_then(|mut s| s.query_row([user], |r| r.get(0)))
                 .map_err(backend)?;
@@ -362,6 +520,68 @@ impl AnalyticsStore for SqliteAnalytics {
         })
         .await
     }
+}
+
+/// The number the file knows `user` by, if any.
+fn user_number(conn: &Connection, user: &str) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT id FROM workload_users WHERE user_id = ?1")
+        .and_then(|mut s| s.query_row([user], |r| r.get(0)).optional())
+        .map_err(backend)
+}
+
+/// Stores `events` of `user` and rolls them up, inside `tx`; prompts are keyed by
+/// `prompt_key` (a parameter so that tests can make every prompt collide).
+fn insert(
+    tx: &Connection,
+    user: &str,
+    events: &[WorkloadEvent],
+    prompt_key: fn(&str) -> i64,
+) -> Result<(), StoreError> {
+    let user = match user_number(tx, user)? {
+        Some(number) => number,
+        None => {
+            tx.prepare_cached("INSERT INTO workload_users (user_id) VALUES (?1)")
+                .and_then(|mut s| s.execute([user]))
+                .map_err(backend)?;
+            tx.last_insert_rowid()
+        }
+    };
+    let mut rows = Vec::with_capacity(events.len());
+    {
+        let mut insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO workload_events (user, {COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ))
+            .map_err(backend)?;
+        for event in events {
+            insert
+                .execute(params![
+                    user,
+                    event.timestamp.unix_millis(),
+                    event.model,
+                    event.provider,
+                    i64::try_from(event.input_tokens).map_err(|e| corrupt("input_tokens", e))?,
+                    i64::try_from(event.output_tokens).map_err(|e| corrupt("output_tokens", e))?,
+                    event.latency_ms,
+                    event.status.as_str(),
+                    event.feature,
+                    event.prompt_hash,
+                    event.cost_usd,
+                    event.batch,
+                ])
+                .map_err(backend)?;
+            rows.push(tx.last_insert_rowid());
+        }
+    }
+    roll_up(
+        tx,
+        events
+            .iter()
+            .zip(rows)
+            .map(|(event, row)| Call::of_event(user, row, event)),
+        prompt_key,
+    )
 }
 
 /// A range as millisecond bounds for `ts >= from AND ts < to`.
@@ -413,14 +633,14 @@ fn split(range: TimeRange) -> Split {
 /// The summary of `user`'s calls in `range`: the roll-ups of its whole hours, the rows of its
 /// partial edge hours, and the repeated prompts from the per-prompt counts (a range open on
 /// both ends) or from the range's rows (a bounded range: the counts cover all time).
-fn summary(conn: &Connection, user: &str, range: TimeRange) -> Result<Summary, StoreError> {
+fn summary(conn: &Connection, user: i64, range: TimeRange) -> Result<Summary, StoreError> {
     let mut summary = SummaryBuilder::default();
     let Split { hours, edges } = split(range);
     if hours.0 < hours.1 {
         let mut cells = conn
             .prepare_cached(&format!(
                 "SELECT hour, model, has_feature, feature, batch, {CELL_COLUMNS} FROM workload_rollups
-                 WHERE user_id = ?1 AND hour >= ?2 AND hour < ?3"
+                 WHERE user = ?1 AND hour >= ?2 AND hour < ?3"
             ))
             .map_err(backend)?;
         let mut rows = cells.query(params![user, hours.0, hours.1]).map_err(backend)?;
@@ -437,7 +657,7 @@ fn summary(conn: &Connection, user: &str, range: TimeRange) -> Result<Summary, S
         }
         let left_out: i64 = conn
             .prepare_cached(
-                "SELECT COALESCE(SUM(calls), 0) FROM workload_left_out WHERE user_id = ?1 AND hour >= ?2 AND hour < ?3",
+                "SELECT COALESCE(SUM(calls), 0) FROM workload_left_out WHERE user = ?1 AND hour >= ?2 AND hour < ?3",
             )
             .and_then(|mut s| s.query_row(params![user, hours.0, hours.1], |r| r.get(0)))
             .map_err(backend)?;
@@ -447,7 +667,7 @@ fn summary(conn: &Connection, user: &str, range: TimeRange) -> Result<Summary, S
         let mut statement = conn
             .prepare_cached(
                 "SELECT ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error', cost_usd, batch
-                 FROM workload_events WHERE user_id = ?1 AND ts >= ?2 AND ts < ?3",
+                 FROM workload_events WHERE user = ?1 AND ts >= ?2 AND ts < ?3",
             )
             .map_err(backend)?;
         let mut rows = statement.query(params![user, from, to]).map_err(backend)?;
@@ -470,7 +690,7 @@ fn summary(conn: &Connection, user: &str, range: TimeRange) -> Result<Summary, S
         let (calls, cost): (i64, f64) = conn
             .prepare_cached(
                 "SELECT COALESCE(SUM(calls - 1), 0), COALESCE(SUM(cost_usd * (calls - 1) / calls), 0.0)
-                 FROM workload_prompts INDEXED BY workload_repeated_prompts WHERE user_id = ?1 AND calls > 1",
+                 FROM workload_prompts INDEXED BY workload_repeated_prompts WHERE user = ?1 AND calls > 1",
             )
             .and_then(|mut s| s.query_row([user], |r| Ok((r.get(0)?, r.get(1)?))))
             .map_err(backend)?;
@@ -486,7 +706,7 @@ fn summary(conn: &Connection, user: &str, range: TimeRange) -> Result<Summary, S
         let mut statement = conn
             .prepare_cached(
                 "SELECT ts, input_tokens, output_tokens, latency_ms, cost_usd, prompt_hash FROM workload_events
-                 WHERE user_id = ?1 AND ts >= ?2 AND ts < ?3 AND prompt_hash IS NOT NULL",
+                 WHERE user = ?1 AND ts >= ?2 AND ts < ?3 AND prompt_hash IS NOT NULL",
             )
             .map_err(backend)?;
         let mut rows = statement.query(params![user, from, to]).map_err(backend)?;
@@ -584,7 +804,10 @@ fn read_cell(row: &rusqlite::Row<'_>, first: usize) -> Result<Cell, String> {
 /// One call to roll up, borrowed from an upload or a stored row.
 #[derive(Debug, Clone, Copy)]
 struct Call<'a> {
-    user: &'a str,
+    /// The user's number.
+    user: i64,
+    /// The call's row.
+    row: i64,
     model: &'a str,
     feature: Option<&'a str>,
     prompt_hash: Option<&'a str>,
@@ -592,9 +815,10 @@ struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
-    fn of_event(user: &'a str, event: &'a WorkloadEvent) -> Self {
+    fn of_event(user: i64, row: i64, event: &'a WorkloadEvent) -> Self {
         Call {
             user,
+            row,
             model: &event.model,
             feature: event.feature.as_deref(),
             prompt_hash: event.prompt_hash.as_deref(),
@@ -611,18 +835,223 @@ impl<'a> Call<'a> {
     }
 }
 
+/// The key of a prompt (by its hash's text) in `workload_prompts`, before collisions are
+/// resolved: FNV-1a of the text, then SplitMix64's finaliser to spread its bits. Stable across
+/// versions, as stored keys depend on it.
+fn prompt_key(text: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    hash as i64
+}
+
+/// One prompt of an upload: its user, text, what the upload adds to it, and its first call.
+#[derive(Debug)]
+struct Prompt<'a> {
+    user: i64,
+    text: &'a str,
+    /// The batch's calls of it (and, moved from version 2, the calls before).
+    calls: u64,
+    cost_usd: f64,
+    /// The row of its first call, when known (not for counts moved from version 2).
+    first_row: Option<i64>,
+}
+
+/// The prompts of a batch of calls, each looked up once, so that the prompt table takes one
+/// write per prompt and upload, in key order.
+#[derive(Debug, Default)]
+struct PromptTally<'a> {
+    prompts: Vec<Prompt<'a>>,
+    index: HashMap<(i64, &'a str), usize>,
+    /// Each call's prompt and cost, in call order: costs are added to what is stored in that
+    /// order, so that any split of an upload gives the same sums.
+    calls: Vec<(usize, f64)>,
+}
+
+impl<'a> PromptTally<'a> {
+    fn entry(&mut self, user: i64, text: &'a str, first_row: Option<i64>) -> usize {
+        *self.index.entry((user, text)).or_insert_with(|| {
+            self.prompts.push(Prompt {
+                user,
+                text,
+                calls: 0,
+                cost_usd: 0.0,
+                first_row,
+            });
+            self.prompts.len() - 1
+        })
+    }
+
+    /// Counts a call of the prompt `text` made in `row`.
+    fn add(&mut self, user: i64, text: &'a str, row: i64, cost_usd: f64) {
+        let at = self.entry(user, text, Some(row));
+        self.calls.push((at, cost_usd));
+    }
+
+    /// Counts a prompt's calls and cost as version 2 kept them (each prompt once).
+    fn add_stored(&mut self, user: i64, text: &'a str, calls: u64, cost_usd: f64) {
+        let at = self.entry(user, text, None);
+        let prompt = &mut self.prompts[at];
+        prompt.calls = prompt.calls.saturating_add(calls);
+        prompt.cost_usd += cost_usd;
+    }
+
+    /// Finds each prompt's key (its hash, or the next free one after it when another prompt
+    /// holds it: the keys of one hash are consecutive, and nothing is ever removed), in key
+    /// order, and stores its calls: a new prompt is inserted at the first free key (one
+    /// statement, the common case), a known one has its counts read, added to and written back.
+    fn store(mut self, tx: &Connection, prompt_key: fn(&str) -> i64) -> Result<(), StoreError> {
+        // What the batch adds to each prompt, from nothing: a new prompt's figures.
+        for &(at, cost_usd) in &self.calls {
+            let prompt = &mut self.prompts[at];
+            prompt.calls += 1;
+            prompt.cost_usd += cost_usd;
+        }
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO workload_prompts (user, key, calls, cost_usd, first_row, prompt_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (user, key) DO NOTHING",
+            )
+            .map_err(backend)?;
+        let mut lookup = tx
+            .prepare_cached(
+                "SELECT calls, cost_usd, first_row, prompt_hash FROM workload_prompts WHERE user = ?1 AND key = ?2",
+            )
+            .map_err(backend)?;
+        let mut row_text = tx
+            .prepare_cached("SELECT prompt_hash FROM workload_events WHERE rowid = ?1")
+            .map_err(backend)?;
+        let int = |value: u64| i64::try_from(value).map_err(|e| corrupt("a prompt's calls", e));
+        let mut order: Vec<(i64, i64, usize)> = self
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(at, p)| (p.user, prompt_key(p.text), at))
+            .collect();
+        order.sort_unstable();
+        // The known prompts, with the counts stored before this batch.
+        let mut known: Vec<(usize, i64, u64, f64)> = Vec::new();
+        for &(user, hash, at) in &order {
+            let prompt = &self.prompts[at];
+            let mut key = hash;
+            for probes in 0.. {
+                if probes > 1 << 20 {
+                    return Err(StoreError::Corrupt(format!("the prompt keys after {hash} never end")));
+                }
+                let inline = prompt.first_row.is_none().then_some(prompt.text);
+                let inserted = insert
+                    .execute(params![
+                        user,
+                        key,
+                        int(prompt.calls)?,
+                        prompt.cost_usd,
+                        prompt.first_row,
+                        inline
+                    ])
+                    .map_err(backend)?;
+                if inserted == 1 {
+                    break;
+                }
+                let (calls, cost_usd, first_row, inline) = lookup
+                    .query_row(params![user, key], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, f64>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                        ))
+                    })
+                    .map_err(backend)?;
+                let holder = match (inline, first_row) {
+                    (Some(inline), _) => inline,
+                    (None, Some(row)) => row_text
+                        .query_row([row], |r| r.get::<_, Option<String>>(0))
+                        .optional()
+                        .map_err(backend)?
+                        .flatten()
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!(
+                                "the prompt key {key} points at row {row}, which has no prompt"
+                            ))
+                        })?,
+                    (None, None) => {
+                        return Err(StoreError::Corrupt(format!("the prompt key {key} names no prompt")));
+                    }
+                };
+                if holder == prompt.text {
+                    let calls = u64::try_from(calls)
+                        .ok()
+                        .filter(|calls| *calls > 0)
+                        .ok_or_else(|| StoreError::Corrupt(format!("the prompt key {key} has {calls} calls")))?;
+                    if !(cost_usd.is_finite() && cost_usd >= 0.0) {
+                        return Err(StoreError::Corrupt(format!("the prompt key {key} costs {cost_usd}")));
+                    }
+                    known.push((at, key, calls, cost_usd));
+                    break;
+                }
+                key = key.wrapping_add(1);
+            }
+        }
+        if known.is_empty() {
+            return Ok(());
+        }
+        // The known prompts' costs added to the stored ones call by call, as one upload after
+        // another would.
+        let mut totals: HashMap<usize, (u64, f64)> = known
+            .iter()
+            .map(|&(at, _, calls, cost_usd)| (at, (calls.saturating_add(self.prompts[at].calls), cost_usd)))
+            .collect();
+        for &(at, cost_usd) in &self.calls {
+            if let Some(total) = totals.get_mut(&at) {
+                total.1 += cost_usd;
+            }
+        }
+        for &(at, _, calls, cost_usd) in &known {
+            // Counted as version 2 kept them, not call by call.
+            if self.prompts[at].first_row.is_none() {
+                let total = totals.get_mut(&at).expect("every known prompt has a total");
+                *total = (
+                    calls.saturating_add(self.prompts[at].calls),
+                    cost_usd + self.prompts[at].cost_usd,
+                );
+            }
+        }
+        let mut update = tx
+            .prepare_cached("UPDATE workload_prompts SET calls = ?3, cost_usd = ?4 WHERE user = ?1 AND key = ?2")
+            .map_err(backend)?;
+        for &(at, key, _, _) in &known {
+            let (calls, cost_usd) = totals[&at];
+            update
+                .execute(params![self.prompts[at].user, key, int(calls)?, cost_usd])
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+}
+
 /// Where a call's cell is: user, clock hour, model, feature, batch.
-type CellKey<'a> = (&'a str, i64, &'a str, Option<&'a str>, bool);
+type CellKey<'a> = (i64, i64, &'a str, Option<&'a str>, bool);
 
 /// A cell's key, owned, as read back from the file.
-type StoredKey = (String, i64, String, Option<String>, bool);
+type StoredKey = (i64, i64, String, Option<String>, bool);
 
 /// Adds `calls`, in order, to the roll-ups: the cells of the hours they span are read in one
-/// query per user, the calls added to them one by one, and the cells they touched written back;
-/// the prompt counts are updated call by call, in prompt order. Calls with a figure out of range only count as
-/// left out of their hour.
-fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>> + Clone) -> Result<(), StoreError> {
-    let mut spans: HashMap<&'a str, (i64, i64)> = HashMap::new();
+/// query per user, the calls added to them one by one, and the cells they touched written back
+/// in key order; each prompt's count is read and written once. Calls with a figure out of range
+/// only count as left out of their hour.
+fn roll_up<'a>(
+    tx: &Connection,
+    calls: impl Iterator<Item = Call<'a>> + Clone,
+    prompt_key: fn(&str) -> i64,
+) -> Result<(), StoreError> {
+    let mut spans: HashMap<i64, (i64, i64)> = HashMap::new();
     for call in calls.clone().filter(|call| call.figures.in_range()) {
         let hour = clock_hour(call.figures.at_ms);
         let span = spans.entry(call.user).or_insert((hour, hour));
@@ -632,7 +1061,7 @@ fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>> + Clone) -
     let mut read = tx
         .prepare_cached(&format!(
             "SELECT hour, model, has_feature, feature, batch, {CELL_COLUMNS} FROM workload_rollups
-             WHERE user_id = ?1 AND hour >= ?2 AND hour <= ?3"
+             WHERE user = ?1 AND hour >= ?2 AND hour <= ?3"
         ))
         .map_err(backend)?;
     for (user, (first, last)) in &spans {
@@ -645,25 +1074,13 @@ fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>> + Clone) -
                 false => None,
             };
             let cell = read_cell(row, 5).map_err(|e| corrupt(&format!("the roll-up of hour {hour} for {model}"), e))?;
-            let key = (
-                (*user).to_owned(),
-                hour,
-                model.to_owned(),
-                feature,
-                row.get(4).map_err(backend)?,
-            );
+            let key = (*user, hour, model.to_owned(), feature, row.get(4).map_err(backend)?);
             stored.insert(key, cell);
         }
     }
     let mut cells: HashMap<CellKey<'a>, Cell> = HashMap::new();
-    let mut left_out: HashMap<(&'a str, i64), u64> = HashMap::new();
-    let mut prompts: Vec<(&'a str, &'a str, f64)> = Vec::new();
-    let mut prompt = tx
-        .prepare_cached(
-            "INSERT INTO workload_prompts (user_id, prompt_hash, calls, cost_usd) VALUES (?1, ?2, 1, ?3)
-             ON CONFLICT (user_id, prompt_hash) DO UPDATE SET calls = calls + 1, cost_usd = cost_usd + excluded.cost_usd",
-        )
-        .map_err(backend)?;
+    let mut left_out: HashMap<(i64, i64), u64> = HashMap::new();
+    let mut prompts = PromptTally::default();
     for call in calls {
         let hour = clock_hour(call.figures.at_ms);
         if !call.figures.in_range() {
@@ -675,7 +1092,7 @@ fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>> + Clone) -
             .entry(key)
             .or_insert_with(|| {
                 let owned = (
-                    call.user.to_owned(),
+                    call.user,
                     hour,
                     call.model.to_owned(),
                     call.feature.map(str::to_owned),
@@ -685,22 +1102,29 @@ fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>> + Clone) -
             })
             .add(&call.figures);
         if let Some(hash) = call.prompt_hash {
-            prompts.push((call.user, hash, call.figures.cost_usd));
+            prompts.add(call.user, hash, call.row, call.figures.cost_usd);
         }
     }
-    // In key order, which keeps the pages the upserts touch in cache; the sort is stable, so
-    // each prompt's costs are still added in call order.
-    prompts.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    for (user, hash, cost) in prompts {
-        prompt.execute(params![user, hash, cost]).map_err(backend)?;
-    }
+    prompts.store(tx, prompt_key)?;
     let mut write = tx
         .prepare_cached(&format!(
-            "INSERT OR REPLACE INTO workload_rollups (user_id, hour, model, has_feature, feature, batch, {CELL_COLUMNS})
+            "INSERT OR REPLACE INTO workload_rollups (user, hour, model, has_feature, feature, batch, {CELL_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
         ))
         .map_err(backend)?;
     let int = |value: u64| i64::try_from(value).map_err(|e| corrupt("a roll-up count", e));
+    let mut cells: Vec<(CellKey<'a>, Cell)> = cells.into_iter().collect();
+    // In the table's key order, so that the writes walk its pages once.
+    cells.sort_unstable_by(|(a, _), (b, _)| {
+        (a.0, a.1, a.2, a.3.is_some(), a.3.unwrap_or(""), a.4).cmp(&(
+            b.0,
+            b.1,
+            b.2,
+            b.3.is_some(),
+            b.3.unwrap_or(""),
+            b.4,
+        ))
+    });
     for ((user, hour, model, feature, batch), cell) in cells {
         write
             .execute(params![
@@ -729,10 +1153,12 @@ fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>> + Clone) -
     }
     let mut write = tx
         .prepare_cached(
-            "INSERT INTO workload_left_out (user_id, hour, calls) VALUES (?1, ?2, ?3)
-             ON CONFLICT (user_id, hour) DO UPDATE SET calls = calls + excluded.calls",
+            "INSERT INTO workload_left_out (user, hour, calls) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user, hour) DO UPDATE SET calls = calls + excluded.calls",
         )
         .map_err(backend)?;
+    let mut left_out: Vec<((i64, i64), u64)> = left_out.into_iter().collect();
+    left_out.sort_unstable();
     for ((user, hour), calls) in left_out {
         write.execute(params![user, hour, int(calls)?]).map_err(backend)?;
     }
@@ -741,7 +1167,8 @@ fn roll_up<'a>(tx: &Connection, calls: impl Iterator<Item = Call<'a>> + Clone) -
 
 /// A stored row, owned, for rolling up rows already in the file.
 struct StoredRow {
-    user: String,
+    row: i64,
+    user: i64,
     model: String,
     feature: Option<String>,
     prompt_hash: Option<String>,
@@ -753,7 +1180,7 @@ struct StoredRow {
 fn roll_up_stored_rows(tx: &Connection, mut rowid: i64) -> Result<u64, StoreError> {
     let mut select = tx
         .prepare(
-            "SELECT rowid, user_id, ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error',
+            "SELECT rowid, user, ts, model, feature, input_tokens, output_tokens, latency_ms, status = 'error',
                     cost_usd, prompt_hash, batch
              FROM main.workload_events WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
         )
@@ -765,7 +1192,8 @@ fn roll_up_stored_rows(tx: &Connection, mut rowid: i64) -> Result<u64, StoreErro
         while let Some(row) = rows.next().map_err(backend)? {
             rowid = row.get(0).map_err(backend)?;
             chunk.push(StoredRow {
-                user: text(row, 1)?.to_owned(),
+                row: rowid,
+                user: row.get(1).map_err(backend)?,
                 model: text(row, 3)?.to_owned(),
                 feature: optional_text(row, 4)?.map(str::to_owned),
                 prompt_hash: optional_text(row, 10)?.map(str::to_owned),
@@ -787,12 +1215,14 @@ fn roll_up_stored_rows(tx: &Connection, mut rowid: i64) -> Result<u64, StoreErro
         roll_up(
             tx,
             chunk.iter().map(|row| Call {
-                user: &row.user,
+                user: row.user,
+                row: row.row,
                 model: &row.model,
                 feature: row.feature.as_deref(),
                 prompt_hash: row.prompt_hash.as_deref(),
                 figures: row.figures,
             }),
+            prompt_key,
         )?;
     }
 }
@@ -807,6 +1237,111 @@ mod tests {
 
     fn ms(text: &str) -> i64 {
         Timestamp::parse(text).unwrap().unix_millis()
+    }
+
+    fn file() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn
+    }
+
+    fn upload(conn: &mut Connection, user: &str, events: &[WorkloadEvent], prompt_key: fn(&str) -> i64) {
+        let tx = conn.transaction().unwrap();
+        insert(&tx, user, events, prompt_key).unwrap();
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn prompts_whose_keys_collide_are_still_counted_apart() {
+        let event = |i: u64, prompt: String| WorkloadEvent {
+            timestamp: Timestamp::from_unix_millis(ms("2026-11-01T00:00:00Z") + i as i64 * 61_000).unwrap(),
+            model: "gpt-4o".to_owned(),
+            input_tokens: 100 + i,
+            output_tokens: 10,
+            provider: None,
+            latency_ms: Some(200.0),
+            status: CallStatus::Ok,
+            feature: None,
+            prompt_hash: Some(prompt),
+            cost_usd: (i % 7) as f64 * 0.001,
+            batch: false,
+        };
+        // Some prompts seen once, some many times, across uploads.
+        let events: Vec<WorkloadEvent> = (0..600u64)
+            .map(|i| {
+                event(
+                    i,
+                    if i % 3 == 0 {
+                        format!("faq-{}", i % 11)
+                    } else {
+                        format!("p-{i}")
+                    },
+                )
+            })
+            .collect();
+        let (mut real, mut colliding, mut wrapping) = (file(), file(), file());
+        for chunk in events.chunks(97) {
+            upload(&mut real, "usr_a", chunk, prompt_key);
+            upload(&mut colliding, "usr_a", chunk, |_| 42);
+            upload(&mut wrapping, "usr_a", chunk, |text| {
+                if text.starts_with("faq") {
+                    i64::MAX
+                } else {
+                    i64::MAX - 1
+                }
+            });
+            // Another user's calls of the same prompts are kept apart.
+            upload(&mut colliding, "usr_b", &chunk[..3], |_| 42);
+        }
+        let whole = |conn: &Connection| {
+            summary(conn, user_number(conn, "usr_a").unwrap().unwrap(), TimeRange::default()).unwrap()
+        };
+        let expected = whole(&real);
+        assert_eq!(expected.opportunities.repeated_prompt_calls, 200 - 11);
+        assert_eq!(whole(&colliding), expected);
+        assert_eq!(whole(&wrapping), expected);
+        let prompts = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT COUNT(*) FROM workload_prompts WHERE user = 1", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(
+            (prompts(&real), prompts(&colliding), prompts(&wrapping)),
+            (411, 411, 411)
+        );
+    }
+
+    #[test]
+    fn a_prompt_key_that_names_no_prompt_is_corrupt() {
+        let mut conn = file();
+        let call = WorkloadEvent {
+            timestamp: Timestamp::parse("2026-11-01T00:00:00Z").unwrap(),
+            model: "gpt-4o".to_owned(),
+            input_tokens: 1,
+            output_tokens: 1,
+            provider: None,
+            latency_ms: None,
+            status: CallStatus::Ok,
+            feature: None,
+            prompt_hash: Some("p".to_owned()),
+            cost_usd: 0.0,
+            batch: false,
+        };
+        upload(&mut conn, "usr_a", std::slice::from_ref(&call), prompt_key);
+        let cases = [
+            ("UPDATE workload_prompts SET first_row = 999", "points at row 999"),
+            ("UPDATE workload_prompts SET first_row = NULL", "names no prompt"),
+            ("UPDATE workload_prompts SET calls = 0", "has 0 calls"),
+            ("UPDATE workload_prompts SET cost_usd = -1.0", "costs -1"),
+        ];
+        for (change, expected) in cases {
+            let tx = conn.transaction().unwrap();
+            tx.execute(change, []).unwrap();
+            match insert(&tx, "usr_a", std::slice::from_ref(&call), prompt_key) {
+                Err(StoreError::Corrupt(message)) => assert!(message.contains(expected), "{change}: {message}"),
+                other => panic!("{change}: {other:?}"),
+            }
+            // Rolled back.
+        }
     }
 
     #[test]

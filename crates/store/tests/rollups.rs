@@ -468,7 +468,7 @@ async fn a_version_1_file_gets_its_roll_ups_built_from_its_rows_once_when_opened
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     // Opened again, nothing is rolled up twice; a new upload adds to the built roll-ups.
     let old = store(dir.path(), "old.sqlite").await;
     assert_eq!(
@@ -506,6 +506,135 @@ async fn a_version_1_file_whose_rows_cannot_be_read_is_left_at_version_1() {
         )
         .unwrap();
     assert_eq!((version, tables), (1, 0), "the migration is one transaction");
+}
+
+/// A version-2 file as the server of that version wrote it (`sqlite3 .dump`): the calls of
+/// [`version_2_calls`] uploaded 70 at a time by one user, and 40 of another's.
+const VERSION_2: &str = include_str!("fixtures/workload-v2.sql");
+
+fn version_2_users() -> (UserId, UserId) {
+    (
+        UserId::parse("usr_00000000000000000000000000000a00").unwrap(),
+        UserId::parse("usr_00000000000000000000000000000b00").unwrap(),
+    )
+}
+
+fn version_2_calls() -> Vec<WorkloadEvent> {
+    let mut events = calls(21, 300);
+    events[7].cost_usd = f64::INFINITY;
+    events
+}
+
+fn user_version(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_version_2_file_moves_to_version_3_with_the_same_summaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ann, bob) = version_2_users();
+    let fresh = store(dir.path(), "fresh.sqlite").await;
+    for chunk in version_2_calls().chunks(70) {
+        fresh.insert_workload_events(&ann, chunk.to_vec()).await.unwrap();
+    }
+    fresh.insert_workload_events(&bob, calls(22, 40)).await.unwrap();
+    let path = dir.path().join("old.sqlite");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(VERSION_2)
+        .unwrap();
+    assert_eq!(user_version(&path), 2);
+
+    let old = store(dir.path(), "old.sqlite").await;
+    assert_eq!(user_version(&path), 3);
+    let mid_hours = TimeRange {
+        from: Timestamp::from_unix_millis(START_MS + 3 * HOUR_MS + 999_999),
+        to: Timestamp::from_unix_millis(START_MS + 40 * HOUR_MS + 5),
+    };
+    for user in [&ann, &bob] {
+        for range in [TimeRange::default(), mid_hours] {
+            assert_eq!(
+                old.workload_summary(user, range).await.unwrap(),
+                fresh.workload_summary(user, range).await.unwrap(),
+                "{user} {range:?}"
+            );
+        }
+        assert_eq!(
+            old.workload_event_count(user).await.unwrap(),
+            fresh.workload_event_count(user).await.unwrap()
+        );
+    }
+    let summary = old.workload_summary(&ann, TimeRange::default()).await.unwrap();
+    assert_eq!((summary.totals.usage.calls, summary.calls_left_out), (299, 1));
+    assert!(summary.opportunities.repeated_prompt_calls > 0);
+
+    // Uploads after the move repeat prompts counted before it, as on a fresh file.
+    for store in [&old, &fresh] {
+        store.insert_workload_events(&ann, calls(21, 120)).await.unwrap();
+        store.insert_workload_events(&bob, calls(23, 30)).await.unwrap();
+    }
+    for user in [&ann, &bob] {
+        assert_eq!(
+            old.workload_summary(user, TimeRange::default()).await.unwrap(),
+            fresh.workload_summary(user, TimeRange::default()).await.unwrap()
+        );
+    }
+    drop(old);
+    let tables: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'old_%'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(tables, 0);
+}
+
+#[tokio::test]
+async fn a_version_2_file_that_cannot_be_moved_is_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(VERSION_2).unwrap();
+        conn.execute(
+            "UPDATE workload_prompts SET calls = -1 WHERE prompt_hash = (SELECT MIN(prompt_hash) FROM workload_prompts)",
+            [],
+        )
+        .unwrap();
+    }
+    match SqliteAnalytics::open(&path).await {
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("calls"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(user_version(&path), 2, "the move is one transaction");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (rows, users): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM workload_events),
+                    (SELECT COUNT(*) FROM sqlite_master WHERE name = 'workload_users')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, users), (340, 0));
+}
+
+#[tokio::test]
+async fn a_workload_file_of_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.sqlite");
+    drop(store(dir.path(), "w.sqlite").await);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 4)
+        .unwrap();
+    match SqliteAnalytics::open(&path).await {
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("newer than this server's 3"), "{message}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
