@@ -5,10 +5,10 @@
 //! full (the store is behind), never for a commit, except for its final event, which it waits
 //! for until its limit. One writer at a time takes everything queued, of every user, and hands
 //! it to the sink as one batch; the sink numbers and stores the batch at once (one transaction)
-//! and returns the events numbered. So the events of one user reach the sink in the order they
-//! were queued, and `seq` is given in one place, the sink, when the event is stored. A batch the
-//! sink refuses is tried again until it is taken: nothing queued is lost or stored twice, and a
-//! store that is down holds the events (not the runs, which end by their limits) until it is back.
+//! and answers with the seqs. So the events of one user reach the sink in the order they were
+//! queued, and `seq` is given in one place, the sink, when the event is stored. A batch that
+//! fails is tried again until it is taken: nothing queued is lost or stored twice, and a store
+//! that is down holds the events (not the runs, which end by their limits) until it is back.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -30,6 +30,10 @@ pub enum SinkError {
     /// The sink did not answer in time; the event counts as not stored.
     #[error("the event store did not answer within {0} ms")]
     TimedOut(u64),
+    /// The sink refused what it was given (it cannot be stored as it is, now or later); the
+    /// events are not stored, and trying them again cannot help.
+    #[error("the event store refused the events: {0}")]
+    Refused(String),
 }
 
 /// The destination of every event: the event log. The server backs it with its store (which
@@ -202,8 +206,9 @@ impl Writer {
                 batch.into_iter().map(|q| (q.entry, (q.reply, q._room))).unzip();
             let seqs = self.store(&entries).await;
             for ((entry, seq), (reply, _room)) in entries.into_iter().zip(seqs).zip(waiting) {
-                // A run that gave up waiting is fine: the event is stored all the same.
-                if let Some(reply) = reply.filter(|reply| !reply.is_closed()) {
+                // A run that gave up waiting is fine: the event is stored all the same. An event
+                // the sink refused drops its reply: its run learns that it is not stored.
+                if let (Some(seq), Some(reply)) = (seq, reply.filter(|reply| !reply.is_closed())) {
                     let _ = reply.send(entry.event.numbered(seq));
                 }
             }
@@ -212,14 +217,39 @@ impl Writer {
 
     /// Stores one batch, trying again (with a growing wait) until the sink takes it: a failed
     /// batch stored nothing, so trying it again can neither lose nor repeat an event, and the
-    /// events behind it wait, in order. A panic in the sink counts as a failure.
-    async fn store(&self, batch: &[LogEntry]) -> Vec<Seq> {
+    /// events behind it wait, in order. A panic in the sink counts as a failure. A batch the
+    /// sink refuses is halved until the events it refuses are alone; those are given up (their
+    /// seq is `None`), the others stored in order, so one bad event cannot stop every user's log.
+    async fn store(&self, batch: &[LogEntry]) -> Vec<Option<Seq>> {
         let mut wait = RETRY_FIRST;
         loop {
             let attempt = AssertUnwindSafe(self.sink.append(batch)).catch_unwind().await;
             let error = match attempt {
-                Ok(Ok(seqs)) if seqs.len() == batch.len() => return seqs,
-                Ok(Ok(seqs)) => SinkError::Failed(format!("the sink stored {} of {} events", seqs.len(), batch.len())),
+                Ok(Ok(seqs)) => {
+                    // Stored already: trying again would store them twice. A sink that answers
+                    // with too few seqs breaks its contract; the events it gave none for count as
+                    // not stored.
+                    if seqs.len() != batch.len() {
+                        tracing::error!(
+                            seqs = seqs.len(),
+                            events = batch.len(),
+                            "the sink answered with the wrong number of seqs"
+                        );
+                    }
+                    let mut seqs: Vec<Option<Seq>> = seqs.into_iter().map(Some).collect();
+                    seqs.resize(batch.len(), None);
+                    return seqs;
+                }
+                Ok(Err(SinkError::Refused(reason))) if batch.len() == 1 => {
+                    tracing::error!(%reason, user_id = %batch[0].user_id, "an event the store refused is given up");
+                    return vec![None];
+                }
+                Ok(Err(SinkError::Refused(_))) => {
+                    let (left, right) = batch.split_at(batch.len() / 2);
+                    let mut seqs = Box::pin(self.store(left)).await;
+                    seqs.extend(Box::pin(self.store(right)).await);
+                    return seqs;
+                }
                 Ok(Err(error)) => error,
                 Err(_panic) => SinkError::Failed("the sink panicked".into()),
             };

@@ -529,6 +529,98 @@ impl EventSink for PanickingOnce {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_event_the_store_refuses_is_given_up_alone_and_the_rest_are_stored() {
+    let sink = Arc::new(Refusing {
+        inner: MemorySink::new(),
+        wrong_count: false,
+    });
+    let engine = Scenario::new()
+        .agent(
+            "reporting",
+            vec![
+                Step::think("fine"),
+                Step::think("poison"),
+                Step::think("also fine"),
+                Step::answer("hi"),
+            ],
+        )
+        .engine(sink.clone());
+    let outcome = engine.start_run(request(&user("a"))).unwrap().outcome().await;
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let events = sink.inner.events_of(&user("a"));
+    check_gapless(&events).unwrap();
+    check_run(&events).unwrap();
+    let thoughts = switchboard_engine::testkit::thoughts(&events);
+    assert!(thoughts.contains(&"fine".to_owned()) && thoughts.contains(&"also fine".to_owned()));
+    assert!(
+        !thoughts.contains(&"poison".to_owned()),
+        "the refused event is given up"
+    );
+    assert_eq!(outcome.final_event.as_ref(), events.last());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_that_answers_for_too_few_events_is_not_asked_again() {
+    // Whatever it stored stays stored once: asking again would store events twice.
+    let sink = Arc::new(Refusing {
+        inner: MemorySink::new(),
+        wrong_count: true,
+    });
+    let engine = Scenario::new()
+        .agent("reporting", vec![Step::answer("hi")])
+        .engine(sink.clone());
+    let outcome = engine.start_run(request(&user("a"))).unwrap().outcome().await;
+    let stored = sink.inner.published();
+    let batches = sink.inner.batches();
+    assert_eq!(stored.len(), batches.iter().sum::<usize>(), "no batch was stored twice");
+    check_gapless(&sink.inner.events_of(&user("a"))).unwrap();
+    assert_eq!(engine.active_runs(), 0);
+    drop(outcome);
+}
+
+/// A sink that refuses every batch holding a thought "poison" (as a store refuses data it cannot
+/// take), or, with `wrong_count`, answers for one event fewer than it stored.
+struct Refusing {
+    inner: Arc<MemorySink>,
+    wrong_count: bool,
+}
+
+#[async_trait::async_trait]
+impl EventSink for Refusing {
+    async fn append(&self, batch: &[LogEntry]) -> Result<Vec<switchboard_protocol::Seq>, SinkError> {
+        let poisoned = batch
+            .iter()
+            .any(|e| matches!(&e.event.payload, EventPayload::AgentThinking(t) if t.text == "poison"));
+        if poisoned {
+            return Err(SinkError::Refused("a poisoned event".into()));
+        }
+        let mut seqs = self.inner.append(batch).await?;
+        if self.wrong_count {
+            seqs.pop();
+        }
+        Ok(seqs)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_gives_up_on_a_store_that_does_not_answer() {
+    let sink = MemorySink::scripted(vec![SinkBehavior::Slow(S(3600))]);
+    let engine = Scenario::new()
+        .agent("reporting", vec![Step::answer("hi")])
+        .engine(sink.clone());
+    let handle = engine.start_run(request(&user("a"))).unwrap();
+    assert!(handle.outcome().await.final_event.is_none());
+    let started = tokio::time::Instant::now();
+    engine.shutdown(S(30)).await;
+    assert_eq!(
+        started.elapsed(),
+        S(2),
+        "shutdown waited `sink_timeout` for the store, no longer"
+    );
+    assert!(sink.published().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_the_queued_events_to_be_stored() {
     // The store takes 62 s for its first batch: the run ends at its limit (61 s) without its
     // final event stored; shutdown waits (up to `sink_timeout`, 2 s) until it is.

@@ -40,8 +40,12 @@ impl NewEvent {
             payload: &self.payload,
         };
         let json = serde_json::to_string(&view)?;
-        debug_assert!(json.starts_with(UnnumberedJson::PREFIX));
-        Ok(UnnumberedJson(json))
+        match json.strip_prefix(UnnumberedJson::PREFIX) {
+            Some(rest) => Ok(UnnumberedJson(rest.to_owned())),
+            None => Err(<serde_json::Error as serde::ser::Error>::custom(
+                "an event's JSON does not begin with its seq",
+            )),
+        }
     }
 
     /// The event with its seq.
@@ -71,7 +75,7 @@ struct WireView<'a> {
     payload: &'a EventPayload,
 }
 
-/// An event's JSON before it has its seq (written with seq 0, which comes first).
+/// An event's JSON before it has its seq: all that follows `{"seq":N,` (seq comes first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnnumberedJson(String);
 
@@ -80,8 +84,12 @@ impl UnnumberedJson {
 
     /// The JSON of the event with `seq`, exactly as `serde_json` writes the numbered [`Event`].
     pub fn numbered(&self, seq: Seq) -> String {
-        let rest = self.0.strip_prefix(Self::PREFIX).unwrap_or(&self.0);
-        format!("{{\"seq\":{},{rest}", seq.get())
+        let mut json = String::with_capacity(self.0.len() + 28);
+        json.push_str("{\"seq\":");
+        json.push_str(&seq.get().to_string());
+        json.push(',');
+        json.push_str(&self.0);
+        json
     }
 }
 

@@ -77,7 +77,33 @@ fn every_run_event_round_trips() {
         ),
     ];
     for (kind, payload) in cases {
-        check_server(event(kind, payload), kind);
+        check_server(event(kind, payload.clone()), kind);
+        check_written_before_its_seq(event(kind, payload));
+    }
+}
+
+/// The event's JSON written before the log gives it its seq (`NewEvent::to_json`), then numbered,
+/// is exactly the JSON of the numbered event, for any seq.
+fn check_written_before_its_seq(frame: Value) {
+    let event: switchboard_protocol::Event = serde_json::from_value(frame).unwrap();
+    let new = switchboard_protocol::NewEvent {
+        run_id: event.run_id.clone(),
+        thread_id: event.thread_id.clone(),
+        agent_name: event.agent_name.clone(),
+        timestamp: event.timestamp,
+        trace_id: event.trace_id.clone(),
+        payload: event.payload.clone(),
+    };
+    let unnumbered = new.to_json().unwrap();
+    for seq in [1, 42, u64::MAX] {
+        let numbered = switchboard_protocol::Event {
+            seq: switchboard_protocol::Seq::new(seq),
+            ..event.clone()
+        };
+        assert_eq!(
+            unnumbered.numbered(numbered.seq),
+            serde_json::to_string(&numbered).unwrap()
+        );
     }
 }
 

@@ -51,22 +51,28 @@ impl EventLog {
     }
 
     /// Stores the entries in one transaction (the store gives each its seq), then tells the
-    /// observers and the fan-out. Returns the events as stored, in the order given. Once the
+    /// observers and the fan-out. Returns the seqs given, in the order of the entries. Once the
     /// store has answered, nothing here can fail: a panicking observer or fan-out is logged and
     /// passed over, so that a batch that is stored is never reported as failed (and stored again).
     pub(crate) async fn append_entries(&self, entries: &[LogEntry]) -> Result<Vec<Seq>, StoreError> {
         let started = Instant::now();
         let stored = self.store.append_events(entries).await?;
         let took = started.elapsed();
+        // Stored from here on: nothing below may fail the batch (it would be stored again).
         if stored.len() != entries.len() {
-            return Err(StoreError::Backend(format!(
-                "the store stored {} of {} events",
-                stored.len(),
-                entries.len()
-            )));
+            tracing::error!(
+                stored = stored.len(),
+                events = entries.len(),
+                "the store answered for a different number of events"
+            );
         }
-        for observer in &self.observers {
-            observer.batch_stored(stored.len(), took);
+        let batch = || {
+            for observer in &self.observers {
+                observer.batch_stored(stored.len(), took);
+            }
+        };
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(batch)).is_err() {
+            tracing::error!("an observer of a stored batch panicked");
         }
         let mut seqs = Vec::with_capacity(stored.len());
         for (entry, StoredEvent { user_id, record }) in entries.iter().zip(stored) {
@@ -121,7 +127,11 @@ impl EventSink for EventLog {
     async fn append(&self, batch: &[LogEntry]) -> Result<Vec<Seq>, SinkError> {
         self.append_entries(batch).await.map_err(|error| {
             tracing::error!(%error, "events not stored");
-            SinkError::Failed(error.to_string())
+            match error {
+                // The batch holds something the store cannot take: trying it again cannot help.
+                StoreError::Corrupt(_) | StoreError::Conflict(_) => SinkError::Refused(error.to_string()),
+                StoreError::Backend(_) | StoreError::NotFound(_) => SinkError::Failed(error.to_string()),
+            }
         })
     }
 }

@@ -180,12 +180,6 @@ pub struct StoredEvent {
 }
 
 impl EventRecord {
-    /// From an event.
-    pub fn from_event(event: &Event) -> Result<Self, StoreError> {
-        let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(Self { seq: event.seq, json })
-    }
-
     /// Parses the event back.
     pub fn event(&self) -> Result<Event, StoreError> {
         serde_json::from_str(&self.json).map_err(|e| StoreError::Corrupt(format!("event {}: {e}", self.seq)))

@@ -101,6 +101,7 @@ CREATE TABLE IF NOT EXISTS events (
     json TEXT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
+DROP INDEX IF EXISTS events_by_run;
 CREATE TABLE IF NOT EXISTS refresh_families (
     id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
@@ -223,9 +224,11 @@ impl SqliteStore {
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
             conn.pragma_update(None, "busy_timeout", 5000).map_err(backend)?;
             // Room for the pages a batch of events touches, so that a transaction does not
-            // spill to the file half-way; and no checkpoint inside a commit (`Checkpointer`).
+            // spill to the file half-way; checkpoints run beside the commits (`Checkpointer`).
             conn.pragma_update(None, "cache_size", -32_768).map_err(backend)?;
-            conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(backend)?;
+            // The commit checkpoints only when the `Checkpointer` fell far behind (a backstop).
+            conn.pragma_update(None, "wal_autocheckpoint", 16_384)
+                .map_err(backend)?;
             // After a checkpoint, the WAL file is cut back to this size.
             conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
                 .map_err(backend)?;
@@ -245,7 +248,17 @@ impl SqliteStore {
             conn.execute_batch(SCHEMA).map_err(backend)?;
             // Tables made by an older schema gain the columns added since; tables added since
             // (`refresh_families` in 4) come with `SCHEMA`.
-            if (1..3).contains(&version) {
+            // Checked, not assumed from the version: an open cut short after this step (before
+            // `user_version` is written) must not fail the next one.
+            let has_model_calls: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('runs') WHERE name = 'model_calls'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(backend)?
+                > 0;
+            if !has_model_calls {
                 conn.execute_batch("ALTER TABLE runs ADD COLUMN model_calls TEXT")
                     .map_err(backend)?;
             }
@@ -794,12 +807,16 @@ struct AcceptQueue {
 
 /// Stores the queued messages in batches until none is left. Runs on tokio's blocking pool.
 fn accept_all(conn: &Mutex<Connection>, accepts: &Mutex<AcceptQueue>) {
-    /// Lets the next message start a writer again if this one panics.
+    /// If this writer panics: the messages waiting behind it are refused (their callers get an
+    /// error at once instead of waiting for the next message to start a writer), and the next
+    /// message starts a writer again.
     struct Writing<'a>(&'a Mutex<AcceptQueue>);
     impl Drop for Writing<'_> {
         fn drop(&mut self) {
             if std::thread::panicking() {
-                self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
+                let mut queue = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                queue.writing = false;
+                queue.pending.clear();
             }
         }
     }
@@ -845,8 +862,17 @@ fn accept_batch(
                 savepoint.commit().map_err(backend)?;
                 results.push(Ok(accepted));
             }
-            // Dropping the savepoint rolls this message back.
-            Err(error) => results.push(Err(error)),
+            Err(error) => {
+                // Dropping the savepoint rolls this message back.
+                drop(savepoint);
+                // Some failures (a full disk, an I/O error) make SQLite roll the whole
+                // transaction back: then nothing of the batch is stored, and every message of
+                // it is told so, rather than the rest being committed one by one on their own.
+                if tx.is_autocommit() {
+                    return Err(error);
+                }
+                results.push(Err(error));
+            }
         }
     }
     tx.commit().map_err(backend)?;
@@ -1052,5 +1078,47 @@ impl AnalyticsStore for SqliteStore {
 
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
         self.analytics.workload_event_count(user).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(user: &UserId) -> NewMessage {
+        NewMessage {
+            user_id: user.clone(),
+            thread_id: None,
+            text: "a long question ".repeat(200),
+            client_message_id: None,
+            message_id: MessageId::generate(),
+            run_id: RunId::generate(),
+        }
+    }
+
+    #[test]
+    fn messages_cut_short_by_a_full_disk_are_stored_exactly_as_their_callers_are_told() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let user = UserId::generate();
+        accept_batch(&mut conn, vec![message(&user)]).unwrap();
+        // Room for a few more pages only: the batch runs out of it half-way.
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        let _: i64 = conn
+            .query_row(&format!("PRAGMA max_page_count = {}", pages + 3), [], |r| r.get(0))
+            .unwrap();
+        let outcome = accept_batch(&mut conn, (0..40).map(|_| message(&user)).collect());
+        let stored: i64 = conn
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        let runs: i64 = conn.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0)).unwrap();
+        match outcome {
+            Err(_) => assert_eq!((stored, runs), (1, 1), "a batch refused as a whole stores nothing"),
+            Ok(results) => {
+                assert!(results.iter().any(Result::is_err), "the disk filled up");
+                let told_ok = results.iter().filter(|r| r.is_ok()).count() as i64;
+                assert_eq!((stored, runs), (1 + told_ok, 1 + told_ok));
+            }
+        }
     }
 }
