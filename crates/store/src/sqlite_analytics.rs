@@ -19,6 +19,13 @@
 //! that its row is about thirty bytes: an upload of new prompts then dirties a fraction of the
 //! pages a table keyed by the text would. Prompts whose hashes collide take the next free keys,
 //! and a key found is checked against the text of the row it points at.
+//!
+//! The counts are kept log-structured: a prompt seen for the first time goes to a small table
+//! (`workload_new_prompts`), and when that passes a bound an upload folds it into the main one
+//! in key order. New prompts arrive at random keys, so an upload dirties most pages of the
+//! table it inserts into; with millions of prompts the main table's pages are many more than
+//! an upload's new prompts, and each upload would rewrite most of them. A known prompt is
+//! counted where it is; a key is looked up in the main table first, then in the small one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,8 +47,11 @@ use crate::{
 /// the rows once when a version-1 file is opened; 3: users by a small number
 /// (`workload_users`) in every table, and prompts by a 64-bit key of their hash with a pointer
 /// to the first call's row instead of the hash's text, so that the prompt table stays a
-/// fraction of the size and an upload rewrites fewer of its pages.
-const SCHEMA_VERSION: i64 = 3;
+/// fraction of the size and an upload rewrites fewer of its pages; 4: the prompts an upload
+/// sees for the first time go to a small table of their own (`workload_new_prompts`), folded
+/// into `workload_prompts` in one sorted pass when it passes [`NEW_PROMPTS_MERGED_AT`], so that
+/// an upload's new prompts dirty the pages of the small table, not most of the large one's.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -106,7 +116,28 @@ CREATE TABLE IF NOT EXISTS workload_prompts (
     PRIMARY KEY (user, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS workload_repeated_prompts ON workload_prompts (user, calls, cost_usd) WHERE calls > 1;
+CREATE TABLE IF NOT EXISTS workload_new_prompts (
+    user INTEGER NOT NULL,
+    key INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    first_row INTEGER,
+    prompt_hash TEXT,
+    PRIMARY KEY (user, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS workload_repeated_new_prompts ON workload_new_prompts (user, calls, cost_usd) WHERE calls > 1;
 ";
+
+/// The tables of the per-prompt counts: the main one, and the prompts first seen since the
+/// last merge. A key is in one of them at most.
+const PROMPT_TABLES: [&str; 2] = ["workload_prompts", "workload_new_prompts"];
+
+/// Rows of `workload_new_prompts` past which an upload folds them into `workload_prompts`.
+/// An upload inserts its new prompts at random keys, so it rewrites nearly every page of the
+/// table they go to: of the small table, whose pages are few, rather than of the main one,
+/// whose pages the merge rewrites once for all the uploads since the last. The larger the
+/// bound, the rarer the merges and the more pages each upload rewrites in the small table.
+const NEW_PROMPTS_MERGED_AT: i64 = 1 << 20;
 
 /// Version 1 and 2 tables renamed out of the way while a file moves to version 3: what each is
 /// renamed to, and the indexes dropped before (their names are taken again).
@@ -117,6 +148,9 @@ const OLD_TABLES: [(&str, &str); 4] = [
     ("workload_prompts", "old_workload_prompts"),
 ];
 const OLD_INDEXES: &str = "DROP INDEX IF EXISTS workload_by_user_time; DROP INDEX IF EXISTS workload_repeated_prompts;";
+
+/// Version 3 and 4 differ by a table and its index only.
+const VERSION_3: i64 = 3;
 
 /// The columns of a roll-up cell after its key, in the order [`read_cell`] takes them.
 const CELL_COLUMNS: &str = "calls, input_tokens, output_tokens, cost_usd, errors, failed_cost_usd, short_calls, \
@@ -284,7 +318,8 @@ impl SqliteAnalytics {
 /// Brings a file at `version` (0: new) to [`SCHEMA_VERSION`] inside `tx`; returns how many
 /// rows it moved.
 fn migrate(tx: &Connection, version: i64) -> Result<u64, StoreError> {
-    if version == 0 {
+    if version == 0 || version == VERSION_3 {
+        // Version 3 has every table but the new prompts' (empty until the next upload).
         tx.execute_batch(SCHEMA).map_err(backend)?;
         return Ok(0);
     }
@@ -394,7 +429,7 @@ fn move_prompts(tx: &Connection) -> Result<(), StoreError> {
         for (user, text, calls, cost) in texts.iter() {
             tally.add_stored(*user, text, *calls, *cost);
         }
-        tally.store(tx, prompt_key)?;
+        tally.store(tx, PROMPTS)?;
         texts.clear();
         Ok(())
     };
@@ -486,7 +521,7 @@ impl AnalyticsStore for SqliteAnalytics {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            insert(&tx, &user, &events, prompt_key)?;
+            insert(&tx, &user, &events, PROMPTS)?;
             tx.commit().map_err(backend)?;
             Ok(events.len())
         })
@@ -530,13 +565,8 @@ fn user_number(conn: &Connection, user: &str) -> Result<Option<i64>, StoreError>
 }
 
 /// Stores `events` of `user` and rolls them up, inside `tx`; prompts are keyed by
-/// `prompt_key` (a parameter so that tests can make every prompt collide).
-fn insert(
-    tx: &Connection,
-    user: &str,
-    events: &[WorkloadEvent],
-    prompt_key: fn(&str) -> i64,
-) -> Result<(), StoreError> {
+/// `prompts` (a parameter so that tests can make every prompt collide, or merge often).
+fn insert(tx: &Connection, user: &str, events: &[WorkloadEvent], prompts: PromptKeys) -> Result<(), StoreError> {
     let user = match user_number(tx, user)? {
         Some(number) => number,
         None => {
@@ -580,7 +610,7 @@ fn insert(
             .iter()
             .zip(rows)
             .map(|(event, row)| Call::of_event(user, row, event)),
-        prompt_key,
+        prompts,
     )
 }
 
@@ -685,12 +715,20 @@ fn summary(conn: &Connection, user: i64, range: TimeRange) -> Result<Summary, St
         }
     }
     if range.from.is_none() && range.to.is_none() {
-        // The partial index holds only the prompts called more than once; left to itself the
-        // planner would walk all of the user's prompts by the primary key.
+        // The partial indexes hold only the prompts called more than once; left to itself the
+        // planner would walk all of the user's prompts by the primary key. The two tables' rows
+        // are summed in one order, by calls and cost, wherever a merge has left them, so that
+        // the sum is the same to the last bit.
         let (calls, cost): (i64, f64) = conn
             .prepare_cached(
-                "SELECT COALESCE(SUM(calls - 1), 0), COALESCE(SUM(cost_usd * (calls - 1) / calls), 0.0)
-                 FROM workload_prompts INDEXED BY workload_repeated_prompts WHERE user = ?1 AND calls > 1",
+                "SELECT COALESCE(SUM(calls - 1), 0), COALESCE(SUM(cost_usd * (calls - 1) / calls), 0.0) FROM (
+                     SELECT calls, cost_usd FROM workload_prompts INDEXED BY workload_repeated_prompts
+                     WHERE user = ?1 AND calls > 1
+                     UNION ALL
+                     SELECT calls, cost_usd FROM workload_new_prompts INDEXED BY workload_repeated_new_prompts
+                     WHERE user = ?1 AND calls > 1
+                     ORDER BY calls, cost_usd
+                 )",
             )
             .and_then(|mut s| s.query_row([user], |r| Ok((r.get(0)?, r.get(1)?))))
             .map_err(backend)?;
@@ -852,6 +890,18 @@ fn prompt_key(text: &str) -> i64 {
     hash as i64
 }
 
+/// How prompts are keyed and when the new ones are merged: [`PROMPTS`], but for tests.
+#[derive(Debug, Clone, Copy)]
+struct PromptKeys {
+    key: fn(&str) -> i64,
+    merged_at: i64,
+}
+
+const PROMPTS: PromptKeys = PromptKeys {
+    key: prompt_key,
+    merged_at: NEW_PROMPTS_MERGED_AT,
+};
+
 /// One prompt of an upload: its user, text, what the upload adds to it, and its first call.
 #[derive(Debug)]
 struct Prompt<'a> {
@@ -904,10 +954,12 @@ impl<'a> PromptTally<'a> {
     }
 
     /// Finds each prompt's key (its hash, or the next free one after it when another prompt
-    /// holds it: the keys of one hash are consecutive, and nothing is ever removed), in key
-    /// order, and stores its calls: a new prompt is inserted at the first free key (one
-    /// statement, the common case), a known one has its counts read, added to and written back.
-    fn store(mut self, tx: &Connection, prompt_key: fn(&str) -> i64) -> Result<(), StoreError> {
+    /// holds it: the keys of one hash are consecutive, in either table, and nothing is ever
+    /// removed), in key order, and stores its calls: a new prompt is inserted at the first free
+    /// key of the new prompts' table (a look-up in the main table and one insert, the common
+    /// case), a known one has its counts read, added to and written back where it is. Then
+    /// folds the new prompts into the main table if they have passed [`NEW_PROMPTS_MERGED_AT`].
+    fn store(mut self, tx: &Connection, keys: PromptKeys) -> Result<(), StoreError> {
         // What the batch adds to each prompt, from nothing: a new prompt's figures.
         for &(at, cost_usd) in &self.calls {
             let prompt = &mut self.prompts[at];
@@ -916,15 +968,19 @@ impl<'a> PromptTally<'a> {
         }
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO workload_prompts (user, key, calls, cost_usd, first_row, prompt_hash)
+                "INSERT INTO workload_new_prompts (user, key, calls, cost_usd, first_row, prompt_hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (user, key) DO NOTHING",
             )
             .map_err(backend)?;
-        let mut lookup = tx
-            .prepare_cached(
-                "SELECT calls, cost_usd, first_row, prompt_hash FROM workload_prompts WHERE user = ?1 AND key = ?2",
-            )
-            .map_err(backend)?;
+        let mut lookups = PROMPT_TABLES
+            .iter()
+            .map(|table| {
+                tx.prepare_cached(&format!(
+                    "SELECT calls, cost_usd, first_row, prompt_hash FROM {table} WHERE user = ?1 AND key = ?2"
+                ))
+                .map_err(backend)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut row_text = tx
             .prepare_cached("SELECT prompt_hash FROM workload_events WHERE rowid = ?1")
             .map_err(backend)?;
@@ -933,11 +989,14 @@ impl<'a> PromptTally<'a> {
             .prompts
             .iter()
             .enumerate()
-            .map(|(at, p)| (p.user, prompt_key(p.text), at))
+            .map(|(at, p)| (p.user, (keys.key)(p.text), at))
             .collect();
         order.sort_unstable();
-        // The known prompts, with the counts stored before this batch.
-        let mut known: Vec<(usize, i64, u64, f64)> = Vec::new();
+        // The known prompts: where, and the counts stored before this batch.
+        let mut known: Vec<(usize, usize, i64, u64, f64)> = Vec::new();
+        type Stored = (i64, f64, Option<i64>, Option<String>);
+        let read =
+            |r: &rusqlite::Row<'_>| -> rusqlite::Result<Stored> { Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)) };
         for &(user, hash, at) in &order {
             let prompt = &self.prompts[at];
             let mut key = hash;
@@ -945,30 +1004,30 @@ impl<'a> PromptTally<'a> {
                 if probes > 1 << 20 {
                     return Err(StoreError::Corrupt(format!("the prompt keys after {hash} never end")));
                 }
-                let inline = prompt.first_row.is_none().then_some(prompt.text);
-                let inserted = insert
-                    .execute(params![
-                        user,
-                        key,
-                        int(prompt.calls)?,
-                        prompt.cost_usd,
-                        prompt.first_row,
-                        inline
-                    ])
+                let stored = lookups[0]
+                    .query_row(params![user, key], read)
+                    .optional()
                     .map_err(backend)?;
-                if inserted == 1 {
-                    break;
-                }
-                let (calls, cost_usd, first_row, inline) = lookup
-                    .query_row(params![user, key], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, f64>(1)?,
-                            r.get::<_, Option<i64>>(2)?,
-                            r.get::<_, Option<String>>(3)?,
-                        ))
-                    })
-                    .map_err(backend)?;
+                let (table, (calls, cost_usd, first_row, inline)) = match stored {
+                    Some(stored) => (0, stored),
+                    None => {
+                        let inline = prompt.first_row.is_none().then_some(prompt.text);
+                        let inserted = insert
+                            .execute(params![
+                                user,
+                                key,
+                                int(prompt.calls)?,
+                                prompt.cost_usd,
+                                prompt.first_row,
+                                inline
+                            ])
+                            .map_err(backend)?;
+                        if inserted == 1 {
+                            break;
+                        }
+                        (1, lookups[1].query_row(params![user, key], read).map_err(backend)?)
+                    }
+                };
                 let holder = match (inline, first_row) {
                     (Some(inline), _) => inline,
                     (None, Some(row)) => row_text
@@ -993,47 +1052,84 @@ impl<'a> PromptTally<'a> {
                     if !(cost_usd.is_finite() && cost_usd >= 0.0) {
                         return Err(StoreError::Corrupt(format!("the prompt key {key} costs {cost_usd}")));
                     }
-                    known.push((at, key, calls, cost_usd));
+                    known.push((at, table, key, calls, cost_usd));
                     break;
                 }
                 key = key.wrapping_add(1);
             }
         }
-        if known.is_empty() {
-            return Ok(());
-        }
-        // The known prompts' costs added to the stored ones call by call, as one upload after
-        // another would.
-        let mut totals: HashMap<usize, (u64, f64)> = known
-            .iter()
-            .map(|&(at, _, calls, cost_usd)| (at, (calls.saturating_add(self.prompts[at].calls), cost_usd)))
-            .collect();
-        for &(at, cost_usd) in &self.calls {
-            if let Some(total) = totals.get_mut(&at) {
-                total.1 += cost_usd;
+        if !known.is_empty() {
+            // The known prompts' costs added to the stored ones call by call, as one upload
+            // after another would.
+            let mut totals: HashMap<usize, (u64, f64)> = known
+                .iter()
+                .map(|&(at, _, _, calls, cost_usd)| (at, (calls.saturating_add(self.prompts[at].calls), cost_usd)))
+                .collect();
+            for &(at, cost_usd) in &self.calls {
+                if let Some(total) = totals.get_mut(&at) {
+                    total.1 += cost_usd;
+                }
+            }
+            for &(at, _, _, calls, cost_usd) in &known {
+                // Counted as version 2 kept them, not call by call.
+                if self.prompts[at].first_row.is_none() {
+                    let total = totals.get_mut(&at).expect("every known prompt has a total");
+                    *total = (
+                        calls.saturating_add(self.prompts[at].calls),
+                        cost_usd + self.prompts[at].cost_usd,
+                    );
+                }
+            }
+            let mut updates = PROMPT_TABLES
+                .iter()
+                .map(|table| {
+                    tx.prepare_cached(&format!(
+                        "UPDATE {table} SET calls = ?3, cost_usd = ?4 WHERE user = ?1 AND key = ?2"
+                    ))
+                    .map_err(backend)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for &(at, table, key, _, _) in &known {
+                let (calls, cost_usd) = totals[&at];
+                updates[table]
+                    .execute(params![self.prompts[at].user, key, int(calls)?, cost_usd])
+                    .map_err(backend)?;
             }
         }
-        for &(at, _, calls, cost_usd) in &known {
-            // Counted as version 2 kept them, not call by call.
-            if self.prompts[at].first_row.is_none() {
-                let total = totals.get_mut(&at).expect("every known prompt has a total");
-                *total = (
-                    calls.saturating_add(self.prompts[at].calls),
-                    cost_usd + self.prompts[at].cost_usd,
-                );
-            }
-        }
-        let mut update = tx
-            .prepare_cached("UPDATE workload_prompts SET calls = ?3, cost_usd = ?4 WHERE user = ?1 AND key = ?2")
-            .map_err(backend)?;
-        for &(at, key, _, _) in &known {
-            let (calls, cost_usd) = totals[&at];
-            update
-                .execute(params![self.prompts[at].user, key, int(calls)?, cost_usd])
-                .map_err(backend)?;
-        }
-        Ok(())
+        merge_new_prompts(tx, keys.merged_at)
     }
+}
+
+/// Folds the new prompts into the main table when there are at least `bound` of them: one
+/// insert in key order, which rewrites each page of the main table once, then the small table
+/// emptied (its pages go to the file's free list, and the next uploads' new prompts reuse them).
+fn merge_new_prompts(tx: &Connection, bound: i64) -> Result<(), StoreError> {
+    let new: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM workload_new_prompts")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    if new < bound {
+        return Ok(());
+    }
+    let moved = tx
+        .prepare_cached(
+            "INSERT INTO workload_prompts (user, key, calls, cost_usd, first_row, prompt_hash)
+             SELECT user, key, calls, cost_usd, first_row, prompt_hash FROM workload_new_prompts
+             ORDER BY user, key",
+        )
+        .and_then(|mut s| s.execute([]))
+        .map_err(|e| match e.sqlite_error_code() {
+            // A key in both tables, which this module never writes.
+            Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                corrupt("a new prompt's key is in the main prompt table too", e)
+            }
+            _ => backend(e),
+        })?;
+    tx.prepare_cached("DELETE FROM workload_new_prompts")
+        .and_then(|mut s| s.execute([]))
+        .map_err(backend)?;
+    tracing::debug!(moved, "folded the new prompts into the prompt table");
+    Ok(())
 }
 
 /// Where a call's cell is: user, clock hour, model, feature, batch.
@@ -1049,7 +1145,7 @@ type StoredKey = (i64, i64, String, Option<String>, bool);
 fn roll_up<'a>(
     tx: &Connection,
     calls: impl Iterator<Item = Call<'a>> + Clone,
-    prompt_key: fn(&str) -> i64,
+    prompts_keyed: PromptKeys,
 ) -> Result<(), StoreError> {
     let mut spans: HashMap<i64, (i64, i64)> = HashMap::new();
     for call in calls.clone().filter(|call| call.figures.in_range()) {
@@ -1105,7 +1201,7 @@ fn roll_up<'a>(
             prompts.add(call.user, hash, call.row, call.figures.cost_usd);
         }
     }
-    prompts.store(tx, prompt_key)?;
+    prompts.store(tx, prompts_keyed)?;
     let mut write = tx
         .prepare_cached(&format!(
             "INSERT OR REPLACE INTO workload_rollups (user, hour, model, has_feature, feature, batch, {CELL_COLUMNS})
@@ -1222,7 +1318,7 @@ fn roll_up_stored_rows(tx: &Connection, mut rowid: i64) -> Result<u64, StoreErro
                 prompt_hash: row.prompt_hash.as_deref(),
                 figures: row.figures,
             }),
-            prompt_key,
+            PROMPTS,
         )?;
     }
 }
@@ -1245,10 +1341,21 @@ mod tests {
         conn
     }
 
-    fn upload(conn: &mut Connection, user: &str, events: &[WorkloadEvent], prompt_key: fn(&str) -> i64) {
+    fn upload(conn: &mut Connection, user: &str, events: &[WorkloadEvent], key: fn(&str) -> i64, merged_at: i64) {
         let tx = conn.transaction().unwrap();
-        insert(&tx, user, events, prompt_key).unwrap();
+        insert(&tx, user, events, PromptKeys { key, merged_at }).unwrap();
         tx.commit().unwrap();
+    }
+
+    /// The prompt rows of user 1 in the main table and in the new prompts' table.
+    fn prompt_rows(conn: &Connection) -> (i64, i64) {
+        conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM workload_prompts WHERE user = 1),
+                    (SELECT COUNT(*) FROM workload_new_prompts WHERE user = 1)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -1279,35 +1386,47 @@ mod tests {
                 )
             })
             .collect();
-        let (mut real, mut colliding, mut wrapping) = (file(), file(), file());
-        for chunk in events.chunks(97) {
-            upload(&mut real, "usr_a", chunk, prompt_key);
-            upload(&mut colliding, "usr_a", chunk, |_| 42);
-            upload(&mut wrapping, "usr_a", chunk, |text| {
+        let whole = |conn: &Connection| {
+            summary(conn, user_number(conn, "usr_a").unwrap().unwrap(), TimeRange::default()).unwrap()
+        };
+        let keys: [fn(&str) -> i64; 3] = [
+            prompt_key,
+            |_| 42,
+            |text| {
                 if text.starts_with("faq") {
                     i64::MAX
                 } else {
                     i64::MAX - 1
                 }
-            });
-            // Another user's calls of the same prompts are kept apart.
-            upload(&mut colliding, "usr_b", &chunk[..3], |_| 42);
+            },
+        ];
+        let mut expected = None;
+        // Merged after every upload, now and then (a prompt first seen before a merge is
+        // counted again after it, and keys that collide span both tables), or never.
+        for merged_at in [1, 150, 400, i64::MAX] {
+            for key in keys {
+                let mut conn = file();
+                for chunk in events.chunks(97) {
+                    upload(&mut conn, "usr_a", chunk, key, merged_at);
+                    // Another user's calls of the same prompts are kept apart.
+                    upload(&mut conn, "usr_b", &chunk[..3], key, merged_at);
+                }
+                let got = whole(&conn);
+                assert_eq!(got.opportunities.repeated_prompt_calls, 200 - 11);
+                assert_eq!(
+                    &got,
+                    expected.get_or_insert_with(|| got.clone()),
+                    "merged at {merged_at}"
+                );
+                let (main, new) = prompt_rows(&conn);
+                assert_eq!(main + new, 411, "merged at {merged_at}");
+                match merged_at {
+                    1 => assert_eq!(new, 0),
+                    i64::MAX => assert_eq!(main, 0),
+                    _ => assert!(main > 0 && new > 0, "merged at {merged_at}: {main} and {new}"),
+                }
+            }
         }
-        let whole = |conn: &Connection| {
-            summary(conn, user_number(conn, "usr_a").unwrap().unwrap(), TimeRange::default()).unwrap()
-        };
-        let expected = whole(&real);
-        assert_eq!(expected.opportunities.repeated_prompt_calls, 200 - 11);
-        assert_eq!(whole(&colliding), expected);
-        assert_eq!(whole(&wrapping), expected);
-        let prompts = |conn: &Connection| -> i64 {
-            conn.query_row("SELECT COUNT(*) FROM workload_prompts WHERE user = 1", [], |r| r.get(0))
-                .unwrap()
-        };
-        assert_eq!(
-            (prompts(&real), prompts(&colliding), prompts(&wrapping)),
-            (411, 411, 411)
-        );
     }
 
     #[test]
@@ -1326,22 +1445,76 @@ mod tests {
             cost_usd: 0.0,
             batch: false,
         };
-        upload(&mut conn, "usr_a", std::slice::from_ref(&call), prompt_key);
+        upload(&mut conn, "usr_a", std::slice::from_ref(&call), prompt_key, i64::MAX);
         let cases = [
-            ("UPDATE workload_prompts SET first_row = 999", "points at row 999"),
-            ("UPDATE workload_prompts SET first_row = NULL", "names no prompt"),
-            ("UPDATE workload_prompts SET calls = 0", "has 0 calls"),
-            ("UPDATE workload_prompts SET cost_usd = -1.0", "costs -1"),
+            ("SET first_row = 999", "points at row 999"),
+            ("SET first_row = NULL", "names no prompt"),
+            ("SET calls = 0", "has 0 calls"),
+            ("SET cost_usd = -1.0", "costs -1"),
         ];
-        for (change, expected) in cases {
-            let tx = conn.transaction().unwrap();
-            tx.execute(change, []).unwrap();
-            match insert(&tx, "usr_a", std::slice::from_ref(&call), prompt_key) {
-                Err(StoreError::Corrupt(message)) => assert!(message.contains(expected), "{change}: {message}"),
-                other => panic!("{change}: {other:?}"),
+        // In the new prompts' table, then merged into the main one.
+        for (table, merged) in [("workload_new_prompts", false), ("workload_prompts", true)] {
+            for (change, expected) in cases {
+                let tx = conn.transaction().unwrap();
+                if merged {
+                    merge_new_prompts(&tx, 1).unwrap();
+                }
+                tx.execute(&format!("UPDATE {table} {change}"), []).unwrap();
+                match insert(&tx, "usr_a", std::slice::from_ref(&call), PROMPTS) {
+                    Err(StoreError::Corrupt(message)) => assert!(message.contains(expected), "{change}: {message}"),
+                    other => panic!("{table} {change}: {other:?}"),
+                }
+                // Rolled back.
             }
-            // Rolled back.
         }
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch("INSERT INTO workload_prompts SELECT * FROM workload_new_prompts")
+            .unwrap();
+        match merge_new_prompts(&tx, 1) {
+            Err(StoreError::Corrupt(message)) => assert!(message.contains("main prompt table too"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_prompt_counted_among_the_new_ones_is_counted_on_where_the_merge_put_it() {
+        let call = |prompt: &str, cost_usd: f64| WorkloadEvent {
+            timestamp: Timestamp::parse("2026-11-01T00:00:00Z").unwrap(),
+            model: "gpt-4o".to_owned(),
+            input_tokens: 1,
+            output_tokens: 1,
+            provider: None,
+            latency_ms: None,
+            status: CallStatus::Ok,
+            feature: None,
+            prompt_hash: Some(prompt.to_owned()),
+            cost_usd,
+            batch: false,
+        };
+        let counts = |conn: &Connection, table: &str| -> Vec<(i64, f64)> {
+            conn.prepare(&format!("SELECT calls, cost_usd FROM {table} ORDER BY key"))
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let mut conn = file();
+        // Two new prompts stay below the bound of three; a third reaches it and all move.
+        upload(&mut conn, "usr_a", &[call("a", 1.0), call("b", 2.0)], prompt_key, 3);
+        assert_eq!(prompt_rows(&conn), (0, 2));
+        upload(&mut conn, "usr_a", &[call("a", 1.0), call("c", 4.0)], prompt_key, 3);
+        assert_eq!(prompt_rows(&conn), (3, 0));
+        // Known in the main table, counted there; a new one goes to the small table again.
+        upload(&mut conn, "usr_a", &[call("a", 1.0), call("d", 8.0)], prompt_key, 3);
+        assert_eq!(prompt_rows(&conn), (3, 1));
+        let mut main = counts(&conn, "workload_prompts");
+        main.sort_by(|a, b| a.1.total_cmp(&b.1));
+        assert_eq!(main, [(1, 2.0), (3, 3.0), (1, 4.0)]);
+        assert_eq!(counts(&conn, "workload_new_prompts"), [(1, 8.0)]);
+        let summary = summary(&conn, 1, TimeRange::default()).unwrap();
+        assert_eq!(summary.opportunities.repeated_prompt_calls, 2);
+        assert_eq!(summary.opportunities.repeated_prompt_cost_usd, 2.0);
     }
 
     #[test]

@@ -530,7 +530,11 @@ impl SummaryBuilder {
         }
 
         let (mut repeated_calls, mut repeated_cost) = self.repeated;
-        for (calls, cost) in self.prompts.into_values().filter(|(calls, _)| *calls > 1) {
+        // Summed in one order (by calls, then cost), not the map's, which differs between
+        // maps: the same calls then give the same cost to the last bit.
+        let mut repeated: Vec<(u64, f64)> = self.prompts.into_values().filter(|(calls, _)| *calls > 1).collect();
+        repeated.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        for (calls, cost) in repeated {
             repeated_calls += calls - 1;
             repeated_cost += cost * (calls - 1) as f64 / calls as f64;
         }

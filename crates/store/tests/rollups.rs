@@ -468,7 +468,7 @@ async fn a_version_1_file_gets_its_roll_ups_built_from_its_rows_once_when_opened
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     // Opened again, nothing is rolled up twice; a new upload adds to the built roll-ups.
     let old = store(dir.path(), "old.sqlite").await;
     assert_eq!(
@@ -533,7 +533,7 @@ fn user_version(path: &Path) -> i64 {
 }
 
 #[tokio::test]
-async fn a_version_2_file_moves_to_version_3_with_the_same_summaries() {
+async fn a_version_2_file_moves_to_version_4_with_the_same_summaries() {
     let dir = tempfile::tempdir().unwrap();
     let (ann, bob) = version_2_users();
     let fresh = store(dir.path(), "fresh.sqlite").await;
@@ -549,7 +549,7 @@ async fn a_version_2_file_moves_to_version_3_with_the_same_summaries() {
     assert_eq!(user_version(&path), 2);
 
     let old = store(dir.path(), "old.sqlite").await;
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     let mid_hours = TimeRange {
         from: Timestamp::from_unix_millis(START_MS + 3 * HOUR_MS + 999_999),
         to: Timestamp::from_unix_millis(START_MS + 40 * HOUR_MS + 5),
@@ -592,6 +592,57 @@ async fn a_version_2_file_moves_to_version_3_with_the_same_summaries() {
     assert_eq!(tables, 0);
 }
 
+/// Makes the version-4 file at `path` one of version 3, which kept every prompt in one table.
+fn write_version_3(path: &Path) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "BEGIN;
+             INSERT INTO workload_prompts SELECT * FROM workload_new_prompts;
+             DROP TABLE workload_new_prompts;
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_version_3_file_moves_to_version_4_and_counts_its_prompts_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ann, bob) = version_2_users();
+    let (fresh, old) = (
+        store(dir.path(), "fresh.sqlite").await,
+        store(dir.path(), "old.sqlite").await,
+    );
+    for store in [&fresh, &old] {
+        for chunk in version_2_calls().chunks(70) {
+            store.insert_workload_events(&ann, chunk.to_vec()).await.unwrap();
+        }
+        store.insert_workload_events(&bob, calls(22, 40)).await.unwrap();
+    }
+    drop(old);
+    let path = dir.path().join("old.sqlite");
+    write_version_3(&path);
+    assert_eq!(user_version(&path), 3);
+
+    let old = store(dir.path(), "old.sqlite").await;
+    assert_eq!(user_version(&path), 4);
+    // Uploads after the move repeat prompts counted before it, as on a file that never moved.
+    for store in [&old, &fresh] {
+        store.insert_workload_events(&ann, calls(21, 120)).await.unwrap();
+        store.insert_workload_events(&bob, calls(23, 30)).await.unwrap();
+    }
+    for user in [&ann, &bob] {
+        let summary = old.workload_summary(user, TimeRange::default()).await.unwrap();
+        assert_eq!(
+            summary,
+            fresh.workload_summary(user, TimeRange::default()).await.unwrap(),
+            "{user}"
+        );
+        assert!(summary.opportunities.repeated_prompt_calls > 0);
+    }
+}
+
 #[tokio::test]
 async fn a_version_2_file_that_cannot_be_moved_is_left_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
@@ -629,10 +680,10 @@ async fn a_workload_file_of_a_newer_version_is_refused() {
     drop(store(dir.path(), "w.sqlite").await);
     rusqlite::Connection::open(&path)
         .unwrap()
-        .pragma_update(None, "user_version", 4)
+        .pragma_update(None, "user_version", 5)
         .unwrap();
     match SqliteAnalytics::open(&path).await {
-        Err(StoreError::Corrupt(message)) => assert!(message.contains("newer than this server's 3"), "{message}"),
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("newer than this server's 4"), "{message}"),
         other => panic!("{other:?}"),
     }
 }
