@@ -244,16 +244,7 @@ mod tests {
         // The analysis finds the failure bursts, and not the quiet weekends: they are the norm.
         let mut builder = switchboard_store::SummaryBuilder::default();
         for e in &events {
-            let call = switchboard_store::CallFigures {
-                at_ms: e.timestamp.unix_millis(),
-                input_tokens: e.input_tokens,
-                output_tokens: e.output_tokens,
-                latency_ms: e.latency_ms,
-                error: e.status == switchboard_store::CallStatus::Error,
-                cost_usd: e.cost_usd,
-                batch: e.batch,
-            };
-            builder.add(&e.model, e.feature.as_deref(), e.prompt_hash.as_deref(), call);
+            builder.add(&e.model, e.feature.as_deref(), e.prompt_hash.as_deref(), e.figures());
         }
         let found: Vec<(String, &str)> = crate::anomalies(&builder.finish().unwrap())
             .into_iter()

@@ -121,12 +121,11 @@ impl EventQueue {
                 _ => None,
             }
         };
-        let (reply, receipt) = match is_final {
-            true => {
-                let (reply, receipt) = oneshot::channel();
-                (Some(reply), Some(Receipt(receipt)))
-            }
-            false => (None, None),
+        let (reply, receipt) = if is_final {
+            let (reply, receipt) = oneshot::channel();
+            (Some(reply), Some(Receipt(receipt)))
+        } else {
+            (None, None)
         };
         let start_writer = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());

@@ -38,9 +38,7 @@ use tokio::sync::Semaphore;
 
 use crate::sqlite::{backend, corrupt};
 use crate::workload::{Cell, HOUR_MS, Sketch, clock_hour};
-use crate::{
-    AnalyticsStore, CallFigures, CallStatus, Slice, StoreError, Summary, SummaryBuilder, TimeRange, WorkloadEvent,
-};
+use crate::{AnalyticsStore, CallFigures, Slice, StoreError, Summary, SummaryBuilder, TimeRange, WorkloadEvent};
 
 /// 1: `workload_events` (before, the table lived in the chat store's file, schema 2 to 4);
 /// 2: the roll-ups (`workload_rollups`, `workload_left_out`, `workload_prompts`), built from
@@ -860,15 +858,7 @@ impl<'a> Call<'a> {
             model: &event.model,
             feature: event.feature.as_deref(),
             prompt_hash: event.prompt_hash.as_deref(),
-            figures: CallFigures {
-                at_ms: event.timestamp.unix_millis(),
-                input_tokens: event.input_tokens,
-                output_tokens: event.output_tokens,
-                latency_ms: event.latency_ms,
-                error: event.status == CallStatus::Error,
-                cost_usd: event.cost_usd,
-                batch: event.batch,
-            },
+            figures: event.figures(),
         }
     }
 }
@@ -1326,6 +1316,7 @@ fn roll_up_stored_rows(tx: &Connection, mut rowid: i64) -> Result<u64, StoreErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::CallStatus;
 
     fn at(text: &str) -> Option<Timestamp> {
         Some(Timestamp::parse(text).unwrap())

@@ -57,6 +57,21 @@ pub struct WorkloadEvent {
     pub batch: bool,
 }
 
+impl WorkloadEvent {
+    /// The call's figures, as a summary takes them.
+    pub fn figures(&self) -> CallFigures {
+        CallFigures {
+            at_ms: self.timestamp.unix_millis(),
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            latency_ms: self.latency_ms,
+            error: self.status == CallStatus::Error,
+            cost_usd: self.cost_usd,
+            batch: self.batch,
+        }
+    }
+}
+
 /// A time range: `from` inclusive, `to` exclusive; an open end takes everything on that side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TimeRange {

@@ -80,18 +80,6 @@ fn calls(seed: u64, count: usize) -> Vec<WorkloadEvent> {
         .collect()
 }
 
-fn figures(event: &WorkloadEvent) -> CallFigures {
-    CallFigures {
-        at_ms: event.timestamp.unix_millis(),
-        input_tokens: event.input_tokens,
-        output_tokens: event.output_tokens,
-        latency_ms: event.latency_ms,
-        error: event.status == CallStatus::Error,
-        cost_usd: event.cost_usd,
-        batch: event.batch,
-    }
-}
-
 async fn store(dir: &Path, name: &str) -> SqliteAnalytics {
     SqliteAnalytics::open(&dir.join(name)).await.unwrap()
 }
@@ -327,7 +315,7 @@ async fn uploads_in_many_batches_give_the_same_summary_as_one_upload() {
     // And the summary built from the calls themselves has the same counts and percentiles.
     let mut builder = SummaryBuilder::default();
     for e in &events {
-        builder.add(&e.model, e.feature.as_deref(), e.prompt_hash.as_deref(), figures(e));
+        builder.add(&e.model, e.feature.as_deref(), e.prompt_hash.as_deref(), e.figures());
     }
     let direct = builder.finish().unwrap();
     let shape = |s: &Summary| {
