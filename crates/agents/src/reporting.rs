@@ -130,6 +130,7 @@ pub fn report(summary: &Value, strategies: &Value, actions: &Value) -> Value {
         "output_tokens": totals["output_tokens"],
         "by_model": rows("by_model", "model"),
         "by_feature": rows("by_feature", "feature"),
+        "hours": if summary["hours"].is_array() { summary["hours"].clone() } else { json!([]) },
         "strategies": if strategies.is_array() { strategies.clone() } else { json!([]) },
         "actions": if actions.is_array() { actions.clone() } else { json!([]) },
         "anomalies": if summary["anomalies"].is_array() { summary["anomalies"].clone() } else { json!([]) },

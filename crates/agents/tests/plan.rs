@@ -252,6 +252,15 @@ async fn with_data_the_report_holds_the_figures_of_the_users_own_calls() {
     );
     assert_eq!(report["by_feature"][0]["feature"], "search");
     assert_eq!(report["by_feature"][1]["feature"], "tagging");
+    // Calls per hour of the day (UTC): three at 09, one at 14.
+    let hours: Vec<(u64, u64)> = report["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["hour"].as_u64().unwrap(), h["calls"].as_u64().unwrap()))
+        .filter(|&(_, calls)| calls > 0)
+        .collect();
+    assert_eq!(hours, [(9, 3), (14, 1)]);
     // Only the failed call saves anything: $0.015 over 2.007 days is $0.22 in 30 days. Routing the
     // short gpt-4o-mini calls to gpt-5-nano saves $0.00022 (under a cent a month); no prompt repeats,
     // no off-hours work, no prompt above its feature's p95.

@@ -24,7 +24,7 @@ use crate::listener::{self, ConnectionLimits};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::runs::Runs;
-use crate::{api, recovery, ws};
+use crate::{api, recovery, web, ws};
 
 /// How long sockets get to close after the runs have ended.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -283,6 +283,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(api::live))
         .route("/health/ready", get(api::ready))
         .route("/metrics", get(api::metrics))
+        .merge(web::routes())
         .fallback(api::not_found)
         .layer(axum::middleware::map_request_with_state(
             state.config.request_body_timeout,

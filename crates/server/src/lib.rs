@@ -24,6 +24,7 @@ mod metrics;
 mod recovery;
 mod runs;
 pub mod telemetry;
+mod web;
 mod ws;
 
 pub use app::{AppState, Application};

@@ -14,4 +14,5 @@ mod resume;
 mod runs;
 mod socket;
 mod support;
+mod web;
 mod workload;
