@@ -53,10 +53,10 @@ export function reportCharts(report) {
 function horizontalBars(title, bars) {
   if (bars.length === 0) return null;
   const most = Math.max(...bars.map((bar) => bar.value), 0) || 1;
-  const rowHeight = 26;
-  const width = 480;
-  const labelWidth = 150;
-  const figureWidth = 110;
+  const rowHeight = 24;
+  const width = 360;
+  const labelWidth = 112;
+  const figureWidth = 100;
   const room = width - labelWidth - figureWidth;
   const height = bars.length * rowHeight + 4;
   const name = `${title}: ${bars.map((bar) => `${bar.label} ${bar.shown}`).join(', ')}`;
@@ -73,7 +73,7 @@ function horizontalBars(title, bars) {
         return svg(
           'g',
           { 'aria-hidden': 'true' },
-          svg('text', { x: labelWidth - 8, y: y + 17, 'text-anchor': 'end', class: 'chart-label' }, clip(bar.label, 20)),
+          svg('text', { x: labelWidth - 8, y: y + 17, 'text-anchor': 'end', class: 'chart-label' }, clip(bar.label, 17)),
           svg('rect', { x: labelWidth, y: y + 4, width: length.toFixed(1), height: rowHeight - 8, rx: 3, class: 'chart-bar' }),
           svg('text', { x: labelWidth + length + 6, y: y + 17, class: 'chart-figure' }, bar.shown),
         );
@@ -88,11 +88,11 @@ function horizontalBars(title, bars) {
  * @param {number[]} calls
  */
 function hourColumns(title, calls) {
-  const width = 480;
-  const height = 160;
-  const bottom = 130;
+  const width = 360;
+  const height = 150;
+  const bottom = 124;
   const most = Math.max(...calls) || 1;
-  const column = (width - 20) / 24;
+  const column = (width - 12) / 24;
   const name = `${title}: ${calls.map((n, hour) => `${String(hour).padStart(2, '0')}:00 ${count(n)}`).join(', ')}`;
   return h(
     'figure',
@@ -106,7 +106,7 @@ function hourColumns(title, calls) {
         { 'aria-hidden': 'true' },
         calls.map((n, hour) => {
           const tall = Math.max(n > 0 ? 1 : 0, (n / most) * (bottom - 10));
-          const x = 10 + hour * column;
+          const x = 6 + hour * column;
           return svg(
             'g',
             {},
@@ -116,7 +116,7 @@ function hourColumns(title, calls) {
               : null,
           );
         }),
-        svg('text', { x: 10, y: 12, class: 'chart-figure' }, `peak ${count(most)} calls`),
+        svg('text', { x: 6, y: 12, class: 'chart-figure' }, `peak ${count(most)} calls`),
       ),
     ),
   );

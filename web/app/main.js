@@ -584,6 +584,12 @@ page.composer.addEventListener('submit', (event) => {
   sendMessage();
 });
 
+// The box grows with its text, up to the height the style sheet allows.
+page.message.addEventListener('input', () => {
+  page.message.style.height = 'auto';
+  page.message.style.height = `${page.message.scrollHeight + 2}px`;
+});
+
 page.message.addEventListener('keydown', (event) => {
   if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
@@ -607,6 +613,7 @@ function sendMessage() {
   page.messages.querySelector('.welcome, .empty')?.remove();
   page.messages.append(element);
   page.message.value = '';
+  page.message.style.height = '';
   scrollToEnd(true);
   transmit(id);
 }

@@ -9,6 +9,8 @@ const FIRST_RETRY_MS = 500;
 const LAST_RETRY_MS = 10_000;
 /** How long past the heartbeat interval a silent connection is given before it is closed. */
 const SILENCE_GRACE_MS = 10_000;
+/** How long a ping sent after the page comes back may wait for its answer. */
+const PROBE_MS = 5_000;
 
 /**
  * @typedef {{ state: 'connecting' | 'connected' | 'reconnecting' | 'failed', text: string }} Status
@@ -41,8 +43,15 @@ export class Connection {
       this.handlers.onStatus({ state: 'reconnecting', text: 'Reconnecting… (this device is offline)' });
       this.socket?.close();
     };
+    // Back from sleep (a closed lid) or from the background: a connection that looks open may
+    // be dead; a ping tells within PROBE_MS.
+    this.onVisible = () => {
+      if (document.visibilityState === 'visible') this.probe();
+    };
     window.addEventListener('online', this.onOnline);
     window.addEventListener('offline', this.onOffline);
+    document.addEventListener('visibilitychange', this.onVisible);
+    window.addEventListener('pageshow', this.onVisible);
   }
 
   start() {
@@ -87,24 +96,31 @@ export class Connection {
       }
       this.handlers.onFrame(frame);
     };
-    socket.onclose = (close) => {
-      if (socket !== this.socket) return;
-      this.socket = null;
-      const wasOpen = this.open;
-      this.open = false;
-      clearTimeout(this.watchdog);
-      if (this.stopped) return;
-      if (close.code === 1008) {
-        // The access token expired during the session: a new one, then on at once.
-        this.handlers.refresh().then(
-          () => this.reconnectNow(),
-          (error) => this.scheduleRetry(`the sign-in could not be renewed (${messageOf(error)})`),
-        );
-        return;
-      }
-      if (wasOpen) this.failures = 0;
-      this.scheduleRetry(reasonOf(close, wasOpen));
-    };
+    socket.onclose = (close) => this.closed(socket, close);
+  }
+
+  /**
+   * A connection closed (or was given up as silent): find out why and connect again.
+   * @param {WebSocket} closedSocket
+   * @param {CloseEvent} close
+   */
+  closed(closedSocket, close) {
+    if (closedSocket !== this.socket) return;
+    this.socket = null;
+    const wasOpen = this.open;
+    this.open = false;
+    clearTimeout(this.watchdog);
+    if (this.stopped) return;
+    if (close.code === 1008) {
+      // The access token expired during the session: a new one, then on at once.
+      this.handlers.refresh().then(
+        () => this.reconnectNow(),
+        (error) => this.scheduleRetry(`the sign-in could not be renewed (${messageOf(error)})`),
+      );
+      return;
+    }
+    if (wasOpen) this.failures = 0;
+    this.scheduleRetry(reasonOf(close, wasOpen));
   }
 
   /**
@@ -117,13 +133,26 @@ export class Connection {
     return true;
   }
 
-  feedWatchdog() {
+  /** Starts the silence timer again: `wait` ms from now without a frame closes the connection. */
+  feedWatchdog(wait = this.silenceMs) {
     clearTimeout(this.watchdog);
     this.watchdog = setTimeout(() => {
-      // Nothing, not even a heartbeat: the connection is dead without knowing it.
-      this.socket?.close();
-      if (this.socket) this.socket.onclose?.(new CloseEvent('close', { code: 4000, reason: 'silent' }));
-    }, this.silenceMs);
+      // Nothing, not even a heartbeat: the connection is dead without knowing it. Its close
+      // may take long to come, so it is treated as closed now.
+      const socket = this.socket;
+      if (socket === null) return;
+      socket.close();
+      this.closed(socket, new CloseEvent('close', { code: 4000, reason: 'silent' }));
+    }, wait);
+  }
+
+  /** Asks the server for a pong; without an answer within PROBE_MS the connection is replaced. */
+  probe() {
+    if (this.socket === null) {
+      this.reconnectNow();
+    } else if (this.send({ type: 'ping', payload: {} })) {
+      this.feedWatchdog(PROBE_MS);
+    }
   }
 
   /** @param {string} why */
@@ -169,6 +198,8 @@ export class Connection {
     clearTimeout(this.watchdog);
     window.removeEventListener('online', this.onOnline);
     window.removeEventListener('offline', this.onOffline);
+    document.removeEventListener('visibilitychange', this.onVisible);
+    window.removeEventListener('pageshow', this.onVisible);
     this.socket?.close(1000);
     this.socket = null;
   }
