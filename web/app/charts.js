@@ -55,8 +55,8 @@ function horizontalBars(title, bars) {
   const most = Math.max(...bars.map((bar) => bar.value), 0) || 1;
   const rowHeight = 24;
   const width = 360;
-  const labelWidth = 112;
-  const figureWidth = 100;
+  const labelWidth = 124;
+  const figureWidth = 92;
   const room = width - labelWidth - figureWidth;
   const height = bars.length * rowHeight + 4;
   const name = `${title}: ${bars.map((bar) => `${bar.label} ${bar.shown}`).join(', ')}`;
@@ -73,7 +73,7 @@ function horizontalBars(title, bars) {
         return svg(
           'g',
           { 'aria-hidden': 'true' },
-          svg('text', { x: labelWidth - 8, y: y + 17, 'text-anchor': 'end', class: 'chart-label' }, clip(bar.label, 17)),
+          svg('text', { x: labelWidth - 8, y: y + 17, 'text-anchor': 'end', class: 'chart-label' }, clip(bar.label, 18)),
           svg('rect', { x: labelWidth, y: y + 4, width: length.toFixed(1), height: rowHeight - 8, rx: 3, class: 'chart-bar' }),
           svg('text', { x: labelWidth + length + 6, y: y + 17, class: 'chart-figure' }, bar.shown),
         );

@@ -128,6 +128,11 @@ function saveLogPlace(event) {
   localStorage.setItem(logKey(state.session.user.id), JSON.stringify(place));
 }
 
+/** @param {number} last the server's newest seq */
+function forgetLogPlace(last) {
+  if (state.session !== null) localStorage.setItem(logKey(state.session.user.id), JSON.stringify({ last, open: {} }));
+}
+
 /** What to ask a new connection for: everything after the last event applied here, or on a
  * fresh page everything from the start of the runs still under way. */
 function afterSeq() {
@@ -299,7 +304,8 @@ function renderThreads() {
             },
           },
           h('span', { class: 'thread-name' }, title),
-          h('span', { class: 'thread-when' }, active ? 'running…' : when(thread.updated_at)),
+          // Not part of the link's name, which is the thread's title.
+          h('span', { class: 'thread-when', 'aria-hidden': 'true' }, active ? 'running…' : when(thread.updated_at)),
         ),
         h(
           'button',
@@ -526,6 +532,24 @@ function renderAnswer(article) {
     h(
       'div',
       { class: 'answer-tools' },
+      text !== '' && !busy
+        ? h(
+            'button',
+            {
+              type: 'button',
+              class: 'link',
+              'aria-label': 'Copy the answer',
+              onclick: (/** @type {MouseEvent} */ event) => {
+                const button = /** @type {HTMLButtonElement} */ (event.currentTarget);
+                navigator.clipboard?.writeText(text).then(
+                  () => (button.textContent = 'Copied'),
+                  () => (button.textContent = 'Cannot copy here'),
+                );
+              },
+            },
+            'Copy',
+          )
+        : null,
       h(
         'button',
         { type: 'button', class: 'link', 'aria-label': 'Show the timeline of this answer', onclick: () => showTimeline(runId, true) },
@@ -670,9 +694,19 @@ function updateStop() {
 /** @param {any} frame */
 function onFrame(frame) {
   switch (frame.type) {
-    case 'connection_established':
-      if (state.applied === null) state.applied = state.asked ?? Number(frame.payload?.last_seq ?? 0);
+    case 'connection_established': {
+      const last = Number(frame.payload?.last_seq ?? 0);
+      if (state.asked !== null && last < state.asked) {
+        // The server's log is shorter than what this page was told before (its data was reset):
+        // start over from its end, on a connection that asks for that.
+        forgetLogPlace(last);
+        state.applied = last;
+        state.connection?.socket?.close();
+        return;
+      }
+      if (state.applied === null) state.applied = state.asked ?? last;
       return;
+    }
     case 'message_accepted':
       accepted(frame.payload);
       return;
@@ -702,6 +736,15 @@ function accepted(payload) {
       setLocation(payload.thread_id);
     }
     pending.threadId = payload.thread_id;
+    if (!state.threads.some((thread) => thread.id === payload.thread_id)) {
+      // Shown at once; the list from the server replaces it in a moment. The server names a
+      // thread by its first message's first line, cut at 60 characters.
+      const line = pending.text.split('\n')[0].trim();
+      const title = [...line].length > 60 ? `${[...line].slice(0, 59).join('')}…` : line;
+      const now = new Date().toISOString();
+      state.threads.unshift({ id: payload.thread_id, title, created_at: now, updated_at: now });
+      renderThreads();
+    }
   }
   if (!state.runs.has(payload.run_id)) state.runs.set(payload.run_id, new Run(payload.run_id, payload.thread_id));
   if (pending.threadId === state.threadId && articleOf(payload.run_id) === null) {
@@ -729,7 +772,7 @@ function refused(payload) {
 /** @param {any} event a run event, with its seq */
 function applyEvent(event) {
   if (state.applied !== null && event.seq <= state.applied) return; // already shown
-  if (state.applied !== null && event.seq > state.applied + 1 && state.asked !== null) {
+  if (state.applied !== null && event.seq > state.applied + 1) {
     // Never expected (the server delivers without gaps); reconnecting asks for what is missing.
     state.connection?.socket?.close();
     return;

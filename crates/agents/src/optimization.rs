@@ -145,7 +145,10 @@ pub fn strategies(summary: &Value, prices: &PriceTable) -> Vec<Strategy> {
             trim_features.push(feature.to_owned());
         }
     }
-    trim_features.dedup();
+    // A feature runs on several models, and its rows need not be next to each other: each name
+    // once, where it first appears.
+    let mut named = std::collections::HashSet::new();
+    trim_features.retain(|feature| named.insert(feature.clone()));
     out.push(Strategy {
         kind: "batching",
         title: format!("Move off-hours bulk work to the batch API: {}", batch_features.join(", ")),
@@ -383,6 +386,24 @@ mod tests {
             plan[1].title,
             "Cache answers to repeated prompts (40 repeated calls) (about $3.00 a month)"
         );
+    }
+
+    #[test]
+    fn a_feature_on_several_models_is_named_once_in_the_trimming_title() {
+        let mut summary = summary();
+        let row = |feature: &str, model: &str| {
+            json!({"feature": feature, "model": model, "all": {"calls": 10, "cost_usd": 1.0},
+                   "off_hours": {"calls": 0, "cost_usd": 0.0}, "input_tokens_above_p95": 1000})
+        };
+        summary["opportunities"]["by_feature_model"] = json!([
+            row("search", "gpt-4o"),
+            row("chat", "gpt-4o"),
+            row("search", "gpt-4o-mini"),
+            row("chat", "gpt-4o-mini"),
+        ]);
+        let found = strategies(&summary, &PriceTable::embedded());
+        let trimming = found.iter().find(|s| s.kind == "prompt_trimming").unwrap();
+        assert_eq!(trimming.title, "Trim oversized prompts in search, chat");
     }
 
     #[test]

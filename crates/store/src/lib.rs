@@ -321,6 +321,10 @@ pub trait Store: Send + Sync + 'static {
         next: &RefreshTokenId,
     ) -> Result<Rotation, StoreError>;
 
+    /// Revokes the user's `family` (a sign-out): none of its tokens buys a pair any more.
+    /// `false` when the user has no such family; revoking a revoked one again is `true`.
+    async fn revoke_refresh_family(&self, user: &UserId, family: &RefreshFamilyId) -> Result<bool, StoreError>;
+
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
 }

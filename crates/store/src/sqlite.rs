@@ -789,6 +789,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn revoke_refresh_family(&self, user: &UserId, family: &RefreshFamilyId) -> Result<bool, StoreError> {
+        let (user, family) = (user.to_string(), family.to_string());
+        self.with(move |conn| {
+            let found = conn
+                .prepare_cached(
+                    "UPDATE refresh_families SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2 AND user_id = ?3",
+                )
+                .and_then(|mut s| s.execute(params![now_millis(), family, user]))
+                .map_err(backend)?;
+            Ok(found > 0)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
             .await

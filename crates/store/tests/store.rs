@@ -362,6 +362,22 @@ async fn refresh_rotation(store: &dyn Store) {
         Rotation::Rotated,
         "another family of the same user is untouched"
     );
+
+    // A sign-out revokes its family; another user cannot revoke it.
+    assert!(!store.revoke_refresh_family(&bob, &other).await.unwrap());
+    assert_eq!(rotate(&ann, &other, "o2", "o3").await, Rotation::Rotated);
+    assert!(store.revoke_refresh_family(&ann, &other).await.unwrap());
+    assert_eq!(rotate(&ann, &other, "o3", "o4").await, Rotation::Revoked);
+    assert!(
+        store.revoke_refresh_family(&ann, &other).await.unwrap(),
+        "revoking twice is no error"
+    );
+    assert!(
+        !store
+            .revoke_refresh_family(&ann, &refresh_family("fam-never"))
+            .await
+            .unwrap()
+    );
 }
 
 async fn concurrent_rotations(store: Arc<dyn Store>) {

@@ -350,6 +350,10 @@ impl Store for HangingStore {
         self.gate().await;
         self.inner.rotate_refresh_token(user, family, presented, next).await
     }
+    async fn revoke_refresh_family(&self, user: &UserId, family: &RefreshFamilyId) -> Result<bool, StoreError> {
+        self.gate().await;
+        self.inner.revoke_refresh_family(user, family).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.gate().await;
         self.inner.ping().await

@@ -1,0 +1,855 @@
+// The browser tests' harness: the real server binary on a free port with a fresh data dir, a
+// headless Chromium (Debian's, driven by playwright-core), and helpers that read like a person's
+// steps. Tests wait for what the page shows, never for a fixed time.
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test, after } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export { startFakeLlm, DEFAULT_ANSWER } from './fake-llm.mjs';
+
+/** The repository's root. */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const TARGET = process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target');
+/** The server binary (debug profile, as the rest of the suite uses). */
+export const BINARY = process.env.SWITCHBOARD_BIN ?? path.join(TARGET, 'debug', 'switchboard');
+/** Where screenshots go: on failure, and the viewport test's, for a person to look at. */
+export const SCREENSHOTS = path.join(TARGET, 'web-screenshots');
+/** The browser: Debian's `chromium` package, never a download. */
+export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+
+/** How long a step may take before the test says what it waited for. */
+export const STEP_TIMEOUT = 20_000;
+/** The longest a whole test may take. */
+export const TEST_TIMEOUT = 120_000;
+
+/** The dev user's email (crates/server/src/api.rs, `DEV_EMAIL`). */
+export const DEV_EMAIL = 'dev@switchboard.local';
+
+// ---------------------------------------------------------------------------------------------
+// Waiting
+
+/**
+ * Polls `probe` until it returns something truthy, then returns that. On time-out, fails with
+ * what was awaited and what `probe` last saw (the value of `seen()`, or its last error).
+ * @template T
+ * @param {string} what what the test waits for, as a person would say it
+ * @param {() => Promise<T> | T} probe
+ * @param {{timeout?: number, seen?: () => Promise<string> | string}} [options]
+ * @returns {Promise<Exclude<T, false | null | undefined | 0 | ''>>}
+ */
+export async function waitFor(what, probe, options = {}) {
+  const timeout = options.timeout ?? STEP_TIMEOUT;
+  const deadline = Date.now() + timeout;
+  let delay = 20;
+  /** @type {unknown} */
+  let lastError;
+  for (;;) {
+    try {
+      const value = await probe();
+      if (value) return /** @type {Exclude<T, false | null | undefined | 0 | ''>} */ (value);
+      lastError = undefined;
+    } catch (error) {
+      lastError = error;
+    }
+    if (Date.now() >= deadline) {
+      let seen = '';
+      try {
+        if (options.seen) seen = `\n  the page showed: ${await options.seen()}`;
+      } catch (error) {
+        seen = `\n  (could not read what the page showed: ${errorText(error)})`;
+      }
+      const cause = lastError ? `\n  last error: ${errorText(lastError)}` : '';
+      throw new Error(`timed out after ${timeout} ms waiting for ${what}${seen}${cause}`);
+    }
+    // Polling, not sleeping for the answer: the interval grows from 20 to 200 ms.
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * 2, 200);
+  }
+}
+
+/** @param {unknown} error */
+function errorText(error) {
+  return error instanceof Error ? error.message.split('\n')[0] : String(error);
+}
+
+/**
+ * The visible text of a locator's first element ('' when there is none).
+ * @param {import('playwright-core').Locator} locator
+ */
+export async function textOf(locator) {
+  if ((await locator.count()) === 0) return '<absent>';
+  return (await locator.first().innerText({ timeout: 2_000 })).trim();
+}
+
+/**
+ * Waits until the locator's text matches (a RegExp, or a string it must contain).
+ * @param {import('playwright-core').Locator} locator
+ * @param {RegExp | string} expected
+ * @param {string} what
+ * @param {{timeout?: number}} [options]
+ * @returns {Promise<string>} the text
+ */
+export async function waitForText(locator, expected, what, options = {}) {
+  const matches = (/** @type {string} */ text) =>
+    typeof expected === 'string' ? text.includes(expected) : expected.test(text);
+  const text = await waitFor(
+    `${what} to read ${expected}`,
+    async () => {
+      if ((await locator.count()) === 0) return false;
+      const text = (await locator.first().innerText({ timeout: 2_000 })).trim();
+      return matches(text) ? text || ' ' : '';
+    },
+    { ...options, seen: () => textOf(locator) },
+  );
+  return String(text);
+}
+
+/**
+ * Waits until the locator is visible.
+ * @param {import('playwright-core').Locator} locator
+ * @param {string} what
+ * @param {{timeout?: number}} [options]
+ */
+export async function waitVisible(locator, what, options = {}) {
+  try {
+    await locator.first().waitFor({ state: 'visible', timeout: options.timeout ?? STEP_TIMEOUT });
+  } catch (error) {
+    throw new Error(`${what} did not appear: ${errorText(error)}`);
+  }
+}
+
+/**
+ * Waits until no element of the locator is visible.
+ * @param {import('playwright-core').Locator} locator
+ * @param {string} what
+ * @param {{timeout?: number}} [options]
+ */
+export async function waitGone(locator, what, options = {}) {
+  await waitFor(
+    `${what} to go away`,
+    async () => {
+      const n = await locator.count();
+      for (let i = 0; i < n; i++) if (await locator.nth(i).isVisible()) return false;
+      return true;
+    },
+    { ...options, seen: async () => `${await locator.count()} such element(s)` },
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+/**
+ * @typedef {object} Server
+ * @property {string} url e.g. `http://127.0.0.1:40123`
+ * @property {number} port
+ * @property {string} dataDir
+ * @property {number} pid
+ * @property {string[]} args the flags it was started with (after `serve`)
+ * @property {() => string} log its log so far
+ * @property {() => Promise<void>} stop SIGTERM, then SIGKILL if it does not exit in 15 s
+ * @property {() => Promise<void>} kill SIGKILL (as a crash)
+ * @property {() => Promise<Server>} restart a new process on the same port and data dir
+ */
+
+/** @type {Set<Server>} */
+const running = new Set();
+
+/**
+ * Starts `switchboard serve --dev` on 127.0.0.1 (port 0 unless given) with a fresh data dir,
+ * and waits for its `listening on` log line.
+ * @param {{args?: string[], port?: number, dataDir?: string, env?: Record<string, string>}} [options]
+ * @returns {Promise<Server>}
+ */
+export async function startServer(options = {}) {
+  if (!fs.existsSync(BINARY)) {
+    throw new Error(`the server binary ${BINARY} is missing: run \`cargo build -p switchboard --bin switchboard\` (scripts/test-web does)`);
+  }
+  const dataDir = options.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'switchboard-web-'));
+  const args = options.args ?? [];
+  const port = options.port ?? 0;
+  /** @type {NodeJS.ProcessEnv} */
+  const env = { ...process.env, SWITCHBOARD_LOG: 'info', NO_COLOR: '1', ...(options.env ?? {}) };
+  delete env.RUST_LOG;
+  for (const key of Object.keys(env)) {
+    // Settings from the developer's shell must not change what the tests see.
+    if (key.startsWith('SWITCHBOARD_') && key !== 'SWITCHBOARD_LOG' && key !== 'SWITCHBOARD_BIN' && !(options.env && key in options.env)) {
+      delete env[key];
+    }
+  }
+  const argv = [
+    'serve',
+    '--dev',
+    '--listen',
+    `127.0.0.1:${port}`,
+    '--data-dir',
+    dataDir,
+    '--shutdown-grace-ms',
+    '1000',
+    ...args,
+  ];
+  const child = spawn(BINARY, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const append = (/** @type {Buffer} */ chunk) => {
+    // eslint-disable-next-line no-control-regex
+    log += chunk.toString('utf8').replace(/\x1b\[[0-9;]*m/g, '');
+    if (log.length > 200_000) log = log.slice(-100_000);
+  };
+  child.stdout.on('data', append);
+  child.stderr.on('data', append);
+  /** @type {Promise<number | null>} */
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? (signal ? -1 : null))));
+  let hasExited = false;
+  exited.then(() => {
+    hasExited = true;
+  });
+
+  const address = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      child.kill('SIGKILL');
+      reject(new Error(`the server did not log "listening on" within 30 s; its log:\n${log}`));
+    }, 30_000);
+    const onData = () => {
+      const match = /listening on (\d+\.\d+\.\d+\.\d+:\d+)/.exec(log);
+      if (match) {
+        cleanup();
+        resolve(match[1]);
+      }
+    };
+    const onExit = (/** @type {number | null} */ code) => {
+      cleanup();
+      reject(new Error(`the server exited (${code}) before listening: ${BINARY} ${argv.join(' ')}\nits log:\n${log}`));
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      child.stderr.off('data', onData);
+      child.stdout.off('data', onData);
+      child.off('exit', onExit);
+    };
+    child.stderr.on('data', onData);
+    child.stdout.on('data', onData);
+    child.once('exit', onExit);
+  });
+
+  /** Whether the process exited within `ms`. */
+  const waitExit = async (/** @type {number} */ ms) => {
+    /** @type {NodeJS.Timeout | undefined} */
+    let timer;
+    const late = new Promise((resolve) => {
+      timer = setTimeout(() => resolve(false), ms);
+    });
+    try {
+      return await Promise.race([exited.then(() => true), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  /** @type {Server} */
+  const server = {
+    url: `http://${address}`,
+    port: Number(String(address).split(':')[1]),
+    dataDir,
+    pid: /** @type {number} */ (child.pid),
+    args,
+    log: () => log,
+    async stop() {
+      running.delete(server);
+      if (hasExited) return;
+      child.kill('SIGTERM');
+      if (!(await waitExit(15_000))) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+    },
+    async kill() {
+      running.delete(server);
+      if (hasExited) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
+    restart: () => startServer({ ...options, port: server.port, dataDir }),
+  };
+  running.add(server);
+  return server;
+}
+
+process.on('exit', () => {
+  // A test that threw before its clean-up: stop what it started, by PID.
+  for (const server of running) {
+    try {
+      process.kill(server.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// The REST API, from the test (with a token of the same user as the page)
+
+/**
+ * Calls the server's REST API; fails on a non-2xx answer unless `expect` is given.
+ * @param {Server} server
+ * @param {string} method
+ * @param {string} route e.g. `/api/threads`
+ * @param {{token?: string, body?: any, expect?: number}} [options]
+ * @returns {Promise<any>}
+ */
+export async function api(server, method, route, options = {}) {
+  /** @type {Record<string, string>} */
+  const headers = {};
+  if (options.token) headers.authorization = `Bearer ${options.token}`;
+  if (options.body !== undefined) headers['content-type'] = 'application/json';
+  const response = await fetch(server.url + route, {
+    method,
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  const text = await response.text();
+  const status = response.status;
+  if (options.expect !== undefined ? status !== options.expect : status < 200 || status > 299) {
+    throw new Error(`${method} ${route} answered ${status}: ${text}`);
+  }
+  return text ? JSON.parse(text) : null;
+}
+
+/**
+ * An access token of a user: the dev user (dev-login) unless an email and password are given.
+ * @param {Server} server
+ * @param {{email?: string, password?: string}} [who]
+ * @returns {Promise<string>}
+ */
+export async function tokenOf(server, who = {}) {
+  if (who.password) {
+    const pair = await api(server, 'POST', '/api/auth/login', { body: { email: who.email, password: who.password } });
+    return pair.access_token;
+  }
+  const pair = await api(server, 'POST', '/api/auth/dev-login', { body: who.email ? { email: who.email } : undefined });
+  return pair.access_token;
+}
+
+/**
+ * The user's threads, newest first, as the server has them.
+ * @param {Server} server
+ * @param {string} token
+ * @returns {Promise<Array<{id: string, title: string | null}>>}
+ */
+export async function threadsOf(server, token) {
+  return (await api(server, 'GET', '/api/threads', { token })).threads;
+}
+
+/**
+ * The stored messages of a thread.
+ * @param {Server} server
+ * @param {string} token
+ * @param {string} threadId
+ * @returns {Promise<Array<{id: string, role: string, text: string, run_id: string | null}>>}
+ */
+export async function messagesOf(server, token, threadId) {
+  return (await api(server, 'GET', `/api/threads/${threadId}/messages`, { token })).messages;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The browser and the test wrapper
+
+/** @type {Promise<import('playwright-core').Browser> | undefined} */
+let browserPromise;
+
+/** The file's one browser, launched at first use and closed after the file's tests. */
+export function browser() {
+  if (!browserPromise) {
+    if (!fs.existsSync(CHROMIUM)) {
+      throw new Error(`${CHROMIUM} is missing: \`apt-get install -y chromium\` (scripts/test-web does)`);
+    }
+    browserPromise = chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'],
+    });
+  }
+  return browserPromise;
+}
+
+after(async () => {
+  if (browserPromise) await (await browserPromise).close();
+});
+
+/**
+ * @typedef {object} Session
+ * @property {Server} server
+ * @property {import('playwright-core').BrowserContext} context
+ * @property {import('playwright-core').Page} page
+ * @property {(options?: {viewport?: {width: number, height: number}}) => Promise<import('playwright-core').BrowserContext>} newContext another browser profile (another person)
+ * @property {(name: string, page?: import('playwright-core').Page) => Promise<string>} screenshot saves `target/web-screenshots/<name>.png`
+ * @property {(options?: Parameters<typeof startServer>[0]) => Promise<Server>} startServer another server, stopped at the end
+ * @property {string[]} problems errors the pages raised (uncaught exceptions, console errors)
+ */
+
+/**
+ * @param {string} name
+ */
+export function fileName(name) {
+  return name.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 120);
+}
+
+/**
+ * A browser test: a fresh server (with `server` options) and a fresh browser context with one
+ * page, given to `body`; on failure, a screenshot of each open page goes to
+ * `target/web-screenshots/<test name>[-N].png` and the failure says so, with the pages' errors
+ * and the end of the server's log.
+ * @param {string} name
+ * @param {{server?: Parameters<typeof startServer>[0], viewport?: {width: number, height: number}, timeout?: number, llm?: import('./fake-llm.mjs').FakeLlmOptions}} options
+ * @param {(session: Session & {llm?: import('./fake-llm.mjs').FakeLlm}) => Promise<void>} body
+ */
+export function webTest(name, options, body) {
+  test(name, { timeout: options.timeout ?? TEST_TIMEOUT }, async () => {
+    /** @type {Array<() => Promise<unknown>>} */
+    const cleanups = [];
+    /** @type {import('playwright-core').BrowserContext[]} */
+    const contexts = [];
+    /** @type {Server[]} */
+    const servers = [];
+    /** @type {string[]} */
+    const problems = [];
+    let failed = false;
+    try {
+      /** @type {import('./fake-llm.mjs').FakeLlm | undefined} */
+      let llm;
+      let serverOptions = options.server ?? {};
+      if (options.llm) {
+        const { startFakeLlm } = await import('./fake-llm.mjs');
+        llm = await startFakeLlm(options.llm);
+        cleanups.push(() => /** @type {any} */ (llm).close());
+        serverOptions = {
+          ...serverOptions,
+          args: [...(serverOptions.args ?? []), '--llm-base-url', llm.baseUrl, '--llm-model', llm.model, '--llm-max-retries', '0'],
+        };
+      }
+      const startOne = async (/** @type {Parameters<typeof startServer>[0]} */ o) => {
+        const s = await startServer(o);
+        servers.push(s);
+        return s;
+      };
+      const server = await startOne(serverOptions);
+      const b = await browser();
+      const newContext = async (/** @type {{viewport?: {width: number, height: number}}} */ o = {}) => {
+        const context = await b.newContext({
+          baseURL: server.url,
+          viewport: o.viewport ?? options.viewport ?? { width: 1280, height: 860 },
+          locale: 'en-US',
+          timezoneId: 'UTC',
+        });
+        context.setDefaultTimeout(STEP_TIMEOUT);
+        if (process.env.WEB_TEST_FAKE_INFO) await fakeInfoWhenMissing(context);
+        context.on('page', (p) => watch(p, problems));
+        contexts.push(context);
+        return context;
+      };
+      const context = await newContext();
+      const page = await context.newPage();
+      /** @type {Session & {llm?: import('./fake-llm.mjs').FakeLlm}} */
+      const session = {
+        server,
+        context,
+        page,
+        llm,
+        newContext,
+        problems,
+        startServer: startOne,
+        async screenshot(shot, p = page) {
+          await settled(p);
+          fs.mkdirSync(SCREENSHOTS, { recursive: true });
+          const file = path.join(SCREENSHOTS, `${fileName(shot)}.png`);
+          await p.screenshot({ path: file, fullPage: true });
+          return file;
+        },
+      };
+      // Servers the body started later (restarts) are stopped too.
+      const track = session.server.restart;
+      session.server.restart = async () => {
+        const s = await track();
+        servers.push(s);
+        return s;
+      };
+      await body(session);
+    } catch (error) {
+      failed = true;
+      const notes = [];
+      let index = 0;
+      for (const context of contexts) {
+        for (const p of context.pages()) {
+          index += 1;
+          try {
+            fs.mkdirSync(SCREENSHOTS, { recursive: true });
+            const file = path.join(SCREENSHOTS, `${fileName(name)}${index > 1 ? `-${index}` : ''}.png`);
+            await p.screenshot({ path: file, fullPage: true, timeout: 5_000 });
+            notes.push(`screenshot of page ${index} (${p.url()}): ${path.relative(ROOT, file)}`);
+          } catch (shotError) {
+            notes.push(`no screenshot of page ${index}: ${errorText(shotError)}`);
+          }
+        }
+      }
+      if (problems.length) notes.push(`the pages reported:\n    ${problems.slice(-15).join('\n    ')}`);
+      for (const s of servers) {
+        const tail = s.log().trim().split('\n').slice(-12).join('\n    ');
+        notes.push(`server ${s.url} (pid ${s.pid}, data ${s.dataDir}${process.env.WEB_TEST_KEEP_DATA ? ', kept' : ', removed; WEB_TEST_KEEP_DATA=1 keeps it'}) log, last lines:\n    ${tail}`);
+      }
+      const err = error instanceof Error ? error : new Error(String(error));
+      // The reporter prints the stack, which holds the message as it was when thrown: make a
+      // new error that says it all, with the original frames.
+      const wrapped = new Error(`${err.message}\n  ${notes.join('\n  ')}`);
+      const frames = (err.stack ?? '').split('\n').filter((line) => /^\s+at /.test(line));
+      wrapped.stack = `${err.name}: ${wrapped.message}\n${frames.join('\n')}`;
+      throw wrapped;
+    } finally {
+      for (const context of contexts) await context.close().catch(() => {});
+      for (const s of servers) await s.stop().catch(() => {});
+      for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+      // A failed test's data dirs are kept with WEB_TEST_KEEP_DATA=1 (their paths are in the failure).
+      if (!(failed && process.env.WEB_TEST_KEEP_DATA)) {
+        for (const dir of new Set(servers.map((s) => s.dataDir))) fs.rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  });
+}
+
+/**
+ * Only when WEB_TEST_FAKE_INFO is set (for working on the tests before the server has
+ * `GET /api/info`): answers it as a dev server would when the server answers 404. Never on by
+ * default, so that the suite tests the real endpoint.
+ * @param {import('playwright-core').BrowserContext} context
+ */
+async function fakeInfoWhenMissing(context) {
+  await context.route('**/api/info', async (route) => {
+    const response = await route.fetch();
+    if (response.status() !== 404) return route.fulfill({ response });
+    return route.fulfill({
+      json: { protocol: 'switchboard.v1', version: 'test', dev: true, max_text_chars: 16_000, max_upload_bytes: 10 * 1024 * 1024 },
+    });
+  });
+}
+
+/**
+ * Collects a page's uncaught exceptions and console errors.
+ * @param {import('playwright-core').Page} page
+ * @param {string[]} problems
+ */
+function watch(page, problems) {
+  page.on('pageerror', (error) => problems.push(`uncaught: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() === 'error') problems.push(`console.error: ${message.text()}`);
+  });
+  page.on('dialog', (dialog) => {
+    // A native alert/confirm/prompt is not part of the app: note it and dismiss it.
+    problems.push(`native ${dialog.type()}: ${dialog.message()}`);
+    dialog.dismiss().catch(() => {});
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a person sees
+
+/** @param {import('playwright-core').Page} page */
+export const signInForm = (page) => page.getByRole('form', { name: 'Sign in', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const connection = (page) => page.getByRole('status', { name: 'Connection', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const threadsNav = (page) => page.getByRole('navigation', { name: 'Threads', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const messagesLog = (page) => page.getByRole('log', { name: 'Messages', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const yourMessages = (page) => messagesLog(page).getByRole('article', { name: 'You', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const answers = (page) => messagesLog(page).getByRole('article', { name: 'Switchboard', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const messageBox = (page) => page.getByRole('textbox', { name: 'Message', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const sendButton = (page) => page.getByRole('button', { name: 'Send', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const stopButton = (page) => page.getByRole('button', { name: 'Stop', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const timeline = (page) => page.getByRole('region', { name: 'Run timeline', exact: true });
+/** @param {import('playwright-core').Page} page */
+export const signOutButton = (page) => page.getByRole('button', { name: 'Sign out', exact: true });
+
+/**
+ * On a narrow screen the "Threads" side bar (threads, uploads) sits behind a "Threads" button:
+ * opens it when it is closed, as a person would.
+ * @param {import('playwright-core').Page} page
+ */
+export async function openSideBar(page) {
+  const menu = page.getByRole('button', { name: 'Threads', exact: true });
+  if ((await menu.count()) > 0 && (await menu.first().isVisible()) && (await menu.first().getAttribute('aria-expanded')) === 'false') {
+    await menu.first().click();
+    await waitVisible(threadsNav(page), 'the "Threads" side bar');
+  }
+}
+
+/**
+ * Closes the narrow screen's side bar when it is open (back to the conversation).
+ * @param {import('playwright-core').Page} page
+ */
+export async function closeSideBar(page) {
+  const menu = page.getByRole('button', { name: 'Threads', exact: true });
+  if ((await menu.count()) > 0 && (await menu.first().isVisible()) && (await menu.first().getAttribute('aria-expanded')) === 'true') {
+    await menu.first().click();
+  }
+}
+
+/**
+ * Starts recording every text the "Connection" status shows; returns a function that gives
+ * them in order (so a state shown only briefly is not missed between two polls).
+ * @param {import('playwright-core').Page} page
+ * @returns {Promise<() => Promise<string[]>>}
+ */
+export async function recordConnection(page) {
+  await connection(page).evaluate((el) => {
+    const seen = [el.textContent?.trim() ?? ''];
+    /** @type {any} */ (window).__connectionSeen = seen;
+    new MutationObserver(() => {
+      const text = el.textContent?.trim() ?? '';
+      if (seen[seen.length - 1] !== text) seen.push(text);
+    }).observe(el, { subtree: true, childList: true, characterData: true });
+  });
+  return () => page.evaluate(() => /** @type {string[]} */ (/** @type {any} */ (window).__connectionSeen));
+}
+
+/**
+ * Opens the app and waits for its first screen (the sign-in form or the signed-in banner).
+ * @param {import('playwright-core').Page} page
+ */
+export async function openApp(page) {
+  await page.goto('/');
+  await waitFor(
+    'the app to show the sign-in form or the signed-in screen',
+    async () => (await signInForm(page).isVisible()) || (await signOutButton(page).isVisible()),
+    { seen: () => page.locator('body').innerText() },
+  );
+}
+
+/**
+ * Signs in with "Continue as dev user" and waits for the signed-in screen.
+ * @param {import('playwright-core').Page} page
+ */
+export async function signInAsDev(page) {
+  await openApp(page);
+  if (!(await signOutButton(page).isVisible())) {
+    if (!process.env.WEB_TEST_FAKE_INFO) {
+      // Said at once, instead of after a time-out: the app shows the button only when the
+      // server's GET /api/info says `dev: true`.
+      const info = await fetch(new URL('/api/info', page.url())).catch((error) => error);
+      if (!(info instanceof Response) || !info.ok) {
+        const why = info instanceof Response ? `answered ${info.status}` : `failed (${errorText(info)})`;
+        throw new Error(`GET /api/info ${why}, so the app cannot know the server runs in dev mode and shows no "Continue as dev user" button`);
+      }
+    }
+    await page.getByRole('button', { name: 'Continue as dev user', exact: true }).click();
+  }
+  await waitSignedIn(page);
+}
+
+/**
+ * Waits for the signed-in screen: "Sign out" and the "Connection" status reading "Connected".
+ * @param {import('playwright-core').Page} page
+ */
+export async function waitSignedIn(page) {
+  await waitVisible(signOutButton(page), 'the "Sign out" button');
+  await waitForText(connection(page), /^Connected$/, 'the "Connection" status');
+}
+
+/**
+ * Fills the sign-in form and presses one of its buttons.
+ * @param {import('playwright-core').Page} page
+ * @param {string} email
+ * @param {string} password
+ * @param {'Sign in' | 'Create account'} button
+ */
+export async function submitSignIn(page, email, password, button) {
+  const form = signInForm(page);
+  await waitVisible(form, 'the "Sign in" form');
+  await form.getByRole('textbox', { name: 'Email', exact: true }).fill(email);
+  // A password input has no role: find it by its label.
+  await form.getByLabel('Password', { exact: true }).fill(password);
+  await form.getByRole('button', { name: button, exact: true }).click();
+}
+
+/**
+ * Types a message and presses "Send"; waits until it shows as the user's newest message.
+ * @param {import('playwright-core').Page} page
+ * @param {string} text
+ */
+export async function ask(page, text) {
+  const before = await yourMessages(page).count();
+  await messageBox(page).fill(text);
+  await sendButton(page).click();
+  await waitForMessage(page, text, before);
+}
+
+/**
+ * Waits for a "You" article beyond the first `before` ones that shows `text`.
+ * @param {import('playwright-core').Page} page
+ * @param {string} text
+ * @param {number} before
+ */
+export async function waitForMessage(page, text, before) {
+  await waitFor(
+    `a new "You" message reading ${JSON.stringify(text)}`,
+    async () => {
+      const mine = yourMessages(page);
+      const n = await mine.count();
+      return n > before && (await mine.nth(n - 1).innerText()).includes(text.trim());
+    },
+    { seen: () => messagesLog(page).innerText().catch(() => '<no "Messages" log>') },
+  );
+}
+
+/**
+ * Waits until the newest answer has finished streaming (`aria-busy` no longer "true") and has
+ * text; returns its text. `count`: wait for at least that many answers first.
+ * @param {import('playwright-core').Page} page
+ * @param {{count?: number, timeout?: number}} [options]
+ */
+export async function waitForAnswer(page, options = {}) {
+  const all = answers(page);
+  const count = options.count ?? 1;
+  return waitFor(
+    `answer ${count} ("Switchboard" article) to finish`,
+    async () => {
+      const n = await all.count();
+      if (n < count) return false;
+      const last = all.nth(n - 1);
+      if ((await last.getAttribute('aria-busy')) === 'true') return false;
+      const text = (await last.innerText()).trim();
+      return text || false;
+    },
+    { timeout: options.timeout ?? 30_000, seen: () => messagesLog(page).innerText().catch(() => '<no "Messages" log>') },
+  );
+}
+
+/**
+ * The newest answer article.
+ * @param {import('playwright-core').Page} page
+ */
+export const lastAnswer = (page) => answers(page).last();
+
+/**
+ * Asks and waits for the whole answer; returns its text.
+ * @param {import('playwright-core').Page} page
+ * @param {string} text
+ */
+export async function askAndWait(page, text) {
+  const before = await answers(page).count();
+  await ask(page, text);
+  return waitForAnswer(page, { count: before + 1 });
+}
+
+/**
+ * The thread link of that title in "Threads".
+ * @param {import('playwright-core').Page} page
+ * @param {string | RegExp} title
+ */
+export const threadLink = (page, title) => threadsNav(page).getByRole('link', { name: title, exact: typeof title === 'string' });
+
+/**
+ * Waits until no finite animation or transition of the page is running (a side bar sliding in,
+ * say), so that a screenshot or a measurement shows where things end up.
+ * @param {import('playwright-core').Page} page
+ */
+export async function settled(page) {
+  await page.waitForFunction(
+    () =>
+      document
+        .getAnimations()
+        .filter((a) => a.effect?.getComputedTiming().iterations !== Infinity)
+        .every((a) => a.playState !== 'running'),
+    undefined,
+    { timeout: STEP_TIMEOUT, polling: 'raf' },
+  );
+}
+
+/**
+ * Waits for the thread link of that title in "Threads"; on time-out, says which links there are
+ * (their accessible names, as a screen reader reads them).
+ * @param {import('playwright-core').Page} page
+ * @param {string | RegExp} title
+ * @param {string} what
+ */
+export async function waitForThread(page, title, what) {
+  await waitFor(`${what} (a link named ${typeof title === 'string' ? JSON.stringify(title) : title})`, () => threadLink(page, title).first().isVisible(), {
+    seen: async () => `the "Threads" navigation holds:\n${await threadsNav(page).ariaSnapshot()}`,
+  });
+}
+
+/**
+ * Whether the document is wider than the viewport (something overflows horizontally).
+ * @param {import('playwright-core').Page} page
+ * @returns {Promise<{scrollWidth: number, innerWidth: number, widest: string}>}
+ */
+export async function horizontalOverflow(page) {
+  await settled(page);
+  return page.evaluate(() => {
+    const innerWidth = window.innerWidth;
+    const scrollWidth = document.documentElement.scrollWidth;
+    // Name the elements that stick out, to say what to fix.
+    const wide = [];
+    for (const el of Array.from(document.querySelectorAll('body *'))) {
+      const rect = el.getBoundingClientRect();
+      if (rect.right > innerWidth + 0.5 && rect.width > 0) {
+        const id = el.id ? `#${el.id}` : '';
+        const cls = typeof el.className === 'string' && el.className ? `.${el.className.trim().split(/\s+/).join('.')}` : '';
+        wide.push(`${el.tagName.toLowerCase()}${id}${cls} (right ${Math.round(rect.right)})`);
+      }
+      if (wide.length >= 5) break;
+    }
+    return { scrollWidth, innerWidth, widest: wide.join(', ') };
+  });
+}
+
+/**
+ * A day of workload rows, as NDJSON lines: several models and features, a daily rhythm,
+ * repeated prompts, a nightly batch, a few errors.
+ * @param {number} count
+ * @param {{start?: number}} [options] `start`: the first timestamp, in ms
+ * @returns {Array<Record<string, unknown>>}
+ */
+export function workloadRows(count, options = {}) {
+  const start = options.start ?? Date.UTC(2026, 10, 1);
+  const models = [
+    ['openai', 'gpt-4o'],
+    ['openai', 'gpt-4o-mini'],
+    ['anthropic', 'claude-sonnet-4'],
+  ];
+  const features = ['search', 'chat', 'summaries', 'nightly-report'];
+  const rows = [];
+  for (let i = 0; i < count; i++) {
+    const [provider, model] = models[i % models.length];
+    const feature = features[i % features.length];
+    const timestamp = new Date(start + Math.floor((i * 86_400_000 * 7) / count)).toISOString();
+    rows.push({
+      timestamp,
+      provider,
+      model,
+      input_tokens: 200 + ((i * 37) % 3000),
+      output_tokens: 50 + ((i * 11) % 600),
+      latency_ms: 300 + ((i * 13) % 2500),
+      status: i % 97 === 0 ? 'error' : 'ok',
+      feature,
+      prompt_hash: `p${i % 50}`,
+      batch: feature === 'nightly-report',
+    });
+  }
+  return rows;
+}
+
+/**
+ * Rows as NDJSON text.
+ * @param {Array<Record<string, unknown>>} rows
+ */
+export const ndjson = (rows) => rows.map((row) => JSON.stringify(row)).join('\n') + '\n';
