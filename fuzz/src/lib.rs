@@ -54,7 +54,7 @@ pub fn check_upload(upload: &Upload, rows: Option<&[(usize, Value)]>) {
             );
             for error in errors {
                 assert!(
-                    rows.iter().any(|(line, _)| *line == error.line),
+                    rows.iter().any(|(line, _)| *line as u64 == error.line),
                     "line {} is named but holds no row",
                     error.line
                 );

@@ -113,6 +113,12 @@ pub fn demo_rows(spec: DemoSpec) -> Vec<Value> {
     rows
 }
 
+/// The same rows as [`demo_rows`], handed over a day at a time (oldest first), so that a long
+/// range never has to be held as JSON at once.
+pub fn demo_rows_by_day(spec: DemoSpec, each_day: impl FnMut(Vec<Value>)) {
+    demo_days(spec, each_day);
+}
+
 /// The rows of each day in turn, oldest first (every row of a day falls within it).
 fn demo_days(spec: DemoSpec, mut each_day: impl FnMut(Vec<Value>)) {
     let mut rng = fastrand::Rng::with_seed(spec.seed);

@@ -6,7 +6,6 @@
 //! [`MAX_CALL_COST_USD`], [`EARLIEST_CALL_MS`] to [`LATEST_CALL_MS`]), defined once in
 //! `switchboard-store`, whose summary leaves out stored calls outside them.
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use switchboard_protocol::Timestamp;
 use switchboard_store::{CallStatus, WorkloadEvent};
@@ -21,14 +20,9 @@ const MAX_TEXT: usize = 200;
 /// Longest a bad value is quoted in an error, in characters.
 const MAX_QUOTED: usize = 40;
 
-/// A bad row: its 1-based line (array index + 1 for JSON arrays) and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RowError {
-    /// The row's line.
-    pub line: usize,
-    /// Every problem of the row, in one sentence.
-    pub error: String,
-}
+/// A bad row: its 1-based line (array index + 1 for JSON arrays) and what is wrong with it, as
+/// the refusal of an upload names it.
+pub use switchboard_protocol::http::RowError;
 
 /// Why an upload was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +232,10 @@ fn collect(
     for (line, row) in rows {
         match row {
             Ok(event) => events.push(event),
-            Err(error) => errors.push(RowError { line, error }),
+            Err(error) => errors.push(RowError {
+                line: line as u64,
+                error,
+            }),
         }
     }
     if errors.is_empty() {

@@ -9,6 +9,7 @@ use crate::{AgentName, RunId, Seq, ThreadId, Timestamp, TraceId};
 
 /// One durable event of a run, as sent on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Per-user sequence number: +1 from one durable event of the user to the next.
     pub seq: Seq,
@@ -41,6 +42,7 @@ impl Event {
 
 /// The closed set of run event types.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
 pub enum EventPayload {
     /// An agent began its work.
@@ -76,6 +78,7 @@ impl EventPayload {
 
 /// Payload of `agent_started`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentStarted {
     /// What the agent was asked to do.
     pub task: String,
@@ -83,6 +86,7 @@ pub struct AgentStarted {
 
 /// Payload of `agent_thinking`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentThinking {
     /// The narration.
     pub text: String,
@@ -96,6 +100,7 @@ pub struct AgentThinking {
 
 /// Payload of `tool_executing`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ToolExecuting {
     /// Pairs this event with its `tool_completed`.
     pub tool_call_id: String,
@@ -107,6 +112,7 @@ pub struct ToolExecuting {
 
 /// Payload of `tool_completed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ToolCompleted {
     /// The id of the matching `tool_executing`.
     pub tool_call_id: String,
@@ -125,6 +131,7 @@ pub struct ToolCompleted {
 
 /// Payload of `partial_result`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartialResult {
     /// The next piece of the answer.
     pub delta: String,
@@ -132,6 +139,7 @@ pub struct PartialResult {
 
 /// The codes of `agent_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AgentErrorCode {
     /// A deadline ran out.
@@ -167,6 +175,7 @@ impl AgentErrorCode {
 
 /// Payload of `agent_error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentError {
     /// What kind of failure.
     pub code: AgentErrorCode,
@@ -183,6 +192,7 @@ pub struct AgentError {
 
 /// How an agent or a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Ended with an answer.
@@ -225,6 +235,7 @@ impl RunStatus {
 
 /// Payload of `agent_completed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentCompleted {
     /// How the agent (or, when final, the run) ended.
     pub status: RunStatus,
@@ -249,6 +260,7 @@ pub struct AgentCompleted {
 
 /// One language-model call of a run: who made it, what it used and what it cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelCallUsage {
     /// The agent that made the call.
     pub agent: AgentName,
@@ -269,6 +281,7 @@ pub struct ModelCallUsage {
 
 /// The run's duration broken down by stage, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunTimings {
     /// From the request to the start of the run's work.
     pub queue_ms: u64,

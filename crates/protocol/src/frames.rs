@@ -11,6 +11,7 @@ pub const PROTOCOL_NAME: &str = "switchboard.v1";
 
 /// Error codes of `error` frames and of HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The frame is not a JSON object with a string `type` (or was binary).
@@ -285,6 +286,7 @@ pub struct Heartbeat {
 
 /// Payload of `error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorPayload {
     /// What kind of problem.
     pub code: ErrorCode,
@@ -297,6 +299,7 @@ pub struct ErrorPayload {
 
 /// Who wrote a message of a thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// The user.
@@ -307,6 +310,7 @@ pub enum Role {
 
 /// One message of a thread.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryMessage {
     /// The message.
     pub id: MessageId,
@@ -408,6 +412,7 @@ impl ServerFrame {
 
 /// The HTTP error body: `{"error":{"code","message"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorPayload,

@@ -215,6 +215,7 @@ impl<'de> Deserialize<'de> for TraceId {
 
 /// The per-user sequence number of a durable event. The first event of a user has seq 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Seq(u64);
 

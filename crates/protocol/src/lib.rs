@@ -1,10 +1,14 @@
 //! The wire contract of Switchboard (`switchboard.v1`, see `shared/PROTOCOL.md`): every frame and
-//! event as serde types, one closed enum per direction. This crate does no I/O.
+//! event as serde types, one closed enum per direction, and the HTTP API's bodies ([`http`]).
+//! This crate does no I/O. The `openapi` feature gives the types OpenAPI schemas (`utoipa`).
 
 mod events;
 mod frames;
+pub mod http;
 mod ids;
 mod log;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod time;
 
 pub use events::{

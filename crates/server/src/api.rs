@@ -1,4 +1,6 @@
-//! The HTTP API of PROTOCOL.md section 7 (JSON), apart from `/ws`.
+//! The HTTP API of PROTOCOL.md section 7 (JSON), apart from `/ws`: each handler with its
+//! OpenAPI operation (`#[utoipa::path]`), whose bodies are the types of
+//! `switchboard_protocol::http`. The route table is `app::api_routes`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -6,15 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use switchboard_protocol::{ErrorCode, RunId, Seq, ThreadId};
-use switchboard_store::{Rotation, RunRecord, StoreError, Thread};
+use switchboard_agents::demo::{DemoSpec, demo_rows_by_day};
+use switchboard_protocol::http::{
+    self, Accepted, Check, Credentials, DemoDataRequest, DevLoginRequest, EventsQuery, HealthStatus, Liveness,
+    Messages, NewThread, Readiness, RefreshRequest, Registered, RowsError, RowsErrorBody, ServerInfo, SignedIn,
+    Threads, TokenType, WsTicket,
+};
+use switchboard_protocol::{ErrorBody, ErrorCode, ErrorPayload, PROTOCOL_NAME, RunId, Seq, ThreadId, Timestamp};
+use switchboard_store::{Rotation, RunRecord, RunState, StoreError, Thread};
 
 use crate::app::AppState;
 use crate::auth::{AuthUser, TokenPair, new_refresh_family, unusable_password_hash};
@@ -28,15 +34,23 @@ type ApiResult<T> = Result<T, ApiError>;
 /// The email every dev-login without a body signs in as.
 const DEV_EMAIL: &str = "dev@switchboard.local";
 
-/// Body of register and login.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Credentials {
-    email: String,
-    password: String,
+/// Tags of the OpenAPI document, one per area.
+pub(crate) mod tag {
+    pub(crate) const SOCKET: &str = "socket";
+    pub(crate) const AUTH: &str = "auth";
+    pub(crate) const THREADS: &str = "threads";
+    pub(crate) const RUNS: &str = "runs";
+    pub(crate) const EVENTS: &str = "events";
+    pub(crate) const WORKLOAD: &str = "workload";
+    pub(crate) const DEV: &str = "dev";
+    pub(crate) const SERVER: &str = "server";
 }
 
-fn user_json(user: &switchboard_store::User) -> Value {
-    json!({ "id": user.id, "email": user.email })
+fn user_body(user: &switchboard_store::User) -> http::User {
+    http::User {
+        id: user.id.clone(),
+        email: user.email.clone(),
+    }
 }
 
 fn valid_email(email: &str) -> bool {
@@ -54,7 +68,27 @@ fn valid_email(email: &str) -> bool {
     }
 }
 
-/// `POST /api/auth/register`.
+/// Registers a user.
+///
+/// The email must look like an address (at most 254 characters); the password has 8 to 1024
+/// characters. Registering does not sign in: log in next.
+#[utoipa::path(
+    post,
+    path = "/api/auth/register",
+    tag = tag::AUTH,
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "The user is registered.", body = Registered),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 409, description = "The email is already registered (`conflict`).", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`.", body = ErrorBody),
+        (status = 422, description = "The email or the password is not valid (`invalid_request`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+        (status = 503, description = "Too many passwords are being hashed at once (`server_busy`).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    )
+)]
 pub(crate) async fn register(
     State(state): State<AppState>,
     body: Result<Json<Credentials>, JsonRejection>,
@@ -80,11 +114,12 @@ pub(crate) async fn register(
             ),
             other => other.into(),
         })?;
-    Ok((StatusCode::CREATED, Json(json!({ "user": user_json(&user) }))).into_response())
+    let body = Registered { user: user_body(&user) };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// A sign-in's answer: a new pair whose refresh token starts a new refresh-token family.
-async fn pair_response(state: &AppState, user: &switchboard_store::User) -> ApiResult<Json<Value>> {
+async fn pair_response(state: &AppState, user: &switchboard_store::User) -> ApiResult<Json<SignedIn>> {
     let family = new_refresh_family().map_err(ApiError::internal)?;
     let (pair, refresh) = state.tokens.issue(&user.id, &family).map_err(ApiError::internal)?;
     state
@@ -99,23 +134,46 @@ async fn pair_response(state: &AppState, user: &switchboard_store::User) -> ApiR
 }
 
 /// The pair and the user, as sign-in and refresh answer.
-fn pair_body(pair: TokenPair, user: &switchboard_store::User) -> ApiResult<Json<Value>> {
-    let mut body = serde_json::to_value(pair).map_err(ApiError::internal)?;
-    body["user"] = user_json(user);
-    Ok(Json(body))
+fn pair_body(pair: TokenPair, user: &switchboard_store::User) -> ApiResult<Json<SignedIn>> {
+    Ok(Json(SignedIn {
+        access_token: pair.access_token,
+        refresh_token: pair.refresh_token,
+        token_type: TokenType::Bearer,
+        expires_in: pair.expires_in,
+        user: user_body(user),
+    }))
 }
 
-/// `POST /api/auth/login`.
+/// Signs in with email and password: a new pair of tokens.
 ///
 /// Throttled: after `login_max_failures` failures for one email, or from one client address,
 /// within the window, attempts for that email or from that address are answered 429 until the
 /// window has passed (the right password included). An unknown email is checked against a decoy
 /// hash, so that it takes as long as a wrong password and tells nothing of who is registered.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = tag::AUTH,
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Signed in: a new sign-in (refresh-token family) starts.", body = SignedIn),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "The email or the password is wrong (`unauthorized`).", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`.", body = ErrorBody),
+        (status = 422, description = "The body lacks a field (`invalid_request`).", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for the email or from the address (`rate_limited`).",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+        (status = 503, description = "Too many passwords are being checked at once (`server_busy`).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    )
+)]
 pub(crate) async fn login(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Json<Credentials>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SignedIn>> {
     let Json(body) = body?;
     let email = body.email.trim();
     let refused = || ApiError::unauthorized("The email or the password is wrong.");
@@ -144,19 +202,31 @@ pub(crate) async fn login(
     }
 }
 
-/// Body of refresh.
-#[derive(Debug, Deserialize)]
-pub(crate) struct RefreshBody {
-    refresh_token: String,
-}
-
-/// `POST /api/auth/refresh`: each refresh token buys one new pair of its family. A token used
-/// a second time revokes its family, so whoever holds the newest token of that chain (the user
-/// or a thief) has to sign in again.
+/// Swaps a refresh token for a new pair.
+///
+/// Each refresh token buys one new pair of its family. A token used a second time revokes its
+/// family, so whoever holds the newest token of that chain (the user or a thief) has to sign in
+/// again.
+#[utoipa::path(
+    post,
+    path = "/api/auth/refresh",
+    tag = tag::AUTH,
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "The next pair of the same sign-in.", body = SignedIn),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "The refresh token was refused: expired, used before, revoked or not valid \
+            (`unauthorized`).", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`.", body = ErrorBody),
+        (status = 422, description = "The body lacks `refresh_token` (`invalid_request`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn refresh(
     State(state): State<AppState>,
-    body: Result<Json<RefreshBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<RefreshRequest>, JsonRejection>,
+) -> ApiResult<Json<SignedIn>> {
     let Json(body) = body?;
     let refused = |why: &str| ApiError::unauthorized(format!("The refresh token was refused: {why}."));
     let presented = state
@@ -191,18 +261,30 @@ pub(crate) async fn refresh(
     }
 }
 
-/// Optional body of dev-login.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct DevLoginBody {
-    email: Option<String>,
-}
-
-/// `POST /api/auth/dev-login`: only in dev mode. Signs in as the dev user, or as the given email
-/// (created on first use, with no usable password).
+/// Signs in without a password (dev mode only).
+///
+/// Signs in as the dev user, or as the given email (created on first use, with no usable
+/// password). Off (404) unless the server runs in dev mode.
+#[utoipa::path(
+    post,
+    path = "/api/auth/dev-login",
+    tag = tag::DEV,
+    request_body(content = Option<DevLoginRequest>, description = "Optional; send none for the dev user."),
+    responses(
+        (status = 200, description = "Signed in.", body = SignedIn),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "The user was removed while signing in (`unauthorized`).", body = ErrorBody),
+        (status = 404, description = "The server does not run in dev mode (`not_found`).", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 415, description = "A body is sent, but not as `application/json`.", body = ErrorBody),
+        (status = 422, description = "The email is not valid (`invalid_request`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn dev_login(
     State(state): State<AppState>,
-    body: Result<Option<Json<DevLoginBody>>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Option<Json<DevLoginRequest>>, JsonRejection>,
+) -> ApiResult<Json<SignedIn>> {
     let body = body?;
     if !state.config.dev {
         return Err(ApiError::not_found("route"));
@@ -227,36 +309,84 @@ pub(crate) async fn dev_login(
     pair_response(&state, &user).await
 }
 
-/// `POST /api/ws-ticket`.
-pub(crate) async fn ws_ticket(State(state): State<AppState>, user: AuthUser) -> Json<Value> {
+/// Buys a single-use ticket for `GET /ws?ticket=`.
+///
+/// For clients that can set neither a header nor a subprotocol on the socket. The socket it
+/// opens ends when the access token it was bought with expires.
+#[utoipa::path(
+    post,
+    path = "/api/ws-ticket",
+    tag = tag::AUTH,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A ticket, valid once.", body = WsTicket),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn ws_ticket(State(state): State<AppState>, user: AuthUser) -> Json<WsTicket> {
     let ttl = state.config.ticket_ttl;
     let ticket = state.tickets.issue(&user.id, ttl, user.claims.exp);
-    Json(json!({ "ticket": ticket, "expires_in": ttl.as_secs() }))
+    Json(WsTicket {
+        ticket,
+        expires_in: ttl.as_secs(),
+    })
 }
 
-fn thread_json(thread: &Thread) -> Value {
-    json!({ "id": thread.id, "title": thread.title, "created_at": thread.created_at, "updated_at": thread.updated_at })
+fn thread_body(thread: Thread) -> http::Thread {
+    http::Thread {
+        id: thread.id,
+        title: thread.title,
+        created_at: thread.created_at,
+        updated_at: thread.updated_at,
+    }
 }
 
-fn thread_id(raw: &str) -> ApiResult<ThreadId> {
-    ThreadId::parse(raw).map_err(|_| ApiError::not_found("thread"))
+/// The thread of a path's `{id}`. An id that is not one (or not even UTF-8) names no thread.
+fn thread_id(id: Result<Path<String>, PathRejection>) -> ApiResult<ThreadId> {
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::not_found("thread"));
+    };
+    ThreadId::parse(&id).map_err(|_| ApiError::not_found("thread"))
 }
 
-/// `GET /api/threads`.
-pub(crate) async fn list_threads(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Value>> {
+/// The signed-in user's threads.
+#[utoipa::path(
+    get,
+    path = "/api/threads",
+    tag = tag::THREADS,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The threads.", body = Threads),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_threads(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Threads>> {
     let threads = state.store.threads(&user.id).await?;
-    Ok(Json(
-        json!({ "threads": threads.iter().map(thread_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(Threads {
+        threads: threads.into_iter().map(thread_body).collect(),
+    }))
 }
 
-/// Body of thread creation.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct NewThread {
-    title: Option<String>,
-}
-
-/// `POST /api/threads`.
+/// Creates a thread.
+///
+/// A thread is also created by a `user_message` without `thread_id`.
+#[utoipa::path(
+    post,
+    path = "/api/threads",
+    tag = tag::THREADS,
+    security(("bearer" = [])),
+    request_body(content = Option<NewThread>, description = "Optional; send none for an untitled thread."),
+    responses(
+        (status = 201, description = "The new thread.", body = http::Thread),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 415, description = "A body is sent, but not as `application/json`.", body = ErrorBody),
+        (status = 422, description = "The title has more than 200 characters (`invalid_request`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create_thread(
     State(state): State<AppState>,
     user: AuthUser,
@@ -268,64 +398,116 @@ pub(crate) async fn create_thread(
         return Err(ApiError::invalid("The title must have at most 200 characters."));
     }
     let thread = state.store.create_thread(&user.id, &title).await?;
-    Ok((StatusCode::CREATED, Json(thread_json(&thread))).into_response())
+    Ok((StatusCode::CREATED, Json(thread_body(thread))).into_response())
 }
 
-/// `GET /api/threads/{id}`.
+/// One thread of the signed-in user.
+#[utoipa::path(
+    get,
+    path = "/api/threads/{id}",
+    tag = tag::THREADS,
+    security(("bearer" = [])),
+    params(("id" = ThreadId, Path, description = "The thread.")),
+    responses(
+        (status = 200, description = "The thread.", body = http::Thread),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 404, description = "No such thread of this user (`not_found`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get_thread(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<http::Thread>> {
     let thread = state
         .store
-        .thread(&user.id, &thread_id(&id)?)
+        .thread(&user.id, &thread_id(id)?)
         .await?
         .ok_or_else(|| ApiError::not_found("thread"))?;
-    Ok(Json(thread_json(&thread)))
+    Ok(Json(thread_body(thread)))
 }
 
-/// `DELETE /api/threads/{id}`.
+/// Deletes a thread with its messages and runs.
+#[utoipa::path(
+    delete,
+    path = "/api/threads/{id}",
+    tag = tag::THREADS,
+    security(("bearer" = [])),
+    params(("id" = ThreadId, Path, description = "The thread.")),
+    responses(
+        (status = 204, description = "The thread is deleted."),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 404, description = "No such thread of this user (`not_found`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn delete_thread(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
-    if state.store.delete_thread(&user.id, &thread_id(&id)?).await? {
+    if state.store.delete_thread(&user.id, &thread_id(id)?).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("thread"))
     }
 }
 
-/// `GET /api/threads/{id}/messages`.
+/// A thread's messages, as in `thread_history`.
+#[utoipa::path(
+    get,
+    path = "/api/threads/{id}/messages",
+    tag = tag::THREADS,
+    security(("bearer" = [])),
+    params(("id" = ThreadId, Path, description = "The thread.")),
+    responses(
+        (status = 200, description = "The messages, oldest first.", body = Messages),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 404, description = "No such thread of this user (`not_found`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn thread_messages(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Messages>> {
     let messages = state
         .store
-        .messages(&user.id, &thread_id(&id)?)
+        .messages(&user.id, &thread_id(id)?)
         .await
         .map_err(|e| match e {
             StoreError::NotFound(_) => ApiError::not_found("thread"),
             other => other.into(),
         })?;
-    let messages: Vec<_> = messages.into_iter().map(history_message).collect();
-    Ok(Json(json!({ "messages": messages })))
+    Ok(Json(Messages {
+        messages: messages.into_iter().map(history_message).collect(),
+    }))
 }
 
-fn run_json(run: &RunRecord) -> Value {
-    json!({
-        "id": run.id, "thread_id": run.thread_id, "status": run.state.as_str(),
-        "started_at": run.started_at, "finished_at": run.finished_at,
-        "duration_ms": run.duration_ms, "timings": run.timings, "model_calls": run.model_calls,
-    })
+fn run_body(run: RunRecord) -> http::Run {
+    http::Run {
+        id: run.id,
+        thread_id: run.thread_id,
+        status: match run.state {
+            RunState::Running => http::RunState::Running,
+            RunState::Finished(status) => status.into(),
+        },
+        started_at: run.started_at,
+        finished_at: run.finished_at,
+        duration_ms: run.duration_ms,
+        timings: run.timings,
+        model_calls: run.model_calls,
+    }
 }
 
-async fn find_run(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<RunRecord> {
-    let id = RunId::parse(id).map_err(|_| ApiError::not_found("run"))?;
+/// The run of a path's `{id}`. An id that is not one (or not even UTF-8) names no run.
+async fn find_run(state: &AppState, user: &AuthUser, id: Result<Path<String>, PathRejection>) -> ApiResult<RunRecord> {
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::not_found("run"));
+    };
+    let id = RunId::parse(&id).map_err(|_| ApiError::not_found("run"))?;
     state
         .store
         .run(&user.id, &id)
@@ -333,24 +515,54 @@ async fn find_run(state: &AppState, user: &AuthUser, id: &str) -> ApiResult<RunR
         .ok_or_else(|| ApiError::not_found("run"))
 }
 
-/// `GET /api/runs/{id}`.
+/// One run of the signed-in user: its state, timings and model calls.
+#[utoipa::path(
+    get,
+    path = "/api/runs/{id}",
+    tag = tag::RUNS,
+    security(("bearer" = [])),
+    params(("id" = RunId, Path, description = "The run.")),
+    responses(
+        (status = 200, description = "The run.", body = http::Run),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 404, description = "No such run of this user (`not_found`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get_run(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(run_json(&find_run(&state, &user, &id).await?)))
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<http::Run>> {
+    Ok(Json(run_body(find_run(&state, &user, id).await?)))
 }
 
-/// `POST /api/runs/{id}/cancel`: 202 when the run was active and is being stopped.
+/// Stops an active run, as `stop_agent` does.
+///
+/// The run ends with `agent_error` `cancelled` and a final `agent_completed` with status
+/// `cancelled`, on the socket and in the event log.
+#[utoipa::path(
+    post,
+    path = "/api/runs/{id}/cancel",
+    tag = tag::RUNS,
+    security(("bearer" = [])),
+    params(("id" = RunId, Path, description = "The run.")),
+    responses(
+        (status = 202, description = "The run was active and is being stopped; the run as it was.", body = http::Run),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 404, description = "No such run of this user (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The run is not active any more (`conflict`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn cancel_run(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let run = find_run(&state, &user, &id).await?;
+    let run = find_run(&state, &user, id).await?;
     match state.runs.cancel(&user.id, &run.id).await {
-        Ok(()) => Ok((StatusCode::ACCEPTED, Json(run_json(&run))).into_response()),
+        Ok(()) => Ok((StatusCode::ACCEPTED, Json(run_body(run))).into_response()),
         Err(refusal) if refusal.code == ErrorCode::RunNotFound => Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::Conflict,
@@ -364,18 +576,39 @@ pub(crate) async fn cancel_run(
     }
 }
 
-/// Query of `GET /api/events`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct EventsQuery {
-    after_seq: Option<u64>,
-    limit: Option<usize>,
-}
-
 /// Largest page of `GET /api/events`.
 const MAX_EVENTS_PAGE: usize = 1000;
 
-/// `GET /api/events`: a JSON page, or with `Accept: text/event-stream` an SSE stream that stays
-/// open for new events (`Last-Event-ID` resumes it).
+/// The signed-in user's durable events: a JSON page, or a stream.
+///
+/// With `Accept: text/event-stream` the answer is a server-sent-event stream that stays open for
+/// new events: each event's `id` is its seq and its `data` an `Event` as on the socket
+/// (`#/components/schemas/Event`); `Last-Event-ID` resumes it. The stream counts against the
+/// user's connection limit (with the sockets) and ends when the access token expires, with a last
+/// event `event: error` whose data is an `ErrorBody` (`unauthorized`).
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = tag::EVENTS,
+    security(("bearer" = [])),
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume a stream after this seq (instead of `after_seq`)."),
+    ),
+    responses(
+        (status = 200, description = "The events after `after_seq`, in seq order; or the stream of them.",
+            content(
+                (http::EventsPage = "application/json"),
+                (String = "text/event-stream"),
+            )),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 422, description = "The query is not valid: `limit` outside 1 to 1000, or not a number \
+            (`invalid_request`).", body = ErrorBody),
+        (status = 429, description = "A stream, and the user has as many open connections as allowed \
+            (`too_many_connections`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn events(
     State(state): State<AppState>,
     user: AuthUser,
@@ -449,9 +682,18 @@ fn sse_stream(
             }
             None => {
                 metrics.error(ErrorCode::Unauthorized);
-                let body = json!({ "error": { "code": ErrorCode::Unauthorized, "message":
-                    "The access token expired; sign in again and resume with Last-Event-ID." } });
-                Some((Ok(SseEvent::default().event("error").data(body.to_string())), None))
+                let body = ErrorBody {
+                    error: ErrorPayload {
+                        code: ErrorCode::Unauthorized,
+                        message: "The access token expired; sign in again and resume with Last-Event-ID.".to_owned(),
+                        reference: None,
+                    },
+                };
+                let event = SseEvent::default()
+                    .event("error")
+                    .json_data(body)
+                    .expect("an error body is JSON");
+                Some((Ok(event), None))
             }
         }
     })
@@ -462,8 +704,36 @@ pub(crate) const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
 /// Bad rows named in one answer, at most.
 const MAX_ROW_ERRORS: usize = 1000;
 
-/// `POST /api/workload-events`: a JSON array of rows, or NDJSON with
-/// `Content-Type: application/x-ndjson`; every row is checked, and either all are stored or none.
+/// Uploads workload rows (the team's own model calls): all or nothing.
+///
+/// A JSON array of rows, or NDJSON (one row per line) with `Content-Type: application/x-ndjson`,
+/// at most 10 MB. Every row is checked, and either all are stored or none.
+#[utoipa::path(
+    post,
+    path = "/api/workload-events",
+    tag = tag::WORKLOAD,
+    security(("bearer" = [])),
+    request_body(
+        description = "The rows: a JSON array, or one row per line.",
+        content(
+            (Vec<http::WorkloadRow> = "application/json"),
+            (http::WorkloadRow = "application/x-ndjson"),
+            (http::WorkloadRow = "application/ndjson"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Every row is stored.", body = Accepted),
+        (status = 400, description = "The body is not what its content type says: not JSON, not an array, not \
+            UTF-8 (`invalid_request`).", body = ErrorBody),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 413, description = "The body is over 10 MB (`payload_too_large`).", body = ErrorBody),
+        (status = 415, description = "The content type is neither JSON nor NDJSON (`invalid_request`).", body = ErrorBody),
+        (status = 422, description = "Some rows are invalid, each named by its line; nothing was stored \
+            (`invalid_rows`).", body = RowsErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn upload_workload(
     State(state): State<AppState>,
     user: AuthUser,
@@ -537,61 +807,226 @@ pub(crate) async fn upload_workload(
                 String::new()
             };
             let message = format!("{total} row(s) are invalid{more}; nothing was stored.");
-            let body = json!({ "error": { "code": ErrorCode::InvalidRows, "message": message, "rows": shown } });
+            let body = RowsErrorBody {
+                error: RowsError {
+                    code: ErrorCode::InvalidRows,
+                    message,
+                    rows: shown,
+                },
+            };
             return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
         }
     };
     let accepted = state.analytics.insert_workload_events(&user.id, events).await?;
-    Ok(Json(json!({ "accepted": accepted })).into_response())
+    Ok(Json(Accepted {
+        accepted: accepted as u64,
+    })
+    .into_response())
 }
 
-/// `GET /health/live`: no I/O.
-pub(crate) async fn live() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// Adds the synthetic demo month to the signed-in user's workload data (dev mode only).
+///
+/// The same calls as `switchboard demo-data`: `days` days ending today (UTC midnight), about
+/// `calls_per_day` interactive calls a day and a nightly batch job, deterministic for a `seed`.
+/// They are checked and priced as an upload is, and added to what the user has (a second call
+/// adds them again). Off (404) unless the server runs in dev mode.
+#[utoipa::path(
+    post,
+    path = "/api/dev/demo-data",
+    tag = tag::DEV,
+    security(("bearer" = [])),
+    request_body(content = Option<DemoDataRequest>, description = "Optional; send none for 30 days of 2000 calls, seed 1."),
+    responses(
+        (status = 200, description = "The calls are stored.", body = Accepted),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
+        (status = 404, description = "The server does not run in dev mode (`not_found`).", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 415, description = "A body is sent, but not as `application/json`.", body = ErrorBody),
+        (status = 422, description = "A field is out of range (or `days` × `calls_per_day` is over 1 000 000), of \
+            the wrong type, or unknown (`invalid_request`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn demo_data(
+    State(state): State<AppState>,
+    user: Result<AuthUser, ApiError>,
+    body: Result<Option<Json<DemoDataRequest>>, JsonRejection>,
+) -> ApiResult<Json<Accepted>> {
+    // Outside dev mode the route answers as if it did not exist, whoever asks and with whatever body.
+    if !state.config.dev {
+        return Err(ApiError::not_found("route"));
+    }
+    let user = user?;
+    let body = body?.map(|Json(body)| body).unwrap_or_default();
+    let days = body.days.unwrap_or(DemoDataRequest::DEFAULT_DAYS);
+    if !(1..=DemoDataRequest::MAX_DAYS).contains(&days) {
+        return Err(ApiError::invalid(format!(
+            "days must be from 1 to {}, not {days}.",
+            DemoDataRequest::MAX_DAYS
+        )));
+    }
+    let calls_per_day = body.calls_per_day.unwrap_or(DemoDataRequest::DEFAULT_CALLS_PER_DAY);
+    if !(1..=DemoDataRequest::MAX_CALLS_PER_DAY).contains(&calls_per_day) {
+        return Err(ApiError::invalid(format!(
+            "calls_per_day must be from 1 to {}, not {calls_per_day}.",
+            DemoDataRequest::MAX_CALLS_PER_DAY
+        )));
+    }
+    if u64::from(days) * u64::from(calls_per_day) > DemoDataRequest::MAX_CALLS {
+        return Err(ApiError::invalid(format!(
+            "days × calls_per_day must be at most {}, not {days} × {calls_per_day}.",
+            DemoDataRequest::MAX_CALLS
+        )));
+    }
+    let today = Timestamp::now().unix_millis().div_euclid(DAY_MS) * DAY_MS;
+    let spec = DemoSpec {
+        seed: body.seed.unwrap_or(DemoDataRequest::DEFAULT_SEED),
+        days,
+        calls_per_day,
+        end_unix_ms: today,
+    };
+    let prices = Arc::clone(&state.prices);
+    // Generating and checking a month of calls takes a while: off the async workers. Each day's
+    // rows are checked as an upload's are, and only the checked calls are kept.
+    let events = tokio::task::spawn_blocking(move || {
+        let mut events = Vec::new();
+        let mut refused = None;
+        demo_rows_by_day(spec, |day| {
+            for row in &day {
+                match switchboard_agents::workload::parse_row(row, &prices) {
+                    Ok(event) => events.push(event),
+                    Err(error) => {
+                        refused.get_or_insert(error);
+                    }
+                }
+            }
+        });
+        refused.map_or(Ok(events), Err)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|error| ApiError::internal(format!("a demo row was refused: {error}")))?;
+    let accepted = state.analytics.insert_workload_events(&user.id, events).await?;
+    Ok(Json(Accepted {
+        accepted: accepted as u64,
+    }))
+}
+
+/// Milliseconds in a day.
+const DAY_MS: i64 = 86_400_000;
+
+/// What a client needs to know before it signs in.
+///
+/// Whether the server runs in dev mode (so a page can offer dev-login and demo data) and the
+/// limits of messages and uploads.
+#[utoipa::path(
+    get,
+    path = "/api/info",
+    tag = tag::SERVER,
+    responses((status = 200, description = "The server's protocol, version, mode and limits.", body = ServerInfo))
+)]
+pub(crate) async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        protocol: PROTOCOL_NAME.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        dev: state.config.dev,
+        max_text_chars: state.config.max_text_chars as u64,
+        max_upload_bytes: MAX_UPLOAD_BYTES as u64,
+    })
+}
+
+/// Whether the process is alive (no I/O).
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = tag::SERVER,
+    responses((status = 200, description = "Always `ok`.", body = Liveness))
+)]
+pub(crate) async fn live() -> Json<Liveness> {
+    Json(Liveness {
+        status: HealthStatus::Ok,
+    })
 }
 
 /// How long one readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// `GET /health/ready`: each dependency checked within a bound, so the answer comes within 1 s
-/// even when one hangs.
+/// Whether the server can serve: the store and the model.
+///
+/// Each dependency is checked within a bound, so the answer comes within 1 s even when one
+/// hangs.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = tag::SERVER,
+    responses(
+        (status = 200, description = "`ok`, or `degraded` (the model's circuit is open: answers come from the \
+            fallback).", body = Readiness),
+        (status = 503, description = "`unavailable`: the store does not answer, or the server is shutting down.",
+            body = Readiness),
+    )
+)]
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     let started = tokio::time::Instant::now();
     let store = match tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => json!({ "status": "ok", "latency_ms": started.elapsed().as_millis() as u64 }),
-        Ok(Err(error)) => {
-            json!({ "status": "unavailable", "latency_ms": started.elapsed().as_millis() as u64, "error": error.to_string() })
-        }
-        Err(_) => json!({ "status": "unavailable", "latency_ms": CHECK_TIMEOUT.as_millis() as u64,
-                          "error": format!("no answer within {} ms", CHECK_TIMEOUT.as_millis()) }),
+        Ok(Ok(())) => Check {
+            status: HealthStatus::Ok,
+            latency_ms: started.elapsed().as_millis() as u64,
+            error: None,
+        },
+        Ok(Err(error)) => Check {
+            status: HealthStatus::Unavailable,
+            latency_ms: started.elapsed().as_millis() as u64,
+            error: Some(error.to_string()),
+        },
+        Err(_) => Check {
+            status: HealthStatus::Unavailable,
+            latency_ms: CHECK_TIMEOUT.as_millis() as u64,
+            error: Some(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+        },
     };
     let model = state.runs.engine().breakers().into_iter().find(|b| b.name == "model");
     let model = match model {
-        Some(b) if b.state == "open" => json!({ "status": "degraded", "latency_ms": 0,
-            "error": format!("the model failed {} times in a row; calls are paused", b.consecutive_failures) }),
-        _ => json!({ "status": "ok", "latency_ms": 0 }),
+        Some(b) if b.state == "open" => Check {
+            status: HealthStatus::Degraded,
+            latency_ms: 0,
+            error: Some(format!(
+                "the model failed {} times in a row; calls are paused",
+                b.consecutive_failures
+            )),
+        },
+        _ => Check {
+            status: HealthStatus::Ok,
+            latency_ms: 0,
+            error: None,
+        },
     };
     let shutting_down = state.closing.is_cancelled() || state.stopping.is_cancelled();
-    let status = if store["status"] != "ok" || shutting_down {
-        "unavailable"
-    } else if model["status"] != "ok" {
-        "degraded"
+    let status = if store.status != HealthStatus::Ok || shutting_down {
+        HealthStatus::Unavailable
+    } else if model.status != HealthStatus::Ok {
+        HealthStatus::Degraded
     } else {
-        "ok"
+        HealthStatus::Ok
     };
-    let code = if status == "unavailable" {
+    let code = if status == HealthStatus::Unavailable {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    (
-        code,
-        Json(json!({ "status": status, "checks": { "store": store, "model": model } })),
-    )
-        .into_response()
+    let checks = [("store".to_owned(), store), ("model".to_owned(), model)].into();
+    (code, Json(Readiness { status, checks })).into_response()
 }
 
-/// `GET /metrics`.
+/// The server's metrics (OpenMetrics text).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = tag::SERVER,
+    responses((status = 200, description = "Prometheus metrics in the OpenMetrics text format.", body = String,
+        content_type = "application/openmetrics-text"))
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::extract::DefaultBodyLimit;
 use switchboard_agents::{OfflineModel, PriceTable};
 use switchboard_engine::{Engine, Model};
 use switchboard_llm::{OpenAiConfig, OpenAiModel, Price};
@@ -15,6 +15,8 @@ use switchboard_store::{AnalyticsStore, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::auth::{Passwords, Tickets, Tokens, load_secret};
 use crate::config::{Config, LlmConfig};
@@ -24,7 +26,7 @@ use crate::listener::{self, ConnectionLimits};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::runs::Runs;
-use crate::{api, recovery, web, ws};
+use crate::{api, openapi, recovery, web, ws};
 
 /// How long sockets get to close after the runs have ended.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -185,6 +187,12 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The router `run_until_stopped` serves (a fresh one, on the same state): for tools and
+    /// tests that look at the routes.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
     /// Cancel it to stop the server gracefully (as SIGTERM does).
     pub fn stop_handle(&self) -> CancellationToken {
         self.state.stopping.clone()
@@ -261,35 +269,44 @@ async fn stop_on_signal(stopping: CancellationToken) {
     stopping.cancel();
 }
 
-/// Every route.
+/// Every route: the API of [`api_routes`], the web app's files, and the fallback for any other
+/// path.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/ws", get(ws::upgrade))
-        .route("/api/auth/register", post(api::register))
-        .route("/api/auth/login", post(api::login))
-        .route("/api/auth/refresh", post(api::refresh))
-        .route("/api/auth/dev-login", post(api::dev_login))
-        .route("/api/ws-ticket", post(api::ws_ticket))
-        .route("/api/threads", get(api::list_threads).post(api::create_thread))
-        .route("/api/threads/{id}", get(api::get_thread).delete(api::delete_thread))
-        .route("/api/threads/{id}/messages", get(api::thread_messages))
-        .route("/api/runs/{id}", get(api::get_run))
-        .route("/api/runs/{id}/cancel", post(api::cancel_run))
-        .route("/api/events", get(api::events))
-        .route(
-            "/api/workload-events",
-            post(api::upload_workload).layer(axum::extract::DefaultBodyLimit::max(api::MAX_UPLOAD_BYTES)),
-        )
-        .route("/health/live", get(api::live))
-        .route("/health/ready", get(api::ready))
-        .route("/metrics", get(api::metrics))
-        .merge(web::routes())
+    let (api, _document) = api_routes().split_for_parts();
+    // The web app's files are not API, so not in the document.
+    api.merge(web::routes())
         .fallback(api::not_found)
         .layer(axum::middleware::map_request_with_state(
             state.config.request_body_timeout,
             listener::limit_body_time,
         ))
         .with_state(state)
+}
+
+/// The route table of the API: each route is registered with `routes!`, which adds the handler to
+/// the router and its operation to the OpenAPI document together (`openapi.rs`); handlers of the
+/// same path go in one `routes!`.
+pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(api::register))
+        .routes(routes!(api::login))
+        .routes(routes!(api::refresh))
+        .routes(routes!(api::dev_login))
+        .routes(routes!(api::ws_ticket))
+        .routes(routes!(api::list_threads, api::create_thread))
+        .routes(routes!(api::get_thread, api::delete_thread))
+        .routes(routes!(api::thread_messages))
+        .routes(routes!(api::get_run))
+        .routes(routes!(api::cancel_run))
+        .routes(routes!(api::events))
+        .routes(routes!(api::upload_workload).layer(DefaultBodyLimit::max(api::MAX_UPLOAD_BYTES)))
+        .routes(routes!(api::demo_data))
+        .routes(routes!(api::info))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(api::live))
+        .routes(routes!(api::ready))
+        .routes(routes!(api::metrics))
 }
 
 /// The OpenAI-compatible model of the configuration, priced from the price table when it lists it.

@@ -89,14 +89,12 @@ pub(crate) struct RefreshToken {
 }
 
 /// An access/refresh pair.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub(crate) struct TokenPair {
     /// The access token.
     pub(crate) access_token: String,
     /// The refresh token.
     pub(crate) refresh_token: String,
-    /// Always `Bearer`.
-    pub(crate) token_type: &'static str,
     /// Seconds until the access token expires.
     pub(crate) expires_in: u64,
 }
@@ -155,7 +153,6 @@ impl Tokens {
         let pair = TokenPair {
             access_token: self.sign(user, TokenType::Access, &uuid_like(), None)?,
             refresh_token: self.sign(user, TokenType::Refresh, refresh.as_str(), Some(family))?,
-            token_type: "Bearer",
             expires_in: self.access_ttl.as_secs(),
         };
         Ok((pair, refresh))

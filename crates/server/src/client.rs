@@ -3,7 +3,9 @@
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use switchboard_protocol::http::{Credentials, DevLoginRequest, SignedIn};
 use switchboard_protocol::{ClientFrame, PROTOCOL_NAME, ServerFrame, UserId};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -24,18 +26,21 @@ pub struct Session {
 }
 
 impl Session {
-    fn from_body(body: &Value) -> anyhow::Result<Self> {
-        let text = |key: &str| {
-            body[key]
-                .as_str()
-                .map(str::to_owned)
-                .with_context(|| format!("no {key} in {body}"))
-        };
-        Ok(Self {
-            access_token: text("access_token")?,
-            refresh_token: text("refresh_token")?,
-            user_id: UserId::parse(body["user"]["id"].as_str().context("no user id")?)?,
-        })
+    /// The session of a sign-in's answer.
+    fn from_body(body: Value) -> anyhow::Result<Self> {
+        let signed_in: SignedIn =
+            serde_json::from_value(body.clone()).with_context(|| format!("not a sign-in's answer: {body}"))?;
+        Ok(Self::from(signed_in))
+    }
+}
+
+impl From<SignedIn> for Session {
+    fn from(signed_in: SignedIn) -> Self {
+        Self {
+            access_token: signed_in.access_token,
+            refresh_token: signed_in.refresh_token,
+            user_id: signed_in.user.id,
+        }
     }
 }
 
@@ -93,7 +98,12 @@ impl Client {
     }
 
     /// `POST {base}{path}` with a JSON body; the status and the JSON answer.
-    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<(u16, Value)> {
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &(impl Serialize + ?Sized),
+    ) -> anyhow::Result<(u16, Value)> {
         let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -118,7 +128,10 @@ impl Client {
 
     /// Registers and signs in.
     pub async fn register(&self, email: &str, password: &str) -> anyhow::Result<Session> {
-        let credentials = json!({ "email": email, "password": password });
+        let credentials = Credentials {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        };
         let (status, body) = self.post("/api/auth/register", None, &credentials).await?;
         if status != 201 {
             bail!("register failed with {status}: {body}");
@@ -128,28 +141,28 @@ impl Client {
 
     /// Signs in.
     pub async fn login(&self, email: &str, password: &str) -> anyhow::Result<Session> {
-        let (status, body) = self
-            .post(
-                "/api/auth/login",
-                None,
-                &json!({ "email": email, "password": password }),
-            )
-            .await?;
+        let credentials = Credentials {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        };
+        let (status, body) = self.post("/api/auth/login", None, &credentials).await?;
         if status != 200 {
             bail!(
                 "login failed with {status}: {}",
                 body["error"]["message"].as_str().unwrap_or("no message")
             );
         }
-        Session::from_body(&body)
+        Session::from_body(body)
     }
 
     /// Signs in through dev-login (dev mode only), as the dev user or as `email`.
     pub async fn dev_login(&self, email: Option<&str>) -> anyhow::Result<Session> {
-        let body = email.map_or_else(|| json!({}), |email| json!({ "email": email }));
+        let body = DevLoginRequest {
+            email: email.map(str::to_owned),
+        };
         let (status, body) = self.post("/api/auth/dev-login", None, &body).await?;
         match status {
-            200 => Session::from_body(&body),
+            200 => Session::from_body(body),
             404 => {
                 bail!("dev-login is off on this server; start it with --dev, or sign in with --email and --password")
             }

@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// Directory for the database and the generated JWT secret (created if missing).
     #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Enables `POST /api/auth/dev-login`.
+    /// Enables `POST /api/auth/dev-login` and `POST /api/dev/demo-data`.
     #[arg(long, env = "SWITCHBOARD_DEV", num_args = 0..=1, default_missing_value = "true")]
     pub dev: Option<bool>,
     /// Idle time after which the server sends a heartbeat and a ping.
@@ -162,7 +162,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory for the database and the JWT secret.
     pub data_dir: PathBuf,
-    /// Dev mode: `POST /api/auth/dev-login` works.
+    /// Dev mode: `POST /api/auth/dev-login` and `POST /api/dev/demo-data` work.
     pub dev: bool,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,

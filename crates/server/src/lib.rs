@@ -21,6 +21,7 @@ mod limits;
 mod listener;
 mod log;
 mod metrics;
+pub mod openapi;
 mod recovery;
 mod runs;
 pub mod telemetry;

@@ -13,8 +13,8 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use switchboard_protocol::{
-    ClientFrame, ConnectionEstablished, ConnectionId, Control, ControlFrame, ErrorCode, ErrorPayload, Heartbeat,
-    HistoryMessage, PROTOCOL_NAME, Resumed, Seq, ThreadHistory, Timestamp, UserId,
+    ClientFrame, ConnectionEstablished, ConnectionId, Control, ControlFrame, ErrorBody, ErrorCode, ErrorPayload,
+    Heartbeat, HistoryMessage, PROTOCOL_NAME, Resumed, Seq, ThreadHistory, Timestamp, UserId,
 };
 use switchboard_store::{EventRecord, StoreError};
 use tokio::sync::mpsc;
@@ -124,7 +124,31 @@ fn authenticate(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> 
     )
 }
 
-/// `GET /ws`.
+/// Opens the WebSocket (PROTOCOL.md sections 1 to 6).
+///
+/// The credential is checked before the upgrade, in this order: an offered subprotocol
+/// `jwt.<access token>` (or `bearer.<access token>`; offer `switchboard.v1` beside it and that is
+/// selected), `Authorization: Bearer <access token>`, or `?ticket=` from `POST /api/ws-ticket`.
+/// Tokens are never accepted in the query string.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = crate::api::tag::SOCKET,
+    security(("subprotocol" = []), ("bearer" = []), ("ticket" = [])),
+    params(
+        ("after_seq" = Option<u64>, Query, description = "Replay the user's durable events after this seq first."),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the socket speaks `switchboard.v1`; its first frame is \
+            `connection_established`."),
+        (status = 400, description = "Not a WebSocket handshake, or a query that cannot be read.", body = String,
+            content_type = "text/plain"),
+        (status = 401, description = "No valid credential (`unauthorized`).", body = ErrorBody),
+        (status = 422, description = "`after_seq` is not a whole number (`invalid_request`).", body = ErrorBody),
+        (status = 429, description = "The user has as many open connections (sockets and event streams) as \
+            allowed (`too_many_connections`).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Query(query): Query<WsQuery>,

@@ -36,6 +36,8 @@ async fn threads_are_created_listed_read_and_deleted_by_their_owner_only() {
         ("GET", "/api/threads/thr_unknown/messages".into(), Some(a), 404),
         ("GET", format!("/api/threads/{id}"), None, 401),
         ("GET", "/api/runs/run_unknown".into(), Some(a), 404),
+        ("GET", "/api/threads/%FF".into(), Some(a), 404),
+        ("POST", "/api/runs/%FF/cancel".into(), Some(a), 404),
         ("GET", "/api/no-such-route".into(), Some(a), 404),
         ("DELETE", format!("/api/threads/{id}"), Some(b), 404),
         ("DELETE", format!("/api/threads/{id}"), Some(a), 204),

@@ -9,6 +9,7 @@ mod isolation;
 mod lifecycle;
 mod llm;
 mod login;
+mod openapi;
 mod raw;
 mod resume;
 mod runs;

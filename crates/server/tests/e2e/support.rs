@@ -26,6 +26,8 @@ pub(crate) struct TestApp {
     pub(crate) client: Client,
     pub(crate) stop: CancellationToken,
     pub(crate) store: Arc<HangingStore>,
+    /// The router the server serves, for tests that look at its routes.
+    pub(crate) router: axum::Router,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -62,11 +64,13 @@ async fn spawn_app_in(data_dir: PathBuf, configure: impl FnOnce(&mut Config)) ->
         .expect("the app builds");
     let client = Client::new(&format!("http://{}", app.local_addr()));
     let stop = app.stop_handle();
+    let router = app.router();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         client,
         stop,
         store,
+        router,
         server,
         _dir: None,
     }
