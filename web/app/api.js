@@ -229,9 +229,14 @@ export class Session {
     }
   }
 
-  /** Signs out here and in every tab. */
+  /** Signs out here and in every tab, and ends the sign-in on the server, so that its refresh
+   * token buys nothing more. */
   signOut() {
+    const refresh_token = this.tokens.refresh_token;
     this.end(null);
+    publicRequest('POST', '/api/auth/logout', { refresh_token }).catch(() => {
+      // Unreachable or already ended: the tokens are gone from this browser either way.
+    });
   }
 
   /** @param {string | null} why */

@@ -9,6 +9,7 @@ import {
   signInForm,
   signOutButton,
   submitSignIn,
+  waitFor,
   waitForText,
   waitSignedIn,
   waitVisible,
@@ -28,7 +29,7 @@ webTest('the sign-in screen has its heading, fields and buttons', {}, async ({ p
   await waitVisible(page.getByRole('button', { name: 'Continue as dev user', exact: true }), 'the "Continue as dev user" button');
 });
 
-webTest('continue as dev user, reload stays signed in, sign out returns to the form', {}, async ({ page }) => {
+webTest('continue as dev user, reload stays signed in, sign out returns to the form and ends the sign-in', {}, async ({ page, server }) => {
   await signInAsDev(page);
   await waitForText(page.getByRole('banner'), DEV_EMAIL, 'the banner');
 
@@ -36,7 +37,19 @@ webTest('continue as dev user, reload stays signed in, sign out returns to the f
   await waitSignedIn(page);
   await waitForText(page.getByRole('banner'), DEV_EMAIL, 'the banner after a reload');
 
+  const kept = await page.evaluate(() => JSON.parse(localStorage.getItem('switchboard.session') ?? 'null')?.refresh_token);
+  assert.ok(typeof kept === 'string', 'the page keeps a refresh token while signed in');
   await signOutButton(page).click();
+  // The server ended the sign-in: the refresh token the page held buys nothing any more.
+  await waitFor('the server to refuse the signed-out refresh token', async () => {
+    const response = await fetch(`${server.url}/api/auth/refresh`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ refresh_token: kept }),
+    });
+    return response.status === 401;
+  });
+  assert.equal(await page.evaluate(() => localStorage.getItem('switchboard.session')), null, 'no token is left in the browser');
   await waitVisible(signInForm(page), 'the "Sign in" form after "Sign out"');
   assert.equal(await signOutButton(page).count(), 0, '"Sign out" is gone once signed out');
   assert.equal(await connection(page).count(), 0, 'the "Connection" status is gone once signed out');

@@ -447,7 +447,6 @@ export function webTest(name, options, body) {
           timezoneId: 'UTC',
         });
         context.setDefaultTimeout(STEP_TIMEOUT);
-        if (process.env.WEB_TEST_FAKE_INFO) await fakeInfoWhenMissing(context);
         context.on('page', (p) => watch(p, problems));
         contexts.push(context);
         return context;
@@ -517,22 +516,6 @@ export function webTest(name, options, body) {
         for (const dir of new Set(servers.map((s) => s.dataDir))) fs.rmSync(dir, { recursive: true, force: true });
       }
     }
-  });
-}
-
-/**
- * Only when WEB_TEST_FAKE_INFO is set (for working on the tests before the server has
- * `GET /api/info`): answers it as a dev server would when the server answers 404. Never on by
- * default, so that the suite tests the real endpoint.
- * @param {import('playwright-core').BrowserContext} context
- */
-async function fakeInfoWhenMissing(context) {
-  await context.route('**/api/info', async (route) => {
-    const response = await route.fetch();
-    if (response.status() !== 404) return route.fulfill({ response });
-    return route.fulfill({
-      json: { protocol: 'switchboard.v1', version: 'test', dev: true, max_text_chars: 16_000, max_upload_bytes: 10 * 1024 * 1024 },
-    });
   });
 }
 
@@ -641,14 +624,12 @@ export async function openApp(page) {
 export async function signInAsDev(page) {
   await openApp(page);
   if (!(await signOutButton(page).isVisible())) {
-    if (!process.env.WEB_TEST_FAKE_INFO) {
-      // Said at once, instead of after a time-out: the app shows the button only when the
-      // server's GET /api/info says `dev: true`.
-      const info = await fetch(new URL('/api/info', page.url())).catch((error) => error);
-      if (!(info instanceof Response) || !info.ok) {
-        const why = info instanceof Response ? `answered ${info.status}` : `failed (${errorText(info)})`;
-        throw new Error(`GET /api/info ${why}, so the app cannot know the server runs in dev mode and shows no "Continue as dev user" button`);
-      }
+    // Said at once, instead of after a time-out: the app shows the button only when the
+    // server's GET /api/info says `dev: true`.
+    const info = await fetch(new URL('/api/info', page.url())).catch((error) => error);
+    if (!(info instanceof Response) || !info.ok) {
+      const why = info instanceof Response ? `answered ${info.status}` : `failed (${errorText(info)})`;
+      throw new Error(`GET /api/info ${why}, so the app cannot know the server runs in dev mode and shows no "Continue as dev user" button`);
     }
     await page.getByRole('button', { name: 'Continue as dev user', exact: true }).click();
   }

@@ -261,6 +261,44 @@ pub(crate) async fn refresh(
     }
 }
 
+/// Ends a sign-in.
+///
+/// Revokes the refresh token's family: none of its refresh tokens buys a pair any more, in any
+/// tab or on any device that holds one. Access tokens already issued stay valid until they
+/// expire (minutes); sockets opened with them close then.
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    tag = tag::AUTH,
+    request_body = RefreshRequest,
+    responses(
+        (status = 204, description = "The sign-in is ended (also when it had ended before)."),
+        (status = 400, description = "The body is not valid JSON.", body = ErrorBody),
+        (status = 401, description = "The refresh token is not valid or expired (`unauthorized`); it buys nothing \
+            anyway.", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`.", body = ErrorBody),
+        (status = 422, description = "The body lacks `refresh_token` (`invalid_request`).", body = ErrorBody),
+        (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    body: Result<Json<RefreshRequest>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(body) = body?;
+    let presented = state
+        .tokens
+        .verify_refresh(&body.refresh_token)
+        .map_err(|e| ApiError::unauthorized(format!("The refresh token was refused: {e}.")))?;
+    // A family of another user, or none, is not told apart from a revoked one.
+    state
+        .store
+        .revoke_refresh_family(&presented.user, &presented.family)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Signs in without a password (dev mode only).
 ///
 /// Signs in as the dev user, or as the given email (created on first use, with no usable

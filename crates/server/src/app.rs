@@ -292,6 +292,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::register))
         .routes(routes!(api::login))
         .routes(routes!(api::refresh))
+        .routes(routes!(api::logout))
         .routes(routes!(api::dev_login))
         .routes(routes!(api::ws_ticket))
         .routes(routes!(api::list_threads, api::create_thread))

@@ -394,3 +394,42 @@ async fn a_refresh_token_without_a_known_chain_is_refused_with_a_request_to_sign
         "the user's own chain still works"
     );
 }
+
+#[tokio::test]
+async fn signing_out_revokes_the_chain_of_that_sign_in_only() {
+    let app = spawn_app().await;
+    let (laptop, phone) = (app.user("sid").await, app.user("sid").await);
+    let (status, next) = refresh(&app, &laptop.refresh_token).await;
+    assert_eq!(status, 200, "{next}");
+    let newest = next["refresh_token"].as_str().unwrap().to_owned();
+    let client = &app.client;
+    let logout = |token: String| async move {
+        client
+            .post("/api/auth/logout", None, &json!({ "refresh_token": token }))
+            .await
+            .unwrap()
+    };
+    // Any token of the chain ends it, the spent first one too.
+    assert_eq!(logout(laptop.refresh_token.clone()).await.0, 204);
+    assert_refused(refresh(&app, &newest).await, "its sign-in was revoked");
+    assert_eq!(logout(newest.clone()).await.0, 204, "signing out twice is no error");
+    let (status, body) = refresh(&app, &phone.refresh_token).await;
+    assert_eq!(status, 200, "the other sign-in is untouched: {body}");
+    for bad in [
+        json!({"refresh_token": "garbage"}),
+        json!({"refresh_token": laptop.access_token}),
+    ] {
+        let (status, body) = app.client.post("/api/auth/logout", None, &bad).await.unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{body}"
+        );
+    }
+    let (status, body) = app.client.post("/api/auth/logout", None, &json!({})).await.unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_request")),
+        "{body}"
+    );
+}
