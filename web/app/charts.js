@@ -6,7 +6,8 @@ import { h, svg } from './dom.js';
 import { count, usd } from './format.js';
 
 /**
- * @typedef {{ label: string, value: number, shown: string }} Bar
+ * @typedef {{ label: string, value: number, shown: string, spoken?: string }} Bar
+ * `shown` is the figure beside the bar; `spoken` (when it differs) the same in the chart's name.
  */
 
 /**
@@ -34,7 +35,8 @@ export function reportCharts(report) {
     .map((row) => ({
       label: String(row.title ?? row.strategy ?? 'strategy'),
       value: row.monthly_savings_usd,
-      shown: `${usd(row.monthly_savings_usd)} a month`,
+      shown: `${usd(row.monthly_savings_usd)}/mo`,
+      spoken: `${usd(row.monthly_savings_usd)} a month`,
     }));
   const charts = [
     horizontalBars('Cost by model', costs(rows(report?.by_model), 'model')),
@@ -59,7 +61,7 @@ function horizontalBars(title, bars) {
   const figureWidth = 92;
   const room = width - labelWidth - figureWidth;
   const height = bars.length * rowHeight + 4;
-  const name = `${title}: ${bars.map((bar) => `${bar.label} ${bar.shown}`).join(', ')}`;
+  const name = `${title}: ${bars.map((bar) => `${bar.label} ${bar.spoken ?? bar.shown}`).join(', ')}`;
   return h(
     'figure',
     { class: 'chart' },
@@ -105,7 +107,8 @@ function hourColumns(title, calls) {
         'g',
         { 'aria-hidden': 'true' },
         calls.map((n, hour) => {
-          const tall = Math.max(n > 0 ? 1 : 0, (n / most) * (bottom - 10));
+          // The top 22 units are the peak's label.
+          const tall = Math.max(n > 0 ? 1 : 0, (n / most) * (bottom - 22));
           const x = 6 + hour * column;
           return svg(
             'g',

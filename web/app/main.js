@@ -361,6 +361,19 @@ page.menu.addEventListener('click', () => {
   page.sidebar.classList.toggle('open', open);
 });
 
+// On a narrow screen the side bar lies over the conversation: a tap beside it or Escape closes it.
+for (const element of [page.messages, page.composer, page.timeline]) {
+  element.addEventListener('pointerdown', () => {
+    if (page.sidebar.classList.contains('open')) closeMenu();
+  });
+}
+document.addEventListener('keydown', (event) => {
+  if (event.key === 'Escape' && page.sidebar.classList.contains('open')) {
+    closeMenu();
+    page.menu.focus();
+  }
+});
+
 function closeMenu() {
   page.menu.setAttribute('aria-expanded', 'false');
   page.sidebar.classList.remove('open');
