@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 #[cfg(doc)]
 use crate::ErrorBody;
 use crate::{
-    ErrorCode, Event, HistoryMessage, ModelCallUsage, RunId, RunStatus, RunTimings, ThreadId, Timestamp, UserId,
+    AgentName, ErrorCode, Event, HistoryMessage, ModelCallUsage, RunId, RunStatus, RunTimings, ThreadId, Timestamp,
+    UserId,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -192,6 +193,9 @@ pub struct Run {
     pub timings: Option<RunTimings>,
     /// The run's language-model calls, from the final event (empty while running).
     pub model_calls: Vec<ModelCallUsage>,
+    /// The agents whose part of the answer is missing, from the final event (empty while
+    /// running).
+    pub missing: Vec<AgentName>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -106,6 +106,8 @@ pub struct RunEnd {
     pub timings: Option<RunTimings>,
     /// The run's language-model calls.
     pub model_calls: Vec<ModelCallUsage>,
+    /// The agents whose part of the answer is missing.
+    pub missing: Vec<AgentName>,
     /// The assistant's answer, stored as a message of the thread (completed runs only).
     pub answer: Option<String>,
 }
@@ -118,6 +120,7 @@ impl RunEnd {
             duration_ms: done.duration_ms,
             timings: done.timings.clone(),
             model_calls: done.model_calls.clone(),
+            missing: done.missing.clone(),
             answer: answer.filter(|_| done.status == RunStatus::Completed),
         }
     }

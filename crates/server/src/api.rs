@@ -537,6 +537,7 @@ fn run_body(run: RunRecord) -> http::Run {
         duration_ms: run.duration_ms,
         timings: run.timings,
         model_calls: run.model_calls,
+        missing: run.missing,
     }
 }
 

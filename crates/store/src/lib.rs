@@ -9,7 +9,8 @@ mod workload;
 
 use async_trait::async_trait;
 use switchboard_protocol::{
-    Event, LogEntry, MessageId, ModelCallUsage, Role, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
+    AgentName, Event, LogEntry, MessageId, ModelCallUsage, Role, RunId, RunStatus, RunTimings, Seq, ThreadId,
+    Timestamp, UserId,
 };
 
 pub use sqlite::SqliteStore;
@@ -127,6 +128,8 @@ pub struct RunRecord {
     pub timings: Option<RunTimings>,
     /// The run's language-model calls, from the final event.
     pub model_calls: Vec<ModelCallUsage>,
+    /// The agents whose part of the answer is missing (empty while running).
+    pub missing: Vec<AgentName>,
 }
 
 /// A user message to store together with the run it starts.

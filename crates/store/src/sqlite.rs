@@ -24,8 +24,9 @@ use crate::{
 
 /// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`;
 /// 5: `workload_events` moved to a file of its own (`SqliteAnalytics`); 6: `events` in the
-/// order stored (a rowid table with an index on `(user_id, seq)`, see `EVENTS_IN_ORDER`).
-const SCHEMA_VERSION: i64 = 6;
+/// order stored (a rowid table with an index on `(user_id, seq)`, see `EVENTS_IN_ORDER`);
+/// 7: `runs.missing`.
+const SCHEMA_VERSION: i64 = 7;
 
 /// Schema 6 keeps the events in the order they are stored and finds a user's by an index: a
 /// batch of many users' events then appends to the table's last pages and touches only the
@@ -90,7 +91,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at INTEGER,
     duration_ms INTEGER,
     timings TEXT,
-    model_calls TEXT
+    model_calls TEXT,
+    missing TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_running ON runs (status) WHERE status = 'running';
 CREATE TABLE IF NOT EXISTS events (
@@ -250,17 +252,19 @@ impl SqliteStore {
             // (`refresh_families` in 4) come with `SCHEMA`.
             // Checked, not assumed from the version: an open cut short after this step (before
             // `user_version` is written) must not fail the next one.
-            let has_model_calls: bool = conn
-                .query_row(
-                    "SELECT COUNT(*) FROM pragma_table_info('runs') WHERE name = 'model_calls'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(backend)?
-                > 0;
-            if !has_model_calls {
-                conn.execute_batch("ALTER TABLE runs ADD COLUMN model_calls TEXT")
-                    .map_err(backend)?;
+            for column in ["model_calls", "missing"] {
+                let present: bool = conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM pragma_table_info('runs') WHERE name = ?1",
+                        [column],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(backend)?
+                    > 0;
+                if !present {
+                    conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {column} TEXT"))
+                        .map_err(backend)?;
+                }
             }
             // Workload rows of schema 2 to 4 move to their own file.
             let analytics = SqliteAnalytics::open_blocking(&analytics_path(&path), Some((&conn, &path)))?;
@@ -334,7 +338,7 @@ fn to_thread((id, user_id, title, created_at, updated_at): ThreadRow) -> Result<
 const THREAD_COLUMNS: &str = "id, user_id, title, created_at, updated_at";
 const MESSAGE_COLUMNS: &str = "id, thread_id, role, text, run_id, client_message_id, created_at";
 const RUN_COLUMNS: &str =
-    "id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings, model_calls";
+    "id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings, model_calls, missing";
 
 type MessageRow = (String, String, String, String, Option<String>, Option<String>, i64);
 
@@ -379,6 +383,7 @@ type RunRow = (
     Option<i64>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 fn run_from(row: &Row<'_>) -> rusqlite::Result<RunRow> {
@@ -393,11 +398,12 @@ fn run_from(row: &Row<'_>) -> rusqlite::Result<RunRow> {
         row.get(7)?,
         row.get(8)?,
         row.get(9)?,
+        row.get(10)?,
     ))
 }
 
 fn to_run(
-    (id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings, model_calls): RunRow,
+    (id, user_id, thread_id, message_id, status, started_at, finished_at, duration_ms, timings, model_calls, missing): RunRow,
 ) -> Result<RunRecord, StoreError> {
     let state = match status.as_str() {
         "running" => RunState::Running,
@@ -417,6 +423,10 @@ fn to_run(
             .transpose()?,
         model_calls: model_calls
             .map(|c| serde_json::from_str(&c).map_err(|e| corrupt("run model calls", e)))
+            .transpose()?
+            .unwrap_or_default(),
+        missing: missing
+            .map(|m| serde_json::from_str(&m).map_err(|e| corrupt("run's missing agents", e)))
             .transpose()?
             .unwrap_or_default(),
     })
@@ -1048,9 +1058,14 @@ fn finish_run(conn: &Connection, user: &str, run: &str, end: &RunEnd, at: i64) -
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| corrupt("model calls", e))?;
+    let missing = Some(&end.missing)
+        .filter(|agents| !agents.is_empty())
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| corrupt("missing agents", e))?;
     conn.prepare_cached(
-        "UPDATE runs SET status = ?1, finished_at = ?2, duration_ms = ?3, timings = ?4, model_calls = ?5
-         WHERE id = ?6 AND user_id = ?7",
+        "UPDATE runs SET status = ?1, finished_at = ?2, duration_ms = ?3, timings = ?4, model_calls = ?5,
+         missing = ?6 WHERE id = ?7 AND user_id = ?8",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -1059,6 +1074,7 @@ fn finish_run(conn: &Connection, user: &str, run: &str, end: &RunEnd, at: i64) -
             i64::try_from(end.duration_ms).unwrap_or(i64::MAX),
             timings,
             model_calls,
+            missing,
             run,
             user
         ])

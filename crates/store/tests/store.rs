@@ -246,6 +246,10 @@ async fn event_log(store: &dyn Store) {
         duration_ms: 61_000,
         timings: None,
         model_calls: Vec::new(),
+        missing: vec![
+            AgentName::parse("data").unwrap(),
+            AgentName::parse("reporting").unwrap(),
+        ],
         answer: Some("not stored: the run did not complete".into()),
     });
     append(store, gave_up).await;
@@ -254,6 +258,8 @@ async fn event_log(store: &dyn Store) {
         (record.state, record.duration_ms, record.model_calls.len()),
         (RunState::Finished(RunStatus::TimedOut), Some(61_000), 0)
     );
+    let missing: Vec<&str> = record.missing.iter().map(AgentName::as_str).collect();
+    assert_eq!(missing, ["data", "reporting"]);
     assert_eq!(
         store.messages(&alice, &thread).await.unwrap().len(),
         3,
@@ -510,24 +516,33 @@ async fn a_database_of_schema_2_is_brought_up_to_date_and_keeps_its_runs() {
             .await
             .unwrap()
     };
-    // Back to schema 2, as a server of that version left it: no `runs.model_calls`.
+    // Back to schema 2, as a server of that version left it: no `runs.model_calls` (schema 3)
+    // and no `runs.missing` (schema 7).
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("ALTER TABLE runs DROP COLUMN model_calls; PRAGMA user_version = 2;")
-            .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE runs DROP COLUMN model_calls; ALTER TABLE runs DROP COLUMN missing; PRAGMA user_version = 2;",
+        )
+        .unwrap();
     }
     let store = SqliteStore::open(&path).await.unwrap();
     let (run, thread) = (accepted.run_id.clone(), accepted.thread_id.clone());
     assert_eq!(store.running_runs().await.unwrap()[0].id, run);
+    assert!(store.running_runs().await.unwrap()[0].missing.is_empty());
     append(&store, entry(&alice, &run, &thread, started(), None)).await;
-    let done = finished(RunStatus::Completed, Some("done"));
+    let EventPayload::AgentCompleted(mut done) = finished(RunStatus::Completed, Some("done")) else {
+        unreachable!()
+    };
+    done.missing = vec![AgentName::parse("optimization").unwrap()];
+    let done = EventPayload::AgentCompleted(done);
     append(&store, entry(&alice, &run, &thread, done, Some("done"))).await;
     let record = store.run(&alice, &run).await.unwrap().unwrap();
     assert_eq!(record.model_calls, [model_call()]);
+    assert_eq!(record.missing, [AgentName::parse("optimization").unwrap()]);
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
 }
 
 #[tokio::test]
@@ -571,7 +586,7 @@ async fn a_database_of_schema_5_keeps_its_event_log_in_the_order_stored() {
         conn.query_row("SELECT sql FROM sqlite_master WHERE name = 'events'", [], |r| r.get(0))
             .unwrap(),
     );
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
 }
 
@@ -607,7 +622,7 @@ async fn a_database_of_schema_3_gains_refresh_families_and_keeps_its_users() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
 }
 
 #[tokio::test]
@@ -617,10 +632,10 @@ async fn a_database_of_a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).await.unwrap());
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 7).unwrap();
+        conn.pragma_update(None, "user_version", 8).unwrap();
     }
     let error = SqliteStore::open(&path).await.unwrap_err();
-    assert!(error.to_string().contains("newer than this server's 6"), "{error}");
+    assert!(error.to_string().contains("newer than this server's 7"), "{error}");
 }
 
 /// Puts back the workload table of schema 2 to 4 into the chat file at `path`, with `rows` calls

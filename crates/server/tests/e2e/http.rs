@@ -213,6 +213,11 @@ async fn health_and_metrics_tell_the_truth() {
         serde_json::to_value(&last.model_calls).unwrap(),
         "the run keeps its model calls"
     );
+    assert_eq!(
+        run["missing"],
+        serde_json::to_value(&last.missing).unwrap(),
+        "the run keeps the agents whose part is missing"
+    );
     socket.send_text("nonsense").await.unwrap();
     assert!(matches!(next(&mut socket).await, ServerFrame::Control(_)));
     let text = app.metrics().await;
