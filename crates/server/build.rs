@@ -34,7 +34,8 @@ fn main() {
 fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
     for entry in entries {
-        let path = entry.expect("a directory entry").path();
+        let entry = entry.expect("a directory entry");
+        let path = entry.path();
         // Editors' and systems' hidden files (`.DS_Store`, `.app.js.swp`) are not the app's.
         if path
             .file_name()
@@ -42,14 +43,29 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
         {
             continue;
         }
-        if path.is_dir() {
+        let kind = entry.file_type().expect("a file type");
+        // Symbolic links are not followed: the app is the folder's own files, and a link could
+        // loop or reach outside it.
+        if kind.is_symlink() {
+            println!(
+                "cargo:warning=web/app: {} is a symbolic link; it is not embedded",
+                path.display()
+            );
+            continue;
+        }
+        if kind.is_dir() {
             collect(root, &path, files);
             continue;
         }
         let relative = path.strip_prefix(root).expect("under the root");
-        let relative: Vec<_> = relative
+        let relative: Vec<String> = relative
             .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .map(|c| {
+                c.as_os_str()
+                    .to_str()
+                    .unwrap_or_else(|| panic!("web/app: {} has a name that is not UTF-8", path.display()))
+                    .to_owned()
+            })
             .collect();
         let absolute = path.canonicalize().expect("an existing file");
         files.push((relative.join("/"), absolute.to_string_lossy().into_owned()));

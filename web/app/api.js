@@ -4,13 +4,18 @@
 // another tab already got).
 
 const SESSION_KEY = 'switchboard.session';
+/** Where a tab holds the right to refresh when the browser has no Web Locks (plain http on
+ * another host than localhost). */
+const LEASE_KEY = 'switchboard.refresh-lease';
+/** How long a sign-in or refresh request may take. */
+const REQUEST_TIMEOUT_MS = 15_000;
 /** Refresh when the access token has less than this left. */
 const REFRESH_BEFORE_MS = 60_000;
 
 /**
  * @typedef {{ id: string, email: string }} User
  * @typedef {{ access_token: string, refresh_token: string, expires_at: number, user: User }} Tokens
- * @typedef {{ protocol: string, version: string, dev: boolean, max_text_chars: number, max_upload_bytes: number }} Info
+ * @typedef {{ protocol: string, version: string, dev: boolean, max_text_chars: number, max_upload_bytes: number, max_frame_bytes: number }} Info
  */
 
 /** An answer of the API that is not a success, with the server's sentence. */
@@ -56,10 +61,11 @@ async function answer(response) {
  * @param {string} method
  * @param {string} path
  * @param {unknown} [body]
+ * @param {number} [timeoutMs] given up after this long
  */
-export async function publicRequest(method, path, body) {
+export async function publicRequest(method, path, body, timeoutMs = REQUEST_TIMEOUT_MS) {
   /** @type {RequestInit} */
-  const init = { method, headers: {} };
+  const init = { method, headers: {}, signal: AbortSignal.timeout(timeoutMs) };
   if (body !== undefined) {
     init.headers = { 'content-type': 'application/json' };
     init.body = JSON.stringify(body);
@@ -67,7 +73,10 @@ export async function publicRequest(method, path, body) {
   let response;
   try {
     response = await fetch(path, init);
-  } catch {
+  } catch (error) {
+    if (error instanceof DOMException && error.name === 'TimeoutError') {
+      throw new ApiError(0, 'timeout', `The server did not answer within ${timeoutMs / 1000} s; try again.`);
+    }
     throw new ApiError(0, 'network', 'The server cannot be reached; check the connection and try again.');
   }
   return answer(response);
@@ -78,7 +87,15 @@ export async function serverInfo() {
   try {
     return await publicRequest('GET', '/api/info');
   } catch {
-    return { protocol: 'switchboard.v1', version: '', dev: false, max_text_chars: 32_000, max_upload_bytes: 10 * 1024 * 1024 };
+    // The server's defaults.
+    return {
+      protocol: 'switchboard.v1',
+      version: '',
+      dev: false,
+      max_text_chars: 16_000,
+      max_upload_bytes: 10 * 1024 * 1024,
+      max_frame_bytes: 64 * 1024,
+    };
   }
 }
 
@@ -108,6 +125,42 @@ function stored() {
   }
 }
 
+/**
+ * Runs `work` while this tab holds the refresh lease in localStorage: the stand-in for a Web Lock
+ * where the browser has none. A tab takes a free (or expired) lease, waits a moment for a
+ * racing tab's write to land, and goes ahead only if the lease is still its own.
+ * @template T
+ * @param {() => Promise<T>} work
+ * @returns {Promise<T>}
+ */
+async function withLease(work) {
+  const me = `${Date.now()}-${Math.random()}`;
+  const pause = (/** @type {number} */ ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const holder = () => {
+    try {
+      return JSON.parse(localStorage.getItem(LEASE_KEY) ?? 'null');
+    } catch {
+      return null;
+    }
+  };
+  for (let attempt = 0; attempt < 100; attempt += 1) {
+    const lease = holder();
+    if (lease === null || typeof lease.until !== 'number' || lease.until < Date.now()) {
+      localStorage.setItem(LEASE_KEY, JSON.stringify({ owner: me, until: Date.now() + REQUEST_TIMEOUT_MS + 5000 }));
+      await pause(60);
+      if (holder()?.owner === me) {
+        try {
+          return await work();
+        } finally {
+          if (holder()?.owner === me) localStorage.removeItem(LEASE_KEY);
+        }
+      }
+    }
+    await pause(100 + Math.random() * 200);
+  }
+  return work();
+}
+
 /** The signed-in user's session. */
 export class Session {
   /**
@@ -121,7 +174,7 @@ export class Session {
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     this.timer = undefined;
     this.onStorage = (/** @type {StorageEvent} */ event) => {
-      if (event.key !== SESSION_KEY) return;
+      if (event.key !== SESSION_KEY || this.ended) return;
       const next = stored();
       if (next === null || next.user.id !== this.tokens.user.id) {
         this.end('You signed out in another tab.');
@@ -157,7 +210,10 @@ export class Session {
 
   schedule() {
     clearTimeout(this.timer);
-    const wait = Math.max(1000, this.tokens.expires_at - Date.now() - REFRESH_BEFORE_MS);
+    // Tabs share the tokens, so their timers would fire together: each waits a little more at
+    // random, and the first one's new pair is taken up by the others.
+    const jitter = Math.random() * 15_000;
+    const wait = Math.max(1000, this.tokens.expires_at - Date.now() - REFRESH_BEFORE_MS - jitter);
     this.timer = setTimeout(() => {
       this.refresh().catch(() => {});
     }, Math.min(wait, 2 ** 31 - 1));
@@ -181,6 +237,8 @@ export class Session {
       }
       try {
         const pair = await publicRequest('POST', '/api/auth/refresh', { refresh_token: used });
+        // Signed out while the answer was on its way: the new pair is not kept.
+        if (this.ended) throw new ApiError(401, 'unauthorized', 'You are signed out.');
         this.tokens = tokensOf(pair);
         localStorage.setItem(SESSION_KEY, JSON.stringify(this.tokens));
       } catch (error) {
@@ -191,8 +249,9 @@ export class Session {
     if (navigator.locks) {
       await navigator.locks.request('switchboard.refresh', run);
     } else {
-      await run();
+      await withLease(run);
     }
+    if (this.ended) throw new ApiError(401, 'unauthorized', 'You are signed out.');
     this.schedule();
   }
 

@@ -62,7 +62,7 @@ const page = {
 
 /**
  * @typedef {{ id: string, title: string, created_at: string, updated_at: string }} Thread
- * @typedef {{ text: string, threadId: string | null, element: HTMLElement }} Pending
+ * @typedef {{ text: string, threadId: string | null, element: HTMLElement, sent: boolean }} Pending
  */
 
 const state = {
@@ -90,6 +90,8 @@ const state = {
   shownRun: null,
   /** Runs of the open thread whose record is being fetched. @type {Set<string>} */
   fetching: new Set(),
+  /** @type {string | null} the run "Stop" was pressed for, until it ends */
+  stopping: null,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -231,7 +233,19 @@ function startSession(session) {
       page.connection.textContent = status.text;
       page.connection.dataset.state = status.state;
     },
-    onOpen: resendPending,
+    onOpen: () => {
+      resendPending();
+      resendStop();
+    },
+    onClosed: (code) => {
+      // 1009: a frame was over the server's limit. Whatever was sent on that connection and not
+      // yet accepted is given up, so that it is not sent again and again.
+      if (code === 1009) {
+        for (const [id, pending] of state.pending) {
+          if (pending.sent) notSent(id, 'the server closed the connection because the message was too large.');
+        }
+      }
+    },
   });
   state.connection.start();
   loadThreads().then(() => openThread(threadOfLocation()));
@@ -393,6 +407,7 @@ async function openThread(id) {
   renderThreads();
   showComposerError('');
   if (id === null) {
+    page.messages.removeAttribute('aria-busy');
     replaceChildren(page.messages, welcome());
     for (const pending of state.pending.values()) if (pending.threadId === null) page.messages.append(pending.element);
     showTimeline(null);
@@ -407,9 +422,12 @@ async function openThread(id) {
     if (opening !== state.opening) return;
     page.messages.removeAttribute('aria-busy');
     if (error instanceof ApiError && error.status === 404) {
-      replaceChildren(page.messages, h('p', { class: 'empty' }, 'This thread does not exist (it may have been deleted).'));
+      // What is sent from here starts a new chat.
+      state.threadId = null;
+      setLocation(null);
       state.threads = state.threads.filter((t) => t.id !== id);
       renderThreads();
+      replaceChildren(page.messages, h('p', { class: 'empty' }, 'This thread does not exist (it may have been deleted). A message sent now starts a new chat.'));
     } else {
       replaceChildren(page.messages, h('p', { class: 'error-text' }, `The messages could not be loaded: ${messageOf(error)}`));
     }
@@ -533,10 +551,15 @@ function renderAnswer(article) {
   const stored = article.dataset.stored;
   const text = run && (run.text !== '' || stored === undefined) ? run.text : (stored ?? '');
   const busy = run ? run.active : stored === undefined && article.dataset.status === 'running';
-  const body = h('div', { class: 'text markdown' }, renderMarkdown(text));
+  // A run this page joined under way has only the end of its answer so far: said, and marked
+  // with a leading "…", until the final event brings the whole answer.
+  const joined = run !== undefined && run.active && !run.fromStart;
+  const body = h('div', { class: 'text markdown' }, renderMarkdown(joined && text !== '' ? `… ${text}` : text));
   /** @type {HTMLElement[]} */
-  const parts = [body];
-  if (busy && text === '') body.append(h('p', { class: 'working' }, run && !run.fromStart ? 'Working… (joined while the run was under way)' : 'Working…'));
+  const parts = [];
+  if (joined) parts.push(h('p', { class: 'working joined' }, 'Joined while the run was under way; the whole answer shows when it ends.'));
+  parts.push(body);
+  if (busy && text === '' && !joined) body.append(h('p', { class: 'working' }, 'Working…'));
   const report = run?.final?.result?.report;
   if (report && typeof report === 'object') parts.push(reportCharts(report));
   const ended = run ? run.endSentence() : (article.dataset.ended ?? null);
@@ -646,7 +669,7 @@ function sendMessage() {
   const id = crypto.randomUUID();
   const element = userArticle(text);
   element.classList.add('pending');
-  state.pending.set(id, { text, threadId: state.threadId, element });
+  state.pending.set(id, { text, threadId: state.threadId, element, sent: false });
   page.messages.querySelector('.welcome, .empty')?.remove();
   page.messages.append(element);
   page.message.value = '';
@@ -662,19 +685,56 @@ function transmit(id) {
   /** @type {Record<string, string>} */
   const payload = { text: pending.text, client_message_id: id };
   if (pending.threadId !== null) payload.thread_id = pending.threadId;
+  const frame = { type: 'user_message', payload };
+  const bytes = new TextEncoder().encode(JSON.stringify(frame)).length;
+  const limit = state.info?.max_frame_bytes ?? 64 * 1024;
+  if (bytes > limit) {
+    notSent(
+      id,
+      `the message is ${count(Math.ceil(bytes / 1024))} KB as sent, over the server's limit of ${count(Math.floor(limit / 1024))} KB; shorten it.`,
+    );
+    return;
+  }
   // Not connected: it goes with the next connection (the same client_message_id never starts
   // a second run).
-  state.connection.send({ type: 'user_message', payload });
+  pending.sent = state.connection.send(frame);
+}
+
+/**
+ * Gives up a message that was not accepted, saying why in it and under the box.
+ * @param {string} id its client_message_id
+ * @param {string} why a sentence, without the leading "Not sent: "
+ */
+function notSent(id, why) {
+  const pending = state.pending.get(id);
+  if (pending === undefined) return;
+  state.pending.delete(id);
+  pending.element.classList.remove('pending');
+  pending.element.classList.add('not-sent');
+  pending.element.append(h('p', { class: 'error-text' }, `Not sent: ${why}`));
+  showComposerError(`Not sent: ${why}`);
 }
 
 function resendPending() {
   for (const id of state.pending.keys()) transmit(id);
 }
 
+/** Sends `stop_agent` again on a new connection for a run still being stopped: the first one
+ * may have gone into a connection that was already dead. */
+function resendStop() {
+  const run = state.stopping === null ? undefined : state.runs.get(state.stopping);
+  if (run === undefined || !run.active) {
+    state.stopping = null;
+    return;
+  }
+  state.connection?.send({ type: 'stop_agent', payload: { run_id: run.id } });
+}
+
 page.stop.addEventListener('click', async () => {
   const run = activeRunOfThread();
   if (run === null || state.session === null) return;
   page.stop.disabled = true;
+  state.stopping = run.id;
   if (!state.connection?.send({ type: 'stop_agent', payload: { run_id: run.id } })) {
     try {
       await state.session.request('POST', `/api/runs/${run.id}/cancel`);
@@ -771,14 +831,11 @@ function accepted(payload) {
 /** @param {any} payload */
 function refused(payload) {
   const message = String(payload?.message ?? 'The server refused the request.');
-  const pending = typeof payload?.ref === 'string' ? state.pending.get(payload.ref) : undefined;
-  if (pending !== undefined && payload.ref) {
-    state.pending.delete(payload.ref);
-    pending.element.classList.remove('pending');
-    pending.element.classList.add('not-sent');
-    pending.element.append(h('p', { class: 'error-text' }, `Not sent: ${message}`));
+  if (typeof payload?.ref === 'string' && state.pending.has(payload.ref)) {
+    notSent(payload.ref, message);
+  } else {
+    showComposerError(message);
   }
-  showComposerError(message);
   updateStop();
 }
 
@@ -811,6 +868,7 @@ function applyEvent(event) {
   }
   if (!state.threads.some((thread) => thread.id === run.threadId)) reloadThreadsSoon();
   if (!run.active) {
+    if (state.stopping === run.id) state.stopping = null;
     updateStop();
     renderThreads();
     reloadThreadsSoon();

@@ -154,12 +154,15 @@ function listItem(line) {
   return null;
 }
 
-/** The inline spans, each tried at every position; the earliest match wins. */
+/**
+ * The inline spans; the earliest match wins. Each span's length is bounded, so that text full of
+ * unclosed `[`, `*` or backticks costs time in proportion to its length, not to its square.
+ */
 const SPANS = [
-  { kind: 'code', pattern: /`([^`\n]+)`/ },
-  { kind: 'link', pattern: /\[([^\]\n]+)\]\(\s*([^)\s]+)(?:\s+"[^"]*")?\s*\)/ },
-  { kind: 'strong', pattern: /\*\*(?=\S)([^\n]*?\S)\*\*|__(?=\S)([^\n]*?\S)__/ },
-  { kind: 'em', pattern: /\*(?=[^\s*])([^*\n]*?[^\s*])\*|(?<![\w])_(?=[^\s_])([^_\n]*?[^\s_])_(?![\w])/ },
+  { kind: 'code', pattern: /`([^`\n]{1,1000})`/g },
+  { kind: 'link', pattern: /\[([^\]\n]{1,500})\]\(\s*([^)\s]{1,2000})(?:\s+"[^"\n]{0,200}")?\s*\)/g },
+  { kind: 'strong', pattern: /\*\*(?=\S)([^\n]{0,1000}?\S)\*\*|__(?=\S)([^\n]{0,1000}?\S)__/g },
+  { kind: 'em', pattern: /\*(?=[^\s*])([^*\n]{0,1000}?[^\s*])\*|(?<![\w])_(?=[^\s_])([^_\n]{0,1000}?[^\s_])_(?![\w])/g },
 ];
 
 /**
@@ -170,23 +173,30 @@ const SPANS = [
 export function inline(text) {
   /** @type {Node[]} */
   const out = [];
-  let rest = text;
-  while (rest.length > 0) {
-    /** @type {{ kind: string, match: RegExpMatchArray } | null} */
+  let position = 0;
+  // Each span's next match at or after `position`: looked for again only once the text before
+  // it is used up (the leftmost match from an earlier position is also the leftmost from here).
+  /** @type {(RegExpExecArray | null | undefined)[]} */
+  const next = SPANS.map(() => undefined);
+  while (position < text.length) {
+    /** @type {{ kind: string, match: RegExpExecArray } | null} */
     let first = null;
-    for (const span of SPANS) {
-      const match = rest.match(span.pattern);
-      if (match && match.index !== undefined && (first === null || match.index < (first.match.index ?? 0))) {
-        first = { kind: span.kind, match };
+    SPANS.forEach((span, index) => {
+      let match = next[index];
+      if (match === undefined || (match !== null && match.index < position)) {
+        span.pattern.lastIndex = position;
+        match = span.pattern.exec(text);
+        next[index] = match;
       }
-    }
+      if (match && (first === null || match.index < first.match.index)) first = { kind: span.kind, match };
+    });
     if (first === null) {
-      out.push(document.createTextNode(rest));
+      out.push(document.createTextNode(text.slice(position)));
       break;
     }
-    const { kind, match } = first;
-    const start = match.index ?? 0;
-    if (start > 0) out.push(document.createTextNode(rest.slice(0, start)));
+    const { kind, match } = /** @type {{ kind: string, match: RegExpExecArray }} */ (first);
+    const start = match.index;
+    if (start > position) out.push(document.createTextNode(text.slice(position, start)));
     const inner = match[1] ?? match[2] ?? '';
     if (kind === 'code') {
       out.push(h('code', {}, inner));
@@ -197,7 +207,7 @@ export function inline(text) {
     } else {
       out.push(h('em', {}, inline(inner)));
     }
-    rest = rest.slice(start + match[0].length);
+    position = start + match[0].length;
   }
   return out;
 }

@@ -11,6 +11,12 @@ const LAST_RETRY_MS = 10_000;
 const SILENCE_GRACE_MS = 10_000;
 /** How long a ping sent after the page comes back may wait for its answer. */
 const PROBE_MS = 5_000;
+/** How long a connection may take to say `connection_established`. */
+const CONNECT_TIMEOUT_MS = 10_000;
+/** The close code given to a socket let go because the device went offline (not sent). */
+const OFFLINE = 4001;
+/** The close code given to a socket let go because it went silent (not sent). */
+const SILENT = 4000;
 
 /**
  * @typedef {{ state: 'connecting' | 'connected' | 'reconnecting' | 'failed', text: string }} Status
@@ -21,6 +27,7 @@ const PROBE_MS = 5_000;
  *   onFrame: (frame: any) => void,
  *   onStatus: (status: Status) => void,
  *   onOpen: () => void,
+ *   onClosed: (code: number) => void,
  * }} Handlers
  */
 
@@ -31,6 +38,8 @@ export class Connection {
     /** @type {WebSocket | null} */
     this.socket = null;
     this.open = false;
+    /** A connect is under way (waiting for a token, before its socket exists): no second one. */
+    this.connecting = false;
     this.stopped = false;
     this.failures = 0;
     /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -40,8 +49,12 @@ export class Connection {
     this.silenceMs = 25_000 + SILENCE_GRACE_MS;
     this.onOnline = () => this.reconnectNow();
     this.onOffline = () => {
-      this.handlers.onStatus({ state: 'reconnecting', text: 'Reconnecting… (this device is offline)' });
-      this.socket?.close();
+      // The socket cannot be of use any more, and its close may take long to come: it is
+      // given up now, so that coming back online connects at once.
+      const socket = this.socket;
+      if (socket === null) return;
+      socket.close();
+      this.closed(socket, new CloseEvent('close', { code: OFFLINE }));
     };
     // Back from sleep (a closed lid) or from the background: a connection that looks open may
     // be dead; a ping tells within PROBE_MS.
@@ -60,20 +73,26 @@ export class Connection {
   }
 
   async connect() {
-    if (this.stopped) return;
+    if (this.stopped || this.connecting || this.socket !== null) return;
+    this.connecting = true;
+    clearTimeout(this.retry);
     let token;
     try {
       token = await this.handlers.token();
     } catch (error) {
+      this.connecting = false;
       this.scheduleRetry(`cannot sign the connection in (${messageOf(error)})`);
       return;
     }
-    if (this.stopped) return;
+    this.connecting = false;
+    if (this.stopped || this.socket !== null) return;
     const after = this.handlers.afterSeq();
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const query = after === null ? '' : `?after_seq=${after}`;
     const socket = new WebSocket(`${scheme}//${location.host}/ws${query}`, [PROTOCOL, `jwt.${token}`]);
     this.socket = socket;
+    // A handshake that hangs is given up like a silent connection.
+    this.feedWatchdog(CONNECT_TIMEOUT_MS);
     socket.onmessage = (message) => {
       if (socket !== this.socket) return;
       this.feedWatchdog();
@@ -119,6 +138,7 @@ export class Connection {
       );
       return;
     }
+    this.handlers.onClosed(close.code);
     if (wasOpen) this.failures = 0;
     this.scheduleRetry(reasonOf(close, wasOpen));
   }
@@ -142,7 +162,7 @@ export class Connection {
       const socket = this.socket;
       if (socket === null) return;
       socket.close();
-      this.closed(socket, new CloseEvent('close', { code: 4000, reason: 'silent' }));
+      this.closed(socket, new CloseEvent('close', { code: SILENT }));
     }, wait);
   }
 
@@ -169,15 +189,20 @@ export class Connection {
       if (!reachable) {
         text = `Cannot connect: the server does not answer; trying again in ${Math.ceil(wait / 1000)} s.`;
       } else {
-        try {
-          await this.handlers.refresh();
-        } catch (error) {
-          text = `Cannot connect: ${messageOf(error)}`;
+        // The server answers but refuses the socket: perhaps the token (a browser does not
+        // tell why an upgrade failed). A new one, now and then; each refresh spends a token.
+        if (this.failures === 3 || this.failures % 10 === 0) {
+          try {
+            await this.handlers.refresh();
+          } catch (error) {
+            text = `Cannot connect: ${messageOf(error)}`;
+          }
         }
         if (text.startsWith('Reconnecting')) {
           text = `Cannot connect: the server refused the connection (${why}); trying again in ${Math.ceil(wait / 1000)} s.`;
         }
       }
+      if (this.stopped || this.connecting || this.socket !== null) return; // reconnected meanwhile
       this.handlers.onStatus({ state: 'failed', text });
     } else {
       this.handlers.onStatus({ state: 'reconnecting', text });
@@ -187,8 +212,6 @@ export class Connection {
   }
 
   reconnectNow() {
-    if (this.stopped || this.socket !== null) return;
-    clearTimeout(this.retry);
     this.connect();
   }
 
@@ -216,7 +239,9 @@ function messageOf(error) {
  */
 function reasonOf(close, wasOpen) {
   if (close.code === 1001) return 'the server is restarting or the connection was idle';
-  if (close.code === 4000) return 'the connection went silent';
+  if (close.code === SILENT) return 'the connection went silent';
+  if (close.code === OFFLINE) return 'this device is offline';
+  if (close.code === 1009) return 'a message was too large for the server';
   if (close.reason) return close.reason;
   return wasOpen ? 'the connection was lost' : 'the server could not be reached';
 }

@@ -255,7 +255,7 @@ pub(crate) async fn refresh(
             ))
         }
         Rotation::Revoked => Err(refused(
-            "its sign-in was revoked after one of its tokens was used twice; sign in again",
+            "its sign-in has ended (signed out, or revoked after one of its tokens was used twice); sign in again",
         )),
         Rotation::Unknown => Err(refused("its sign-in is not known here; sign in again")),
     }
@@ -882,9 +882,11 @@ pub(crate) async fn upload_workload(
         (status = 404, description = "The server does not run in dev mode (`not_found`).", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
         (status = 415, description = "A body is sent, but not as `application/json`.", body = ErrorBody),
-        (status = 422, description = "A field is out of range (or `days` × `calls_per_day` is over 1 000 000), of \
+        (status = 422, description = "A field is out of range (or `days` × `calls_per_day` is over 400 000), of \
             the wrong type, or unknown (`invalid_request`).", body = ErrorBody),
         (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+        (status = 503, description = "Another demo month is being made (`server_busy`); try again when it is \
+            done.", body = ErrorBody),
     )
 )]
 pub(crate) async fn demo_data(
@@ -918,6 +920,14 @@ pub(crate) async fn demo_data(
             DemoDataRequest::MAX_CALLS
         )));
     }
+    // One demo month at a time over the whole server: each holds its calls in memory.
+    let _making = DEMO_DATA.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServerBusy,
+            "Another demo month is being made; try again when it is done.",
+        )
+    })?;
     let today = Timestamp::now().unix_millis().div_euclid(DAY_MS) * DAY_MS;
     let spec = DemoSpec {
         seed: body.seed.unwrap_or(DemoDataRequest::DEFAULT_SEED),
@@ -955,6 +965,9 @@ pub(crate) async fn demo_data(
 /// Milliseconds in a day.
 const DAY_MS: i64 = 86_400_000;
 
+/// The one demo month being made at a time.
+static DEMO_DATA: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// What a client needs to know before it signs in.
 ///
 /// Whether the server runs in dev mode (so a page can offer dev-login and demo data) and the
@@ -972,6 +985,7 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<ServerInfo> {
         dev: state.config.dev,
         max_text_chars: state.config.max_text_chars as u64,
         max_upload_bytes: MAX_UPLOAD_BYTES as u64,
+        max_frame_bytes: state.config.max_frame_bytes as u64,
     })
 }
 

@@ -127,16 +127,20 @@ impl Runs {
         }
         // The engine's one admission: a place among the active runs, held from before the
         // message is stored, so a refused message leaves nothing behind.
-        let reservation = self.engine.reserve(user).map_err(Refusal::start)?;
+        let reservation = match self.engine.reserve(user) {
+            Ok(reservation) => reservation,
+            Err(error) => return self.repeated(user, &message, Refusal::start(error)).await,
+        };
         // The rate limit counts last: a message refused for the limits above costs no budget.
         if let Err(wait) = self.limiter.acquire(user) {
-            return Err(Refusal::new(
+            let refusal = Refusal::new(
                 ErrorCode::RateLimited,
                 format!(
                     "Too many messages in the last minute; try again in {} s.",
                     wait.as_secs().max(1)
                 ),
-            ));
+            );
+            return self.repeated(user, &message, refusal).await;
         }
         let accepted_at = Instant::now();
         let accepted = self
@@ -174,6 +178,34 @@ impl Runs {
             return Err(Refusal::start(error));
         }
         Ok(reply)
+    }
+
+    /// A message refused by a limit: when its `client_message_id` was accepted before (a client
+    /// that sends again after a lost connection), the first answer, since a repeat starts
+    /// nothing and so needs no place; else the refusal. Looked up only here, so that a message
+    /// that passes the limits costs no extra read.
+    async fn repeated(
+        &self,
+        user: &UserId,
+        message: &UserMessage,
+        refusal: Refusal,
+    ) -> Result<MessageAccepted, Refusal> {
+        let Some(client_id) = &message.client_message_id else {
+            return Err(refusal);
+        };
+        match self.store.message_by_client_id(user, client_id).await {
+            Ok(Some(earlier)) => match earlier.run_id {
+                Some(run_id) => Ok(MessageAccepted {
+                    client_message_id: message.client_message_id.clone(),
+                    message_id: earlier.id,
+                    thread_id: earlier.thread_id,
+                    run_id,
+                }),
+                None => Err(refusal),
+            },
+            Ok(None) => Err(refusal),
+            Err(error) => Err(Refusal::store(error)),
+        }
     }
 
     /// Stops an active run of the user.

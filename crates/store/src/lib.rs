@@ -283,6 +283,9 @@ pub trait Store: Send + Sync + 'static {
     /// when none is given. A `client_message_id` seen before returns the earlier message and run.
     /// `NotFound` when the given thread is not the user's.
     async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError>;
+    /// The user's message sent with this `client_message_id`, if one was stored.
+    async fn message_by_client_id(&self, user: &UserId, client_message_id: &str)
+    -> Result<Option<Message>, StoreError>;
     /// Removes a run that could not start, and its message; and its thread too when
     /// `created_thread` (storing the message created it).
     async fn discard_run(&self, user: &UserId, run: &RunId, created_thread: bool) -> Result<(), StoreError>;

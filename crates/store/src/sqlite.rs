@@ -799,6 +799,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn message_by_client_id(
+        &self,
+        user: &UserId,
+        client_message_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        let (user, client_id) = (user.to_string(), client_message_id.to_owned());
+        self.with(move |conn| message_by_client_id(conn, &user, &client_id))
+            .await
+    }
+
     async fn revoke_refresh_family(&self, user: &UserId, family: &RefreshFamilyId) -> Result<bool, StoreError> {
         let (user, family) = (user.to_string(), family.to_string());
         self.with(move |conn| {
@@ -903,31 +913,35 @@ fn accept_batch(
     Ok(results)
 }
 
+/// The user message of `user` sent with `client_id`, if any.
+fn message_by_client_id(conn: &Connection, user: &str, client_id: &str) -> Result<Option<Message>, StoreError> {
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = ?1 AND client_message_id = ?2 AND role = 'user'"
+    );
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| s.query_row([user, client_id], message_from).optional())
+        .map_err(backend)?
+        .map(to_message)
+        .transpose()
+}
+
 /// Stores one user message and its run (and its thread, when it starts one).
 fn accept_one(conn: &Connection, message: NewMessage) -> Result<Accepted, StoreError> {
     let user = message.user_id.to_string();
-    if let Some(client_id) = &message.client_message_id {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = ?1 AND client_message_id = ?2 AND role = 'user'"
-        );
-        let earlier = conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| s.query_row([&user, client_id], message_from).optional())
-            .map_err(backend)?;
-        if let Some(row) = earlier {
-            let earlier = to_message(row)?;
-            let run_id = earlier
-                .run_id
-                .clone()
-                .ok_or_else(|| StoreError::Corrupt("a user message without its run".into()))?;
-            return Ok(Accepted {
-                thread_id: earlier.thread_id.clone(),
-                message: earlier,
-                run_id,
-                duplicate: true,
-                created_thread: false,
-            });
-        }
+    if let Some(client_id) = &message.client_message_id
+        && let Some(earlier) = message_by_client_id(conn, &user, client_id)?
+    {
+        let run_id = earlier
+            .run_id
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt("a user message without its run".into()))?;
+        return Ok(Accepted {
+            thread_id: earlier.thread_id.clone(),
+            message: earlier,
+            run_id,
+            duplicate: true,
+            created_thread: false,
+        });
     }
     let now = now_millis();
     let created_thread = message.thread_id.is_none();

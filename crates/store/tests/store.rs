@@ -502,6 +502,20 @@ async fn the_sqlite_store_keeps_everything_across_reopening() {
         .await
         .unwrap();
     assert!(again.duplicate);
+    let found = store.message_by_client_id(&alice, "k").await.unwrap().unwrap();
+    assert_eq!(
+        (found.run_id, found.thread_id),
+        (Some(accepted.run_id), accepted.thread_id)
+    );
+    assert!(store.message_by_client_id(&alice, "other").await.unwrap().is_none());
+    assert!(
+        store
+            .message_by_client_id(&UserId::generate(), "k")
+            .await
+            .unwrap()
+            .is_none(),
+        "another user's id is not found"
+    );
 }
 
 #[tokio::test]

@@ -329,8 +329,8 @@ async fn a_refresh_token_buys_one_pair_and_using_it_again_revokes_its_whole_chai
     let third = third["refresh_token"].as_str().unwrap().to_owned();
 
     assert_refused(refresh(&app, &first.refresh_token).await, "it was used before");
-    assert_refused(refresh(&app, &third).await, "its sign-in was revoked");
-    assert_refused(refresh(&app, &second).await, "its sign-in was revoked");
+    assert_refused(refresh(&app, &third).await, "its sign-in has ended");
+    assert_refused(refresh(&app, &second).await, "its sign-in has ended");
 
     let again = app.client.login("rae@example.com", "correct horse").await.unwrap();
     let (status, body) = refresh(&app, &again.refresh_token).await;
@@ -411,7 +411,7 @@ async fn signing_out_revokes_the_chain_of_that_sign_in_only() {
     };
     // Any token of the chain ends it, the spent first one too.
     assert_eq!(logout(laptop.refresh_token.clone()).await.0, 204);
-    assert_refused(refresh(&app, &newest).await, "its sign-in was revoked");
+    assert_refused(refresh(&app, &newest).await, "its sign-in has ended");
     assert_eq!(logout(newest.clone()).await.0, 204, "signing out twice is no error");
     let (status, body) = refresh(&app, &phone.refresh_token).await;
     assert_eq!(status, 200, "the other sign-in is untouched: {body}");

@@ -673,6 +673,7 @@ async fn info_tells_the_protocol_the_version_the_mode_and_the_limits() {
         let app = spawn_app_with(|config| {
             config.dev = dev;
             config.max_text_chars = 1234;
+            config.max_frame_bytes = 4321;
         })
         .await;
         let (status, info) = app.client.get("/api/info", None).await.unwrap();
@@ -686,6 +687,7 @@ async fn info_tells_the_protocol_the_version_the_mode_and_the_limits() {
                 dev,
                 max_text_chars: 1234,
                 max_upload_bytes: 10 * 1024 * 1024,
+                max_frame_bytes: 4321,
             }
         );
     }
@@ -789,7 +791,7 @@ async fn bad_demo_data_requests_are_refused_with_a_clear_error_and_store_nothing
             json,
             r#"{"days": 366, "calls_per_day": 20000}"#,
             422,
-            "at most 1000000, not 366 × 20000.",
+            "at most 400000, not 366 × 20000.",
         ),
         (json, r#"{"days": "30"}"#, 422, "days: invalid type"),
         (json, r#"{"seed": -1}"#, 422, "seed: invalid value"),

@@ -4,9 +4,13 @@
 use std::time::Duration;
 
 use switchboard_engine::testkit::{check_gapless, check_run, final_status, summary};
-use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, Role, RunStatus, ServerFrame, StopAgent};
+use switchboard_protocol::{
+    ClientFrame, Control, ErrorCode, Event, EventPayload, Role, RunStatus, ServerFrame, StopAgent,
+};
 
-use crate::support::{accepted, events_until_final, message, next, run_events, send, seqs, spawn_app, spawn_app_with};
+use crate::support::{
+    accepted, assert_code, error, events_until_final, message, next, run_events, send, seqs, spawn_app, spawn_app_with,
+};
 
 #[tokio::test]
 async fn a_message_streams_its_run_and_the_answer_joins_the_thread() {
@@ -150,6 +154,47 @@ async fn the_same_client_message_id_starts_one_run_and_gets_the_same_ids() {
         2,
         "one question, one answer"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_sent_again_at_the_limits_gets_its_first_answer_not_a_refusal() {
+    // A client that lost its connection before `message_accepted` sends the message again: the
+    // run it started is now one of the active runs, and the minute's budget is spent.
+    let app = spawn_app_with(|c| {
+        c.engine.max_active_runs_per_user = 1;
+        c.rate_limit_per_minute = 1;
+        c.model_latency = Duration::from_secs(10);
+    })
+    .await;
+    let session = app.user("resender").await;
+    let mut socket = app.connect(&session).await;
+    socket.send(&message("slow", None, Some("again-1"))).await.unwrap();
+    let first = accepted(&mut socket).await;
+    let mut reconnected = app.connect(&session).await;
+    reconnected.send(&message("slow", None, Some("again-1"))).await.unwrap();
+    assert_eq!(
+        accepted(&mut reconnected).await,
+        first,
+        "the same ids, with no place free"
+    );
+    // Another message is still refused, for the place and then (with a place free) the budget.
+    reconnected
+        .send(&message("another", None, Some("again-2")))
+        .await
+        .unwrap();
+    assert_code(&error(&mut reconnected).await, ErrorCode::TooManyActiveRuns);
+    events_until_final(&mut reconnected, &first.run_id).await;
+    reconnected.send(&message("slow", None, Some("again-1"))).await.unwrap();
+    assert_eq!(
+        accepted(&mut reconnected).await,
+        first,
+        "the same ids, with no budget left"
+    );
+    reconnected
+        .send(&message("another", None, Some("again-2")))
+        .await
+        .unwrap();
+    assert_code(&error(&mut reconnected).await, ErrorCode::RateLimited);
 }
 
 #[tokio::test(start_paused = true)]

@@ -354,6 +354,14 @@ impl Store for HangingStore {
         self.gate().await;
         self.inner.rotate_refresh_token(user, family, presented, next).await
     }
+    async fn message_by_client_id(
+        &self,
+        user: &UserId,
+        client_message_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        self.gate().await;
+        self.inner.message_by_client_id(user, client_message_id).await
+    }
     async fn revoke_refresh_family(&self, user: &UserId, family: &RefreshFamilyId) -> Result<bool, StoreError> {
         self.gate().await;
         self.inner.revoke_refresh_family(user, family).await
