@@ -159,3 +159,21 @@ webTest('threads: the asked one shows, "New chat" starts another, delete asks fi
   await waitForThread(page, second, 'the other thread after a reload');
   assert.equal(await threadLink(page, QUESTION).count(), 0, 'the deleted thread stays deleted');
 });
+
+webTest('a hand-typed link to a thread that does not exist says so; a message sent there starts a new chat', {}, async ({ page, server }) => {
+  await signInAsDev(page);
+  await page.goto('/#thread=abc');
+  await waitForText(messagesLog(page), /does not exist/, 'the "Messages" log for the thread "abc"');
+
+  const question = 'What does a gpt-4o call cost?';
+  const answer = await askAndWait(page, question);
+  assert.ok(answer.length > 20, `the answer arrives: ${answer}`);
+  await waitForThread(page, question, `the new thread "${question}" in "Threads"`);
+  assert.equal(await threadLink(page, question).getAttribute('aria-current'), 'page', 'the new thread is the open one');
+
+  const token = await tokenOf(server);
+  const threads = await threadsOf(server, token);
+  assert.deepEqual(threads.map((t) => t.title), [question], 'the server has the new thread only');
+  assert.equal(new URL(page.url()).hash, `#thread=${threads[0].id}`, 'the address names the new thread, not "abc"');
+  assert.equal(await yourMessages(page).count(), 1, 'the new chat holds its message once');
+});

@@ -29,6 +29,8 @@ import http from 'node:http';
  * @property {string} model the model name to pass as `--llm-model`
  * @property {Array<{path: string, body: any}>} requests every request received, in order
  * @property {(answer: string) => void} setAnswer changes the scripted answer for later calls
+ * @property {() => number} sent how many pieces of streamed answers it has sent so far (to wait
+ *   until the model has written more while the page is cut off, say)
  * @property {() => Promise<void>} close stops the server
  */
 
@@ -89,6 +91,7 @@ export async function startFakeLlm(options = {}) {
   const requests = [];
   /** @type {Set<import('node:net').Socket>} */
   const sockets = new Set();
+  let sentPieces = 0;
 
   const server = http.createServer((req, res) => {
     /** @type {Buffer[]} */
@@ -152,6 +155,7 @@ export async function startFakeLlm(options = {}) {
           return;
         }
         send(chunk({ content: piece }, null));
+        sentPieces += 1;
         if (chunkDelayMs > 0) timer = setTimeout(next, chunkDelayMs);
         else setImmediate(next);
       };
@@ -175,6 +179,7 @@ export async function startFakeLlm(options = {}) {
     setAnswer(text) {
       answer = text;
     },
+    sent: () => sentPieces,
     close() {
       for (const socket of sockets) socket.destroy();
       return new Promise((resolve) => server.close(() => resolve()));

@@ -604,6 +604,142 @@ export async function recordConnection(page) {
   return () => page.evaluate(() => /** @type {string[]} */ (/** @type {any} */ (window).__connectionSeen));
 }
 
+/** Collapses whitespace, for comparing rendered text with stored Markdown. */
+export const flat = (/** @type {string} */ text) => text.replace(/\s+/g, ' ').trim();
+
+/**
+ * @typedef {object} AnswersShown
+ * @property {string[][]} answers per answer (by its place among the answers of the "Messages"
+ *   log, 0 the first), the distinct texts it showed, in order, over all documents of the tab
+ * @property {string[][][]} documents the same per document (a reload starts a new one)
+ */
+
+/**
+ * Starts recording every text each "Switchboard" answer shows, in this page and in the documents
+ * it loads later (a reload keeps what was seen before it: the record lives in the tab's
+ * sessionStorage, as `window.__answerTexts`). An answer's text is that of its Markdown body,
+ * without buttons and without a "Working…" or "joined …" note, whitespace collapsed.
+ * @param {import('playwright-core').Page} page
+ * @returns {Promise<() => Promise<AnswersShown>>}
+ */
+export async function recordAnswers(page) {
+  const install = () => {
+    const w = /** @type {any} */ (window);
+    if (w.__answerRecorder) return;
+    w.__answerRecorder = true;
+    const KEY = '__answerTexts';
+    /** @type {string[][][]} one list per document, of one list per answer */
+    let documents = [];
+    try {
+      documents = JSON.parse(sessionStorage.getItem(KEY) ?? '[]');
+    } catch {
+      documents = [];
+    }
+    /** @type {string[][]} */
+    const seen = [];
+    documents.push(seen);
+    w.__answerTexts = documents;
+    /** @param {Element} article */
+    const textOf = (article) => {
+      const body = article.querySelector('.markdown') ?? article;
+      const copy = /** @type {Element} */ (body.cloneNode(true));
+      for (const el of Array.from(copy.querySelectorAll('button'))) el.remove();
+      // The notes of a run under way are not part of the answer. Innermost first, so that a
+      // note inside a paragraph takes only itself away.
+      for (const el of Array.from(copy.querySelectorAll('*')).reverse()) {
+        if (/^\s*Working…|\bjoined\b/i.test(el.textContent ?? '')) el.remove();
+      }
+      return (copy.textContent ?? '').replace(/\s+/g, ' ').trim();
+    };
+    const look = () => {
+      const log = document.querySelector('[role="log"][aria-label="Messages"]');
+      if (!log) return;
+      const all = Array.from(log.querySelectorAll('article[aria-label="Switchboard"]'));
+      let changed = false;
+      all.forEach((article, i) => {
+        while (seen.length <= i) seen.push([]);
+        const list = seen[i];
+        const text = textOf(article);
+        if (list[list.length - 1] !== text) {
+          list.push(text);
+          changed = true;
+        }
+      });
+      if (changed) {
+        try {
+          sessionStorage.setItem(KEY, JSON.stringify(documents));
+        } catch {
+          // no storage (about:blank): the record stays in this document
+        }
+      }
+    };
+    new MutationObserver(look).observe(document, { subtree: true, childList: true, characterData: true });
+    look();
+  };
+  await page.addInitScript(install);
+  // The document already loaded (when it is the app's) gets it now.
+  await page.evaluate(install).catch(() => {});
+  return async () => {
+    const documents = /** @type {string[][][]} */ (await page.evaluate(() => /** @type {any} */ (window).__answerTexts ?? []));
+    /** @type {string[][]} */
+    const answers = [];
+    for (const doc of documents) {
+      doc.forEach((texts, i) => {
+        while (answers.length <= i) answers.push([]);
+        for (const text of texts) if (answers[i][answers[i].length - 1] !== text) answers[i].push(text);
+      });
+    }
+    return { answers, documents };
+  };
+}
+
+/**
+ * Checks what an answer showed while it streamed: every text it showed is the start of the final
+ * answer (no word lost, doubled or out of order on the way), and at least two different parts
+ * of it showed before the end (the test did watch it stream).
+ * @param {string[] | undefined} shown the texts the answer showed, in order (`recordAnswers`)
+ * @param {string} final the whole answer (the stored one)
+ * @param {string} what which answer, for the failure
+ */
+export function checkStreamed(shown, final, what) {
+  const whole = flat(final);
+  const texts = (shown ?? []).map(flat).filter((text) => text !== '');
+  const list = () => texts.map((t) => `    ${JSON.stringify(t)}`).join('\n');
+  for (const text of texts) {
+    if (!whole.startsWith(text)) {
+      throw new Error(
+        `${what} showed a text that is not the start of the final answer:\n  shown: ${JSON.stringify(text)}\n  final: ${JSON.stringify(whole)}\n  all it showed:\n${list()}`,
+      );
+    }
+  }
+  const partial = new Set(texts.filter((text) => text.length < whole.length));
+  if (partial.size < 2) {
+    throw new Error(`${what} showed fewer than 2 parts of the answer before the end (so its streaming was not watched):\n${list()}`);
+  }
+  if (texts[texts.length - 1] !== whole) {
+    throw new Error(`${what} ended on another text than the final answer:\n  final: ${JSON.stringify(whole)}\n  all it showed:\n${list()}`);
+  }
+}
+
+/**
+ * A value of the server's `/metrics` (OpenMetrics text): the sample named `name` (e.g.
+ * `switchboard_connections`) whose labels include all of `labels`; 0 when there is none.
+ * @param {Server} server
+ * @param {string} name
+ * @param {Record<string, string>} [labels]
+ */
+export async function metric(server, name, labels = {}) {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    const match = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (!match || match[1] !== name) continue;
+    const have = match[2] ?? '';
+    if (Object.entries(labels).every(([k, v]) => have.includes(`${k}="${v}"`))) total += Number(match[3]);
+  }
+  return total;
+}
+
 /**
  * Opens the app and waits for its first screen (the sign-in form or the signed-in banner).
  * @param {import('playwright-core').Page} page

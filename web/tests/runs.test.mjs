@@ -5,8 +5,11 @@ import {
   answers,
   api,
   ask,
+  checkStreamed,
+  flat,
   lastAnswer,
   messagesOf,
+  recordAnswers,
   signInAsDev,
   stopButton,
   threadsOf,
@@ -19,9 +22,6 @@ import {
   waitVisible,
   webTest,
 } from './harness.mjs';
-
-/** Collapses whitespace, for comparing rendered text with stored Markdown. */
-const flat = (/** @type {string} */ text) => text.replace(/\s+/g, ' ').trim();
 
 /** Forty-odd plain words (no Markdown), streamed a word at a time. */
 const LONG_ANSWER =
@@ -62,6 +62,8 @@ webTest(
   'a reload in the middle of a streamed answer shows the whole answer once',
   { llm: { answer: LONG_ANSWER, chunkDelayMs: 80 } },
   async ({ page, server, llm }) => {
+    // Every text the answer shows, before and after the reload.
+    const shown = await recordAnswers(page);
     await signInAsDev(page);
     await ask(page, 'How can we cut our LLM costs?');
     const before = await waitFor(
@@ -89,6 +91,17 @@ webTest(
       assert.equal(after.split(word).length - 1, 1, `"${word}" shows exactly once (no doubled text): ${after}`);
     }
     assert.equal(await answers(page).count(), 1, 'one answer after the reload');
+
+    // While it streamed, before and after the reload, the answer only ever grew by the words of
+    // the stored one: none lost, doubled or out of order on the way.
+    const { answers: texts, documents } = await shown();
+    checkStreamed(texts[0], stored.text, 'the answer (over the reload)');
+    const whole = flat(stored.text);
+    const afterReload = (documents.at(-1)?.[0] ?? []).filter((t) => t !== '' && t.length < whole.length);
+    assert.ok(
+      afterReload.length >= 1,
+      `the answer was still streaming after the reload (parts shown after it: ${JSON.stringify(afterReload)})`,
+    );
     // The fake model was asked: a classification (whole JSON) and the answer (streamed).
     const asked = llm?.requests ?? [];
     assert.ok(asked.some((r) => r.body?.response_format?.type === 'json_object' && !r.body?.stream), 'triage asked for its classification');

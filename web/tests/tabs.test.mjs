@@ -5,12 +5,18 @@ import {
   answers,
   ask,
   askAndWait,
+  checkStreamed,
   connection,
+  flat,
   lastAnswer,
+  messagesOf,
   recordConnection,
   messagesLog,
+  recordAnswers,
   signInAsDev,
   threadLink,
+  threadsOf,
+  tokenOf,
   waitForThread,
   waitFor,
   waitForAnswer,
@@ -22,8 +28,6 @@ import {
   yourMessages,
 } from './harness.mjs';
 
-const flat = (/** @type {string} */ text) => text.replace(/\s+/g, ' ').trim();
-
 const SLOW_ANSWER =
   'One: route short calls to a cheaper model. Two: cache repeated prompts. Three: batch the ' +
   'nightly job. Four: trim long prompts. Five: fix failing calls. Six: done.';
@@ -32,8 +36,10 @@ webTest(
   'a run asked in one tab shows live in the other',
   { llm: { answer: SLOW_ANSWER, chunkDelayMs: 80 } },
   async ({ page, context }) => {
+    const shownHere = await recordAnswers(page);
     await signInAsDev(page);
     const other = await context.newPage();
+    const shownThere = await recordAnswers(other);
     await other.goto('/');
     // One browser profile: the other tab is signed in already.
     await waitSignedIn(other);
@@ -66,6 +72,70 @@ webTest(
     assert.ok(there.includes(flat(SLOW_ANSWER)), `the other tab shows the whole answer: ${there}`);
     assert.equal(await yourMessages(other).count(), 2, 'the other tab shows each message once');
     assert.equal(await answers(other).count(), 2, 'the other tab shows each answer once');
+    // While it streamed, each tab's second answer only ever grew by the words of the answer.
+    checkStreamed((await shownThere()).answers[1], SLOW_ANSWER, 'the other tab\'s second answer');
+    checkStreamed((await shownHere()).answers[1], SLOW_ANSWER, 'the first tab\'s second answer');
+  },
+);
+
+/** Sixty-odd words: at 100 ms a word, streaming lasts long enough for another device to join. */
+const LONG_ANSWER =
+  'Alpha one: route the short search calls to gpt-4o-mini. Bravo two: cache the fifty prompts ' +
+  'that repeat every hour. Charlie three: send the nightly report through the batch API at half ' +
+  'the price. Delta four: trim the system prompt of the chat feature to its first paragraph. ' +
+  'Echo five: fix the failing calls of the summaries feature. Foxtrot six: that is the plan.';
+
+webTest(
+  'a second device that opens the thread while its run streams marks the answer as joined, then shows it whole',
+  { llm: { answer: LONG_ANSWER, chunkDelayMs: 100 } },
+  async ({ page, server, newContext }) => {
+    await signInAsDev(page);
+    const question = 'How can we cut our LLM costs?';
+    await ask(page, question);
+    await waitFor(
+      'the first device to show the answer while it streams',
+      async () => {
+        if ((await answers(page).count()) === 0) return false;
+        const answer = lastAnswer(page);
+        return (await answer.getAttribute('aria-busy')) === 'true' && (await answer.innerText()).includes('Alpha');
+      },
+      { timeout: 30_000, seen: () => messagesLog(page).innerText() },
+    );
+
+    // Another device (its own browser profile, nothing in its storage) signs in as the same
+    // person and opens the thread while the run is under way.
+    const device = await (await newContext()).newPage();
+    await signInAsDev(device);
+    await waitForThread(device, question, `the thread "${question}" in the second device's "Threads"`);
+    await threadLink(device, question).click();
+    await waitForMessage(device, question, 0);
+    const marked = await waitFor(
+      'the second device\'s answer to be marked as joined while the run is under way',
+      async () => {
+        if ((await answers(device).count()) === 0) return false;
+        const answer = lastAnswer(device);
+        const text = await answer.innerText();
+        return (await answer.getAttribute('aria-busy')) === 'true' && /joined/i.test(text) ? text : false;
+      },
+      { seen: () => messagesLog(device).innerText() },
+    );
+    assert.ok(!flat(marked).includes('Foxtrot six: that is the plan.'), `the run was still under way when the device joined: ${marked}`);
+
+    const there = flat(await waitForAnswer(device, { timeout: 40_000 }));
+    const here = flat(await waitForAnswer(page, { timeout: 40_000 }));
+    const token = await tokenOf(server);
+    const [thread] = await threadsOf(server, token);
+    const stored = (await messagesOf(server, token, thread.id)).filter((m) => m.role === 'assistant');
+    assert.equal(stored.length, 1, 'the server stored one answer');
+    assert.equal(flat(stored[0].text), flat(LONG_ANSWER), 'the server stored what the model wrote');
+    assert.ok(there.includes(flat(stored[0].text)), `the second device ends on the stored answer:\n  shown:  ${there}\n  stored: ${flat(stored[0].text)}`);
+    assert.doesNotMatch(there, /joined/i, 'the "joined" note goes away once the run ended');
+    for (const word of ['Alpha', 'Charlie', 'Foxtrot']) {
+      assert.equal(there.split(word).length - 1, 1, `"${word}" shows exactly once on the second device (no doubled text): ${there}`);
+    }
+    assert.ok(here.includes(flat(stored[0].text)), `the first device shows the stored answer: ${here}`);
+    assert.equal(await answers(device).count(), 1, 'the second device shows one answer');
+    assert.equal(await yourMessages(device).count(), 1, 'the second device shows the message once');
   },
 );
 
