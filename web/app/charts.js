@@ -62,25 +62,22 @@ function horizontalBars(title, bars) {
   const room = width - labelWidth - figureWidth;
   const height = bars.length * rowHeight + 4;
   const name = `${title}: ${bars.map((bar) => `${bar.label} ${bar.spoken ?? bar.shown}`).join(', ')}`;
-  return h(
-    'figure',
-    { class: 'chart' },
-    h('figcaption', {}, title),
-    svg(
-      'svg',
-      { role: 'img', 'aria-label': name, viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'xMinYMin meet' },
-      bars.map((bar, index) => {
-        const y = index * rowHeight + 2;
-        const length = Math.max(1, (bar.value / most) * room);
-        return svg(
-          'g',
-          { 'aria-hidden': 'true' },
-          svg('text', { x: labelWidth - 8, y: y + 17, 'text-anchor': 'end', class: 'chart-label' }, clip(bar.label, 18)),
-          svg('rect', { x: labelWidth, y: y + 4, width: length.toFixed(1), height: rowHeight - 8, rx: 3, class: 'chart-bar' }),
-          svg('text', { x: labelWidth + length + 6, y: y + 17, class: 'chart-figure' }, bar.shown),
-        );
-      }),
-    ),
+  return figure(
+    title,
+    name,
+    width,
+    height,
+    bars.map((bar, index) => {
+      const y = index * rowHeight + 2;
+      const length = Math.max(1, (bar.value / most) * room);
+      return svg(
+        'g',
+        { 'aria-hidden': 'true' },
+        svg('text', { x: labelWidth - 8, y: y + 17, 'text-anchor': 'end', class: 'chart-label' }, clip(bar.label, 18)),
+        svg('rect', { x: labelWidth, y: y + 4, width: length.toFixed(1), height: rowHeight - 8, rx: 3, class: 'chart-bar' }),
+        svg('text', { x: labelWidth + length + 6, y: y + 17, class: 'chart-figure' }, bar.shown),
+      );
+    }),
   );
 }
 
@@ -96,32 +93,46 @@ function hourColumns(title, calls) {
   const most = Math.max(...calls) || 1;
   const column = (width - 12) / 24;
   const name = `${title}: ${calls.map((n, hour) => `${String(hour).padStart(2, '0')}:00 ${count(n)}`).join(', ')}`;
+  return figure(
+    title,
+    name,
+    width,
+    height,
+    svg(
+      'g',
+      { 'aria-hidden': 'true' },
+      calls.map((n, hour) => {
+        // The top 22 units are the peak's label.
+        const tall = Math.max(n > 0 ? 1 : 0, (n / most) * (bottom - 22));
+        const x = 6 + hour * column;
+        return svg(
+          'g',
+          {},
+          svg('rect', { x: (x + 2).toFixed(1), y: (bottom - tall).toFixed(1), width: (column - 4).toFixed(1), height: tall.toFixed(1), rx: 2, class: 'chart-bar' }),
+          hour % 3 === 0
+            ? svg('text', { x: (x + column / 2).toFixed(1), y: bottom + 18, 'text-anchor': 'middle', class: 'chart-label' }, String(hour).padStart(2, '0'))
+            : null,
+        );
+      }),
+      svg('text', { x: 6, y: 12, class: 'chart-figure' }, `peak ${count(most)} calls`),
+    ),
+  );
+}
+
+/**
+ * A chart: its caption, and the drawing as an `img` named `name` (the title and every figure).
+ * @param {string} title
+ * @param {string} name
+ * @param {number} width
+ * @param {number} height
+ * @param {import('./dom.js').Child} drawing
+ */
+function figure(title, name, width, height, drawing) {
   return h(
     'figure',
     { class: 'chart' },
     h('figcaption', {}, title),
-    svg(
-      'svg',
-      { role: 'img', 'aria-label': name, viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'xMinYMin meet' },
-      svg(
-        'g',
-        { 'aria-hidden': 'true' },
-        calls.map((n, hour) => {
-          // The top 22 units are the peak's label.
-          const tall = Math.max(n > 0 ? 1 : 0, (n / most) * (bottom - 22));
-          const x = 6 + hour * column;
-          return svg(
-            'g',
-            {},
-            svg('rect', { x: (x + 2).toFixed(1), y: (bottom - tall).toFixed(1), width: (column - 4).toFixed(1), height: tall.toFixed(1), rx: 2, class: 'chart-bar' }),
-            hour % 3 === 0
-              ? svg('text', { x: (x + column / 2).toFixed(1), y: bottom + 18, 'text-anchor': 'middle', class: 'chart-label' }, String(hour).padStart(2, '0'))
-              : null,
-          );
-        }),
-        svg('text', { x: 6, y: 12, class: 'chart-figure' }, `peak ${count(most)} calls`),
-      ),
-    ),
+    svg('svg', { role: 'img', 'aria-label': name, viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'xMinYMin meet' }, drawing),
   );
 }
 
