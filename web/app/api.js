@@ -70,16 +70,26 @@ export async function publicRequest(method, path, body, timeoutMs = REQUEST_TIME
     init.headers = { 'content-type': 'application/json' };
     init.body = JSON.stringify(body);
   }
-  let response;
+  return answer(await send(path, init, timeoutMs));
+}
+
+/**
+ * `fetch`, with a failure to reach the server (or to hear from it within `timeoutMs`) told as
+ * an `ApiError` sentence; a request aborted by its caller stays an `AbortError`.
+ * @param {string} path
+ * @param {RequestInit} init
+ * @param {number} [timeoutMs] the timeout `init.signal` carries, if any
+ */
+async function send(path, init, timeoutMs) {
   try {
-    response = await fetch(path, init);
+    return await fetch(path, init);
   } catch (error) {
-    if (error instanceof DOMException && error.name === 'TimeoutError') {
+    if (error instanceof DOMException && error.name === 'TimeoutError' && timeoutMs !== undefined) {
       throw new ApiError(0, 'timeout', `The server did not answer within ${timeoutMs / 1000} s; try again.`);
     }
+    if (error instanceof DOMException && error.name === 'AbortError') throw error;
     throw new ApiError(0, 'network', 'The server cannot be reached; check the connection and try again.');
   }
-  return answer(response);
 }
 
 /** @returns {Promise<Info>} */
@@ -273,13 +283,7 @@ export class Session {
       } else if (options.contentType) {
         headers['content-type'] = options.contentType;
       }
-      let response;
-      try {
-        response = await fetch(path, { method, headers, body, signal: options.signal });
-      } catch (error) {
-        if (error instanceof DOMException && error.name === 'AbortError') throw error;
-        throw new ApiError(0, 'network', 'The server cannot be reached; check the connection and try again.');
-      }
+      const response = await send(path, { method, headers, body, signal: options.signal });
       if (response.status === 401 && attempt === 0) {
         await this.refresh();
         continue;

@@ -610,11 +610,8 @@ async function fetchRun(runId) {
     const article = articleOf(runId);
     if (article === null || state.runs.has(runId)) return;
     article.dataset.status = record.status;
-    if (record.status !== 'running' && record.status !== 'completed') {
-      const seconds = (Number(record.duration_ms ?? 0) / 1000).toFixed(1);
-      article.dataset.ended =
-        record.status === 'cancelled' ? `Stopped: the run was cancelled after ${seconds} s.` : `The run ended as ${record.status} after ${seconds} s.`;
-    }
+    const ended = Run.fromRecord(record).endSentence();
+    if (ended !== null) article.dataset.ended = ended;
     renderAnswer(article);
     if (state.shownRun === runId) showTimeline(runId);
   } catch {

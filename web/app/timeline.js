@@ -164,15 +164,9 @@ export class Run {
    */
   static fromRecord(record) {
     const run = new Run(record.id, record.thread_id);
-    const status = String(record.status);
-    replaceChildren(
-      run.heading,
-      status === 'running'
-        ? `Run ${shortId(record.id)}: running…`
-        : `Run ${shortId(record.id)}: ${ENDED[/** @type {keyof typeof ENDED} */ (status)] ?? status} in ${duration(Number(record.duration_ms ?? 0))}`,
-    );
     run.entries.append(h('li', { class: 'entry note' }, 'The steps of this run happened before this page was opened; here is where its time went.'));
-    if (status !== 'running') replaceChildren(run.footer, timingsBar(record.timings), modelCalls(record.model_calls));
+    // A finished record holds what a final event does, but the answer (which is in the thread).
+    if (record.status !== 'running') run.finish({ ...record, result: null });
     return run;
   }
 

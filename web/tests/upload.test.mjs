@@ -73,6 +73,19 @@ async function callsTheAgentsSee(page) {
   return match ? Number(match[1].replace(/,/g, '')) : 0;
 }
 
+/**
+ * The items of the "Refused rows" list, once it shows one.
+ * @param {import('playwright-core').Page} page
+ */
+async function refusedItems(page) {
+  const list = refused(page);
+  await waitVisible(list, 'the "Refused rows" list');
+  return waitFor('a refused row', async () => {
+    const texts = await list.getByRole('listitem').allInnerTexts();
+    return texts.length ? texts : false;
+  });
+}
+
 webTest('a 30 000-row NDJSON file uploads in chunks with progress to 100 and says it is stored', {}, async ({ page }) => {
   await signInAsDev(page);
   const rows = workloadRows(30_000);
@@ -97,12 +110,7 @@ webTest('a file with a bad row lists it under "Refused rows" by its line and sto
   const rows = workloadRows(10);
   rows[2].input_tokens = -1;
   await fileInput(page).setInputFiles({ name: 'bad.ndjson', mimeType: 'application/x-ndjson', buffer: Buffer.from(ndjson(rows)) });
-  const list = refused(page);
-  await waitVisible(list, 'the "Refused rows" list');
-  const items = await waitFor('a refused row', async () => {
-    const texts = await list.getByRole('listitem').allInnerTexts();
-    return texts.length ? texts : false;
-  });
+  const items = await refusedItems(page);
   assert.equal(items.length, 1, `one refused row: ${JSON.stringify(items)}`);
   assert.match(items[0], /^Line 3: .*input_tokens/, `the row is named by its line and field: ${items[0]}`);
   const status = await uploadStatus(page).innerText();
@@ -137,12 +145,7 @@ webTest('a CSV file with a header uploads; a bad CSV row is refused by its line'
   const bad = [...lines];
   bad[1] = bad[1].replace(/,\d+,(\d+),/, ',-1,$1,');
   await fileInput(page).setInputFiles({ name: 'bad.csv', mimeType: 'text/csv', buffer: Buffer.from([header, ...bad].join('\n') + '\n') });
-  const list = refused(page);
-  await waitVisible(list, 'the "Refused rows" list');
-  const items = await waitFor('a refused row', async () => {
-    const texts = await list.getByRole('listitem').allInnerTexts();
-    return texts.length ? texts : false;
-  });
+  const items = await refusedItems(page);
   assert.equal(items.length, 1, `one refused row: ${JSON.stringify(items)}`);
   assert.match(items[0], /^Line 3: .*input_tokens/, `the CSV row is named by its line in the file: ${items[0]}`);
 });
