@@ -8,7 +8,7 @@ use switchboard_agents::{OfflineModel, register};
 use switchboard_engine::testkit::{MemorySink, check_run, summary};
 use switchboard_engine::{Engine, RunRequest};
 use switchboard_protocol::{EventPayload, RunStatus, ThreadId, UserId};
-use switchboard_store::{AnalyticsStore, PERCENTILE_RELATIVE_ERROR, StoreError, Summary, TimeRange, WorkloadEvent};
+use switchboard_store::{AnalyticsStore, PERCENTILE_RELATIVE_ERROR, StoreError, Summary, Tier, TimeRange, WorkloadEvent};
 
 /// An analytics store that says the user has `0` calls uploaded, and cannot summarise them.
 struct Uploaded(u64);
@@ -23,6 +23,12 @@ impl AnalyticsStore for Uploaded {
     }
     async fn workload_summary(&self, _: &UserId, _: TimeRange) -> Result<Summary, StoreError> {
         Err(StoreError::Backend("the analytics store is down".into()))
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn tier(&self) -> Tier {
+        Tier::Sqlite
     }
 }
 

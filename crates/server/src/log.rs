@@ -130,7 +130,10 @@ impl EventSink for EventLog {
             match error {
                 // The batch holds something the store cannot take: trying it again cannot help.
                 StoreError::Corrupt(_) | StoreError::Conflict(_) => SinkError::Refused(error.to_string()),
-                StoreError::Backend(_) | StoreError::NotFound(_) => SinkError::Failed(error.to_string()),
+                StoreError::Backend(_)
+                | StoreError::NotFound(_)
+                | StoreError::TimedOut { .. }
+                | StoreError::Unavailable { .. } => SinkError::Failed(error.to_string()),
             }
         })
     }

@@ -37,6 +37,65 @@ pub enum StoreError {
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The tier did not answer within its deadline; the operation may or may not have taken
+    /// effect (a write is either wholly stored or not at all). Retrying later may help.
+    #[error("{tier} did not answer within {} ms", .after.as_millis())]
+    TimedOut {
+        /// The tier that did not answer.
+        tier: Tier,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
+    /// The tier cannot be reached (connection refused or cut, no connection free in the pool
+    /// within the deadline); nothing was done. Retrying later may help.
+    #[error("{tier} cannot be reached: {reason}")]
+    Unavailable {
+        /// The tier that cannot be reached.
+        tier: Tier,
+        /// What failed, without credentials.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the tier itself is slow or unreachable (as opposed to the data or the request
+    /// being wrong): the operation may succeed later, unchanged.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::TimedOut { .. } | StoreError::Unavailable { .. })
+    }
+}
+
+/// A storage tier: where a store keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// The embedded SQLite files in the data dir.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+    /// A ClickHouse server.
+    ClickHouse,
+}
+
+impl Tier {
+    /// Its short name: the key of its readiness check and its metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Sqlite => "sqlite",
+            Tier::Postgres => "postgres",
+            Tier::ClickHouse => "clickhouse",
+        }
+    }
+}
+
+/// Its proper name, for sentences: "SQLite", "PostgreSQL", "ClickHouse".
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tier::Sqlite => "SQLite",
+            Tier::Postgres => "PostgreSQL",
+            Tier::ClickHouse => "ClickHouse",
+        })
+    }
 }
 
 /// A registered user.
@@ -333,4 +392,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Where the data is kept.
+    fn tier(&self) -> Tier;
 }

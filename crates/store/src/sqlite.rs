@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use crate::sqlite_analytics::{SqliteAnalytics, path_beside as analytics_path};
 use crate::{
     Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
-    RunState, Store, StoreError, StoredEvent, Summary, Thread, TimeRange, User, WorkloadEvent,
+    RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User, WorkloadEvent,
 };
 
 /// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`;
@@ -827,6 +827,10 @@ impl Store for SqliteStore {
         self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
             .await
     }
+
+    fn tier(&self) -> Tier {
+        Tier::Sqlite
+    }
 }
 
 /// Messages waiting to be stored, each with its caller waiting for the outcome. Group commit:
@@ -1122,6 +1126,14 @@ impl AnalyticsStore for SqliteStore {
 
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
         self.analytics.workload_event_count(user).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.analytics.ping().await
+    }
+
+    fn tier(&self) -> Tier {
+        Tier::Sqlite
     }
 }
 

@@ -38,7 +38,7 @@ use tokio::sync::Semaphore;
 
 use crate::sqlite::{backend, corrupt};
 use crate::workload::{Cell, HOUR_MS, Sketch, clock_hour};
-use crate::{AnalyticsStore, CallFigures, Slice, StoreError, Summary, SummaryBuilder, TimeRange, WorkloadEvent};
+use crate::{AnalyticsStore, CallFigures, Slice, StoreError, Summary, SummaryBuilder, Tier, TimeRange, WorkloadEvent};
 
 /// 1: `workload_events` (before, the table lived in the chat store's file, schema 2 to 4);
 /// 2: the roll-ups (`workload_rollups`, `workload_left_out`, `workload_prompts`), built from
@@ -552,6 +552,15 @@ impl AnalyticsStore for SqliteAnalytics {
             u64::try_from(count).map_err(|e| corrupt("the count of calls", e))
         })
         .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .await
+    }
+
+    fn tier(&self) -> Tier {
+        Tier::Sqlite
     }
 }
 

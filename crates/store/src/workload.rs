@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use switchboard_protocol::{Timestamp, UserId};
 
-use crate::StoreError;
+use crate::{StoreError, Tier};
 pub(crate) use sketch::Sketch;
 
 /// Whether a model call succeeded.
@@ -257,6 +257,10 @@ pub trait AnalyticsStore: Send + Sync + 'static {
     /// savings strategies need. Counts and sums are exact; percentiles are within
     /// [`PERCENTILE_RELATIVE_ERROR`] of the exact nearest-rank values.
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError>;
+    /// A cheap round trip, for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Where the data is kept.
+    fn tier(&self) -> Tier;
 }
 
 /// One call as the summary needs it.

@@ -14,7 +14,7 @@ use switchboard_protocol::{
 };
 use switchboard_store::{
     Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
-    SqliteStore, Store, StoreError, StoredEvent, Summary, Thread, TimeRange, User, WorkloadEvent,
+    SqliteStore, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User, WorkloadEvent,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -368,7 +368,10 @@ impl Store for HangingStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.gate().await;
-        self.inner.ping().await
+        Store::ping(&self.inner).await
+    }
+    fn tier(&self) -> Tier {
+        Store::tier(&self.inner)
     }
 }
 
@@ -385,5 +388,12 @@ impl AnalyticsStore for HangingStore {
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
         self.gate().await;
         self.inner.workload_summary(user, range).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.gate().await;
+        AnalyticsStore::ping(&self.inner).await
+    }
+    fn tier(&self) -> Tier {
+        AnalyticsStore::tier(&self.inner)
     }
 }
