@@ -8,7 +8,9 @@ use switchboard_agents::{OfflineModel, register};
 use switchboard_engine::testkit::{MemorySink, check_run, summary};
 use switchboard_engine::{Engine, RunRequest};
 use switchboard_protocol::{EventPayload, RunStatus, ThreadId, UserId};
-use switchboard_store::{AnalyticsStore, PERCENTILE_RELATIVE_ERROR, StoreError, Summary, Tier, TimeRange, WorkloadEvent};
+use switchboard_store::{
+    AnalyticsStore, PERCENTILE_RELATIVE_ERROR, StoreError, Summary, Tier, TimeRange, WorkloadEvent,
+};
 
 /// An analytics store that says the user has `0` calls uploaded, and cannot summarise them.
 struct Uploaded(u64);
