@@ -21,5 +21,5 @@ pub use frames::{
     StopAgent, ThreadHistory, UserMessage,
 };
 pub use ids::{AgentName, ConnectionId, IdError, MessageId, RunId, Seq, ThreadId, TraceId, UserId};
-pub use log::{LogEntry, NewEvent, RunEnd, UnnumberedJson};
+pub use log::{EntryKey, LogEntry, NewEvent, RunEnd, UnnumberedJson};
 pub use time::Timestamp;

@@ -5,6 +5,8 @@
 
 mod sqlite;
 mod sqlite_analytics;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 mod workload;
 
 use async_trait::async_trait;
