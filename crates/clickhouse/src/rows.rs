@@ -137,10 +137,15 @@ impl Row<'_> {
         String::from_utf8(self.hex_bytes(index)?).map_err(|_| self.bad(index, "hex of UTF-8 text"))
     }
 
-    /// A Float64 given as the hex of its eight little-endian bytes.
+    /// A Float64 given as the hex of its eight little-endian bytes, the zero bytes at the end
+    /// left out (as `reinterpretAsString` leaves them).
     pub(crate) fn float_bits(&self, index: usize) -> Result<f64, String> {
-        let text = self.hex_bytes(index)?;
-        let bytes: [u8; 8] = text.try_into().map_err(|_| self.bad(index, "eight bytes"))?;
+        let mut bytes = self.hex_bytes(index)?;
+        if bytes.len() > 8 {
+            return Err(self.bad(index, "at most eight bytes"));
+        }
+        bytes.resize(8, 0);
+        let bytes: [u8; 8] = bytes.try_into().map_err(|_| self.bad(index, "eight bytes"))?;
         Ok(f64::from_le_bytes(bytes))
     }
 
@@ -163,7 +168,11 @@ mod tests {
 
     #[test]
     fn an_answer_reads_as_rows_of_the_fields_asked_for_or_says_what_is_wrong() {
-        let good = rows(b"1\t-2\t0.5\t676F\t7B14AE47E17A843F\n", 5).unwrap();
+        let good = rows(
+            b"1\t-2\t0.5\t676F\t7B14AE47E17A843F\t\t0000000000C072\t0000000000C0724000\n",
+            8,
+        )
+        .unwrap();
         let row = &good[0];
         assert_eq!(
             (
@@ -175,6 +184,11 @@ mod tests {
             ),
             (Ok(1), Ok(-2), Ok(0.5), Ok("go".to_owned()), Ok(0.01))
         );
+        assert_eq!(
+            (row.float_bits(5), row.float_bits(6)),
+            (Ok(0.0), Ok(f64::from_le_bytes([0, 0, 0, 0, 0, 0xC0, 0x72, 0])))
+        );
+        assert!(row.float_bits(7).unwrap_err().contains("at most eight bytes"));
         assert!(rows(b"", 3).unwrap().is_empty());
         let cases: [(&[u8], &str); 4] = [
             (b"1\t2\n", "has 2 fields, not 3"),
