@@ -6,7 +6,8 @@
 //! through `insert_workload_events` is measured on a smaller upload in batches of 50 000.
 //!
 //! `SWITCHBOARD_BENCH_CLICKHOUSE_URL=http://127.0.0.1:PORT/ cargo bench -p switchboard-clickhouse --bench analysis`
-//! (or `SWITCHBOARD_TEST_CLICKHOUSE_URL`); the bench works in a scratch database it drops at the end.
+//! (or `SWITCHBOARD_TEST_CLICKHOUSE_URL`); the bench works in a scratch database it drops at the end
+//! (kept with `SWITCHBOARD_BENCH_KEEP_DATABASE=1`).
 
 #![allow(clippy::print_stdout)]
 
@@ -149,7 +150,11 @@ async fn bench() -> anyhow::Result<()> {
     };
     let store = ClickHouseAnalytics::connect(&url, options).await?;
     let result = measure(&store, &server, &database, calls, sqlite_calls).await;
-    run_sql(&server, format!("DROP DATABASE {database}")).await?;
+    if std::env::var_os("SWITCHBOARD_BENCH_KEEP_DATABASE").is_some() {
+        println!("kept the database {database}");
+    } else {
+        run_sql(&server, format!("DROP DATABASE {database}")).await?;
+    }
     result
 }
 
@@ -187,7 +192,10 @@ async fn measure(
         .await?;
     }
     let load = started.elapsed();
-    run_sql(server, format!("OPTIMIZE TABLE {database}.workload_events FINAL")).await?;
+    // Merged, as the tables are once the server's background merges have caught up.
+    for table in ["workload_events", "workload_cells", "workload_bins", "workload_prompts"] {
+        run_sql(server, format!("OPTIMIZE TABLE {database}.{table} FINAL")).await?;
+    }
 
     let started = Instant::now();
     let counted = store.workload_event_count(&user).await?;

@@ -431,10 +431,16 @@ fn read_bins(answer: &[u8]) -> Result<HashMap<(Kind, Class), Bins>, String> {
         }
         let feature = if row.flag(3)? { Some(row.hex_text(4)?) } else { None };
         let class = (hour_of_day, row.hex_text(2)?, feature, row.flag(5)?);
-        classes
-            .entry((kind, class))
-            .or_default()
-            .push((row.i32(6)?, row.u64(7)?));
+        let (bins, counts) = (row.integers(6)?, row.integers(7)?);
+        if bins.len() != counts.len() {
+            return Err(format!("{} bins with {} counts", bins.len(), counts.len()));
+        }
+        let class = classes.entry((kind, class)).or_default();
+        for (bin, count) in bins.into_iter().zip(counts) {
+            let bin = i32::try_from(bin).map_err(|_| format!("a bin {bin}"))?;
+            let count = u64::try_from(count).map_err(|_| format!("a count {count}"))?;
+            class.push((bin, count));
+        }
     }
     Ok(classes)
 }

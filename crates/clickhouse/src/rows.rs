@@ -106,10 +106,6 @@ impl Row<'_> {
         text.parse().map_err(|_| self.bad(index, "an integer"))
     }
 
-    pub(crate) fn i32(&self, index: usize) -> Result<i32, String> {
-        i32::try_from(self.i64(index)?).map_err(|_| self.bad(index, "a bin"))
-    }
-
     pub(crate) fn flag(&self, index: usize) -> Result<bool, String> {
         match self.field(index) {
             "0" => Ok(false),
@@ -130,6 +126,28 @@ impl Row<'_> {
             .ok()
             .filter(|value| value.is_finite())
             .ok_or_else(|| self.bad(index, "an amount"))
+    }
+
+    /// An array of integers, `[1,-2,3]`.
+    pub(crate) fn integers(&self, index: usize) -> Result<Vec<i64>, String> {
+        let text = self.field(index);
+        let inner = text
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+            .ok_or_else(|| self.bad(index, "an array"))?;
+        if inner.is_empty() {
+            return Ok(Vec::new());
+        }
+        inner
+            .split(',')
+            .map(|item| {
+                let digits = item.strip_prefix('-').unwrap_or(item);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(self.bad(index, "an array of integers"));
+                }
+                item.parse().map_err(|_| self.bad(index, "an array of integers"))
+            })
+            .collect()
     }
 
     /// The text whose bytes are given in hex.
@@ -190,6 +208,13 @@ mod tests {
         );
         assert!(row.float_bits(7).unwrap_err().contains("at most eight bytes"));
         assert!(rows(b"", 3).unwrap().is_empty());
+        let arrays = rows(b"[1,-2,3]\t[]\t[1,x]\t1,2\n", 4).unwrap();
+        assert_eq!(
+            (arrays[0].integers(0), arrays[0].integers(1)),
+            (Ok(vec![1, -2, 3]), Ok(vec![]))
+        );
+        assert!(arrays[0].integers(2).unwrap_err().contains("not an array of integers"));
+        assert!(arrays[0].integers(3).unwrap_err().contains("not an array"));
         let cases: [(&[u8], &str); 4] = [
             (b"1\t2\n", "has 2 fields, not 3"),
             (b"1\t2\t3", "line end"),

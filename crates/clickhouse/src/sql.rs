@@ -314,24 +314,20 @@ pub(crate) enum Sketched {
 /// The bin a value's zero bin is given as in answers (no value's bin is this low).
 pub(crate) const ZERO_BIN: i32 = -1_000_000;
 
-/// The sketch bins of the rows where `range` holds: kind, hour of the day, model, feature,
-/// batch flag, bin, count; with `roll_up`, the user first and names as they are (for the
-/// materialized view), else names in hex. The bin is [`Sketch::bin_of`] in SQL; at the very
-/// edge of a bin ClickHouse's logarithm may round the other way, which the sketch's bound
-/// allows (see there).
+/// The sketch bins of the rows where `range` holds: (the user,) kind, hour of the day, model,
+/// has_feature, feature, batch flag, bin, count (`n`); with `roll_up`, the user first (for the
+/// materialized view). The bin is [`Sketch::bin_of`] in SQL; at the very edge of a bin
+/// ClickHouse's logarithm may round the other way, which the sketch's bound allows (see there).
 fn bins_of_rows(range: &str, values: Sketched, roll_up: bool) -> String {
     let (kind, value, only) = match values {
         Sketched::Latency => (0, "latency_ms", " AND has_latency = 1"),
         Sketched::PromptTokens => (1, "toFloat64(input_tokens)", ""),
     };
-    let (user, names) = if roll_up {
-        ("user, ", "model, has_feature, feature")
-    } else {
-        ("", "hex(model), has_feature, hex(feature)")
-    };
+    let user = if roll_up { "user, " } else { "" };
     format!(
-        "SELECT {user}toUInt8({kind}) AS kind, toUInt8(intDiv(ts, 3600000) % 24) AS hour_of_day, {names}, batch, \
-             toInt32(if({value} <= {zero}, {ZERO_BIN}, ceil(log({value}) / {ln_gamma}))) AS bin, count() AS n \
+        "SELECT {user}toUInt8({kind}) AS kind, toUInt8(intDiv(ts, 3600000) % 24) AS hour_of_day, model, has_feature, \
+             feature, batch, toInt32(if({value} <= {zero}, {ZERO_BIN}, ceil(log({value}) / {ln_gamma}))) AS bin, \
+             count() AS n \
          FROM workload_events WHERE {range} AND {in_range}{only} \
          GROUP BY {user}kind, hour_of_day, model, has_feature, feature, batch, bin",
         zero = float(Sketch::ZERO_LIMIT),
@@ -340,19 +336,28 @@ fn bins_of_rows(range: &str, values: Sketched, roll_up: bool) -> String {
     )
 }
 
-/// A summary's sketch bins of the rows of `range`. Columns: kind (0 latency, 1 prompt size),
-/// hour of the day, hex(model), has_feature, hex(feature), batch, bin, count.
+/// Bins (kind, hour_of_day, model, has_feature, feature, batch, bin, n) as one row per class:
+/// kind, hour of the day, hex(model), has_feature, hex(feature), batch, the bins and their
+/// counts as two arrays in the same order (a bin may come more than once: its counts add up).
+/// A row per class, not per bin, keeps the answer small.
+fn per_class(bins: &str) -> String {
+    format!(
+        "SELECT kind, hour_of_day, hex(model), has_feature, hex(feature), batch, groupArray(bin), groupArray(n) \
+         FROM ({bins}) GROUP BY kind, hour_of_day, model, has_feature, feature, batch FORMAT TabSeparated"
+    )
+}
+
+/// A summary's sketch bins of the rows of `range`, a row per class ([`per_class`]).
 pub(crate) fn sketch_bins(range: &str, values: Sketched) -> String {
-    format!("{} FORMAT TabSeparated", bins_of_rows(range, values, false))
+    per_class(&bins_of_rows(range, values, false))
 }
 
 /// A summary's sketch bins of all of `user`'s calls, from the roll-up; the same columns.
 pub(crate) fn rolled_up_bins(user: &str) -> String {
-    format!(
-        "SELECT kind, hour_of_day, hex(model), has_feature, hex(feature), batch, bin, sum(n) FROM workload_bins \
-         WHERE user = {} GROUP BY kind, hour_of_day, model, has_feature, feature, batch, bin FORMAT TabSeparated",
+    per_class(&format!(
+        "SELECT kind, hour_of_day, model, has_feature, feature, batch, bin, n FROM workload_bins WHERE user = {}",
         string(user)
-    )
+    ))
 }
 
 /// The repeated prompts of per-prompt sums `calls` (c), `hi`, `lo`: the calls with a prompt
