@@ -2,14 +2,20 @@
 //! [`AnalyticsStore`] over ClickHouse's HTTP interface, for ClickHouse 18.16 (Debian's) and
 //! current releases.
 //!
-//! Calls are stored one row each (`workload_events`, ordered by user and time) and a summary
-//! is computed by ClickHouse from the rows of the range at every request: one query sums the
-//! roll-up cells (clock hour, model, feature, batch flag) and counts the calls left out, two
-//! count the sketch bins of latency and of prompt size per hour of the day, model, feature and
-//! batch flag (the only grain at which the summary merges sketches), one counts repeated
-//! prompts. [`SummaryBuilder`] then turns them into the same [`Summary`] the embedded backend
-//! gives: counts and sums exact (costs summed as decimals, so in any order to the same bits),
-//! percentiles within [`switchboard_store::PERCENTILE_RELATIVE_ERROR`].
+//! Calls are stored one row each (`workload_events`, ordered by user and time), and
+//! materialized views of every insert keep roll-ups beside them: the sums of each roll-up cell
+//! (clock hour, model, feature, batch flag) with the calls left out, the sketch bins of latency
+//! and of prompt size per hour of the day, model, feature and batch flag (the only grain at
+//! which the summary merges sketches), and the calls and cost of each prompt. A summary of all
+//! of a user's calls reads the roll-ups; one of a bounded range runs the same aggregates over
+//! the range's rows. [`SummaryBuilder`] then turns them into the same [`Summary`] the embedded
+//! backend gives: counts and sums exact (costs summed as integers, so in any order to the same
+//! bits), percentiles within [`switchboard_store::PERCENTILE_RELATIVE_ERROR`].
+//!
+//! An upload is one insert of one block, so the calls are stored whole or not at all; the views
+//! write their roll-ups in the same insert, after the calls (ClickHouse has no transaction
+//! across tables: a summary that reads them in between sees counts that differ and reads
+//! again).
 //!
 //! Every request runs under a deadline ([`ClickHouseOptions`]); one that does not finish in
 //! time is [`StoreError::TimedOut`], a server that cannot be reached or cuts the connection is
