@@ -211,13 +211,7 @@ mod tests {
         let (a, b, c) = (entry(), entry(), entry());
         let key = |batch: &[&LogEntry]| EntryKey::of_batch(&batch.iter().map(|e| (*e).clone()).collect::<Vec<_>>());
         assert_eq!(key(&[&a, &b]), key(&[&a, &b]), "the same batch tried again");
-        let others = [
-            key(&[&a]),
-            key(&[&b, &a]),
-            key(&[&a, &c]),
-            key(&[&a, &b, &c]),
-            key(&[]),
-        ];
+        let others = [key(&[&a]), key(&[&b, &a]), key(&[&a, &c]), key(&[&a, &b, &c]), key(&[])];
         for other in others {
             assert_ne!(key(&[&a, &b]), other);
         }

@@ -26,6 +26,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, TokenPair, new_refresh_family, unusable_password_hash};
 use crate::delivery::Delivery;
 use crate::error::ApiError;
+use crate::fanout::Live;
 use crate::limits::{Admission, admit};
 use crate::ws::history_message;
 
@@ -701,11 +702,20 @@ fn sse_stream(
     let open = (delivery, admission, Arc::clone(&state.metrics), state.closing.clone());
     futures_util::stream::unfold(Some(open), |open| async move {
         let (mut delivery, admission, metrics, closing) = open?;
-        let next = tokio::select! {
-            biased;
-            () = closing.cancelled() => return None,
-            () = tokio::time::sleep_until(admission.expires) => None,
-            next = delivery.next() => Some(next),
+        // An SSE stream carries the log's events only, not the socket's notices.
+        let next = loop {
+            let next = tokio::select! {
+                biased;
+                () = closing.cancelled() => return None,
+                () = tokio::time::sleep_until(admission.expires) => None,
+                next = delivery.next() => Some(next),
+            };
+            match next {
+                Some(Ok(Live::Notice(_))) => continue,
+                Some(Ok(Live::Event(record))) => break Some(Ok(record)),
+                Some(Err(error)) => break Some(Err(error)),
+                None => break None,
+            }
         };
         match next {
             Some(Ok(record)) => {
