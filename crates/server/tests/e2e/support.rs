@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use switchboard::client::{Client, Session, Socket};
@@ -244,28 +243,28 @@ pub(crate) fn assert_code(error: &ErrorPayload, code: ErrorCode) {
     assert_eq!(error.code, code, "{}", error.message);
 }
 
-/// The SQLite store, with a switch that makes every call hang (a store that stopped answering).
+/// The SQLite store, with a switch that makes every call hang (a store that stopped
+/// answering) until it is switched back: then the calls waiting go on.
 pub(crate) struct HangingStore {
     inner: SqliteStore,
-    hang: AtomicBool,
+    hang: tokio::sync::watch::Sender<bool>,
 }
 
 impl HangingStore {
     fn new(inner: SqliteStore) -> Self {
         Self {
             inner,
-            hang: AtomicBool::new(false),
+            hang: tokio::sync::watch::Sender::new(false),
         }
     }
 
     pub(crate) fn set_hanging(&self, hang: bool) {
-        self.hang.store(hang, Ordering::SeqCst);
+        self.hang.send_replace(hang);
     }
 
     async fn gate(&self) {
-        if self.hang.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
+        let mut hang = self.hang.subscribe();
+        let _ = hang.wait_for(|hang| !*hang).await;
     }
 }
 
