@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use deadpool_postgres::{ClientWrapper, Object, Pool, PoolError};
+use deadpool_postgres::{ClientWrapper, Object, Pool, PoolError, TimeoutType};
 use switchboard_store::{StoreError, Tier};
 use tokio::time::Instant;
 use tokio_postgres::error::{DbError, SqlState};
@@ -52,24 +52,28 @@ impl Failure {
 }
 
 /// Runs `work` on a connection of `pool`, all of it (the wait for a connection included)
-/// within `limit`.
+/// within `limit`. `connect_timeout` is the pool's deadline for opening a connection.
 pub(crate) async fn within<T>(
     pool: &Pool,
     place: &str,
+    connect_timeout: Duration,
     limit: Duration,
     work: impl for<'c> FnOnce(&'c mut ClientWrapper) -> Work<'c, T> + Send,
 ) -> Result<T, StoreError> {
     let deadline = Instant::now() + limit;
     let object = match tokio::time::timeout_at(deadline, pool.get()).await {
         Ok(Ok(object)) => object,
-        Ok(Err(error)) => return Err(pool_error(place, error)),
+        Ok(Err(error)) => return Err(pool_error(place, connect_timeout, error)),
         Err(_) => {
             let status = pool.status();
+            let why = if status.size < status.max_size {
+                "a new connection did not open in time".to_owned()
+            } else {
+                format!("all {} are in use", status.max_size)
+            };
             return Err(unavailable(format!(
-                "no connection to {place} was free within {} ms ({} of {} open, all in use)",
-                limit.as_millis(),
-                status.size,
-                status.max_size
+                "no connection to {place} within {} ms: {why}",
+                limit.as_millis()
             )));
         }
     };
@@ -146,9 +150,13 @@ pub(crate) fn connect_error(place: &str, error: &tokio_postgres::Error) -> Store
     }
 }
 
-fn pool_error(place: &str, error: PoolError) -> StoreError {
+fn pool_error(place: &str, connect_timeout: Duration, error: PoolError) -> StoreError {
     match error {
         PoolError::Backend(error) => connect_error(place, &error),
+        PoolError::Timeout(TimeoutType::Create) => unavailable(format!(
+            "cannot connect to {place}: it did not answer within {} ms",
+            connect_timeout.as_millis()
+        )),
         PoolError::Timeout(_) => unavailable(format!("no connection to {place} was free in time")),
         PoolError::Closed => unavailable(format!("the pool of connections to {place} is closed")),
         other => StoreError::Backend(format!("the pool of connections to {place} failed: {other}")),

@@ -61,14 +61,21 @@ impl PgStore {
         let pool = Pool::builder(manager)
             .max_size(options.max_connections)
             .runtime(Runtime::Tokio1)
+            // tokio-postgres's own connect timeout covers the TCP connect only; this covers the
+            // server's handshake too (a server that accepts and says nothing).
+            .create_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot make a pool of connections to {place}: {e}")))?;
         let store = Self { pool, place, options };
         let migrated = store.place.clone();
         let limit = MIGRATION_DEADLINE.max(options.query_timeout);
-        let found = connection::within(&store.pool, &store.place, limit, move |client| {
-            schema::migrate(client, migrated)
-        })
+        let found = connection::within(
+            &store.pool,
+            &store.place,
+            options.connect_timeout,
+            limit,
+            move |client| schema::migrate(client, migrated),
+        )
         .await?;
         tracing::debug!(database = %store.place, found, "connected to PostgreSQL");
         Ok(store)
@@ -89,7 +96,14 @@ impl PgStore {
         &self,
         work: impl for<'c> FnOnce(&'c mut ClientWrapper) -> Work<'c, T> + Send,
     ) -> Result<T, StoreError> {
-        connection::within(&self.pool, &self.place, self.options.query_timeout, work).await
+        connection::within(
+            &self.pool,
+            &self.place,
+            self.options.connect_timeout,
+            self.options.query_timeout,
+            work,
+        )
+        .await
     }
 }
 

@@ -27,3 +27,11 @@ pub(crate) async fn fresh_store(options: PgOptions) -> (PgStore, String) {
     let url = fresh_database().await;
     (PgStore::connect(&url, options).await.unwrap(), url)
 }
+
+/// A plain connection of the test's own, beside the store's pool.
+#[allow(dead_code)]
+pub(crate) async fn raw_connection(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
