@@ -1,0 +1,130 @@
+//! Every operation runs under the query deadline, and one cut short leaves no stuck connection
+//! behind: with a pool of one connection, the store goes on serving while the cut-short query
+//! would still be waiting.
+
+mod support;
+
+use std::time::Duration;
+
+use switchboard_postgres::PgOptions;
+use switchboard_protocol::{RunId, Seq, ThreadId, UserId};
+use switchboard_store::testsuite::{append, entry, started};
+use switchboard_store::{Store, StoreError, Tier};
+
+/// A pool of one connection: an operation that kept a stuck connection in the pool would make
+/// every later one wait behind it.
+fn one_connection(query_timeout: Duration) -> PgOptions {
+    PgOptions {
+        max_connections: 1,
+        query_timeout,
+        ..PgOptions::default()
+    }
+}
+
+/// Locks `user`'s log row from a connection of the test's own, so that any append for the user
+/// waits until the returned transaction ends.
+async fn lock_log_of(url: &str, user: &UserId) -> tokio_postgres::Client {
+    let raw = support::raw_connection(url).await;
+    raw.batch_execute("BEGIN").await.unwrap();
+    let locked = raw
+        .query(
+            "SELECT last_seq FROM user_logs WHERE user_id = $1 FOR UPDATE",
+            &[&user.as_str()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(locked.len(), 1, "the user has a log row to lock");
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_held_past_the_deadline_times_out_and_the_store_serves_on() {
+    let deadline = Duration::from_millis(300);
+    let (store, url) = support::fresh_store(one_connection(deadline)).await;
+    let (alice, bob) = (UserId::generate(), UserId::generate());
+    let (run, thread) = (RunId::generate(), ThreadId::generate());
+    assert_eq!(append(&store, entry(&alice, &run, &thread, started(), None)).await, 1);
+
+    let lock = lock_log_of(&url, &alice).await;
+    let held = store
+        .append_events(&[entry(&alice, &run, &thread, started(), None)])
+        .await;
+    assert_eq!(
+        held.unwrap_err(),
+        StoreError::TimedOut {
+            tier: Tier::Postgres,
+            after: deadline
+        }
+    );
+    // Alice's row is still locked: these get a new connection, not the one still waiting.
+    store.ping().await.unwrap();
+    assert_eq!(append(&store, entry(&bob, &run, &thread, started(), None)).await, 1);
+    assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::new(1));
+
+    lock.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        append(&store, entry(&alice, &run, &thread, started(), None)).await,
+        2,
+        "the append that timed out stored nothing"
+    );
+    let seqs: Vec<u64> = store
+        .events_after(&alice, Seq::ZERO, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq.get())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_its_caller_gives_up_on_does_not_hand_its_connection_on() {
+    let (store, url) = support::fresh_store(one_connection(Duration::from_secs(60))).await;
+    let alice = UserId::generate();
+    let (run, thread) = (RunId::generate(), ThreadId::generate());
+    append(&store, entry(&alice, &run, &thread, started(), None)).await;
+
+    let lock = lock_log_of(&url, &alice).await;
+    let batch = [entry(&alice, &run, &thread, started(), None)];
+    let given_up = tokio::time::timeout(Duration::from_millis(200), store.append_events(&batch)).await;
+    assert!(given_up.is_err(), "the append waits for the lock");
+    // The query deadline is a minute: had the dropped append's connection gone back to the
+    // pool, this would wait behind it until the lock is released, below.
+    tokio::time::timeout(Duration::from_secs(30), store.ping())
+        .await
+        .expect("the store answers while the given-up append would still wait")
+        .unwrap();
+    lock.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(append(&store, entry(&alice, &run, &thread, started(), None)).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_server_is_gone_is_unavailable_not_stuck() {
+    let (store, url) = support::fresh_store(one_connection(Duration::from_secs(5))).await;
+    store.ping().await.unwrap();
+    // Ends the store's connection from the server's side, as a restart or a failover would.
+    let raw = support::raw_connection(&url).await;
+    let ended: bool = raw
+        .query_one(
+            "SELECT bool_and(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'switchboard'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended);
+    // The pool notices the closed connection and opens another: the next operations work,
+    // whichever one first meets the closed connection.
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        outcomes.push(store.ping().await);
+    }
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.is_ok() || o.as_ref().is_err_and(StoreError::is_unavailable)),
+        "{outcomes:?}"
+    );
+    assert!(outcomes.last().unwrap().is_ok(), "{outcomes:?}");
+}
