@@ -1019,7 +1019,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 const TIER_SLOW: Duration = Duration::from_millis(200);
 
 /// Pings a tier within [`CHECK_TIMEOUT`]: `ok`; `degraded` when it answers slower than
-/// [`TIER_SLOW`] or not at all in time; when it answers with an error, `failed` (the store:
+/// [`TIER_SLOW`] or not at all in time (or its own deadline passed); when it fails otherwise
+/// (e.g. it cannot be reached), `failed` (the store:
 /// `unavailable`; the analytics store, which chat does without: `degraded`). Also whether it
 /// answered at all.
 async fn check_tier(
@@ -1038,6 +1039,8 @@ async fn check_tier(
                 TIER_SLOW.as_millis()
             )),
         ),
+        // Its own deadline passed: as slow as a tier that does not answer.
+        Ok(Err(error @ StoreError::TimedOut { .. })) => (HealthStatus::Degraded, Some(error.to_string())),
         Ok(Err(error)) => (failed, Some(error.to_string())),
         Err(_) => (
             HealthStatus::Degraded,

@@ -2,9 +2,15 @@
 //! sentence naming the tier and the wait, and once the store answers again everything comes
 //! through, in order, once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_protocol::{Control, ServerFrame};
+use switchboard::client::Socket;
+use switchboard_engine::testkit::{check_gapless, check_run, final_status};
+use switchboard_faultproxy::{Fault, FaultProxy};
+use switchboard_postgres::{PgOptions, PgStore};
+use switchboard_protocol::{Control, ErrorCode, Event, RunStatus, ServerFrame, StoreDelayed};
+use switchboard_store::SqliteAnalytics;
 
 use crate::support::*;
 
@@ -63,4 +69,96 @@ async fn a_run_that_ends_while_the_store_hangs_is_told_at_once_and_shown_whole_o
         "gapless, no duplicate"
     );
     assert!(events.last().unwrap().is_final());
+}
+
+/// Waits (on the real clock, at most `limit`) for the next `store_delayed` notice, collecting
+/// the events before it.
+async fn until_delayed(socket: &mut Socket, events: &mut Vec<Event>) -> StoreDelayed {
+    let read = async {
+        loop {
+            match next(socket).await {
+                ServerFrame::Event(event) => events.push(event),
+                ServerFrame::Control(frame) => match frame.body {
+                    Control::StoreDelayed(notice) => return notice,
+                    other => panic!("unexpected {other:?}"),
+                },
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("told within 30 s")
+}
+
+#[tokio::test]
+async fn while_postgres_stalls_runs_end_their_users_are_told_messages_are_refused_and_then_everything_comes_through_once()
+ {
+    let url = postgres_database().await;
+    let proxy = FaultProxy::start(address_of(&url)).await.unwrap();
+    let options = PgOptions {
+        query_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..PgOptions::default()
+    };
+    let store = Arc::new(PgStore::connect(&through(&url, proxy.addr()), options).await.unwrap());
+    let analytics = Arc::new(SqliteAnalytics::open(&tempfile::tempdir().unwrap().keep().join("w.sqlite")).await.unwrap());
+    let app = spawn_app_on(store, analytics, |c| c.model_latency = Duration::from_millis(200)).await;
+    let session = app.user("stalled").await;
+    let mut socket = app.connect(&session).await;
+    let accepted = send(&mut socket, "where does my money go?").await;
+
+    proxy.set(Fault::Stall);
+    let mut events = Vec::new();
+    let notice = until_delayed(&mut socket, &mut events).await;
+    assert_eq!(
+        (&notice.run_id, notice.status.as_str(), notice.tier.as_str()),
+        (&accepted.run_id, "completed", "postgres")
+    );
+    assert!(
+        notice.message.contains("but PostgreSQL has not answered for ")
+            && notice.message.ends_with("will be shown as soon as PostgreSQL answers."),
+        "{}",
+        notice.message
+    );
+
+    // Readiness answers, naming PostgreSQL as the tier that does not answer.
+    let (status, ready) = app.client.get("/health/ready", None).await.unwrap();
+    assert_eq!(status, 503, "{ready}");
+    let postgres = &ready["checks"]["postgres"];
+    assert_eq!(postgres["status"], "degraded", "{ready}");
+    assert!(
+        postgres["latency_ms"].as_u64().unwrap() >= 500,
+        "waited the store's deadline: {ready}"
+    );
+
+    // A new message is refused with a sentence, not left hanging.
+    socket
+        .send(&message("and this one?", None, Some("second")))
+        .await
+        .unwrap();
+    let refused = error(&mut socket).await;
+    assert_code(&refused, ErrorCode::StoreUnavailable);
+    assert!(
+        refused.message.starts_with("PostgreSQL did not answer within 0.5 s"),
+        "{}",
+        refused.message
+    );
+
+    // PostgreSQL answers again: the run's events come through in order, each once, and the
+    // service goes on by itself.
+    proxy.set(Fault::None);
+    let rest = tokio::time::timeout(Duration::from_secs(30), events_until_final(&mut socket, &accepted.run_id))
+        .await
+        .expect("the run's end arrives once PostgreSQL answers");
+    events.extend(rest);
+    check_gapless(&events).unwrap();
+    check_run(&events).unwrap();
+    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    let again = send(&mut socket, "and now?").await;
+    let after = tokio::time::timeout(Duration::from_secs(30), events_until_final(&mut socket, &again.run_id))
+        .await
+        .unwrap();
+    assert_eq!(after.first().unwrap().seq.get(), events.last().unwrap().seq.get() + 1);
+    let (status, ready) = app.client.get("/health/ready", None).await.unwrap();
+    assert_eq!((status, ready["checks"]["postgres"]["status"].as_str()), (200, Some("ok")));
 }

@@ -110,6 +110,53 @@ pub(crate) async fn tier_args(dir: &std::path::Path) -> Vec<String> {
     }
 }
 
+/// A server on the given stores (wrapped so that they can be made to hang too).
+pub(crate) async fn spawn_app_on(
+    store: Arc<dyn Store>,
+    analytics: Arc<dyn AnalyticsStore>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    configure(&mut config);
+    let mut app = serve(config, Arc::new(HangingStore::new(store, analytics))).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// A fresh PostgreSQL database on the test server (`SWITCHBOARD_TEST_POSTGRES_URL`), and its URL.
+pub(crate) async fn postgres_database() -> String {
+    let admin = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
+        .expect("SWITCHBOARD_TEST_POSTGRES_URL names the test PostgreSQL: run the tests with scripts/test");
+    switchboard_postgres::scratch_database(&admin).await.unwrap()
+}
+
+/// A fresh ClickHouse database on the test server (`SWITCHBOARD_TEST_CLICKHOUSE_URL`), and its URL.
+pub(crate) async fn clickhouse_database() -> String {
+    let server = std::env::var("SWITCHBOARD_TEST_CLICKHOUSE_URL")
+        .expect("SWITCHBOARD_TEST_CLICKHOUSE_URL names the test ClickHouse: run the tests with scripts/test");
+    switchboard_clickhouse::scratch_database(&server).await.unwrap()
+}
+
+/// `url` with its host and port replaced by `addr` (a fault proxy in front of the server).
+pub(crate) fn through(url: &str, addr: std::net::SocketAddr) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_host(Some(&addr.ip().to_string())).unwrap();
+    url.set_port(Some(addr.port())).unwrap();
+    url.to_string()
+}
+
+/// The address (host and port) a URL points at.
+pub(crate) fn address_of(url: &str) -> std::net::SocketAddr {
+    let url = url::Url::parse(url).unwrap();
+    let host = url.host_str().unwrap().to_owned();
+    let port = url.port_or_known_default().unwrap();
+    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
 /// A server on a data dir.
 async fn spawn_app_in(data_dir: PathBuf, configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(&data_dir);
@@ -127,6 +174,10 @@ async fn spawn_app_in(data_dir: PathBuf, configure: impl FnOnce(&mut Config)) ->
             HangingStore::new(sqlite.clone(), sqlite)
         }
     });
+    serve(config, store).await
+}
+
+async fn serve(config: Config, store: Arc<HangingStore>) -> TestApp {
     let app = Application::build_with_store(config, store.clone(), store.clone())
         .await
         .expect("the app builds");
