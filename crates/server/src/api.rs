@@ -781,6 +781,8 @@ const MAX_ROW_ERRORS: usize = 1000;
         (status = 422, description = "Some rows are invalid, each named by its line; nothing was stored \
             (`invalid_rows`).", body = RowsErrorBody),
         (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+        (status = 503, description = "The analytics store is slow or cannot be reached; nothing was stored \
+            (`store_unavailable`).", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload_workload(
@@ -866,7 +868,11 @@ pub(crate) async fn upload_workload(
             return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
         }
     };
-    let accepted = state.analytics.insert_workload_events(&user.id, events).await?;
+    let accepted = state
+        .analytics
+        .insert_workload_events(&user.id, events)
+        .await
+        .map_err(analytics_error)?;
     Ok(Json(Accepted {
         accepted: accepted as u64,
     })
@@ -896,7 +902,8 @@ pub(crate) async fn upload_workload(
             the wrong type, or unknown (`invalid_request`).", body = ErrorBody),
         (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
         (status = 503, description = "Another demo month is being made (`server_busy`); try again when it is \
-            done.", body = ErrorBody),
+            done. Or the analytics store is slow or cannot be reached; nothing was stored (`store_unavailable`).",
+            body = ErrorBody),
     )
 )]
 pub(crate) async fn demo_data(
@@ -966,10 +973,24 @@ pub(crate) async fn demo_data(
     .await
     .map_err(ApiError::internal)?
     .map_err(|error| ApiError::internal(format!("a demo row was refused: {error}")))?;
-    let accepted = state.analytics.insert_workload_events(&user.id, events).await?;
+    let accepted = state
+        .analytics
+        .insert_workload_events(&user.id, events)
+        .await
+        .map_err(analytics_error)?;
     Ok(Json(Accepted {
         accepted: accepted as u64,
     }))
+}
+
+/// An upload the analytics store did not take: when the tier is slow or down, 503 naming it as
+/// the analytics store ("The analytics store: ClickHouse cannot be reached (…), so nothing was
+/// stored; …").
+fn analytics_error(error: StoreError) -> ApiError {
+    match crate::error::tier_trouble(&error) {
+        Some(trouble) => ApiError::tier_unavailable(&format!("The analytics store: {trouble}"), "nothing was stored"),
+        None => error.into(),
+    }
 }
 
 /// Milliseconds in a day.

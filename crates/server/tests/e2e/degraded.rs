@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard::client::Socket;
+use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
 use switchboard_engine::testkit::{check_gapless, check_run, final_status};
 use switchboard_faultproxy::{Fault, FaultProxy};
 use switchboard_postgres::{PgOptions, PgStore};
 use switchboard_protocol::{Control, ErrorCode, Event, RunStatus, ServerFrame, StoreDelayed};
-use switchboard_store::SqliteAnalytics;
+use switchboard_store::{SqliteAnalytics, SqliteStore};
 
 use crate::support::*;
 
@@ -101,7 +102,11 @@ async fn while_postgres_stalls_runs_end_their_users_are_told_messages_are_refuse
         ..PgOptions::default()
     };
     let store = Arc::new(PgStore::connect(&through(&url, proxy.addr()), options).await.unwrap());
-    let analytics = Arc::new(SqliteAnalytics::open(&tempfile::tempdir().unwrap().keep().join("w.sqlite")).await.unwrap());
+    let analytics = Arc::new(
+        SqliteAnalytics::open(&tempfile::tempdir().unwrap().keep().join("w.sqlite"))
+            .await
+            .unwrap(),
+    );
     let app = spawn_app_on(store, analytics, |c| c.model_latency = Duration::from_millis(200)).await;
     let session = app.user("stalled").await;
     let mut socket = app.connect(&session).await;
@@ -147,9 +152,12 @@ async fn while_postgres_stalls_runs_end_their_users_are_told_messages_are_refuse
     // PostgreSQL answers again: the run's events come through in order, each once, and the
     // service goes on by itself.
     proxy.set(Fault::None);
-    let rest = tokio::time::timeout(Duration::from_secs(30), events_until_final(&mut socket, &accepted.run_id))
-        .await
-        .expect("the run's end arrives once PostgreSQL answers");
+    let rest = tokio::time::timeout(
+        Duration::from_secs(30),
+        events_until_final(&mut socket, &accepted.run_id),
+    )
+    .await
+    .expect("the run's end arrives once PostgreSQL answers");
     events.extend(rest);
     check_gapless(&events).unwrap();
     check_run(&events).unwrap();
@@ -160,5 +168,69 @@ async fn while_postgres_stalls_runs_end_their_users_are_told_messages_are_refuse
         .unwrap();
     assert_eq!(after.first().unwrap().seq.get(), events.last().unwrap().seq.get() + 1);
     let (status, ready) = app.client.get("/health/ready", None).await.unwrap();
-    assert_eq!((status, ready["checks"]["postgres"]["status"].as_str()), (200, Some("ok")));
+    assert_eq!(
+        (status, ready["checks"]["postgres"]["status"].as_str()),
+        (200, Some("ok"))
+    );
+}
+
+#[tokio::test]
+async fn while_clickhouse_is_down_chat_goes_on_uploads_are_refused_naming_the_analytics_store_and_readiness_says_so() {
+    let url = clickhouse_database().await;
+    let proxy = FaultProxy::start(address_of(&url)).await.unwrap();
+    let analytics = ClickHouseAnalytics::connect(&through(&url, proxy.addr()), ClickHouseOptions::default())
+        .await
+        .unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&tempfile::tempdir().unwrap().keep().join("db.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let app = spawn_app_on(store, Arc::new(analytics), |_| {}).await;
+    let session = app.user("no-analytics").await;
+    proxy.set(Fault::Refuse);
+
+    let row = serde_json::json!([{"timestamp": "2026-11-01T10:00:00Z", "model": "gpt-4o", "input_tokens": 10,
+        "output_tokens": 5}]);
+    let (status, body) = app
+        .client
+        .post("/api/workload-events", Some(&session.access_token), &row)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The analytics store: ClickHouse cannot be reached")
+            && message.contains("nothing was stored"),
+        "{message}"
+    );
+
+    let (status, ready) = app.client.get("/health/ready", None).await.unwrap();
+    assert_eq!((status, ready["status"].as_str()), (200, Some("degraded")), "{ready}");
+    assert_eq!(ready["checks"]["clickhouse"]["status"], "degraded", "{ready}");
+    assert_eq!(ready["checks"]["store"]["status"], "ok", "{ready}");
+
+    // Chat goes on.
+    let mut socket = app.connect(&session).await;
+    let accepted = send(&mut socket, "hello there").await;
+    let events = tokio::time::timeout(
+        Duration::from_secs(30),
+        events_until_final(&mut socket, &accepted.run_id),
+    )
+    .await
+    .unwrap();
+    check_run(&events).unwrap();
+    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+
+    proxy.set(Fault::None);
+    let (status, body) = app
+        .client
+        .post("/api/workload-events", Some(&session.access_token), &row)
+        .await
+        .unwrap();
+    assert_eq!((status, &body), (200, &serde_json::json!({"accepted": 1})));
 }
