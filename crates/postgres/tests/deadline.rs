@@ -37,6 +37,18 @@ async fn lock_log_of(url: &str, user: &UserId) -> tokio_postgres::Client {
     raw
 }
 
+/// How many of the store's queries wait on a lock.
+async fn waiting_on_a_lock(raw: &tokio_postgres::Client) -> i64 {
+    raw.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'switchboard' AND wait_event_type = 'Lock'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_held_past_the_deadline_times_out_and_the_store_serves_on() {
     let deadline = Duration::from_millis(300);
@@ -56,6 +68,15 @@ async fn an_append_held_past_the_deadline_times_out_and_the_store_serves_on() {
             after: deadline
         }
     );
+    // The query cut short is cancelled on the server too: it does not wait for the lock until
+    // the server finds its socket gone.
+    // (Asked on a connection outside the lock's transaction, which would see one snapshot.)
+    let watcher = support::raw_connection(&url).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while waiting_on_a_lock(&watcher).await > 0 {}
+    })
+    .await
+    .expect("the append that timed out was cancelled on the server");
     // Alice's row is still locked: these get a new connection, not the one still waiting.
     store.ping().await.unwrap();
     assert_eq!(append(&store, entry(&bob, &run, &thread, started(), None)).await, 1);
