@@ -41,11 +41,7 @@ impl PgStore {
     /// libpq's `key=value` form) and brings its schema up to date. The errors name PostgreSQL,
     /// the address and what failed, never the password.
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
-        if options.max_connections == 0 {
-            return Err(StoreError::Backend(
-                "a PostgreSQL store needs at least one connection".into(),
-            ));
-        }
+        options.check()?;
         let mut config = crate::parse(url)?;
         config.connect_timeout(options.connect_timeout);
         config.application_name("switchboard");
