@@ -22,6 +22,25 @@ use crate::{PgOptions, address, schema};
 /// The longest start-up waits for the schema (another server may be migrating it).
 const MIGRATION_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How much longer than the client's deadline the server gives a statement, or a transaction
+/// left idle, before it ends it.
+const SERVER_GRACE: Duration = Duration::from_secs(1);
+
+/// The session settings that make the server end what a vanished client left: a statement
+/// running past the deadline whose cancel did not reach the server, and above all a transaction
+/// left open (holding its locks, those of `user_logs` rows too) by a client cut off mid-way
+/// behind a stalled network, which the server would otherwise keep until TCP gives up on the
+/// socket, hours later. No operation of the store runs that long: its caller has been told
+/// `TimedOut` by then. Added to any `options` the URL has.
+fn server_deadlines(given: Option<&str>, query_timeout: Duration) -> String {
+    let limit = (query_timeout + SERVER_GRACE).as_millis();
+    let ours = format!("-c statement_timeout={limit} -c idle_in_transaction_session_timeout={limit}");
+    match given {
+        Some(given) if !given.trim().is_empty() => format!("{given} {ours}"),
+        _ => ours,
+    }
+}
+
 /// The PostgreSQL store. Cheap to clone: clones share the pool.
 #[derive(Clone)]
 pub struct PgStore {
@@ -45,6 +64,7 @@ impl PgStore {
         let mut config = crate::parse(url)?;
         config.connect_timeout(options.connect_timeout);
         config.application_name("switchboard");
+        config.options(server_deadlines(config.get_options(), options.query_timeout));
         let place = address::of(&config);
         let manager = deadpool_postgres::Manager::from_config(
             config,
@@ -960,5 +980,38 @@ impl Store for PgStore {
 
     fn tier(&self) -> Tier {
         Tier::Postgres
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_deadlines_follow_the_query_deadline_and_keep_the_urls_own_options() {
+        let cases = [
+            (
+                None,
+                2_000,
+                "-c statement_timeout=3000 -c idle_in_transaction_session_timeout=3000",
+            ),
+            (
+                Some("-c search_path=chat"),
+                500,
+                "-c search_path=chat -c statement_timeout=1500 -c idle_in_transaction_session_timeout=1500",
+            ),
+            (
+                Some("  "),
+                500,
+                "-c statement_timeout=1500 -c idle_in_transaction_session_timeout=1500",
+            ),
+        ];
+        for (given, query_ms, expected) in cases {
+            assert_eq!(
+                server_deadlines(given, Duration::from_millis(query_ms)),
+                expected,
+                "{given:?}"
+            );
+        }
     }
 }
