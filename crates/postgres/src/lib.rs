@@ -40,6 +40,22 @@ impl Default for PgOptions {
     }
 }
 
+impl PgOptions {
+    /// Refuses options no store could work with.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let problem = if self.max_connections == 0 {
+            "max_connections must be at least 1"
+        } else if self.query_timeout.is_zero() {
+            "query_timeout must be longer than 0"
+        } else if self.connect_timeout.is_zero() {
+            "connect_timeout must be longer than 0"
+        } else {
+            return Ok(());
+        };
+        Err(StoreError::Backend(format!("invalid PostgreSQL options: {problem}")))
+    }
+}
+
 /// Creates a database with a random name on the server of `admin_url` (a role that may create
 /// databases) and returns the URL of the new database: a fresh, empty store for one test.
 pub async fn scratch_database(admin_url: &str) -> Result<String, StoreError> {

@@ -95,6 +95,9 @@ CREATE INDEX refresh_families_by_user ON refresh_families (user_id);
 pub(crate) fn migrate(client: &mut deadpool_postgres::ClientWrapper, place: String) -> Work<'_, i32> {
     Box::pin(async move {
         let tx = client.transaction().await?;
+        // Another server may hold the lock for as long as its migration takes: this
+        // transaction waits under the start-up deadline, not the session's statement timeout.
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         tx.batch_execute(

@@ -22,6 +22,25 @@ use crate::{PgOptions, address, schema};
 /// The longest start-up waits for the schema (another server may be migrating it).
 const MIGRATION_DEADLINE: Duration = Duration::from_secs(30);
 
+/// How much longer than the client's deadline the server gives a statement, or a transaction
+/// left idle, before it ends it.
+const SERVER_GRACE: Duration = Duration::from_secs(1);
+
+/// The session settings that make the server end what a vanished client left: a statement
+/// running past the deadline whose cancel did not reach the server, and above all a transaction
+/// left open (holding its locks, those of `user_logs` rows too) by a client cut off mid-way
+/// behind a stalled network, which the server would otherwise keep until TCP gives up on the
+/// socket, hours later. No operation of the store runs that long: its caller has been told
+/// `TimedOut` by then. Added to any `options` the URL has.
+fn server_deadlines(given: Option<&str>, query_timeout: Duration) -> String {
+    let limit = (query_timeout + SERVER_GRACE).as_millis();
+    let ours = format!("-c statement_timeout={limit} -c idle_in_transaction_session_timeout={limit}");
+    match given {
+        Some(given) if !given.trim().is_empty() => format!("{given} {ours}"),
+        _ => ours,
+    }
+}
+
 /// The PostgreSQL store. Cheap to clone: clones share the pool.
 #[derive(Clone)]
 pub struct PgStore {
@@ -41,14 +60,11 @@ impl PgStore {
     /// libpq's `key=value` form) and brings its schema up to date. The errors name PostgreSQL,
     /// the address and what failed, never the password.
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
-        if options.max_connections == 0 {
-            return Err(StoreError::Backend(
-                "a PostgreSQL store needs at least one connection".into(),
-            ));
-        }
+        options.check()?;
         let mut config = crate::parse(url)?;
         config.connect_timeout(options.connect_timeout);
         config.application_name("switchboard");
+        config.options(server_deadlines(config.get_options(), options.query_timeout));
         let place = address::of(&config);
         let manager = deadpool_postgres::Manager::from_config(
             config,
@@ -388,81 +404,105 @@ struct EventRow {
     at: i64,
 }
 
-/// One transaction for all the rows. Each user's `user_logs` row is advanced by the number of
-/// the user's events in the batch, in one statement that locks the rows in the order of the
-/// user ids (so two batches of several users cannot deadlock); the events then take the seqs
-/// that frees, in the order given, and are inserted in one statement.
+/// Appends a batch in one statement, one round trip: each user's `user_logs` row is advanced
+/// by the number of the user's events in the batch, the rows locked in the order of the user
+/// ids (so two batches of several users cannot deadlock); each event takes the next seq of its
+/// user in the order given, and its JSON is the text `NewEvent::to_json` wrote with `{"seq":N,`
+/// before it, byte for byte what `UnnumberedJson::numbered` makes. The statement answers each
+/// user's new last seq; the caller numbers its records from it the same way.
+const APPEND: &str = r#"
+WITH batch AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS b (user_id, run_id, rest, n)
+),
+advanced AS (
+    INSERT INTO user_logs (user_id, last_seq)
+    SELECT user_id, count(*) FROM batch GROUP BY user_id ORDER BY user_id COLLATE "C"
+    ON CONFLICT (user_id) DO UPDATE SET last_seq = user_logs.last_seq + EXCLUDED.last_seq
+    RETURNING user_id, last_seq
+),
+numbered AS (
+    SELECT batch.user_id, batch.run_id, batch.rest,
+           advanced.last_seq - count(*) OVER mine + row_number() OVER (mine ORDER BY batch.n) AS seq
+    FROM batch JOIN advanced USING (user_id)
+    WINDOW mine AS (PARTITION BY batch.user_id)
+),
+stored AS (
+    INSERT INTO events (user_id, seq, run_id, json)
+    SELECT user_id, seq, run_id, '{"seq":' || seq || ',' || rest FROM numbered
+)
+SELECT user_id, last_seq FROM advanced
+"#;
+
+/// The start of every event's JSON before it is numbered (see `UnnumberedJson`).
+const UNNUMBERED_PREFIX: &str = "{\"seq\":0,";
+
+/// Stores the rows: one statement when no run ends among them, else one transaction that also
+/// finishes the runs.
 fn append_all(client: &mut ClientWrapper, rows: Vec<EventRow>) -> Work<'_, Vec<StoredEvent>> {
     Box::pin(async move {
         let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-        for row in &rows {
-            *counts.entry(row.user_id.as_str()).or_default() += 1;
-        }
-        let (users, added): (Vec<&str>, Vec<i64>) = counts.iter().map(|(user, n)| (*user, *n)).unzip();
-        let tx = client.transaction().await?;
-        let advance = tx
-            .prepare_cached(
-                "INSERT INTO user_logs (user_id, last_seq)
-                 SELECT user_id, added FROM UNNEST($1::text[], $2::bigint[]) AS batch (user_id, added)
-                 ORDER BY user_id COLLATE \"C\"
-                 ON CONFLICT (user_id) DO UPDATE SET last_seq = user_logs.last_seq + EXCLUDED.last_seq
-                 RETURNING user_id, last_seq",
-            )
-            .await?;
-        let mut next: BTreeMap<String, i64> = BTreeMap::new();
-        for row in tx.query(&advance, &[&users, &added]).await? {
-            let user: String = get(&row, 0)?;
-            let last: i64 = get(&row, 1)?;
-            let first = last - counts.get(user.as_str()).copied().unwrap_or_default() + 1;
-            next.insert(user, first);
-        }
-        let mut stored = Vec::with_capacity(rows.len());
-        let (mut user_ids, mut seqs, mut run_ids, mut jsons) = (
-            Vec::with_capacity(rows.len()),
+        let (mut user_ids, mut run_ids, mut rests) = (
             Vec::with_capacity(rows.len()),
             Vec::with_capacity(rows.len()),
             Vec::with_capacity(rows.len()),
         );
-        let mut ends = Vec::new();
-        for EventRow {
-            user_id,
-            run_id,
-            json,
-            end,
-            at,
-        } in rows
-        {
-            let slot = next
-                .get_mut(user_id.as_str())
-                .ok_or_else(|| StoreError::Backend(format!("no seq was given to user {user_id}")))?;
-            let seq = *slot;
-            *slot += 1;
-            let record = EventRecord {
-                seq: Seq::new(u64::try_from(seq).map_err(|e| corrupt("seq", e))?),
-                json: json.numbered(Seq::new(seq as u64)),
-            };
-            user_ids.push(user_id.to_string());
-            seqs.push(seq);
-            jsons.push(record.json.clone());
-            if let Some(end) = end {
-                ends.push((user_id.to_string(), run_id.clone(), end, at));
-            }
-            run_ids.push(run_id);
-            stored.push(StoredEvent { user_id, record });
+        for row in &rows {
+            *counts.entry(row.user_id.as_str()).or_default() += 1;
+            let zero = row.json.numbered(Seq::ZERO);
+            let rest = zero
+                .strip_prefix(UNNUMBERED_PREFIX)
+                .ok_or_else(|| corrupt("event", "its JSON does not begin with its seq"))?
+                .to_owned();
+            user_ids.push(row.user_id.as_str());
+            run_ids.push(row.run_id.as_str());
+            rests.push(rest);
         }
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO events (user_id, seq, run_id, json)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[])",
-            )
-            .await?;
-        tx.execute(&insert, &[&user_ids, &seqs, &run_ids, &jsons]).await?;
-        for (user, run, end, at) in ends {
-            finish_run(&tx, &user, &run, &end, at).await?;
+        let ends = rows.iter().any(|row| row.end.is_some());
+        let append = client.prepare_cached(APPEND).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&user_ids, &run_ids, &rests];
+        if !ends {
+            let advanced = client.query(&append, &params).await?;
+            return Ok(number(&rows, &counts, &advanced)?);
+        }
+        let tx = client.transaction().await?;
+        let advanced = tx.query(&append, &params).await?;
+        let stored = number(&rows, &counts, &advanced)?;
+        for row in &rows {
+            if let Some(end) = &row.end {
+                finish_run(&tx, row.user_id.as_str(), &row.run_id, end, row.at).await?;
+            }
         }
         tx.commit().await?;
         Ok(stored)
     })
+}
+
+/// The records of the rows, numbered from each user's new last seq (`advanced`) as `APPEND`
+/// numbered them: the user's events in the order given, ending at its last seq.
+fn number(rows: &[EventRow], counts: &BTreeMap<&str, i64>, advanced: &[Row]) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut next: BTreeMap<String, i64> = BTreeMap::new();
+    for row in advanced {
+        let user: String = get(row, 0)?;
+        let last: i64 = get(row, 1)?;
+        let first = last - counts.get(user.as_str()).copied().unwrap_or_default() + 1;
+        next.insert(user, first);
+    }
+    let mut stored = Vec::with_capacity(rows.len());
+    for row in rows {
+        let slot = next
+            .get_mut(row.user_id.as_str())
+            .ok_or_else(|| StoreError::Backend(format!("no seq was given to user {}", row.user_id)))?;
+        let seq = Seq::new(u64::try_from(*slot).map_err(|e| corrupt("seq", e))?);
+        *slot += 1;
+        stored.push(StoredEvent {
+            user_id: row.user_id.clone(),
+            record: EventRecord {
+                seq,
+                json: row.json.numbered(seq),
+            },
+        });
+    }
+    Ok(stored)
 }
 
 /// Stores the run's end, and a completed run's answer as an assistant message.
@@ -952,5 +992,38 @@ impl Store for PgStore {
 
     fn tier(&self) -> Tier {
         Tier::Postgres
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_deadlines_follow_the_query_deadline_and_keep_the_urls_own_options() {
+        let cases = [
+            (
+                None,
+                2_000,
+                "-c statement_timeout=3000 -c idle_in_transaction_session_timeout=3000",
+            ),
+            (
+                Some("-c search_path=chat"),
+                500,
+                "-c search_path=chat -c statement_timeout=1500 -c idle_in_transaction_session_timeout=1500",
+            ),
+            (
+                Some("  "),
+                500,
+                "-c statement_timeout=1500 -c idle_in_transaction_session_timeout=1500",
+            ),
+        ];
+        for (given, query_ms, expected) in cases {
+            assert_eq!(
+                server_deadlines(given, Duration::from_millis(query_ms)),
+                expected,
+                "{given:?}"
+            );
+        }
     }
 }

@@ -242,3 +242,38 @@ async fn a_database_of_a_newer_schema_is_refused() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn options_no_store_could_work_with_are_refused_before_connecting() {
+    let url = "postgres://ann@127.0.0.1:1/chat";
+    let cases = [
+        (
+            PgOptions {
+                max_connections: 0,
+                ..PgOptions::default()
+            },
+            "max_connections",
+        ),
+        (
+            PgOptions {
+                query_timeout: Duration::ZERO,
+                ..PgOptions::default()
+            },
+            "query_timeout",
+        ),
+        (
+            PgOptions {
+                connect_timeout: Duration::ZERO,
+                ..PgOptions::default()
+            },
+            "connect_timeout",
+        ),
+    ];
+    for (options, named) in cases {
+        let error = PgStore::connect(url, options).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Backend(m) if m.contains(named)),
+            "{options:?}: {error:?}"
+        );
+    }
+}
