@@ -92,9 +92,21 @@ impl ClickHouseAnalytics {
                 sql::SCHEMA_VERSION
             )));
         }
-        store
-            .execute(sql::CREATE_EVENTS.to_owned(), "creating the workload_events table")
-            .await?;
+        let tables = [
+            (sql::CREATE_EVENTS.to_owned(), "creating the workload_events table"),
+            (sql::create_cells(), "creating the workload_cells table"),
+            (sql::CREATE_BINS.to_owned(), "creating the workload_bins table"),
+            (sql::CREATE_PROMPTS.to_owned(), "creating the workload_prompts table"),
+            (sql::create_cells_view(), "creating the workload_cells view"),
+            (sql::create_prompts_view(), "creating the workload_prompts view"),
+        ];
+        let [latency_view, prompt_view] = sql::create_bins_views();
+        for (statement, doing) in tables.into_iter().chain([
+            (latency_view, "creating the latency bins view"),
+            (prompt_view, "creating the prompt size bins view"),
+        ]) {
+            store.execute(statement, doing).await?;
+        }
         if rows == 0 {
             store
                 .execute(
@@ -162,58 +174,47 @@ impl ClickHouseAnalytics {
     }
 
     /// One reading of a summary, or `None` when its queries saw different calls (an upload
-    /// landed between them).
+    /// landed between them). A range open at both ends reads the roll-ups; any other reads the
+    /// range's rows.
     async fn read_summary(&self, user: &UserId, range: TimeRange) -> Result<Option<Summary>, StoreError> {
-        let rows = sql::range(
-            user.as_str(),
-            range.from.map(|t| t.unix_millis()),
-            range.to.map(|t| t.unix_millis()),
-        );
-        let (cells, latency, prompt_tokens, prompts) = tokio::try_join!(
-            self.query(sql::cells(&rows), "summing the workload cells"),
-            self.query(sql::sketch_bins(&rows, Sketched::Latency), "counting latencies"),
-            self.query(sql::sketch_bins(&rows, Sketched::PromptTokens), "counting prompt sizes"),
-            self.query(sql::repeated_prompts(&rows), "counting repeated prompts"),
-        )?;
+        let (cells, latency, prompt_tokens, prompts) = if range.from.is_none() && range.to.is_none() {
+            let (cells, bins, prompts) = tokio::try_join!(
+                self.query(sql::rolled_up_cells(user.as_str()), "reading the workload cells"),
+                self.query(sql::rolled_up_bins(user.as_str()), "reading the sketch bins"),
+                self.query(
+                    sql::rolled_up_repeated_prompts(user.as_str()),
+                    "reading repeated prompts"
+                ),
+            )?;
+            (cells, bins, Vec::new(), prompts)
+        } else {
+            let rows = sql::range(
+                user.as_str(),
+                range.from.map(|t| t.unix_millis()),
+                range.to.map(|t| t.unix_millis()),
+            );
+            tokio::try_join!(
+                self.query(sql::cells(&rows), "summing the workload cells"),
+                self.query(sql::sketch_bins(&rows, Sketched::Latency), "counting latencies"),
+                self.query(sql::sketch_bins(&rows, Sketched::PromptTokens), "counting prompt sizes"),
+                self.query(sql::repeated_prompts(&rows), "counting repeated prompts"),
+            )?
+        };
         let mut cells = read_cells(&cells).map_err(|e| self.corrupt("the workload cells", &e))?;
-        let latency = read_sketches(&latency).map_err(|e| self.corrupt("the latency bins", &e))?;
-        let prompt_tokens = read_sketches(&prompt_tokens).map_err(|e| self.corrupt("the prompt size bins", &e))?;
+        let mut bins = read_bins(&latency).map_err(|e| self.corrupt("the sketch bins", &e))?;
+        for (class, more) in read_bins(&prompt_tokens).map_err(|e| self.corrupt("the sketch bins", &e))? {
+            bins.entry(class).or_default().extend(more);
+        }
         let (prompt_calls, repeated_calls, repeated_cost) = self.one_row(&prompts, "the repeated prompts", |row| {
             Ok((row.u64(0)?, row.u64(1)?, row.amount(2)?))
         })?;
-
-        // Each class's sketches go on its first cell with calls; its counts must be the cells'.
-        let mut classes: HashMap<&Class, (u64, u64, Option<&CellAt>)> = HashMap::new();
-        for (at, read) in &cells.cells {
-            let class = classes.entry(&read.class).or_default();
-            class.0 += read.cell.all.calls;
-            class.1 += read.latencies;
-            if read.cell.all.calls > 0 && class.2.is_none() {
-                class.2 = Some(at);
-            }
-        }
-        let mut placed: Vec<(CellAt, Sketch, Sketch)> = Vec::new();
-        let all_classes: std::collections::BTreeSet<&Class> = latency.keys().chain(prompt_tokens.keys()).collect();
-        for class in all_classes {
-            let Some((calls, latencies, Some(at))) = classes.get(class) else {
-                return Ok(None);
-            };
-            let latency = latency.get(class).cloned().unwrap_or_default();
-            let prompt_tokens = prompt_tokens.get(class).cloned().unwrap_or_default();
-            if latency.count() != *latencies || prompt_tokens.count() != *calls {
-                return Ok(None);
-            }
-            placed.push(((*at).clone(), latency, prompt_tokens));
-        }
-        let sketched: u64 = classes
-            .iter()
-            .filter(|(class, _)| prompt_tokens.contains_key(**class))
-            .map(|(_, (calls, _, _))| calls)
-            .sum();
-        if sketched != cells.calls || prompt_calls != cells.prompt_calls {
+        let Some(sketches) = sketches(&cells, bins).map_err(|e| self.corrupt("the sketch bins", &e))? else {
+            return Ok(None);
+        };
+        if prompt_calls != cells.prompt_calls {
             return Ok(None);
         }
-        for (at, latency, prompt_tokens) in placed {
+        for (at, (latency, prompt_tokens)) in sketches {
             if let Some(read) = cells.cells.get_mut(&at) {
                 (read.cell.latency, read.cell.prompt_tokens) = (latency, prompt_tokens);
             }
@@ -229,6 +230,74 @@ impl ClickHouseAnalytics {
     }
 }
 
+/// A class's latency and prompt size sketches, and the cell they go on.
+type Placed = (CellAt, (Sketch, Sketch));
+
+/// The sketches of each class of cells, on the class's first cell with calls; `None` when the
+/// bins do not count the cells' calls (an upload landed between the queries).
+fn sketches(cells: &Cells, mut bins: HashMap<(Kind, Class), Bins>) -> Result<Option<Vec<Placed>>, String> {
+    #[derive(Default)]
+    struct Seen<'a> {
+        calls: u64,
+        latencies: u64,
+        latency: (f64, f64),
+        prompt: (f64, f64),
+        first: Option<&'a CellAt>,
+    }
+    let mut classes: BTreeMap<&Class, Seen<'_>> = BTreeMap::new();
+    for (at, read) in &cells.cells {
+        if read.cell.all.calls == 0 {
+            continue;
+        }
+        let seen = classes.entry(&read.class).or_insert_with(|| Seen {
+            latency: (f64::INFINITY, f64::NEG_INFINITY),
+            prompt: (f64::INFINITY, f64::NEG_INFINITY),
+            ..Seen::default()
+        });
+        seen.calls += read.cell.all.calls;
+        seen.latencies += read.latencies;
+        if read.latencies > 0 {
+            seen.latency = (seen.latency.0.min(read.latency.0), seen.latency.1.max(read.latency.1));
+        }
+        seen.prompt = (seen.prompt.0.min(read.prompt.0), seen.prompt.1.max(read.prompt.1));
+        seen.first.get_or_insert(at);
+    }
+    let mut placed = Vec::with_capacity(classes.len());
+    for (class, seen) in classes {
+        let mut sketch = |kind: Kind, (min, max): (f64, f64)| {
+            let bins = bins.remove(&(kind, class.clone())).unwrap_or_default();
+            let zero = bins
+                .iter()
+                .filter(|(bin, _)| *bin == sql::ZERO_BIN)
+                .map(|(_, n)| *n)
+                .sum();
+            Sketch::from_bins(
+                zero,
+                bins.into_iter().filter(|(bin, _)| *bin != sql::ZERO_BIN),
+                min,
+                max,
+            )
+        };
+        let latency = if seen.latencies > 0 {
+            sketch(Kind::Latency, seen.latency)?
+        } else {
+            Sketch::default()
+        };
+        let prompt_tokens = sketch(Kind::PromptTokens, seen.prompt)?;
+        if latency.count() != seen.latencies || prompt_tokens.count() != seen.calls {
+            return Ok(None);
+        }
+        if let Some(at) = seen.first {
+            placed.push((at.clone(), (latency, prompt_tokens)));
+        }
+    }
+    // Bins of a class without calls.
+    if !bins.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(placed))
+}
+
 /// Where a cell belongs: clock hour, model, feature, batch flag.
 type CellAt = (i64, String, Option<String>, bool);
 
@@ -236,61 +305,80 @@ type CellAt = (i64, String, Option<String>, bool);
 /// feature, batch flag.
 type Class = (i64, String, Option<String>, bool);
 
-/// A cell as read, with the figures that check it against the sketches.
+/// A cell as read, with the figures that check it against the sketches and bound them.
 #[derive(Debug)]
 struct ReadCell {
     class: Class,
     cell: Cell,
     latencies: u64,
+    /// The smallest and largest latency, and prompt size.
+    latency: (f64, f64),
+    prompt: (f64, f64),
 }
 
 #[derive(Debug, Default)]
 struct Cells {
     cells: BTreeMap<CellAt, ReadCell>,
-    /// Calls in range, and those with a prompt hash.
-    calls: u64,
+    /// Calls in range with a prompt hash.
     prompt_calls: u64,
     left_out: u64,
 }
 
-/// The answer of [`sql::cells`], checked: counts consistent, sums finite, times in order.
+/// A cost given as whole units and the rest (see [`sql::COST_UNIT_SHIFT`]).
+fn cost(row: &rows::Row<'_>, first: usize) -> Result<f64, String> {
+    let (units, rest) = (u128::from(row.u64(first)?), u128::from(row.u64(first + 1)?));
+    let rest_bits = sql::COST_REST_SHIFT;
+    let units = units + (rest >> rest_bits);
+    let rest = rest & ((1 << rest_bits) - 1);
+    Ok(units as f64 / f64::from(1u32 << sql::COST_UNIT_SHIFT)
+        + rest as f64 / 2f64.powi((sql::COST_UNIT_SHIFT + rest_bits) as i32))
+}
+
+/// A cells answer ([`sql::cells`], [`sql::rolled_up_cells`]), checked: counts consistent,
+/// times and bounds in order.
 fn read_cells(answer: &[u8]) -> Result<Cells, String> {
     let mut cells = Cells::default();
-    for row in rows::rows(answer, 20)? {
+    for row in rows::rows(answer, sql::CELL_COLUMNS)? {
         let hour = row.i64(0)?;
         let model = row.hex_text(1)?;
         let feature = if row.flag(2)? { Some(row.hex_text(3)?) } else { None };
         let batch = row.flag(4)?;
-        let slice = |first: usize| -> Result<Slice, String> {
+        let slice = |calls: usize, cost_at: usize| -> Result<Slice, String> {
             Ok(Slice {
-                calls: row.u64(first)?,
-                input_tokens: row.u64(first + 1)?,
-                output_tokens: row.u64(first + 2)?,
-                cost_usd: row.amount(first + 3)?,
+                calls: row.u64(calls)?,
+                input_tokens: row.u64(calls + 1)?,
+                output_tokens: row.u64(calls + 2)?,
+                cost_usd: cost(&row, cost_at)?,
             })
         };
         let cell = Cell {
-            all: slice(5)?,
-            errors: row.u64(9)?,
-            failed_cost_usd: row.amount(10)?,
-            short: slice(11)?,
-            first_ms: row.i64(15)?,
-            last_ms: row.i64(16)?,
+            all: slice(5, 8)?,
+            errors: row.u64(10)?,
+            failed_cost_usd: cost(&row, 11)?,
+            short: slice(13, 16)?,
+            first_ms: row.i64(18)?,
+            last_ms: row.i64(19)?,
             latency: Sketch::default(),
             prompt_tokens: Sketch::default(),
         };
-        let (latencies, prompt_calls, left_out) = (row.u64(17)?, row.u64(18)?, row.u64(19)?);
+        let latencies = row.u64(20)?;
+        let latency = (row.float_bits(21)?, row.float_bits(22)?);
+        let prompt_calls = row.u64(23)?;
+        let prompt = (row.float_bits(24)?, row.float_bits(25)?);
+        let left_out = row.u64(26)?;
         let calls = cell.all.calls;
+        let ordered = |(min, max): (f64, f64)| min.is_finite() && max.is_finite() && 0.0 <= min && min <= max;
         if cell.errors > calls
             || cell.short.calls > calls
             || latencies > calls
             || prompt_calls > calls
-            || (calls > 0 && cell.first_ms > cell.last_ms)
-            || calls + left_out == 0
+            || calls.saturating_add(left_out) == 0
+            || (calls > 0 && (cell.first_ms > cell.last_ms || !ordered(prompt)))
+            || (latencies > 0 && !ordered(latency))
         {
             return Err(format!(
                 "a cell whose counts do not add up ({calls} calls, {} failed, {} short, {latencies} latencies, \
-                 {prompt_calls} prompts, {left_out} left out, from {} to {})",
+                 {prompt_calls} prompts, {left_out} left out, from {} to {}, latency {latency:?}, prompts {prompt:?})",
                 cell.errors, cell.short.calls, cell.first_ms, cell.last_ms
             ));
         }
@@ -300,57 +388,55 @@ fn read_cells(answer: &[u8]) -> Result<Cells, String> {
                 cell.first_ms
             ));
         }
-        cells.calls += calls;
         cells.prompt_calls += prompt_calls;
         cells.left_out += left_out;
         let class = (hour.rem_euclid(24), model.clone(), feature.clone(), batch);
         let at = (hour, model, feature, batch);
-        if cells.cells.insert(at, ReadCell { class, cell, latencies }).is_some() {
+        let read = ReadCell {
+            class,
+            cell,
+            latencies,
+            latency,
+            prompt,
+        };
+        if cells.cells.insert(at, read).is_some() {
             return Err("a cell given twice".to_owned());
         }
     }
     Ok(cells)
 }
 
-/// The answer of [`sql::sketch_bins`]: a sketch per class.
-fn read_sketches(answer: &[u8]) -> Result<HashMap<Class, Sketch>, String> {
-    #[derive(Default)]
-    struct Bins {
-        zero: u64,
-        bins: Vec<(i32, u64)>,
-        min: f64,
-        max: f64,
-    }
-    let mut classes: HashMap<Class, Bins> = HashMap::new();
-    for row in rows::rows(answer, 9)? {
-        let hour_of_day = row.i64(0)?;
+/// Which values a bin counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Latency,
+    PromptTokens,
+}
+
+/// The (bin, count) pairs of a class, the zero bin as [`sql::ZERO_BIN`].
+type Bins = Vec<(i32, u64)>;
+
+/// A sketch bins answer ([`sql::sketch_bins`], [`sql::rolled_up_bins`]).
+fn read_bins(answer: &[u8]) -> Result<HashMap<(Kind, Class), Bins>, String> {
+    let mut classes: HashMap<(Kind, Class), Bins> = HashMap::new();
+    for row in rows::rows(answer, 8)? {
+        let kind = match row.u64(0)? {
+            0 => Kind::Latency,
+            1 => Kind::PromptTokens,
+            other => return Err(format!("a kind of bin {other}")),
+        };
+        let hour_of_day = row.i64(1)?;
         if !(0..24).contains(&hour_of_day) {
             return Err(format!("an hour of the day {hour_of_day}"));
         }
-        let feature = if row.flag(2)? { Some(row.hex_text(3)?) } else { None };
-        let class = (hour_of_day, row.hex_text(1)?, feature, row.flag(4)?);
-        let (bin, count, min, max) = (row.i32(5)?, row.u64(6)?, row.float_bits(7)?, row.float_bits(8)?);
-        let bins = classes.entry(class).or_insert_with(|| Bins {
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            ..Bins::default()
-        });
-        if bin == sql::ZERO_BIN {
-            bins.zero = bins.zero.checked_add(count).ok_or("more values than a count holds")?;
-        } else {
-            bins.bins.push((bin, count));
-        }
-        // NaN fails `from_bins`' check of the bounds.
-        bins.min = if min.is_nan() { min } else { bins.min.min(min) };
-        bins.max = if max.is_nan() { max } else { bins.max.max(max) };
+        let feature = if row.flag(3)? { Some(row.hex_text(4)?) } else { None };
+        let class = (hour_of_day, row.hex_text(2)?, feature, row.flag(5)?);
+        classes
+            .entry((kind, class))
+            .or_default()
+            .push((row.i32(6)?, row.u64(7)?));
     }
-    classes
-        .into_iter()
-        .map(|(class, bins)| {
-            let sketch = Sketch::from_bins(bins.zero, bins.bins, bins.min, bins.max)?;
-            Ok((class, sketch))
-        })
-        .collect()
+    Ok(classes)
 }
 
 #[async_trait]
