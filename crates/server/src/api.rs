@@ -26,6 +26,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, TokenPair, new_refresh_family, unusable_password_hash};
 use crate::delivery::Delivery;
 use crate::error::ApiError;
+use crate::fanout::Live;
 use crate::limits::{Admission, admit};
 use crate::ws::history_message;
 
@@ -701,11 +702,20 @@ fn sse_stream(
     let open = (delivery, admission, Arc::clone(&state.metrics), state.closing.clone());
     futures_util::stream::unfold(Some(open), |open| async move {
         let (mut delivery, admission, metrics, closing) = open?;
-        let next = tokio::select! {
-            biased;
-            () = closing.cancelled() => return None,
-            () = tokio::time::sleep_until(admission.expires) => None,
-            next = delivery.next() => Some(next),
+        // An SSE stream carries the log's events only, not the socket's notices.
+        let next = loop {
+            let next = tokio::select! {
+                biased;
+                () = closing.cancelled() => return None,
+                () = tokio::time::sleep_until(admission.expires) => None,
+                next = delivery.next() => Some(next),
+            };
+            match next {
+                Some(Ok(Live::Notice(_))) => continue,
+                Some(Ok(Live::Event(record))) => break Some(Ok(record)),
+                Some(Err(error)) => break Some(Err(error)),
+                None => break None,
+            }
         };
         match next {
             Some(Ok(record)) => {
@@ -771,6 +781,8 @@ const MAX_ROW_ERRORS: usize = 1000;
         (status = 422, description = "Some rows are invalid, each named by its line; nothing was stored \
             (`invalid_rows`).", body = RowsErrorBody),
         (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+        (status = 503, description = "The analytics store is slow or cannot be reached; nothing was stored \
+            (`store_unavailable`).", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload_workload(
@@ -856,7 +868,11 @@ pub(crate) async fn upload_workload(
             return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
         }
     };
-    let accepted = state.analytics.insert_workload_events(&user.id, events).await?;
+    let accepted = state
+        .analytics
+        .insert_workload_events(&user.id, events)
+        .await
+        .map_err(analytics_error)?;
     Ok(Json(Accepted {
         accepted: accepted as u64,
     })
@@ -886,7 +902,8 @@ pub(crate) async fn upload_workload(
             the wrong type, or unknown (`invalid_request`).", body = ErrorBody),
         (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
         (status = 503, description = "Another demo month is being made (`server_busy`); try again when it is \
-            done.", body = ErrorBody),
+            done. Or the analytics store is slow or cannot be reached; nothing was stored (`store_unavailable`).",
+            body = ErrorBody),
     )
 )]
 pub(crate) async fn demo_data(
@@ -956,10 +973,24 @@ pub(crate) async fn demo_data(
     .await
     .map_err(ApiError::internal)?
     .map_err(|error| ApiError::internal(format!("a demo row was refused: {error}")))?;
-    let accepted = state.analytics.insert_workload_events(&user.id, events).await?;
+    let accepted = state
+        .analytics
+        .insert_workload_events(&user.id, events)
+        .await
+        .map_err(analytics_error)?;
     Ok(Json(Accepted {
         accepted: accepted as u64,
     }))
+}
+
+/// An upload the analytics store did not take: when the tier is slow or down, 503 naming it as
+/// the analytics store ("The analytics store: ClickHouse cannot be reached (…), so nothing was
+/// stored; …").
+fn analytics_error(error: StoreError) -> ApiError {
+    match crate::error::tier_trouble(&error) {
+        Some(trouble) => ApiError::tier_unavailable(&format!("The analytics store: {trouble}"), "nothing was stored"),
+        None => error.into(),
+    }
 }
 
 /// Milliseconds in a day.
@@ -1009,7 +1040,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 const TIER_SLOW: Duration = Duration::from_millis(200);
 
 /// Pings a tier within [`CHECK_TIMEOUT`]: `ok`; `degraded` when it answers slower than
-/// [`TIER_SLOW`] or not at all in time; when it answers with an error, `failed` (the store:
+/// [`TIER_SLOW`] or not at all in time (or its own deadline passed); when it fails otherwise
+/// (e.g. it cannot be reached), `failed` (the store:
 /// `unavailable`; the analytics store, which chat does without: `degraded`). Also whether it
 /// answered at all.
 async fn check_tier(
@@ -1028,6 +1060,8 @@ async fn check_tier(
                 TIER_SLOW.as_millis()
             )),
         ),
+        // Its own deadline passed: as slow as a tier that does not answer.
+        Ok(Err(error @ StoreError::TimedOut { .. })) => (HealthStatus::Degraded, Some(error.to_string())),
         Ok(Err(error)) => (failed, Some(error.to_string())),
         Err(_) => (
             HealthStatus::Degraded,

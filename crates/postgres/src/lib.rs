@@ -1,0 +1,109 @@
+//! Switchboard's storage on PostgreSQL: [`PgStore`] implements `switchboard_store::Store` with
+//! the embedded SQLite backend's semantics, over a pool of connections (`deadpool-postgres` on
+//! `tokio-postgres`). Every operation, waiting for a connection included, runs under a deadline
+//! ([`PgOptions::query_timeout`]); a connection whose operation was cut short is never handed out
+//! again. Each user's event log is numbered by a row of `user_logs` that the appending transaction
+//! locks and advances, so servers sharing one database never give one seq twice.
+
+mod address;
+mod connection;
+mod schema;
+mod store;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use switchboard_store::{StoreError, Tier};
+
+pub use address::redacted;
+pub use schema::SCHEMA_VERSION;
+pub use store::PgStore;
+
+/// How a [`PgStore`] uses its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgOptions {
+    /// The most connections the store holds open at once.
+    pub max_connections: usize,
+    /// The deadline of every operation, from asking for a connection to its last row.
+    pub query_timeout: Duration,
+    /// The deadline for opening one connection (TCP and the server's handshake).
+    pub connect_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            query_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl PgOptions {
+    /// Refuses options no store could work with.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let problem = if self.max_connections == 0 {
+            "max_connections must be at least 1"
+        } else if self.query_timeout.is_zero() {
+            "query_timeout must be longer than 0"
+        } else if self.connect_timeout.is_zero() {
+            "connect_timeout must be longer than 0"
+        } else {
+            return Ok(());
+        };
+        Err(StoreError::Backend(format!("invalid PostgreSQL options: {problem}")))
+    }
+}
+
+/// Creates a database with a random name on the server of `admin_url` (a role that may create
+/// databases) and returns the URL of the new database: a fresh, empty store for one test.
+pub async fn scratch_database(admin_url: &str) -> Result<String, StoreError> {
+    let config = parse(admin_url)?;
+    let place = address::of(&config);
+    let name = format!("switchboard_{}", uuid::Uuid::new_v4().simple());
+    let limit = Duration::from_secs(10);
+    let (client, connection) = tokio::time::timeout(limit, config.connect(tokio_postgres::NoTls))
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "connecting to {place} took longer than {} ms",
+                limit.as_millis()
+            ))
+        })?
+        .map_err(|e| connection::connect_error(&place, &e))?;
+    let task = tokio::spawn(connection);
+    let created = tokio::time::timeout(limit, client.batch_execute(&format!("CREATE DATABASE {name}")))
+        .await
+        .map_err(|_| StoreError::TimedOut {
+            tier: Tier::Postgres,
+            after: limit,
+        })?;
+    drop(client);
+    let _ = task.await;
+    created.map_err(|e| {
+        StoreError::Backend(format!(
+            "cannot create a database on {place}: {}",
+            connection::describe(&e)
+        ))
+    })?;
+    Ok(address::with_database(admin_url, &name))
+}
+
+/// Reads a connection URL (or `key=value` string) without echoing any of it in the error.
+fn parse(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    tokio_postgres::Config::from_str(url).map_err(|e| {
+        StoreError::Backend(format!(
+            "the PostgreSQL URL {} is not valid: {}",
+            address::redacted(url),
+            connection::describe(&e)
+        ))
+    })
+}
+
+fn unavailable(reason: String) -> StoreError {
+    StoreError::Unavailable {
+        tier: Tier::Postgres,
+        reason,
+    }
+}

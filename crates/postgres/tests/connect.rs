@@ -1,0 +1,279 @@
+//! Connecting: every way it can fail is said clearly (PostgreSQL, the address, what failed) and
+//! never with the password; the schema is migrated once however many servers start at once, and
+//! a database of a newer schema is refused.
+
+mod support;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use switchboard_postgres::{PgOptions, PgStore, SCHEMA_VERSION};
+use switchboard_store::{Store, StoreError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const PASSWORD: &str = "hunter2-not-to-be-seen";
+
+/// Generous: only the fake server that never answers waits for the connect deadline.
+const TEST_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What a failed connection must give: the kind of error, and words its message must hold.
+struct Case {
+    url: String,
+    kind: fn(&StoreError) -> bool,
+    says: Vec<String>,
+}
+
+fn check(case: Case, error: StoreError) {
+    let message = error.to_string();
+    assert!((case.kind)(&error), "{}: unexpected kind of error: {error:?}", case.url);
+    assert!(
+        !message.contains(PASSWORD),
+        "{}: the password is in `{message}`",
+        case.url
+    );
+    assert!(
+        !format!("{error:?}").contains(PASSWORD),
+        "{}: the password is in {error:?}",
+        case.url
+    );
+    for words in &case.says {
+        assert!(
+            message.contains(words.as_str()),
+            "{}: `{message}` does not say `{words}`",
+            case.url
+        );
+    }
+}
+
+/// A server that asks for a password and refuses it, as PostgreSQL does with `password`
+/// authentication: the client really sends the password, and must not repeat it.
+async fn refusing_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let length = socket.read_i32().await.unwrap();
+        let mut startup = vec![0; length as usize - 4];
+        socket.read_exact(&mut startup).await.unwrap();
+        // AuthenticationCleartextPassword.
+        socket.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await.unwrap();
+        assert_eq!(socket.read_u8().await.unwrap(), b'p');
+        let length = socket.read_i32().await.unwrap();
+        let mut password = vec![0; length as usize - 4];
+        socket.read_exact(&mut password).await.unwrap();
+        assert!(
+            password.starts_with(PASSWORD.as_bytes()),
+            "the client sent the password"
+        );
+        let mut fields = Vec::new();
+        for (tag, value) in [
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', "28P01"),
+            (b'M', "password authentication failed for user \"ann\""),
+        ] {
+            fields.push(tag);
+            fields.extend_from_slice(value.as_bytes());
+            fields.push(0);
+        }
+        fields.push(0);
+        let mut error = vec![b'E'];
+        error.extend_from_slice(&(fields.len() as i32 + 4).to_be_bytes());
+        error.extend_from_slice(&fields);
+        socket.write_all(&error).await.unwrap();
+        let _ = socket.read_u8().await;
+    });
+    port
+}
+
+/// A server that takes the connection and never says anything.
+async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+async fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn unavailable(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable { .. })
+}
+
+fn backend(error: &StoreError) -> bool {
+    matches!(error, StoreError::Backend(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_to_connect_names_postgresql_the_address_and_the_cause_and_never_the_password() {
+    let admin = tokio_postgres::Config::from_str(&support::admin_url()).unwrap();
+    let port = admin.get_ports().first().copied().unwrap_or(5432);
+    let server = format!("127.0.0.1:{port}");
+    let refusing = refusing_server().await;
+    let (silent, silent_task) = silent_server().await;
+    let closed = closed_port().await;
+    let cases = [
+        Case {
+            url: format!("postgres://ann:{PASSWORD}@127.0.0.1:notaport/chat"),
+            kind: backend,
+            says: vec![
+                "PostgreSQL URL".into(),
+                "not valid".into(),
+                "127.0.0.1:notaport/chat".into(),
+            ],
+        },
+        Case {
+            url: format!("postgres://ann:{PASSWORD}@127.0.0.1:{closed}/chat"),
+            kind: unavailable,
+            says: vec![
+                "PostgreSQL".into(),
+                format!("127.0.0.1:{closed}/chat"),
+                "refused".into(),
+            ],
+        },
+        Case {
+            url: format!("postgres://ann:{PASSWORD}@127.0.0.1:{refusing}/chat"),
+            kind: backend,
+            says: vec![
+                "PostgreSQL".into(),
+                format!("127.0.0.1:{refusing}/chat"),
+                "password authentication failed".into(),
+            ],
+        },
+        Case {
+            url: format!("postgres://ann:{PASSWORD}@127.0.0.1:{silent}/chat"),
+            kind: unavailable,
+            says: vec![
+                "PostgreSQL".into(),
+                format!("127.0.0.1:{silent}/chat"),
+                "did not answer within 300 ms".into(),
+            ],
+        },
+        Case {
+            url: format!("postgres://nobody_here:{PASSWORD}@{server}/postgres"),
+            kind: backend,
+            says: vec![
+                "PostgreSQL".into(),
+                format!("{server}/postgres"),
+                "role \"nobody_here\" does not exist".into(),
+            ],
+        },
+        Case {
+            url: format!(
+                "postgres://{}:{PASSWORD}@{server}/no_such_database",
+                admin.get_user().unwrap_or("postgres")
+            ),
+            kind: backend,
+            says: vec![
+                "PostgreSQL".into(),
+                format!("{server}/no_such_database"),
+                "database \"no_such_database\" does not exist".into(),
+            ],
+        },
+    ];
+    let options = PgOptions {
+        connect_timeout: Duration::from_millis(300),
+        ..PgOptions::default()
+    };
+    for case in cases {
+        let outcome = tokio::time::timeout(TEST_DEADLINE, PgStore::connect(&case.url, options))
+            .await
+            .unwrap_or_else(|_| panic!("{}: connecting never ended", case.url));
+        let error = outcome.err().unwrap_or_else(|| panic!("{}: connected", case.url));
+        check(case, error);
+    }
+    silent_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_at_once_on_a_new_database_apply_the_schema_once() {
+    let url = support::fresh_database().await;
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::connect(&url, PgOptions::default()).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for start in starts {
+        stores.push(start.await.unwrap().unwrap());
+    }
+    for store in &stores {
+        store.ping().await.unwrap();
+    }
+    let raw = support::raw_connection(&url).await;
+    let versions: Vec<i32> = raw
+        .query("SELECT version FROM schema_version ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_a_newer_schema_is_refused() {
+    let url = support::fresh_database().await;
+    PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let raw = support::raw_connection(&url).await;
+    raw.execute(
+        "INSERT INTO schema_version (version, applied_at) VALUES ($1, 0)",
+        &[&(SCHEMA_VERSION + 1)],
+    )
+    .await
+    .unwrap();
+    let error = PgStore::connect(&url, PgOptions::default()).await.unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+    assert!(
+        message.contains(&format!("schema version {}", SCHEMA_VERSION + 1))
+            && message.contains(&format!("this server's {SCHEMA_VERSION}"))
+            && message.contains("PostgreSQL"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn options_no_store_could_work_with_are_refused_before_connecting() {
+    let url = "postgres://ann@127.0.0.1:1/chat";
+    let cases = [
+        (
+            PgOptions {
+                max_connections: 0,
+                ..PgOptions::default()
+            },
+            "max_connections",
+        ),
+        (
+            PgOptions {
+                query_timeout: Duration::ZERO,
+                ..PgOptions::default()
+            },
+            "query_timeout",
+        ),
+        (
+            PgOptions {
+                connect_timeout: Duration::ZERO,
+                ..PgOptions::default()
+            },
+            "connect_timeout",
+        ),
+    ];
+    for (options, named) in cases {
+        let error = PgStore::connect(url, options).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Backend(m) if m.contains(named)),
+            "{options:?}: {error:?}"
+        );
+    }
+}

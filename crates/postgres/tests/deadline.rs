@@ -1,0 +1,256 @@
+//! Every operation runs under the query deadline, and one cut short leaves no stuck connection
+//! behind: with a pool of one connection, the store goes on serving while the cut-short query
+//! would still be waiting.
+
+mod support;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use switchboard_postgres::{PgOptions, PgStore};
+use switchboard_protocol::{RunId, RunStatus, Seq, ThreadId, UserId};
+use switchboard_store::testsuite::{append, entry, finished, new_message, started};
+use switchboard_store::{RunState, Store, StoreError, Tier};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A pool of one connection: an operation that kept a stuck connection in the pool would make
+/// every later one wait behind it.
+fn one_connection(query_timeout: Duration) -> PgOptions {
+    PgOptions {
+        max_connections: 1,
+        query_timeout,
+        ..PgOptions::default()
+    }
+}
+
+/// Locks `user`'s log row from a connection of the test's own, so that any append for the user
+/// waits until the returned transaction ends.
+async fn lock_log_of(url: &str, user: &UserId) -> tokio_postgres::Client {
+    let raw = support::raw_connection(url).await;
+    raw.batch_execute("BEGIN").await.unwrap();
+    let locked = raw
+        .query(
+            "SELECT last_seq FROM user_logs WHERE user_id = $1 FOR UPDATE",
+            &[&user.as_str()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(locked.len(), 1, "the user has a log row to lock");
+    raw
+}
+
+/// How many of the store's queries wait on a lock.
+async fn waiting_on_a_lock(raw: &tokio_postgres::Client) -> i64 {
+    raw.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'switchboard' AND wait_event_type = 'Lock'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_held_past_the_deadline_times_out_and_the_store_serves_on() {
+    let deadline = Duration::from_millis(300);
+    let (store, url) = support::fresh_store(one_connection(deadline)).await;
+    let (alice, bob) = (UserId::generate(), UserId::generate());
+    let (run, thread) = (RunId::generate(), ThreadId::generate());
+    assert_eq!(append(&store, entry(&alice, &run, &thread, started(), None)).await, 1);
+
+    let lock = lock_log_of(&url, &alice).await;
+    let held = store
+        .append_events(&[entry(&alice, &run, &thread, started(), None)])
+        .await;
+    assert_eq!(
+        held.unwrap_err(),
+        StoreError::TimedOut {
+            tier: Tier::Postgres,
+            after: deadline
+        }
+    );
+    // The query cut short is cancelled on the server too: it does not wait for the lock until
+    // the server finds its socket gone.
+    // (Asked on a connection outside the lock's transaction, which would see one snapshot.)
+    let watcher = support::raw_connection(&url).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while waiting_on_a_lock(&watcher).await > 0 {}
+    })
+    .await
+    .expect("the append that timed out was cancelled on the server");
+    // Alice's row is still locked: these get a new connection, not the one still waiting.
+    store.ping().await.unwrap();
+    assert_eq!(append(&store, entry(&bob, &run, &thread, started(), None)).await, 1);
+    assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::new(1));
+
+    lock.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        append(&store, entry(&alice, &run, &thread, started(), None)).await,
+        2,
+        "the append that timed out stored nothing"
+    );
+    let seqs: Vec<u64> = store
+        .events_after(&alice, Seq::ZERO, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq.get())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_its_caller_gives_up_on_does_not_hand_its_connection_on() {
+    let (store, url) = support::fresh_store(one_connection(Duration::from_secs(60))).await;
+    let alice = UserId::generate();
+    let (run, thread) = (RunId::generate(), ThreadId::generate());
+    append(&store, entry(&alice, &run, &thread, started(), None)).await;
+
+    let lock = lock_log_of(&url, &alice).await;
+    let batch = [entry(&alice, &run, &thread, started(), None)];
+    let given_up = tokio::time::timeout(Duration::from_millis(200), store.append_events(&batch)).await;
+    assert!(given_up.is_err(), "the append waits for the lock");
+    // The query deadline is a minute: had the dropped append's connection gone back to the
+    // pool, this would wait behind it until the lock is released, below.
+    tokio::time::timeout(Duration::from_secs(30), store.ping())
+        .await
+        .expect("the store answers while the given-up append would still wait")
+        .unwrap();
+    lock.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(append(&store, entry(&alice, &run, &thread, started(), None)).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_server_is_gone_is_unavailable_not_stuck() {
+    let (store, url) = support::fresh_store(one_connection(Duration::from_secs(5))).await;
+    store.ping().await.unwrap();
+    // Ends the store's connection from the server's side, as a restart or a failover would.
+    let raw = support::raw_connection(&url).await;
+    let ended: bool = raw
+        .query_one(
+            "SELECT bool_and(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'switchboard'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ended);
+    // The pool notices the closed connection and opens another: the next operations work,
+    // whichever one first meets the closed connection.
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        outcomes.push(store.ping().await);
+    }
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.is_ok() || o.as_ref().is_err_and(StoreError::is_unavailable)),
+        "{outcomes:?}"
+    );
+    assert!(outcomes.last().unwrap().is_ok(), "{outcomes:?}");
+}
+
+/// A proxy to the server that forwards both ways until, once armed, a client sends `trigger`;
+/// from then on that connection is stalled, as behind a broken network: nothing more passes
+/// either way, and both of its sockets stay open. Other connections pass as before.
+async fn stalling_proxy(server: String, trigger: &'static [u8]) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = Arc::new(AtomicBool::new(false));
+    let arming = Arc::clone(&armed);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = TcpStream::connect(&server).await.unwrap();
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = upstream.into_split();
+            let stalled = Arc::new(AtomicBool::new(false));
+            let stalls = Arc::clone(&stalled);
+            let armed = Arc::clone(&arming);
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
+                    if armed.load(Ordering::SeqCst) && buffer[..n].windows(trigger.len()).any(|w| w == trigger) {
+                        stalls.store(true, Ordering::SeqCst);
+                        // Holds both sockets, forwarding nothing, until the test ends.
+                        std::future::pending::<()>().await;
+                    }
+                    if to_server.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(n @ 1..) = from_server.read(&mut buffer).await {
+                    if stalled.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    if to_client.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, armed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_cut_off_behind_a_stalled_network_does_not_hold_the_log_for_long() {
+    let url = support::fresh_database().await;
+    let config = tokio_postgres::Config::from_str(&url).unwrap();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let (user, database) = (config.get_user().unwrap(), config.get_dbname().unwrap());
+    // Another server, reaching the database directly, with all the time it may need.
+    let direct = PgStore::connect(
+        &url,
+        PgOptions {
+            query_timeout: Duration::from_secs(30),
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let alice = UserId::generate();
+    let accepted = direct
+        .accept_message(new_message(&alice, None, "question", None))
+        .await
+        .unwrap();
+    let (run, thread) = (accepted.run_id, accepted.thread_id);
+    assert_eq!(append(&direct, entry(&alice, &run, &thread, started(), None)).await, 1);
+
+    // This one's network stalls when it commits: its transaction has taken alice's log row and
+    // finished the run, and waits, open, for a COMMIT that never arrives.
+    let (proxy, armed) = stalling_proxy(format!("127.0.0.1:{port}"), b"COMMIT").await;
+    let cut_off = PgStore::connect(
+        &format!("host=127.0.0.1 port={proxy} user={user} dbname={database}"),
+        one_connection(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let end = entry(
+        &alice,
+        &run,
+        &thread,
+        finished(RunStatus::Completed, Some("lost")),
+        Some("lost"),
+    );
+    let outcome = cut_off.append_events(&[end]).await;
+    assert!(matches!(outcome, Err(StoreError::TimedOut { .. })), "{outcome:?}");
+
+    // The server ends the transaction left open (the session's idle-in-transaction timeout):
+    // the other server's append takes the row well within its deadline.
+    assert_eq!(
+        append(&direct, entry(&alice, &run, &thread, started(), None)).await,
+        2,
+        "the cut-off transaction stored nothing"
+    );
+    let record = direct.run(&alice, &run).await.unwrap().unwrap();
+    assert_eq!(record.state, RunState::Running, "nor finished the run");
+}
