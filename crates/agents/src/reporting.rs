@@ -64,7 +64,12 @@ pub fn draft(triage: Option<&Triage>, data: Option<&Value>, savings_part: &str, 
                 out.push_str(&format!(" You mentioned {}.\n\n", mentions.join("; ")));
             }
             out.push_str("## What I can say\n\n");
-            if let (true, Some(data)) = (triage.has_data, data) {
+            if let Some(why) = &triage.data_unavailable {
+                out.push_str(&format!(
+                    "Your usage data cannot be read right now ({why}), so I give no figures rather than guess; \
+                     ask again in a moment.\n"
+                ));
+            } else if let (true, Some(data)) = (triage.has_data, data) {
                 out.push_str(&figures(triage.category, data));
                 out.push_str(savings_part);
             } else if triage.has_data {

@@ -217,6 +217,10 @@ pub struct Triage {
     /// How many model calls the user has uploaded.
     #[serde(default)]
     pub data_calls: u64,
+    /// Why the user's workload data could not be read (the analytics store is slow or down),
+    /// when it could not: then nothing is known of it, and no figure is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_unavailable: Option<String>,
 }
 
 /// Tells whether the user has uploaded workload data: `{"user_id"}` in, `{"calls"}` out.
@@ -299,15 +303,21 @@ impl Agent for TriageAgent {
                 Category::of(ctx.request())
             }
         };
-        let overview = ctx
+        // A store that cannot answer does not end the run: the answer says that the figures
+        // cannot be had right now, and why.
+        let (data_calls, data_unavailable) = match ctx
             .tools
             .call("workload_overview", json!({ "user_id": ctx.run.user_id }))
-            .await?;
-        let data_calls = overview.get("calls").and_then(Value::as_u64).unwrap_or(0);
-        let data = match data_calls {
-            0 => "you have no workload data uploaded yet".to_owned(),
-            1 => "you have 1 model call uploaded".to_owned(),
-            n => format!("you have {n} model calls uploaded"),
+            .await
+        {
+            Ok(overview) => (overview.get("calls").and_then(Value::as_u64).unwrap_or(0), None),
+            Err(error) => (0, Some(error.to_string())),
+        };
+        let data = match (data_calls, &data_unavailable) {
+            (_, Some(_)) => "your workload data cannot be read right now".to_owned(),
+            (0, None) => "you have no workload data uploaded yet".to_owned(),
+            (1, None) => "you have 1 model call uploaded".to_owned(),
+            (n, None) => format!("you have {n} model calls uploaded"),
         };
         ctx.events
             .step(format!("This is {}; {data}.", category.label()), 3, 1.0)
@@ -317,6 +327,7 @@ impl Agent for TriageAgent {
             entities,
             has_data: data_calls > 0,
             data_calls,
+            data_unavailable,
         };
         let plan = if triage.has_data {
             ["data", "optimization", "actions"]

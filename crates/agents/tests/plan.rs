@@ -34,6 +34,35 @@ impl AnalyticsStore for Uploaded {
     }
 }
 
+/// An analytics store that cannot be reached.
+struct Down;
+
+#[async_trait]
+impl AnalyticsStore for Down {
+    async fn insert_workload_events(&self, _: &UserId, _: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
+        Err(down())
+    }
+    async fn workload_event_count(&self, _: &UserId) -> Result<u64, StoreError> {
+        Err(down())
+    }
+    async fn workload_summary(&self, _: &UserId, _: TimeRange) -> Result<Summary, StoreError> {
+        Err(down())
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Err(down())
+    }
+    fn tier(&self) -> Tier {
+        Tier::ClickHouse
+    }
+}
+
+fn down() -> StoreError {
+    StoreError::Unavailable {
+        tier: Tier::ClickHouse,
+        reason: "connection refused".into(),
+    }
+}
+
 /// The shipped agents over `analytics`, answering with `model`, and the sink of their events.
 fn engine_over(analytics: Arc<dyn AnalyticsStore>, model: OfflineModel) -> (Engine, Arc<MemorySink>) {
     let sink = MemorySink::new();
@@ -458,5 +487,36 @@ async fn when_every_stored_call_is_out_of_range_the_answer_gives_no_figures_and_
     assert_eq!(
         (report["calls"].as_u64(), report["calls_left_out"].as_u64()),
         (Some(0), Some(2))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_analytics_store_cannot_be_reached_the_answer_says_the_figures_are_unavailable_and_why() {
+    let (engine, sink) = engine_over(Arc::new(Down), OfflineModel::default());
+    let user = UserId::parse("usr_a").unwrap();
+    let outcome = engine
+        .start_run(RunRequest::new(
+            user.clone(),
+            ThreadId::generate(),
+            "How can we cut our LLM costs?",
+        ))
+        .unwrap()
+        .outcome()
+        .await;
+    let events = sink.events_of(&user);
+    check_run(&events).unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let answer = outcome.answer.unwrap();
+    assert!(
+        answer.contains("Your usage data cannot be read right now (")
+            && answer.contains("ClickHouse cannot be reached: connection refused")
+            && answer.contains("so I give no figures rather than guess"),
+        "{answer}"
+    );
+    assert!(!answer.contains('$'), "no figure: {answer}");
+    assert!(
+        summary(&events).contains(&"triage tool_completed workload_overview failed".to_owned()),
+        "{:?}",
+        summary(&events)
     );
 }

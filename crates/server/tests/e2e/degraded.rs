@@ -10,7 +10,7 @@ use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
 use switchboard_engine::testkit::{check_gapless, check_run, final_status};
 use switchboard_faultproxy::{Fault, FaultProxy};
 use switchboard_postgres::{PgOptions, PgStore};
-use switchboard_protocol::{Control, ErrorCode, Event, RunStatus, ServerFrame, StoreDelayed};
+use switchboard_protocol::{Control, ErrorCode, Event, EventPayload, RunStatus, ServerFrame, StoreDelayed};
 use switchboard_store::{SqliteAnalytics, SqliteStore};
 
 use crate::support::*;
@@ -214,9 +214,9 @@ async fn while_clickhouse_is_down_chat_goes_on_uploads_are_refused_naming_the_an
     assert_eq!(ready["checks"]["clickhouse"]["status"], "degraded", "{ready}");
     assert_eq!(ready["checks"]["store"]["status"], "ok", "{ready}");
 
-    // Chat goes on.
+    // Chat goes on; an analysis says that the figures cannot be had now, and why.
     let mut socket = app.connect(&session).await;
-    let accepted = send(&mut socket, "hello there").await;
+    let accepted = send(&mut socket, "How can we cut our LLM costs?").await;
     let events = tokio::time::timeout(
         Duration::from_secs(30),
         events_until_final(&mut socket, &accepted.run_id),
@@ -225,6 +225,19 @@ async fn while_clickhouse_is_down_chat_goes_on_uploads_are_refused_naming_the_an
     .unwrap();
     check_run(&events).unwrap();
     assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    let EventPayload::AgentCompleted(done) = &events.last().unwrap().payload else {
+        panic!("no final event");
+    };
+    let answer = done
+        .result
+        .as_ref()
+        .and_then(|r| r["text"].as_str())
+        .unwrap_or_default();
+    assert!(
+        answer.contains("Your usage data cannot be read right now (")
+            && answer.contains("ClickHouse cannot be reached"),
+        "{answer}"
+    );
 
     proxy.set(Fault::None);
     let (status, body) = app
