@@ -148,6 +148,17 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, index: usize) ->
     row.try_get(index).map_err(|e| corrupt("a stored row", e))
 }
 
+/// The text as PostgreSQL can keep it: a `text` value cannot hold the NUL character (SQLite's
+/// can), so it becomes U+FFFD, the replacement character, rather than an error that would refuse
+/// a user's message or, in a model's answer, fail a whole batch of the event log.
+fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
 /// The title of a thread started by a message: its first line, cut to 60 characters
 /// (as `SqliteStore` titles it).
 fn thread_title(text: &str) -> String {
@@ -311,8 +322,11 @@ fn accept(client: &mut ClientWrapper, message: NewMessage) -> Work<'_, Accepted>
                         "INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
                     )
                     .await?;
-                tx.execute(&insert, &[&thread.as_str(), &user, &thread_title(&message.text), &now])
-                    .await?;
+                tx.execute(
+                    &insert,
+                    &[&thread.as_str(), &user, &storable(thread_title(&message.text)), &now],
+                )
+                .await?;
                 thread
             }
         };
@@ -546,7 +560,8 @@ async fn finish_run(
                  WHERE runs.id = $4 AND runs.user_id = $5",
             )
             .await?;
-        tx.execute(&insert, &[&MessageId::generate().as_str(), answer, &at, &run, &user])
+        let answer = storable(answer.clone());
+        tx.execute(&insert, &[&MessageId::generate().as_str(), &answer, &at, &run, &user])
             .await?;
         let touch = tx
             .prepare_cached(
@@ -563,8 +578,8 @@ impl Store for PgStore {
     async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
         let user = User {
             id: UserId::generate(),
-            email: email.to_lowercase(),
-            password_hash: password_hash.to_owned(),
+            email: storable(email.to_lowercase()),
+            password_hash: storable(password_hash.to_owned()),
             created_at: Timestamp::now(),
         };
         let stored = user.clone();
@@ -596,7 +611,7 @@ impl Store for PgStore {
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        let email = email.to_lowercase();
+        let email = storable(email.to_lowercase());
         self.with(move |client| {
             Box::pin(async move {
                 let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1");
@@ -626,7 +641,7 @@ impl Store for PgStore {
         let thread = Thread {
             id: ThreadId::generate(),
             user_id: user.clone(),
-            title: thread_title(title),
+            title: storable(thread_title(title)),
             created_at: now,
             updated_at: now,
         };
@@ -724,7 +739,9 @@ impl Store for PgStore {
         .await
     }
 
-    async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError> {
+    async fn accept_message(&self, mut message: NewMessage) -> Result<Accepted, StoreError> {
+        message.text = storable(message.text);
+        message.client_message_id = message.client_message_id.map(storable);
         self.with(move |client| accept(client, message)).await
     }
 
@@ -733,7 +750,7 @@ impl Store for PgStore {
         user: &UserId,
         client_message_id: &str,
     ) -> Result<Option<Message>, StoreError> {
-        let (user, client_id) = (user.to_string(), client_message_id.to_owned());
+        let (user, client_id) = (user.to_string(), storable(client_message_id.to_owned()));
         self.with(move |client| Box::pin(async move { message_by_client_id(client, &user, &client_id).await }))
             .await
     }
