@@ -18,8 +18,8 @@ use switchboard_engine::{
     Agent, AgentContext, AgentError, AgentOutput, Engine, EventSink, Plan, RunRequest, SinkError, Tool, ToolError,
 };
 use switchboard_protocol::{
-    AgentCompleted, AgentName, AgentStarted, EventPayload, LogEntry, NewEvent, RunId, RunStatus, Seq, ThreadId,
-    Timestamp, ToolCompleted, ToolExecuting, TraceId, UserId,
+    AgentCompleted, AgentName, AgentStarted, EntryKey, EventPayload, LogEntry, NewEvent, RunId, RunStatus, Seq,
+    ThreadId, Timestamp, ToolCompleted, ToolExecuting, TraceId, UserId,
 };
 
 const AGENTS: [&str; 5] = ["triage", "data", "optimization", "actions", "reporting"];
@@ -142,6 +142,7 @@ async fn run_baseline(runs: usize) -> (Duration, u64) {
                     payload,
                 };
                 let entry = LogEntry {
+                    key: EntryKey::generate(),
                     user_id: user.clone(),
                     event,
                     end: None,

@@ -30,5 +30,5 @@ pub use model::{
     ChatMessage, ChatRole, Delta, DeltaStream, Model, ModelCallError, ModelError, ModelHandle, ModelRequest,
     ModelResponse, ModelStream, Usage,
 };
-pub use sink::{EventSink, SinkError};
+pub use sink::{DelayedEnd, END_NOTICE_AFTER, EventSink, SinkError};
 pub use tool::{Tool, ToolCallError, ToolError, Tools};

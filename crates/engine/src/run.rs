@@ -29,7 +29,7 @@ use crate::closing::{Closing, OpenRun};
 use crate::engine::{Inner, Reservation, RunControl, RunOutcome, RunRequest, StopReason};
 use crate::model::{ModelHandle, ModelLedger};
 use crate::report::{Report, Reporter, human, millis};
-use crate::sink::{Receipt, SinkError};
+use crate::sink::{DelayedEnd, END_NOTICE_AFTER, Receipt, SinkError};
 use crate::tool::Tools;
 
 /// The final event comes at most this long after the run deadline.
@@ -119,6 +119,7 @@ impl RunLog {
         answer: Option<String>,
         until: Instant,
     ) -> Result<Event, PublishError> {
+        let (status, duration) = (done.status, Duration::from_millis(done.duration_ms));
         let receipt = self
             .publish(
                 &AgentName::supervisor(),
@@ -130,7 +131,24 @@ impl RunLog {
         self.release_place();
         let receipt = receipt.ok_or_else(|| PublishError::Contract("a final event without its receipt".into()))?;
         let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
-        match tokio::time::timeout_at(until, receipt.stored()).await {
+        let stored = receipt.stored();
+        tokio::pin!(stored);
+        // The run has ended; if its end is not stored soon, the sink may tell the user so.
+        let notice_at = (Instant::now() + END_NOTICE_AFTER).min(until);
+        if let Ok(stored) = tokio::time::timeout_at(notice_at, &mut stored).await {
+            return Ok(stored?);
+        }
+        if notice_at < until {
+            let ids = &self.ids;
+            self.engine.events.sink().end_delayed(&DelayedEnd {
+                user_id: ids.user_id.clone(),
+                run_id: ids.run_id.clone(),
+                thread_id: ids.thread_id.clone(),
+                status,
+                duration,
+            });
+        }
+        match tokio::time::timeout_at(until, stored).await {
             Ok(stored) => Ok(stored?),
             Err(_) => Err(SinkError::TimedOut(budget_ms).into()),
         }

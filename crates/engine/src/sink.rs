@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
-use switchboard_protocol::{Event, EventPayload, LogEntry, Seq};
+use switchboard_protocol::{Event, EventPayload, LogEntry, RunId, RunStatus, Seq, ThreadId, UserId};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
@@ -44,6 +44,31 @@ pub trait EventSink: Send + Sync + 'static {
     /// the order given (and finishing the run of an entry that carries its `end`). Returns the
     /// seqs given, in the same order. The engine calls it for one batch at a time.
     async fn append(&self, batch: &[LogEntry]) -> Result<Vec<Seq>, SinkError>;
+
+    /// A run's final event has waited [`END_NOTICE_AFTER`] to be stored and is still not: the
+    /// run has ended, but its user cannot see that until the sink stores it. The sink may tell
+    /// the user now, some other way. Called once per run at most, while the event still waits.
+    fn end_delayed(&self, _end: &DelayedEnd) {}
+}
+
+/// How long a run's final event may wait to be stored before its sink is told
+/// ([`EventSink::end_delayed`]): well within the second after its deadline that a run has to
+/// show its end.
+pub const END_NOTICE_AFTER: Duration = Duration::from_millis(500);
+
+/// A run that has ended while its final event waits to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayedEnd {
+    /// Whose run.
+    pub user_id: UserId,
+    /// The run.
+    pub run_id: RunId,
+    /// Its thread.
+    pub thread_id: ThreadId,
+    /// How it ended.
+    pub status: RunStatus,
+    /// How long it took.
+    pub duration: Duration,
 }
 
 /// Events that may wait for the sink at once, over all runs. Past it, a run waits for room
@@ -145,6 +170,11 @@ impl EventQueue {
             tokio::spawn(writer.write_all());
         }
         Ok(receipt)
+    }
+
+    /// The sink the queue writes to.
+    pub(crate) fn sink(&self) -> &Arc<dyn EventSink> {
+        &self.sink
     }
 
     /// Waits until everything queued so far is stored, or `until`. True when it is.

@@ -40,7 +40,7 @@ use crate::agent::{Agent, AgentContext, AgentError, AgentOutput};
 use crate::config::EngineConfig;
 use crate::engine::{Engine, Plan, RunOutcome, RunRequest};
 use crate::model::{Delta, DeltaStream, Model, ModelError, ModelRequest, ModelResponse, Usage};
-use crate::sink::{EventSink, SinkError};
+use crate::sink::{DelayedEnd, EventSink, SinkError};
 use crate::tool::{Tool, ToolError};
 
 /// Counts how many futures were dropped before they finished: proof that work was really cancelled.
@@ -511,6 +511,8 @@ pub struct MemorySink {
     /// How the first batches are answered, one each; then `behavior`.
     script: Mutex<std::collections::VecDeque<SinkBehavior>>,
     stored: tokio::sync::Notify,
+    /// The runs whose end it was told is delayed, with the (tokio) time it was told.
+    delayed: Mutex<Vec<(DelayedEnd, Instant)>>,
 }
 
 impl MemorySink {
@@ -524,6 +526,12 @@ impl MemorySink {
         let sink = Self::default();
         *sink.script.lock().unwrap() = script.into();
         Arc::new(sink)
+    }
+
+    /// The runs whose end was told to be waiting ([`EventSink::end_delayed`]), with the
+    /// (tokio) time each was told.
+    pub fn delayed_ends(&self) -> Vec<(DelayedEnd, Instant)> {
+        self.delayed.lock().unwrap().clone()
     }
 
     /// Changes how the sink answers from now on.
@@ -608,6 +616,10 @@ impl EventSink for MemorySink {
         }
         self.stored.notify_waiters();
         Ok(stored)
+    }
+
+    fn end_delayed(&self, end: &DelayedEnd) {
+        self.delayed.lock().unwrap().push((end.clone(), Instant::now()));
     }
 }
 

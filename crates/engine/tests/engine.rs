@@ -9,7 +9,9 @@ use switchboard_engine::testkit::{
     MemorySink, ModelBehavior, Scenario, ScriptedModel, ScriptedTool, SinkBehavior, Step, ToolBehavior, check_gapless,
     check_run, deltas, final_status, summary,
 };
-use switchboard_engine::{BuildError, Engine, EngineConfig, EventSink, Plan, RunRequest, SinkError, StartError};
+use switchboard_engine::{
+    BuildError, END_NOTICE_AFTER, Engine, EngineConfig, EventSink, Plan, RunRequest, SinkError, StartError,
+};
 use switchboard_protocol::{AgentErrorCode, Event, EventPayload, LogEntry, RunStatus, ThreadId, UserId};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -462,6 +464,43 @@ async fn a_hanging_sink_cannot_keep_a_run_alive_past_its_limit() {
         started.elapsed()
     );
     assert_eq!(engine.active_runs(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_end_waits_for_a_slow_store_tells_its_sink_half_a_second_after_it_ended() {
+    // The store takes 5 s for each batch: the run's answer is ready at once, its end waits.
+    let sink = MemorySink::new();
+    sink.set_behavior(SinkBehavior::Slow(S(5)));
+    let engine = Scenario::new()
+        .agent("reporting", vec![Step::answer("hi")])
+        .engine(sink.clone());
+    let alice = user("alice");
+    let started = tokio::time::Instant::now();
+    let handle = engine.start_run(request(&alice)).unwrap();
+    let run_id = handle.run_id.clone();
+    let outcome = handle.outcome().await;
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let delayed = sink.delayed_ends();
+    assert_eq!(delayed.len(), 1, "told once: {delayed:?}");
+    let (end, told) = &delayed[0];
+    assert_eq!(
+        (&end.user_id, &end.run_id, end.status),
+        (&alice, &run_id, RunStatus::Completed)
+    );
+    assert!(
+        *told - started <= END_NOTICE_AFTER + Duration::from_millis(50),
+        "told {:?} after the start",
+        *told - started
+    );
+    assert!(
+        outcome.final_event.is_some(),
+        "stored in the end, within the run's limit"
+    );
+
+    // A store that answers at once: nobody is told anything.
+    sink.set_behavior(SinkBehavior::Accept);
+    engine.start_run(request(&alice)).unwrap().outcome().await;
+    assert_eq!(sink.delayed_ends().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]

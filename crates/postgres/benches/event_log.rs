@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use switchboard_postgres::{PgOptions, PgStore, redacted, scratch_database};
 use switchboard_protocol::{
-    AgentName, AgentThinking, EventPayload, LogEntry, NewEvent, PartialResult, RunId, Seq, ThreadId, Timestamp,
-    TraceId, UserId,
+    AgentName, AgentThinking, EntryKey, EventPayload, LogEntry, NewEvent, PartialResult, RunId, Seq, ThreadId,
+    Timestamp, TraceId, UserId,
 };
 use switchboard_store::{SqliteStore, Store};
 
@@ -40,6 +40,7 @@ fn entries(users: &[UserId]) -> Vec<LogEntry> {
                 })
             };
             LogEntry {
+                key: EntryKey::generate(),
                 user_id: users[i % users.len()].clone(),
                 event: NewEvent {
                     run_id: run.clone(),

@@ -159,10 +159,11 @@ pub(crate) fn connect_error(place: &str, error: &tokio_postgres::Error) -> Store
 fn pool_error(place: &str, connect_timeout: Duration, error: PoolError) -> StoreError {
     match error {
         PoolError::Backend(error) => connect_error(place, &error),
-        PoolError::Timeout(TimeoutType::Create) => unavailable(format!(
-            "cannot connect to {place}: it did not answer within {} ms",
-            connect_timeout.as_millis()
-        )),
+        // A server that accepts and says nothing is slow, not gone: the caller may wait.
+        PoolError::Timeout(TimeoutType::Create) => StoreError::TimedOut {
+            tier: Tier::Postgres,
+            after: connect_timeout,
+        },
         PoolError::Timeout(_) => unavailable(format!("no connection to {place} was free in time")),
         PoolError::Closed => unavailable(format!("the pool of connections to {place} is closed")),
         other => StoreError::Backend(format!("the pool of connections to {place} failed: {other}")),

@@ -92,7 +92,19 @@ impl PgStore {
             limit,
             move |client| schema::migrate(client, migrated),
         )
-        .await?;
+        .await
+        .map_err(|error| match error {
+            // At start-up, say where: there is no request to blame.
+            StoreError::TimedOut { tier, after } => StoreError::Unavailable {
+                tier,
+                reason: format!(
+                    "cannot connect to {}: it did not answer within {} ms",
+                    store.place,
+                    after.as_millis()
+                ),
+            },
+            other => other,
+        })?;
         tracing::debug!(database = %store.place, found, "connected to PostgreSQL");
         Ok(store)
     }

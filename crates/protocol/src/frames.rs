@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ConnectionId, Event, MessageId, RunId, Seq, ThreadId, Timestamp, UserId};
+use crate::{ConnectionId, Event, MessageId, RunId, RunStatus, Seq, ThreadId, Timestamp, UserId};
 
 /// The protocol name selected as WebSocket subprotocol and reported in `connection_established`.
 pub const PROTOCOL_NAME: &str = "switchboard.v1";
@@ -50,6 +50,9 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The request body did not arrive within its deadline; nothing of it was used (HTTP 408).
     RequestTimeout,
+    /// A storage tier (PostgreSQL, ClickHouse, ...) is slow or cannot be reached; nothing was
+    /// stored. Trying again shortly may work.
+    StoreUnavailable,
     /// Something failed inside the server.
     Internal,
 }
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::InvalidRows => "invalid_rows",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -342,6 +346,27 @@ pub struct Resumed {
     pub to_seq: Seq,
 }
 
+/// Payload of `store_delayed`: a run of the user ended, but the store has not stored its last
+/// events yet (it is slow or down). They are kept, and are sent as usual, in order, once the
+/// store has them; until then this is all the client knows of the run's end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreDelayed {
+    /// The run.
+    pub run_id: RunId,
+    /// Its thread.
+    pub thread_id: ThreadId,
+    /// How the run ended.
+    pub status: RunStatus,
+    /// How long the run took.
+    pub duration_ms: u64,
+    /// The tier that is late: `sqlite`, `postgres`.
+    pub tier: String,
+    /// How long the store has not answered.
+    pub waited_ms: u64,
+    /// The sentence to show, naming the tier and the wait.
+    pub message: String,
+}
+
 /// The control frames: not durable, no `seq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
@@ -360,6 +385,8 @@ pub enum Control {
     ThreadHistory(ThreadHistory),
     /// Answer to `resume` (or `?after_seq`), before the replayed events.
     Resumed(Resumed),
+    /// A run ended whose last events the store has not stored yet.
+    StoreDelayed(StoreDelayed),
 }
 
 /// A control frame with its timestamp.
@@ -405,6 +432,7 @@ impl ServerFrame {
                 Control::Error(_) => "error",
                 Control::ThreadHistory(_) => "thread_history",
                 Control::Resumed(_) => "resumed",
+                Control::StoreDelayed(_) => "store_delayed",
             },
         }
     }

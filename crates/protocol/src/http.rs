@@ -417,9 +417,10 @@ pub struct Check {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Readiness {
-    /// `unavailable` when the store is, or the server is shutting down; `degraded` when a
-    /// check is; else `ok`.
+    /// `unavailable` when the store does not answer, or the server is shutting down;
+    /// `degraded` when a check is not `ok`; else `ok`.
     pub status: HealthStatus,
-    /// Each check by name (`store`, `model`).
+    /// Each check by name: `store`, `model`, and one per storage tier (`sqlite`, `postgres`,
+    /// `clickhouse`).
     pub checks: BTreeMap<String, Check>,
 }

@@ -18,8 +18,8 @@ pub use events::{
 pub use frames::{
     ClientFrame, ConnectionEstablished, Control, ControlFrame, Empty, ErrorBody, ErrorCode, ErrorPayload, FrameError,
     GetThreadHistory, Heartbeat, HistoryMessage, MessageAccepted, PROTOCOL_NAME, Resume, Resumed, Role, ServerFrame,
-    StopAgent, ThreadHistory, UserMessage,
+    StopAgent, StoreDelayed, ThreadHistory, UserMessage,
 };
 pub use ids::{AgentName, ConnectionId, IdError, MessageId, RunId, Seq, ThreadId, TraceId, UserId};
-pub use log::{LogEntry, NewEvent, RunEnd, UnnumberedJson};
+pub use log::{EntryKey, LogEntry, NewEvent, RunEnd, UnnumberedJson};
 pub use time::Timestamp;

@@ -126,9 +126,44 @@ impl RunEnd {
     }
 }
 
+/// A random name of one [`LogEntry`], given when it is made: a store whose commits can be
+/// left in doubt (a networked one, whose answer may be lost after it committed) tells by it
+/// that a batch tried again was stored already, and stores it once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryKey(u128);
+
+impl EntryKey {
+    /// A new random key.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().as_u128())
+    }
+
+    /// The key as a number.
+    pub fn get(self) -> u128 {
+        self.0
+    }
+
+    /// One key for a whole batch, from its entries' keys in order: another batch (other
+    /// entries, or the same in another order) gets another key, but for chance.
+    pub fn of_batch(entries: &[LogEntry]) -> Self {
+        // FNV-1a over the keys' bytes, 128-bit.
+        const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013B;
+        let mut hash: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+        for entry in entries {
+            for byte in entry.key.0.to_le_bytes() {
+                hash ^= u128::from(byte);
+                hash = hash.wrapping_mul(PRIME);
+            }
+        }
+        Self(hash)
+    }
+}
+
 /// One event for a user's log; a final event comes with its run's end.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogEntry {
+    /// Its random name (see [`EntryKey`]).
+    pub key: EntryKey,
     /// Whose log.
     pub user_id: UserId,
     /// The event.
@@ -145,6 +180,41 @@ impl LogEntry {
             EventPayload::AgentCompleted(done) if done.is_final => Some(RunEnd::of(done, answer)),
             _ => None,
         };
-        Self { user_id, event, end }
+        Self {
+            key: EntryKey::generate(),
+            user_id,
+            event,
+            end,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AgentStarted;
+
+    fn entry() -> LogEntry {
+        let event = NewEvent {
+            run_id: RunId::generate(),
+            thread_id: ThreadId::generate(),
+            agent_name: AgentName::supervisor(),
+            timestamp: Timestamp::now(),
+            trace_id: TraceId::generate(),
+            payload: EventPayload::AgentStarted(AgentStarted { task: "t".into() }),
+        };
+        LogEntry::new(UserId::generate(), event, None)
+    }
+
+    #[test]
+    fn a_batch_key_names_its_entries_in_their_order() {
+        let (a, b, c) = (entry(), entry(), entry());
+        let key = |batch: &[&LogEntry]| EntryKey::of_batch(&batch.iter().map(|e| (*e).clone()).collect::<Vec<_>>());
+        assert_eq!(key(&[&a, &b]), key(&[&a, &b]), "the same batch tried again");
+        let others = [key(&[&a]), key(&[&b, &a]), key(&[&a, &c]), key(&[&a, &b, &c]), key(&[])];
+        for other in others {
+            assert_ne!(key(&[&a, &b]), other);
+        }
+        assert_ne!(a.key, entry().key, "every entry gets a key of its own");
     }
 }

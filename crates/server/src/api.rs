@@ -26,6 +26,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, TokenPair, new_refresh_family, unusable_password_hash};
 use crate::delivery::Delivery;
 use crate::error::ApiError;
+use crate::fanout::Live;
 use crate::limits::{Admission, admit};
 use crate::ws::history_message;
 
@@ -701,11 +702,20 @@ fn sse_stream(
     let open = (delivery, admission, Arc::clone(&state.metrics), state.closing.clone());
     futures_util::stream::unfold(Some(open), |open| async move {
         let (mut delivery, admission, metrics, closing) = open?;
-        let next = tokio::select! {
-            biased;
-            () = closing.cancelled() => return None,
-            () = tokio::time::sleep_until(admission.expires) => None,
-            next = delivery.next() => Some(next),
+        // An SSE stream carries the log's events only, not the socket's notices.
+        let next = loop {
+            let next = tokio::select! {
+                biased;
+                () = closing.cancelled() => return None,
+                () = tokio::time::sleep_until(admission.expires) => None,
+                next = delivery.next() => Some(next),
+            };
+            match next {
+                Some(Ok(Live::Notice(_))) => continue,
+                Some(Ok(Live::Event(record))) => break Some(Ok(record)),
+                Some(Err(error)) => break Some(Err(error)),
+                None => break None,
+            }
         };
         match next {
             Some(Ok(record)) => {
@@ -771,6 +781,8 @@ const MAX_ROW_ERRORS: usize = 1000;
         (status = 422, description = "Some rows are invalid, each named by its line; nothing was stored \
             (`invalid_rows`).", body = RowsErrorBody),
         (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
+        (status = 503, description = "The analytics store is slow or cannot be reached; nothing was stored \
+            (`store_unavailable`).", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload_workload(
@@ -856,7 +868,11 @@ pub(crate) async fn upload_workload(
             return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
         }
     };
-    let accepted = state.analytics.insert_workload_events(&user.id, events).await?;
+    let accepted = state
+        .analytics
+        .insert_workload_events(&user.id, events)
+        .await
+        .map_err(analytics_error)?;
     Ok(Json(Accepted {
         accepted: accepted as u64,
     })
@@ -886,7 +902,8 @@ pub(crate) async fn upload_workload(
             the wrong type, or unknown (`invalid_request`).", body = ErrorBody),
         (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
         (status = 503, description = "Another demo month is being made (`server_busy`); try again when it is \
-            done.", body = ErrorBody),
+            done. Or the analytics store is slow or cannot be reached; nothing was stored (`store_unavailable`).",
+            body = ErrorBody),
     )
 )]
 pub(crate) async fn demo_data(
@@ -956,10 +973,24 @@ pub(crate) async fn demo_data(
     .await
     .map_err(ApiError::internal)?
     .map_err(|error| ApiError::internal(format!("a demo row was refused: {error}")))?;
-    let accepted = state.analytics.insert_workload_events(&user.id, events).await?;
+    let accepted = state
+        .analytics
+        .insert_workload_events(&user.id, events)
+        .await
+        .map_err(analytics_error)?;
     Ok(Json(Accepted {
         accepted: accepted as u64,
     }))
+}
+
+/// An upload the analytics store did not take: when the tier is slow or down, 503 naming it as
+/// the analytics store ("The analytics store: ClickHouse cannot be reached (…), so nothing was
+/// stored; …").
+fn analytics_error(error: StoreError) -> ApiError {
+    match crate::error::tier_trouble(&error) {
+        Some(trouble) => ApiError::tier_unavailable(&format!("The analytics store: {trouble}"), "nothing was stored"),
+        None => error.into(),
+    }
 }
 
 /// Milliseconds in a day.
@@ -1005,39 +1036,76 @@ pub(crate) async fn live() -> Json<Liveness> {
 /// How long one readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// Whether the server can serve: the store and the model.
+/// A tier that takes longer than this to answer a ping is degraded (the PostgreSQL query SLA).
+const TIER_SLOW: Duration = Duration::from_millis(200);
+
+/// Pings a tier within [`CHECK_TIMEOUT`]: `ok`; `degraded` when it answers slower than
+/// [`TIER_SLOW`] or not at all in time (or its own deadline passed); when it fails otherwise
+/// (e.g. it cannot be reached), `failed` (the store:
+/// `unavailable`; the analytics store, which chat does without: `degraded`). Also whether it
+/// answered at all.
+async fn check_tier(
+    ping: impl std::future::Future<Output = Result<(), StoreError>>,
+    failed: HealthStatus,
+) -> (Check, bool) {
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(CHECK_TIMEOUT, ping).await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let (status, error) = match &outcome {
+        Ok(Ok(())) if started.elapsed() <= TIER_SLOW => (HealthStatus::Ok, None),
+        Ok(Ok(())) => (
+            HealthStatus::Degraded,
+            Some(format!(
+                "answered in {latency_ms} ms (slower than {} ms)",
+                TIER_SLOW.as_millis()
+            )),
+        ),
+        // Its own deadline passed: as slow as a tier that does not answer.
+        Ok(Err(error @ StoreError::TimedOut { .. })) => (HealthStatus::Degraded, Some(error.to_string())),
+        Ok(Err(error)) => (failed, Some(error.to_string())),
+        Err(_) => (
+            HealthStatus::Degraded,
+            Some(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+        ),
+    };
+    let check = Check {
+        status,
+        latency_ms,
+        error,
+    };
+    (check, matches!(outcome, Ok(Ok(()))))
+}
+
+/// Whether the server can serve: the store, the analytics store and the model.
 ///
-/// Each dependency is checked within a bound, so the answer comes within 1 s even when one
-/// hangs.
+/// Each dependency is checked at once and within a bound, so the answer comes within 1 s even
+/// when one hangs. `store` says whether messages can be stored (the store answers); each tier
+/// has a check of its own name (`sqlite`, `postgres`, `clickhouse`) that says how it answers.
 #[utoipa::path(
     get,
     path = "/health/ready",
     tag = tag::SERVER,
     responses(
-        (status = 200, description = "`ok`, or `degraded` (the model's circuit is open: answers come from the \
-            fallback).", body = Readiness),
+        (status = 200, description = "`ok`, or `degraded`: a tier is slow, the analytics store does not answer, \
+            or the model's circuit is open (answers come from the fallback).", body = Readiness),
         (status = 503, description = "`unavailable`: the store does not answer, or the server is shutting down.",
             body = Readiness),
     )
 )]
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
-    let started = tokio::time::Instant::now();
-    let store = match tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Check {
-            status: HealthStatus::Ok,
-            latency_ms: started.elapsed().as_millis() as u64,
-            error: None,
+    let (store_tier, analytics_tier) = (state.store.tier(), state.analytics.tier());
+    let ((store_tier_check, stores), (analytics, _)) = tokio::join!(
+        check_tier(state.store.ping(), HealthStatus::Unavailable),
+        check_tier(state.analytics.ping(), HealthStatus::Degraded),
+    );
+    // Whether messages can be stored at all: a store that hangs or fails cannot take them.
+    let store = Check {
+        status: if stores {
+            HealthStatus::Ok
+        } else {
+            HealthStatus::Unavailable
         },
-        Ok(Err(error)) => Check {
-            status: HealthStatus::Unavailable,
-            latency_ms: started.elapsed().as_millis() as u64,
-            error: Some(error.to_string()),
-        },
-        Err(_) => Check {
-            status: HealthStatus::Unavailable,
-            latency_ms: CHECK_TIMEOUT.as_millis() as u64,
-            error: Some(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
-        },
+        ..store_tier_check.clone()
     };
     let model = state.runs.engine().breakers().into_iter().find(|b| b.name == "model");
     let model = match model {
@@ -1056,9 +1124,12 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
         },
     };
     let shutting_down = state.closing.is_cancelled() || state.stopping.is_cancelled();
-    let status = if store.status != HealthStatus::Ok || shutting_down {
+    let status = if !stores || shutting_down {
         HealthStatus::Unavailable
-    } else if model.status != HealthStatus::Ok {
+    } else if [&store_tier_check, &analytics, &model]
+        .iter()
+        .any(|c| c.status != HealthStatus::Ok)
+    {
         HealthStatus::Degraded
     } else {
         HealthStatus::Ok
@@ -1068,7 +1139,14 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::OK
     };
-    let checks = [("store".to_owned(), store), ("model".to_owned(), model)].into();
+    let mut checks = std::collections::BTreeMap::new();
+    // The embedded default keeps both in SQLite: one check, the store's.
+    if analytics_tier != store_tier {
+        checks.insert(analytics_tier.as_str().to_owned(), analytics);
+    }
+    checks.insert(store_tier.as_str().to_owned(), store_tier_check);
+    checks.insert("store".to_owned(), store);
+    checks.insert("model".to_owned(), model);
     (code, Json(Readiness { status, checks })).into_response()
 }
 

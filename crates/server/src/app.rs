@@ -9,9 +9,11 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use switchboard_agents::{OfflineModel, PriceTable};
+use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
 use switchboard_engine::{Engine, Model};
 use switchboard_llm::{OpenAiConfig, OpenAiModel, Price};
-use switchboard_store::{AnalyticsStore, SqliteStore, Store};
+use switchboard_postgres::{PgOptions, PgStore};
+use switchboard_store::{AnalyticsStore, SqliteAnalytics, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -88,16 +90,57 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Opens the embedded store in the data dir and builds the server.
+    /// Opens the configured stores (the embedded SQLite in the data dir, or PostgreSQL and
+    /// ClickHouse) and builds the server. A tier that cannot be opened stops it with a sentence
+    /// that names the tier, its address (without credentials) and what failed.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let path = config.data_dir.join("switchboard.sqlite3");
-        let store = SqliteStore::open(&path)
-            .await
-            .with_context(|| format!("cannot open the database {}", path.display()))?;
-        let store = Arc::new(store);
-        Self::build_with_store(config, store.clone(), store).await
+        let (store, embedded): (Arc<dyn Store>, Option<Arc<SqliteStore>>) = match &config.database_url {
+            None => {
+                let store = SqliteStore::open(&path)
+                    .await
+                    .with_context(|| format!("cannot open the database {}", path.display()))?;
+                let store = Arc::new(store);
+                (store.clone(), Some(store))
+            }
+            Some(url) => {
+                let options = PgOptions {
+                    max_connections: config.database_max_connections,
+                    query_timeout: config.database_timeout,
+                    ..PgOptions::default()
+                };
+                let store = PgStore::connect(url.expose(), options)
+                    .await
+                    .with_context(|| format!("cannot open the store on PostgreSQL at {url}"))?;
+                tracing::info!(address = %url, "the store is on PostgreSQL");
+                (Arc::new(store), None)
+            }
+        };
+        let analytics: Arc<dyn AnalyticsStore> = match (&config.analytics_url, embedded) {
+            (Some(url), _) => {
+                let options = ClickHouseOptions {
+                    query_timeout: config.analytics_timeout,
+                    insert_timeout: config.analytics_timeout * 10,
+                };
+                let analytics = ClickHouseAnalytics::connect(url.expose(), options)
+                    .await
+                    .with_context(|| format!("cannot open the analytics store on ClickHouse at {url}"))?;
+                tracing::info!(address = %url, "the usage data is on ClickHouse");
+                Arc::new(analytics)
+            }
+            // The embedded store answers for its workload file beside it.
+            (None, Some(embedded)) => embedded,
+            (None, None) => {
+                let path = config.data_dir.join("switchboard-workload.sqlite3");
+                let analytics = SqliteAnalytics::open(&path)
+                    .await
+                    .with_context(|| format!("cannot open the usage data {}", path.display()))?;
+                Arc::new(analytics)
+            }
+        };
+        Self::build_with_store(config, store, analytics).await
     }
 
     /// Builds the server on given stores: closes runs a crash left active, then binds.

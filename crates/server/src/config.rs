@@ -116,6 +116,23 @@ pub struct ServeArgs {
     /// Retries of a model call answered with 429 or 5xx.
     #[arg(long, env = "SWITCHBOARD_LLM_MAX_RETRIES")]
     pub llm_max_retries: Option<u32>,
+    /// Keeps users, threads, messages, runs and the event log on PostgreSQL
+    /// (`postgres://user:password@host:port/database`) instead of the embedded SQLite.
+    #[arg(long, env = "SWITCHBOARD_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections to PostgreSQL at most.
+    #[arg(long, env = "SWITCHBOARD_DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<usize>,
+    /// Deadline of one PostgreSQL operation (waiting for a connection included).
+    #[arg(long, env = "SWITCHBOARD_DATABASE_TIMEOUT_MS")]
+    pub database_timeout_ms: Option<u64>,
+    /// Keeps the uploaded usage data on ClickHouse's HTTP interface
+    /// (`http://host:8123/?database=NAME`) instead of the embedded SQLite.
+    #[arg(long, env = "SWITCHBOARD_ANALYTICS_URL", hide_env_values = true)]
+    pub analytics_url: Option<String>,
+    /// Deadline of one ClickHouse query (an upload's insert has ten times as long).
+    #[arg(long, env = "SWITCHBOARD_ANALYTICS_TIMEOUT_MS")]
+    pub analytics_timeout_ms: Option<u64>,
 }
 
 /// The same keys, read from the TOML file.
@@ -153,6 +170,11 @@ struct FileConfig {
     llm_api_key: Option<String>,
     llm_model: Option<String>,
     llm_max_retries: Option<u32>,
+    database_url: Option<String>,
+    database_max_connections: Option<usize>,
+    database_timeout_ms: Option<u64>,
+    analytics_url: Option<String>,
+    analytics_timeout_ms: Option<u64>,
 }
 
 /// The server's settings, complete and validated.
@@ -208,6 +230,82 @@ pub struct Config {
     pub price_table: Option<PathBuf>,
     /// The OpenAI-compatible model, when one is configured; `None`: the offline model.
     pub llm: Option<LlmConfig>,
+    /// PostgreSQL, when the store is kept there; `None`: the embedded SQLite in the data dir.
+    pub database_url: Option<TierUrl>,
+    /// Connections to PostgreSQL at most.
+    pub database_max_connections: usize,
+    /// Deadline of one PostgreSQL operation.
+    pub database_timeout: Duration,
+    /// ClickHouse, when the usage data is kept there; `None`: the embedded SQLite.
+    pub analytics_url: Option<TierUrl>,
+    /// Deadline of one ClickHouse query.
+    pub analytics_timeout: Duration,
+}
+
+/// The address of a tier (PostgreSQL, ClickHouse), credentials included. Printed (`Display`,
+/// `Debug`) without them: a password in the userinfo or in a `password` query parameter is
+/// shown as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TierUrl {
+    url: url::Url,
+}
+
+impl TierUrl {
+    /// Parses `text` for the config key `key`, which needs one of `schemes` and a host.
+    fn parse(key: &str, text: &str, schemes: &[&str]) -> anyhow::Result<Self> {
+        let url = url::Url::parse(text).map_err(|error| {
+            anyhow::anyhow!(
+                "invalid setting `{key}`: not a URL ({error}); expected {}://host:port/…",
+                schemes[0]
+            )
+        })?;
+        let redacted = Self { url: url.clone() }.to_string();
+        if !schemes.contains(&url.scheme()) {
+            bail!(
+                "invalid setting `{key}`: {redacted} is not a {} URL",
+                schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            bail!("invalid setting `{key}`: {redacted} names no host");
+        }
+        Ok(Self { url })
+    }
+
+    /// The URL with its credentials, for the tier's client only.
+    pub fn expose(&self) -> &str {
+        self.url.as_str()
+    }
+}
+
+impl std::fmt::Display for TierUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        if shown.query().is_some() {
+            let pairs: Vec<(String, String)> = shown
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = matches!(k.as_ref(), "password" | "key" | "sslpassword");
+                    (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+                })
+                .collect();
+            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl std::fmt::Debug for TierUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TierUrl({self})")
+    }
 }
 
 /// An OpenAI-compatible model to use instead of the offline one (which still answers when it fails).
@@ -250,6 +348,11 @@ impl Default for Config {
             log: "info".to_owned(),
             price_table: None,
             llm: None,
+            database_url: None,
+            database_max_connections: 16,
+            database_timeout: Duration::from_millis(2_000),
+            analytics_url: None,
+            analytics_timeout: Duration::from_millis(5_000),
         }
     }
 }
@@ -321,6 +424,16 @@ impl Config {
             (Some(_), None) => bail!("`llm_base_url` is set but `llm_model` is not: name the model to ask"),
             _ => bail!("`llm_model` and `llm_api_key` need `llm_base_url`: the OpenAI-compatible API to ask"),
         };
+        let url = |key: &Option<String>, file: &Option<String>| key.clone().or(file.clone()).filter(|v| !v.is_empty());
+        config.database_url = url(&args.database_url, &file.database_url)
+            .map(|text| TierUrl::parse("database_url", &text, &["postgres", "postgresql"]))
+            .transpose()?;
+        config.analytics_url = url(&args.analytics_url, &file.analytics_url)
+            .map(|text| TierUrl::parse("analytics_url", &text, &["http", "https"]))
+            .transpose()?;
+        layer!(database_max_connections);
+        layer!(database_timeout_ms, config.database_timeout, ms);
+        layer!(analytics_timeout_ms, config.analytics_timeout, ms);
         config.jwt_secret = std::env::var("SWITCHBOARD_JWT_SECRET").ok().filter(|s| !s.is_empty());
         config.validate()?;
         Ok(config)
@@ -343,6 +456,9 @@ impl Config {
             ("ticket_ttl_secs", self.ticket_ttl.is_zero()),
             ("access_token_ttl_secs", self.access_token_ttl.is_zero()),
             ("refresh_token_ttl_secs", self.refresh_token_ttl.is_zero()),
+            ("database_max_connections", self.database_max_connections == 0),
+            ("database_timeout_ms", self.database_timeout.is_zero()),
+            ("analytics_timeout_ms", self.analytics_timeout.is_zero()),
         ];
         for (key, bad) in positive {
             if bad {
@@ -377,6 +493,60 @@ mod tests {
             llm_model: model.map(Into::into),
             llm_api_key: key.map(Into::into),
             ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn tier_urls_are_checked_and_never_printed_with_their_credentials() {
+        let args = ServeArgs {
+            database_url: Some("postgres://app:s3cret@db.internal:5432/switchboard".into()),
+            analytics_url: Some("http://ch.internal:8123/?database=usage&user=app&password=s3cret".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::load(&args).unwrap();
+        let (database, analytics) = (
+            config.database_url.clone().unwrap(),
+            config.analytics_url.clone().unwrap(),
+        );
+        assert_eq!(database.to_string(), "postgres://app:***@db.internal:5432/switchboard");
+        assert_eq!(
+            analytics.to_string(),
+            "http://ch.internal:8123/?database=usage&user=app&password=***"
+        );
+        assert!(database.expose().contains("s3cret") && analytics.expose().contains("s3cret"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let defaults = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!((defaults.database_url, defaults.analytics_url), (None, None));
+
+        let bad = |database_url: Option<&str>, analytics_url: Option<&str>| {
+            let args = ServeArgs {
+                database_url: database_url.map(Into::into),
+                analytics_url: analytics_url.map(Into::into),
+                ..ServeArgs::default()
+            };
+            Config::load(&args).unwrap_err().to_string()
+        };
+        let cases = [
+            (
+                bad(Some("mysql://u:pw@h/db"), None),
+                "invalid setting `database_url`: mysql://u:***@h/db is not a postgres:// or postgresql:// URL",
+            ),
+            (
+                bad(Some("db.internal:5432"), None),
+                "invalid setting `database_url`: db.internal:5432 is not a postgres:// or postgresql:// URL",
+            ),
+            (
+                bad(Some("not a url"), None),
+                "invalid setting `database_url`: not a URL (relative URL without a base); expected postgres://host:port/…",
+            ),
+            (
+                bad(None, Some("tcp://ch:9000")),
+                "invalid setting `analytics_url`: tcp://ch:9000 is not a http:// or https:// URL",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error, expected);
+            assert!(!error.contains("pw@"));
         }
     }
 

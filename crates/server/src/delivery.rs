@@ -15,6 +15,7 @@ use switchboard_store::{EventRecord, StoreError};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::fanout::Live;
 use crate::log::EventLog;
 
 /// Events read from the store per page.
@@ -24,7 +25,7 @@ const PAGE: usize = 256;
 pub(crate) struct Delivery {
     log: Arc<EventLog>,
     user: UserId,
-    live: Option<broadcast::Receiver<Arc<EventRecord>>>,
+    live: Option<broadcast::Receiver<Live>>,
     /// The newest seq handed out.
     sent: Seq,
     /// The newest seq known to be stored.
@@ -80,8 +81,9 @@ impl Delivery {
         self.known
     }
 
-    /// The next event, in seq order. Cancel-safe: state changes only between awaits.
-    pub(crate) async fn next(&mut self) -> Result<Arc<EventRecord>, StoreError> {
+    /// The next event, in seq order, or a notice as it comes. Cancel-safe: state changes only
+    /// between awaits.
+    pub(crate) async fn next(&mut self) -> Result<Live, StoreError> {
         loop {
             if self.stale {
                 self.known = self.known.max(self.log.last_seq(&self.user).await?);
@@ -90,7 +92,7 @@ impl Delivery {
             if let Some(record) = self.backlog.pop_front() {
                 if record.seq == self.sent.next() {
                     self.sent = record.seq;
-                    return Ok(record);
+                    return Ok(Live::Event(record));
                 }
                 continue;
             }
@@ -108,13 +110,14 @@ impl Delivery {
                 return std::future::pending().await;
             };
             match live.recv().await {
-                Ok(record) => {
+                Ok(Live::Event(record)) => {
                     self.known = self.known.max(record.seq);
                     if record.seq == self.sent.next() {
                         self.sent = record.seq;
-                        return Ok(record);
+                        return Ok(Live::Event(record));
                     }
                 }
+                Ok(notice @ Live::Notice(_)) => return Ok(notice),
                 Err(RecvError::Lagged(_)) => self.stale = true,
                 Err(RecvError::Closed) => self.live = None,
             }

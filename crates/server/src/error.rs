@@ -73,8 +73,37 @@ impl ApiError {
     }
 }
 
+/// What a tier that is slow or cannot be reached did, as the start of a sentence: "PostgreSQL
+/// did not answer within 2.0 s", "ClickHouse cannot be reached (connection refused)"; `None`
+/// for any other error.
+pub(crate) fn tier_trouble(error: &StoreError) -> Option<String> {
+    match error {
+        StoreError::TimedOut { tier, after } => {
+            Some(format!("{tier} did not answer within {:.1} s", after.as_secs_f64()))
+        }
+        StoreError::Unavailable { tier, reason } => Some(format!("{tier} cannot be reached ({reason})")),
+        _ => None,
+    }
+}
+
+impl ApiError {
+    /// 503 `store_unavailable`: a tier is slow or cannot be reached, so `what` (e.g. "nothing
+    /// was stored").
+    pub(crate) fn tier_unavailable(trouble: &str, what: &str) -> Self {
+        tracing::warn!(%trouble, "a storage tier is unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            format!("{trouble}, so {what}; try again in a moment."),
+        )
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        if let Some(trouble) = tier_trouble(&error) {
+            return ApiError::tier_unavailable(&trouble, "the request could not be answered");
+        }
         match error {
             StoreError::NotFound(_) => ApiError::not_found("resource"),
             StoreError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message),

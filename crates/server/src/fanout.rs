@@ -1,36 +1,48 @@
 //! Fan-out: how a stored event reaches the live connections of its user. [`LocalFanOut`] is
 //! the in-process broadcast of one server; a networked one (between nodes) implements the
 //! same trait. A fan-out only carries events the log has stored: a connection that misses one
-//! (it lagged, or the fan-out lost it) reads it back from the store (see `delivery`).
+//! (it lagged, or the fan-out lost it) reads it back from the store (see `delivery`). Beside
+//! them it carries notices (control frames for the user's connections, such as
+//! `store_delayed`), which are not stored: one that is missed is gone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use switchboard_protocol::UserId;
+use switchboard_protocol::{ControlFrame, UserId};
 use switchboard_store::EventRecord;
 use tokio::sync::broadcast;
 
 /// Live events a slow connection may fall behind by before it reads from the store instead.
 const LIVE_BUFFER: usize = 256;
 
+/// What a fan-out carries to a user's connections.
+#[derive(Debug, Clone)]
+pub(crate) enum Live {
+    /// A stored event.
+    Event(Arc<EventRecord>),
+    /// A notice, stored nowhere.
+    Notice(Arc<ControlFrame>),
+}
+
 /// Carries stored events to the connections of their user.
 pub(crate) trait FanOut: Send + Sync + 'static {
     /// Live events of `user` from now on.
-    fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Arc<EventRecord>>;
+    fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Live>;
     /// Ends a subscription; the user's channel goes when nobody listens any more.
-    fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Arc<EventRecord>>);
-    /// Hands a stored event of `user` to whoever listens (nobody is fine: it is in the store).
-    fn publish(&self, user: &UserId, record: Arc<EventRecord>);
+    fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Live>);
+    /// Hands a stored event (or a notice) of `user` to whoever listens (nobody is fine: an
+    /// event is in the store).
+    fn publish(&self, user: &UserId, live: Live);
 }
 
 /// The in-process fan-out: a broadcast channel per user while someone listens.
 #[derive(Debug, Default)]
 pub(crate) struct LocalFanOut {
-    channels: Mutex<HashMap<UserId, broadcast::Sender<Arc<EventRecord>>>>,
+    channels: Mutex<HashMap<UserId, broadcast::Sender<Live>>>,
 }
 
 impl FanOut for LocalFanOut {
-    fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Arc<EventRecord>> {
+    fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Live> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels
             .entry(user.clone())
@@ -38,7 +50,7 @@ impl FanOut for LocalFanOut {
             .subscribe()
     }
 
-    fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Arc<EventRecord>>) {
+    fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Live>) {
         drop(receiver);
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if channels.get(user).is_some_and(|sender| sender.receiver_count() == 0) {
@@ -46,7 +58,7 @@ impl FanOut for LocalFanOut {
         }
     }
 
-    fn publish(&self, user: &UserId, record: Arc<EventRecord>) {
+    fn publish(&self, user: &UserId, live: Live) {
         let sender = self
             .channels
             .lock()
@@ -54,7 +66,7 @@ impl FanOut for LocalFanOut {
             .get(user)
             .cloned();
         if let Some(sender) = sender {
-            let _ = sender.send(record);
+            let _ = sender.send(live);
         }
     }
 }

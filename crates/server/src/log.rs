@@ -4,17 +4,17 @@
 //! observers (the metrics) see each event, then the fan-out carries it to the user's live
 //! connections: an event reaches a socket only after it is stored.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchboard_engine::{EventSink, SinkError};
-use switchboard_protocol::{LogEntry, Seq, UserId};
-use switchboard_store::{EventRecord, Store, StoreError, StoredEvent};
+use switchboard_engine::{DelayedEnd, EventSink, SinkError};
+use switchboard_protocol::{Control, ControlFrame, LogEntry, RunStatus, Seq, StoreDelayed, UserId};
+use switchboard_store::{EventRecord, Store, StoreError, StoredEvent, Tier};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::fanout::FanOut;
+use crate::fanout::{FanOut, Live};
 
 /// Sees every event the log stored, once, in each user's seq order.
 pub(crate) trait Observer: Send + Sync + 'static {
@@ -30,6 +30,9 @@ pub(crate) struct EventLog {
     store: Arc<dyn Store>,
     fanout: Arc<dyn FanOut>,
     observers: Vec<Arc<dyn Observer>>,
+    /// Since when a batch has waited for the store (none: the last one was stored), for
+    /// telling users how long the store has not answered.
+    waiting_since: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -47,6 +50,7 @@ impl EventLog {
             store,
             fanout,
             observers,
+            waiting_since: Mutex::new(None),
         }
     }
 
@@ -56,8 +60,13 @@ impl EventLog {
     /// passed over, so that a batch that is stored is never reported as failed (and stored again).
     pub(crate) async fn append_entries(&self, entries: &[LogEntry]) -> Result<Vec<Seq>, StoreError> {
         let started = Instant::now();
+        self.waiting_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(started);
         let stored = self.store.append_events(entries).await?;
         let took = started.elapsed();
+        *self.waiting_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
         // Stored from here on: nothing below may fail the batch (it would be stored again).
         if stored.len() != entries.len() {
             tracing::error!(
@@ -81,7 +90,7 @@ impl EventLog {
                 for observer in &self.observers {
                     observer.stored(entry, seq);
                 }
-                self.fanout.publish(&user_id, Arc::new(record));
+                self.fanout.publish(&user_id, Live::Event(Arc::new(record)));
             };
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(tell)).is_err() {
                 tracing::error!(%seq, user_id = %user_id, "telling of a stored event panicked");
@@ -97,12 +106,12 @@ impl EventLog {
     }
 
     /// Live events of `user` from now on.
-    pub(crate) fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Arc<EventRecord>> {
+    pub(crate) fn subscribe(&self, user: &UserId) -> broadcast::Receiver<Live> {
         self.fanout.subscribe(user)
     }
 
     /// Ends a subscription.
-    pub(crate) fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Arc<EventRecord>>) {
+    pub(crate) fn unsubscribe(&self, user: &UserId, receiver: broadcast::Receiver<Live>) {
         self.fanout.unsubscribe(user, receiver);
     }
 
@@ -122,6 +131,20 @@ impl EventLog {
     }
 }
 
+/// The sentence a user is told when a run has ended but the store has not stored its end.
+fn delayed_sentence(end: &DelayedEnd, tier: Tier, waited: Duration) -> String {
+    let how = match end.status {
+        RunStatus::Completed => "finished".to_owned(),
+        status => format!("ended ({})", status.as_str().replace('_', " ")),
+    };
+    format!(
+        "The run {how} after {:.1} s, but {tier} has not answered for {:.1} s: its last events are kept \
+         and will be shown as soon as {tier} answers.",
+        end.duration.as_secs_f64(),
+        waited.as_secs_f64(),
+    )
+}
+
 #[async_trait]
 impl EventSink for EventLog {
     async fn append(&self, batch: &[LogEntry]) -> Result<Vec<Seq>, SinkError> {
@@ -136,5 +159,64 @@ impl EventSink for EventLog {
                 | StoreError::Unavailable { .. } => SinkError::Failed(error.to_string()),
             }
         })
+    }
+
+    /// Tells the user's connections (a notice, not an event) that the run has ended and how
+    /// long the store has not answered.
+    fn end_delayed(&self, end: &DelayedEnd) {
+        let since = *self.waiting_since.lock().unwrap_or_else(|p| p.into_inner());
+        let waited = since.map_or(Duration::ZERO, |since| since.elapsed());
+        let tier = self.store.tier();
+        let message = delayed_sentence(end, tier, waited);
+        tracing::warn!(run_id = %end.run_id, user_id = %end.user_id, %message, "a run's end waits for the store");
+        let notice = ControlFrame::now(Control::StoreDelayed(StoreDelayed {
+            run_id: end.run_id.clone(),
+            thread_id: end.thread_id.clone(),
+            status: end.status,
+            duration_ms: end.duration.as_millis() as u64,
+            tier: tier.as_str().to_owned(),
+            waited_ms: waited.as_millis() as u64,
+            message,
+        }));
+        self.fanout.publish(&end.user_id, Live::Notice(Arc::new(notice)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_protocol::{RunId, ThreadId};
+
+    #[test]
+    fn a_delayed_end_is_told_with_the_tier_and_the_wait() {
+        let end = |status| DelayedEnd {
+            user_id: UserId::generate(),
+            run_id: RunId::generate(),
+            thread_id: ThreadId::generate(),
+            status,
+            duration: Duration::from_millis(3_240),
+        };
+        let cases = [
+            (
+                RunStatus::Completed,
+                Tier::Postgres,
+                2_600,
+                "The run finished after 3.2 s, but PostgreSQL has not answered for 2.6 s: its last events are \
+                 kept and will be shown as soon as PostgreSQL answers.",
+            ),
+            (
+                RunStatus::TimedOut,
+                Tier::Sqlite,
+                500,
+                "The run ended (timed out) after 3.2 s, but SQLite has not answered for 0.5 s: its last events \
+                 are kept and will be shown as soon as SQLite answers.",
+            ),
+        ];
+        for (status, tier, waited, expected) in cases {
+            assert_eq!(
+                delayed_sentence(&end(status), tier, Duration::from_millis(waited)),
+                expected
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@ use switchboard_protocol::{ErrorCode, MessageAccepted, MessageId, RunId, UserId,
 use switchboard_store::{NewMessage, RunState, Store, StoreError};
 use tokio::time::Instant;
 
+use crate::error::tier_trouble;
 use crate::limits::SlidingWindow;
 use crate::metrics::Metrics;
 
@@ -48,6 +49,13 @@ impl Refusal {
     }
 
     fn store(error: StoreError) -> Self {
+        if let Some(trouble) = tier_trouble(&error) {
+            tracing::warn!(%trouble, "a message could not be stored");
+            return Refusal::new(
+                ErrorCode::StoreUnavailable,
+                format!("{trouble}, so the message was not accepted; send it again in a moment."),
+            );
+        }
         match error {
             StoreError::NotFound(_) => Refusal::new(ErrorCode::ThreadNotFound, "No such thread."),
             other => {

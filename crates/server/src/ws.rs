@@ -16,7 +16,7 @@ use switchboard_protocol::{
     ClientFrame, ConnectionEstablished, ConnectionId, Control, ControlFrame, ErrorBody, ErrorCode, ErrorPayload,
     Heartbeat, HistoryMessage, PROTOCOL_NAME, Resumed, Seq, ThreadHistory, Timestamp, UserId,
 };
-use switchboard_store::{EventRecord, StoreError};
+use switchboard_store::StoreError;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -24,6 +24,7 @@ use crate::app::AppState;
 use crate::auth::{TokenType, bearer_value};
 use crate::delivery::Delivery;
 use crate::error::ApiError;
+use crate::fanout::Live;
 use crate::limits::{Admission, admit};
 use crate::listener::OpenConnection;
 
@@ -230,7 +231,8 @@ enum Input {
     Shutdown,
     TokenExpired,
     Frame(Option<Result<Message, axum::Error>>),
-    Event(Result<Arc<EventRecord>, StoreError>),
+    /// The next event of the user's log, or a notice.
+    Event(Result<Live, StoreError>),
     Timer,
 }
 
@@ -363,10 +365,11 @@ impl Connection {
                     last_received = Instant::now();
                     self.on_message(message).await
                 }
-                Input::Event(Ok(record)) => {
+                Input::Event(Ok(Live::Event(record))) => {
                     self.state.metrics.events_sent.inc();
                     self.send(Message::Text(Utf8Bytes::from(record.json.as_str()))).await
                 }
+                Input::Event(Ok(Live::Notice(frame))) => self.send_frame(&frame).await,
                 Input::Event(Err(error)) => {
                     tracing::error!(%error, "cannot read the user's events");
                     Flow::Close(close_code::INTERNAL, "the event store failed")
@@ -403,7 +406,11 @@ impl Connection {
     }
 
     async fn send_control(&self, body: Control) -> Flow {
-        match serde_json::to_string(&ControlFrame::now(body)) {
+        self.send_frame(&ControlFrame::now(body)).await
+    }
+
+    async fn send_frame(&self, frame: &ControlFrame) -> Flow {
+        match serde_json::to_string(frame) {
             Ok(text) => self.send(Message::Text(Utf8Bytes::from(text))).await,
             Err(error) => {
                 tracing::error!(%error, "cannot write a control frame");

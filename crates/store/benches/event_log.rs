@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use switchboard_protocol::{
-    AgentName, AgentThinking, EventPayload, LogEntry, NewEvent, PartialResult, RunId, Seq, ThreadId, Timestamp,
-    TraceId, UserId,
+    AgentName, AgentThinking, EntryKey, EventPayload, LogEntry, NewEvent, PartialResult, RunId, Seq, ThreadId,
+    Timestamp, TraceId, UserId,
 };
 use switchboard_store::{SqliteStore, Store};
 
@@ -35,6 +35,7 @@ fn entries(users: &[UserId]) -> Vec<LogEntry> {
                 })
             };
             LogEntry {
+                key: EntryKey::generate(),
                 user_id: users[i % users.len()].clone(),
                 event: NewEvent {
                     run_id: run.clone(),

@@ -18,10 +18,10 @@ use switchboard_protocol::{
 pub use sqlite::SqliteStore;
 pub use sqlite_analytics::SqliteAnalytics;
 pub use workload::{
-    AnalyticsStore, Bucket, CallFigures, CallStatus, EARLIEST_CALL_MS, FeatureModel, HourUsage, LATEST_CALL_MS,
+    AnalyticsStore, Bucket, CallFigures, CallStatus, Cell, EARLIEST_CALL_MS, FeatureModel, HourUsage, LATEST_CALL_MS,
     MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS, MAX_CALL_TOKENS, OFF_HOURS_END, Opportunities, PERCENTILE_RELATIVE_ERROR,
-    SHORT_INPUT_TOKENS, SHORT_OUTPUT_TOKENS, Slice, Summary, SummaryBuilder, TimeRange, Totals, Usage, WorkloadEvent,
-    nearest_rank,
+    SHORT_INPUT_TOKENS, SHORT_OUTPUT_TOKENS, Sketch, Slice, Summary, SummaryBuilder, TimeRange, Totals, Usage,
+    WorkloadEvent, nearest_rank,
 };
 
 /// A storage operation failed.

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use switchboard_protocol::{Timestamp, UserId};
 
 use crate::{StoreError, Tier};
-pub(crate) use sketch::Sketch;
+pub use sketch::Sketch;
 
 /// Whether a model call succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,24 +299,26 @@ impl CallFigures {
 }
 
 /// One roll-up cell: the calls of one user in one clock hour to one model from one feature, batch
-/// or not, kept at ingest so that a summary reads cells, not rows.
+/// or not, kept at ingest so that a summary reads cells, not rows. A backend that aggregates
+/// itself gives its cells to [`SummaryBuilder::add_cell`].
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Cell {
+pub struct Cell {
     /// Calls, their tokens and cost.
-    pub(crate) all: Slice,
+    pub all: Slice,
     /// Failed calls.
-    pub(crate) errors: u64,
+    pub errors: u64,
     /// Cost of the failed calls.
-    pub(crate) failed_cost_usd: f64,
+    pub failed_cost_usd: f64,
     /// Short calls (see [`SHORT_INPUT_TOKENS`]).
-    pub(crate) short: Slice,
-    /// The first and last call's time, milliseconds since the epoch (0 while empty).
-    pub(crate) first_ms: i64,
-    pub(crate) last_ms: i64,
+    pub short: Slice,
+    /// The first call's time, milliseconds since the epoch (0 while empty).
+    pub first_ms: i64,
+    /// The last call's time, milliseconds since the epoch (0 while empty).
+    pub last_ms: i64,
     /// Latency of the calls that report one.
-    pub(crate) latency: Sketch,
+    pub latency: Sketch,
     /// Prompt tokens of every call.
-    pub(crate) prompt_tokens: Sketch,
+    pub prompt_tokens: Sketch,
 }
 
 impl Cell {
@@ -484,20 +486,27 @@ impl SummaryBuilder {
         seen.1 += call.cost_usd;
     }
 
-    /// Counts a roll-up cell.
-    pub(crate) fn add_cell(&mut self, hour: i64, model: &str, feature: Option<&str>, batch: bool, cell: &Cell) {
+    /// Counts a roll-up cell of the calls in clock hour `hour` (hours since the epoch) to
+    /// `model` from `feature`, batch or not; a cell without calls is not counted.
+    ///
+    /// The sketches of the cells with the same hour of the day, model, feature and batch flag
+    /// are only ever merged together (every group a summary reports is a union of such
+    /// classes), so a backend may give the sketch of a whole class on any one of its cells and
+    /// empty sketches on the others: the summary is the same.
+    pub fn add_cell(&mut self, hour: i64, model: &str, feature: Option<&str>, batch: bool, cell: &Cell) {
         self.cell(hour, model, feature, batch).merge(cell);
     }
 
     /// Counts repeated prompts the store has counted (calls that repeat an earlier prompt, and
-    /// their share of the cost).
-    pub(crate) fn add_repeated_prompts(&mut self, calls: u64, cost_usd: f64) {
+    /// their share of the cost: a prompt called n times adds n − 1 calls and (n − 1) / n of
+    /// its calls' cost).
+    pub fn add_repeated_prompts(&mut self, calls: u64, cost_usd: f64) {
         self.repeated.0 = self.repeated.0.saturating_add(calls);
         self.repeated.1 += cost_usd;
     }
 
     /// Counts calls left out by the store (see [`Summary::calls_left_out`]).
-    pub(crate) fn add_left_out(&mut self, calls: u64) {
+    pub fn add_left_out(&mut self, calls: u64) {
         self.left_out = self.left_out.saturating_add(calls);
     }
 
@@ -630,5 +639,63 @@ impl SummaryBuilder {
             },
             calls_left_out: self.left_out,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls over two days in several classes (hour of the day, model, feature, batch flag).
+    fn calls() -> Vec<(&'static str, Option<&'static str>, CallFigures)> {
+        (0..400i64)
+            .map(|i| {
+                let call = CallFigures {
+                    at_ms: 1_790_812_800_000 + (i * 7_919 % 48) * HOUR_MS + i,
+                    input_tokens: (i * 37 % 5000) as u64,
+                    output_tokens: (i * 13 % 700) as u64,
+                    latency_ms: (i % 5 != 0).then_some((i * 53 % 3000) as f64 + 0.5),
+                    error: i % 11 == 0,
+                    cost_usd: (i % 17) as f64 / 1000.0,
+                    batch: i % 9 == 0,
+                };
+                (
+                    ["a", "b"][i as usize % 2],
+                    [None, Some("x"), Some("y")][i as usize % 3],
+                    call,
+                )
+            })
+            .collect()
+    }
+
+    type Class<'a> = (i64, &'a str, Option<&'a str>, bool);
+
+    #[test]
+    fn the_sketches_of_a_class_of_cells_may_come_on_any_one_of_them() {
+        let mut direct = SummaryBuilder::default();
+        let mut cells: BTreeMap<Class<'_>, Cell> = BTreeMap::new();
+        for (model, feature, call) in calls() {
+            direct.add(model, feature, None, call);
+            cells
+                .entry((clock_hour(call.at_ms), model, feature, call.batch))
+                .or_default()
+                .add(&call);
+        }
+        // Each class's sketches moved onto its last cell.
+        let mut class_sketches: HashMap<Class<'_>, (Sketch, Sketch)> = HashMap::new();
+        for (&(hour, model, feature, batch), cell) in &mut cells {
+            let class = class_sketches.entry((hour % 24, model, feature, batch)).or_default();
+            class.0.merge(&std::mem::take(&mut cell.latency));
+            class.1.merge(&std::mem::take(&mut cell.prompt_tokens));
+        }
+        let mut moved = SummaryBuilder::default();
+        for (&(hour, model, feature, batch), cell) in cells.iter().rev() {
+            let mut cell = cell.clone();
+            if let Some((latency, prompt_tokens)) = class_sketches.remove(&(hour % 24, model, feature, batch)) {
+                (cell.latency, cell.prompt_tokens) = (latency, prompt_tokens);
+            }
+            moved.add_cell(hour, model, feature, batch, &cell);
+        }
+        assert_eq!(moved.finish().unwrap(), direct.finish().unwrap());
     }
 }

@@ -186,6 +186,15 @@ async fn health_and_metrics_tell_the_truth() {
         ),
         (200, Some("ok"), Some("ok"))
     );
+    // A check per tier (SQLite, or PostgreSQL and ClickHouse in the pass on the tiers), all `ok`.
+    let checks = ready["checks"].as_object().unwrap();
+    let tiers: Vec<&str> = checks
+        .keys()
+        .map(String::as_str)
+        .filter(|k| ["sqlite", "postgres", "clickhouse"].contains(k))
+        .collect();
+    assert!(tiers == ["sqlite"] || tiers == ["clickhouse", "postgres"], "{ready}");
+    assert!(checks.values().all(|c| c["status"] == "ok"), "{ready}");
 
     let session = app.user("metered").await;
     let mut socket = app.connect(&session).await;
@@ -256,6 +265,13 @@ async fn readiness_answers_within_a_second_when_the_store_hangs() {
             .as_str()
             .unwrap()
             .contains("no answer within")
+    );
+    // The tier itself is degraded: it does not answer in time, and the check says how long it
+    // waited.
+    let tier = &ready["checks"]["sqlite"];
+    assert_eq!(
+        (tier["status"].as_str(), tier["latency_ms"].as_u64()),
+        (Some("degraded"), Some(800))
     );
     let (status, _) = app.client.get("/health/live", None).await.unwrap();
     assert_eq!(status, 200, "liveness does no I/O");

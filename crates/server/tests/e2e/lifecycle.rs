@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{SECRET, close_frame, error, events_until_final, message, next, send, spawn_app_with};
+use crate::support::{SECRET, close_frame, error, events_until_final, message, next, send, spawn_app_with, tier_args};
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_lets_runs_end_within_the_grace_period_then_interrupts_them_and_closes_sockets() {
@@ -48,6 +48,7 @@ async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra)
+        .args(tier_args(data_dir).await)
         .env("SWITCHBOARD_JWT_SECRET", SECRET)
         .env("SWITCHBOARD_LOG", "info")
         .stdout(Stdio::null())

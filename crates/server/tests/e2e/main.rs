@@ -2,6 +2,7 @@
 
 mod auth;
 mod connections;
+mod degraded;
 mod figures;
 mod hostile;
 mod http;

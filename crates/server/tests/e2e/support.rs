@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use switchboard::client::{Client, Session, Socket};
 use switchboard::{Application, Config};
+use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
+use switchboard_postgres::{PgOptions, PgStore};
 use switchboard_protocol::{
     ClientFrame, Control, ErrorCode, ErrorPayload, Event, LogEntry, MessageAccepted, RunId, Seq, ServerFrame, ThreadId,
     UserId, UserMessage,
@@ -53,12 +54,130 @@ pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestA
     app
 }
 
+/// Set (to `1`) by `scripts/test` for its second pass over these tests: then every test on the
+/// real clock runs its server on PostgreSQL and ClickHouse (the throw-away servers of
+/// `SWITCHBOARD_TEST_POSTGRES_URL` and `SWITCHBOARD_TEST_CLICKHOUSE_URL`), each on fresh
+/// databases. Tests on the paused clock stay on SQLite: another process races that clock.
+const ON_TIERS: &str = "SWITCHBOARD_E2E_TIERS";
+
+/// Whether the test runs on tokio's paused clock: a current-thread runtime whose clock cannot
+/// be paused again (`pause` panics when it is paused already).
+fn clock_is_paused() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
+        return false;
+    }
+    match std::panic::catch_unwind(tokio::time::pause) {
+        Ok(()) => {
+            tokio::time::resume();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+/// In the pass on the tiers, for a test on the real clock: the URLs of a PostgreSQL database
+/// and a ClickHouse database for the data dir `dir`, made on first use and kept in it, so that
+/// a server started again on the dir finds the same data.
+pub(crate) async fn tier_urls(dir: &std::path::Path) -> Option<(String, String)> {
+    if std::env::var(ON_TIERS).as_deref() != Ok("1") || clock_is_paused() {
+        return None;
+    }
+    let file = dir.join("tiers.txt");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let (postgres, clickhouse) = text.split_once('\n').expect("two URLs");
+        return Some((postgres.to_owned(), clickhouse.trim().to_owned()));
+    }
+    let server = |var: &str| {
+        std::env::var(var).unwrap_or_else(|_| panic!("{ON_TIERS}=1 needs {var}: run the tests with scripts/test"))
+    };
+    let postgres = switchboard_postgres::scratch_database(&server("SWITCHBOARD_TEST_POSTGRES_URL"))
+        .await
+        .unwrap();
+    let clickhouse = switchboard_clickhouse::scratch_database(&server("SWITCHBOARD_TEST_CLICKHOUSE_URL"))
+        .await
+        .unwrap();
+    std::fs::write(&file, format!("{postgres}\n{clickhouse}\n")).unwrap();
+    Some((postgres, clickhouse))
+}
+
+/// The command-line flags that put a server started on `dir` on the tiers, in the pass on
+/// them (none otherwise).
+pub(crate) async fn tier_args(dir: &std::path::Path) -> Vec<String> {
+    match tier_urls(dir).await {
+        Some((postgres, clickhouse)) => vec!["--database-url".into(), postgres, "--analytics-url".into(), clickhouse],
+        None => Vec::new(),
+    }
+}
+
+/// A server on the given stores (wrapped so that they can be made to hang too).
+pub(crate) async fn spawn_app_on(
+    store: Arc<dyn Store>,
+    analytics: Arc<dyn AnalyticsStore>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    configure(&mut config);
+    let mut app = serve(config, Arc::new(HangingStore::new(store, analytics))).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// A fresh PostgreSQL database on the test server (`SWITCHBOARD_TEST_POSTGRES_URL`), and its URL.
+pub(crate) async fn postgres_database() -> String {
+    let admin = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
+        .expect("SWITCHBOARD_TEST_POSTGRES_URL names the test PostgreSQL: run the tests with scripts/test");
+    switchboard_postgres::scratch_database(&admin).await.unwrap()
+}
+
+/// A fresh ClickHouse database on the test server (`SWITCHBOARD_TEST_CLICKHOUSE_URL`), and its URL.
+pub(crate) async fn clickhouse_database() -> String {
+    let server = std::env::var("SWITCHBOARD_TEST_CLICKHOUSE_URL")
+        .expect("SWITCHBOARD_TEST_CLICKHOUSE_URL names the test ClickHouse: run the tests with scripts/test");
+    switchboard_clickhouse::scratch_database(&server).await.unwrap()
+}
+
+/// `url` with its host and port replaced by `addr` (a fault proxy in front of the server).
+pub(crate) fn through(url: &str, addr: std::net::SocketAddr) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_host(Some(&addr.ip().to_string())).unwrap();
+    url.set_port(Some(addr.port())).unwrap();
+    url.to_string()
+}
+
+/// The address (host and port) a URL points at.
+pub(crate) fn address_of(url: &str) -> std::net::SocketAddr {
+    let url = url::Url::parse(url).unwrap();
+    let host = url.host_str().unwrap().to_owned();
+    let port = url.port_or_known_default().unwrap();
+    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
 /// A server on a data dir.
 async fn spawn_app_in(data_dir: PathBuf, configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(&data_dir);
     configure(&mut config);
-    let sqlite = SqliteStore::open(&data_dir.join("switchboard.sqlite3")).await.unwrap();
-    let store = Arc::new(HangingStore::new(sqlite));
+    let store = Arc::new(match tier_urls(&data_dir).await {
+        Some((postgres, clickhouse)) => {
+            let store = PgStore::connect(&postgres, PgOptions::default()).await.unwrap();
+            let analytics = ClickHouseAnalytics::connect(&clickhouse, ClickHouseOptions::default())
+                .await
+                .unwrap();
+            HangingStore::new(Arc::new(store), Arc::new(analytics))
+        }
+        None => {
+            let sqlite = Arc::new(SqliteStore::open(&data_dir.join("switchboard.sqlite3")).await.unwrap());
+            HangingStore::new(sqlite.clone(), sqlite)
+        }
+    });
+    serve(config, store).await
+}
+
+async fn serve(config: Config, store: Arc<HangingStore>) -> TestApp {
     let app = Application::build_with_store(config, store.clone(), store.clone())
         .await
         .expect("the app builds");
@@ -244,28 +363,30 @@ pub(crate) fn assert_code(error: &ErrorPayload, code: ErrorCode) {
     assert_eq!(error.code, code, "{}", error.message);
 }
 
-/// The SQLite store, with a switch that makes every call hang (a store that stopped answering).
+/// The test app's stores, with a switch that makes every call hang (a store that stopped
+/// answering) until it is switched back: then the calls waiting go on.
 pub(crate) struct HangingStore {
-    inner: SqliteStore,
-    hang: AtomicBool,
+    inner: Arc<dyn Store>,
+    analytics: Arc<dyn AnalyticsStore>,
+    hang: tokio::sync::watch::Sender<bool>,
 }
 
 impl HangingStore {
-    fn new(inner: SqliteStore) -> Self {
+    fn new(inner: Arc<dyn Store>, analytics: Arc<dyn AnalyticsStore>) -> Self {
         Self {
             inner,
-            hang: AtomicBool::new(false),
+            analytics,
+            hang: tokio::sync::watch::Sender::new(false),
         }
     }
 
     pub(crate) fn set_hanging(&self, hang: bool) {
-        self.hang.store(hang, Ordering::SeqCst);
+        self.hang.send_replace(hang);
     }
 
     async fn gate(&self) {
-        if self.hang.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
+        let mut hang = self.hang.subscribe();
+        let _ = hang.wait_for(|hang| !*hang).await;
     }
 }
 
@@ -368,10 +489,10 @@ impl Store for HangingStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.gate().await;
-        Store::ping(&self.inner).await
+        self.inner.ping().await
     }
     fn tier(&self) -> Tier {
-        Store::tier(&self.inner)
+        self.inner.tier()
     }
 }
 
@@ -379,21 +500,21 @@ impl Store for HangingStore {
 impl AnalyticsStore for HangingStore {
     async fn insert_workload_events(&self, user: &UserId, events: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
         self.gate().await;
-        self.inner.insert_workload_events(user, events).await
+        self.analytics.insert_workload_events(user, events).await
     }
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
         self.gate().await;
-        self.inner.workload_event_count(user).await
+        self.analytics.workload_event_count(user).await
     }
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
         self.gate().await;
-        self.inner.workload_summary(user, range).await
+        self.analytics.workload_summary(user, range).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.gate().await;
-        AnalyticsStore::ping(&self.inner).await
+        self.analytics.ping().await
     }
     fn tier(&self) -> Tier {
-        AnalyticsStore::tier(&self.inner)
+        self.analytics.tier()
     }
 }

@@ -42,8 +42,11 @@ fn value_of(key: i32) -> f64 {
 }
 
 /// A sketch of non-negative values. Empty by default.
+///
+/// Another backend can build one from bin counts it computed itself ([`Sketch::bin_of`] says
+/// which bin a value falls in, [`Sketch::from_bins`] takes the counts).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Sketch {
+pub struct Sketch {
     /// Values at or below [`MIN_VALUE`].
     zero: u64,
     /// The key of `bins[0]`.
@@ -58,6 +61,62 @@ pub(crate) struct Sketch {
 }
 
 impl Sketch {
+    /// Values at or below this are counted in the zero bin.
+    pub const ZERO_LIMIT: f64 = MIN_VALUE;
+
+    /// The natural logarithm of the bins' base γ = (1 + α) / (1 − α), α being
+    /// [`PERCENTILE_RELATIVE_ERROR`](crate::PERCENTILE_RELATIVE_ERROR).
+    pub fn ln_gamma() -> f64 {
+        gamma().ln()
+    }
+
+    /// The bin of `value`: `None` for the zero bin (at or below [`Sketch::ZERO_LIMIT`]), else
+    /// `ceil(ln(value) / ln γ)` ([`Sketch::ln_gamma`]). A value computed elsewhere to land in a
+    /// neighbouring bin (its logarithm rounded differently at a bin's edge) is still estimated
+    /// within the bound, as it lies on the edge of both.
+    pub fn bin_of(value: f64) -> Option<i32> {
+        (value > MIN_VALUE).then(|| key_of(value, gamma().ln()))
+    }
+
+    /// The sketch of values counted elsewhere: `zero` values in the zero bin, the others as
+    /// (bin, count) pairs in any order (a bin given twice adds up), with the exact smallest
+    /// and largest value. Says what is wrong with counts no values could have (a bin no finite
+    /// value has, bounds that are not finite, negative or out of order, more values than a
+    /// count holds); empty when nothing is counted, whatever the bounds.
+    pub fn from_bins(
+        zero: u64,
+        bins: impl IntoIterator<Item = (i32, u64)>,
+        min: f64,
+        max: f64,
+    ) -> Result<Sketch, String> {
+        let mut counted: Vec<(i32, u64)> = bins.into_iter().filter(|(_, count)| *count > 0).collect();
+        if let Some((key, _)) = counted.iter().find(|(key, _)| i64::from(*key).abs() > KEY_LIMIT) {
+            return Err(format!("bin key {key}"));
+        }
+        counted.sort_unstable();
+        let mut sketch = Sketch::default();
+        let mut total = zero;
+        for (_, count) in &counted {
+            total = total
+                .checked_add(*count)
+                .ok_or_else(|| "more values than a count holds".to_owned())?;
+        }
+        if total == 0 {
+            return Ok(sketch);
+        }
+        if !(min.is_finite() && max.is_finite() && 0.0 <= min && min <= max) {
+            return Err(format!("bounds {min} to {max}"));
+        }
+        if let (Some((low, _)), Some((high, _))) = (counted.first(), counted.last()) {
+            sketch.reserve(*low, *high);
+            for (key, count) in counted {
+                sketch.bins[(key - sketch.offset) as usize] += count;
+            }
+        }
+        (sketch.zero, sketch.count, sketch.min, sketch.max) = (zero, total, min, max);
+        Ok(sketch)
+    }
+
     /// Counts `value`, which the caller has checked is finite and not negative.
     pub(crate) fn add(&mut self, value: f64) {
         debug_assert!(value.is_finite() && value >= 0.0, "{value}");
@@ -118,7 +177,7 @@ impl Sketch {
     }
 
     /// How many values it holds.
-    pub(crate) fn count(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         self.count
     }
 
@@ -339,5 +398,33 @@ mod tests {
             assert_eq!(a.nearest_rank(percent), all.nearest_rank(percent));
         }
         assert_eq!(a.encode(), all.encode());
+    }
+
+    #[test]
+    fn a_sketch_from_bins_counted_elsewhere_is_the_sketch_of_the_values() {
+        let values = [0.0, 0.0, 1e-12, 0.5, 1.0, 5.5, 5.6, 1000.0, 1000.0, 86_400_000.0];
+        let mut added = Sketch::default();
+        let mut bins = Vec::new();
+        let mut zero = 0;
+        for value in values {
+            added.add(value);
+            match Sketch::bin_of(value) {
+                Some(bin) => bins.push((bin, 1)),
+                None => zero += 1,
+            }
+        }
+        bins.reverse();
+        let built = Sketch::from_bins(zero, bins, 0.0, 86_400_000.0).unwrap();
+        assert_eq!(built, added);
+        assert_eq!(Sketch::from_bins(0, [], f64::NAN, 0.0).unwrap(), Sketch::default());
+        for (bins, min, max, expected) in [
+            (vec![(50_000, 1)], 1.0, 1.0, "bin key"),
+            (vec![(1, 1)], f64::NAN, 1.0, "bounds NaN"),
+            (vec![(1, 1)], 2.0, 1.0, "bounds 2 to 1"),
+            (vec![(1, u64::MAX), (2, 1)], 1.0, 2.0, "more values"),
+        ] {
+            let error = Sketch::from_bins(0, bins, min, max).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 }

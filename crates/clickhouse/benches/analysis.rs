@@ -1,0 +1,234 @@
+//! The analysis' store query (`workload_summary`) over N calls of one user (default ten
+//! million; `SWITCHBOARD_BENCH_CALLS`) among other users' calls, in ClickHouse, with the
+//! embedded SQLite store's figure for a million calls beside it (`SWITCHBOARD_BENCH_SQLITE_CALLS`,
+//! 0 to leave it out). The calls are the month of `crates/store/benches/aggregates.rs`, made by
+//! ClickHouse itself (`INSERT … SELECT … FROM numbers(N)`, the same formulas); the ingest rate
+//! through `insert_workload_events` is measured on a smaller upload in batches of 50 000.
+//!
+//! `SWITCHBOARD_BENCH_CLICKHOUSE_URL=http://127.0.0.1:PORT/ cargo bench -p switchboard-clickhouse --bench analysis`
+//! (or `SWITCHBOARD_TEST_CLICKHOUSE_URL`); the bench works in a scratch database it drops at the end.
+
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions, scratch_database};
+use switchboard_protocol::{Timestamp, UserId};
+use switchboard_store::{AnalyticsStore, CallStatus, SqliteStore, TimeRange, WorkloadEvent};
+
+const MODELS: [&str; 6] = [
+    "gpt-4o",
+    "gpt-4o-mini",
+    "claude-3-5-haiku",
+    "claude-sonnet-4",
+    "gemini-2.0-flash",
+    "o3-mini",
+];
+const FEATURES: [&str; 5] = ["search", "chat", "summaries", "tagging", "nightly-report"];
+const START: &str = "2026-10-01T00:00:00Z";
+const MONTH_MS: i64 = 30 * 24 * 3_600_000;
+const MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Call `i` of the month, as `aggregates.rs` makes it.
+fn event(i: u64) -> WorkloadEvent {
+    let start = Timestamp::parse(START).unwrap().unix_millis();
+    let x = i.wrapping_mul(MULTIPLIER);
+    WorkloadEvent {
+        timestamp: Timestamp::from_unix_millis(start + (x % MONTH_MS as u64) as i64).unwrap(),
+        model: MODELS[(x >> 8) as usize % MODELS.len()].to_owned(),
+        input_tokens: 200 + (x >> 16) % 4000,
+        output_tokens: 20 + (x >> 24) % 800,
+        provider: None,
+        latency_ms: Some(100.0 + ((x >> 32) % 3000) as f64),
+        status: if (x >> 40).is_multiple_of(50) {
+            CallStatus::Error
+        } else {
+            CallStatus::Ok
+        },
+        feature: Some(FEATURES[(x >> 44) as usize % FEATURES.len()].to_owned()),
+        prompt_hash: Some(format!("h{}", (x >> 48) % 5000)),
+        cost_usd: ((x >> 20) % 10_000) as f64 / 1e6,
+        batch: false,
+    }
+}
+
+/// The same calls as [`event`], made by ClickHouse from `numbers()`, for `user`: numbers
+/// `first..first + count`. The columns are `workload_events`' (schema version 1).
+fn insert_select(database: &str, user: &UserId, first: u64, count: u64) -> String {
+    let list = |names: &[&str]| {
+        let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let start = Timestamp::parse(START).unwrap().unix_millis();
+    format!(
+        "INSERT INTO {database}.workload_events \
+         SELECT '{user}', {start} + toInt64(x % {MONTH_MS}), {models}[(bitShiftRight(x, 8) % 6) + 1], 0, '', \
+                200 + bitShiftRight(x, 16) % 4000, 20 + bitShiftRight(x, 24) % 800, \
+                1, toFloat64(100 + bitShiftRight(x, 32) % 3000), bitShiftRight(x, 40) % 50 = 0, \
+                1, {features}[(bitShiftRight(x, 44) % 5) + 1], \
+                1, concat('h', toString(bitShiftRight(x, 48) % 5000)), \
+                (bitShiftRight(x, 20) % 10000) / 1e6, 0 \
+         FROM (SELECT number * {MULTIPLIER} AS x FROM numbers({first}, {count}))",
+        user = user.as_str(),
+        models = list(&MODELS),
+        features = list(&FEATURES),
+    )
+}
+
+async fn run_sql(url: &str, sql: String) -> anyhow::Result<()> {
+    let answer = reqwest::Client::new()
+        .post(url)
+        .body(sql)
+        .send()
+        .await
+        .context("sending SQL to ClickHouse")?;
+    let status = answer.status();
+    if !status.is_success() {
+        bail!(
+            "ClickHouse answered {status}: {}",
+            answer.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The median, smallest and largest of `times` in milliseconds.
+fn spread(mut times: Vec<Duration>) -> (f64, f64, f64) {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (ms(times[times.len() / 2]), ms(times[0]), ms(times[times.len() - 1]))
+}
+
+/// Times `runs` summaries of `user` after one to warm up.
+async fn time_summaries(
+    store: &dyn AnalyticsStore,
+    user: &UserId,
+    runs: usize,
+    calls: u64,
+) -> anyhow::Result<Vec<Duration>> {
+    let summary = store.workload_summary(user, TimeRange::default()).await?;
+    if summary.totals.usage.calls != calls {
+        bail!("the summary has {} calls, not {calls}", summary.totals.usage.calls);
+    }
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        store.workload_summary(user, TimeRange::default()).await?;
+        times.push(started.elapsed());
+    }
+    Ok(times)
+}
+
+fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(text) => text.parse().with_context(|| format!("{name}={text} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let server = std::env::var("SWITCHBOARD_BENCH_CLICKHOUSE_URL")
+        .or_else(|_| std::env::var("SWITCHBOARD_TEST_CLICKHOUSE_URL"))
+        .context(
+            "set SWITCHBOARD_BENCH_CLICKHOUSE_URL (or SWITCHBOARD_TEST_CLICKHOUSE_URL) to a ClickHouse server's URL",
+        )?;
+    let calls = env_number("SWITCHBOARD_BENCH_CALLS", 10_000_000)?;
+    let sqlite_calls = env_number("SWITCHBOARD_BENCH_SQLITE_CALLS", 1_000_000)?;
+    let url = scratch_database(&server).await?;
+    let database = url
+        .split("database=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .context("the scratch database's URL")?
+        .to_owned();
+    // Summaries of ten million calls take longer than the default query deadline on a small machine.
+    let options = ClickHouseOptions {
+        query_timeout: Duration::from_secs(60),
+        insert_timeout: Duration::from_secs(120),
+    };
+    let store = ClickHouseAnalytics::connect(&url, options).await?;
+    let result = measure(&store, &server, &database, calls, sqlite_calls).await;
+    run_sql(&server, format!("DROP DATABASE {database}")).await?;
+    result
+}
+
+async fn measure(
+    store: &ClickHouseAnalytics,
+    server: &str,
+    database: &str,
+    calls: u64,
+    sqlite_calls: u64,
+) -> anyhow::Result<()> {
+    println!("workload_summary over one user's calls (release build; ClickHouse over HTTP on this machine)");
+    println!();
+
+    // Ingest through the store: 200 000 calls in batches of 50 000.
+    let uploader = UserId::generate();
+    let uploaded: Vec<WorkloadEvent> = (0..200_000).map(event).collect();
+    let started = Instant::now();
+    for chunk in uploaded.chunks(50_000) {
+        store.insert_workload_events(&uploader, chunk.to_vec()).await?;
+    }
+    let ingest = uploaded.len() as f64 / started.elapsed().as_secs_f64();
+
+    // The user's calls, and a fifth as many of ten other users'.
+    let user = UserId::generate();
+    let started = Instant::now();
+    let step = 1_000_000;
+    for first in (0..calls).step_by(step as usize) {
+        run_sql(server, insert_select(database, &user, first, step.min(calls - first))).await?;
+    }
+    for other in 0..10 {
+        run_sql(
+            server,
+            insert_select(database, &UserId::generate(), other * 1_000_000, calls / 50),
+        )
+        .await?;
+    }
+    let load = started.elapsed();
+    run_sql(server, format!("OPTIMIZE TABLE {database}.workload_events FINAL")).await?;
+
+    let started = Instant::now();
+    let counted = store.workload_event_count(&user).await?;
+    let count_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if counted != calls {
+        bail!("{counted} calls stored, not {calls}");
+    }
+    let (median, min, max) = spread(time_summaries(store, &user, 7, calls).await?);
+
+    println!("| store | calls | load (s) | ingest (calls/s) | count (ms) | workload_summary median (ms) | min | max |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ClickHouse | {calls} | {:.1} (INSERT SELECT) | {ingest:.0} | {count_ms:.1} | {median:.0} | {min:.0} | {max:.0} |",
+        load.as_secs_f64()
+    );
+
+    if sqlite_calls > 0 {
+        let dir = tempfile::tempdir()?;
+        let sqlite = SqliteStore::open(&dir.path().join("db.sqlite")).await?;
+        let user = UserId::generate();
+        let started = Instant::now();
+        let mut next = 0;
+        while next < sqlite_calls {
+            let batch: Vec<WorkloadEvent> = (next..(next + 50_000).min(sqlite_calls)).map(event).collect();
+            next += batch.len() as u64;
+            sqlite.insert_workload_events(&user, batch).await?;
+        }
+        let load = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        sqlite.workload_event_count(&user).await?;
+        let count_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (median, min, max) = spread(time_summaries(&sqlite, &user, 5, sqlite_calls).await?);
+        println!(
+            "| SQLite (embedded) | {sqlite_calls} | {load:.1} | {:.0} | {count_ms:.1} | {median:.0} | {min:.0} | {max:.0} |",
+            sqlite_calls as f64 / load
+        );
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(bench())
+}

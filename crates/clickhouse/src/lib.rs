@@ -1,0 +1,540 @@
+//! Switchboard's workload analytics on ClickHouse: [`ClickHouseAnalytics`], an
+//! [`AnalyticsStore`] over ClickHouse's HTTP interface, for ClickHouse 18.16 (Debian's) and
+//! current releases.
+//!
+//! Calls are stored one row each (`workload_events`, ordered by user and time) and a summary
+//! is computed by ClickHouse from the rows of the range at every request: one query sums the
+//! roll-up cells (clock hour, model, feature, batch flag) and counts the calls left out, two
+//! count the sketch bins of latency and of prompt size per hour of the day, model, feature and
+//! batch flag (the only grain at which the summary merges sketches), one counts repeated
+//! prompts. [`SummaryBuilder`] then turns them into the same [`Summary`] the embedded backend
+//! gives: counts and sums exact (costs summed as decimals, so in any order to the same bits),
+//! percentiles within [`switchboard_store::PERCENTILE_RELATIVE_ERROR`].
+//!
+//! Every request runs under a deadline ([`ClickHouseOptions`]); one that does not finish in
+//! time is [`StoreError::TimedOut`], a server that cannot be reached or cuts the connection is
+//! [`StoreError::Unavailable`], and an answer that is not what was asked for is
+//! [`StoreError::Corrupt`]. Errors name ClickHouse, the host and port and the database, never
+//! the password.
+
+mod http;
+mod rows;
+mod sql;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchboard_protocol::UserId;
+use switchboard_store::{
+    AnalyticsStore, Cell, Sketch, Slice, StoreError, Summary, SummaryBuilder, Tier, TimeRange, WorkloadEvent,
+};
+
+use crate::http::{Address, Body, Server};
+use crate::sql::Sketched;
+
+/// Deadlines of the requests to ClickHouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClickHouseOptions {
+    /// Every query, `connect`'s checks and `ping` (default 2 s).
+    pub query_timeout: Duration,
+    /// An upload of calls (default 30 s: ten megabytes of rows over a slow link).
+    pub insert_timeout: Duration,
+}
+
+impl Default for ClickHouseOptions {
+    fn default() -> Self {
+        ClickHouseOptions {
+            query_timeout: Duration::from_secs(2),
+            insert_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How many times a summary is read again when an upload landed between its queries (each
+/// query reads the parts of the table there are when it starts).
+const SUMMARY_ATTEMPTS: usize = 3;
+
+/// Workload data in a ClickHouse database.
+#[derive(Debug, Clone)]
+pub struct ClickHouseAnalytics {
+    server: Server,
+    options: ClickHouseOptions,
+}
+
+impl ClickHouseAnalytics {
+    /// Connects to the database that `url` names (`http://host:port/?database=NAME`; a user
+    /// and password in the URL's userinfo or in `user`/`password` parameters), checks that the
+    /// server answers and creates the tables, or checks the schema they have: a schema newer
+    /// than this version knows is refused. The database must exist.
+    pub async fn connect(url: &str, options: ClickHouseOptions) -> Result<Self, StoreError> {
+        let server = Server::new(Address::parse(url)?)?;
+        let store = ClickHouseAnalytics { server, options };
+        store.server.ping(options.query_timeout, "checking the server").await?;
+        store
+            .execute(
+                sql::CREATE_SCHEMA_VERSION.to_owned(),
+                "creating the schema_version table",
+            )
+            .await?;
+        let answer = store
+            .query(
+                "SELECT max(version), count() FROM schema_version FORMAT TabSeparated".to_owned(),
+                "reading the schema version",
+            )
+            .await?;
+        let (version, rows) = store.one_row(&answer, "the schema version", |row| Ok((row.u64(0)?, row.u64(1)?)))?;
+        if version > u64::from(sql::SCHEMA_VERSION) {
+            return Err(StoreError::Corrupt(format!(
+                "{}: the database's workload schema is version {version}, newer than this server's {}; \
+                 run a newer server",
+                store.server.address.place(),
+                sql::SCHEMA_VERSION
+            )));
+        }
+        let tables = [
+            (sql::CREATE_EVENTS.to_owned(), "creating the workload_events table"),
+            (sql::create_cells(), "creating the workload_cells table"),
+            (sql::CREATE_BINS.to_owned(), "creating the workload_bins table"),
+            (sql::CREATE_PROMPTS.to_owned(), "creating the workload_prompts table"),
+            (sql::create_cells_view(), "creating the workload_cells view"),
+            (sql::create_prompts_view(), "creating the workload_prompts view"),
+        ];
+        let [latency_view, prompt_view] = sql::create_bins_views();
+        for (statement, doing) in tables.into_iter().chain([
+            (latency_view, "creating the latency bins view"),
+            (prompt_view, "creating the prompt size bins view"),
+        ]) {
+            store.execute(statement, doing).await?;
+        }
+        if rows == 0 {
+            store
+                .execute(
+                    format!("INSERT INTO schema_version (version) VALUES ({})", sql::SCHEMA_VERSION),
+                    "writing the schema version",
+                )
+                .await?;
+        }
+        Ok(store)
+    }
+
+    /// A query's answer.
+    async fn query(&self, query: String, doing: &str) -> Result<Vec<u8>, StoreError> {
+        let deadline = self.options.query_timeout;
+        // The server stops a query the client has given up on (in whole seconds, at least 1).
+        let limit = deadline.as_secs_f64().ceil().max(1.0) as u64;
+        self.server
+            .run(
+                Body::Query(query),
+                &[
+                    ("max_execution_time", limit.to_string()),
+                    ("wait_end_of_query", "1".to_owned()),
+                ],
+                deadline,
+                doing,
+            )
+            .await
+    }
+
+    /// A statement whose answer is empty.
+    async fn execute(&self, statement: String, doing: &str) -> Result<(), StoreError> {
+        let answer = self.query(statement, doing).await?;
+        if !answer.is_empty() {
+            return Err(self.corrupt(
+                doing,
+                &format!("an answer where none was due: {}", http::quote(&answer)),
+            ));
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self, what: &str, error: &str) -> StoreError {
+        StoreError::Corrupt(format!("{}: {what}: {error}", self.server.address.place()))
+    }
+
+    /// The one row of `answer`, read by `read`.
+    fn one_row<T>(
+        &self,
+        answer: &[u8],
+        what: &str,
+        read: impl FnOnce(&rows::Row<'_>) -> Result<T, String>,
+    ) -> Result<T, StoreError> {
+        let columns = answer
+            .split(|b| *b == b'\n')
+            .next()
+            .map_or(0, |line| line.iter().filter(|b| **b == b'\t').count() + 1);
+        let rows = rows::rows(answer, columns).map_err(|e| self.corrupt(what, &e))?;
+        match rows.as_slice() {
+            [row] => read(row).map_err(|e| self.corrupt(what, &e)),
+            _ => Err(self.corrupt(
+                what,
+                &format!("{} rows where one was due: {}", rows.len(), http::quote(answer)),
+            )),
+        }
+    }
+
+    /// One reading of a summary, or `None` when its queries saw different calls (an upload
+    /// landed between them). A range open at both ends reads the roll-ups; any other reads the
+    /// range's rows.
+    async fn read_summary(&self, user: &UserId, range: TimeRange) -> Result<Option<Summary>, StoreError> {
+        let (cells, latency, prompt_tokens, prompts) = if range.from.is_none() && range.to.is_none() {
+            let (cells, bins, prompts) = tokio::try_join!(
+                self.query(sql::rolled_up_cells(user.as_str()), "reading the workload cells"),
+                self.query(sql::rolled_up_bins(user.as_str()), "reading the sketch bins"),
+                self.query(
+                    sql::rolled_up_repeated_prompts(user.as_str()),
+                    "reading repeated prompts"
+                ),
+            )?;
+            (cells, bins, Vec::new(), prompts)
+        } else {
+            let rows = sql::range(
+                user.as_str(),
+                range.from.map(|t| t.unix_millis()),
+                range.to.map(|t| t.unix_millis()),
+            );
+            tokio::try_join!(
+                self.query(sql::cells(&rows), "summing the workload cells"),
+                self.query(sql::sketch_bins(&rows, Sketched::Latency), "counting latencies"),
+                self.query(sql::sketch_bins(&rows, Sketched::PromptTokens), "counting prompt sizes"),
+                self.query(sql::repeated_prompts(&rows), "counting repeated prompts"),
+            )?
+        };
+        let mut cells = read_cells(&cells).map_err(|e| self.corrupt("the workload cells", &e))?;
+        let mut bins = read_bins(&latency).map_err(|e| self.corrupt("the sketch bins", &e))?;
+        for (class, more) in read_bins(&prompt_tokens).map_err(|e| self.corrupt("the sketch bins", &e))? {
+            bins.entry(class).or_default().extend(more);
+        }
+        let (prompt_calls, repeated_calls, repeated_cost) = self.one_row(&prompts, "the repeated prompts", |row| {
+            Ok((row.u64(0)?, row.u64(1)?, row.amount(2)?))
+        })?;
+        let Some(sketches) = sketches(&cells, bins).map_err(|e| self.corrupt("the sketch bins", &e))? else {
+            return Ok(None);
+        };
+        if prompt_calls != cells.prompt_calls {
+            return Ok(None);
+        }
+        for (at, (latency, prompt_tokens)) in sketches {
+            if let Some(read) = cells.cells.get_mut(&at) {
+                (read.cell.latency, read.cell.prompt_tokens) = (latency, prompt_tokens);
+            }
+        }
+
+        let mut summary = SummaryBuilder::default();
+        for ((hour, model, feature, batch), read) in &cells.cells {
+            summary.add_cell(*hour, model, feature.as_deref(), *batch, &read.cell);
+        }
+        summary.add_left_out(cells.left_out);
+        summary.add_repeated_prompts(repeated_calls, repeated_cost);
+        summary.finish().map(Some)
+    }
+}
+
+/// A class's latency and prompt size sketches, and the cell they go on.
+type Placed = (CellAt, (Sketch, Sketch));
+
+/// The sketches of each class of cells, on the class's first cell with calls; `None` when the
+/// bins do not count the cells' calls (an upload landed between the queries).
+fn sketches(cells: &Cells, mut bins: HashMap<(Kind, Class), Bins>) -> Result<Option<Vec<Placed>>, String> {
+    #[derive(Default)]
+    struct Seen<'a> {
+        calls: u64,
+        latencies: u64,
+        latency: (f64, f64),
+        prompt: (f64, f64),
+        first: Option<&'a CellAt>,
+    }
+    let mut classes: BTreeMap<&Class, Seen<'_>> = BTreeMap::new();
+    for (at, read) in &cells.cells {
+        if read.cell.all.calls == 0 {
+            continue;
+        }
+        let seen = classes.entry(&read.class).or_insert_with(|| Seen {
+            latency: (f64::INFINITY, f64::NEG_INFINITY),
+            prompt: (f64::INFINITY, f64::NEG_INFINITY),
+            ..Seen::default()
+        });
+        seen.calls += read.cell.all.calls;
+        seen.latencies += read.latencies;
+        if read.latencies > 0 {
+            seen.latency = (seen.latency.0.min(read.latency.0), seen.latency.1.max(read.latency.1));
+        }
+        seen.prompt = (seen.prompt.0.min(read.prompt.0), seen.prompt.1.max(read.prompt.1));
+        seen.first.get_or_insert(at);
+    }
+    let mut placed = Vec::with_capacity(classes.len());
+    for (class, seen) in classes {
+        let mut sketch = |kind: Kind, (min, max): (f64, f64)| {
+            let bins = bins.remove(&(kind, class.clone())).unwrap_or_default();
+            let zero = bins
+                .iter()
+                .filter(|(bin, _)| *bin == sql::ZERO_BIN)
+                .map(|(_, n)| *n)
+                .sum();
+            Sketch::from_bins(
+                zero,
+                bins.into_iter().filter(|(bin, _)| *bin != sql::ZERO_BIN),
+                min,
+                max,
+            )
+        };
+        let latency = if seen.latencies > 0 {
+            sketch(Kind::Latency, seen.latency)?
+        } else {
+            Sketch::default()
+        };
+        let prompt_tokens = sketch(Kind::PromptTokens, seen.prompt)?;
+        if latency.count() != seen.latencies || prompt_tokens.count() != seen.calls {
+            return Ok(None);
+        }
+        if let Some(at) = seen.first {
+            placed.push((at.clone(), (latency, prompt_tokens)));
+        }
+    }
+    // Bins of a class without calls.
+    if !bins.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(placed))
+}
+
+/// Where a cell belongs: clock hour, model, feature, batch flag.
+type CellAt = (i64, String, Option<String>, bool);
+
+/// A class of cells whose sketches the summary only merges together: hour of the day, model,
+/// feature, batch flag.
+type Class = (i64, String, Option<String>, bool);
+
+/// A cell as read, with the figures that check it against the sketches and bound them.
+#[derive(Debug)]
+struct ReadCell {
+    class: Class,
+    cell: Cell,
+    latencies: u64,
+    /// The smallest and largest latency, and prompt size.
+    latency: (f64, f64),
+    prompt: (f64, f64),
+}
+
+#[derive(Debug, Default)]
+struct Cells {
+    cells: BTreeMap<CellAt, ReadCell>,
+    /// Calls in range with a prompt hash.
+    prompt_calls: u64,
+    left_out: u64,
+}
+
+/// A cost given as whole units and the rest (see [`sql::COST_UNIT_SHIFT`]).
+fn cost(row: &rows::Row<'_>, first: usize) -> Result<f64, String> {
+    let (units, rest) = (u128::from(row.u64(first)?), u128::from(row.u64(first + 1)?));
+    let rest_bits = sql::COST_REST_SHIFT;
+    let units = units + (rest >> rest_bits);
+    let rest = rest & ((1 << rest_bits) - 1);
+    Ok(units as f64 / f64::from(1u32 << sql::COST_UNIT_SHIFT)
+        + rest as f64 / 2f64.powi((sql::COST_UNIT_SHIFT + rest_bits) as i32))
+}
+
+/// A cells answer ([`sql::cells`], [`sql::rolled_up_cells`]), checked: counts consistent,
+/// times and bounds in order.
+fn read_cells(answer: &[u8]) -> Result<Cells, String> {
+    let mut cells = Cells::default();
+    for row in rows::rows(answer, sql::CELL_COLUMNS)? {
+        let hour = row.i64(0)?;
+        let model = row.hex_text(1)?;
+        let feature = if row.flag(2)? { Some(row.hex_text(3)?) } else { None };
+        let batch = row.flag(4)?;
+        let slice = |calls: usize, cost_at: usize| -> Result<Slice, String> {
+            Ok(Slice {
+                calls: row.u64(calls)?,
+                input_tokens: row.u64(calls + 1)?,
+                output_tokens: row.u64(calls + 2)?,
+                cost_usd: cost(&row, cost_at)?,
+            })
+        };
+        let cell = Cell {
+            all: slice(5, 8)?,
+            errors: row.u64(10)?,
+            failed_cost_usd: cost(&row, 11)?,
+            short: slice(13, 16)?,
+            first_ms: row.i64(18)?,
+            last_ms: row.i64(19)?,
+            latency: Sketch::default(),
+            prompt_tokens: Sketch::default(),
+        };
+        let latencies = row.u64(20)?;
+        let latency = (row.float_bits(21)?, row.float_bits(22)?);
+        let prompt_calls = row.u64(23)?;
+        let prompt = (row.float_bits(24)?, row.float_bits(25)?);
+        let left_out = row.u64(26)?;
+        let calls = cell.all.calls;
+        let ordered = |(min, max): (f64, f64)| min.is_finite() && max.is_finite() && 0.0 <= min && min <= max;
+        if cell.errors > calls
+            || cell.short.calls > calls
+            || latencies > calls
+            || prompt_calls > calls
+            || calls.saturating_add(left_out) == 0
+            || (calls > 0 && (cell.first_ms > cell.last_ms || !ordered(prompt)))
+            || (latencies > 0 && !ordered(latency))
+        {
+            return Err(format!(
+                "a cell whose counts do not add up ({calls} calls, {} failed, {} short, {latencies} latencies, \
+                 {prompt_calls} prompts, {left_out} left out, from {} to {}, latency {latency:?}, prompts {prompt:?})",
+                cell.errors, cell.short.calls, cell.first_ms, cell.last_ms
+            ));
+        }
+        if calls > 0 && hour != cell.first_ms.div_euclid(3_600_000) {
+            return Err(format!(
+                "a cell of hour {hour} whose first call is at {}",
+                cell.first_ms
+            ));
+        }
+        cells.prompt_calls += prompt_calls;
+        cells.left_out += left_out;
+        let class = (hour.rem_euclid(24), model.clone(), feature.clone(), batch);
+        let at = (hour, model, feature, batch);
+        let read = ReadCell {
+            class,
+            cell,
+            latencies,
+            latency,
+            prompt,
+        };
+        if cells.cells.insert(at, read).is_some() {
+            return Err("a cell given twice".to_owned());
+        }
+    }
+    Ok(cells)
+}
+
+/// Which values a bin counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Latency,
+    PromptTokens,
+}
+
+/// The (bin, count) pairs of a class, the zero bin as [`sql::ZERO_BIN`].
+type Bins = Vec<(i32, u64)>;
+
+/// A sketch bins answer ([`sql::sketch_bins`], [`sql::rolled_up_bins`]).
+fn read_bins(answer: &[u8]) -> Result<HashMap<(Kind, Class), Bins>, String> {
+    let mut classes: HashMap<(Kind, Class), Bins> = HashMap::new();
+    for row in rows::rows(answer, 8)? {
+        let kind = match row.u64(0)? {
+            0 => Kind::Latency,
+            1 => Kind::PromptTokens,
+            other => return Err(format!("a kind of bin {other}")),
+        };
+        let hour_of_day = row.i64(1)?;
+        if !(0..24).contains(&hour_of_day) {
+            return Err(format!("an hour of the day {hour_of_day}"));
+        }
+        let feature = if row.flag(3)? { Some(row.hex_text(4)?) } else { None };
+        let class = (hour_of_day, row.hex_text(2)?, feature, row.flag(5)?);
+        classes
+            .entry((kind, class))
+            .or_default()
+            .push((row.i32(6)?, row.u64(7)?));
+    }
+    Ok(classes)
+}
+
+#[async_trait]
+impl AnalyticsStore for ClickHouseAnalytics {
+    async fn insert_workload_events(&self, user: &UserId, events: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        // As in the embedded store, whose integers are signed 64-bit: every backend keeps the
+        // same range of token counts.
+        if let Some(event) = events
+            .iter()
+            .find(|e| i64::try_from(e.input_tokens).is_err() || i64::try_from(e.output_tokens).is_err())
+        {
+            return Err(StoreError::Corrupt(format!(
+                "a call of {} with {} prompt and {} answer tokens cannot be stored",
+                event.model, event.input_tokens, event.output_tokens
+            )));
+        }
+        let mut rows = Vec::with_capacity(events.len() * 96);
+        rows::write_events(&mut rows, user.as_str(), &events);
+        // One block for the whole batch, so that it is one part: stored whole or not at all.
+        let block = events.len().max(1_048_576);
+        self.server
+            .run(
+                Body::Insert {
+                    query: format!("INSERT INTO workload_events ({}) FORMAT RowBinary", sql::EVENT_COLUMNS),
+                    rows,
+                },
+                &[("max_insert_block_size", block.to_string())],
+                self.options.insert_timeout,
+                "storing workload calls",
+            )
+            .await?;
+        Ok(events.len())
+    }
+
+    async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
+        let answer = self
+            .query(
+                format!(
+                    "SELECT count() FROM workload_events WHERE {} FORMAT TabSeparated",
+                    sql::range(user.as_str(), None, None)
+                ),
+                "counting workload calls",
+            )
+            .await?;
+        self.one_row(&answer, "the count of calls", |row| row.u64(0))
+    }
+
+    async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
+        for _ in 0..SUMMARY_ATTEMPTS {
+            if let Some(summary) = self.read_summary(user, range).await? {
+                return Ok(summary);
+            }
+            tracing::debug!("calls were stored while a summary was read; reading it again");
+        }
+        Err(StoreError::Backend(format!(
+            "{}: calls kept being stored while the summary was read ({SUMMARY_ATTEMPTS} times)",
+            self.server.address.place()
+        )))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let answer = self.query("SELECT 1".to_owned(), "ping").await?;
+        if answer != b"1\n" {
+            return Err(self.corrupt("ping", &format!("`SELECT 1` answered {}", http::quote(&answer))));
+        }
+        Ok(())
+    }
+
+    fn tier(&self) -> Tier {
+        Tier::ClickHouse
+    }
+}
+
+/// Creates a database of a random name on the server at `server_url` (any database it names is
+/// ignored; its credentials are used) and returns the URL of it, for tests that each need an
+/// empty database.
+pub async fn scratch_database(server_url: &str) -> Result<String, StoreError> {
+    let address = Address::parse(server_url)?;
+    let name = format!("switchboard_test_{}", uuid::Uuid::new_v4().simple());
+    let address = address.with_database("default");
+    let server = Server::new(address.clone())?;
+    let answer = server
+        .run(
+            Body::Query(format!("CREATE DATABASE {name}")),
+            &[("wait_end_of_query", "1".to_owned())],
+            ClickHouseOptions::default().query_timeout,
+            "creating a scratch database",
+        )
+        .await?;
+    if !answer.is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "{}: creating a scratch database: an answer where none was due: {}",
+            address.place(),
+            http::quote(&answer)
+        )));
+    }
+    Ok(address.with_database(&name).url())
+}

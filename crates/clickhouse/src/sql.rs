@@ -1,0 +1,413 @@
+//! The SQL this crate sends: the schema, the literals it writes values as, and the conditions
+//! every query shares. ClickHouse 18.16 has no query parameters, so a value is written as a
+//! literal in which every byte but a letter or digit is a `\xHH` escape: no value can end its
+//! literal early, whatever it holds.
+//!
+//! Everything here exists in ClickHouse 18.16 and in current releases: MergeTree with
+//! `ORDER BY`, `intDiv`, `log`, `ceil`, `hex`, `unhex`, `reinterpretAsFloat64`,
+//! `reinterpretAsString`, `toDecimal128`, `countIf`/`sumIf`/`minIf`/`maxIf`, `HAVING`, and
+//! the `TabSeparated` and `RowBinary` formats.
+
+use std::fmt::Write;
+
+use switchboard_store::{
+    EARLIEST_CALL_MS, LATEST_CALL_MS, MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS, MAX_CALL_TOKENS, SHORT_INPUT_TOKENS,
+    SHORT_OUTPUT_TOKENS, Sketch,
+};
+
+/// The version of the schema below; a database of a newer one is refused.
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+
+/// The versions a database's schema has been through (one row each).
+pub(crate) const CREATE_SCHEMA_VERSION: &str = "CREATE TABLE IF NOT EXISTS schema_version \
+     (version UInt32, written_at DateTime DEFAULT now()) ENGINE = MergeTree() ORDER BY version";
+
+/// The calls, one row each, ordered by user and time so that a user's range is read alone.
+/// One partition (no `PARTITION BY`): an insert of one block is then one part, stored whole or
+/// not at all. Optional values have a flag beside them (`has_*`): `Nullable` columns are slower
+/// and were limited in older releases, and `Some("")` is not `None`.
+pub(crate) const CREATE_EVENTS: &str = "CREATE TABLE IF NOT EXISTS workload_events (
+    user String,
+    ts Int64,
+    model String,
+    has_provider UInt8,
+    provider String,
+    input_tokens UInt64,
+    output_tokens UInt64,
+    has_latency UInt8,
+    latency_ms Float64,
+    error UInt8,
+    has_feature UInt8,
+    feature String,
+    has_prompt UInt8,
+    prompt_hash String,
+    cost_usd Float64,
+    batch UInt8
+) ENGINE = MergeTree() ORDER BY (user, ts)";
+
+/// The columns in the order `RowBinary` rows give them.
+pub(crate) const EVENT_COLUMNS: &str = "user, ts, model, has_provider, provider, input_tokens, output_tokens, \
+     has_latency, latency_ms, error, has_feature, feature, has_prompt, prompt_hash, cost_usd, batch";
+
+/// `value` as a string literal.
+pub(crate) fn string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "\\x{byte:02X}");
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// `value` as a Float64 expression of exactly its bits (older releases do not always parse a
+/// decimal literal to the nearest double).
+pub(crate) fn float(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 9e15 {
+        return format!("{}", value as i64);
+    }
+    let hex: String = value.to_le_bytes().iter().map(|b| format!("{b:02X}")).collect();
+    format!("reinterpretAsFloat64(unhex('{hex}'))")
+}
+
+/// The rows of `user` from `from` (inclusive) to `to` (exclusive), in milliseconds.
+pub(crate) fn range(user: &str, from: Option<i64>, to: Option<i64>) -> String {
+    let mut condition = format!("user = {}", string(user));
+    if let Some(from) = from {
+        let _ = write!(condition, " AND ts >= {from}");
+    }
+    if let Some(to) = to {
+        let _ = write!(condition, " AND ts < {to}");
+    }
+    condition
+}
+
+/// Whether a row's figures are in range: `CallFigures::in_range` in SQL. A comparison with
+/// NaN is false in ClickHouse as in Rust, so NaN is out of range here too.
+pub(crate) fn in_range() -> String {
+    format!(
+        "(ts >= {EARLIEST_CALL_MS} AND ts <= {LATEST_CALL_MS} \
+         AND input_tokens <= {MAX_CALL_TOKENS} AND output_tokens <= {MAX_CALL_TOKENS} \
+         AND (has_latency = 0 OR (latency_ms >= 0 AND latency_ms <= {max_latency})) \
+         AND cost_usd >= 0 AND cost_usd <= {max_cost})",
+        max_latency = float(MAX_CALL_LATENCY_MS),
+        max_cost = float(MAX_CALL_COST_USD),
+    )
+}
+
+/// A cost in whole units of 2⁻²⁰ dollars and the rest in units of 2⁻⁵² dollars, both exact
+/// integers (scaling by a power of two loses nothing): integer sums come out the same in any
+/// order, so the same calls give the same cost to the last bit however ClickHouse splits the
+/// work (a Float64 `sum` does not). A call's cost loses less than 2⁻⁵² dollars. A sum of
+/// UInt64 wraps at 2⁶⁴: the whole units of 1.7 billion calls at the most a call may cost.
+pub(crate) const COST_UNIT_SHIFT: u32 = 20;
+/// The rest's units: 2⁻⁵² dollars.
+pub(crate) const COST_REST_SHIFT: u32 = 32;
+
+fn cost_units(cost: &str) -> (String, String) {
+    let scaled = format!("({cost}) * {}", 1u64 << COST_UNIT_SHIFT);
+    (
+        format!("toUInt64(floor({scaled}))"),
+        format!(
+            "toUInt64(floor(({scaled} - floor({scaled})) * {}))",
+            1u64 << COST_REST_SHIFT
+        ),
+    )
+}
+
+/// The aggregates of a roll-up cell: (column, function, type, expression over a row). `ok` is
+/// [`in_range`]. No column is named as a column of `workload_events` (an alias in ClickHouse
+/// holds in the whole query, and would stand for that column in the other expressions). Their order is the order of the answer's columns after the cell's key.
+fn cell_aggregates() -> Vec<(&'static str, &'static str, &'static str, String)> {
+    let short = format!("ok AND input_tokens <= {SHORT_INPUT_TOKENS} AND output_tokens <= {SHORT_OUTPUT_TOKENS}");
+    let count = |condition: &str| format!("toUInt64({condition})");
+    let sum = |condition: &str, value: &str| format!("toUInt64(if({condition}, {value}, 0))");
+    let cost = |condition: &str| cost_units(&format!("if({condition}, cost_usd, 0)"));
+    let (cost_hi, cost_lo) = cost("ok");
+    let (failed_hi, failed_lo) = cost("ok AND error = 1");
+    let (short_hi, short_lo) = cost(&short);
+    let latency = "ok AND has_latency = 1";
+    let u = "UInt64";
+    vec![
+        // `ok` is defined here, where it is first used (an alias holds in the whole query): a
+        // materialized view of 18.16 reads the inserted block itself, not a subquery of it.
+        ("calls", "sum", u, format!("toUInt64({} AS ok)", in_range())),
+        ("input_sum", "sum", u, sum("ok", "input_tokens")),
+        ("output_sum", "sum", u, sum("ok", "output_tokens")),
+        ("cost_hi", "sum", u, cost_hi),
+        ("cost_lo", "sum", u, cost_lo),
+        ("errors", "sum", u, count("ok AND error = 1")),
+        ("failed_hi", "sum", u, failed_hi),
+        ("failed_lo", "sum", u, failed_lo),
+        ("short_calls", "sum", u, count(&short)),
+        ("short_input_tokens", "sum", u, sum(&short, "input_tokens")),
+        ("short_output_tokens", "sum", u, sum(&short, "output_tokens")),
+        ("short_hi", "sum", u, short_hi),
+        ("short_lo", "sum", u, short_lo),
+        (
+            "first_ms",
+            "min",
+            "Int64",
+            "toInt64(if(ok, ts, toInt64(9223372036854775807)))".to_owned(),
+        ),
+        (
+            "last_ms",
+            "max",
+            "Int64",
+            "toInt64(if(ok, ts, toInt64(-9223372036854775807)))".to_owned(),
+        ),
+        ("latencies", "sum", u, count(latency)),
+        (
+            "latency_min",
+            "min",
+            "Float64",
+            format!("toFloat64(if({latency}, latency_ms, inf))"),
+        ),
+        (
+            "latency_max",
+            "max",
+            "Float64",
+            format!("toFloat64(if({latency}, latency_ms, -inf))"),
+        ),
+        ("prompts", "sum", u, count("ok AND has_prompt = 1")),
+        (
+            "prompt_min",
+            "min",
+            "Float64",
+            "toFloat64(if(ok, toFloat64(input_tokens), inf))".to_owned(),
+        ),
+        (
+            "prompt_max",
+            "max",
+            "Float64",
+            "toFloat64(if(ok, toFloat64(input_tokens), -inf))".to_owned(),
+        ),
+        ("left_out", "sum", u, count("NOT ok")),
+    ]
+}
+
+/// A Float64 figure of an answer as the hex of its bytes (exact, whatever the release's way of
+/// writing floats); others as they are.
+fn bits(kind: &str, figure: String) -> String {
+    match kind {
+        "Float64" => format!("hex(reinterpretAsString({figure}))"),
+        _ => figure,
+    }
+}
+
+/// The number of columns of a cells answer: the key (5) and the aggregates.
+pub(crate) const CELL_COLUMNS: usize = 5 + 22;
+
+/// The roll-up cells: per user, clock hour, model, feature and batch flag, the states of
+/// [`cell_aggregates`], kept by a materialized view of every insert.
+pub(crate) fn create_cells() -> String {
+    let columns: Vec<String> = cell_aggregates()
+        .into_iter()
+        .map(|(name, function, kind, _)| format!("{name} AggregateFunction({function}, {kind})"))
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS workload_cells (user String, hour Int64, model String, has_feature UInt8, \
+         feature String, batch UInt8, {}) \
+         ENGINE = AggregatingMergeTree() ORDER BY (user, hour, model, has_feature, feature, batch)",
+        columns.join(", ")
+    )
+}
+
+pub(crate) fn create_cells_view() -> String {
+    format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS workload_cells_view TO workload_cells AS {}",
+        cells_of_rows("1", true)
+    )
+}
+
+/// The sketch bins of latency (kind 0) and prompt size (kind 1) per user, hour of the day,
+/// model, feature and batch flag (the grain at which a summary merges sketches), summed.
+pub(crate) const CREATE_BINS: &str = "CREATE TABLE IF NOT EXISTS workload_bins (user String, kind UInt8, \
+     hour_of_day UInt8, model String, has_feature UInt8, feature String, batch UInt8, bin Int32, n UInt64) \
+     ENGINE = SummingMergeTree() ORDER BY (user, kind, hour_of_day, model, has_feature, feature, batch, bin)";
+
+pub(crate) fn create_bins_views() -> [String; 2] {
+    [Sketched::Latency, Sketched::PromptTokens].map(|values| {
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS workload_{}_bins_view TO workload_bins AS {}",
+            match values {
+                Sketched::Latency => "latency",
+                Sketched::PromptTokens => "prompt",
+            },
+            bins_of_rows("1", values, true)
+        )
+    })
+}
+
+/// The calls and cost of every prompt hash per user (calls in range only), summed.
+pub(crate) const CREATE_PROMPTS: &str = "CREATE TABLE IF NOT EXISTS workload_prompts (user String, \
+     prompt_hash String, calls UInt64, cost_hi UInt64, cost_lo UInt64) \
+     ENGINE = SummingMergeTree() ORDER BY (user, prompt_hash)";
+
+pub(crate) fn create_prompts_view() -> String {
+    let (hi, lo) = cost_units("cost_usd");
+    format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS workload_prompts_view TO workload_prompts AS \
+         SELECT user, prompt_hash, count() AS calls, sum({hi}) AS cost_hi, sum({lo}) AS cost_lo \
+         FROM workload_events WHERE {in_range} AND has_prompt = 1 GROUP BY user, prompt_hash",
+        in_range = in_range(),
+    )
+}
+
+/// The cells of the rows where `range` holds; with `roll_up`, as states keyed by the user and
+/// the names as they are (for the materialized view), else as figures with the names in hex.
+fn cells_of_rows(range: &str, roll_up: bool) -> String {
+    let aggregates: Vec<String> = cell_aggregates()
+        .into_iter()
+        .map(|(name, function, kind, expression)| match roll_up {
+            true => format!("{function}State({expression}) AS {name}"),
+            false => bits(kind, format!("{function}({expression})")),
+        })
+        .collect();
+    let (key, group) = match roll_up {
+        true => (
+            "user, intDiv(ts, 3600000) AS hour, model, has_feature, feature, batch",
+            "user, ",
+        ),
+        false => (
+            "intDiv(ts, 3600000) AS hour, hex(model), has_feature, hex(feature), batch",
+            "",
+        ),
+    };
+    format!(
+        "SELECT {key}, {aggregates} FROM workload_events WHERE {range} GROUP BY {group}hour, model, has_feature, feature, batch",
+        aggregates = aggregates.join(", "),
+    )
+}
+
+/// A summary's cells of the rows of `range` (any range). Columns: hour, hex(model),
+/// has_feature, hex(feature), batch, then [`cell_aggregates`] in order.
+pub(crate) fn cells(range: &str) -> String {
+    format!("{} FORMAT TabSeparated", cells_of_rows(range, false))
+}
+
+/// A summary's cells of all of `user`'s calls, from the roll-up; the same columns.
+pub(crate) fn rolled_up_cells(user: &str) -> String {
+    let aggregates: Vec<String> = cell_aggregates()
+        .into_iter()
+        .map(|(name, function, kind, _)| bits(kind, format!("{function}Merge({name})")))
+        .collect();
+    format!(
+        "SELECT hour, hex(model), has_feature, hex(feature), batch, {} FROM workload_cells WHERE user = {} \
+         GROUP BY hour, model, has_feature, feature, batch FORMAT TabSeparated",
+        aggregates.join(", "),
+        string(user)
+    )
+}
+
+/// Which values a sketch counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sketched {
+    Latency,
+    PromptTokens,
+}
+
+/// The bin a value's zero bin is given as in answers (no value's bin is this low).
+pub(crate) const ZERO_BIN: i32 = -1_000_000;
+
+/// The sketch bins of the rows where `range` holds: kind, hour of the day, model, feature,
+/// batch flag, bin, count; with `roll_up`, the user first and names as they are (for the
+/// materialized view), else names in hex. The bin is [`Sketch::bin_of`] in SQL; at the very
+/// edge of a bin ClickHouse's logarithm may round the other way, which the sketch's bound
+/// allows (see there).
+fn bins_of_rows(range: &str, values: Sketched, roll_up: bool) -> String {
+    let (kind, value, only) = match values {
+        Sketched::Latency => (0, "latency_ms", " AND has_latency = 1"),
+        Sketched::PromptTokens => (1, "toFloat64(input_tokens)", ""),
+    };
+    let (user, names) = if roll_up {
+        ("user, ", "model, has_feature, feature")
+    } else {
+        ("", "hex(model), has_feature, hex(feature)")
+    };
+    format!(
+        "SELECT {user}toUInt8({kind}) AS kind, toUInt8(intDiv(ts, 3600000) % 24) AS hour_of_day, {names}, batch, \
+             toInt32(if({value} <= {zero}, {ZERO_BIN}, ceil(log({value}) / {ln_gamma}))) AS bin, count() AS n \
+         FROM workload_events WHERE {range} AND {in_range}{only} \
+         GROUP BY {user}kind, hour_of_day, model, has_feature, feature, batch, bin",
+        zero = float(Sketch::ZERO_LIMIT),
+        ln_gamma = float(Sketch::ln_gamma()),
+        in_range = in_range(),
+    )
+}
+
+/// A summary's sketch bins of the rows of `range`. Columns: kind (0 latency, 1 prompt size),
+/// hour of the day, hex(model), has_feature, hex(feature), batch, bin, count.
+pub(crate) fn sketch_bins(range: &str, values: Sketched) -> String {
+    format!("{} FORMAT TabSeparated", bins_of_rows(range, values, false))
+}
+
+/// A summary's sketch bins of all of `user`'s calls, from the roll-up; the same columns.
+pub(crate) fn rolled_up_bins(user: &str) -> String {
+    format!(
+        "SELECT kind, hour_of_day, hex(model), has_feature, hex(feature), batch, bin, sum(n) FROM workload_bins \
+         WHERE user = {} GROUP BY kind, hour_of_day, model, has_feature, feature, batch, bin FORMAT TabSeparated",
+        string(user)
+    )
+}
+
+/// The repeated prompts of per-prompt sums `calls` (c), `hi`, `lo`: the calls with a prompt
+/// hash, those that repeat an earlier prompt (c − 1 for a prompt called c times) and their
+/// share of the cost ((c − 1) / c of the prompt's, in decimals of 10⁻¹⁸ dollars, whose sums
+/// come out the same in any order).
+fn repeated(per_prompt: &str) -> String {
+    format!(
+        "SELECT sum(c), sumIf(c - 1, c > 1), \
+             toString(sumIf((toDecimal128(h, 18) / {unit} + toDecimal128(l, 18) / {rest}) / c * (c - 1), c > 1)) \
+         FROM ({per_prompt}) FORMAT TabSeparated",
+        unit = 1u64 << COST_UNIT_SHIFT,
+        rest = 1u64 << (COST_UNIT_SHIFT + COST_REST_SHIFT),
+    )
+}
+
+/// A summary's repeated prompts among the rows of `range`.
+pub(crate) fn repeated_prompts(range: &str) -> String {
+    let (hi, lo) = cost_units("cost_usd");
+    repeated(&format!(
+        "SELECT count() AS c, sum({hi}) AS h, sum({lo}) AS l FROM workload_events \
+         WHERE {range} AND {in_range} AND has_prompt = 1 GROUP BY prompt_hash",
+        in_range = in_range(),
+    ))
+}
+
+/// A summary's repeated prompts among all of `user`'s calls, from the roll-up.
+pub(crate) fn rolled_up_repeated_prompts(user: &str) -> String {
+    repeated(&format!(
+        "SELECT sum(calls) AS c, sum(cost_hi) AS h, sum(cost_lo) AS l FROM workload_prompts WHERE user = {} \
+         GROUP BY prompt_hash",
+        string(user)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_literal_holds_only_letters_digits_and_escapes() {
+        for (value, expected) in [
+            ("gpt-4o", "'gpt\\x2D4o'"),
+            ("a'b", "'a\\x27b'"),
+            ("\\", "'\\x5C'"),
+            ("é", "'\\xC3\\xA9'"),
+            ("", "''"),
+        ] {
+            assert_eq!(string(value), expected);
+        }
+    }
+
+    #[test]
+    fn a_float_is_written_exactly() {
+        assert_eq!(float(86_400_000.0), "86400000");
+        assert_eq!(float(0.01), "reinterpretAsFloat64(unhex('7B14AE47E17A843F'))");
+    }
+}

@@ -1,0 +1,404 @@
+//! `ClickHouseAnalytics` against a real ClickHouse server (the throw-away one `scripts/test`
+//! starts, named by `SWITCHBOARD_TEST_CLICKHOUSE_URL`), each test in a database of its own:
+//! the analytics suite every backend passes, isolation between users whatever their strings
+//! hold, the schema's version, and errors that say what failed (never the password) for a bad
+//! URL, an unreachable server, a wrong password, a garbage answer and a server that never
+//! answers. On the real clock: the server is another process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions, scratch_database};
+use switchboard_protocol::{Timestamp, UserId};
+use switchboard_store::{AnalyticsStore, Sketch, StoreError, Tier, TimeRange, WorkloadEvent, testsuite};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A generous bound on any wait on a socket of a test's own.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn server_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| {
+        panic!(
+            "SWITCHBOARD_TEST_CLICKHOUSE_URL is not set: run the tests through scripts/test, which starts a \
+             throw-away ClickHouse server and sets it (e.g. http://127.0.0.1:58123/)"
+        )
+    })
+}
+
+/// A store on an empty database of its own.
+async fn fresh_store() -> ClickHouseAnalytics {
+    let url = scratch_database(&server_url()).await.unwrap();
+    ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+        .await
+        .unwrap()
+}
+
+/// The URL of the test server with its database or credentials changed by `change`.
+fn url_with(change: impl FnOnce(&mut reqwest::Url)) -> String {
+    let mut url = reqwest::Url::parse(&server_url()).unwrap();
+    change(&mut url);
+    url.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analytics_suite_passes() {
+    testsuite::analytics(|| async { Arc::new(fresh_store().await) as Arc<dyn AnalyticsStore> }).await;
+}
+
+#[tokio::test]
+async fn the_store_names_its_tier_and_answers_a_ping() {
+    let store = fresh_store().await;
+    assert_eq!(store.tier(), Tier::ClickHouse);
+    store.ping().await.unwrap();
+}
+
+/// Strings that would end or bend a literal that was not escaped.
+const HOSTILE: [&str; 8] = [
+    "x' OR 1 = 1 OR '",
+    "\\' OR 1 = 1 --",
+    "a\tb\nc\\N",
+    "'; DROP TABLE workload_events; --",
+    "\0nul",
+    "é ü 模型 🙂",
+    "",
+    "\\x27",
+];
+
+fn hostile_calls() -> Vec<WorkloadEvent> {
+    HOSTILE
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut call = testsuite::call(
+                "2026-11-01T10:00:00Z",
+                text,
+                Some(text),
+                (100 + i as u64, 10),
+                Some(100.0 * (i + 1) as f64),
+                false,
+                0.25,
+            );
+            call.prompt_hash = Some((*text).to_owned());
+            call.provider = Some((*text).to_owned());
+            call
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_user_sees_only_their_own_calls_whatever_the_names_and_hashes_hold() {
+    let store = fresh_store().await;
+    let (ann, bob) = (UserId::generate(), UserId::generate());
+    let calls = hostile_calls();
+    store.insert_workload_events(&ann, calls.clone()).await.unwrap();
+    store.insert_workload_events(&ann, calls.clone()).await.unwrap();
+    store
+        .insert_workload_events(&bob, testsuite::sample_calls(5, 300))
+        .await
+        .unwrap();
+
+    let summary = store.workload_summary(&ann, TimeRange::default()).await.unwrap();
+    assert_eq!(summary.totals.usage.calls, 2 * HOSTILE.len() as u64);
+    let mut models: Vec<(String, u64)> = summary
+        .by_model
+        .iter()
+        .map(|m| (m.key.clone().unwrap(), m.calls))
+        .collect();
+    models.sort();
+    let mut expected: Vec<(String, u64)> = HOSTILE.iter().map(|t| ((*t).to_owned(), 2)).collect();
+    expected.sort();
+    assert_eq!(models, expected, "every name comes back as it was");
+    let mut features: Vec<Option<String>> = summary.by_feature.iter().map(|f| f.key.clone()).collect();
+    features.sort();
+    let mut expected: Vec<Option<String>> = HOSTILE.iter().map(|t| Some((*t).to_owned())).collect();
+    expected.sort();
+    assert_eq!(features, expected);
+    // Each hostile hash is one prompt called twice.
+    assert_eq!(summary.opportunities.repeated_prompt_calls, HOSTILE.len() as u64);
+    assert_eq!(store.workload_event_count(&ann).await.unwrap(), 16);
+    assert_eq!(store.workload_event_count(&bob).await.unwrap(), 300);
+
+    let bobs = store.workload_summary(&bob, TimeRange::default()).await.unwrap();
+    assert_eq!(bobs.totals.usage.calls + bobs.calls_left_out, 300);
+    assert!(
+        bobs.by_model
+            .iter()
+            .all(|m| !HOSTILE.contains(&m.key.as_deref().unwrap()))
+    );
+    let nobody = store
+        .workload_summary(&UserId::generate(), TimeRange::default())
+        .await
+        .unwrap();
+    assert_eq!((nobody.totals.usage.calls, nobody.calls_left_out), (0, 0));
+}
+
+#[tokio::test]
+async fn a_range_takes_its_calls_to_the_millisecond() {
+    let store = fresh_store().await;
+    let user = UserId::generate();
+    let at = |ms: i64| {
+        let mut call = testsuite::call("2026-11-01T10:00:00Z", "m", None, (1, 1), Some(1.0), false, 0.5);
+        call.timestamp = Timestamp::from_unix_millis(ms).unwrap();
+        call
+    };
+    let t = Timestamp::parse("2026-11-01T10:20:00.500Z").unwrap().unix_millis();
+    store
+        .insert_workload_events(&user, vec![at(t - 1), at(t), at(t + 1), at(t + 2)])
+        .await
+        .unwrap();
+    let range = TimeRange {
+        from: Timestamp::from_unix_millis(t),
+        to: Timestamp::from_unix_millis(t + 2),
+    };
+    let summary = store.workload_summary(&user, range).await.unwrap();
+    assert_eq!(summary.totals.usage.calls, 2);
+    assert_eq!(summary.totals.first.map(|t| t.unix_millis()), Some(t));
+    assert_eq!(summary.totals.last.map(|t| t.unix_millis()), Some(t + 1));
+}
+
+#[tokio::test]
+async fn a_batch_with_a_token_count_no_backend_stores_is_refused_whole() {
+    let store = fresh_store().await;
+    let user = UserId::generate();
+    let mut calls = testsuite::sample_calls(3, 10);
+    calls[7].input_tokens = u64::MAX;
+    assert!(matches!(
+        store.insert_workload_events(&user, calls).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(store.workload_event_count(&user).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn clickhouse_puts_each_value_in_the_sketch_bin_rust_does() {
+    // The summary counts sketch bins in SQL; they must be the bins `Sketch::bin_of` gives (at
+    // the very edge of a bin, its neighbour would still be within the bound). Each value is
+    // the median of a feature of its own (beside a zero and a day), so the feature's p50 is
+    // its bin's value.
+    let store = fresh_store().await;
+    let user = UserId::generate();
+    let mut values: Vec<f64> = vec![1e-12, 1e-9, 2e-9, 0.5, 1.0, 3.0, 86_399_999.0];
+    let gamma = Sketch::ln_gamma().exp();
+    for k in -1000..=920 {
+        let edge = gamma.powi(k);
+        values.extend([edge * (1.0 - 1e-9), edge * (1.0 + 1e-9)]);
+    }
+    values.retain(|v| *v < 86_400_000.0);
+    let mut calls = Vec::new();
+    let mut builder = switchboard_store::SummaryBuilder::default();
+    for (i, v) in values.iter().enumerate() {
+        let feature = format!("f{i}");
+        for latency in [0.0, *v, 86_400_000.0] {
+            let call = testsuite::call(
+                "2026-11-01T10:00:00Z",
+                "m",
+                Some(&feature),
+                (1, 1),
+                Some(latency),
+                false,
+                0.0,
+            );
+            builder.add("m", Some(&feature), None, call.figures());
+            calls.push(call);
+        }
+    }
+    store.insert_workload_events(&user, calls).await.unwrap();
+    let summary = store.workload_summary(&user, TimeRange::default()).await.unwrap();
+    let direct = builder.finish().unwrap();
+    let medians = |s: &switchboard_store::Summary| {
+        let mut medians: Vec<(Option<String>, Option<f64>)> =
+            s.by_feature.iter().map(|f| (f.key.clone(), f.p50_latency_ms)).collect();
+        medians.sort_by(|a, b| a.0.cmp(&b.0));
+        medians
+    };
+    let (got, expected) = (medians(&summary), medians(&direct));
+    assert_eq!(got.len(), values.len());
+    let differ: Vec<_> = got.iter().zip(&expected).filter(|(a, b)| a != b).collect();
+    assert!(
+        differ.is_empty(),
+        "{} of {} bins differ: {:?}",
+        differ.len(),
+        got.len(),
+        &differ[..differ.len().min(5)]
+    );
+    assert_eq!(summary.totals.usage, direct.totals.usage);
+}
+
+#[tokio::test]
+async fn a_database_of_a_newer_schema_is_refused() {
+    let url = scratch_database(&server_url()).await.unwrap();
+    drop(
+        ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+            .await
+            .unwrap(),
+    );
+    let database = url.split("database=").nth(1).unwrap().split('&').next().unwrap();
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(server_url())
+        .body(format!("INSERT INTO {database}.schema_version (version) VALUES (2)"))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    match ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await {
+        Err(StoreError::Corrupt(message)) => {
+            assert!(message.contains("version 2, newer than this server's 1"), "{message}");
+            assert!(
+                message.contains("ClickHouse at 127.0.0.1") && message.contains(database),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Connecting again to a current one changes nothing.
+    let url = scratch_database(&server_url()).await.unwrap();
+    for _ in 0..2 {
+        ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_an_error_that_names_the_server_but_not_the_password() {
+    let url = scratch_database(&server_url()).await.unwrap();
+    let in_userinfo = url_with(|u| {
+        u.set_username("default").unwrap();
+        u.set_password(Some("hunter2-secret")).unwrap();
+    });
+    let in_params = format!("{url}&user=default&password=hunter2-secret");
+    for url in [in_userinfo, in_params] {
+        let error = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+            .await
+            .unwrap_err();
+        let text = format!("{error} {error:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("ClickHouse at 127.0.0.1:"), "{text}");
+        assert!(text.to_lowercase().contains("password"), "{text}");
+        assert!(matches!(error, StoreError::Backend(_)), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_database_that_does_not_exist_is_named_in_the_error() {
+    let url = url_with(|u| u.set_query(Some("database=no_such_database_here")));
+    let error = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no_such_database_here"), "{error}");
+}
+
+#[tokio::test]
+async fn a_bad_url_is_refused_saying_why_without_the_password() {
+    for url in [
+        "clickhouse://u:pw-secret@127.0.0.1:1/?database=x",
+        "http://u:pw-secret@127.0.0.1:1/db",
+        "nonsense",
+    ] {
+        match ClickHouseAnalytics::connect(url, ClickHouseOptions::default()).await {
+            Err(StoreError::Backend(message)) => {
+                assert!(message.contains("ClickHouse URL"), "{message}");
+                assert!(!message.contains("pw-secret"), "{message}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://default:pw-secret@127.0.0.1:{port}/?database=x");
+    match ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await {
+        Err(StoreError::Unavailable { tier, reason }) => {
+            assert_eq!(tier, Tier::ClickHouse);
+            assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
+            assert!(!reason.contains("pw-secret"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A server on a port of its own that answers every request with `answer` (or never, when
+/// `None`), until the test ends.
+async fn fake_server(answer: Option<&'static [u8]>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let mut read = 0;
+                // Reads the head of the request (and whatever body came with it).
+                while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(WAIT, socket.read(&mut request[read..])).await {
+                        Ok(Ok(n)) if n > 0 => read += n,
+                        _ => return,
+                    }
+                }
+                match answer {
+                    Some(body) => {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = socket.write_all(head.as_bytes()).await;
+                        let _ = socket.write_all(body).await;
+                    }
+                    // Holds the connection open without answering until the client leaves.
+                    None => {
+                        let _ = tokio::time::timeout(WAIT, socket.read(&mut request)).await;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://default:pw-secret@127.0.0.1:{port}/?database=x")
+}
+
+#[tokio::test]
+async fn a_server_that_answers_garbage_is_a_clear_error() {
+    for garbage in [
+        &b"<html>Welcome to nginx!</html>"[..],
+        b"",
+        b"\xff\xfe\x00garbage",
+        b"Ok.\n",
+    ] {
+        let url = fake_server(Some(garbage)).await;
+        let error = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            matches!(error, StoreError::Backend(_) | StoreError::Corrupt(_)),
+            "{text}"
+        );
+        assert!(text.contains("ClickHouse at 127.0.0.1:"), "{text}");
+        assert!(!text.contains("pw-secret"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_within_the_deadline() {
+    let url = fake_server(None).await;
+    let options = ClickHouseOptions {
+        query_timeout: Duration::from_millis(300),
+        ..ClickHouseOptions::default()
+    };
+    let connect = tokio::time::timeout(WAIT, ClickHouseAnalytics::connect(&url, options))
+        .await
+        .expect("connect gives up by its own deadline");
+    match connect {
+        Err(StoreError::TimedOut { tier, after }) => {
+            assert_eq!((tier, after), (Tier::ClickHouse, Duration::from_millis(300)));
+        }
+        other => panic!("{other:?}"),
+    }
+}

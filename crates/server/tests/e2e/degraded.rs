@@ -1,0 +1,236 @@
+//! A store that stops answering: runs still end by their limits, their users are told in a
+//! sentence naming the tier and the wait, and once the store answers again everything comes
+//! through, in order, once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard::client::Socket;
+use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
+use switchboard_engine::testkit::{check_gapless, check_run, final_status};
+use switchboard_faultproxy::{Fault, FaultProxy};
+use switchboard_postgres::{PgOptions, PgStore};
+use switchboard_protocol::{Control, ErrorCode, Event, RunStatus, ServerFrame, StoreDelayed};
+use switchboard_store::{SqliteAnalytics, SqliteStore};
+
+use crate::support::*;
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_ends_while_the_store_hangs_is_told_at_once_and_shown_whole_once_the_store_answers() {
+    let app = spawn_app_with(|c| c.model_latency = Duration::from_millis(300)).await;
+    let session = app.user("stalled").await;
+    let mut socket = app.connect(&session).await;
+    let accepted = send(&mut socket, "where does my money go?").await;
+    app.store.set_hanging(true);
+    let hung = tokio::time::Instant::now();
+
+    // Whatever was stored before the store hung arrives; then, once the run has ended, the
+    // notice of its end.
+    let mut events = Vec::new();
+    let notice = loop {
+        match next(&mut socket).await {
+            ServerFrame::Event(event) => events.push(event),
+            ServerFrame::Control(frame) => match frame.body {
+                Control::StoreDelayed(notice) => break notice,
+                other => panic!("unexpected {other:?}"),
+            },
+        }
+    };
+    assert_eq!(
+        (
+            &notice.run_id,
+            &notice.thread_id,
+            notice.status.as_str(),
+            notice.tier.as_str()
+        ),
+        (&accepted.run_id, &accepted.thread_id, "completed", "sqlite")
+    );
+    assert!(
+        notice.message.starts_with("The run finished after ")
+            && notice.message.contains("but SQLite has not answered for ")
+            && notice.message.ends_with("will be shown as soon as SQLite answers."),
+        "{}",
+        notice.message
+    );
+    let told = hung.elapsed();
+    assert!(
+        Duration::from_millis(notice.duration_ms) + Duration::from_secs(1) >= told,
+        "told {told:?} after the hang, the run took {} ms",
+        notice.duration_ms
+    );
+    assert!(events.iter().all(|e| !e.is_final()), "the end is not stored yet");
+
+    // The store answers again: the rest of the run follows, in order, each event once.
+    app.store.set_hanging(false);
+    events.extend(events_until_final(&mut socket, &accepted.run_id).await);
+    let seqs = seqs(&events);
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gapless, no duplicate"
+    );
+    assert!(events.last().unwrap().is_final());
+}
+
+/// Waits (on the real clock, at most `limit`) for the next `store_delayed` notice, collecting
+/// the events before it.
+async fn until_delayed(socket: &mut Socket, events: &mut Vec<Event>) -> StoreDelayed {
+    let read = async {
+        loop {
+            match next(socket).await {
+                ServerFrame::Event(event) => events.push(event),
+                ServerFrame::Control(frame) => match frame.body {
+                    Control::StoreDelayed(notice) => return notice,
+                    other => panic!("unexpected {other:?}"),
+                },
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("told within 30 s")
+}
+
+#[tokio::test]
+async fn while_postgres_stalls_runs_end_their_users_are_told_messages_are_refused_and_then_everything_comes_through_once()
+ {
+    let url = postgres_database().await;
+    let proxy = FaultProxy::start(address_of(&url)).await.unwrap();
+    let options = PgOptions {
+        query_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..PgOptions::default()
+    };
+    let store = Arc::new(PgStore::connect(&through(&url, proxy.addr()), options).await.unwrap());
+    let analytics = Arc::new(
+        SqliteAnalytics::open(&tempfile::tempdir().unwrap().keep().join("w.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let app = spawn_app_on(store, analytics, |c| c.model_latency = Duration::from_millis(200)).await;
+    let session = app.user("stalled").await;
+    let mut socket = app.connect(&session).await;
+    let accepted = send(&mut socket, "where does my money go?").await;
+
+    proxy.set(Fault::Stall);
+    let mut events = Vec::new();
+    let notice = until_delayed(&mut socket, &mut events).await;
+    assert_eq!(
+        (&notice.run_id, notice.status.as_str(), notice.tier.as_str()),
+        (&accepted.run_id, "completed", "postgres")
+    );
+    assert!(
+        notice.message.contains("but PostgreSQL has not answered for ")
+            && notice.message.ends_with("will be shown as soon as PostgreSQL answers."),
+        "{}",
+        notice.message
+    );
+
+    // Readiness answers, naming PostgreSQL as the tier that does not answer.
+    let (status, ready) = app.client.get("/health/ready", None).await.unwrap();
+    assert_eq!(status, 503, "{ready}");
+    let postgres = &ready["checks"]["postgres"];
+    assert_eq!(postgres["status"], "degraded", "{ready}");
+    assert!(
+        postgres["latency_ms"].as_u64().unwrap() >= 500,
+        "waited the store's deadline: {ready}"
+    );
+
+    // A new message is refused with a sentence, not left hanging.
+    socket
+        .send(&message("and this one?", None, Some("second")))
+        .await
+        .unwrap();
+    let refused = error(&mut socket).await;
+    assert_code(&refused, ErrorCode::StoreUnavailable);
+    assert!(
+        refused.message.starts_with("PostgreSQL did not answer within 0.5 s"),
+        "{}",
+        refused.message
+    );
+
+    // PostgreSQL answers again: the run's events come through in order, each once, and the
+    // service goes on by itself.
+    proxy.set(Fault::None);
+    let rest = tokio::time::timeout(
+        Duration::from_secs(30),
+        events_until_final(&mut socket, &accepted.run_id),
+    )
+    .await
+    .expect("the run's end arrives once PostgreSQL answers");
+    events.extend(rest);
+    check_gapless(&events).unwrap();
+    check_run(&events).unwrap();
+    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    let again = send(&mut socket, "and now?").await;
+    let after = tokio::time::timeout(Duration::from_secs(30), events_until_final(&mut socket, &again.run_id))
+        .await
+        .unwrap();
+    assert_eq!(after.first().unwrap().seq.get(), events.last().unwrap().seq.get() + 1);
+    let (status, ready) = app.client.get("/health/ready", None).await.unwrap();
+    assert_eq!(
+        (status, ready["checks"]["postgres"]["status"].as_str()),
+        (200, Some("ok"))
+    );
+}
+
+#[tokio::test]
+async fn while_clickhouse_is_down_chat_goes_on_uploads_are_refused_naming_the_analytics_store_and_readiness_says_so() {
+    let url = clickhouse_database().await;
+    let proxy = FaultProxy::start(address_of(&url)).await.unwrap();
+    let analytics = ClickHouseAnalytics::connect(&through(&url, proxy.addr()), ClickHouseOptions::default())
+        .await
+        .unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&tempfile::tempdir().unwrap().keep().join("db.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let app = spawn_app_on(store, Arc::new(analytics), |_| {}).await;
+    let session = app.user("no-analytics").await;
+    proxy.set(Fault::Refuse);
+
+    let row = serde_json::json!([{"timestamp": "2026-11-01T10:00:00Z", "model": "gpt-4o", "input_tokens": 10,
+        "output_tokens": 5}]);
+    let (status, body) = app
+        .client
+        .post("/api/workload-events", Some(&session.access_token), &row)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The analytics store: ClickHouse cannot be reached")
+            && message.contains("nothing was stored"),
+        "{message}"
+    );
+
+    let (status, ready) = app.client.get("/health/ready", None).await.unwrap();
+    assert_eq!((status, ready["status"].as_str()), (200, Some("degraded")), "{ready}");
+    assert_eq!(ready["checks"]["clickhouse"]["status"], "degraded", "{ready}");
+    assert_eq!(ready["checks"]["store"]["status"], "ok", "{ready}");
+
+    // Chat goes on.
+    let mut socket = app.connect(&session).await;
+    let accepted = send(&mut socket, "hello there").await;
+    let events = tokio::time::timeout(
+        Duration::from_secs(30),
+        events_until_final(&mut socket, &accepted.run_id),
+    )
+    .await
+    .unwrap();
+    check_run(&events).unwrap();
+    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+
+    proxy.set(Fault::None);
+    let (status, body) = app
+        .client
+        .post("/api/workload-events", Some(&session.access_token), &row)
+        .await
+        .unwrap();
+    assert_eq!((status, &body), (200, &serde_json::json!({"accepted": 1})));
+}
