@@ -204,3 +204,51 @@ async fn waiting_on_a_lock(raw: &tokio_postgres::Client) -> i64 {
     .unwrap()
     .get(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keys_of_batches_stored_more_than_a_day_ago_are_forgotten() {
+    let (store, url) = support::fresh_store(PgOptions::default()).await;
+    let raw = support::raw_connection(&url).await;
+    let day_and_a_bit: i64 = 25 * 60 * 60 * 1000;
+    raw.execute(
+        "INSERT INTO log_batches (key, lasts, stored_at) VALUES ('\\x01', '{1}', $1), ('\\x02', '{1}', $2)",
+        &[
+            &(switchboard_protocol::Timestamp::now().unix_millis() - day_and_a_bit),
+            &switchboard_protocol::Timestamp::now().unix_millis(),
+        ],
+    )
+    .await
+    .unwrap();
+    // Every 4096th append sets a store forgetting, on a task of its own.
+    let ann = UserId::generate();
+    let (run, thread) = (
+        switchboard_protocol::RunId::generate(),
+        switchboard_protocol::ThreadId::generate(),
+    );
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (store, ann, run, thread) = (store.clone(), ann.clone(), run.clone(), thread.clone());
+        writers.spawn(async move {
+            for _ in 0..512 {
+                store
+                    .append_events(&[entry(&ann, &run, &thread, started(), None)])
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    writers.join_all().await;
+    let kept = |key: &'static [u8]| {
+        let raw = &raw;
+        async move {
+            raw.query_one("SELECT count(*) FROM log_batches WHERE key = $1", &[&key])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    tokio::time::timeout(TEST_DEADLINE, async { while kept(&[1]).await > 0 {} })
+        .await
+        .expect("the old key is forgotten");
+    assert_eq!(kept(&[2]).await, 1, "a recent key is kept");
+}
