@@ -66,11 +66,15 @@ pub(crate) async fn within<T>(
         Ok(Err(error)) => return Err(pool_error(place, connect_timeout, error)),
         Err(_) => {
             let status = pool.status();
-            let why = if status.size < status.max_size {
-                "a new connection did not open in time".to_owned()
-            } else {
-                format!("all {} are in use", status.max_size)
-            };
+            if status.size < status.max_size {
+                // A new connection did not open in time: the server is slow (or stalled), not
+                // gone, as for a query past its deadline.
+                return Err(StoreError::TimedOut {
+                    tier: Tier::Postgres,
+                    after: limit,
+                });
+            }
+            let why = format!("all {} are in use", status.max_size);
             return Err(unavailable(format!(
                 "no connection to {place} within {} ms: {why}",
                 limit.as_millis()
