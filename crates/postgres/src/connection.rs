@@ -128,11 +128,17 @@ impl Drop for Lease {
 }
 
 /// A query's error as the store's. Unique violations are conflicts; a connection that is gone,
-/// or a server shutting down or refusing connections, is unavailable; the rest is the backend's.
+/// or a server shutting down or refusing connections, is unavailable; data it cannot store is
+/// `Corrupt` (refused for good); the rest is the backend's.
 pub(crate) fn query_error(place: &str, error: &tokio_postgres::Error) -> StoreError {
     match error.as_db_error() {
         Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(db.message().to_owned()),
         Some(db) if unreachable_code(db) => unavailable(format!("{place}: {}", db.message())),
+        // A data exception is the data's: storing it again will fail again, so it is refused
+        // (the event log gives up such an event alone) rather than retried.
+        Some(db) if db.code().code().starts_with("22") => {
+            StoreError::Corrupt(format!("PostgreSQL at {place} cannot store the data: {}", db_text(db)))
+        }
         Some(db) => StoreError::Backend(format!("PostgreSQL at {place}: {}", db_text(db))),
         None if error.is_closed() || io_cause(error) => {
             unavailable(format!("the connection to {place} failed: {}", describe(error)))

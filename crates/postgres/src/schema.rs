@@ -8,7 +8,7 @@ use switchboard_store::StoreError;
 use crate::connection::{Failure, Work};
 
 /// Migration `n` (from 1) brings a database from version `n - 1` to `n`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -89,6 +89,19 @@ CREATE TABLE refresh_families (
     revoked_at BIGINT
 );
 CREATE INDEX refresh_families_by_user ON refresh_families (user_id);
+"#;
+
+/// The batches of the event log stored lately, by their key (`EntryKey::of_batch`), each with
+/// its users' last seqs after it (in the order of the user ids): a batch whose answer was lost
+/// after it committed (a deadline, a cut connection) and that is tried again is recognised, and
+/// answered with the seqs it got, instead of being stored twice. Kept for a day.
+const V2: &str = r#"
+CREATE TABLE log_batches (
+    key BYTEA PRIMARY KEY,
+    lasts BIGINT[] NOT NULL,
+    stored_at BIGINT NOT NULL
+);
+CREATE INDEX log_batches_by_time ON log_batches (stored_at);
 "#;
 
 /// Brings the database up to [`SCHEMA_VERSION`]; returns the version it had.

@@ -2,13 +2,15 @@
 //! backend (`switchboard_store::SqliteStore`) and the same storage suite to pass.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use switchboard_protocol::{
-    Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UnnumberedJson,
-    UserId,
+    EntryKey, Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp,
+    UnnumberedJson, UserId,
 };
 use switchboard_store::{
     Accepted, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord, RunState, Store,
@@ -47,6 +49,8 @@ pub struct PgStore {
     pool: Pool,
     place: String,
     options: PgOptions,
+    /// Appends so far, to forget old batch keys now and then.
+    appends: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -82,7 +86,12 @@ impl PgStore {
             .create_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot make a pool of connections to {place}: {e}")))?;
-        let store = Self { pool, place, options };
+        let store = Self {
+            pool,
+            place,
+            options,
+            appends: Arc::default(),
+        };
         let migrated = store.place.clone();
         let limit = MIGRATION_DEADLINE.max(options.query_timeout);
         let found = connection::within(
@@ -117,6 +126,28 @@ impl PgStore {
     /// The options it was connected with.
     pub fn options(&self) -> PgOptions {
         self.options
+    }
+
+    /// Forgets the keys of batches stored longer ago than `BATCH_KEYS_KEPT`, some at a time.
+    async fn forget_old_batches(&self) {
+        let before = now_millis() - BATCH_KEYS_KEPT.as_millis() as i64;
+        let forgotten = self
+            .with(move |client| {
+                Box::pin(async move {
+                    let forget = client
+                        .prepare_cached(
+                            "DELETE FROM log_batches WHERE key IN
+                             (SELECT key FROM log_batches WHERE stored_at < $1 ORDER BY stored_at LIMIT 10000)",
+                        )
+                        .await?;
+                    Ok(client.execute(&forget, &[&before]).await?)
+                })
+            })
+            .await;
+        match forgotten {
+            Ok(count) => tracing::debug!(count, "forgot the keys of old event-log batches"),
+            Err(error) => tracing::warn!(%error, "forgetting old event-log batch keys failed; trying again later"),
+        }
     }
 
     /// Runs `work` on a pooled connection under the query deadline.
@@ -158,6 +189,17 @@ fn parse_id<T>(
 /// A value of a row, read as a plain value first so that a wrong type is `Corrupt`, not a panic.
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, StoreError> {
     row.try_get(index).map_err(|e| corrupt("a stored row", e))
+}
+
+/// The text as PostgreSQL can keep it: a `text` value cannot hold the NUL character (SQLite's
+/// can), so it becomes U+FFFD, the replacement character, rather than an error that would refuse
+/// a user's message or, in a model's answer, fail a whole batch of the event log.
+fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
 }
 
 /// The title of a thread started by a message: its first line, cut to 60 characters
@@ -323,8 +365,11 @@ fn accept(client: &mut ClientWrapper, message: NewMessage) -> Work<'_, Accepted>
                         "INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
                     )
                     .await?;
-                tx.execute(&insert, &[&thread.as_str(), &user, &thread_title(&message.text), &now])
-                    .await?;
+                tx.execute(
+                    &insert,
+                    &[&thread.as_str(), &user, &storable(thread_title(&message.text)), &now],
+                )
+                .await?;
                 thread
             }
         };
@@ -408,8 +453,10 @@ struct EventRow {
 /// by the number of the user's events in the batch, the rows locked in the order of the user
 /// ids (so two batches of several users cannot deadlock); each event takes the next seq of its
 /// user in the order given, and its JSON is the text `NewEvent::to_json` wrote with `{"seq":N,`
-/// before it, byte for byte what `UnnumberedJson::numbered` makes. The statement answers each
-/// user's new last seq; the caller numbers its records from it the same way.
+/// before it, byte for byte what `UnnumberedJson::numbered` makes; the batch's key is kept with
+/// its users' new last seqs (`log_batches`: a batch stored before fails the statement on its
+/// key, and nothing of it is stored again). The statement answers each user's new last seq;
+/// the caller numbers its records from it the same way.
 const APPEND: &str = r#"
 WITH batch AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS b (user_id, run_id, rest, n)
@@ -429,16 +476,58 @@ numbered AS (
 stored AS (
     INSERT INTO events (user_id, seq, run_id, json)
     SELECT user_id, seq, run_id, '{"seq":' || seq || ',' || rest FROM numbered
+),
+remembered AS (
+    INSERT INTO log_batches (key, lasts, stored_at)
+    SELECT $4, array_agg(last_seq ORDER BY user_id COLLATE "C"), $5 FROM advanced
 )
 SELECT user_id, last_seq FROM advanced
 "#;
+
+/// The constraint a batch stored before runs into.
+const BATCH_KEY: &str = "log_batches_pkey";
+
+/// How long a batch's key is kept: a batch tried again within it is stored once.
+const BATCH_KEYS_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Every this many appends, a store forgets the batch keys older than `BATCH_KEYS_KEPT`.
+const FORGET_EVERY: u64 = 4096;
+
+/// Whether the append failed because its batch was stored before.
+fn stored_before(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.constraint() == Some(BATCH_KEY)
+    })
+}
+
+/// The records a batch stored before got: its users' last seqs after it, as it kept them.
+async fn earlier(
+    client: &ClientWrapper,
+    key: &[u8],
+    rows: &[EventRow],
+    counts: &BTreeMap<&str, i64>,
+) -> Result<Vec<StoredEvent>, Failure> {
+    let find = client
+        .prepare_cached("SELECT lasts FROM log_batches WHERE key = $1")
+        .await?;
+    let row = client
+        .query_opt(&find, &[&key])
+        .await?
+        .ok_or_else(|| StoreError::Backend("a batch stored before was forgotten while it was tried again".into()))?;
+    let lasts: Vec<i64> = get(&row, 0)?;
+    if lasts.len() != counts.len() {
+        return Err(corrupt("a batch tried again", "it names other users than when it was stored").into());
+    }
+    let advanced: Vec<(String, i64)> = counts.keys().map(|user| (*user).to_owned()).zip(lasts).collect();
+    Ok(number(rows, counts, advanced)?)
+}
 
 /// The start of every event's JSON before it is numbered (see `UnnumberedJson`).
 const UNNUMBERED_PREFIX: &str = "{\"seq\":0,";
 
 /// Stores the rows: one statement when no run ends among them, else one transaction that also
-/// finishes the runs.
-fn append_all(client: &mut ClientWrapper, rows: Vec<EventRow>) -> Work<'_, Vec<StoredEvent>> {
+/// finishes the runs. A batch stored before (its key is kept) is answered as it was then.
+fn append_all(client: &mut ClientWrapper, key: Vec<u8>, rows: Vec<EventRow>) -> Work<'_, Vec<StoredEvent>> {
     Box::pin(async move {
         let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
         let (mut user_ids, mut run_ids, mut rests) = (
@@ -457,16 +546,27 @@ fn append_all(client: &mut ClientWrapper, rows: Vec<EventRow>) -> Work<'_, Vec<S
             run_ids.push(row.run_id.as_str());
             rests.push(rest);
         }
+        let now = now_millis();
         let ends = rows.iter().any(|row| row.end.is_some());
         let append = client.prepare_cached(APPEND).await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&user_ids, &run_ids, &rests];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [&user_ids, &run_ids, &rests, &key, &now];
         if !ends {
-            let advanced = client.query(&append, &params).await?;
-            return Ok(number(&rows, &counts, &advanced)?);
+            return match client.query(&append, &params).await {
+                Ok(advanced) => Ok(number(&rows, &counts, users_and_lasts(&advanced)?)?),
+                Err(error) if stored_before(&error) => earlier(client, &key, &rows, &counts).await,
+                Err(error) => Err(error.into()),
+            };
         }
         let tx = client.transaction().await?;
-        let advanced = tx.query(&append, &params).await?;
-        let stored = number(&rows, &counts, &advanced)?;
+        let advanced = match tx.query(&append, &params).await {
+            Ok(advanced) => advanced,
+            Err(error) if stored_before(&error) => {
+                tx.rollback().await?;
+                return earlier(client, &key, &rows, &counts).await;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let stored = number(&rows, &counts, users_and_lasts(&advanced)?)?;
         for row in &rows {
             if let Some(end) = &row.end {
                 finish_run(&tx, row.user_id.as_str(), &row.run_id, end, row.at).await?;
@@ -477,13 +577,20 @@ fn append_all(client: &mut ClientWrapper, rows: Vec<EventRow>) -> Work<'_, Vec<S
     })
 }
 
+/// The rows `APPEND` answers: each user and its last seq.
+fn users_and_lasts(advanced: &[Row]) -> Result<Vec<(String, i64)>, StoreError> {
+    advanced.iter().map(|row| Ok((get(row, 0)?, get(row, 1)?))).collect()
+}
+
 /// The records of the rows, numbered from each user's new last seq (`advanced`) as `APPEND`
 /// numbered them: the user's events in the order given, ending at its last seq.
-fn number(rows: &[EventRow], counts: &BTreeMap<&str, i64>, advanced: &[Row]) -> Result<Vec<StoredEvent>, StoreError> {
+fn number(
+    rows: &[EventRow],
+    counts: &BTreeMap<&str, i64>,
+    advanced: Vec<(String, i64)>,
+) -> Result<Vec<StoredEvent>, StoreError> {
     let mut next: BTreeMap<String, i64> = BTreeMap::new();
-    for row in advanced {
-        let user: String = get(row, 0)?;
-        let last: i64 = get(row, 1)?;
+    for (user, last) in advanced {
         let first = last - counts.get(user.as_str()).copied().unwrap_or_default() + 1;
         next.insert(user, first);
     }
@@ -558,7 +665,8 @@ async fn finish_run(
                  WHERE runs.id = $4 AND runs.user_id = $5",
             )
             .await?;
-        tx.execute(&insert, &[&MessageId::generate().as_str(), answer, &at, &run, &user])
+        let answer = storable(answer.clone());
+        tx.execute(&insert, &[&MessageId::generate().as_str(), &answer, &at, &run, &user])
             .await?;
         let touch = tx
             .prepare_cached(
@@ -575,8 +683,8 @@ impl Store for PgStore {
     async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
         let user = User {
             id: UserId::generate(),
-            email: email.to_lowercase(),
-            password_hash: password_hash.to_owned(),
+            email: storable(email.to_lowercase()),
+            password_hash: storable(password_hash.to_owned()),
             created_at: Timestamp::now(),
         };
         let stored = user.clone();
@@ -608,7 +716,7 @@ impl Store for PgStore {
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        let email = email.to_lowercase();
+        let email = storable(email.to_lowercase());
         self.with(move |client| {
             Box::pin(async move {
                 let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1");
@@ -638,7 +746,7 @@ impl Store for PgStore {
         let thread = Thread {
             id: ThreadId::generate(),
             user_id: user.clone(),
-            title: thread_title(title),
+            title: storable(thread_title(title)),
             created_at: now,
             updated_at: now,
         };
@@ -736,7 +844,9 @@ impl Store for PgStore {
         .await
     }
 
-    async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError> {
+    async fn accept_message(&self, mut message: NewMessage) -> Result<Accepted, StoreError> {
+        message.text = storable(message.text);
+        message.client_message_id = message.client_message_id.map(storable);
         self.with(move |client| accept(client, message)).await
     }
 
@@ -745,7 +855,7 @@ impl Store for PgStore {
         user: &UserId,
         client_message_id: &str,
     ) -> Result<Option<Message>, StoreError> {
-        let (user, client_id) = (user.to_string(), client_message_id.to_owned());
+        let (user, client_id) = (user.to_string(), storable(client_message_id.to_owned()));
         self.with(move |client| Box::pin(async move { message_by_client_id(client, &user, &client_id).await }))
             .await
     }
@@ -821,7 +931,13 @@ impl Store for PgStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.with(move |client| append_all(client, rows)).await
+        let key = EntryKey::of_batch(entries).get().to_be_bytes().to_vec();
+        let stored = self.with(move |client| append_all(client, key, rows)).await?;
+        if self.appends.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            let store = self.clone();
+            tokio::spawn(async move { store.forget_old_batches().await });
+        }
+        Ok(stored)
     }
 
     async fn events_after(&self, user: &UserId, after: Seq, limit: usize) -> Result<Vec<EventRecord>, StoreError> {

@@ -277,3 +277,34 @@ async fn options_no_store_could_work_with_are_refused_before_connecting() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_schema_1_is_brought_up_to_date_and_keeps_its_log() {
+    use switchboard_protocol::{RunId, Seq, ThreadId, UserId};
+    use switchboard_store::testsuite::{append, entry, started};
+
+    let url = support::fresh_database().await;
+    let ann = UserId::generate();
+    let (run, thread) = (RunId::generate(), ThreadId::generate());
+    {
+        let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+        append(&store, entry(&ann, &run, &thread, started(), None)).await;
+    }
+    // As schema 1 left it: no batch keys.
+    let raw = support::raw_connection(&url).await;
+    raw.batch_execute("DROP TABLE log_batches; DELETE FROM schema_version WHERE version > 1")
+        .await
+        .unwrap();
+
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let versions: Vec<i32> = raw
+        .query("SELECT version FROM schema_version ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+    assert_eq!(store.last_seq(&ann).await.unwrap(), Seq::new(1));
+    assert_eq!(append(&store, entry(&ann, &run, &thread, started(), None)).await, 2);
+}

@@ -5,16 +5,13 @@
 mod support;
 
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use switchboard_postgres::{PgOptions, PgStore};
 use switchboard_protocol::{RunId, RunStatus, Seq, ThreadId, UserId};
 use switchboard_store::testsuite::{append, entry, finished, new_message, started};
 use switchboard_store::{RunState, Store, StoreError, Tier};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// A pool of one connection: an operation that kept a stuck connection in the pool would make
 /// every later one wait behind it.
@@ -155,51 +152,6 @@ async fn a_store_whose_server_is_gone_is_unavailable_not_stuck() {
     assert!(outcomes.last().unwrap().is_ok(), "{outcomes:?}");
 }
 
-/// A proxy to the server that forwards both ways until, once armed, a client sends `trigger`;
-/// from then on that connection is stalled, as behind a broken network: nothing more passes
-/// either way, and both of its sockets stay open. Other connections pass as before.
-async fn stalling_proxy(server: String, trigger: &'static [u8]) -> (u16, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let armed = Arc::new(AtomicBool::new(false));
-    let arming = Arc::clone(&armed);
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let upstream = TcpStream::connect(&server).await.unwrap();
-            let (mut from_client, mut to_client) = client.into_split();
-            let (mut from_server, mut to_server) = upstream.into_split();
-            let stalled = Arc::new(AtomicBool::new(false));
-            let stalls = Arc::clone(&stalled);
-            let armed = Arc::clone(&arming);
-            tokio::spawn(async move {
-                let mut buffer = vec![0; 64 * 1024];
-                while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
-                    if armed.load(Ordering::SeqCst) && buffer[..n].windows(trigger.len()).any(|w| w == trigger) {
-                        stalls.store(true, Ordering::SeqCst);
-                        // Holds both sockets, forwarding nothing, until the test ends.
-                        std::future::pending::<()>().await;
-                    }
-                    if to_server.write_all(&buffer[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            tokio::spawn(async move {
-                let mut buffer = vec![0; 64 * 1024];
-                while let Ok(n @ 1..) = from_server.read(&mut buffer).await {
-                    if stalled.load(Ordering::SeqCst) {
-                        std::future::pending::<()>().await;
-                    }
-                    if to_client.write_all(&buffer[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    (port, armed)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_cut_off_behind_a_stalled_network_does_not_hold_the_log_for_long() {
     let url = support::fresh_database().await;
@@ -226,7 +178,7 @@ async fn a_transaction_cut_off_behind_a_stalled_network_does_not_hold_the_log_fo
 
     // This one's network stalls when it commits: its transaction has taken alice's log row and
     // finished the run, and waits, open, for a COMMIT that never arrives.
-    let (proxy, armed) = stalling_proxy(format!("127.0.0.1:{port}"), b"COMMIT").await;
+    let (proxy, armed) = support::stalling_proxy(format!("127.0.0.1:{port}"), b"COMMIT", support::Stall::Before).await;
     let cut_off = PgStore::connect(
         &format!("host=127.0.0.1 port={proxy} user={user} dbname={database}"),
         one_connection(Duration::from_millis(300)),

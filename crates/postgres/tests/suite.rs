@@ -67,3 +67,45 @@ async fn the_stored_json_is_the_numbered_event_byte_for_byte() {
     let answer = store.messages(&ann, &thread).await.unwrap().pop().unwrap();
     assert_eq!((answer.role, answer.text.as_str()), (Role::Assistant, text));
 }
+
+/// PostgreSQL's text cannot hold NUL, SQLite's can: a message, a title or an answer with one is
+/// stored all the same, the NUL as U+FFFD, and found again by the key it was sent with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_with_a_nul_character_is_stored_with_a_replacement_character() {
+    let url = support::fresh_database().await;
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let ann = UserId::generate();
+    let accepted = store
+        .accept_message(new_message(&ann, None, "a\0b", Some("key\0")))
+        .await
+        .unwrap();
+    assert_eq!(accepted.message.text, "a\u{FFFD}b");
+    let again = store
+        .accept_message(new_message(&ann, None, "a\0b", Some("key\0")))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    let found = store.message_by_client_id(&ann, "key\0").await.unwrap().unwrap();
+    assert_eq!(found.id, accepted.message.id);
+    let thread = store.thread(&ann, &accepted.thread_id).await.unwrap().unwrap();
+    assert_eq!(thread.title, "a\u{FFFD}b");
+    let answer = "the answer\0";
+    let done = entry(
+        &ann,
+        &accepted.run_id,
+        &accepted.thread_id,
+        finished(RunStatus::Completed, Some(answer)),
+        Some(answer),
+    );
+    store.append_events(&[done]).await.unwrap();
+    let texts: Vec<String> = store
+        .messages(&ann, &accepted.thread_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["a\u{FFFD}b", "the answer\u{FFFD}"]);
+    let titled = store.create_thread(&ann, "x\0").await.unwrap();
+    assert_eq!(titled.title, "x\u{FFFD}");
+}
