@@ -247,3 +247,56 @@ async fn while_clickhouse_is_down_chat_goes_on_uploads_are_refused_naming_the_an
         .unwrap();
     assert_eq!((status, &body), (200, &serde_json::json!({"accepted": 1})));
 }
+
+#[tokio::test]
+async fn a_run_whose_deadline_passes_while_postgres_stalls_ends_by_it_and_is_told_as_timed_out() {
+    let url = postgres_database().await;
+    let proxy = FaultProxy::start(address_of(&url)).await.unwrap();
+    let options = PgOptions {
+        query_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..PgOptions::default()
+    };
+    let store = Arc::new(PgStore::connect(&through(&url, proxy.addr()), options).await.unwrap());
+    let analytics = Arc::new(
+        SqliteAnalytics::open(&tempfile::tempdir().unwrap().keep().join("w.sqlite"))
+            .await
+            .unwrap(),
+    );
+    // The model takes longer than the whole run may: the run ends at its deadline.
+    let app = spawn_app_on(store, analytics, |c| {
+        c.model_latency = Duration::from_secs(5);
+        c.engine.run_timeout = Duration::from_millis(1_500);
+        c.engine.agent_timeout = Duration::from_millis(1_200);
+    })
+    .await;
+    let session = app.user("deadline").await;
+    let mut socket = app.connect(&session).await;
+    let accepted = send(&mut socket, "hello").await;
+    proxy.set(Fault::Stall);
+
+    let mut events = Vec::new();
+    let notice = until_delayed(&mut socket, &mut events).await;
+    assert_eq!(
+        (&notice.run_id, notice.status, notice.tier.as_str()),
+        (&accepted.run_id, RunStatus::TimedOut, "postgres")
+    );
+    assert!(notice.duration_ms <= 2_500, "ended by its deadline + 1 s: {notice:?}");
+    assert!(
+        notice.message.starts_with("The run ended (timed out) after "),
+        "{}",
+        notice.message
+    );
+
+    proxy.set(Fault::None);
+    let rest = tokio::time::timeout(
+        Duration::from_secs(30),
+        events_until_final(&mut socket, &accepted.run_id),
+    )
+    .await
+    .expect("the run's end arrives once PostgreSQL answers");
+    events.extend(rest);
+    check_gapless(&events).unwrap();
+    check_run(&events).unwrap();
+    assert_eq!(final_status(&events), Some(RunStatus::TimedOut));
+}
