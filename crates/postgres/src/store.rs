@@ -14,7 +14,7 @@ use switchboard_protocol::{
 };
 use switchboard_store::{
     Accepted, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord, RunState, Store,
-    StoreError, StoredEvent, Thread, Tier, User,
+    StoreError, StoredEvent, Thread, Tier, User, thread_title,
 };
 use tokio_postgres::Row;
 
@@ -199,23 +199,6 @@ fn storable(text: String) -> String {
         text.replace('\0', "\u{FFFD}")
     } else {
         text
-    }
-}
-
-/// The title of a thread started by a message: its first line, cut to 60 characters
-/// (as `SqliteStore` titles it).
-fn thread_title(text: &str) -> String {
-    const MAX: usize = 60;
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.chars().count() <= MAX {
-        if line.is_empty() {
-            "New thread".to_owned()
-        } else {
-            line.to_owned()
-        }
-    } else {
-        let cut: String = line.chars().take(MAX - 1).collect();
-        format!("{}…", cut.trim_end())
     }
 }
 

@@ -193,6 +193,23 @@ pub struct RunRecord {
     pub missing: Vec<AgentName>,
 }
 
+/// The title of a thread started by a message: its first line, cut to 60 characters ("New
+/// thread" when it has none). Every backend titles threads so.
+pub fn thread_title(text: &str) -> String {
+    const MAX: usize = 60;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.chars().count() <= MAX {
+        if line.is_empty() {
+            "New thread".to_owned()
+        } else {
+            line.to_owned()
+        }
+    } else {
+        let cut: String = line.chars().take(MAX - 1).collect();
+        format!("{}…", cut.trim_end())
+    }
+}
+
 /// A user message to store together with the run it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use crate::sqlite_analytics::{SqliteAnalytics, path_beside as analytics_path};
 use crate::{
     Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
-    RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User, WorkloadEvent,
+    RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User, WorkloadEvent, thread_title,
 };
 
 /// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`;
@@ -430,21 +430,6 @@ fn to_run(
             .transpose()?
             .unwrap_or_default(),
     })
-}
-
-fn thread_title(text: &str) -> String {
-    const MAX: usize = 60;
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.chars().count() <= MAX {
-        if line.is_empty() {
-            "New thread".to_owned()
-        } else {
-            line.to_owned()
-        }
-    } else {
-        let cut: String = line.chars().take(MAX - 1).collect();
-        format!("{}…", cut.trim_end())
-    }
 }
 
 /// One row (or none) of a query, read as plain values by `row` and checked by `convert`.
