@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchboard::Config;
 use switchboard::client::Socket;
 use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
 use switchboard_engine::testkit::{check_gapless, check_run, final_status};
@@ -72,6 +73,25 @@ async fn a_run_that_ends_while_the_store_hangs_is_told_at_once_and_shown_whole_o
     assert!(events.last().unwrap().is_final());
 }
 
+/// A server whose store is a fresh PostgreSQL database reached through a fault proxy, with a
+/// deadline of 0.5 s, and the usage data in SQLite.
+async fn app_on_postgres_through_a_proxy(configure: impl FnOnce(&mut Config)) -> (TestApp, FaultProxy) {
+    let url = postgres_database().await;
+    let proxy = FaultProxy::start(address_of(&url)).await.unwrap();
+    let options = PgOptions {
+        query_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..PgOptions::default()
+    };
+    let store = Arc::new(PgStore::connect(&through(&url, proxy.addr()), options).await.unwrap());
+    let analytics = Arc::new(
+        SqliteAnalytics::open(&tempfile::tempdir().unwrap().keep().join("w.sqlite"))
+            .await
+            .unwrap(),
+    );
+    (spawn_app_on(store, analytics, configure).await, proxy)
+}
+
 /// Waits (on the real clock, at most `limit`) for the next `store_delayed` notice, collecting
 /// the events before it.
 async fn until_delayed(socket: &mut Socket, events: &mut Vec<Event>) -> StoreDelayed {
@@ -94,20 +114,7 @@ async fn until_delayed(socket: &mut Socket, events: &mut Vec<Event>) -> StoreDel
 #[tokio::test]
 async fn while_postgres_stalls_runs_end_their_users_are_told_messages_are_refused_and_then_everything_comes_through_once()
  {
-    let url = postgres_database().await;
-    let proxy = FaultProxy::start(address_of(&url)).await.unwrap();
-    let options = PgOptions {
-        query_timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_millis(500),
-        ..PgOptions::default()
-    };
-    let store = Arc::new(PgStore::connect(&through(&url, proxy.addr()), options).await.unwrap());
-    let analytics = Arc::new(
-        SqliteAnalytics::open(&tempfile::tempdir().unwrap().keep().join("w.sqlite"))
-            .await
-            .unwrap(),
-    );
-    let app = spawn_app_on(store, analytics, |c| c.model_latency = Duration::from_millis(200)).await;
+    let (app, proxy) = app_on_postgres_through_a_proxy(|c| c.model_latency = Duration::from_millis(200)).await;
     let session = app.user("stalled").await;
     let mut socket = app.connect(&session).await;
     let accepted = send(&mut socket, "where does my money go?").await;
@@ -250,21 +257,7 @@ async fn while_clickhouse_is_down_chat_goes_on_uploads_are_refused_naming_the_an
 
 #[tokio::test]
 async fn a_run_whose_deadline_passes_while_postgres_stalls_ends_by_it_and_is_told_as_timed_out() {
-    let url = postgres_database().await;
-    let proxy = FaultProxy::start(address_of(&url)).await.unwrap();
-    let options = PgOptions {
-        query_timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_millis(500),
-        ..PgOptions::default()
-    };
-    let store = Arc::new(PgStore::connect(&through(&url, proxy.addr()), options).await.unwrap());
-    let analytics = Arc::new(
-        SqliteAnalytics::open(&tempfile::tempdir().unwrap().keep().join("w.sqlite"))
-            .await
-            .unwrap(),
-    );
-    // The model takes longer than the whole run may: the run ends at its deadline.
-    let app = spawn_app_on(store, analytics, |c| {
+    let (app, proxy) = app_on_postgres_through_a_proxy(|c| {
         c.model_latency = Duration::from_secs(5);
         c.engine.run_timeout = Duration::from_millis(1_500);
         c.engine.agent_timeout = Duration::from_millis(1_200);
