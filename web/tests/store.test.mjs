@@ -96,7 +96,7 @@ async function waitCompleted(page, where) {
 webTest(
   'while PostgreSQL stalls, an ended run says so in every tab, a message is refused and kept, and all completes once it answers',
   { postgres: true, llm: { answer: LONG_ANSWER, chunkDelayMs: 200 }, timeout: 170_000 },
-  async ({ page, context, server, postgres, llm }) => {
+  async ({ page, context, server, postgres, llm, screenshot }) => {
     assert.ok(postgres && llm, 'the test has its PostgreSQL and its model');
     const { proxy } = postgres;
     const shownHere = await recordAnswers(page);
@@ -124,6 +124,8 @@ webTest(
     const partial = flat(await lastAnswer(page).innerText());
     assert.doesNotMatch(partial, /Working…|Foxtrot/, `the answer shows what was stored before the stall, not under way: ${partial}`);
     assert.doesNotMatch(await threadsNav(page).innerText(), /running…/, 'the thread is no longer shown as running');
+    // For a person to look at: the answer with its notice.
+    await screenshot('store-delayed-answer');
     const there = await waitForText(delayedNotice(other), NOTICE, 'the other tab\'s "Answer delayed" status', { timeout: 20_000 });
     assert.equal(there, sentence, 'both tabs show the same notice');
     await waitGone(stopButton(other), 'the other tab\'s "Stop" button');
@@ -136,6 +138,7 @@ webTest(
     assert.match(flat(await held.innerText()), new RegExp(`Not sent: ${REFUSAL.replace(/[.;]/g, '\\$&')}`), 'the refused message says why');
     const again = held.getByRole('button', { name: 'Send again', exact: true });
     await waitVisible(again, 'the "Send again" button of the refused message');
+    await screenshot('store-unavailable-message');
 
     // The other tab is reloaded while the store still does not answer: it says what it
     // cannot read, and shows nothing it does not know.
