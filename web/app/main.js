@@ -62,8 +62,14 @@ const page = {
 
 /**
  * @typedef {{ id: string, title: string, created_at: string, updated_at: string }} Thread
- * @typedef {{ text: string, threadId: string | null, element: HTMLElement, sent: boolean }} Pending
+ * @typedef {{ text: string, threadId: string | null, element: HTMLElement, sent: boolean, held: boolean }} Pending
+ *   `held`: refused for a passing reason; kept, with a "Send again" button, and never sent
+ *   again by itself
  */
+
+/** The refusals of a message that may pass when it is sent again in a moment: such a message
+ * is kept for the person to send again, with the same client_message_id. */
+const PASSING = new Set(['store_unavailable', 'server_busy', 'rate_limited', 'too_many_active_runs', 'shutting_down', 'internal']);
 
 const state = {
   /** @type {import('./api.js').Info | null} */
@@ -92,6 +98,9 @@ const state = {
   fetching: new Set(),
   /** @type {string | null} the run "Stop" was pressed for, until it ends */
   stopping: null,
+  /** The threads or the open thread could not be loaded (a store that did not answer, say):
+   * loaded again when the next connection opens. */
+  stale: false,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -204,6 +213,7 @@ function signedOut(why) {
   state.runs.clear();
   state.pending.clear();
   state.applied = null;
+  state.stale = false;
   state.threads = [];
   state.threadId = null;
   state.shownRun = null;
@@ -236,6 +246,13 @@ function startSession(session) {
     onOpen: () => {
       resendPending();
       resendStop();
+      if (state.stale) {
+        // What failed to load while the server could not answer (its store did not answer, say):
+        // now that it lets the connection in, again.
+        state.stale = false;
+        loadThreads();
+        openThread(state.threadId);
+      }
     },
     onClosed: (code) => {
       // 1009: a frame was over the server's limit. Whatever was sent on that connection and not
@@ -286,6 +303,8 @@ async function loadThreads() {
     );
     renderThreads();
   } catch (error) {
+    if (session !== state.session) return;
+    state.stale = true;
     showComposerError(`The threads could not be loaded: ${messageOf(error)}`);
   }
 }
@@ -429,6 +448,7 @@ async function openThread(id) {
       renderThreads();
       replaceChildren(page.messages, h('p', { class: 'empty' }, 'This thread does not exist (it may have been deleted). A message sent now starts a new chat.'));
     } else {
+      state.stale = true;
       replaceChildren(page.messages, h('p', { class: 'error-text' }, `The messages could not be loaded: ${messageOf(error)}`));
     }
     return;
@@ -553,7 +573,7 @@ function renderAnswer(article) {
   const busy = run ? run.active : stored === undefined && article.dataset.status === 'running';
   // A run this page joined under way has only the end of its answer so far: said, and marked
   // with a leading "…", until the final event brings the whole answer.
-  const joined = run !== undefined && run.active && !run.fromStart;
+  const joined = run !== undefined && !run.done && !run.fromStart && run.startedAt !== null;
   const body = h('div', { class: 'text markdown' }, renderMarkdown(joined && text !== '' ? `… ${text}` : text));
   /** @type {HTMLElement[]} */
   const parts = [];
@@ -564,11 +584,14 @@ function renderAnswer(article) {
   if (report && typeof report === 'object') parts.push(reportCharts(report));
   const ended = run ? run.endSentence() : (article.dataset.ended ?? null);
   if (ended) parts.push(h('p', { class: 'run-end' }, ended));
+  // The run has ended, but its last events (the end of the answer) are not stored yet.
+  const delayed = run?.delayed ?? null;
+  if (delayed !== null) parts.push(h('p', { class: 'store-delayed', role: 'status', 'aria-label': 'Answer delayed' }, delayed.message));
   parts.push(
     h(
       'div',
       { class: 'answer-tools' },
-      text !== '' && !busy
+      text !== '' && !busy && delayed === null
         ? h(
             'button',
             {
@@ -666,7 +689,7 @@ function sendMessage() {
   const id = crypto.randomUUID();
   const element = userArticle(text);
   element.classList.add('pending');
-  state.pending.set(id, { text, threadId: state.threadId, element, sent: false });
+  state.pending.set(id, { text, threadId: state.threadId, element, sent: false, held: false });
   page.messages.querySelector('.welcome, .empty')?.remove();
   page.messages.append(element);
   page.message.value = '';
@@ -712,8 +735,46 @@ function notSent(id, why) {
   showComposerError(`Not sent: ${why}`);
 }
 
+/**
+ * Keeps a message refused for a passing reason (a slow store, a busy server): it stays in the
+ * conversation, saying why, with a button "Send again" that sends it with the same
+ * client_message_id (so that it can never start two runs). Never sent again by itself.
+ * @param {string} id its client_message_id
+ * @param {string} why the server's sentence
+ */
+function hold(id, why) {
+  const pending = state.pending.get(id);
+  if (pending === undefined) return;
+  pending.held = true;
+  pending.sent = false;
+  pending.element.classList.remove('pending');
+  pending.element.classList.add('not-sent');
+  pending.element.querySelector('.not-sent-note')?.remove();
+  pending.element.append(
+    h(
+      'div',
+      { class: 'not-sent-note' },
+      h('p', { class: 'error-text' }, `Not sent: ${why}`),
+      h('button', { type: 'button', class: 'link', onclick: () => sendAgain(id) }, 'Send again'),
+    ),
+  );
+  showComposerError(`Not sent: ${why}`);
+}
+
+/** @param {string} id the client_message_id of a held message */
+function sendAgain(id) {
+  const pending = state.pending.get(id);
+  if (pending === undefined || !pending.held) return;
+  pending.held = false;
+  pending.element.querySelector('.not-sent-note')?.remove();
+  pending.element.classList.remove('not-sent');
+  pending.element.classList.add('pending');
+  showComposerError('');
+  transmit(id);
+}
+
 function resendPending() {
-  for (const id of state.pending.keys()) transmit(id);
+  for (const [id, pending] of state.pending) if (!pending.held) transmit(id);
 }
 
 /** Sends `stop_agent` again on a new connection for a run still being stopped: the first one
@@ -783,6 +844,9 @@ function onFrame(frame) {
     case 'error':
       refused(frame.payload);
       return;
+    case 'store_delayed':
+      storeDelayed(frame.payload);
+      return;
     case 'heartbeat':
     case 'pong':
     case 'resumed':
@@ -829,11 +893,37 @@ function accepted(payload) {
 function refused(payload) {
   const message = String(payload?.message ?? 'The server refused the request.');
   if (typeof payload?.ref === 'string' && state.pending.has(payload.ref)) {
-    notSent(payload.ref, message);
+    if (PASSING.has(String(payload.code))) hold(payload.ref, message);
+    else notSent(payload.ref, message);
   } else {
     showComposerError(message);
   }
   updateStop();
+}
+
+/**
+ * A run of the user has ended, but the store has not stored its last events: the answer stops
+ * showing as under way and says so, until those events (the final one among them) come. A
+ * notice of a run this page does not show is ignored.
+ * @param {any} payload
+ */
+function storeDelayed(payload) {
+  if (typeof payload?.run_id !== 'string' || typeof payload.message !== 'string') return;
+  let run = state.runs.get(payload.run_id);
+  const article = articleOf(payload.run_id);
+  if (run === undefined) {
+    // An answer shown from the store, of a run still running when it was read: followed from
+    // here, so that its final event (which follows) completes it.
+    if (article === null || article.dataset.stored !== undefined || typeof payload.thread_id !== 'string') return;
+    run = new Run(payload.run_id, payload.thread_id);
+    state.runs.set(run.id, run);
+    forgetOldRuns();
+  }
+  if (!run.delay(payload)) return;
+  if (article !== null) drawSoon(run.id);
+  if (state.stopping === run.id) state.stopping = null;
+  updateStop();
+  renderThreads();
 }
 
 /** @param {any} event a run event, with its seq */
@@ -864,7 +954,7 @@ function applyEvent(event) {
     if (fresh && (state.shownRun === null || !state.runs.get(state.shownRun)?.active)) showTimeline(run.id);
   }
   if (!state.threads.some((thread) => thread.id === run.threadId)) reloadThreadsSoon();
-  if (!run.active) {
+  if (run.done) {
     if (state.stopping === run.id) state.stopping = null;
     updateStop();
     renderThreads();
@@ -888,7 +978,7 @@ function forgetOldRuns() {
   if (state.runs.size <= MAX_RUNS) return;
   for (const [id, run] of state.runs) {
     if (state.runs.size <= MAX_RUNS) break;
-    if (!run.active && id !== state.shownRun) state.runs.delete(id);
+    if (run.done && id !== state.shownRun) state.runs.delete(id);
   }
 }
 

@@ -14,6 +14,13 @@ const ENDED = {
   interrupted: 'was interrupted (the server stopped)',
 };
 
+/** The storage tiers a `store_delayed` notice names, as people call them. */
+const TIERS = { postgres: 'PostgreSQL', sqlite: 'SQLite' };
+
+/**
+ * @typedef {{ status: string, durationMs: number, tier: string, message: string }} Delayed
+ */
+
 export class Run {
   /**
    * @param {string} id
@@ -26,6 +33,12 @@ export class Run {
     this.text = '';
     /** @type {any} the final event's payload, once it came */
     this.final = null;
+    /**
+     * The `store_delayed` notice of the run, while its final event has not come: the run has
+     * ended, but the store has not stored its last events yet (they follow once it answers).
+     * @type {Delayed | null}
+     */
+    this.delayed = null;
     /** Whether this page saw the run's first event (else it joined a run under way). */
     this.fromStart = false;
     /** @type {string | null} the last error sentence of the run */
@@ -44,8 +57,36 @@ export class Run {
     this.listeners = new Set();
   }
 
+  /** Whether the run is under way: neither its final event nor a notice of its end came. */
   get active() {
-    return this.final === null;
+    return this.final === null && this.delayed === null;
+  }
+
+  /** Whether its final event came (a delayed run has ended, but is not done). */
+  get done() {
+    return this.final !== null;
+  }
+
+  /**
+   * A `store_delayed` notice of this run: it has ended, but its last events are not stored yet.
+   * Ignored once the final event came. Returns whether it was taken.
+   * @param {any} payload the notice's
+   */
+  delay(payload) {
+    if (this.final !== null || typeof payload?.message !== 'string') return false;
+    const status = String(payload.status ?? '');
+    const took = Number(payload.duration_ms);
+    this.delayed = {
+      status,
+      durationMs: Number.isFinite(took) ? took : 0,
+      tier: String(payload.tier ?? ''),
+      message: payload.message,
+    };
+    const ended = ENDED[/** @type {keyof typeof ENDED} */ (status)] ?? (status || 'ended');
+    const tier = TIERS[/** @type {keyof typeof TIERS} */ (this.delayed.tier)] ?? 'the store';
+    replaceChildren(this.heading, `Run ${shortId(this.id)}: ${ended} in ${duration(this.delayed.durationMs)}; its last steps show once ${tier} has stored them`);
+    for (const listener of this.listeners) listener();
+    return true;
   }
 
   /**
@@ -152,6 +193,7 @@ export class Run {
   /** @param {any} payload the final event's */
   finish(payload) {
     this.final = payload;
+    this.delayed = null;
     if (typeof payload.result?.text === 'string') this.text = payload.result.text;
     replaceChildren(this.heading, `Run ${shortId(this.id)}: ${ENDED[/** @type {keyof typeof ENDED} */ (payload.status)] ?? payload.status} in ${duration(Number(payload.duration_ms ?? 0))}`);
     replaceChildren(this.footer, timingsBar(payload.timings), modelCalls(payload.model_calls));

@@ -2,7 +2,7 @@
 // headless Chromium (Debian's, driven by playwright-core), and helpers that read like a person's
 // steps. Tests wait for what the page shows, never for a fixed time.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,6 +17,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 const TARGET = process.env.CARGO_TARGET_DIR ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR) : path.join(ROOT, 'target');
 /** The server binary (debug profile, as the rest of the suite uses). */
 export const BINARY = process.env.SWITCHBOARD_BIN ?? path.join(TARGET, 'debug', 'switchboard');
+/** The fault proxy (crates/faultproxy), which scripts/test-web builds with the server. */
+export const FAULTPROXY = process.env.SWITCHBOARD_FAULTPROXY_BIN ?? path.join(TARGET, 'debug', 'switchboard-faultproxy');
 /** Where screenshots go: on failure, and the viewport test's, for a person to look at. */
 export const SCREENSHOTS = path.join(TARGET, 'web-screenshots');
 /** The browser: Debian's `chromium` package, never a download. */
@@ -282,14 +284,229 @@ export async function startServer(options = {}) {
 
 process.on('exit', () => {
   // A test that threw before its clean-up: stop what it started, by PID.
-  for (const server of running) {
+  for (const pid of [...[...running].map((server) => server.pid), ...proxies]) {
     try {
-      process.kill(server.pid, 'SIGKILL');
+      process.kill(pid, 'SIGKILL');
     } catch {
       // already gone
     }
   }
 });
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL behind a fault proxy
+
+/**
+ * The admin URL of the throw-away PostgreSQL that scripts/test starts
+ * (`SWITCHBOARD_TEST_POSTGRES_URL`); without it the test fails, saying how to run it.
+ */
+export function postgresAdminUrl() {
+  const url = process.env.SWITCHBOARD_TEST_POSTGRES_URL;
+  if (!url) {
+    throw new Error(
+      'SWITCHBOARD_TEST_POSTGRES_URL is not set, so this test has no PostgreSQL to stall: run the browser tests through ' +
+        'scripts/test (it starts a throw-away PostgreSQL and exports it), or start one yourself: ' +
+        '`scripts/tiers start --postgres DIR; set -a; . DIR/env; set +a; scripts/test-web`',
+    );
+  }
+  return url;
+}
+
+/**
+ * Runs one SQL statement with psql; returns its unaligned output.
+ * @param {string} url
+ * @param {string} sql
+ * @param {string[]} [flags]
+ * @returns {Promise<string>}
+ */
+function psql(url, sql, flags = []) {
+  return new Promise((resolve, reject) => {
+    execFile('psql', [url, '-v', 'ON_ERROR_STOP=1', ...flags, '-qAtc', sql], { timeout: 30_000, maxBuffer: 64 << 20 }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`psql ${JSON.stringify(sql)} failed (${errorText(error)}): ${String(stderr).trim()}`));
+      else resolve(String(stdout));
+    });
+  });
+}
+
+let databases = 0;
+
+/**
+ * Creates a fresh database on the admin URL's server; returns its name.
+ * @param {string} adminUrl
+ */
+export async function createDatabase(adminUrl) {
+  databases += 1;
+  const name = `switchboard_web_${process.pid}_${databases}_${Math.random().toString(36).slice(2, 8)}`;
+  await psql(adminUrl, `CREATE DATABASE ${name}`);
+  return name;
+}
+
+/**
+ * Drops a database made by `createDatabase` (connections to it are ended).
+ * @param {string} adminUrl
+ * @param {string} name
+ */
+export async function dropDatabase(adminUrl, name) {
+  await psql(adminUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+}
+
+/**
+ * The rows of a query on a database of the test PostgreSQL (straight, not through the proxy),
+ * each as its columns' texts.
+ * @param {string} adminUrl
+ * @param {string} database
+ * @param {string} sql
+ * @returns {Promise<string[][]>}
+ */
+export async function queryDatabase(adminUrl, database, sql) {
+  const url = new URL(adminUrl);
+  url.pathname = `/${database}`;
+  const out = await psql(url.toString(), sql, ['-F', '\t']);
+  return out.split('\n').filter((line) => line !== '').map((line) => line.split('\t'));
+}
+
+/**
+ * @typedef {object} FaultProxy
+ * @property {string} address where it listens (`127.0.0.1:PORT`)
+ * @property {(command: 'none' | 'stall' | 'refuse' | 'cut' | `latency ${number}`) => Promise<string>} set
+ *   gives it a command and waits for its `ok` line
+ * @property {() => Promise<void>} stop `quit`, then SIGKILL if it does not exit in 5 s
+ */
+
+/** @type {Set<number>} the PIDs of the fault proxies still running */
+const proxies = new Set();
+
+/**
+ * Starts `switchboard-faultproxy --listen 127.0.0.1:0 --upstream <upstream>` and waits for the
+ * address it prints.
+ * @param {string} upstream `HOST:PORT`
+ * @returns {Promise<FaultProxy>}
+ */
+export async function startFaultProxy(upstream) {
+  if (!fs.existsSync(FAULTPROXY)) {
+    throw new Error(`the fault proxy ${FAULTPROXY} is missing: run \`cargo build -p switchboard-faultproxy\` (scripts/test-web does)`);
+  }
+  const child = spawn(FAULTPROXY, ['--listen', '127.0.0.1:0', '--upstream', upstream], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const pid = /** @type {number} */ (child.pid);
+  proxies.add(pid);
+  let errors = '';
+  /** @type {string[]} lines of standard output not yet taken */
+  const lines = [];
+  /** @type {Array<(line: string | null) => void>} */
+  const waiting = [];
+  let buffer = '';
+  let ended = false;
+  const give = (/** @type {string | null} */ line) => {
+    const next = waiting.shift();
+    if (next) next(line);
+    else if (line !== null) lines.push(line);
+  };
+  child.stdout.on('data', (/** @type {Buffer} */ chunk) => {
+    buffer += chunk.toString('utf8');
+    let at;
+    while ((at = buffer.indexOf('\n')) >= 0) {
+      give(buffer.slice(0, at).trim());
+      buffer = buffer.slice(at + 1);
+    }
+  });
+  child.stderr.on('data', (/** @type {Buffer} */ chunk) => {
+    errors += chunk.toString('utf8');
+  });
+  /** @type {Promise<void>} */
+  const exited = new Promise((resolve) =>
+    child.once('exit', () => {
+      ended = true;
+      proxies.delete(pid);
+      while (waiting.length) give(null);
+      resolve();
+    }),
+  );
+  /** The next line of its output, or null once it exited. */
+  const nextLine = (/** @type {number} */ ms) =>
+    new Promise((resolve, reject) => {
+      if (lines.length) return resolve(/** @type {string} */ (lines.shift()));
+      if (ended) return resolve(null);
+      const timer = setTimeout(() => reject(new Error(`the fault proxy said nothing within ${ms} ms; its errors: ${errors.trim() || '(none)'}`)), ms);
+      waiting.push((line) => {
+        clearTimeout(timer);
+        resolve(line);
+      });
+    });
+  const first = await nextLine(10_000);
+  const match = /^(\d+\.\d+\.\d+\.\d+:\d+)$/.exec(first ?? '');
+  if (!match) {
+    child.kill('SIGKILL');
+    throw new Error(`the fault proxy did not print its address (it said ${JSON.stringify(first)}; errors: ${errors.trim() || '(none)'})`);
+  }
+  /** One command at a time: each waits for the answer of the one before. */
+  let queue = Promise.resolve('');
+  return {
+    address: match[1],
+    set(command) {
+      const done = queue.then(async () => {
+        if (ended) throw new Error(`the fault proxy has exited; cannot \`${command}\` (errors: ${errors.trim() || '(none)'})`);
+        child.stdin.write(`${command}\n`);
+        const line = await nextLine(10_000);
+        if (line === null || !line.startsWith('ok')) {
+          throw new Error(`the fault proxy answered \`${command}\` with ${JSON.stringify(line)}; errors: ${errors.trim() || '(none)'}`);
+        }
+        return line;
+      });
+      queue = done.catch(() => '');
+      return done;
+    },
+    async stop() {
+      if (ended) return;
+      child.stdin.end('quit\n');
+      const late = new Promise((resolve) => setTimeout(() => resolve('late'), 5_000));
+      if ((await Promise.race([exited.then(() => 'gone'), late])) === 'late') {
+        child.kill('SIGKILL');
+        await exited;
+      }
+    },
+  };
+}
+
+/**
+ * @typedef {object} Postgres
+ * @property {string} adminUrl `SWITCHBOARD_TEST_POSTGRES_URL`
+ * @property {string} database the fresh database of the test
+ * @property {string} url the server's `--database-url`: that database, through the proxy
+ * @property {FaultProxy} proxy between the server and PostgreSQL
+ */
+
+/**
+ * A fresh database on the test PostgreSQL, and a fault proxy in front of it.
+ * @returns {Promise<Postgres & {close: (keep?: boolean) => Promise<void>}>} `close(true)` stops
+ *   the proxy but keeps the database
+ */
+export async function startPostgres() {
+  const adminUrl = postgresAdminUrl();
+  const admin = new URL(adminUrl);
+  const upstream = `${admin.hostname}:${admin.port || '5432'}`;
+  const database = await createDatabase(adminUrl);
+  let proxy;
+  try {
+    proxy = await startFaultProxy(upstream);
+  } catch (error) {
+    await dropDatabase(adminUrl, database).catch(() => {});
+    throw error;
+  }
+  const through = new URL(adminUrl);
+  through.host = proxy.address;
+  through.pathname = `/${database}`;
+  const started = proxy;
+  return {
+    adminUrl,
+    database,
+    url: through.toString(),
+    proxy,
+    async close(keep = false) {
+      await started.stop();
+      if (!keep) await dropDatabase(adminUrl, database);
+    },
+  };
+}
 
 // ---------------------------------------------------------------------------------------------
 // The REST API, from the test (with a token of the same user as the page)
@@ -405,8 +622,12 @@ export function fileName(name) {
  * `target/web-screenshots/<test name>[-N].png` and the failure says so, with the pages' errors
  * and the end of the server's log.
  * @param {string} name
- * @param {{server?: Parameters<typeof startServer>[0], viewport?: {width: number, height: number}, timeout?: number, llm?: import('./fake-llm.mjs').FakeLlmOptions}} options
- * @param {(session: Session & {llm?: import('./fake-llm.mjs').FakeLlm}) => Promise<void>} body
+ * `postgres`: the server's store is a fresh database on the test PostgreSQL
+ * (`SWITCHBOARD_TEST_POSTGRES_URL`, which scripts/test exports; without it the test fails),
+ * reached through a fault proxy (`session.postgres.proxy`), with a 500 ms deadline on each
+ * query; the proxy is set back to `none` before the servers stop.
+ * @param {{server?: Parameters<typeof startServer>[0], viewport?: {width: number, height: number}, timeout?: number, llm?: import('./fake-llm.mjs').FakeLlmOptions, postgres?: boolean}} options
+ * @param {(session: Session & {llm?: import('./fake-llm.mjs').FakeLlm, postgres?: Postgres}) => Promise<void>} body
  */
 export function webTest(name, options, body) {
   test(name, { timeout: options.timeout ?? TEST_TIMEOUT }, async () => {
@@ -418,11 +639,30 @@ export function webTest(name, options, body) {
     const servers = [];
     /** @type {string[]} */
     const problems = [];
+    /** @type {FaultProxy | undefined} */
+    let proxy;
+    /** @type {(() => string) | undefined} */
+    let postgresNote;
     let failed = false;
     try {
+      /** @type {Postgres | undefined} */
+      let postgres;
+      let serverOptions = options.server ?? {};
+      if (options.postgres) {
+        const started = await startPostgres();
+        // A failed test's database is kept with WEB_TEST_KEEP_DATA=1, as its data dir is.
+        cleanups.push(() => started.close(failed && Boolean(process.env.WEB_TEST_KEEP_DATA)));
+        postgres = started;
+        proxy = started.proxy;
+        postgresNote = () =>
+          `PostgreSQL database ${started.database} on ${started.adminUrl}${process.env.WEB_TEST_KEEP_DATA ? ', kept' : ', dropped; WEB_TEST_KEEP_DATA=1 keeps it'}`;
+        serverOptions = {
+          ...serverOptions,
+          args: [...(serverOptions.args ?? []), '--database-url', started.url, '--database-timeout-ms', '500'],
+        };
+      }
       /** @type {import('./fake-llm.mjs').FakeLlm | undefined} */
       let llm;
-      let serverOptions = options.server ?? {};
       if (options.llm) {
         const { startFakeLlm } = await import('./fake-llm.mjs');
         llm = await startFakeLlm(options.llm);
@@ -453,12 +693,13 @@ export function webTest(name, options, body) {
       };
       const context = await newContext();
       const page = await context.newPage();
-      /** @type {Session & {llm?: import('./fake-llm.mjs').FakeLlm}} */
+      /** @type {Session & {llm?: import('./fake-llm.mjs').FakeLlm, postgres?: Postgres}} */
       const session = {
         server,
         context,
         page,
         llm,
+        postgres,
         newContext,
         problems,
         startServer: startOne,
@@ -496,6 +737,7 @@ export function webTest(name, options, body) {
         }
       }
       if (problems.length) notes.push(`the pages reported:\n    ${problems.slice(-15).join('\n    ')}`);
+      if (postgresNote) notes.push(postgresNote());
       for (const s of servers) {
         const tail = s.log().trim().split('\n').slice(-12).join('\n    ');
         notes.push(`server ${s.url} (pid ${s.pid}, data ${s.dataDir}${process.env.WEB_TEST_KEEP_DATA ? ', kept' : ', removed; WEB_TEST_KEEP_DATA=1 keeps it'}) log, last lines:\n    ${tail}`);
@@ -509,6 +751,8 @@ export function webTest(name, options, body) {
       throw wrapped;
     } finally {
       for (const context of contexts) await context.close().catch(() => {});
+      // A stalled store would hold up the servers' shutdown.
+      if (proxy) await proxy.set('none').catch(() => {});
       for (const s of servers) await s.stop().catch(() => {});
       for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
       // A failed test's data dirs are kept with WEB_TEST_KEEP_DATA=1 (their paths are in the failure).
