@@ -92,6 +92,17 @@ async fn app_on_postgres_through_a_proxy(configure: impl FnOnce(&mut Config)) ->
     (spawn_app_on(store, analytics, configure).await, proxy)
 }
 
+/// No event was stored twice: a write whose answer a stall cut off, and which then landed, is
+/// not stored again when it is retried (each event is the same JSON but for its seq).
+fn assert_each_stored_once(events: &[Event]) {
+    let mut seen = std::collections::HashSet::new();
+    for event in events {
+        let mut json = serde_json::to_value(event).unwrap();
+        json.as_object_mut().unwrap().remove("seq");
+        assert!(seen.insert(json.to_string()), "stored twice: {event:?}");
+    }
+}
+
 /// Waits (on the real clock, at most `limit`) for the next `store_delayed` notice, collecting
 /// the events before it.
 async fn until_delayed(socket: &mut Socket, events: &mut Vec<Event>) -> StoreDelayed {
@@ -168,6 +179,7 @@ async fn while_postgres_stalls_runs_end_their_users_are_told_messages_are_refuse
     events.extend(rest);
     check_gapless(&events).unwrap();
     check_run(&events).unwrap();
+    assert_each_stored_once(&events);
     assert_eq!(final_status(&events), Some(RunStatus::Completed));
     let again = send(&mut socket, "and now?").await;
     let after = tokio::time::timeout(Duration::from_secs(30), events_until_final(&mut socket, &again.run_id))
@@ -291,5 +303,6 @@ async fn a_run_whose_deadline_passes_while_postgres_stalls_ends_by_it_and_is_tol
     events.extend(rest);
     check_gapless(&events).unwrap();
     check_run(&events).unwrap();
+    assert_each_stored_once(&events);
     assert_eq!(final_status(&events), Some(RunStatus::TimedOut));
 }
