@@ -6,11 +6,16 @@
 //! materialized views of every insert keep roll-ups beside them: the sums of each roll-up cell
 //! (clock hour, model, feature, batch flag) with the calls left out, the sketch bins of latency
 //! and of prompt size per hour of the day, model, feature and batch flag (the only grain at
-//! which the summary merges sketches), and the calls and cost of each prompt. A summary of all
-//! of a user's calls reads the roll-ups; one of a bounded range runs the same aggregates over
-//! the range's rows. [`SummaryBuilder`] then turns them into the same [`Summary`] the embedded
+//! which the summary merges sketches) and per clock hour, and the calls and cost of each
+//! prompt, all told and per day. A summary of all of a user's calls reads the roll-ups of all
+//! time; one of a bounded range reads its whole hours (cells, bins) and whole days (prompts)
+//! from the clock-hour and daily roll-ups and only the part of an hour or day at each end from
+//! the rows. [`SummaryBuilder`] then turns them into the same [`Summary`] the embedded
 //! backend gives: counts and sums exact (costs summed as integers, so in any order to the same
 //! bits), percentiles within [`switchboard_store::PERCENTILE_RELATIVE_ERROR`].
+//!
+//! `connect` brings a database of schema version 1 (without the clock-hour bins and daily
+//! prompts) to version 2 once, building them from the rows.
 //!
 //! An upload is one insert of one block, so the calls are stored whole or not at all; the views
 //! write their roll-ups in the same insert, after the calls (ClickHouse has no transaction
@@ -341,8 +346,9 @@ impl ClickHouseAnalytics {
     }
 
     /// One reading of a summary, or `None` when its queries saw different calls (an upload
-    /// landed between them). A range open at both ends reads the roll-ups; any other reads the
-    /// range's rows.
+    /// landed between them). A range open at both ends reads the roll-ups of all time; any
+    /// other reads the clock-hour and daily roll-ups of its whole hours and days and the rows
+    /// of the rest.
     async fn read_summary(&self, user: &UserId, range: TimeRange) -> Result<Option<Summary>, StoreError> {
         let (cells, latency, prompt_tokens, prompts) = if range.from.is_none() && range.to.is_none() {
             let (cells, bins, prompts) = tokio::try_join!(
@@ -712,4 +718,22 @@ pub async fn scratch_database(server_url: &str) -> Result<String, StoreError> {
         )));
     }
     Ok(address.with_database(&name).url())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_days_are_rolled_up_in_runs_of_about_the_calls_asked_for() {
+        let cases: [(&[(i64, u64)], Vec<(i64, i64)>); 4] = [
+            (&[], vec![]),
+            (&[(5, 3), (6, 4), (9, 3)], vec![(5, 10)]),
+            (&[(5, 6), (6, 5), (7, 20), (8, 1)], vec![(5, 6), (6, 7), (7, 8), (8, 9)]),
+            (&[(1, 4), (2, 6), (3, 1)], vec![(1, 3), (3, 4)]),
+        ];
+        for (days, expected) in cases {
+            assert_eq!(chunks(days, 10), expected, "{days:?}");
+        }
+    }
 }

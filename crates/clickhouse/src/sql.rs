@@ -660,6 +660,39 @@ mod tests {
     }
 
     #[test]
+    fn a_range_is_split_into_whole_units_and_the_edges_read_from_the_rows() {
+        let h = HOUR_MS;
+        let cases = [
+            ((Some(10 * h), Some(24 * h)), Some((Some(10), Some(24))), vec![]),
+            (
+                (Some(10 * h + 15), Some(12 * h + 30)),
+                Some((Some(11), Some(12))),
+                vec![(10 * h + 15, 11 * h), (12 * h, 12 * h + 30)],
+            ),
+            (
+                (Some(10 * h + 15), Some(10 * h + 45)),
+                None,
+                vec![(10 * h + 15, 10 * h + 45)],
+            ),
+            (
+                (Some(10 * h + 15), Some(11 * h + 45)),
+                None,
+                vec![(10 * h + 15, 11 * h + 45)],
+            ),
+            (
+                (None, Some(10 * h + 45)),
+                Some((None, Some(10))),
+                vec![(10 * h, 10 * h + 45)],
+            ),
+            ((Some(-h - 1), None), Some((Some(-1), None)), vec![(-h - 1, -h)]),
+            ((Some(10 * h + 45), Some(10 * h + 15)), None, vec![]),
+        ];
+        for ((from, to), whole, edges) in cases {
+            assert_eq!(split(from, to, h), Split { whole, edges }, "{from:?}..{to:?}");
+        }
+    }
+
+    #[test]
     fn a_float_is_written_exactly() {
         assert_eq!(float(86_400_000.0), "86400000");
         assert_eq!(float(0.01), "reinterpretAsFloat64(unhex('7B14AE47E17A843F'))");
