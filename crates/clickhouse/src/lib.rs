@@ -726,7 +726,8 @@ mod tests {
 
     #[test]
     fn the_days_are_rolled_up_in_runs_of_about_the_calls_asked_for() {
-        let cases: [(&[(i64, u64)], Vec<(i64, i64)>); 4] = [
+        type Days = &'static [(i64, u64)];
+        let cases: [(Days, Vec<(i64, i64)>); 4] = [
             (&[], vec![]),
             (&[(5, 3), (6, 4), (9, 3)], vec![(5, 10)]),
             (&[(5, 6), (6, 5), (7, 20), (8, 1)], vec![(5, 6), (6, 7), (7, 8), (8, 9)]),
