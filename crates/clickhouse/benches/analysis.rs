@@ -1,5 +1,7 @@
 //! The analysis' store query (`workload_summary`) over N calls of one user (default ten
-//! million; `SWITCHBOARD_BENCH_CALLS`) among other users' calls, in ClickHouse, with the
+//! million; `SWITCHBOARD_BENCH_CALLS`) among other users' calls, in ClickHouse, over all of
+//! the user's calls and over a bounded range (the month but its first and last half hour:
+//! whole hours and days from the roll-ups, the edges from the rows), with the
 //! embedded SQLite store's figure for a million calls beside it (`SWITCHBOARD_BENCH_SQLITE_CALLS`,
 //! 0 to leave it out). The calls are the month of `crates/store/benches/aggregates.rs`, made by
 //! ClickHouse itself (`INSERT … SELECT … FROM numbers(N)`, the same formulas); the ingest rate
@@ -55,7 +57,8 @@ fn event(i: u64) -> WorkloadEvent {
 }
 
 /// The same calls as [`event`], made by ClickHouse from `numbers()`, for `user`: numbers
-/// `first..first + count`. The columns are `workload_events`' (schema version 1).
+/// `first..first + count`. The columns are `workload_events`' (the same in schema versions 1
+/// and 2).
 fn insert_select(database: &str, user: &UserId, first: u64, count: u64) -> String {
     let list = |names: &[&str]| {
         let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
@@ -101,21 +104,25 @@ fn spread(mut times: Vec<Duration>) -> (f64, f64, f64) {
     (ms(times[times.len() / 2]), ms(times[0]), ms(times[times.len() - 1]))
 }
 
-/// Times `runs` summaries of `user` after one to warm up.
+/// Times `runs` summaries of `user` over `range` after one to warm up, which must count
+/// `calls` calls (any number when `None`).
 async fn time_summaries(
     store: &dyn AnalyticsStore,
     user: &UserId,
+    range: TimeRange,
     runs: usize,
-    calls: u64,
+    calls: Option<u64>,
 ) -> anyhow::Result<Vec<Duration>> {
-    let summary = store.workload_summary(user, TimeRange::default()).await?;
-    if summary.totals.usage.calls != calls {
+    let summary = store.workload_summary(user, range).await?;
+    if let Some(calls) = calls
+        && summary.totals.usage.calls != calls
+    {
         bail!("the summary has {} calls, not {calls}", summary.totals.usage.calls);
     }
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let started = Instant::now();
-        store.workload_summary(user, TimeRange::default()).await?;
+        store.workload_summary(user, range).await?;
         times.push(started.elapsed());
     }
     Ok(times)
@@ -193,7 +200,14 @@ async fn measure(
     }
     let load = started.elapsed();
     // Merged, as the tables are once the server's background merges have caught up.
-    for table in ["workload_events", "workload_cells", "workload_bins", "workload_prompts"] {
+    for table in [
+        "workload_events",
+        "workload_cells",
+        "workload_bins",
+        "workload_prompts",
+        "workload_hour_bins",
+        "workload_day_prompts",
+    ] {
         run_sql(server, format!("OPTIMIZE TABLE {database}.{table} FINAL")).await?;
     }
 
@@ -203,16 +217,15 @@ async fn measure(
     if counted != calls {
         bail!("{counted} calls stored, not {calls}");
     }
-    let (median, min, max) = spread(time_summaries(store, &user, 7, calls).await?);
-    // A range that ends mid-month reads the rows, not the roll-ups.
+    let (median, min, max) = spread(time_summaries(store, &user, TimeRange::default(), 7, Some(calls)).await?);
+    // The month but its first and last half hour: whole hours and days from the roll-ups, the
+    // two half hours (and the rest of their days' prompts) from the rows.
     let start = Timestamp::parse(START).unwrap().unix_millis();
     let bounded = TimeRange {
         from: Timestamp::from_unix_millis(start + 3_600_000 / 2),
         to: Timestamp::from_unix_millis(start + MONTH_MS - 3_600_000 / 2),
     };
-    let started = Instant::now();
-    store.workload_summary(&user, bounded).await?;
-    let bounded_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (bounded_median, bounded_min, bounded_max) = spread(time_summaries(store, &user, bounded, 7, None).await?);
 
     println!("| store | calls | load (s) | ingest (calls/s) | count (ms) | workload_summary median (ms) | min | max |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -220,7 +233,10 @@ async fn measure(
         "| ClickHouse | {calls} | {:.1} (INSERT SELECT) | {ingest:.0} | {count_ms:.1} | {median:.0} | {min:.0} | {max:.0} |",
         load.as_secs_f64()
     );
-    println!("| ClickHouse, a range from the rows (one run) | {calls} | | | | {bounded_ms:.0} | | |");
+    println!(
+        "| ClickHouse, the month but its first and last half hour | {calls} | | | | {bounded_median:.0} | \
+         {bounded_min:.0} | {bounded_max:.0} |"
+    );
 
     if sqlite_calls > 0 {
         let dir = tempfile::tempdir()?;
@@ -237,7 +253,8 @@ async fn measure(
         let started = Instant::now();
         sqlite.workload_event_count(&user).await?;
         let count_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (median, min, max) = spread(time_summaries(&sqlite, &user, 5, sqlite_calls).await?);
+        let (median, min, max) =
+            spread(time_summaries(&sqlite, &user, TimeRange::default(), 5, Some(sqlite_calls)).await?);
         println!(
             "| SQLite (embedded) | {sqlite_calls} | {load:.1} | {:.0} | {count_ms:.1} | {median:.0} | {min:.0} | {max:.0} |",
             sqlite_calls as f64 / load

@@ -6,11 +6,16 @@
 //! materialized views of every insert keep roll-ups beside them: the sums of each roll-up cell
 //! (clock hour, model, feature, batch flag) with the calls left out, the sketch bins of latency
 //! and of prompt size per hour of the day, model, feature and batch flag (the only grain at
-//! which the summary merges sketches), and the calls and cost of each prompt. A summary of all
-//! of a user's calls reads the roll-ups; one of a bounded range runs the same aggregates over
-//! the range's rows. [`SummaryBuilder`] then turns them into the same [`Summary`] the embedded
+//! which the summary merges sketches) and per clock hour, and the calls and cost of each
+//! prompt, all told and per day. A summary of all of a user's calls reads the roll-ups of all
+//! time; one of a bounded range reads its whole hours (cells, bins) and whole days (prompts)
+//! from the clock-hour and daily roll-ups and only the part of an hour or day at each end from
+//! the rows. [`SummaryBuilder`] then turns them into the same [`Summary`] the embedded
 //! backend gives: counts and sums exact (costs summed as integers, so in any order to the same
 //! bits), percentiles within [`switchboard_store::PERCENTILE_RELATIVE_ERROR`].
+//!
+//! `connect` brings a database of schema version 1 (without the clock-hour bins and daily
+//! prompts) to version 2 once, building them from the rows.
 //!
 //! An upload is one insert of one block, so the calls are stored whole or not at all; the views
 //! write their roll-ups in the same insert, after the calls (ClickHouse has no transaction
@@ -60,6 +65,33 @@ impl Default for ClickHouseOptions {
 /// How many times a summary is read again when an upload landed between its queries (each
 /// query reads the parts of the table there are when it starts).
 const SUMMARY_ATTEMPTS: usize = 3;
+
+/// How many times the move to schema version 2 is made again when calls were uploaded while
+/// it read the rows.
+const MIGRATION_ATTEMPTS: usize = 3;
+
+/// About how many calls the move to schema version 2 rolls up in one statement (whole days:
+/// a day with more is one statement).
+const MIGRATION_CHUNK_CALLS: u64 = 1_000_000;
+
+/// Consecutive runs of `days` (day, calls), in order, of about `calls` calls each (a day with
+/// more is a run of its own), as days `first..end`.
+fn chunks(days: &[(i64, u64)], calls: u64) -> Vec<(i64, i64)> {
+    let mut chunks: Vec<(i64, i64)> = Vec::new();
+    let mut open: Option<(i64, i64, u64)> = None;
+    for &(day, count) in days {
+        open = match open {
+            Some((first, _, counted)) if counted + count <= calls => Some((first, day + 1, counted + count)),
+            Some((first, end, _)) => {
+                chunks.push((first, end));
+                Some((day, day + 1, count))
+            }
+            None => Some((day, day + 1, count)),
+        };
+    }
+    chunks.extend(open.map(|(first, end, _)| (first, end)));
+    chunks
+}
 
 /// Workload data in a ClickHouse database.
 #[derive(Debug, Clone)]
@@ -113,7 +145,12 @@ impl ClickHouseAnalytics {
         ]) {
             store.execute(statement, doing).await?;
         }
-        if rows == 0 {
+        if rows > 0 && version == sql::VERSION_1 {
+            store.build_version_2().await?;
+        } else {
+            store.create_version_2().await?;
+        }
+        if rows == 0 || version < u64::from(sql::SCHEMA_VERSION) {
             store
                 .execute(
                     format!("INSERT INTO schema_version (version) VALUES ({})", sql::SCHEMA_VERSION),
@@ -124,9 +161,138 @@ impl ClickHouseAnalytics {
         Ok(store)
     }
 
+    /// Creates the tables and views version 2 added (when missing), the views after the
+    /// tables they write to.
+    async fn create_version_2(&self) -> Result<(), StoreError> {
+        let mut statements = vec![
+            (
+                sql::CREATE_HOUR_BINS.to_owned(),
+                "creating the workload_hour_bins table",
+            ),
+            (
+                sql::CREATE_DAY_PROMPTS.to_owned(),
+                "creating the workload_day_prompts table",
+            ),
+            (sql::create_day_prompts_view(), "creating the workload_day_prompts view"),
+        ];
+        for (view, _) in sql::create_hour_bins_views() {
+            statements.push((view, "creating an hourly bins view"));
+        }
+        for (statement, doing) in statements {
+            self.execute(statement, doing).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings a version-1 database to version 2: the roll-ups of bounded ranges, made anew
+    /// (whatever an earlier attempt left) and built from the rows, in chunks of whole days of
+    /// about [`MIGRATION_CHUNK_CALLS`] calls each (a chunk's aggregation fits the server's
+    /// memory limit; each statement under the insert deadline). The views are made before the
+    /// rows are read, so that no upload is missed; an upload that lands while the rows are
+    /// read would be counted twice, so the calls are counted before and after and the whole
+    /// is made again when they differ.
+    async fn build_version_2(&self) -> Result<(), StoreError> {
+        let count_all = || async {
+            let answer = self
+                .run_statement(
+                    "SELECT count() FROM workload_events FORMAT TabSeparated".to_owned(),
+                    "counting the calls to bring the schema to version 2",
+                )
+                .await?;
+            self.one_row(&answer, "the count of all calls", |row| row.u64(0))
+        };
+        for _ in 0..MIGRATION_ATTEMPTS {
+            let before = count_all().await?;
+            for table in sql::version_2_tables() {
+                self.execute(
+                    format!("DROP TABLE IF EXISTS {table}"),
+                    "dropping what an earlier move to version 2 left",
+                )
+                .await?;
+            }
+            self.create_version_2().await?;
+            let answer = self
+                .run_statement(
+                    format!(
+                        "SELECT intDiv(ts, {day}) AS day, count() FROM workload_events WHERE {in_range} \
+                         GROUP BY day ORDER BY day FORMAT TabSeparated",
+                        day = sql::DAY_MS,
+                        in_range = sql::in_range(),
+                    ),
+                    "counting the calls per day to bring the schema to version 2",
+                )
+                .await?;
+            let days = rows::rows(&answer, 2)
+                .and_then(|rows| {
+                    rows.iter()
+                        .map(|row| Ok((row.i64(0)?, row.u64(1)?)))
+                        .collect::<Result<Vec<_>, String>>()
+                })
+                .map_err(|e| self.corrupt("the calls per day", &e))?;
+            for (first, end) in chunks(&days, MIGRATION_CHUNK_CALLS) {
+                let range = format!("ts >= {} AND ts < {}", first * sql::DAY_MS, end * sql::DAY_MS);
+                let statements = [
+                    (
+                        format!(
+                            "INSERT INTO workload_hour_bins {}",
+                            sql::hour_bins_of_rows(&range, Sketched::Latency)
+                        ),
+                        "building the hourly latency bins from the calls",
+                    ),
+                    (
+                        format!(
+                            "INSERT INTO workload_hour_bins {}",
+                            sql::hour_bins_of_rows(&range, Sketched::PromptTokens)
+                        ),
+                        "building the hourly prompt size bins from the calls",
+                    ),
+                    (
+                        format!("INSERT INTO workload_day_prompts {}", sql::day_prompts_of_rows(&range)),
+                        "building the daily prompts from the calls",
+                    ),
+                ];
+                for (statement, doing) in statements {
+                    let answer = self.run_statement(statement, doing).await?;
+                    if !answer.is_empty() {
+                        return Err(self.corrupt(
+                            doing,
+                            &format!("an answer where none was due: {}", http::quote(&answer)),
+                        ));
+                    }
+                }
+            }
+            let after = count_all().await?;
+            if before == after {
+                tracing::info!(
+                    calls = after,
+                    "brought the ClickHouse workload schema to version {}",
+                    sql::SCHEMA_VERSION
+                );
+                return Ok(());
+            }
+            tracing::warn!("calls were stored while the schema was brought to version 2; building it again");
+        }
+        Err(StoreError::Backend(format!(
+            "{}: calls kept being stored while the workload schema was brought to version {} \
+             ({MIGRATION_ATTEMPTS} times); connect again while no calls are uploaded",
+            self.server.address.place(),
+            sql::SCHEMA_VERSION
+        )))
+    }
+
+    /// A statement of the move to a new schema, under the insert deadline (it reads and writes
+    /// many rows).
+    async fn run_statement(&self, statement: String, doing: &str) -> Result<Vec<u8>, StoreError> {
+        self.run(statement, self.options.insert_timeout, doing).await
+    }
+
     /// A query's answer.
     async fn query(&self, query: String, doing: &str) -> Result<Vec<u8>, StoreError> {
-        let deadline = self.options.query_timeout;
+        self.run(query, self.options.query_timeout, doing).await
+    }
+
+    /// A query's answer within `deadline`.
+    async fn run(&self, query: String, deadline: Duration, doing: &str) -> Result<Vec<u8>, StoreError> {
         // The server stops a query the client has given up on (in whole seconds, at least 1).
         let limit = deadline.as_secs_f64().ceil().max(1.0) as u64;
         self.server
@@ -180,8 +346,9 @@ impl ClickHouseAnalytics {
     }
 
     /// One reading of a summary, or `None` when its queries saw different calls (an upload
-    /// landed between them). A range open at both ends reads the roll-ups; any other reads the
-    /// range's rows.
+    /// landed between them). A range open at both ends reads the roll-ups of all time; any
+    /// other reads the clock-hour and daily roll-ups of its whole hours and days and the rows
+    /// of the rest.
     async fn read_summary(&self, user: &UserId, range: TimeRange) -> Result<Option<Summary>, StoreError> {
         let (cells, latency, prompt_tokens, prompts) = if range.from.is_none() && range.to.is_none() {
             let (cells, bins, prompts) = tokio::try_join!(
@@ -194,16 +361,17 @@ impl ClickHouseAnalytics {
             )?;
             (cells, bins, Vec::new(), prompts)
         } else {
-            let rows = sql::range(
-                user.as_str(),
-                range.from.map(|t| t.unix_millis()),
-                range.to.map(|t| t.unix_millis()),
-            );
+            let (from, to) = (range.from.map(|t| t.unix_millis()), range.to.map(|t| t.unix_millis()));
+            let (hours, days) = (sql::split(from, to, sql::HOUR_MS), sql::split(from, to, sql::DAY_MS));
+            let user = user.as_str();
             tokio::try_join!(
-                self.query(sql::cells(&rows), "summing the workload cells"),
-                self.query(sql::sketch_bins(&rows, Sketched::Latency), "counting latencies"),
-                self.query(sql::sketch_bins(&rows, Sketched::PromptTokens), "counting prompt sizes"),
-                self.query(sql::repeated_prompts(&rows), "counting repeated prompts"),
+                self.query(sql::bounded_cells(user, &hours), "summing the workload cells"),
+                self.query(sql::bounded_bins(user, &hours, Sketched::Latency), "counting latencies"),
+                self.query(
+                    sql::bounded_bins(user, &hours, Sketched::PromptTokens),
+                    "counting prompt sizes"
+                ),
+                self.query(sql::bounded_repeated_prompts(user, &days), "counting repeated prompts"),
             )?
         };
         let mut cells = read_cells(&cells).map_err(|e| self.corrupt("the workload cells", &e))?;
@@ -340,7 +508,7 @@ fn cost(row: &rows::Row<'_>, first: usize) -> Result<f64, String> {
         + rest as f64 / 2f64.powi((sql::COST_UNIT_SHIFT + rest_bits) as i32))
 }
 
-/// A cells answer ([`sql::cells`], [`sql::rolled_up_cells`]), checked: counts consistent,
+/// A cells answer ([`sql::bounded_cells`], [`sql::rolled_up_cells`]), checked: counts consistent,
 /// times and bounds in order.
 fn read_cells(answer: &[u8]) -> Result<Cells, String> {
     let mut cells = Cells::default();
@@ -422,7 +590,8 @@ enum Kind {
 /// The (bin, count) pairs of a class, the zero bin as [`sql::ZERO_BIN`].
 type Bins = Vec<(i32, u64)>;
 
-/// A sketch bins answer ([`sql::sketch_bins`], [`sql::rolled_up_bins`]).
+/// A sketch bins answer ([`sql::bounded_bins`], [`sql::rolled_up_bins`]): a row per class, or
+/// several (their bins add up).
 fn read_bins(answer: &[u8]) -> Result<HashMap<(Kind, Class), Bins>, String> {
     let mut classes: HashMap<(Kind, Class), Bins> = HashMap::new();
     for row in rows::rows(answer, 8)? {
@@ -549,4 +718,23 @@ pub async fn scratch_database(server_url: &str) -> Result<String, StoreError> {
         )));
     }
     Ok(address.with_database(&name).url())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_days_are_rolled_up_in_runs_of_about_the_calls_asked_for() {
+        type Days = &'static [(i64, u64)];
+        let cases: [(Days, Vec<(i64, i64)>); 4] = [
+            (&[], vec![]),
+            (&[(5, 3), (6, 4), (9, 3)], vec![(5, 10)]),
+            (&[(5, 6), (6, 5), (7, 20), (8, 1)], vec![(5, 6), (6, 7), (7, 8), (8, 9)]),
+            (&[(1, 4), (2, 6), (3, 1)], vec![(1, 3), (3, 4)]),
+        ];
+        for (days, expected) in cases {
+            assert_eq!(chunks(days, 10), expected, "{days:?}");
+        }
+    }
 }

@@ -5,8 +5,12 @@
 //!
 //! Everything here exists in ClickHouse 18.16 and in current releases: MergeTree with
 //! `ORDER BY`, `intDiv`, `log`, `ceil`, `hex`, `unhex`, `reinterpretAsFloat64`,
-//! `reinterpretAsString`, `toDecimal128`, `countIf`/`sumIf`/`minIf`/`maxIf`, `HAVING`, and
-//! the `TabSeparated` and `RowBinary` formats.
+//! `reinterpretAsString`, `toDecimal128`, `countIf`/`sumIf`/`minIf`/`maxIf`, `HAVING`,
+//! `UNION ALL` in a subquery, `sumForEach` (over arrays of one length), `arrayResize`,
+//! `arrayPushBack`, `arrayFilter`, `arrayMap`, `arrayEnumerate`, `emptyArrayUInt64`,
+//! `emptyArrayInt64`, and the
+//! `TabSeparated` and `RowBinary` formats. A materialized view of 18.16 must select from the
+//! table it watches directly (a view over a subquery of it fails at the insert).
 
 use std::fmt::Write;
 
@@ -15,8 +19,19 @@ use switchboard_store::{
     SHORT_OUTPUT_TOKENS, Sketch,
 };
 
-/// The version of the schema below; a database of a newer one is refused.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+/// The version of the schema below; a database of a newer one is refused. 1: the calls and
+/// the roll-ups of all of a user's calls (`workload_cells`, `workload_bins`,
+/// `workload_prompts`); 2: the roll-ups a bounded range reads too, the sketch bins per clock
+/// hour (`workload_hour_bins`) and the prompts per day (`workload_day_prompts`), built from
+/// the rows once when a version-1 database is connected to.
+pub(crate) const SCHEMA_VERSION: u32 = 2;
+
+/// The version before the roll-ups of bounded ranges.
+pub(crate) const VERSION_1: u64 = 1;
+
+/// An hour and a day in milliseconds.
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+pub(crate) const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// The versions a database's schema has been through (one row each).
 pub(crate) const CREATE_SCHEMA_VERSION: &str = "CREATE TABLE IF NOT EXISTS schema_version \
@@ -84,6 +99,78 @@ pub(crate) fn range(user: &str, from: Option<i64>, to: Option<i64>) -> String {
         let _ = write!(condition, " AND ts < {to}");
     }
     condition
+}
+
+/// How a bounded range is read: the whole units (hours or days) inside it from a roll-up, the
+/// rest (the part of a unit at either end, when a bound falls inside one) from the rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Split {
+    /// Units `from..to` (an open end: all units on that side); `None`: no whole unit.
+    pub(crate) whole: Option<(Option<i64>, Option<i64>)>,
+    /// Millisecond ranges `from..to` read from the rows.
+    pub(crate) edges: Vec<(i64, i64)>,
+}
+
+/// `from..to` in milliseconds (an open end: everything on that side) split at `unit`.
+pub(crate) fn split(from: Option<i64>, to: Option<i64>, unit: i64) -> Split {
+    let first = from.map(|ms| ms.div_euclid(unit) + i64::from(ms.rem_euclid(unit) != 0));
+    let end = to.map(|ms| ms.div_euclid(unit));
+    if let (Some(first), Some(end)) = (first, end)
+        && first >= end
+    {
+        // No whole unit lies between the bounds.
+        let edges = match (from, to) {
+            (Some(from), Some(to)) if from < to => vec![(from, to)],
+            _ => Vec::new(),
+        };
+        return Split { whole: None, edges };
+    }
+    let mut edges = Vec::new();
+    if let (Some(ms), Some(first)) = (from, first)
+        && ms < first.saturating_mul(unit)
+    {
+        edges.push((ms, first.saturating_mul(unit)));
+    }
+    if let (Some(ms), Some(end)) = (to, end)
+        && end.saturating_mul(unit) < ms
+    {
+        edges.push((end.saturating_mul(unit), ms));
+    }
+    Split {
+        whole: Some((first, end)),
+        edges,
+    }
+}
+
+impl Split {
+    /// The condition on a roll-up's `column` (a unit) that takes the whole units.
+    fn whole_units(&self, column: &str) -> Option<String> {
+        let (from, to) = self.whole?;
+        let mut condition = "1".to_owned();
+        if let Some(from) = from {
+            let _ = write!(condition, " AND {column} >= {from}");
+        }
+        if let Some(to) = to {
+            let _ = write!(condition, " AND {column} < {to}");
+        }
+        Some(condition)
+    }
+
+    /// The condition on `workload_events` that takes `user`'s rows of the edges (none when
+    /// there are no edges).
+    fn edge_rows(&self, user: &str) -> String {
+        let edges: Vec<String> = self
+            .edges
+            .iter()
+            .map(|(from, to)| format!("(ts >= {from} AND ts < {to})"))
+            .collect();
+        let edges = if edges.is_empty() {
+            "0".to_owned()
+        } else {
+            edges.join(" OR ")
+        };
+        format!("user = {} AND ({edges})", string(user))
+    }
 }
 
 /// Whether a row's figures are in range: `CallFigures::in_range` in SQL. A comparison with
@@ -284,24 +371,44 @@ fn cells_of_rows(range: &str, roll_up: bool) -> String {
     )
 }
 
-/// A summary's cells of the rows of `range` (any range). Columns: hour, hex(model),
-/// has_feature, hex(feature), batch, then [`cell_aggregates`] in order.
-pub(crate) fn cells(range: &str) -> String {
-    format!("{} FORMAT TabSeparated", cells_of_rows(range, false))
-}
-
-/// A summary's cells of all of `user`'s calls, from the roll-up; the same columns.
-pub(crate) fn rolled_up_cells(user: &str) -> String {
+/// The cells of `user`'s hours where `hours` holds, from the roll-up. Columns: hour,
+/// hex(model), has_feature, hex(feature), batch, then [`cell_aggregates`] in order (as
+/// [`cells_of_rows`] gives them without `roll_up`).
+fn rolled_up_cells_of(user: &str, hours: &str) -> String {
     let aggregates: Vec<String> = cell_aggregates()
         .into_iter()
         .map(|(name, function, kind, _)| bits(kind, format!("{function}Merge({name})")))
         .collect();
     format!(
-        "SELECT hour, hex(model), has_feature, hex(feature), batch, {} FROM workload_cells WHERE user = {} \
-         GROUP BY hour, model, has_feature, feature, batch FORMAT TabSeparated",
+        "SELECT hour, hex(model), has_feature, hex(feature), batch, {} FROM workload_cells \
+         WHERE user = {} AND {hours} GROUP BY hour, model, has_feature, feature, batch",
         aggregates.join(", "),
         string(user)
     )
+}
+
+/// A summary's cells of all of `user`'s calls, from the roll-up; the same columns.
+pub(crate) fn rolled_up_cells(user: &str) -> String {
+    format!("{} FORMAT TabSeparated", rolled_up_cells_of(user, "1"))
+}
+
+/// A summary's cells of `user`'s calls in a bounded range split at hours: the whole hours
+/// from the roll-up, the edges from the rows; the same columns. A whole hour and an edge are
+/// never the same hour, so no cell comes twice.
+pub(crate) fn bounded_cells(user: &str, hours: &Split) -> String {
+    let rows = cells_of_rows(&hours.edge_rows(user), false);
+    union(
+        hours.whole_units("hour").map(|whole| rolled_up_cells_of(user, &whole)),
+        rows,
+    )
+}
+
+/// The rows of `rolled_up` (if any) and of `rows`, as one answer.
+fn union(rolled_up: Option<String>, rows: String) -> String {
+    match rolled_up {
+        Some(rolled_up) => format!("SELECT * FROM ({rolled_up} UNION ALL {rows}) FORMAT TabSeparated"),
+        None => format!("{rows} FORMAT TabSeparated"),
+    }
 }
 
 /// Which values a sketch counts.
@@ -319,21 +426,126 @@ pub(crate) const ZERO_BIN: i32 = -1_000_000;
 /// materialized view). The bin is [`Sketch::bin_of`] in SQL; at the very edge of a bin
 /// ClickHouse's logarithm may round the other way, which the sketch's bound allows (see there).
 fn bins_of_rows(range: &str, values: Sketched, roll_up: bool) -> String {
-    let (kind, value, only) = match values {
-        Sketched::Latency => (0, "latency_ms", " AND has_latency = 1"),
-        Sketched::PromptTokens => (1, "toFloat64(input_tokens)", ""),
-    };
+    let (kind, value, only) = sketched(values);
     let user = if roll_up { "user, " } else { "" };
     format!(
         "SELECT {user}toUInt8({kind}) AS kind, toUInt8(intDiv(ts, 3600000) % 24) AS hour_of_day, model, has_feature, \
-             feature, batch, toInt32(if({value} <= {zero}, {ZERO_BIN}, ceil(log({value}) / {ln_gamma}))) AS bin, \
-             count() AS n \
+             feature, batch, {bin} AS bin, count() AS n \
          FROM workload_events WHERE {range} AND {in_range}{only} \
          GROUP BY {user}kind, hour_of_day, model, has_feature, feature, batch, bin",
+        bin = bin_of(value),
+        in_range = in_range(),
+    )
+}
+
+/// The sketch bins of latency (kind 0) and prompt size (kind 1) per user, clock hour, model,
+/// feature and batch flag, for a bounded range's whole hours. A cell's bins are kept as dense
+/// arrays of counts, [`BLOCK`] slots each (slot [`slot`] of a value at place `slot % BLOCK`
+/// of block `slot / BLOCK`), summed slot by slot (`sumForEach`): a month of a busy user's
+/// cells then merges in a fraction of the time the same bins as rows take.
+pub(crate) const CREATE_HOUR_BINS: &str = "CREATE TABLE IF NOT EXISTS workload_hour_bins (user String, \
+     hour Int64, kind UInt8, model String, has_feature UInt8, feature String, batch UInt8, block Int32, \
+     counts AggregateFunction(sumForEach, Array(UInt64))) \
+     ENGINE = AggregatingMergeTree() ORDER BY (user, hour, kind, model, has_feature, feature, batch, block)";
+
+/// Slots per block of [`CREATE_HOUR_BINS`].
+pub(crate) const BLOCK: i64 = 64;
+
+/// A bin's slot is the bin plus this; the zero bin's is 0. Values in range have bins from
+/// about −1 040 (just above [`Sketch::ZERO_LIMIT`]) to about 920 (a day in milliseconds), so
+/// every slot is at least 1 and within a few dozen blocks.
+pub(crate) const SLOT_OFFSET: i64 = 2048;
+
+/// The bin of `value` in SQL (as [`Sketch::bin_of`], the zero bin as [`ZERO_BIN`]).
+fn bin_of(value: &str) -> String {
+    format!(
+        "toInt32(if({value} <= {zero}, {ZERO_BIN}, ceil(log({value}) / {ln_gamma})))",
+        zero = float(Sketch::ZERO_LIMIT),
+        ln_gamma = float(Sketch::ln_gamma()),
+    )
+}
+
+/// The values a sketch counts: its kind, the value, the condition on a row beside
+/// [`in_range`].
+fn sketched(values: Sketched) -> (u8, &'static str, &'static str) {
+    match values {
+        Sketched::Latency => (0, "latency_ms", " AND has_latency = 1"),
+        Sketched::PromptTokens => (1, "toFloat64(input_tokens)", ""),
+    }
+}
+
+/// The hourly bins of the rows where `range` holds, as [`CREATE_HOUR_BINS`] keeps them: for
+/// its materialized view and for building it from the rows. Each row adds an array of
+/// [`BLOCK`] counts, 1 at its place in the block. Every array has the same length: 18.16's
+/// `sumForEach` can leave a count uninitialised when it merges states of different lengths
+/// (seen here: 2 of 1.5 million merged states). The slot is named inside the block's expression, so
+/// that it is not a column of the answer (an insert takes the columns in order).
+pub(crate) fn hour_bins_of_rows(range: &str, values: Sketched) -> String {
+    let (kind, value, only) = sketched(values);
+    format!(
+        "SELECT user, intDiv(ts, 3600000) AS hour, toUInt8({kind}) AS kind, model, has_feature, feature, batch, \
+             toInt32(intDiv((toInt64(if({value} <= {zero}, 0, ceil(log({value}) / {ln_gamma}) + {SLOT_OFFSET})) AS slot), \
+                 {BLOCK})) AS block, \
+             sumForEachState(arrayResize(arrayPushBack(arrayResize(emptyArrayUInt64(), toUInt64(slot - block * {BLOCK})), \
+                 toUInt64(1)), {BLOCK})) AS counts \
+         FROM workload_events WHERE {range} AND {in_range}{only} \
+         GROUP BY user, hour, kind, model, has_feature, feature, batch, block",
         zero = float(Sketch::ZERO_LIMIT),
         ln_gamma = float(Sketch::ln_gamma()),
         in_range = in_range(),
     )
+}
+
+/// The views that keep [`CREATE_HOUR_BINS`], and their names.
+pub(crate) fn create_hour_bins_views() -> [(String, &'static str); 2] {
+    [
+        (Sketched::Latency, "workload_latency_hour_bins_view"),
+        (Sketched::PromptTokens, "workload_prompt_hour_bins_view"),
+    ]
+    .map(|(values, name)| {
+        (
+            format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO workload_hour_bins AS {}",
+                hour_bins_of_rows("1", values)
+            ),
+            name,
+        )
+    })
+}
+
+/// The calls and cost of every prompt hash per user and day (calls in range only), summed, for
+/// a bounded range's whole days.
+pub(crate) const CREATE_DAY_PROMPTS: &str = "CREATE TABLE IF NOT EXISTS workload_day_prompts (user String, \
+     day Int64, prompt_hash String, calls UInt64, cost_hi UInt64, cost_lo UInt64) \
+     ENGINE = SummingMergeTree() ORDER BY (user, day, prompt_hash)";
+
+/// The name of the view that keeps [`CREATE_DAY_PROMPTS`].
+pub(crate) const DAY_PROMPTS_VIEW: &str = "workload_day_prompts_view";
+
+/// The daily prompts of the rows where `range` holds, as [`CREATE_DAY_PROMPTS`] keeps them.
+pub(crate) fn day_prompts_of_rows(range: &str) -> String {
+    let (hi, lo) = cost_units("cost_usd");
+    format!(
+        "SELECT user, intDiv(ts, {DAY_MS}) AS day, prompt_hash, count() AS calls, sum({hi}) AS cost_hi, \
+             sum({lo}) AS cost_lo \
+         FROM workload_events WHERE {range} AND {in_range} AND has_prompt = 1 GROUP BY user, day, prompt_hash",
+        in_range = in_range(),
+    )
+}
+
+pub(crate) fn create_day_prompts_view() -> String {
+    format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {DAY_PROMPTS_VIEW} TO workload_day_prompts AS {}",
+        day_prompts_of_rows("1")
+    )
+}
+
+/// The tables of schema version 2 (beside version 1's), in the order they are dropped: views
+/// first.
+pub(crate) fn version_2_tables() -> Vec<&'static str> {
+    let mut tables: Vec<&'static str> = create_hour_bins_views().iter().map(|(_, name)| *name).collect();
+    tables.extend([DAY_PROMPTS_VIEW, "workload_hour_bins", "workload_day_prompts"]);
+    tables
 }
 
 /// Bins (kind, hour_of_day, model, has_feature, feature, batch, bin, n) as one row per class:
@@ -343,21 +555,44 @@ fn bins_of_rows(range: &str, values: Sketched, roll_up: bool) -> String {
 fn per_class(bins: &str) -> String {
     format!(
         "SELECT kind, hour_of_day, hex(model), has_feature, hex(feature), batch, groupArray(bin), groupArray(n) \
-         FROM ({bins}) GROUP BY kind, hour_of_day, model, has_feature, feature, batch FORMAT TabSeparated"
+         FROM ({bins}) GROUP BY kind, hour_of_day, model, has_feature, feature, batch"
     )
-}
-
-/// A summary's sketch bins of the rows of `range`, a row per class ([`per_class`]).
-pub(crate) fn sketch_bins(range: &str, values: Sketched) -> String {
-    per_class(&bins_of_rows(range, values, false))
 }
 
 /// A summary's sketch bins of all of `user`'s calls, from the roll-up; the same columns.
 pub(crate) fn rolled_up_bins(user: &str) -> String {
-    per_class(&format!(
-        "SELECT kind, hour_of_day, model, has_feature, feature, batch, bin, n FROM workload_bins WHERE user = {}",
-        string(user)
-    ))
+    format!(
+        "{} FORMAT TabSeparated",
+        per_class(&format!(
+            "SELECT kind, hour_of_day, model, has_feature, feature, batch, bin, n FROM workload_bins WHERE user = {}",
+            string(user)
+        ))
+    )
+}
+
+/// A summary's sketch bins of `values` of `user`'s calls in a bounded range split at hours:
+/// the whole hours from the hourly roll-up, a row per class and block (the slots counted, as
+/// bins), the edges from the rows, a row per class; the columns of [`per_class`]. The block
+/// reaches the lambda as an array beside the places, not from outside it: 18.16 does not see
+/// a column used only inside a lambda and leaves it out of the subquery.
+pub(crate) fn bounded_bins(user: &str, hours: &Split, values: Sketched) -> String {
+    let (kind, _, _) = sketched(values);
+    let rows = per_class(&bins_of_rows(&hours.edge_rows(user), values, false));
+    let rolled_up = hours.whole_units("hour").map(|whole| {
+        format!(
+            "SELECT kind, hour_of_day, hex(model), has_feature, hex(feature), batch, \
+                 arrayMap((i, base) -> toInt32(if(base + i = 0, {ZERO_BIN}, base + i - {SLOT_OFFSET})), \
+                     (arrayFilter((i, n) -> n > 0, arrayEnumerate(counted), counted) AS places), \
+                     arrayResize(emptyArrayInt64(), length(places), toInt64(block * {BLOCK} - 1))), \
+                 arrayFilter(n -> n > 0, counted) \
+             FROM (SELECT kind, toUInt8(hour % 24) AS hour_of_day, model, has_feature, feature, batch, block, \
+                       sumForEachMerge(counts) AS counted \
+                   FROM workload_hour_bins WHERE user = {user} AND kind = {kind} AND {whole} \
+                   GROUP BY kind, hour_of_day, model, has_feature, feature, batch, block)",
+            user = string(user),
+        )
+    });
+    union(rolled_up, rows)
 }
 
 /// The repeated prompts of per-prompt sums `calls` (c), `hi`, `lo`: the calls with a prompt
@@ -374,13 +609,27 @@ fn repeated(per_prompt: &str) -> String {
     )
 }
 
-/// A summary's repeated prompts among the rows of `range`.
-pub(crate) fn repeated_prompts(range: &str) -> String {
+/// A summary's repeated prompts among `user`'s calls in a bounded range split at days: each
+/// prompt's calls and cost in the whole days from the daily roll-up and in the edges from the
+/// rows, added up before a prompt's repeats are counted.
+pub(crate) fn bounded_repeated_prompts(user: &str, days: &Split) -> String {
     let (hi, lo) = cost_units("cost_usd");
-    repeated(&format!(
-        "SELECT count() AS c, sum({hi}) AS h, sum({lo}) AS l FROM workload_events \
-         WHERE {range} AND {in_range} AND has_prompt = 1 GROUP BY prompt_hash",
+    let mut parts = vec![format!(
+        "SELECT prompt_hash, toUInt64(1) AS one_c, {hi} AS one_h, {lo} AS one_l FROM workload_events \
+         WHERE {rows} AND {in_range} AND has_prompt = 1",
+        rows = days.edge_rows(user),
         in_range = in_range(),
+    )];
+    if let Some(whole) = days.whole_units("day") {
+        parts.push(format!(
+            "SELECT prompt_hash, calls AS one_c, cost_hi AS one_h, cost_lo AS one_l FROM workload_day_prompts \
+             WHERE user = {} AND {whole}",
+            string(user)
+        ));
+    }
+    repeated(&format!(
+        "SELECT sum(one_c) AS c, sum(one_h) AS h, sum(one_l) AS l FROM ({}) GROUP BY prompt_hash",
+        parts.join(" UNION ALL ")
     ))
 }
 
@@ -407,6 +656,39 @@ mod tests {
             ("", "''"),
         ] {
             assert_eq!(string(value), expected);
+        }
+    }
+
+    #[test]
+    fn a_range_is_split_into_whole_units_and_the_edges_read_from_the_rows() {
+        let h = HOUR_MS;
+        let cases = [
+            ((Some(10 * h), Some(24 * h)), Some((Some(10), Some(24))), vec![]),
+            (
+                (Some(10 * h + 15), Some(12 * h + 30)),
+                Some((Some(11), Some(12))),
+                vec![(10 * h + 15, 11 * h), (12 * h, 12 * h + 30)],
+            ),
+            (
+                (Some(10 * h + 15), Some(10 * h + 45)),
+                None,
+                vec![(10 * h + 15, 10 * h + 45)],
+            ),
+            (
+                (Some(10 * h + 15), Some(11 * h + 45)),
+                None,
+                vec![(10 * h + 15, 11 * h + 45)],
+            ),
+            (
+                (None, Some(10 * h + 45)),
+                Some((None, Some(10))),
+                vec![(10 * h, 10 * h + 45)],
+            ),
+            ((Some(-h - 1), None), Some((Some(-1), None)), vec![(-h - 1, -h)]),
+            ((Some(10 * h + 45), Some(10 * h + 15)), None, vec![]),
+        ];
+        for ((from, to), whole, edges) in cases {
+            assert_eq!(split(from, to, h), Split { whole, edges }, "{from:?}..{to:?}");
         }
     }
 

@@ -237,14 +237,14 @@ async fn a_database_of_a_newer_schema_is_refused() {
     let http = reqwest::Client::new();
     let answer = http
         .post(server_url())
-        .body(format!("INSERT INTO {database}.schema_version (version) VALUES (2)"))
+        .body(format!("INSERT INTO {database}.schema_version (version) VALUES (3)"))
         .send()
         .await
         .unwrap();
     assert!(answer.status().is_success(), "{:?}", answer.text().await);
     match ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await {
         Err(StoreError::Corrupt(message)) => {
-            assert!(message.contains("version 2, newer than this server's 1"), "{message}");
+            assert!(message.contains("version 3, newer than this server's 2"), "{message}");
             assert!(
                 message.contains("ClickHouse at 127.0.0.1") && message.contains(database),
                 "{message}"
@@ -400,5 +400,223 @@ async fn a_server_that_never_answers_times_out_within_the_deadline() {
             assert_eq!((tier, after), (Tier::ClickHouse, Duration::from_millis(300)));
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// Sends `sql` to the test server, which must accept it.
+async fn run_sql(sql: String) {
+    let answer = reqwest::Client::new()
+        .post(server_url())
+        .body(sql)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    assert!(status.is_success(), "{status}: {:?}", answer.text().await);
+}
+
+/// Ranges whose ends fall mid-hour, on hours, mid-day, on days, open, and inside one hour.
+fn ranges() -> Vec<TimeRange> {
+    let start = Timestamp::parse("2026-10-01T00:00:00Z").unwrap().unix_millis();
+    let (hour, day) = (3_600_000, 86_400_000);
+    let at = |ms: i64| Timestamp::from_unix_millis(start + ms);
+    vec![
+        TimeRange::default(),
+        TimeRange {
+            from: at(5 * hour + 1_234_567),
+            to: at(2 * day + 3 * hour + 17),
+        },
+        TimeRange {
+            from: at(day),
+            to: at(2 * day),
+        },
+        TimeRange {
+            from: at(3 * hour),
+            to: at(40 * hour),
+        },
+        TimeRange {
+            from: None,
+            to: at(day + 7 * hour + 5),
+        },
+        TimeRange {
+            from: at(day + 30 * 60_000),
+            to: None,
+        },
+        TimeRange {
+            from: at(10 * hour + 60_000),
+            to: at(10 * hour + 50 * 60_000),
+        },
+        TimeRange {
+            from: at(2 * day),
+            to: at(day),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_brought_to_version_2_with_the_same_summaries() {
+    // A version-1 database is version 2's without the roll-ups of bounded ranges: made here
+    // by dropping them from a new one, with its version set back to 1, and calls uploaded
+    // before and after (the latter as a version-1 server stores them: its views only).
+    let url = scratch_database(&server_url()).await.unwrap();
+    let database = url
+        .split("database=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let calls = testsuite::sample_calls(21, 8_000);
+    let (user, other) = (UserId::generate(), UserId::generate());
+    let old = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+        .await
+        .unwrap();
+    old.insert_workload_events(&user, calls[..3_000].to_vec())
+        .await
+        .unwrap();
+    for table in [
+        "workload_latency_hour_bins_view",
+        "workload_prompt_hour_bins_view",
+        "workload_day_prompts_view",
+        "workload_hour_bins",
+        "workload_day_prompts",
+        "schema_version",
+    ] {
+        run_sql(format!("DROP TABLE {database}.{table}")).await;
+    }
+    run_sql(format!(
+        "CREATE TABLE {database}.schema_version (version UInt32, written_at DateTime DEFAULT now()) \
+         ENGINE = MergeTree() ORDER BY version"
+    ))
+    .await;
+    run_sql(format!("INSERT INTO {database}.schema_version (version) VALUES (1)")).await;
+    for chunk in calls[3_000..].chunks(1_700) {
+        old.insert_workload_events(&user, chunk.to_vec()).await.unwrap();
+    }
+    old.insert_workload_events(&other, testsuite::sample_calls(22, 500))
+        .await
+        .unwrap();
+
+    let migrated = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+        .await
+        .unwrap();
+    let reference = fresh_store().await;
+    reference.insert_workload_events(&user, calls.clone()).await.unwrap();
+    for range in ranges() {
+        assert_eq!(
+            migrated.workload_summary(&user, range).await.unwrap(),
+            reference.workload_summary(&user, range).await.unwrap(),
+            "{range:?}"
+        );
+    }
+    // Uploads after the move reach the new roll-ups, and connecting again changes nothing.
+    let more = testsuite::sample_calls(23, 1_000);
+    migrated.insert_workload_events(&user, more.clone()).await.unwrap();
+    reference.insert_workload_events(&user, more).await.unwrap();
+    let again = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+        .await
+        .unwrap();
+    for range in ranges() {
+        assert_eq!(
+            again.workload_summary(&user, range).await.unwrap(),
+            reference.workload_summary(&user, range).await.unwrap(),
+            "{range:?}"
+        );
+    }
+    let answer = reqwest::Client::new()
+        .post(server_url())
+        .body(format!("SELECT max(version), count() FROM {database}.schema_version"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(answer, "2\t2\n");
+}
+
+#[tokio::test]
+async fn a_bounded_range_reads_the_same_figures_from_roll_ups_and_rows_however_the_calls_were_uploaded() {
+    // Every range of `ranges`, against the summary built from its own calls: whole hours and
+    // days from the roll-ups, the edges from the rows, the repeated prompts among the range's
+    // calls only; and the same to the bit for one upload and many.
+    let (one, many) = (fresh_store().await, fresh_store().await);
+    let user = UserId::generate();
+    let calls = testsuite::sample_calls(31, 6_000);
+    one.insert_workload_events(&user, calls.clone()).await.unwrap();
+    for chunk in calls.chunks(777) {
+        many.insert_workload_events(&user, chunk.to_vec()).await.unwrap();
+    }
+    for range in ranges() {
+        let (from, to) = (
+            range.from.map_or(i64::MIN, |t| t.unix_millis()),
+            range.to.map_or(i64::MAX, |t| t.unix_millis()),
+        );
+        let mut direct = switchboard_store::SummaryBuilder::default();
+        for call in calls.iter().filter(|c| (from..to).contains(&c.timestamp.unix_millis())) {
+            direct.add(
+                &call.model,
+                call.feature.as_deref(),
+                call.prompt_hash.as_deref(),
+                call.figures(),
+            );
+        }
+        let direct = direct.finish().unwrap();
+        let summary = one.workload_summary(&user, range).await.unwrap();
+        assert_eq!(summary, many.workload_summary(&user, range).await.unwrap(), "{range:?}");
+        let o = &summary.opportunities;
+        assert_eq!(
+            (
+                summary.totals.usage.calls,
+                summary.totals.first,
+                summary.totals.last,
+                summary.calls_left_out
+            ),
+            (
+                direct.totals.usage.calls,
+                direct.totals.first,
+                direct.totals.last,
+                direct.calls_left_out
+            ),
+            "{range:?}"
+        );
+        assert_eq!(
+            o.repeated_prompt_calls, direct.opportunities.repeated_prompt_calls,
+            "{range:?}"
+        );
+        assert!(
+            (o.repeated_prompt_cost_usd - direct.opportunities.repeated_prompt_cost_usd).abs() < 1e-9,
+            "{range:?}"
+        );
+        let percentiles = |s: &switchboard_store::Summary| {
+            let mut rows: Vec<_> = s
+                .by_model
+                .iter()
+                .chain(&s.by_feature)
+                .map(|u| {
+                    (
+                        u.key.clone(),
+                        u.calls,
+                        u.errors,
+                        u.input_tokens,
+                        u.p50_latency_ms,
+                        u.p95_latency_ms,
+                    )
+                })
+                .collect();
+            rows.extend(
+                s.hours
+                    .iter()
+                    .map(|h| (None, u64::from(h.hour), h.calls, 0, h.p95_latency_ms, None)),
+            );
+            rows.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+            rows
+        };
+        assert_eq!(percentiles(&summary), percentiles(&direct), "{range:?}");
+        let hourly = |s: &switchboard_store::Summary| -> Vec<_> {
+            s.hourly.iter().map(|b| (b.start, b.calls, b.errors)).collect()
+        };
+        assert_eq!(hourly(&summary), hourly(&direct), "{range:?}");
     }
 }
