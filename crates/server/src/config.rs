@@ -253,25 +253,31 @@ pub struct TierUrl {
 impl TierUrl {
     /// Parses `text` for the config key `key`, which needs one of `schemes` and a host.
     fn parse(key: &str, text: &str, schemes: &[&str]) -> anyhow::Result<Self> {
+        // A URL that fails here is never echoed: where it cannot be read, nothing says which
+        // part is the password.
+        let expected = schemes
+            .iter()
+            .map(|s| format!("{s}://"))
+            .collect::<Vec<_>>()
+            .join(" or ");
         let url = url::Url::parse(text).map_err(|error| {
-            anyhow::anyhow!(
-                "invalid setting `{key}`: not a URL ({error}); expected {}://host:port/…",
-                schemes[0]
-            )
+            anyhow::anyhow!("invalid setting `{key}`: not a URL ({error}); expected {expected}host:port/…")
         })?;
-        let redacted = Self { url: url.clone() }.to_string();
-        if !schemes.contains(&url.scheme()) {
+        if !schemes.contains(&url.scheme()) || url.cannot_be_a_base() {
             bail!(
-                "invalid setting `{key}`: {redacted} is not a {} URL",
-                schemes
-                    .iter()
-                    .map(|s| format!("{s}://"))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
+                "invalid setting `{key}`: not a {expected} URL (it starts with `{}:`)",
+                url.scheme()
             );
         }
         if url.host_str().is_none_or(str::is_empty) {
-            bail!("invalid setting `{key}`: {redacted} names no host");
+            bail!("invalid setting `{key}`: the URL names no host");
+        }
+        // `user:p@ss/word@host` reads as host `ss`: an `@` or `/` in a password must be escaped.
+        if url.path().contains('@') || url.query().is_some_and(|q| q.contains('@') && !q.contains("password=")) {
+            bail!(
+                "invalid setting `{key}`: the URL has an `@` after its host; write an `@` or `/` in the user \
+                 or password as %40 or %2F"
+            );
         }
         Ok(Self { url })
     }
@@ -529,24 +535,34 @@ mod tests {
         let cases = [
             (
                 bad(Some("mysql://u:pw@h/db"), None),
-                "invalid setting `database_url`: mysql://u:***@h/db is not a postgres:// or postgresql:// URL",
+                "invalid setting `database_url`: not a postgres:// or postgresql:// URL (it starts with `mysql:`)",
             ),
             (
-                bad(Some("db.internal:5432"), None),
-                "invalid setting `database_url`: db.internal:5432 is not a postgres:// or postgresql:// URL",
+                bad(Some("u:pw@db.internal:5432/db"), None),
+                "invalid setting `database_url`: not a postgres:// or postgresql:// URL (it starts with `u:`)",
+            ),
+            (
+                bad(Some("postgres://u:p@w/x@db.internal/db"), None),
+                "invalid setting `database_url`: the URL has an `@` after its host; write an `@` or `/` in the \
+                 user or password as %40 or %2F",
+            ),
+            (
+                bad(Some("postgres:///db"), None),
+                "invalid setting `database_url`: the URL names no host",
             ),
             (
                 bad(Some("not a url"), None),
-                "invalid setting `database_url`: not a URL (relative URL without a base); expected postgres://host:port/…",
+                "invalid setting `database_url`: not a URL (relative URL without a base); expected postgres:// or \
+                 postgresql://host:port/…",
             ),
             (
                 bad(None, Some("tcp://ch:9000")),
-                "invalid setting `analytics_url`: tcp://ch:9000 is not a http:// or https:// URL",
+                "invalid setting `analytics_url`: not a http:// or https:// URL (it starts with `tcp:`)",
             ),
         ];
         for (error, expected) in cases {
             assert_eq!(error, expected);
-            assert!(!error.contains("pw@"));
+            assert!(!error.contains("pw") && !error.contains("p@w"), "{error}");
         }
     }
 
