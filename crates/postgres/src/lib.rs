@@ -90,6 +90,64 @@ pub async fn scratch_database(admin_url: &str) -> Result<String, StoreError> {
     Ok(address::with_database(admin_url, &name))
 }
 
+/// The key of the advisory lock a serving server holds on its database.
+const SERVER_LOCK: i64 = 0x5357_4254_5352_5652; // "SWBTSRVR"
+
+/// The database's one serving server, held for as long as this lives (a connection of its own
+/// holding a session advisory lock; a server that dies, even by `kill -9`, lets go with its
+/// connection). Until servers keep leases on their runs, a server closes every run left
+/// `running` when it starts, so two servers on one database would close each other's live runs.
+#[derive(Debug)]
+pub struct ServerLock {
+    _client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ServerLock {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Takes the database's [`ServerLock`], or says that another server holds it.
+pub async fn hold_server_lock(url: &str, timeout: Duration) -> Result<ServerLock, StoreError> {
+    let config = parse(url)?;
+    let place = address::of(&config);
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
+        .await
+        .map_err(|_| StoreError::TimedOut {
+            tier: Tier::Postgres,
+            after: timeout,
+        })?
+        .map_err(|e| connection::connect_error(&place, &e))?;
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let lock = ServerLock {
+        _client: client,
+        connection,
+    };
+    let taken = tokio::time::timeout(
+        timeout,
+        lock._client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK]),
+    )
+    .await
+    .map_err(|_| StoreError::TimedOut {
+        tier: Tier::Postgres,
+        after: timeout,
+    })?
+    .map_err(|e| StoreError::Backend(format!("PostgreSQL at {place}: {}", connection::describe(&e))))?;
+    if taken.get::<_, bool>(0) {
+        Ok(lock)
+    } else {
+        Err(StoreError::Conflict(format!(
+            "another Switchboard server is serving from the database at {place}; one server per database for \
+             now (a server closes the runs it finds running when it starts)"
+        )))
+    }
+}
+
 /// Reads a connection URL (or `key=value` string) without echoing any of it in the error.
 fn parse(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     tokio_postgres::Config::from_str(url).map_err(|e| {

@@ -12,7 +12,7 @@ use switchboard_agents::{OfflineModel, PriceTable};
 use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
 use switchboard_engine::{Engine, Model};
 use switchboard_llm::{OpenAiConfig, OpenAiModel, Price};
-use switchboard_postgres::{PgOptions, PgStore};
+use switchboard_postgres::{PgOptions, PgStore, ServerLock, hold_server_lock};
 use switchboard_store::{AnalyticsStore, SqliteAnalytics, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +79,8 @@ pub struct Application {
     listener: TcpListener,
     connection_limits: ConnectionLimits,
     state: AppState,
+    /// Held while serving from PostgreSQL: no second server serves from the same database.
+    server_lock: Option<ServerLock>,
 }
 
 impl std::fmt::Debug for Application {
@@ -97,6 +99,7 @@ impl Application {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let path = config.data_dir.join("switchboard.sqlite3");
+        let mut server_lock = None;
         let (store, embedded): (Arc<dyn Store>, Option<Arc<SqliteStore>>) = match &config.database_url {
             None => {
                 let store = SqliteStore::open(&path)
@@ -106,6 +109,10 @@ impl Application {
                 (store.clone(), Some(store))
             }
             Some(url) => {
+                let lock = hold_server_lock(url.expose(), config.database_timeout)
+                    .await
+                    .with_context(|| format!("cannot serve from PostgreSQL at {url}"))?;
+                server_lock = Some(lock);
                 let options = PgOptions {
                     max_connections: config.database_max_connections,
                     query_timeout: config.database_timeout,
@@ -140,7 +147,9 @@ impl Application {
                 Arc::new(analytics)
             }
         };
-        Self::build_with_store(config, store, analytics).await
+        let mut app = Self::build_with_store(config, store, analytics).await?;
+        app.server_lock = server_lock;
+        Ok(app)
     }
 
     /// Builds the server on given stores: closes runs a crash left active, then binds.
@@ -222,6 +231,7 @@ impl Application {
             listener,
             connection_limits,
             state,
+            server_lock: None,
         })
     }
 
@@ -248,6 +258,7 @@ impl Application {
             listener,
             connection_limits,
             state,
+            server_lock: _server_lock,
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(

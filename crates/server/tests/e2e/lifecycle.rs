@@ -11,7 +11,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{SECRET, close_frame, error, events_until_final, message, next, send, spawn_app_with, tier_args};
+use crate::support::{
+    SECRET, close_frame, error, events_until_final, message, next, postgres_database, send, spawn_app_with, tier_args,
+};
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_lets_runs_end_within_the_grace_period_then_interrupts_them_and_closes_sockets() {
@@ -48,7 +50,12 @@ async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra)
-        .args(tier_args(data_dir).await)
+        // In the pass on the tiers, unless the test names its own database.
+        .args(if extra.contains(&"--database-url") {
+            Vec::new()
+        } else {
+            tier_args(data_dir).await
+        })
         .env("SWITCHBOARD_JWT_SECRET", SECRET)
         .env("SWITCHBOARD_LOG", "info")
         .stdout(Stdio::null())
@@ -183,4 +190,49 @@ async fn the_chat_client_prints_the_timeline_then_the_answer() {
     ] {
         assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
     }
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_postgresql_database_refuses_to_start_and_leaves_the_first_ones_runs_alone() {
+    let database = postgres_database().await;
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let flags = ["--database-url", database.as_str()];
+    let first = start(
+        first_dir.path(),
+        &[&flags[..], &["--model-latency-ms", "60000"]].concat(),
+    )
+    .await;
+    let session = first.client.dev_login(Some("shared@test.example")).await.unwrap();
+    let mut socket = first.client.connect(&session.access_token, None).await.unwrap();
+    next(&mut socket).await;
+    let accepted = send(&mut socket, "a long one").await;
+
+    let second = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(second_dir.path())
+        .args(flags)
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot serve from PostgreSQL at postgres://")
+            && stderr.contains("another Switchboard server is serving from the database"),
+        "{stderr}"
+    );
+    // The first server's run is still its own: stopping it gives its one final event.
+    socket
+        .send(&switchboard_protocol::ClientFrame::StopAgent(
+            switchboard_protocol::StopAgent {
+                run_id: accepted.run_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let events = events_until_final(&mut socket, &accepted.run_id).await;
+    let of_run: Vec<Event> = events.into_iter().filter(|e| e.run_id == accepted.run_id).collect();
+    assert_eq!(of_run.iter().filter(|e| e.is_final()).count(), 1);
+    assert_eq!(final_status(&of_run), Some(RunStatus::Cancelled));
 }
