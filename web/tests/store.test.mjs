@@ -48,7 +48,7 @@ const LONG_ANSWER =
 const SHORT_ANSWER = 'Use gpt-4o-mini for search: it is fast and cheap enough.';
 
 /** The sentence of a message refused while PostgreSQL stalls (`--database-timeout-ms 500`). */
-const REFUSAL = 'PostgreSQL did not answer within 0.5 s, so the message was not accepted; send it again in a moment.';
+const REFUSAL = 'PostgreSQL did not answer within 0.5 s, so the message may not have been accepted; send it again in a moment.';
 
 /** The notice of an answer whose run has ended while the store has not stored its end. */
 const NOTICE = /^The run finished after \d+(\.\d+)? s, but PostgreSQL has not answered for \d+(\.\d+)? s: its last events are kept and will be shown as soon as PostgreSQL answers\.$/;
@@ -179,11 +179,13 @@ webTest(
     }
     await waitForText(connection(other), /^Connected$/, 'the reloaded tab\'s "Connection" status once PostgreSQL answers');
 
-    // The refused message was not sent again by itself; "Send again" sends it, once.
-    assert.deepEqual(
-      messages.filter((m) => m.role === 'user').map((m) => m.text),
-      [QUESTION],
-      'the refused message was not sent again by itself',
+    // The page did not send the refused message again by itself (the server may hold it all the
+    // same: a write cut off by its deadline can land once the stall ends, and then its run
+    // starts); "Send again" sends it, and the server holds it once either way.
+    const users = messages.filter((m) => m.role === 'user').map((m) => m.text);
+    assert.ok(
+      JSON.stringify(users) === JSON.stringify([QUESTION]) || JSON.stringify(users) === JSON.stringify([QUESTION, SECOND]),
+      `the server holds each message at most once: ${JSON.stringify(users)}`,
     );
     await waitVisible(again, 'the "Send again" button, still there after the store came back');
     llm.setAnswer(SHORT_ANSWER);

@@ -51,9 +51,14 @@ impl Refusal {
     fn store(error: StoreError) -> Self {
         if let Some(trouble) = tier_trouble(&error) {
             tracing::warn!(%trouble, "a message could not be stored");
+            // A deadline that passed may have cut off the answer of a write that was done.
+            let outcome = match error {
+                StoreError::TimedOut { .. } => "the message may not have been accepted",
+                _ => "the message was not accepted",
+            };
             return Refusal::new(
                 ErrorCode::StoreUnavailable,
-                format!("{trouble}, so the message was not accepted; send it again in a moment."),
+                format!("{trouble}, so {outcome}; send it again in a moment."),
             );
         }
         match error {
@@ -69,10 +74,37 @@ impl Refusal {
     }
 }
 
+/// A message whose storing timed out: the store may have stored it (and its run) after all.
+struct MaybeStored {
+    user: UserId,
+    text: String,
+}
+
+/// Runs whose message may have been stored though the store did not answer in time, until it is
+/// known. Whoever takes a run out of here starts it (a resend of the message that finds it
+/// stored, or the check that runs after the store answers again), so it starts once.
+#[derive(Default)]
+struct Uncertain(std::sync::Mutex<std::collections::HashMap<RunId, MaybeStored>>);
+
+impl Uncertain {
+    fn insert(&self, run: RunId, pending: MaybeStored) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(run, pending);
+    }
+
+    fn take(&self, run: &RunId) -> Option<MaybeStored> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(run)
+    }
+}
+
+/// How long, at most, a message whose storing timed out is checked for: after that it stays as
+/// the store has it (a run left `running` is closed at the next start).
+const UNCERTAIN_CHECK_FOR: Duration = Duration::from_secs(600);
+
 /// Starts and stops runs.
 pub(crate) struct Runs {
     store: Arc<dyn Store>,
     engine: Engine,
+    uncertain: Arc<Uncertain>,
     metrics: Arc<Metrics>,
     limiter: SlidingWindow<UserId>,
     max_text_chars: usize,
@@ -96,6 +128,7 @@ impl Runs {
         Self {
             store,
             engine,
+            uncertain: Arc::default(),
             metrics,
             limiter: SlidingWindow::new(rate_per_minute, Duration::from_secs(60)),
             max_text_chars,
@@ -151,7 +184,8 @@ impl Runs {
             return self.repeated(user, &message, refusal).await;
         }
         let accepted_at = Instant::now();
-        let accepted = self
+        let run_id = RunId::generate();
+        let accepted = match self
             .store
             .accept_message(NewMessage {
                 user_id: user.clone(),
@@ -159,21 +193,35 @@ impl Runs {
                 text: message.text.clone(),
                 client_message_id: message.client_message_id.clone(),
                 message_id: MessageId::generate(),
-                run_id: RunId::generate(),
+                run_id: run_id.clone(),
             })
             .await
-            .map_err(Refusal::store)?;
+        {
+            Ok(accepted) => accepted,
+            Err(error @ StoreError::TimedOut { .. }) => {
+                self.check_later(user, run_id, message.text.clone());
+                return Err(Refusal::store(error));
+            }
+            Err(error) => return Err(Refusal::store(error)),
+        };
         let reply = MessageAccepted {
             client_message_id: message.client_message_id,
             message_id: accepted.message.id.clone(),
             thread_id: accepted.thread_id.clone(),
             run_id: accepted.run_id.clone(),
         };
-        if accepted.duplicate {
+        // A message sent again whose first storing timed out, and was done after all: its run
+        // starts now, under this message's place.
+        let unstarted = accepted
+            .duplicate
+            .then(|| self.uncertain.take(&accepted.run_id))
+            .flatten();
+        if accepted.duplicate && unstarted.is_none() {
             return Ok(reply);
         }
         self.metrics.accepted(&accepted.run_id, accepted_at);
-        let started = reservation.start(accepted.thread_id.clone(), accepted.run_id.clone(), message.text);
+        let text = unstarted.map_or(message.text, |pending| pending.text);
+        let started = reservation.start(accepted.thread_id.clone(), accepted.run_id.clone(), text);
         if let Err(error) = started {
             self.metrics.forget(&accepted.run_id);
             if let Err(store_error) = self
@@ -186,6 +234,66 @@ impl Runs {
             return Err(Refusal::start(error));
         }
         Ok(reply)
+    }
+
+    /// After the storing of `run`'s message timed out: once the store answers, a message that
+    /// was stored after all gets its run started (unless a resend started it first), so that no
+    /// run stays `running` with nothing running it.
+    fn check_later(&self, user: &UserId, run: RunId, text: String) {
+        self.uncertain.insert(
+            run.clone(),
+            MaybeStored {
+                user: user.clone(),
+                text,
+            },
+        );
+        let (store, engine, uncertain, metrics) = (
+            Arc::clone(&self.store),
+            self.engine.clone(),
+            Arc::clone(&self.uncertain),
+            Arc::clone(&self.metrics),
+        );
+        let user = user.clone();
+        tokio::spawn(async move {
+            let until = Instant::now() + UNCERTAIN_CHECK_FOR;
+            let mut wait = Duration::from_millis(500);
+            let record = loop {
+                match store.run(&user, &run).await {
+                    Ok(record) => break record,
+                    Err(_) if Instant::now() + wait < until => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(10));
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, run_id = %run, "gave up checking whether a message was stored");
+                        uncertain.take(&run);
+                        return;
+                    }
+                }
+            };
+            let Some(pending) = uncertain.take(&run) else {
+                return; // a resend started it
+            };
+            let Some(record) = record.filter(|r| r.state == RunState::Running) else {
+                return; // not stored after all (or already closed)
+            };
+            let started = engine
+                .reserve(&pending.user)
+                .and_then(|place| place.start(record.thread_id.clone(), run.clone(), pending.text));
+            match started {
+                Ok(_) => {
+                    metrics.accepted(&run, Instant::now());
+                    tracing::info!(run_id = %run, "a message stored after its deadline starts its run");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, run_id = %run, "a message stored after its deadline cannot start; discarding it");
+                    let created_thread = false;
+                    if let Err(error) = store.discard_run(&pending.user, &run, created_thread).await {
+                        tracing::error!(%error, run_id = %run, "could not discard a run that cannot start");
+                    }
+                }
+            }
+        });
     }
 
     /// A message refused by a limit: when its `client_message_id` was accepted before (a client

@@ -306,3 +306,76 @@ async fn a_run_whose_deadline_passes_while_postgres_stalls_ends_by_it_and_is_tol
     assert_each_stored_once(&events);
     assert_eq!(final_status(&events), Some(RunStatus::TimedOut));
 }
+
+/// Every stored event of one run of the user, from the HTTP API.
+async fn stored_events_of(app: &TestApp, token: &str, run: &switchboard_protocol::RunId) -> Vec<Event> {
+    let (status, page) = app
+        .client
+        .get("/api/events?after_seq=0&limit=1000", Some(token))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    serde_json::from_value::<Vec<Event>>(page["events"].clone())
+        .unwrap()
+        .into_iter()
+        .filter(|e| &e.run_id == run)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_stored_after_its_deadline_starts_its_run_once_when_sent_again() {
+    let app = spawn_app().await;
+    let session = app.user("late-answer").await;
+    let mut socket = app.connect(&session).await;
+    app.store.lose_next_accept_answer();
+    socket.send(&message("hello", None, Some("k1"))).await.unwrap();
+    let refused = error(&mut socket).await;
+    assert_code(&refused, ErrorCode::StoreUnavailable);
+    assert!(
+        refused
+            .message
+            .ends_with("so the message may not have been accepted; send it again in a moment."),
+        "{}",
+        refused.message
+    );
+    // Sent again: the message the store did keep starts its run, once.
+    socket.send(&message("hello", None, Some("k1"))).await.unwrap();
+    // (The check after the store answered may have started it just before: either way, once.)
+    let first = accepted(&mut socket).await;
+    let _ = events_until_final(&mut socket, &first.run_id).await;
+    let events = stored_events_of(&app, &session.access_token, &first.run_id).await;
+    check_run(&events).unwrap();
+    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    socket.send(&message("hello", None, Some("k1"))).await.unwrap();
+    assert_eq!(
+        accepted(&mut socket).await.run_id,
+        first.run_id,
+        "a third time starts nothing"
+    );
+    let finals = read_for(&mut socket, Duration::from_secs(5))
+        .await
+        .into_iter()
+        .filter(|f| matches!(f, ServerFrame::Event(e) if e.is_final()))
+        .count();
+    assert_eq!(finals, 0, "one run, one final event");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_stored_after_its_deadline_and_not_sent_again_gets_its_run_once_the_store_answers() {
+    let app = spawn_app().await;
+    let session = app.user("late-answer-alone").await;
+    let mut socket = app.connect(&session).await;
+    app.store.lose_next_accept_answer();
+    socket.send(&message("hello", None, Some("k2"))).await.unwrap();
+    assert_code(&error(&mut socket).await, ErrorCode::StoreUnavailable);
+    // Nobody sends it again: the run the store kept starts by itself and ends.
+    let event = loop {
+        if let ServerFrame::Event(event) = next(&mut socket).await {
+            break event;
+        }
+    };
+    let events = events_until_final(&mut socket, &event.run_id).await;
+    let all: Vec<Event> = std::iter::once(event).chain(events).collect();
+    check_run(&all).unwrap();
+    assert_eq!(final_status(&all), Some(RunStatus::Completed));
+}

@@ -369,6 +369,8 @@ pub(crate) struct HangingStore {
     inner: Arc<dyn Store>,
     analytics: Arc<dyn AnalyticsStore>,
     hang: tokio::sync::watch::Sender<bool>,
+    /// The next message is stored, but its answer is lost: the caller sees its deadline pass.
+    lose_accept_answer: std::sync::atomic::AtomicBool,
 }
 
 impl HangingStore {
@@ -377,7 +379,13 @@ impl HangingStore {
             inner,
             analytics,
             hang: tokio::sync::watch::Sender::new(false),
+            lose_accept_answer: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stores the next message but answers as if the store's deadline had passed first.
+    pub(crate) fn lose_next_accept_answer(&self) {
+        self.lose_accept_answer.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(crate) fn set_hanging(&self, hang: bool) {
@@ -426,7 +434,14 @@ impl Store for HangingStore {
     }
     async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError> {
         self.gate().await;
-        self.inner.accept_message(message).await
+        let accepted = self.inner.accept_message(message).await;
+        if self.lose_accept_answer.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::TimedOut {
+                tier: self.inner.tier(),
+                after: std::time::Duration::from_secs(2),
+            });
+        }
+        accepted
     }
     async fn discard_run(&self, user: &UserId, run: &RunId, created_thread: bool) -> Result<(), StoreError> {
         self.gate().await;
