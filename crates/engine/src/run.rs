@@ -133,12 +133,15 @@ impl RunLog {
         let budget_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
         let stored = receipt.stored();
         tokio::pin!(stored);
-        // The run has ended; if its end is not stored soon, the sink may tell the user so.
+        // The run has ended; if its end is not stored soon (or by its limit), the sink may tell
+        // the user so.
         let notice_at = (Instant::now() + END_NOTICE_AFTER).min(until);
         if let Ok(stored) = tokio::time::timeout_at(notice_at, &mut stored).await {
             return Ok(stored?);
         }
-        if notice_at < until {
+        // Told even when the run's limit leaves no time to wait (the event may be stored later
+        // all the same).
+        {
             let ids = &self.ids;
             self.engine.events.sink().end_delayed(&DelayedEnd {
                 user_id: ids.user_id.clone(),

@@ -424,16 +424,23 @@ impl ServerFrame {
     pub fn type_name(&self) -> &'static str {
         match self {
             ServerFrame::Event(e) => e.type_name(),
-            ServerFrame::Control(c) => match c.body {
-                Control::ConnectionEstablished(_) => "connection_established",
-                Control::MessageAccepted(_) => "message_accepted",
-                Control::Heartbeat(_) => "heartbeat",
-                Control::Pong(_) => "pong",
-                Control::Error(_) => "error",
-                Control::ThreadHistory(_) => "thread_history",
-                Control::Resumed(_) => "resumed",
-                Control::StoreDelayed(_) => "store_delayed",
-            },
+            ServerFrame::Control(c) => c.body.type_name(),
+        }
+    }
+}
+
+impl Control {
+    /// The wire name of the frame's type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Control::ConnectionEstablished(_) => "connection_established",
+            Control::MessageAccepted(_) => "message_accepted",
+            Control::Heartbeat(_) => "heartbeat",
+            Control::Pong(_) => "pong",
+            Control::Error(_) => "error",
+            Control::ThreadHistory(_) => "thread_history",
+            Control::Resumed(_) => "resumed",
+            Control::StoreDelayed(_) => "store_delayed",
         }
     }
 }

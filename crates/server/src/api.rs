@@ -702,27 +702,27 @@ fn sse_stream(
     let open = (delivery, admission, Arc::clone(&state.metrics), state.closing.clone());
     futures_util::stream::unfold(Some(open), |open| async move {
         let (mut delivery, admission, metrics, closing) = open?;
-        // An SSE stream carries the log's events only, not the socket's notices.
-        let next = loop {
-            let next = tokio::select! {
-                biased;
-                () = closing.cancelled() => return None,
-                () = tokio::time::sleep_until(admission.expires) => None,
-                next = delivery.next() => Some(next),
-            };
-            match next {
-                Some(Ok(Live::Notice(_))) => continue,
-                Some(Ok(Live::Event(record))) => break Some(Ok(record)),
-                Some(Err(error)) => break Some(Err(error)),
-                None => break None,
-            }
+        let next = tokio::select! {
+            biased;
+            () = closing.cancelled() => return None,
+            () = tokio::time::sleep_until(admission.expires) => None,
+            next = delivery.next() => Some(next),
         };
         match next {
-            Some(Ok(record)) => {
+            Some(Ok(Live::Event(record))) => {
                 metrics.events_sent.inc();
                 let event = SseEvent::default()
                     .id(record.seq.to_string())
                     .data(record.json.as_str());
+                Some((Ok(event), Some((delivery, admission, metrics, closing))))
+            }
+            // A notice is an event of its own name, with no id: it has no seq to resume from.
+            Some(Ok(Live::Notice(frame))) => {
+                let name = frame.body.type_name();
+                let event = match serde_json::to_string(&*frame) {
+                    Ok(json) => SseEvent::default().event(name).data(json),
+                    Err(_) => SseEvent::default().comment("a notice could not be written"),
+                };
                 Some((Ok(event), Some((delivery, admission, metrics, closing))))
             }
             Some(Err(error)) => {

@@ -64,9 +64,13 @@ impl EventLog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert(started);
-        let stored = self.store.append_events(entries).await?;
+        let stored = self.store.append_events(entries).await;
+        // Any answer but a slow or absent store's ends the wait (a batch it refuses is an answer).
+        if !stored.as_ref().is_err_and(StoreError::is_unavailable) {
+            *self.waiting_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        let stored = stored?;
         let took = started.elapsed();
-        *self.waiting_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
         // Stored from here on: nothing below may fail the batch (it would be stored again).
         if stored.len() != entries.len() {
             tracing::error!(

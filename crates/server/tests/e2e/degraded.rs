@@ -3,6 +3,8 @@
 //! through, in order, once.
 
 use std::sync::Arc;
+
+use futures_util::StreamExt;
 use std::time::Duration;
 
 use switchboard::Config;
@@ -21,6 +23,17 @@ async fn a_run_that_ends_while_the_store_hangs_is_told_at_once_and_shown_whole_o
     let app = spawn_app_with(|c| c.model_latency = Duration::from_millis(300)).await;
     let session = app.user("stalled").await;
     let mut socket = app.connect(&session).await;
+    // An SSE stream of the same user's events, opened before the store hangs.
+    let response = app
+        .client
+        .http()
+        .get(format!("{}/api/events?after_seq=0", app.client.base()))
+        .bearer_auth(&session.access_token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut sse = response.bytes_stream();
     let accepted = send(&mut socket, "where does my money go?").await;
     app.store.set_hanging(true);
     let hung = tokio::time::Instant::now();
@@ -60,6 +73,22 @@ async fn a_run_that_ends_while_the_store_hangs_is_told_at_once_and_shown_whole_o
         notice.duration_ms
     );
     assert!(events.iter().all(|e| !e.is_final()), "the end is not stored yet");
+    // The SSE stream carries the notice too, as an event of its own name with no id.
+    let mut text = String::new();
+    while !text.contains("event: store_delayed") {
+        text.push_str(std::str::from_utf8(&sse.next().await.unwrap().unwrap()).unwrap());
+    }
+    let notice_data = text
+        .split("event: store_delayed\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .and_then(|line| line.strip_prefix("data: "))
+        .expect("the notice's data line");
+    let frame: serde_json::Value = serde_json::from_str(notice_data).unwrap();
+    assert_eq!(
+        (frame["type"].as_str(), frame["payload"]["run_id"].as_str()),
+        (Some("store_delayed"), Some(accepted.run_id.as_str()))
+    );
 
     // The store answers again: the rest of the run follows, in order, each event once.
     app.store.set_hanging(false);
@@ -186,7 +215,11 @@ async fn while_postgres_stalls_runs_end_their_users_are_told_messages_are_refuse
         .await
         .unwrap();
     assert_eq!(after.first().unwrap().seq.get(), events.last().unwrap().seq.get() + 1);
+    // Ready again: PostgreSQL answers (on a loaded machine perhaps slower than the 200 ms that
+    // counts as healthy, so not necessarily `ok`).
     let (status, ready) = app.client.get("/health/ready", None).await.unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert_ne!(ready["checks"]["postgres"]["status"], "unavailable", "{ready}");
     assert_eq!(
         (status, ready["checks"]["postgres"]["status"].as_str()),
         (200, Some("ok"))
@@ -341,8 +374,21 @@ async fn a_message_stored_after_its_deadline_starts_its_run_once_when_sent_again
     // Sent again: the message the store did keep starts its run, once.
     socket.send(&message("hello", None, Some("k1"))).await.unwrap();
     // (The check after the store answered may have started it just before: either way, once.)
-    let first = accepted(&mut socket).await;
-    let _ = events_until_final(&mut socket, &first.run_id).await;
+    let (mut first, mut finals) = (None, Vec::new());
+    while first
+        .as_ref()
+        .is_none_or(|f: &switchboard_protocol::MessageAccepted| !finals.contains(&f.run_id))
+    {
+        match next(&mut socket).await {
+            ServerFrame::Control(frame) => match frame.body {
+                Control::MessageAccepted(accepted) => first = Some(accepted),
+                other => panic!("unexpected {other:?}"),
+            },
+            ServerFrame::Event(event) if event.is_final() => finals.push(event.run_id),
+            ServerFrame::Event(_) => {}
+        }
+    }
+    let first = first.unwrap();
     let events = stored_events_of(&app, &session.access_token, &first.run_id).await;
     check_run(&events).unwrap();
     assert_eq!(final_status(&events), Some(RunStatus::Completed));
