@@ -987,8 +987,13 @@ pub(crate) async fn demo_data(
 /// the analytics store ("The analytics store: ClickHouse cannot be reached (…), so nothing was
 /// stored; …").
 fn analytics_error(error: StoreError) -> ApiError {
+    // An insert past its deadline may still be completed by ClickHouse: say so, not "nothing".
+    let outcome = match error {
+        StoreError::TimedOut { .. } => "the rows may or may not have been stored (count them before sending again)",
+        _ => "nothing was stored",
+    };
     match crate::error::tier_trouble(&error) {
-        Some(trouble) => ApiError::tier_unavailable(&format!("The analytics store: {trouble}"), "nothing was stored"),
+        Some(trouble) => ApiError::tier_unavailable(&format!("The analytics store: {trouble}"), outcome),
         None => error.into(),
     }
 }
