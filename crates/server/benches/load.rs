@@ -54,7 +54,11 @@ impl Tiers {
     fn describe(&self) -> String {
         let database = self.database.as_deref().map_or_else(
             || "SQLite".to_owned(),
-            |url| format!("PostgreSQL ({})", switchboard_postgres::redacted(url)),
+            |url| {
+                let server = switchboard_postgres::redacted(url);
+                let server = server.rsplit_once('/').map_or(server.as_str(), |(server, _)| server);
+                format!("PostgreSQL ({server}, a new database for each server started)")
+            },
         );
         let analytics = self.analytics.as_deref().map_or_else(
             || "SQLite".to_owned(),
@@ -63,7 +67,7 @@ impl Tiers {
                 let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
                 let rest = rest.rsplit_once('@').map_or(rest, |(_, place)| place);
                 let place = rest.split(['/', '?']).next().unwrap_or_default();
-                format!("ClickHouse (http://{place}/)")
+                format!("ClickHouse (http://{place}/, a new database for each server started)")
             },
         );
         format!("chat and event log: {database}; workload data: {analytics}")
