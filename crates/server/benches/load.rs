@@ -11,6 +11,14 @@
 //! `user_message` to its final event is set against the model time its final event reports
 //! (`timings.model_ms`, the same-run baseline): p50 and p95 of the ratio, and of both times.
 //! The users start spread evenly over one run's model time, so they stay out of step.
+//!
+//! Both modes run on the embedded SQLite stores unless given other tiers:
+//! `SWITCHBOARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:PORT/postgres` (a role that may
+//! create databases) keeps users, runs and the event log on PostgreSQL, and
+//! `SWITCHBOARD_BENCH_ANALYTICS_URL=http://127.0.0.1:PORT/` the workload data on ClickHouse. Every
+//! server the benchmark starts gets new databases there (`--database-url`, `--analytics-url`),
+//! so runs never see each other's data; they are left on those servers (`scripts/bench-tiers`
+//! throws the servers away).
 
 #![allow(clippy::print_stdout)]
 
@@ -23,6 +31,81 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use switchboard::client::{Client, Session, Socket};
 use switchboard_protocol::{ClientFrame, Control, RunTimings, ServerFrame, UserMessage};
+
+/// Where the servers keep their data: the embedded SQLite stores, or PostgreSQL and ClickHouse
+/// servers named by the environment.
+struct Tiers {
+    /// A PostgreSQL URL of a role that may create databases.
+    database: Option<String>,
+    /// A ClickHouse server's HTTP URL.
+    analytics: Option<String>,
+}
+
+impl Tiers {
+    fn from_env() -> Tiers {
+        let given = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Tiers {
+            database: given("SWITCHBOARD_BENCH_DATABASE_URL"),
+            analytics: given("SWITCHBOARD_BENCH_ANALYTICS_URL"),
+        }
+    }
+
+    /// The tiers, for the figures' headings, without passwords.
+    fn describe(&self) -> String {
+        let database = self.database.as_deref().map_or_else(
+            || "SQLite".to_owned(),
+            |url| {
+                let server = switchboard_postgres::redacted(url);
+                let server = server.rsplit_once('/').map_or(server.as_str(), |(server, _)| server);
+                format!("PostgreSQL ({server}, a new database for each server started)")
+            },
+        );
+        let analytics = self.analytics.as_deref().map_or_else(
+            || "SQLite".to_owned(),
+            |url| {
+                // Only the place: a password may be in the userinfo or the query.
+                let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, place)| place);
+                let place = rest.split(['/', '?']).next().unwrap_or_default();
+                format!("ClickHouse (http://{place}/, a new database for each server started)")
+            },
+        );
+        format!("chat and event log: {database}; workload data: {analytics}")
+    }
+
+    /// The server flags that put a new server on new databases of these tiers.
+    async fn fresh_databases(&self) -> anyhow::Result<Vec<String>> {
+        let mut args = Vec::new();
+        if let Some(admin) = &self.database {
+            let url = switchboard_postgres::scratch_database(admin)
+                .await
+                .context("a new PostgreSQL database")?;
+            args.extend(["--database-url".to_owned(), url]);
+        }
+        if let Some(server) = &self.analytics {
+            let url = switchboard_clickhouse::scratch_database(server)
+                .await
+                .context("a new ClickHouse database")?;
+            args.extend(["--analytics-url".to_owned(), url]);
+        }
+        Ok(args)
+    }
+}
+
+/// Starts a server on new databases of `tiers`, with `args` added.
+async fn start(
+    tiers: &Tiers,
+    data_dir: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<(tokio::process::Child, Client)> {
+    let databases = tiers.fresh_databases().await?;
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(databases.iter().map(String::as_str))
+        .collect();
+    server::start_server(data_dir, &args).await
+}
 
 const PHASES: [(usize, usize); 3] = [(1, 300), (100, 30), (1_000, 5)];
 const IDLE_CONNECTIONS: usize = 10_000;
@@ -255,12 +338,13 @@ const MODEL_PHASES: [(usize, u64, usize, bool); 5] = [
     (1_000, 500, 3, true),
 ];
 
-async fn model_latency() -> anyhow::Result<()> {
+async fn model_latency(tiers: &Tiers) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "model-latency benchmark: release server on loopback, offline model with added latency, SQLite store, \
-         {cores} cores; each connection is one user sending its next message when the last run ended"
+        "model-latency benchmark: release server on loopback, offline model with added latency, {cores} cores; \
+         each connection is one user sending its next message when the last run ended"
     );
+    println!("tiers: {}", tiers.describe());
     println!();
     println!(
         "| users | model per call | runs | run p50 / p95 (ms) | model time p50 / p95 (ms) | run ÷ model p50 / p95 | refused busy |"
@@ -278,7 +362,7 @@ async fn model_latency() -> anyhow::Result<()> {
             "--max-active-runs",
             "4096",
         ];
-        let (server, client) = server::start_server(dir.path(), &args).await?;
+        let (server, client) = start(tiers, dir.path(), &args).await?;
         let sessions = users(&client, users_count).await?;
         // Users do not act in step: each starts at its own moment within one run's model time,
         // so the server sees a steady 1 000 concurrent runs, not 1 000 arriving in the same
@@ -389,21 +473,23 @@ async fn event_log_figures(client: &Client) -> anyhow::Result<Option<(f64, f64)>
 }
 
 async fn main_async() -> anyhow::Result<()> {
+    let tiers = Tiers::from_env();
     if std::env::args().any(|a| a == "model-latency") {
-        return model_latency().await;
+        return model_latency(&tiers).await;
     }
     let dir = tempfile::tempdir()?;
-    let (server, client) = server::start_server(dir.path(), &["--rate-limit-per-minute", "1000000"]).await?;
+    let (server, client) = start(&tiers, dir.path(), &["--rate-limit-per-minute", "1000000"]).await?;
     let pid = server.id().context("no pid")?;
     let sessions = Arc::new(users(&client, IDLE_CONNECTIONS / CONNECTIONS_PER_USER).await?);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "load benchmark: release server on loopback, offline model (no added latency), SQLite store, {cores} cores; \
+        "load benchmark: release server on loopback, offline model (no added latency), {cores} cores; \
          each connection is one user sending its next message when the last run ended \
          (after {}-{} ms when refused with server_busy)",
         BUSY_BACKOFF.as_millis() / 2,
         BUSY_BACKOFF.as_millis() * 3 / 2
     );
+    println!("tiers: {}", tiers.describe());
     println!();
     ping_baseline(&client, &sessions, 100, 200).await?;
     println!(
