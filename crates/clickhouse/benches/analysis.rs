@@ -7,6 +7,11 @@
 //! ClickHouse itself (`INSERT … SELECT … FROM numbers(N)`, the same formulas); the ingest rate
 //! through `insert_workload_events` is measured on a smaller upload in batches of 50 000.
 //!
+//! The prompts (`SWITCHBOARD_BENCH_PROMPTS`): `few` (default), 5 000 prompt hashes that every
+//! call repeats; `demo`, as in the demo month (`crates/agents/src/demo.rs`): 13 % of the calls
+//! one of 40 frequent prompts of their feature, the rest a prompt of their own, so about 870 000
+//! distinct prompts per million calls. Beside each summary's time, each of its queries run alone.
+//!
 //! `SWITCHBOARD_BENCH_CLICKHOUSE_URL=http://127.0.0.1:PORT/ cargo bench -p switchboard-clickhouse --bench analysis`
 //! (or `SWITCHBOARD_TEST_CLICKHOUSE_URL`); the bench works in a scratch database it drops at the end
 //! (kept with `SWITCHBOARD_BENCH_KEEP_DATABASE=1`).
@@ -33,8 +38,43 @@ const START: &str = "2026-10-01T00:00:00Z";
 const MONTH_MS: i64 = 30 * 24 * 3_600_000;
 const MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// How the calls' prompts repeat (see the top of the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prompts {
+    Few,
+    Demo,
+}
+
+impl Prompts {
+    /// Call `x`'s prompt hash (`x` as in [`event`]) in Rust.
+    fn of(self, x: u64) -> String {
+        let feature = FEATURES[(x >> 44) as usize % FEATURES.len()];
+        match self {
+            Prompts::Few => format!("h{}", (x >> 48) % 5000),
+            Prompts::Demo if x % 100 < 13 => format!("{feature}-faq-{}", (x >> 52) % 40),
+            Prompts::Demo => format!("{feature}-{x:016x}"),
+        }
+    }
+
+    /// The same in SQL, of `x` and the call's `feature`.
+    fn sql(self) -> &'static str {
+        match self {
+            Prompts::Few => "concat('h', toString(bitShiftRight(x, 48) % 5000))",
+            Prompts::Demo => {
+                "if(x % 100 < 13, concat(feature, '-faq-', toString(bitShiftRight(x, 52) % 40)), \
+                 concat(feature, '-', lower(hex(x))))"
+            }
+        }
+    }
+}
+
 /// Call `i` of the month, as `aggregates.rs` makes it.
 fn event(i: u64) -> WorkloadEvent {
+    event_with(i, Prompts::Few)
+}
+
+/// Call `i` of the month with its prompt as `prompts` has it.
+fn event_with(i: u64, prompts: Prompts) -> WorkloadEvent {
     let start = Timestamp::parse(START).unwrap().unix_millis();
     let x = i.wrapping_mul(MULTIPLIER);
     WorkloadEvent {
@@ -50,7 +90,7 @@ fn event(i: u64) -> WorkloadEvent {
             CallStatus::Ok
         },
         feature: Some(FEATURES[(x >> 44) as usize % FEATURES.len()].to_owned()),
-        prompt_hash: Some(format!("h{}", (x >> 48) % 5000)),
+        prompt_hash: Some(prompts.of(x)),
         cost_usd: ((x >> 20) % 10_000) as f64 / 1e6,
         batch: false,
     }
@@ -59,7 +99,7 @@ fn event(i: u64) -> WorkloadEvent {
 /// The same calls as [`event`], made by ClickHouse from `numbers()`, for `user`: numbers
 /// `first..first + count`. The columns are `workload_events`' (the same in schema versions 1
 /// and 2).
-fn insert_select(database: &str, user: &UserId, first: u64, count: u64) -> String {
+fn insert_select(database: &str, user: &UserId, first: u64, count: u64, prompts: Prompts) -> String {
     let list = |names: &[&str]| {
         let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
         format!("[{}]", quoted.join(", "))
@@ -70,10 +110,10 @@ fn insert_select(database: &str, user: &UserId, first: u64, count: u64) -> Strin
          SELECT '{user}', {start} + toInt64(x % {MONTH_MS}), {models}[(bitShiftRight(x, 8) % 6) + 1], 0, '', \
                 200 + bitShiftRight(x, 16) % 4000, 20 + bitShiftRight(x, 24) % 800, \
                 1, toFloat64(100 + bitShiftRight(x, 32) % 3000), bitShiftRight(x, 40) % 50 = 0, \
-                1, {features}[(bitShiftRight(x, 44) % 5) + 1], \
-                1, concat('h', toString(bitShiftRight(x, 48) % 5000)), \
-                (bitShiftRight(x, 20) % 10000) / 1e6, 0 \
-         FROM (SELECT number * {MULTIPLIER} AS x FROM numbers({first}, {count}))",
+                1, feature, 1, {prompt}, (bitShiftRight(x, 20) % 10000) / 1e6, 0 \
+         FROM (SELECT x, {features}[(bitShiftRight(x, 44) % 5) + 1] AS feature \
+               FROM (SELECT number * {MULTIPLIER} AS x FROM numbers({first}, {count})))",
+        prompt = prompts.sql(),
         user = user.as_str(),
         models = list(&MODELS),
         features = list(&FEATURES),
@@ -143,26 +183,71 @@ async fn bench() -> anyhow::Result<()> {
         )?;
     let calls = env_number("SWITCHBOARD_BENCH_CALLS", 10_000_000)?;
     let sqlite_calls = env_number("SWITCHBOARD_BENCH_SQLITE_CALLS", 1_000_000)?;
-    let url = scratch_database(&server).await?;
-    let database = url
-        .split("database=")
-        .nth(1)
-        .and_then(|rest| rest.split('&').next())
-        .context("the scratch database's URL")?
-        .to_owned();
+    let prompts = match std::env::var("SWITCHBOARD_BENCH_PROMPTS").as_deref() {
+        Ok("few") | Err(_) => Prompts::Few,
+        Ok("demo") => Prompts::Demo,
+        Ok(other) => bail!("SWITCHBOARD_BENCH_PROMPTS={other}: expected few or demo"),
+    };
+    // A database kept by an earlier run (its calls loaded, connected to again: a database of an
+    // older schema is brought to the current one), or a new one.
+    let (url, database, kept) = match std::env::var("SWITCHBOARD_BENCH_DATABASE") {
+        Ok(database) => {
+            let mut url = reqwest::Url::parse(&server)?;
+            url.query_pairs_mut().append_pair("database", &database);
+            (url.to_string(), database, true)
+        }
+        Err(_) => {
+            let url = scratch_database(&server).await?;
+            let database = url
+                .split("database=")
+                .nth(1)
+                .and_then(|rest| rest.split('&').next())
+                .context("the scratch database's URL")?
+                .to_owned();
+            (url, database, false)
+        }
+    };
     // Summaries of ten million calls take longer than the default query deadline on a small machine.
     let options = ClickHouseOptions {
         query_timeout: Duration::from_secs(60),
-        insert_timeout: Duration::from_secs(120),
+        insert_timeout: Duration::from_secs(600),
     };
+    let started = Instant::now();
     let store = ClickHouseAnalytics::connect(&url, options).await?;
-    let result = measure(&store, &server, &database, calls, sqlite_calls).await;
-    if std::env::var_os("SWITCHBOARD_BENCH_KEEP_DATABASE").is_some() {
+    if kept {
+        println!("connected to {database} in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    let result = measure(&store, &server, &database, calls, sqlite_calls, prompts, kept).await;
+    if kept || std::env::var_os("SWITCHBOARD_BENCH_KEEP_DATABASE").is_some() {
         println!("kept the database {database}");
     } else {
         run_sql(&server, format!("DROP DATABASE {database}")).await?;
     }
     result
+}
+
+/// Sends `sql` and returns the answer's text.
+async fn query_text(url: &str, sql: String) -> anyhow::Result<String> {
+    let answer = reqwest::Client::new().post(url).body(sql).send().await?;
+    let status = answer.status();
+    let text = answer.text().await?;
+    if !status.is_success() {
+        bail!("ClickHouse answered {status}: {text}");
+    }
+    Ok(text)
+}
+
+/// A fingerprint of everything a summary says (the same summaries, the same fingerprint).
+fn fingerprint(summary: &switchboard_store::Summary) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!("{summary:?}").hash(&mut hasher);
+    format!(
+        "{:016x} ({} repeated calls, repeated cost {:?})",
+        hasher.finish(),
+        summary.opportunities.repeated_prompt_calls,
+        summary.opportunities.repeated_prompt_cost_usd
+    )
 }
 
 async fn measure(
@@ -171,43 +256,58 @@ async fn measure(
     database: &str,
     calls: u64,
     sqlite_calls: u64,
+    prompts: Prompts,
+    kept: bool,
 ) -> anyhow::Result<()> {
-    println!("workload_summary over one user's calls (release build; ClickHouse over HTTP on this machine)");
+    println!(
+        "workload_summary over one user's calls (release build; ClickHouse over HTTP on this machine; prompts {prompts:?})"
+    );
     println!();
 
-    // Ingest through the store: 200 000 calls in batches of 50 000.
-    let uploader = UserId::generate();
-    let uploaded: Vec<WorkloadEvent> = (0..200_000).map(event).collect();
-    let started = Instant::now();
-    for chunk in uploaded.chunks(50_000) {
-        store.insert_workload_events(&uploader, chunk.to_vec()).await?;
-    }
-    let ingest = uploaded.len() as f64 / started.elapsed().as_secs_f64();
-
-    // The user's calls, and a fifth as many of ten other users'.
-    let user = UserId::generate();
-    let started = Instant::now();
-    let step = 1_000_000;
-    for first in (0..calls).step_by(step as usize) {
-        run_sql(server, insert_select(database, &user, first, step.min(calls - first))).await?;
-    }
-    for other in 0..10 {
-        run_sql(
+    let (user, ingest, load) = if kept {
+        let user = query_text(
             server,
-            insert_select(database, &UserId::generate(), other * 1_000_000, calls / 50),
+            format!("SELECT user FROM {database}.workload_events GROUP BY user ORDER BY count() DESC LIMIT 1"),
         )
         .await?;
-    }
-    let load = started.elapsed();
+        (UserId::parse(user.trim())?, f64::NAN, Duration::ZERO)
+    } else {
+        // Ingest through the store: 200 000 calls in batches of 50 000.
+        let uploader = UserId::generate();
+        let uploaded: Vec<WorkloadEvent> = (0..200_000).map(|i| event_with(i, prompts)).collect();
+        let started = Instant::now();
+        for chunk in uploaded.chunks(50_000) {
+            store.insert_workload_events(&uploader, chunk.to_vec()).await?;
+        }
+        let ingest = uploaded.len() as f64 / started.elapsed().as_secs_f64();
+
+        // The user's calls, and a fifth as many of ten other users'.
+        let user = UserId::generate();
+        let started = Instant::now();
+        let step = 1_000_000;
+        for first in (0..calls).step_by(step as usize) {
+            run_sql(
+                server,
+                insert_select(database, &user, first, step.min(calls - first), prompts),
+            )
+            .await?;
+        }
+        for other in 0..10 {
+            run_sql(
+                server,
+                insert_select(database, &UserId::generate(), other * 1_000_000, calls / 50, prompts),
+            )
+            .await?;
+        }
+        (user, ingest, started.elapsed())
+    };
     // Merged, as the tables are once the server's background merges have caught up.
-    for table in [
-        "workload_events",
-        "workload_cells",
-        "workload_bins",
-        "workload_prompts",
-        "workload_hour_bins",
-        "workload_day_prompts",
-    ] {
+    let tables = query_text(
+        server,
+        format!("SELECT name FROM system.tables WHERE database = '{database}' AND engine LIKE '%MergeTree'"),
+    )
+    .await?;
+    for table in tables.lines() {
         run_sql(server, format!("OPTIMIZE TABLE {database}.{table} FINAL")).await?;
     }
 
@@ -237,6 +337,27 @@ async fn measure(
         "| ClickHouse, the month but its first and last half hour | {calls} | | | | {bounded_median:.0} | \
          {bounded_min:.0} | {bounded_max:.0} |"
     );
+
+    println!();
+    println!("| range | query | median of 5 alone (ms) |");
+    println!("| --- | --- | ---: |");
+    for (name, range) in [("all", TimeRange::default()), ("bounded", bounded)] {
+        let mut runs: Vec<Vec<(&str, Duration)>> = Vec::new();
+        for _ in 0..5 {
+            runs.push(store.time_summary_queries(&user, range).await?);
+        }
+        for (i, (doing, _)) in runs[0].iter().enumerate() {
+            let (median, _, _) = spread(runs.iter().map(|run| run[i].1).collect());
+            println!("| {name} | {doing} | {median:.0} |");
+        }
+    }
+    println!();
+    println!(
+        "fingerprints: all {}; bounded {}",
+        fingerprint(&store.workload_summary(&user, TimeRange::default()).await?),
+        fingerprint(&store.workload_summary(&user, bounded).await?)
+    );
+    println!();
 
     if sqlite_calls > 0 {
         let dir = tempfile::tempdir()?;

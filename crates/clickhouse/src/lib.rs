@@ -345,43 +345,107 @@ impl ClickHouseAnalytics {
         }
     }
 
+    /// How long each query of a summary of `user`'s calls in `range` takes when run alone, one
+    /// after the other, named by what it does: for benchmarks.
+    #[doc(hidden)]
+    pub async fn time_summary_queries(
+        &self,
+        user: &UserId,
+        range: TimeRange,
+    ) -> Result<Vec<(&'static str, Duration)>, StoreError> {
+        let mut times = Vec::new();
+        let (queries, days) = summary_queries(user.as_str(), range);
+        for (query, doing) in queries {
+            if let Some(query) = query {
+                let started = std::time::Instant::now();
+                self.query(query, doing).await?;
+                times.push((doing, started.elapsed()));
+            }
+        }
+        let started = std::time::Instant::now();
+        self.repeated_prompts(user.as_str(), days.as_ref()).await?;
+        times.push(("listing the parts and counting repeated prompts", started.elapsed()));
+        Ok(times)
+    }
+
+    /// The calls with a prompt, the repeated prompts' calls and their cost among `user`'s calls
+    /// of all time (`days`: `None`) or of a bounded range split at days, read from the parts
+    /// there are now; `None` when the roll-ups read saw different uploads (one landed or a part
+    /// was merged away meanwhile).
+    async fn repeated_prompts(
+        &self,
+        user: &str,
+        days: Option<&sql::Split>,
+    ) -> Result<Option<(u64, u64, f64)>, StoreError> {
+        let answer = self
+            .query(sql::PARTS.to_owned(), "listing the parts of the prompt roll-ups")
+            .await?;
+        let mut parts = sql::Parts::default();
+        for row in rows::rows(&answer, 3).map_err(|e| self.corrupt("the parts", &e))? {
+            let read =
+                || -> Result<(String, String, u64), String> { Ok((row.hex_text(0)?, row.hex_text(1)?, row.u64(2)?)) };
+            let (table, name, rows) = read().map_err(|e| self.corrupt("the parts", &e))?;
+            match table.as_str() {
+                "workload_prompts" => parts.prompts.push((name, rows)),
+                "workload_day_prompts" => parts.day_prompts.push(name),
+                "workload_events" => parts.events.push(name),
+                other => return Err(self.corrupt("the parts", &format!("a part of table {other}"))),
+            }
+        }
+        match days {
+            None => {
+                let answer = self
+                    .query(
+                        sql::rolled_up_repeated_prompts(user, &parts),
+                        "reading repeated prompts",
+                    )
+                    .await?;
+                self.one_row(&answer, "the repeated prompts", |row| {
+                    Ok(Some((row.u64(0)?, row.u64(1)?, row.amount(2)?)))
+                })
+            }
+            Some(days) => {
+                let answer = self
+                    .query(
+                        sql::bounded_repeated_prompts(user, days, &parts),
+                        "counting repeated prompts",
+                    )
+                    .await?;
+                let (all_time, all_days, in_range, repeated, cost) =
+                    self.one_row(&answer, "the repeated prompts", |row| {
+                        Ok((row.u64(0)?, row.u64(1)?, row.u64(2)?, row.u64(3)?, row.amount(4)?))
+                    })?;
+                Ok((all_time == all_days).then_some((in_range, repeated, cost)))
+            }
+        }
+    }
+
     /// One reading of a summary, or `None` when its queries saw different calls (an upload
     /// landed between them). A range open at both ends reads the roll-ups of all time; any
     /// other reads the clock-hour and daily roll-ups of its whole hours and days and the rows
     /// of the rest.
     async fn read_summary(&self, user: &UserId, range: TimeRange) -> Result<Option<Summary>, StoreError> {
-        let (cells, latency, prompt_tokens, prompts) = if range.from.is_none() && range.to.is_none() {
-            let (cells, bins, prompts) = tokio::try_join!(
-                self.query(sql::rolled_up_cells(user.as_str()), "reading the workload cells"),
-                self.query(sql::rolled_up_bins(user.as_str()), "reading the sketch bins"),
-                self.query(
-                    sql::rolled_up_repeated_prompts(user.as_str()),
-                    "reading repeated prompts"
-                ),
-            )?;
-            (cells, bins, Vec::new(), prompts)
-        } else {
-            let (from, to) = (range.from.map(|t| t.unix_millis()), range.to.map(|t| t.unix_millis()));
-            let (hours, days) = (sql::split(from, to, sql::HOUR_MS), sql::split(from, to, sql::DAY_MS));
-            let user = user.as_str();
-            tokio::try_join!(
-                self.query(sql::bounded_cells(user, &hours), "summing the workload cells"),
-                self.query(sql::bounded_bins(user, &hours, Sketched::Latency), "counting latencies"),
-                self.query(
-                    sql::bounded_bins(user, &hours, Sketched::PromptTokens),
-                    "counting prompt sizes"
-                ),
-                self.query(sql::bounded_repeated_prompts(user, &days), "counting repeated prompts"),
-            )?
-        };
+        let ([cells, latency, prompt_tokens], days) = summary_queries(user.as_str(), range);
+        let [cells, latency, prompt_tokens] = [cells, latency, prompt_tokens].map(|(query, doing)| async move {
+            match query {
+                Some(query) => self.query(query, doing).await,
+                None => Ok(Vec::new()),
+            }
+        });
+        let (cells, latency, prompt_tokens, prompts) = tokio::try_join!(
+            cells,
+            latency,
+            prompt_tokens,
+            self.repeated_prompts(user.as_str(), days.as_ref())
+        )?;
         let mut cells = read_cells(&cells).map_err(|e| self.corrupt("the workload cells", &e))?;
         let mut bins = read_bins(&latency).map_err(|e| self.corrupt("the sketch bins", &e))?;
         for (class, more) in read_bins(&prompt_tokens).map_err(|e| self.corrupt("the sketch bins", &e))? {
             bins.entry(class).or_default().extend(more);
         }
-        let (prompt_calls, repeated_calls, repeated_cost) = self.one_row(&prompts, "the repeated prompts", |row| {
-            Ok((row.u64(0)?, row.u64(1)?, row.amount(2)?))
-        })?;
+        let Some((prompt_calls, repeated_calls, repeated_cost)) = prompts else {
+            return Ok(None);
+        };
         let Some(sketches) = sketches(&cells, bins).map_err(|e| self.corrupt("the sketch bins", &e))? else {
             return Ok(None);
         };
@@ -402,6 +466,42 @@ impl ClickHouseAnalytics {
         summary.add_repeated_prompts(repeated_calls, repeated_cost);
         summary.finish().map(Some)
     }
+}
+
+/// The queries of one reading of a summary: the cells, the latency bins, the prompt size bins
+/// (`None` when the latency query counts both), each with what it does, and the split at days
+/// the repeated prompts are read by (`None`: all time). A range open at both ends reads the
+/// roll-ups of all time; any other reads the clock-hour and daily roll-ups of its whole hours
+/// and days and the rows of the rest.
+type Queries = ([(Option<String>, &'static str); 3], Option<sql::Split>);
+
+fn summary_queries(user: &str, range: TimeRange) -> Queries {
+    if range.from.is_none() && range.to.is_none() {
+        return (
+            [
+                (Some(sql::rolled_up_cells(user)), "reading the workload cells"),
+                (Some(sql::rolled_up_bins(user)), "reading the sketch bins"),
+                (None, "reading the prompt size bins"),
+            ],
+            None,
+        );
+    }
+    let (from, to) = (range.from.map(|t| t.unix_millis()), range.to.map(|t| t.unix_millis()));
+    let (hours, days) = (sql::split(from, to, sql::HOUR_MS), sql::split(from, to, sql::DAY_MS));
+    (
+        [
+            (Some(sql::bounded_cells(user, &hours)), "summing the workload cells"),
+            (
+                Some(sql::bounded_bins(user, &hours, Sketched::Latency)),
+                "counting latencies",
+            ),
+            (
+                Some(sql::bounded_bins(user, &hours, Sketched::PromptTokens)),
+                "counting prompt sizes",
+            ),
+        ],
+        Some(days),
+    )
 }
 
 /// A class's latency and prompt size sketches, and the cell they go on.

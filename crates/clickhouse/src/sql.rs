@@ -595,51 +595,156 @@ pub(crate) fn bounded_bins(user: &str, hours: &Split, values: Sketched) -> Strin
     union(rolled_up, rows)
 }
 
-/// The repeated prompts of per-prompt sums `calls` (c), `hi`, `lo`: the calls with a prompt
-/// hash, those that repeat an earlier prompt (c − 1 for a prompt called c times) and their
-/// share of the cost ((c − 1) / c of the prompt's, in decimals of 10⁻¹⁸ dollars, whose sums
-/// come out the same in any order).
-fn repeated(per_prompt: &str) -> String {
+/// The active parts of the prompt roll-ups and the calls, as [`Parts`] reads them.
+pub(crate) const PARTS: &str = "SELECT hex(table), hex(name), rows FROM system.parts WHERE database = currentDatabase() \
+     AND active AND table IN ('workload_prompts', 'workload_day_prompts', 'workload_events') FORMAT TabSeparated";
+
+/// The parts a reading of repeated prompts reads, named by [`PARTS`] at one moment: every read
+/// of one query takes only these, so that its reads see the same calls (a part never changes;
+/// one merged away meanwhile is missing from all of them, and the counts that check the
+/// answer then differ).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Parts {
+    /// `workload_prompts`' parts and their rows.
+    pub(crate) prompts: Vec<(String, u64)>,
+    pub(crate) day_prompts: Vec<String>,
+    pub(crate) events: Vec<String>,
+}
+
+impl Parts {
+    /// `_part IN (…)` of `names` (a name no part has when there are none).
+    fn of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+        let mut names: Vec<String> = names.map(string).collect();
+        if names.is_empty() {
+            names.push(string(""));
+        }
+        format!("_part IN ({})", names.join(", "))
+    }
+
+    /// The prompt hashes of `user` that may have been called more than once, from
+    /// `workload_prompts` (a superset of them): within one part a prompt has one row (a view
+    /// writes a prompt's calls of an insert as one row; a merge sums a prompt's rows into one),
+    /// so a prompt called more than once has a row of more than one call or rows in two parts,
+    /// one of them not the largest. The rows of all but the largest part and the rows of
+    /// more than one call are few once the server has merged the parts: a user's prompts
+    /// called once are then never read but for their call counts.
+    fn candidates(&self, user: &str) -> String {
+        let largest = self
+            .prompts
+            .iter()
+            .max_by_key(|(_, rows)| *rows)
+            .map_or("", |(name, _)| name);
+        format!(
+            "SELECT prompt_hash FROM workload_prompts WHERE user = {} AND {} AND (calls > 1 OR _part != {})",
+            string(user),
+            Parts::of(self.prompts.iter().map(|(name, _)| name.as_str())),
+            string(largest)
+        )
+    }
+
+    /// The calls with a prompt of all of `user`'s calls in `workload_prompts`.
+    fn prompt_calls(&self, user: &str) -> String {
+        format!(
+            "(SELECT sum(calls) FROM workload_prompts WHERE user = {} AND {})",
+            string(user),
+            Parts::of(self.prompts.iter().map(|(name, _)| name.as_str()))
+        )
+    }
+}
+
+/// The repeated prompts of per-prompt sums `calls` (c), `hi`, `lo` of the prompts that may
+/// repeat (`per_prompt`): those that repeat an earlier prompt (c − 1 for a prompt called c
+/// times) and their share of the cost ((c − 1) / c of the prompt's, in decimals of 10⁻¹⁸
+/// dollars, whose sums come out the same in any order), after `first` (the columns that
+/// check them).
+fn repeated(first: &str, per_prompt: &str) -> String {
     format!(
-        "SELECT sum(c), sumIf(c - 1, c > 1), \
-             toString(sumIf((toDecimal128(h, 18) / {unit} + toDecimal128(l, 18) / {rest}) / c * (c - 1), c > 1)) \
-         FROM ({per_prompt}) FORMAT TabSeparated",
+        "SELECT {first}, sum(c - 1), \
+             toString(sum((toDecimal128(h, 18) / {unit} + toDecimal128(l, 18) / {rest}) / c * (c - 1))) \
+         FROM ({per_prompt}) WHERE c > 1 FORMAT TabSeparated",
         unit = 1u64 << COST_UNIT_SHIFT,
         rest = 1u64 << (COST_UNIT_SHIFT + COST_REST_SHIFT),
     )
 }
 
+/// Whether a bounded range's repeated prompts read only the prompts that may repeat: off, as
+/// measured (on a loaded machine, a million demo calls) the test of every day row against
+/// the candidates costs more than the grouping it saves.
+const BOUNDED_CANDIDATES: bool = false;
+
 /// A summary's repeated prompts among `user`'s calls in a bounded range split at days: each
 /// prompt's calls and cost in the whole days from the daily roll-up and in the edges from the
-/// rows, added up before a prompt's repeats are counted.
-pub(crate) fn bounded_repeated_prompts(user: &str, days: &Split) -> String {
+/// rows, added up before a prompt's repeats are counted, for the prompts that may repeat (see
+/// [`Parts::candidates`]) and those of the edges only. Columns: the calls with a prompt of all
+/// time in `workload_prompts` and in `workload_day_prompts` (the same when the parts read hold
+/// the same uploads), the calls with a prompt in range, the repeats, their cost.
+pub(crate) fn bounded_repeated_prompts(user: &str, days: &Split, parts: &Parts) -> String {
     let (hi, lo) = cost_units("cost_usd");
-    let mut parts = vec![format!(
-        "SELECT prompt_hash, toUInt64(1) AS one_c, {hi} AS one_h, {lo} AS one_l FROM workload_events \
-         WHERE {rows} AND {in_range} AND has_prompt = 1",
+    let edges = format!(
+        "{rows} AND {events} AND {in_range} AND has_prompt = 1",
         rows = days.edge_rows(user),
+        events = Parts::of(parts.events.iter().map(String::as_str)),
         in_range = in_range(),
-    )];
-    if let Some(whole) = days.whole_units("day") {
-        parts.push(format!(
-            "SELECT prompt_hash, calls AS one_c, cost_hi AS one_h, cost_lo AS one_l FROM workload_day_prompts \
-             WHERE user = {} AND {whole}",
-            string(user)
+    );
+    let day_parts = Parts::of(parts.day_prompts.iter().map(String::as_str));
+    let whole = days
+        .whole_units("day")
+        .map(|whole| format!("user = {} AND {day_parts} AND {whole}", string(user)));
+    let candidates = format!(
+        " AND (prompt_hash IN ({}) OR prompt_hash IN (SELECT prompt_hash FROM workload_events WHERE {edges}))",
+        parts.candidates(user)
+    );
+    let rows = |only: &str| {
+        let mut parts = vec![format!(
+            "SELECT prompt_hash, toUInt64(1) AS one_c, {hi} AS one_h, {lo} AS one_l FROM workload_events \
+             WHERE {edges}{only}"
+        )];
+        if let Some(whole) = &whole {
+            parts.push(format!(
+                "SELECT prompt_hash, calls AS one_c, cost_hi AS one_h, cost_lo AS one_l FROM workload_day_prompts \
+                 WHERE {whole}{only}"
+            ));
+        }
+        parts.join(" UNION ALL ")
+    };
+    // The calls in range alone, of the count columns only (18.16 reads every column a subquery
+    // of `UNION ALL` names, used or not).
+    let mut counts = vec![format!("SELECT count() AS n FROM workload_events WHERE {edges}")];
+    if let Some(whole) = &whole {
+        counts.push(format!(
+            "SELECT sum(calls) AS n FROM workload_day_prompts WHERE {whole}"
         ));
     }
-    repeated(&format!(
-        "SELECT sum(one_c) AS c, sum(one_h) AS h, sum(one_l) AS l FROM ({}) GROUP BY prompt_hash",
-        parts.join(" UNION ALL ")
-    ))
+    let first = format!(
+        "{}, (SELECT sum(calls) FROM workload_day_prompts WHERE user = {} AND {day_parts}), \
+         (SELECT sum(n) FROM ({}))",
+        parts.prompt_calls(user),
+        string(user),
+        counts.join(" UNION ALL ")
+    );
+    repeated(
+        &first,
+        &format!(
+            "SELECT sum(one_c) AS c, sum(one_h) AS h, sum(one_l) AS l FROM ({}) GROUP BY prompt_hash",
+            rows(if BOUNDED_CANDIDATES { &candidates } else { "" })
+        ),
+    )
 }
 
-/// A summary's repeated prompts among all of `user`'s calls, from the roll-up.
-pub(crate) fn rolled_up_repeated_prompts(user: &str) -> String {
-    repeated(&format!(
-        "SELECT sum(calls) AS c, sum(cost_hi) AS h, sum(cost_lo) AS l FROM workload_prompts WHERE user = {} \
-         GROUP BY prompt_hash",
-        string(user)
-    ))
+/// A summary's repeated prompts among all of `user`'s calls, from the roll-up, of the prompts
+/// that may repeat (see [`Parts::candidates`]). Columns: the calls with a prompt, the
+/// repeats, their cost.
+pub(crate) fn rolled_up_repeated_prompts(user: &str, parts: &Parts) -> String {
+    repeated(
+        &parts.prompt_calls(user),
+        &format!(
+            "SELECT sum(calls) AS c, sum(cost_hi) AS h, sum(cost_lo) AS l FROM workload_prompts \
+             WHERE user = {} AND {} AND prompt_hash IN ({}) GROUP BY prompt_hash",
+            string(user),
+            Parts::of(parts.prompts.iter().map(|(name, _)| name.as_str())),
+            parts.candidates(user)
+        ),
+    )
 }
 
 #[cfg(test)]
