@@ -317,55 +317,68 @@ fn duplicate(earlier: Message) -> Result<Accepted, StoreError> {
     })
 }
 
-/// Stores one user message and its run (and its thread, when it starts one), in one
-/// transaction. A message racing another with the same `client_message_id` waits for it (the
-/// unique index) and then answers with it.
+/// Stores one user message, its run and, when it starts one, its thread, in one statement (one
+/// round trip, one implicit transaction). Without the thread (not the user's, or gone) nothing
+/// is stored and the statement answers 0 rows stored. A `client_message_id` stored before fails
+/// the statement on `MESSAGE_CLIENT_ID` (nothing of it is kept, the thread included): a message
+/// racing another with the same id waits for it (the unique index), then fails so. The statement
+/// also answers whether an earlier message with that id exists (in its snapshot), so a repeated
+/// message whose thread is gone is still answered with the earlier one.
+const ACCEPT: &str = r#"
+WITH touched AS (
+    UPDATE threads SET updated_at = $7 WHERE $8 AND id = $2 AND user_id = $3 RETURNING id
+),
+created AS (
+    INSERT INTO threads (id, user_id, title, created_at, updated_at)
+    SELECT $2, $3, $9, $7, $7 WHERE NOT $8
+    RETURNING id
+),
+thread AS (
+    SELECT id FROM touched UNION ALL SELECT id FROM created
+),
+message AS (
+    INSERT INTO messages (id, thread_id, user_id, role, text, run_id, client_message_id, created_at)
+    SELECT $1, id, $3, 'user', $4, $5, $6, $7 FROM thread
+    RETURNING id
+),
+run AS (
+    INSERT INTO runs (id, user_id, thread_id, message_id, status, started_at)
+    SELECT $5, $3, $2, id, 'running', $7 FROM message
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM run),
+       $6::text IS NOT NULL AND EXISTS (
+           SELECT 1 FROM messages WHERE user_id = $3 AND client_message_id = $6 AND role = 'user'
+       )
+"#;
+
+/// The unique index a repeated `client_message_id` runs into.
+const MESSAGE_CLIENT_ID: &str = "messages_by_client_id";
+
+/// Whether the statement failed because the message's `client_message_id` was stored before.
+fn repeated(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.constraint() == Some(MESSAGE_CLIENT_ID)
+    })
+}
+
+/// Stores one user message and its run (and its thread, when it starts one), all or nothing, in
+/// one statement (`ACCEPT`); a repeated `client_message_id` is answered with the earlier message.
 fn accept(client: &mut ClientWrapper, message: NewMessage) -> Work<'_, Accepted> {
     Box::pin(async move {
         let user = message.user_id.to_string();
-        if let Some(client_id) = &message.client_message_id
-            && let Some(earlier) = message_by_client_id(client, &user, client_id).await?
-        {
-            return Ok(duplicate(earlier)?);
-        }
         let now = now_millis();
-        let tx = client.transaction().await?;
         let created_thread = message.thread_id.is_none();
-        let thread_id = match &message.thread_id {
-            Some(thread) => {
-                let touch = tx
-                    .prepare_cached("UPDATE threads SET updated_at = $1 WHERE id = $2 AND user_id = $3")
-                    .await?;
-                if tx.execute(&touch, &[&now, &thread.as_str(), &user]).await? == 0 {
-                    return Err(StoreError::NotFound(format!("thread {thread}")).into());
-                }
-                thread.clone()
-            }
-            None => {
-                let thread = ThreadId::generate();
-                let insert = tx
-                    .prepare_cached(
-                        "INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
-                    )
-                    .await?;
-                tx.execute(
-                    &insert,
-                    &[&thread.as_str(), &user, &storable(thread_title(&message.text)), &now],
-                )
-                .await?;
-                thread
-            }
+        let thread_id = message.thread_id.clone().unwrap_or_else(ThreadId::generate);
+        let title = if created_thread {
+            storable(thread_title(&message.text))
+        } else {
+            String::new()
         };
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, client_message_id, created_at)
-                 VALUES ($1, $2, $3, 'user', $4, $5, $6, $7)
-                 ON CONFLICT (user_id, client_message_id) DO NOTHING",
-            )
-            .await?;
-        let inserted = tx
-            .execute(
-                &insert,
+        let statement = client.prepare_cached(ACCEPT).await?;
+        let stored = client
+            .query_one(
+                &statement,
                 &[
                     &message.message_id.as_str(),
                     &thread_id.as_str(),
@@ -374,52 +387,50 @@ fn accept(client: &mut ClientWrapper, message: NewMessage) -> Work<'_, Accepted>
                     &message.run_id.as_str(),
                     &message.client_message_id,
                     &now,
+                    &!created_thread,
+                    &title,
                 ],
             )
-            .await?;
-        if inserted == 0 {
+            .await;
+        let earlier_exists = match stored {
+            Ok(row) => {
+                let runs: i64 = get(&row, 0)?;
+                if runs > 0 {
+                    return Ok(Accepted {
+                        message: Message {
+                            id: message.message_id,
+                            thread_id: thread_id.clone(),
+                            role: Role::User,
+                            text: message.text,
+                            run_id: Some(message.run_id.clone()),
+                            client_message_id: message.client_message_id,
+                            created_at: timestamp(now)?,
+                        },
+                        run_id: message.run_id,
+                        thread_id,
+                        duplicate: false,
+                        created_thread,
+                    });
+                }
+                let earlier: bool = get(&row, 1)?;
+                if !earlier {
+                    return Err(StoreError::NotFound(format!("thread {thread_id}")).into());
+                }
+                true
+            }
             // Another transaction stored this `client_message_id` first (and has committed:
             // the insert waited for it). Nothing of this one is kept, the thread included.
-            tx.rollback().await?;
-            let client_id = message.client_message_id.as_deref().unwrap_or_default();
-            let earlier = message_by_client_id(client, &user, client_id)
-                .await?
-                .ok_or_else(|| StoreError::Backend("a repeated message vanished while it was stored".into()))?;
-            return Ok(duplicate(earlier)?);
+            Err(error) if repeated(&error) => false,
+            Err(error) => return Err(error.into()),
+        };
+        let client_id = message.client_message_id.as_deref().unwrap_or_default();
+        match message_by_client_id(client, &user, client_id).await? {
+            Some(earlier) => Ok(duplicate(earlier)?),
+            // The earlier message was seen but is gone now (its thread was deleted): its thread
+            // is not found.
+            None if earlier_exists => Err(StoreError::NotFound(format!("thread {thread_id}")).into()),
+            None => Err(StoreError::Backend("a repeated message vanished while it was stored".into()).into()),
         }
-        let run = tx
-            .prepare_cached(
-                "INSERT INTO runs (id, user_id, thread_id, message_id, status, started_at)
-                 VALUES ($1, $2, $3, $4, 'running', $5)",
-            )
-            .await?;
-        tx.execute(
-            &run,
-            &[
-                &message.run_id.as_str(),
-                &user,
-                &thread_id.as_str(),
-                &message.message_id.as_str(),
-                &now,
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Accepted {
-            message: Message {
-                id: message.message_id,
-                thread_id: thread_id.clone(),
-                role: Role::User,
-                text: message.text,
-                run_id: Some(message.run_id.clone()),
-                client_message_id: message.client_message_id,
-                created_at: timestamp(now)?,
-            },
-            run_id: message.run_id,
-            thread_id,
-            duplicate: false,
-            created_thread,
-        })
     })
 }
 
@@ -440,7 +451,9 @@ struct EventRow {
 /// its users' new last seqs (`log_batches`: a batch stored before fails the statement on its
 /// key, and nothing of it is stored again). The statement answers each user's new last seq;
 /// the caller numbers its records from it the same way.
-const APPEND: &str = r#"
+macro_rules! append_sql {
+    ($($ends:literal)?) => {
+        concat!(r#"
 WITH batch AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS b (user_id, run_id, rest, n)
 ),
@@ -463,9 +476,46 @@ stored AS (
 remembered AS (
     INSERT INTO log_batches (key, lasts, stored_at)
     SELECT $4, array_agg(last_seq ORDER BY user_id COLLATE "C"), $5 FROM advanced
-)
-SELECT user_id, last_seq FROM advanced
-"#;
+)"#,
+            $($ends,)?
+            "\nSELECT user_id, last_seq FROM advanced\n"
+        )
+    };
+}
+const APPEND: &str = append_sql!();
+
+/// `APPEND` that also finishes the runs whose ends the batch carries, in the same statement
+/// (one round trip, one implicit transaction): each run's status, end time, duration, timings,
+/// model calls and missing agents; a completed run's answer as an assistant message in its
+/// thread (when the thread is still there), and the thread's `updated_at` moved to it.
+const APPEND_ENDING: &str = append_sql!(
+    r#",
+ends AS (
+    SELECT * FROM UNNEST($6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::text[],
+                         $13::text[], $14::text[], $15::text[])
+        AS e (user_id, run_id, status, at, duration_ms, timings, model_calls, missing, answer_id, answer)
+),
+finished AS (
+    UPDATE runs SET status = ends.status, finished_at = ends.at, duration_ms = ends.duration_ms,
+                    timings = ends.timings, model_calls = ends.model_calls, missing = ends.missing
+    FROM ends WHERE runs.id = ends.run_id AND runs.user_id = ends.user_id
+    RETURNING runs.id, runs.user_id, runs.thread_id
+),
+answered AS (
+    INSERT INTO messages (id, thread_id, user_id, role, text, run_id, created_at)
+    SELECT ends.answer_id, finished.thread_id, finished.user_id, 'assistant', ends.answer, finished.id, ends.at
+    FROM ends
+    JOIN finished ON finished.id = ends.run_id AND finished.user_id = ends.user_id
+    JOIN threads ON threads.id = finished.thread_id
+    WHERE ends.answer IS NOT NULL
+    RETURNING thread_id, created_at
+),
+touched AS (
+    UPDATE threads SET updated_at = latest.at
+    FROM (SELECT thread_id, max(created_at) AS at FROM answered GROUP BY thread_id) AS latest
+    WHERE threads.id = latest.thread_id
+)"#
+);
 
 /// The constraint a batch stored before runs into.
 const BATCH_KEY: &str = "log_batches_pkey";
@@ -508,8 +558,7 @@ async fn earlier(
 /// The start of every event's JSON before it is numbered (see `UnnumberedJson`).
 const UNNUMBERED_PREFIX: &str = "{\"seq\":0,";
 
-/// Stores the rows: one statement when no run ends among them, else one transaction that also
-/// finishes the runs. A batch stored before (its key is kept) is answered as it was then.
+/// Stores the rows, and finishes the runs whose ends they carry, in one statement. A batch stored before (its key is kept) is answered as it was then.
 fn append_all(client: &mut ClientWrapper, key: Vec<u8>, rows: Vec<EventRow>) -> Work<'_, Vec<StoredEvent>> {
     Box::pin(async move {
         let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
@@ -530,34 +579,107 @@ fn append_all(client: &mut ClientWrapper, key: Vec<u8>, rows: Vec<EventRow>) -> 
             rests.push(rest);
         }
         let now = now_millis();
-        let ends = rows.iter().any(|row| row.end.is_some());
-        let append = client.prepare_cached(APPEND).await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [&user_ids, &run_ids, &rests, &key, &now];
-        if !ends {
-            return match client.query(&append, &params).await {
-                Ok(advanced) => Ok(number(&rows, &counts, users_and_lasts(&advanced)?)?),
-                Err(error) if stored_before(&error) => earlier(client, &key, &rows, &counts).await,
-                Err(error) => Err(error.into()),
-            };
-        }
-        let tx = client.transaction().await?;
-        let advanced = match tx.query(&append, &params).await {
-            Ok(advanced) => advanced,
-            Err(error) if stored_before(&error) => {
-                tx.rollback().await?;
-                return earlier(client, &key, &rows, &counts).await;
-            }
-            Err(error) => return Err(error.into()),
+        let ends = RunEnds::of(&rows)?;
+        let answer = if ends.is_empty() {
+            client
+                .query(
+                    &client.prepare_cached(APPEND).await?,
+                    &[&user_ids, &run_ids, &rests, &key, &now],
+                )
+                .await
+        } else {
+            let statement = client.prepare_cached(APPEND_ENDING).await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+                &user_ids,
+                &run_ids,
+                &rests,
+                &key,
+                &now,
+                &ends.user_ids,
+                &ends.run_ids,
+                &ends.statuses,
+                &ends.ats,
+                &ends.durations,
+                &ends.timings,
+                &ends.model_calls,
+                &ends.missing,
+                &ends.answer_ids,
+                &ends.answers,
+            ];
+            client.query(&statement, &params).await
         };
-        let stored = number(&rows, &counts, users_and_lasts(&advanced)?)?;
-        for row in &rows {
+        match answer {
+            Ok(advanced) => Ok(number(&rows, &counts, users_and_lasts(&advanced)?)?),
+            Err(error) if stored_before(&error) => earlier(client, &key, &rows, &counts).await,
+            Err(error) => Err(error.into()),
+        }
+    })
+}
+
+/// The run ends a batch carries, as the columns `APPEND_ENDING` unnests: one per run (the last
+/// given, should a run's end come twice), a completed run's answer with the id of its message.
+#[derive(Default)]
+struct RunEnds<'a> {
+    user_ids: Vec<&'a str>,
+    run_ids: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    ats: Vec<i64>,
+    durations: Vec<i64>,
+    timings: Vec<Option<String>>,
+    model_calls: Vec<Option<String>>,
+    missing: Vec<Option<String>>,
+    answer_ids: Vec<String>,
+    answers: Vec<Option<String>>,
+}
+
+impl<'a> RunEnds<'a> {
+    fn of(rows: &'a [EventRow]) -> Result<Self, StoreError> {
+        let mut last: BTreeMap<(&str, &str), (&RunEnd, i64)> = BTreeMap::new();
+        for row in rows {
             if let Some(end) = &row.end {
-                finish_run(&tx, row.user_id.as_str(), &row.run_id, end, row.at).await?;
+                last.insert((row.user_id.as_str(), row.run_id.as_str()), (end, row.at));
             }
         }
-        tx.commit().await?;
-        Ok(stored)
-    })
+        let mut ends = RunEnds::default();
+        for ((user, run), (end, at)) in last {
+            ends.user_ids.push(user);
+            ends.run_ids.push(run);
+            ends.statuses.push(end.status.as_str());
+            ends.ats.push(at);
+            ends.durations.push(i64::try_from(end.duration_ms).unwrap_or(i64::MAX));
+            ends.timings.push(
+                end.timings
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(|e| corrupt("timings", e))?,
+            );
+            ends.model_calls.push(
+                Some(&end.model_calls)
+                    .filter(|calls| !calls.is_empty())
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(|e| corrupt("model calls", e))?,
+            );
+            ends.missing.push(
+                Some(&end.missing)
+                    .filter(|agents| !agents.is_empty())
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(|e| corrupt("missing agents", e))?,
+            );
+            ends.answer_ids.push(MessageId::generate().to_string());
+            ends.answers.push(match (end.status, &end.answer) {
+                (RunStatus::Completed, Some(answer)) => Some(storable(answer.clone())),
+                _ => None,
+            });
+        }
+        Ok(ends)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.run_ids.is_empty()
+    }
 }
 
 /// The rows `APPEND` answers: each user and its last seq.
@@ -593,72 +715,6 @@ fn number(
         });
     }
     Ok(stored)
-}
-
-/// Stores the run's end, and a completed run's answer as an assistant message.
-async fn finish_run(
-    tx: &deadpool_postgres::Transaction<'_>,
-    user: &str,
-    run: &str,
-    end: &RunEnd,
-    at: i64,
-) -> Result<(), Failure> {
-    let timings = end
-        .timings
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| corrupt("timings", e))?;
-    let model_calls = Some(&end.model_calls)
-        .filter(|calls| !calls.is_empty())
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| corrupt("model calls", e))?;
-    let missing = Some(&end.missing)
-        .filter(|agents| !agents.is_empty())
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| corrupt("missing agents", e))?;
-    let update = tx
-        .prepare_cached(
-            "UPDATE runs SET status = $1, finished_at = $2, duration_ms = $3, timings = $4, model_calls = $5,
-             missing = $6 WHERE id = $7 AND user_id = $8",
-        )
-        .await?;
-    tx.execute(
-        &update,
-        &[
-            &end.status.as_str(),
-            &at,
-            &i64::try_from(end.duration_ms).unwrap_or(i64::MAX),
-            &timings,
-            &model_calls,
-            &missing,
-            &run,
-            &user,
-        ],
-    )
-    .await?;
-    if let (RunStatus::Completed, Some(answer)) = (end.status, &end.answer) {
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO messages (id, thread_id, user_id, role, text, run_id, created_at)
-                 SELECT $1, runs.thread_id, runs.user_id, 'assistant', $2, runs.id, $3 FROM runs
-                 JOIN threads ON threads.id = runs.thread_id
-                 WHERE runs.id = $4 AND runs.user_id = $5",
-            )
-            .await?;
-        let answer = storable(answer.clone());
-        tx.execute(&insert, &[&MessageId::generate().as_str(), &answer, &at, &run, &user])
-            .await?;
-        let touch = tx
-            .prepare_cached(
-                "UPDATE threads SET updated_at = $1 WHERE id = (SELECT thread_id FROM runs WHERE id = $2 AND user_id = $3)",
-            )
-            .await?;
-        tx.execute(&touch, &[&at, &run, &user]).await?;
-    }
-    Ok(())
 }
 
 #[async_trait]

@@ -176,15 +176,31 @@ async fn a_transaction_cut_off_behind_a_stalled_network_does_not_hold_the_log_fo
     let (run, thread) = (accepted.run_id, accepted.thread_id);
     assert_eq!(append(&direct, entry(&alice, &run, &thread, started(), None)).await, 1);
 
-    // This one's network stalls when it commits: its transaction has taken alice's log row and
-    // finished the run, and waits, open, for a COMMIT that never arrives.
-    let (proxy, armed) = support::stalling_proxy(format!("127.0.0.1:{port}"), b"COMMIT", support::Stall::Before).await;
+    // This one's network stalls once its run-ending append has reached the server: no answer
+    // comes back. The append (events, the run's end, the answer) is one statement, so the
+    // server runs and commits it whatever the client's network does, and holds no transaction
+    // open for the client: alice's log row is free at once.
+    let (proxy, armed) = support::stalling_proxy(format!("127.0.0.1:{port}"), b"lost", support::Stall::After).await;
     let cut_off = PgStore::connect(
         &format!("host=127.0.0.1 port={proxy} user={user} dbname={database}"),
         one_connection(Duration::from_millis(300)),
     )
     .await
     .unwrap();
+    // Its statements prepared first, so that the stalled message is the one that runs it.
+    let bob = UserId::generate();
+    let warm = cut_off
+        .accept_message(new_message(&bob, None, "question", None))
+        .await
+        .unwrap();
+    let warm_end = entry(
+        &bob,
+        &warm.run_id,
+        &warm.thread_id,
+        finished(RunStatus::Completed, Some("fine")),
+        Some("fine"),
+    );
+    assert_eq!(cut_off.append_events(&[warm_end]).await.unwrap().len(), 1);
     armed.store(true, Ordering::SeqCst);
     let end = entry(
         &alice,
@@ -196,13 +212,25 @@ async fn a_transaction_cut_off_behind_a_stalled_network_does_not_hold_the_log_fo
     let outcome = cut_off.append_events(&[end]).await;
     assert!(matches!(outcome, Err(StoreError::TimedOut { .. })), "{outcome:?}");
 
-    // The server ends the transaction left open (the session's idle-in-transaction timeout):
-    // the other server's append takes the row well within its deadline.
+    // The other server's append takes the row at once, after the cut-off one, which was stored
+    // whole: its event, the run's end and the answer.
+    let started_at = std::time::Instant::now();
     assert_eq!(
         append(&direct, entry(&alice, &run, &thread, started(), None)).await,
-        2,
-        "the cut-off transaction stored nothing"
+        3,
+        "the cut-off append was stored"
+    );
+    assert!(
+        started_at.elapsed() < Duration::from_millis(500),
+        "the log row was held for {:?}",
+        started_at.elapsed()
     );
     let record = direct.run(&alice, &run).await.unwrap().unwrap();
-    assert_eq!(record.state, RunState::Running, "nor finished the run");
+    assert_eq!(
+        record.state,
+        RunState::Finished(RunStatus::Completed),
+        "and finished the run"
+    );
+    let messages = direct.messages(&alice, &thread).await.unwrap();
+    assert_eq!(messages.last().map(|m| m.text.as_str()), Some("lost"));
 }
