@@ -9,12 +9,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use switchboard_protocol::{
-    EntryKey, Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp,
-    UnnumberedJson, UserId,
+    EntryKey, Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
 };
 use switchboard_store::{
-    Accepted, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord, RunState, Store,
-    StoreError, StoredEvent, Thread, Tier, User, thread_title,
+    Accepted, EventRecord, EventRow, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
+    RunState, Store, StoreError, StoredEvent, Thread, Tier, User, thread_title,
 };
 use tokio_postgres::Row;
 
@@ -432,15 +431,6 @@ fn accept(client: &mut ClientWrapper, message: NewMessage) -> Work<'_, Accepted>
             None => Err(StoreError::Backend("a repeated message vanished while it was stored".into()).into()),
         }
     })
-}
-
-/// An event on its way into the table: its JSON written, its seq to come.
-struct EventRow {
-    user_id: UserId,
-    run_id: String,
-    json: UnnumberedJson,
-    end: Option<RunEnd>,
-    at: i64,
 }
 
 /// Appends a batch in one statement, one round trip: each user's `user_logs` row is advanced
@@ -958,18 +948,7 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         // Written before a connection is taken, so it is held only for the rows.
-        let rows = entries
-            .iter()
-            .map(|entry| {
-                Ok(EventRow {
-                    user_id: entry.user_id.clone(),
-                    run_id: entry.event.run_id.to_string(),
-                    json: entry.event.to_json().map_err(|e| corrupt("event", e))?,
-                    end: entry.end.clone(),
-                    at: entry.event.timestamp.unix_millis(),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows = EventRow::of(entries)?;
         let key = EntryKey::of_batch(entries).get().to_be_bytes().to_vec();
         let stored = self.with(move |client| append_all(client, key, rows)).await?;
         if self.appends.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {

@@ -11,8 +11,8 @@ mod workload;
 
 use async_trait::async_trait;
 use switchboard_protocol::{
-    AgentName, Event, LogEntry, MessageId, ModelCallUsage, Role, RunId, RunStatus, RunTimings, Seq, ThreadId,
-    Timestamp, UserId,
+    AgentName, Event, LogEntry, MessageId, ModelCallUsage, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId,
+    Timestamp, UnnumberedJson, UserId,
 };
 
 pub use sqlite::SqliteStore;
@@ -264,6 +264,43 @@ impl EventRecord {
     /// Parses the event back.
     pub fn event(&self) -> Result<Event, StoreError> {
         serde_json::from_str(&self.json).map_err(|e| StoreError::Corrupt(format!("event {}: {e}", self.seq)))
+    }
+}
+
+/// An entry of the log as a backend stores it: its JSON written already (everything after
+/// `{"seq":N,`), so a backend holds its connection only for the rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// Whose log.
+    pub user_id: UserId,
+    /// The event's run.
+    pub run_id: String,
+    /// The event's JSON without its seq.
+    pub json: UnnumberedJson,
+    /// The run's end, on its final event.
+    pub end: Option<RunEnd>,
+    /// The event's time, milliseconds since the epoch.
+    pub at: i64,
+}
+
+impl EventRow {
+    /// The rows of `entries`, in order: the same bytes on every backend.
+    pub fn of(entries: &[LogEntry]) -> Result<Vec<EventRow>, StoreError> {
+        entries
+            .iter()
+            .map(|entry| {
+                Ok(EventRow {
+                    user_id: entry.user_id.clone(),
+                    run_id: entry.event.run_id.to_string(),
+                    json: entry
+                        .event
+                        .to_json()
+                        .map_err(|e| StoreError::Corrupt(format!("event: {e}")))?,
+                    end: entry.end.clone(),
+                    at: entry.event.timestamp.unix_millis(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use switchboard_protocol::{
-    Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UnnumberedJson,
-    UserId,
+    Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
 };
 use tokio::sync::oneshot;
 
 use crate::sqlite_analytics::{SqliteAnalytics, path_beside as analytics_path};
 use crate::{
-    Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
-    RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User, WorkloadEvent, thread_title,
+    Accepted, AnalyticsStore, EventRecord, EventRow, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation,
+    RunRecord, RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User, WorkloadEvent,
+    thread_title,
 };
 
 /// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`;
@@ -664,18 +664,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         // Written here, on the caller's thread, so the connection is held only for the rows.
-        let rows = entries
-            .iter()
-            .map(|entry| {
-                Ok(EventRow {
-                    user_id: entry.user_id.clone(),
-                    run_id: entry.event.run_id.to_string(),
-                    json: entry.event.to_json().map_err(|e| corrupt("event", e))?,
-                    end: entry.end.clone(),
-                    at: entry.event.timestamp.unix_millis(),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows = EventRow::of(entries)?;
         self.with(move |conn| append_all(conn, rows)).await
     }
 
@@ -994,15 +983,6 @@ fn accept_one(conn: &Connection, message: NewMessage) -> Result<Accepted, StoreE
         duplicate: false,
         created_thread,
     })
-}
-
-/// An event on its way into the table: its JSON written, its seq to come.
-struct EventRow {
-    user_id: UserId,
-    run_id: String,
-    json: UnnumberedJson,
-    end: Option<RunEnd>,
-    at: i64,
 }
 
 /// One transaction for all the entries. `BEGIN IMMEDIATE` takes the write lock before the first
