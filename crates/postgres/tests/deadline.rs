@@ -39,18 +39,6 @@ async fn lock_log_of(url: &str, user: &UserId) -> tokio_postgres::Client {
     raw
 }
 
-/// How many of the store's queries wait on a lock.
-async fn waiting_on_a_lock(raw: &tokio_postgres::Client) -> i64 {
-    raw.query_one(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'switchboard' AND wait_event_type = 'Lock'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_held_past_the_deadline_times_out_and_the_store_serves_on() {
     let deadline = Duration::from_millis(300);
@@ -75,7 +63,7 @@ async fn an_append_held_past_the_deadline_times_out_and_the_store_serves_on() {
     // (Asked on a connection outside the lock's transaction, which would see one snapshot.)
     let watcher = support::raw_connection(&url).await;
     tokio::time::timeout(Duration::from_secs(30), async {
-        while waiting_on_a_lock(&watcher).await > 0 {}
+        while support::waiting_on_a_lock(&watcher).await > 0 {}
     })
     .await
     .expect("the append that timed out was cancelled on the server");

@@ -180,9 +180,11 @@ async fn a_batch_tried_again_while_its_first_try_is_under_way_waits_for_it_and_i
         async move { other.append_events(&batch).await }
     });
     let watcher = support::raw_connection(&url).await;
-    tokio::time::timeout(TEST_DEADLINE, async { while waiting_on_a_lock(&watcher).await < 2 {} })
-        .await
-        .expect("both tries wait on the lock");
+    tokio::time::timeout(TEST_DEADLINE, async {
+        while support::waiting_on_a_lock(&watcher).await < 2 {}
+    })
+    .await
+    .expect("both tries wait on the lock");
     lock.batch_execute("COMMIT").await.unwrap();
 
     let (store, first) = first.await.unwrap().unwrap();
@@ -191,18 +193,6 @@ async fn a_batch_tried_again_while_its_first_try_is_under_way_waits_for_it_and_i
     let seqs: Vec<u64> = first.iter().map(|s| s.record.seq.get()).collect();
     assert_eq!(seqs, [2, 3, 4]);
     assert_eq!(all_events(&store, &ann).await, [1, 2, 3, 4]);
-}
-
-/// How many of the stores' queries wait on a lock.
-async fn waiting_on_a_lock(raw: &tokio_postgres::Client) -> i64 {
-    raw.query_one(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'switchboard' AND wait_event_type = 'Lock'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

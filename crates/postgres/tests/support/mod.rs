@@ -99,3 +99,16 @@ pub(crate) async fn stalling_proxy(server: String, trigger: &'static [u8], stall
     });
     (port, armed)
 }
+
+/// How many of the stores' queries (application `switchboard`) on this database wait on a lock.
+#[allow(dead_code)]
+pub(crate) async fn waiting_on_a_lock(raw: &tokio_postgres::Client) -> i64 {
+    raw.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'switchboard' AND wait_event_type = 'Lock'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}

@@ -132,6 +132,24 @@ fn assert_each_stored_once(events: &[Event]) {
     }
 }
 
+/// Once the store answers again: reads the rest of `run` into `events`, and checks that the
+/// run's events are gapless, keep the contract, are each stored once and end with `status`.
+async fn rest_of_run(
+    socket: &mut Socket,
+    run: &switchboard_protocol::RunId,
+    events: &mut Vec<Event>,
+    status: RunStatus,
+) {
+    let rest = tokio::time::timeout(Duration::from_secs(30), events_until_final(socket, run))
+        .await
+        .expect("the run's end arrives once the store answers");
+    events.extend(rest);
+    check_gapless(events).unwrap();
+    check_run(events).unwrap();
+    assert_each_stored_once(events);
+    assert_eq!(final_status(events), Some(status));
+}
+
 /// Waits (on the real clock, at most `limit`) for the next `store_delayed` notice, collecting
 /// the events before it.
 async fn until_delayed(socket: &mut Socket, events: &mut Vec<Event>) -> StoreDelayed {
@@ -199,17 +217,7 @@ async fn while_postgres_stalls_runs_end_their_users_are_told_messages_are_refuse
     // PostgreSQL answers again: the run's events come through in order, each once, and the
     // service goes on by itself.
     proxy.set(Fault::None);
-    let rest = tokio::time::timeout(
-        Duration::from_secs(30),
-        events_until_final(&mut socket, &accepted.run_id),
-    )
-    .await
-    .expect("the run's end arrives once PostgreSQL answers");
-    events.extend(rest);
-    check_gapless(&events).unwrap();
-    check_run(&events).unwrap();
-    assert_each_stored_once(&events);
-    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    rest_of_run(&mut socket, &accepted.run_id, &mut events, RunStatus::Completed).await;
     let again = send(&mut socket, "and now?").await;
     let after = tokio::time::timeout(Duration::from_secs(30), events_until_final(&mut socket, &again.run_id))
         .await
@@ -327,17 +335,7 @@ async fn a_run_whose_deadline_passes_while_postgres_stalls_ends_by_it_and_is_tol
     );
 
     proxy.set(Fault::None);
-    let rest = tokio::time::timeout(
-        Duration::from_secs(30),
-        events_until_final(&mut socket, &accepted.run_id),
-    )
-    .await
-    .expect("the run's end arrives once PostgreSQL answers");
-    events.extend(rest);
-    check_gapless(&events).unwrap();
-    check_run(&events).unwrap();
-    assert_each_stored_once(&events);
-    assert_eq!(final_status(&events), Some(RunStatus::TimedOut));
+    rest_of_run(&mut socket, &accepted.run_id, &mut events, RunStatus::TimedOut).await;
 }
 
 /// Every stored event of one run of the user, from the HTTP API.
