@@ -38,7 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use switchboard_protocol::UserId;
 use switchboard_store::{
-    AnalyticsStore, Cell, Sketch, Slice, StoreError, Summary, SummaryBuilder, Tier, TimeRange, WorkloadEvent,
+    AnalyticsStore, Cell, Grouped, Sketch, Slice, StoreError, Summary, SummaryBuilder, Tier, TimeRange, WorkloadEvent,
 };
 
 use crate::http::{Address, Body, Server};
@@ -98,7 +98,13 @@ fn chunks(days: &[(i64, u64)], calls: u64) -> Vec<(i64, i64)> {
 pub struct ClickHouseAnalytics {
     server: Server,
     options: ClickHouseOptions,
+    /// Users whose calls are to be counted: the users asked for while a count runs are counted
+    /// together, in one query (every run asks, at its start).
+    counts: Grouped<UserId, Result<u64, StoreError>>,
 }
+
+/// The most users one query counts the calls of.
+const COUNT_GROUP: usize = 256;
 
 impl ClickHouseAnalytics {
     /// Connects to the database that `url` names (`http://host:port/?database=NAME`; a user
@@ -107,7 +113,11 @@ impl ClickHouseAnalytics {
     /// than this version knows is refused. The database must exist.
     pub async fn connect(url: &str, options: ClickHouseOptions) -> Result<Self, StoreError> {
         let server = Server::new(Address::parse(url)?)?;
-        let store = ClickHouseAnalytics { server, options };
+        let store = ClickHouseAnalytics {
+            server,
+            options,
+            counts: Grouped::new(COUNT_GROUP),
+        };
         store.server.ping(options.query_timeout, "checking the server").await?;
         store
             .execute(
@@ -278,6 +288,54 @@ impl ClickHouseAnalytics {
             self.server.address.place(),
             sql::SCHEMA_VERSION
         )))
+    }
+
+    /// The calls of each of `users`, in one query: answered in their order.
+    async fn count_calls(&self, users: &[UserId]) -> Vec<Result<u64, StoreError>> {
+        let mut distinct: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let list = distinct.iter().map(|user| sql::string(user)).collect::<Vec<_>>().join(", ");
+        // Each user by its place in the list (1, 2, ...): no name is read back.
+        let counted = self
+            .query(
+                format!(
+                    "SELECT indexOf([{list}], user), count() FROM workload_events WHERE user IN ({list}) \
+                     GROUP BY user FORMAT TabSeparated"
+                ),
+                "counting workload calls",
+            )
+            .await
+            .and_then(|answer| {
+                let mut counts = vec![0; distinct.len()];
+                let rows = rows::rows(&answer, 2).map_err(|e| self.corrupt("the counts of calls", &e))?;
+                for row in rows {
+                    let (place, count) = row
+                        .u64(0)
+                        .and_then(|place| Ok((place, row.u64(1)?)))
+                        .map_err(|e| self.corrupt("the counts of calls", &e))?;
+                    let slot = usize::try_from(place)
+                        .ok()
+                        .and_then(|place| place.checked_sub(1))
+                        .and_then(|index| counts.get_mut(index))
+                        .ok_or_else(|| {
+                            self.corrupt(
+                                "the counts of calls",
+                                &format!("user {place} of {} asked for", distinct.len()),
+                            )
+                        })?;
+                    *slot = count;
+                }
+                Ok(counts)
+            });
+        users
+            .iter()
+            .map(|user| {
+                let counts = counted.as_ref().map_err(Clone::clone)?;
+                let index = distinct.binary_search(&user.as_str()).expect("every user is in the list");
+                Ok(counts[index])
+            })
+            .collect()
     }
 
     /// A statement of the move to a new schema, under the insert deadline (it reads and writes
@@ -756,16 +814,23 @@ impl AnalyticsStore for ClickHouseAnalytics {
     }
 
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
-        let answer = self
-            .query(
-                format!(
-                    "SELECT count() FROM workload_events WHERE {} FORMAT TabSeparated",
-                    sql::range(user.as_str(), None, None)
-                ),
-                "counting workload calls",
-            )
-            .await?;
-        self.one_row(&answer, "the count of calls", |row| row.u64(0))
+        let store = self.clone();
+        let waiting = self.counts.submit(user.clone(), move |users| {
+            let store = store.clone();
+            async move { store.count_calls(&users).await }
+        });
+        // The wait in the queue counts: a count is answered within the deadline.
+        match tokio::time::timeout(self.options.query_timeout, waiting).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::Backend(format!(
+                "{}: the count of calls stopped before it was answered",
+                self.server.address.place()
+            ))),
+            Err(_) => Err(StoreError::TimedOut {
+                tier: Tier::ClickHouse,
+                after: self.options.query_timeout,
+            }),
+        }
     }
 
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {

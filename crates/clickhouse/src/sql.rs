@@ -89,18 +89,6 @@ pub(crate) fn float(value: f64) -> String {
     format!("reinterpretAsFloat64(unhex('{hex}'))")
 }
 
-/// The rows of `user` from `from` (inclusive) to `to` (exclusive), in milliseconds.
-pub(crate) fn range(user: &str, from: Option<i64>, to: Option<i64>) -> String {
-    let mut condition = format!("user = {}", string(user));
-    if let Some(from) = from {
-        let _ = write!(condition, " AND ts >= {from}");
-    }
-    if let Some(to) = to {
-        let _ = write!(condition, " AND ts < {to}");
-    }
-    condition
-}
-
 /// How a bounded range is read: the whole units (hours or days) inside it from a roll-up, the
 /// rest (the part of a unit at either end, when a bound falls inside one) from the rows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use switchboard_protocol::{
     EntryKey, Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
 };
 use switchboard_store::{
-    Accepted, EventRecord, EventRow, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
+    Accepted, EventRecord, EventRow, Grouped, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
     RunState, Store, StoreError, StoredEvent, Thread, Tier, User, thread_title,
 };
 use tokio_postgres::Row;
@@ -50,6 +50,10 @@ pub struct PgStore {
     options: PgOptions,
     /// Appends so far, to forget old batch keys now and then.
     appends: Arc<AtomicU64>,
+    /// Messages waiting to be stored. Group commit: the messages that arrive while a group is
+    /// stored form the next, one transaction for all, so that many users sending at once wait
+    /// for a few commits, not for one commit each.
+    accepts: Grouped<NewMessage, Result<Accepted, StoreError>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -90,6 +94,7 @@ impl PgStore {
             place,
             options,
             appends: Arc::default(),
+            accepts: Grouped::new(ACCEPT_GROUP),
         };
         let migrated = store.place.clone();
         let limit = MIGRATION_DEADLINE.max(options.query_timeout);
@@ -147,6 +152,38 @@ impl PgStore {
             Ok(count) => tracing::debug!(count, "forgot the keys of old event-log batches"),
             Err(error) => tracing::warn!(%error, "forgetting old event-log batch keys failed; trying again later"),
         }
+    }
+
+    /// Stores a group of messages, one transaction for all (see `accept_together`); a message
+    /// that transaction did not store, or all when it failed, on its own (`accept`), which says
+    /// why. When PostgreSQL did not answer or cannot be reached, every message is told so.
+    async fn accept_group(&self, messages: Vec<NewMessage>) -> Vec<Result<Accepted, StoreError>> {
+        if messages.len() == 1 {
+            let message = messages.into_iter().next().expect("one message");
+            return vec![self.with(move |client| accept(client, message)).await];
+        }
+        let together = self.with({
+            let messages = messages.clone();
+            move |client| accept_together(client, messages)
+        });
+        let answers: Vec<Option<Accepted>> = match together.await {
+            Ok(answers) => answers,
+            Err(error @ (StoreError::TimedOut { .. } | StoreError::Unavailable { .. })) => {
+                return vec![Err(error); messages.len()];
+            }
+            Err(error) => {
+                tracing::debug!(%error, count = messages.len(), "a group of messages failed; storing each on its own");
+                vec![None; messages.len()]
+            }
+        };
+        // Those the group did not store, each on its own connection, at once.
+        futures_util::future::join_all(messages.into_iter().zip(answers).map(|(message, answer)| async move {
+            match answer {
+                Some(accepted) => Ok(accepted),
+                None => self.with(move |client| accept(client, message)).await,
+            }
+        }))
+        .await
     }
 
     /// Runs `work` on a pooled connection under the query deadline.
@@ -318,18 +355,25 @@ fn duplicate(earlier: Message) -> Result<Accepted, StoreError> {
 
 /// Stores one user message, its run and, when it starts one, its thread, in one statement (one
 /// round trip, one implicit transaction). Without the thread (not the user's, or gone) nothing
-/// is stored and the statement answers 0 rows stored. A `client_message_id` stored before fails
-/// the statement on `MESSAGE_CLIENT_ID` (nothing of it is kept, the thread included): a message
-/// racing another with the same id waits for it (the unique index), then fails so. The statement
-/// also answers whether an earlier message with that id exists (in its snapshot), so a repeated
-/// message whose thread is gone is still answered with the earlier one.
+/// is stored and the statement answers 0 rows stored. Nor when a message with its
+/// `client_message_id` was stored before (in the statement's snapshot), and then it answers so;
+/// a message racing another with the same id, not yet committed, waits for it (the unique
+/// index), then fails the statement on `MESSAGE_CLIENT_ID` (nothing of it is kept, the thread
+/// included). So a repeated message whose thread is gone is still answered with the earlier one.
 const ACCEPT: &str = r#"
-WITH touched AS (
-    UPDATE threads SET updated_at = $7 WHERE $8 AND id = $2 AND user_id = $3 RETURNING id
+WITH earlier AS (
+    SELECT $6::text IS NOT NULL AND EXISTS (
+        SELECT 1 FROM messages WHERE user_id = $3 AND client_message_id = $6 AND role = 'user'
+    ) AS seen
+),
+touched AS (
+    UPDATE threads SET updated_at = $7
+    WHERE $8 AND id = $2 AND user_id = $3 AND NOT (SELECT seen FROM earlier)
+    RETURNING id
 ),
 created AS (
     INSERT INTO threads (id, user_id, title, created_at, updated_at)
-    SELECT $2, $3, $9, $7, $7 WHERE NOT $8
+    SELECT $2, $3, $9, $7, $7 WHERE NOT $8 AND NOT (SELECT seen FROM earlier)
     RETURNING id
 ),
 thread AS (
@@ -345,10 +389,7 @@ run AS (
     SELECT $5, $3, $2, id, 'running', $7 FROM message
     RETURNING id
 )
-SELECT (SELECT count(*) FROM run),
-       $6::text IS NOT NULL AND EXISTS (
-           SELECT 1 FROM messages WHERE user_id = $3 AND client_message_id = $6 AND role = 'user'
-       )
+SELECT (SELECT count(*) FROM run), (SELECT seen FROM earlier)
 "#;
 
 /// The unique index a repeated `client_message_id` runs into.
@@ -361,75 +402,139 @@ fn repeated(error: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// A message as `ACCEPT` stores it: its thread (new, or the one it names), the thread's title
+/// when it is new, and the moment it is stored.
+struct Accepting {
+    message: NewMessage,
+    /// The ids as `ACCEPT` takes them: the message's, its thread's and its run's.
+    ids: [String; 3],
+    user: String,
+    thread_id: ThreadId,
+    created_thread: bool,
+    /// `!created_thread`, as `ACCEPT` takes it.
+    existing_thread: bool,
+    title: String,
+    now: i64,
+}
+
+impl Accepting {
+    fn of(message: NewMessage) -> Self {
+        let created_thread = message.thread_id.is_none();
+        let thread_id = message.thread_id.clone().unwrap_or_else(ThreadId::generate);
+        Self {
+            ids: [message.message_id.to_string(), thread_id.to_string(), message.run_id.to_string()],
+            user: message.user_id.to_string(),
+            thread_id,
+            title: if created_thread {
+                storable(thread_title(&message.text))
+            } else {
+                String::new()
+            },
+            now: now_millis(),
+            created_thread,
+            existing_thread: !created_thread,
+            message,
+        }
+    }
+
+    /// `ACCEPT`'s parameters.
+    fn parameters(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
+        [
+            &self.ids[0],
+            &self.ids[1],
+            &self.user,
+            &self.message.text,
+            &self.ids[2],
+            &self.message.client_message_id,
+            &self.now,
+            &self.existing_thread,
+            &self.title,
+        ]
+    }
+
+    /// What `ACCEPT`'s answer says: the message stored (`Some`), or not (`None`), and then
+    /// whether an earlier message with its `client_message_id` was seen.
+    fn stored(self, row: &Row) -> Result<Result<Accepted, (Self, bool)>, StoreError> {
+        let runs: i64 = get(row, 0)?;
+        if runs == 0 {
+            let earlier: bool = get(row, 1)?;
+            return Ok(Err((self, earlier)));
+        }
+        let message = self.message;
+        Ok(Ok(Accepted {
+            message: Message {
+                id: message.message_id,
+                thread_id: self.thread_id.clone(),
+                role: Role::User,
+                text: message.text,
+                run_id: Some(message.run_id.clone()),
+                client_message_id: message.client_message_id,
+                created_at: timestamp(self.now)?,
+            },
+            run_id: message.run_id,
+            thread_id: self.thread_id,
+            duplicate: false,
+            created_thread: self.created_thread,
+        }))
+    }
+}
+
 /// Stores one user message and its run (and its thread, when it starts one), all or nothing, in
 /// one statement (`ACCEPT`); a repeated `client_message_id` is answered with the earlier message.
 fn accept(client: &mut ClientWrapper, message: NewMessage) -> Work<'_, Accepted> {
     Box::pin(async move {
-        let user = message.user_id.to_string();
-        let now = now_millis();
-        let created_thread = message.thread_id.is_none();
-        let thread_id = message.thread_id.clone().unwrap_or_else(ThreadId::generate);
-        let title = if created_thread {
-            storable(thread_title(&message.text))
-        } else {
-            String::new()
-        };
+        let accepting = Accepting::of(message);
         let statement = client.prepare_cached(ACCEPT).await?;
-        let stored = client
-            .query_one(
-                &statement,
-                &[
-                    &message.message_id.as_str(),
-                    &thread_id.as_str(),
-                    &user,
-                    &message.text,
-                    &message.run_id.as_str(),
-                    &message.client_message_id,
-                    &now,
-                    &!created_thread,
-                    &title,
-                ],
-            )
-            .await;
-        let earlier_exists = match stored {
-            Ok(row) => {
-                let runs: i64 = get(&row, 0)?;
-                if runs > 0 {
-                    return Ok(Accepted {
-                        message: Message {
-                            id: message.message_id,
-                            thread_id: thread_id.clone(),
-                            role: Role::User,
-                            text: message.text,
-                            run_id: Some(message.run_id.clone()),
-                            client_message_id: message.client_message_id,
-                            created_at: timestamp(now)?,
-                        },
-                        run_id: message.run_id,
-                        thread_id,
-                        duplicate: false,
-                        created_thread,
-                    });
+        let stored = client.query_one(&statement, &accepting.parameters()).await;
+        let (accepting, earlier_exists) = match stored {
+            Ok(row) => match accepting.stored(&row)? {
+                Ok(accepted) => return Ok(accepted),
+                Err((accepting, false)) => {
+                    return Err(StoreError::NotFound(format!("thread {}", accepting.thread_id)).into());
                 }
-                let earlier: bool = get(&row, 1)?;
-                if !earlier {
-                    return Err(StoreError::NotFound(format!("thread {thread_id}")).into());
-                }
-                true
-            }
+                Err((accepting, true)) => (accepting, true),
+            },
             // Another transaction stored this `client_message_id` first (and has committed:
             // the insert waited for it). Nothing of this one is kept, the thread included.
-            Err(error) if repeated(&error) => false,
+            Err(error) if repeated(&error) => (accepting, false),
             Err(error) => return Err(error.into()),
         };
-        let client_id = message.client_message_id.as_deref().unwrap_or_default();
-        match message_by_client_id(client, &user, client_id).await? {
+        let client_id = accepting.message.client_message_id.as_deref().unwrap_or_default();
+        match message_by_client_id(client, &accepting.user, client_id).await? {
             Some(earlier) => Ok(duplicate(earlier)?),
             // The earlier message was seen but is gone now (its thread was deleted): its thread
             // is not found.
-            None if earlier_exists => Err(StoreError::NotFound(format!("thread {thread_id}")).into()),
+            None if earlier_exists => Err(StoreError::NotFound(format!("thread {}", accepting.thread_id)).into()),
             None => Err(StoreError::Backend("a repeated message vanished while it was stored".into()).into()),
         }
+    })
+}
+
+/// The most messages one transaction stores.
+const ACCEPT_GROUP: usize = 128;
+
+/// Stores a group of messages in one transaction: `ACCEPT` once for each, pipelined (sent
+/// together, one round trip), in the order of their threads (so that groups of several
+/// servers lock threads in one order), and one commit for all. Each message is answered
+/// `Some` when it was stored; `None` when it was not (its thread is not the user's, or it
+/// repeats a message stored before), and then it is accepted again on its own, which says why.
+/// Any error (two messages of the group with one `client_message_id`) rolls the whole group
+/// back.
+fn accept_together(client: &mut ClientWrapper, messages: Vec<NewMessage>) -> Work<'_, Vec<Option<Accepted>>> {
+    Box::pin(async move {
+        let mut accepting: Vec<(usize, Accepting)> = messages.into_iter().map(Accepting::of).enumerate().collect();
+        accepting.sort_by(|(_, a), (_, b)| a.thread_id.as_str().cmp(b.thread_id.as_str()));
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(ACCEPT).await?;
+        let parameters: Vec<_> = accepting.iter().map(|(_, one)| one.parameters()).collect();
+        let rows = futures_util::future::try_join_all(parameters.iter().map(|p| tx.query_one(&statement, p))).await?;
+        drop(parameters);
+        let mut answers: Vec<Option<Accepted>> = std::iter::repeat_with(|| None).take(accepting.len()).collect();
+        for ((index, one), row) in accepting.into_iter().zip(&rows) {
+            answers[index] = one.stored(row)?.ok();
+        }
+        tx.commit().await?;
+        Ok(answers)
     })
 }
 
@@ -876,7 +981,22 @@ impl Store for PgStore {
     async fn accept_message(&self, mut message: NewMessage) -> Result<Accepted, StoreError> {
         message.text = storable(message.text);
         message.client_message_id = message.client_message_id.map(storable);
-        self.with(move |client| accept(client, message)).await
+        let store = self.clone();
+        let waiting = self.accepts.submit(message, move |messages| {
+            let store = store.clone();
+            async move { store.accept_group(messages).await }
+        });
+        // The wait in the queue counts: a message is answered within the deadline.
+        match tokio::time::timeout(self.options.query_timeout, waiting).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::Backend(
+                "the writer of messages stopped before storing the message".into(),
+            )),
+            Err(_) => Err(StoreError::TimedOut {
+                tier: Tier::Postgres,
+                after: self.options.query_timeout,
+            }),
+        }
     }
 
     async fn message_by_client_id(

@@ -11,6 +11,7 @@
 //! `user_message` to its final event is set against the model time its final event reports
 //! (`timings.model_ms`, the same-run baseline): p50 and p95 of the ratio, and of both times.
 //! The users start spread evenly over one run's model time, so they stay out of step.
+//! `BENCH_USERS=1000` (a comma-separated list) runs only the phases of those user counts.
 //!
 //! Both modes run on the embedded SQLite stores unless given other tiers:
 //! `SWITCHBOARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:PORT/postgres` (a role that may
@@ -350,8 +351,17 @@ async fn model_latency(tiers: &Tiers) -> anyhow::Result<()> {
         "| users | model per call | runs | run p50 / p95 (ms) | model time p50 / p95 (ms) | run ÷ model p50 / p95 | refused busy |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let chosen: Option<Vec<usize>> = std::env::var("BENCH_USERS")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.split(',').map(|n| n.trim().parse()).collect())
+        .transpose()
+        .context("BENCH_USERS is a comma-separated list of user counts, such as 50,1000")?;
     let mut breakdowns = Vec::new();
     for (users_count, latency_ms, runs_each, in_step) in MODEL_PHASES {
+        if chosen.as_ref().is_some_and(|chosen| !chosen.contains(&users_count)) {
+            continue;
+        }
         let dir = tempfile::tempdir()?;
         let latency = latency_ms.to_string();
         let args = [

@@ -3,6 +3,7 @@
 //! default; networked backends implement the same trait and pass the same test suite
 //! (`tests/store.rs`).
 
+mod group;
 mod sqlite;
 mod sqlite_analytics;
 #[cfg(feature = "testsuite")]
@@ -15,6 +16,7 @@ use switchboard_protocol::{
     Timestamp, UnnumberedJson, UserId,
 };
 
+pub use group::{Grouped, Stopped};
 pub use sqlite::SqliteStore;
 pub use sqlite_analytics::SqliteAnalytics;
 pub use workload::{

@@ -13,10 +13,10 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavio
 use switchboard_protocol::{
     Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
 };
-use tokio::sync::oneshot;
 
 use crate::sqlite_analytics::{SqliteAnalytics, path_beside as analytics_path};
 use crate::{
+    Grouped,
     Accepted, AnalyticsStore, EventRecord, EventRow, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation,
     RunRecord, RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User, WorkloadEvent,
     thread_title,
@@ -119,7 +119,10 @@ CREATE INDEX IF NOT EXISTS refresh_families_by_user ON refresh_families (user_id
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
-    accepts: Arc<Mutex<AcceptQueue>>,
+    /// Messages waiting to be stored. Group commit: the messages that arrive while a group is
+    /// written form the next, one transaction for all, so that many users sending at once wait
+    /// for a few commits, not for one commit each.
+    accepts: Grouped<NewMessage, Result<Accepted, StoreError>>,
     analytics: SqliteAnalytics,
     _checkpointer: Arc<Checkpointer>,
 }
@@ -278,7 +281,7 @@ impl SqliteStore {
         Ok(Self {
             _checkpointer: Arc::new(checkpointer),
             conn: Arc::new(Mutex::new(conn)),
-            accepts: Arc::default(),
+            accepts: Grouped::new(ACCEPT_GROUP),
             analytics,
         })
     }
@@ -602,17 +605,21 @@ impl Store for SqliteStore {
     }
 
     async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let start_writer = {
-            let mut queue = self.accepts.lock().unwrap_or_else(|p| p.into_inner());
-            queue.pending.push((message, reply));
-            !std::mem::replace(&mut queue.writing, true)
-        };
-        if start_writer {
-            let (conn, accepts) = (Arc::clone(&self.conn), Arc::clone(&self.accepts));
-            tokio::task::spawn_blocking(move || accept_all(&conn, &accepts));
-        }
-        answer
+        let conn = Arc::clone(&self.conn);
+        self.accepts
+            .submit(message, move |messages| {
+                let conn = Arc::clone(&conn);
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                        let count = messages.len();
+                        accept_batch(&mut conn, messages).unwrap_or_else(|error| vec![Err(error); count])
+                    })
+                    .await
+                    // It panicked: every message of the group is told so.
+                    .unwrap_or_default()
+                }
+            })
             .await
             .map_err(|_| StoreError::Backend("the store's writer stopped before storing the message".into()))?
     }
@@ -807,58 +814,11 @@ impl Store for SqliteStore {
     }
 }
 
-/// Messages waiting to be stored, each with its caller waiting for the outcome. Group commit:
-/// the messages that arrive while a batch is written form the next batch, one transaction for
-/// all (a savepoint each, so that one refused message leaves the others in), so that many users
-/// sending at once wait for a few commits, not for one commit each.
-#[derive(Default)]
-struct AcceptQueue {
-    pending: Vec<(NewMessage, oneshot::Sender<Result<Accepted, StoreError>>)>,
-    writing: bool,
-}
+/// The most messages one transaction stores.
+const ACCEPT_GROUP: usize = 256;
 
-/// Stores the queued messages in batches until none is left. Runs on tokio's blocking pool.
-fn accept_all(conn: &Mutex<Connection>, accepts: &Mutex<AcceptQueue>) {
-    /// If this writer panics: the messages waiting behind it are refused (their callers get an
-    /// error at once instead of waiting for the next message to start a writer), and the next
-    /// message starts a writer again.
-    struct Writing<'a>(&'a Mutex<AcceptQueue>);
-    impl Drop for Writing<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                let mut queue = self.0.lock().unwrap_or_else(|p| p.into_inner());
-                queue.writing = false;
-                queue.pending.clear();
-            }
-        }
-    }
-    let _writing = Writing(accepts);
-    loop {
-        let batch = {
-            let mut queue = accepts.lock().unwrap_or_else(|p| p.into_inner());
-            if queue.pending.is_empty() {
-                queue.writing = false;
-                return;
-            }
-            std::mem::take(&mut queue.pending)
-        };
-        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-        let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match accept_batch(&mut conn, messages) {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(error) => {
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-        }
-    }
-}
-
+/// Stores a group of messages in one transaction, a savepoint each, so
+/// that one refused message leaves the others in.
 fn accept_batch(
     conn: &mut Connection,
     messages: Vec<NewMessage>,

@@ -29,6 +29,22 @@ where
     uploads_in_many_batches_give_the_same_summary_as_one_upload(fresh().await.as_ref(), fresh().await.as_ref()).await;
     repeated_prompts_are_known_across_uploads_and_only_within_the_users_own_calls(fresh().await.as_ref()).await;
     figures_at_their_bounds_sum_to_finite_amounts(fresh().await.as_ref()).await;
+    counts_asked_at_once_are_each_of_its_own_user(fresh().await).await;
+}
+
+/// Counts of many users asked at once (which a backend may answer in one query): each user is
+/// told the number of its own calls, a user asked for twice both times, a user without calls 0.
+async fn counts_asked_at_once_are_each_of_its_own_user(store: Arc<dyn AnalyticsStore>) {
+    let users: Vec<UserId> = (0..12).map(|_| UserId::generate()).collect();
+    for (n, user) in users.iter().enumerate().skip(1) {
+        let calls = vec![five_calls()[0].clone(); n];
+        store.insert_workload_events(user, calls).await.unwrap();
+    }
+    let asked: Vec<usize> = (0..users.len()).chain([3, 3, 0]).collect();
+    let counts = futures_util::future::join_all(asked.iter().map(|&n| store.workload_event_count(&users[n]))).await;
+    let counts: Vec<u64> = counts.into_iter().map(Result::unwrap).collect();
+    let expected: Vec<u64> = asked.iter().map(|&n| n as u64).collect();
+    assert_eq!(counts, expected, "each user's own count, in the order asked");
 }
 
 /// A call made at `at` (RFC 3339).

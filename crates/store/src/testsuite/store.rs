@@ -419,9 +419,11 @@ async fn concurrent_rotations(store: Arc<dyn Store>) {
     );
 }
 
-/// Messages sent at once (which a backend may store in one transaction): each is stored or
-/// refused on its own, and a repeated `client_message_id` is stored once.
-async fn concurrent_messages(store: Arc<dyn Store>) {
+/// Messages sent at once (which a backend may store in one transaction), on `store` and on
+/// `other` (a second handle, as a second server process holds): each is stored or refused on
+/// its own, a repeated `client_message_id` is stored once, and a refused message leaves no
+/// thread behind.
+async fn concurrent_messages(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     let (ann, eve) = (UserId::generate(), UserId::generate());
     let eves = store
         .accept_message(new_message(&eve, None, "mine", None))
@@ -429,7 +431,7 @@ async fn concurrent_messages(store: Arc<dyn Store>) {
         .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..30 {
-        let (store, ann) = (Arc::clone(&store), ann.clone());
+        let (store, ann) = (Arc::clone(if i % 2 == 0 { &store } else { &other }), ann.clone());
         let eves_thread = eves.thread_id.clone();
         tasks.spawn(async move {
             let message = match i % 3 {
@@ -465,8 +467,8 @@ pub async fn store(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     users(store.as_ref()).await;
     threads_and_messages(store.as_ref()).await;
     event_log(store.as_ref()).await;
-    racing_writers(Arc::clone(&store), other).await;
-    concurrent_messages(Arc::clone(&store)).await;
+    racing_writers(Arc::clone(&store), Arc::clone(&other)).await;
+    concurrent_messages(Arc::clone(&store), other).await;
     refresh_rotation(store.as_ref()).await;
     concurrent_rotations(Arc::clone(&store)).await;
 }
