@@ -8,7 +8,7 @@ use switchboard_store::StoreError;
 use crate::connection::{Failure, Work};
 
 /// Migration `n` (from 1) brings a database from version `n - 1` to `n`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -102,6 +102,24 @@ CREATE TABLE log_batches (
     stored_at BIGINT NOT NULL
 );
 CREATE INDEX log_batches_by_time ON log_batches (stored_at);
+"#;
+
+/// Several nodes on one database: `cluster` holds the database's own random name, which the
+/// nodes sharing it name their Redis keys and channels by (so clusters sharing one Redis never
+/// mix); `runs.node` the node that runs a run; `node_leases` each live node's lease, renewed
+/// while it serves, by whose expiry the others know it is gone.
+const V3: &str = r#"
+CREATE TABLE cluster (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    id TEXT NOT NULL
+);
+INSERT INTO cluster (id) VALUES (replace(gen_random_uuid()::text, '-', ''));
+ALTER TABLE runs ADD COLUMN node TEXT COLLATE "C";
+CREATE INDEX runs_running_by_node ON runs (node) WHERE status = 'running';
+CREATE TABLE node_leases (
+    node TEXT COLLATE "C" PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+);
 "#;
 
 /// Brings the database up to [`SCHEMA_VERSION`]; returns the version it had.

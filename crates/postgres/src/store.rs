@@ -122,6 +122,17 @@ impl PgStore {
         Ok(store)
     }
 
+    /// The database's own random name (schema 3), the same for every node on it.
+    pub async fn cluster_id(&self) -> Result<String, StoreError> {
+        self.with(|client| {
+            Box::pin(async move {
+                let row = client.query_one("SELECT id FROM cluster", &[]).await?;
+                Ok(get::<String>(&row, 0)?)
+            })
+        })
+        .await
+    }
+
     /// `host:port/database`, for messages.
     pub fn address(&self) -> &str {
         &self.place
@@ -1129,6 +1140,32 @@ impl Store for PgStore {
             })
         })
         .await
+    }
+
+    async fn last_seqs(&self, users: &[UserId]) -> Result<Vec<Seq>, StoreError> {
+        let ids: Vec<String> = users.iter().map(UserId::to_string).collect();
+        let found: BTreeMap<String, i64> = self
+            .with({
+                let ids = ids.clone();
+                move |client| {
+                    Box::pin(async move {
+                        let statement = client
+                            .prepare_cached("SELECT user_id, last_seq FROM user_logs WHERE user_id = ANY($1)")
+                            .await?;
+                        let rows = client.query(&statement, &[&ids]).await?;
+                        let mut found = BTreeMap::new();
+                        for row in &rows {
+                            found.insert(get::<String>(row, 0)?, get::<i64>(row, 1)?);
+                        }
+                        Ok(found)
+                    })
+                }
+            })
+            .await?;
+        Ok(ids
+            .iter()
+            .map(|id| Seq::new(found.get(id).copied().unwrap_or(0).max(0) as u64))
+            .collect())
     }
 
     async fn start_refresh_family(

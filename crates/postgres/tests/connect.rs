@@ -290,9 +290,12 @@ async fn a_database_of_schema_1_is_brought_up_to_date_and_keeps_its_log() {
         let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
         append(&store, entry(&ann, &run, &thread, started(), None)).await;
     }
-    // As schema 1 left it: no batch keys.
+    // As schema 1 left it: no batch keys, no cluster name, nodes or leases.
     let raw = support::raw_connection(&url).await;
-    raw.batch_execute("DROP TABLE log_batches; DELETE FROM schema_version WHERE version > 1")
+    raw.batch_execute(
+        "DROP TABLE log_batches; DROP TABLE cluster; DROP TABLE node_leases; ALTER TABLE runs DROP COLUMN node; \
+         DELETE FROM schema_version WHERE version > 1",
+    )
         .await
         .unwrap();
 
@@ -307,4 +310,12 @@ async fn a_database_of_schema_1_is_brought_up_to_date_and_keeps_its_log() {
     assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
     assert_eq!(store.last_seq(&ann).await.unwrap(), Seq::new(1));
     assert_eq!(append(&store, entry(&ann, &run, &thread, started(), None)).await, 2);
+    let cluster = store.cluster_id().await.unwrap();
+    assert_eq!(cluster.len(), 32, "a random name: {cluster}");
+    let again = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    assert_eq!(again.cluster_id().await.unwrap(), cluster, "one name for every node on the database");
+    let other = PgStore::connect(&support::fresh_database().await, PgOptions::default())
+        .await
+        .unwrap();
+    assert_ne!(other.cluster_id().await.unwrap(), cluster, "each database its own");
 }

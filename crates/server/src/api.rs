@@ -20,13 +20,13 @@ use switchboard_protocol::http::{
     Threads, TokenType, WsTicket,
 };
 use switchboard_protocol::{ErrorBody, ErrorCode, ErrorPayload, PROTOCOL_NAME, RunId, Seq, ThreadId, Timestamp};
-use switchboard_store::{Rotation, RunRecord, RunState, StoreError, Thread};
+use switchboard_store::{Rotation, RunRecord, RunState, StoreError, Thread, Tier};
 
 use crate::app::AppState;
 use crate::auth::{AuthUser, TokenPair, new_refresh_family, unusable_password_hash};
 use crate::delivery::Delivery;
 use crate::error::ApiError;
-use crate::fanout::Live;
+use crate::delivery::Delivered;
 use crate::limits::{Admission, admit};
 use crate::ws::history_message;
 
@@ -709,7 +709,7 @@ fn sse_stream(
             next = delivery.next() => Some(next),
         };
         match next {
-            Some(Ok(Live::Event(record))) => {
+            Some(Ok(Delivered::Event(record))) => {
                 metrics.events_sent.inc();
                 let event = SseEvent::default()
                     .id(record.seq.to_string())
@@ -717,7 +717,7 @@ fn sse_stream(
                 Some((Ok(event), Some((delivery, admission, metrics, closing))))
             }
             // A notice is an event of its own name, with no id: it has no seq to resume from.
-            Some(Ok(Live::Notice(frame))) => {
+            Some(Ok(Delivered::Notice(frame))) => {
                 let name = frame.body.type_name();
                 let event = match serde_json::to_string(&*frame) {
                     Ok(json) => SseEvent::default().event(name).data(json),
@@ -1085,7 +1085,8 @@ async fn check_tier(
 ///
 /// Each dependency is checked at once and within a bound, so the answer comes within 1 s even
 /// when one hangs. `store` says whether messages can be stored (the store answers); each tier
-/// has a check of its own name (`sqlite`, `postgres`, `clickhouse`) that says how it answers.
+/// has a check of its own name (`sqlite`, `postgres`, `clickhouse`, and `redis` on a node of a
+/// cluster) that says how it answers.
 #[utoipa::path(
     get,
     path = "/health/ready",
@@ -1099,9 +1100,16 @@ async fn check_tier(
 )]
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     let (store_tier, analytics_tier) = (state.store.tier(), state.analytics.tier());
-    let ((store_tier_check, stores), (analytics, _)) = tokio::join!(
+    let redis_ping = async {
+        match &state.redis {
+            Some(redis) => Some(check_tier(redis.ping(), HealthStatus::Degraded).await.0),
+            None => None,
+        }
+    };
+    let ((store_tier_check, stores), (analytics, _), redis) = tokio::join!(
         check_tier(state.store.ping(), HealthStatus::Unavailable),
         check_tier(state.analytics.ping(), HealthStatus::Degraded),
+        redis_ping,
     );
     // Whether messages can be stored at all: a store that hangs or fails cannot take them.
     let store = Check {
@@ -1131,8 +1139,9 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     let shutting_down = state.closing.is_cancelled() || state.stopping.is_cancelled();
     let status = if !stores || shutting_down {
         HealthStatus::Unavailable
-    } else if [&store_tier_check, &analytics, &model]
+    } else if [Some(&store_tier_check), Some(&analytics), Some(&model), redis.as_ref()]
         .iter()
+        .flatten()
         .any(|c| c.status != HealthStatus::Ok)
     {
         HealthStatus::Degraded
@@ -1152,6 +1161,10 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     checks.insert(store_tier.as_str().to_owned(), store_tier_check);
     checks.insert("store".to_owned(), store);
     checks.insert("model".to_owned(), model);
+    // A node of a cluster serves its own users without Redis: degraded, not unavailable.
+    if let Some(redis) = redis {
+        checks.insert(Tier::Redis.as_str().to_owned(), redis);
+    }
     (code, Json(Readiness { status, checks })).into_response()
 }
 

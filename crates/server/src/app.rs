@@ -13,6 +13,7 @@ use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
 use switchboard_engine::{Engine, Model};
 use switchboard_llm::{OpenAiConfig, OpenAiModel, Price};
 use switchboard_postgres::{PgOptions, PgStore, ServerLock, hold_server_lock};
+use switchboard_redis::{Incoming, Redis, RedisOptions, Subscriber};
 use switchboard_store::{AnalyticsStore, SqliteAnalytics, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,8 @@ use utoipa_axum::routes;
 
 use crate::auth::{Passwords, Tickets, Tokens, load_secret};
 use crate::config::{Config, LlmConfig};
-use crate::fanout::LocalFanOut;
+use crate::cluster::{Node, RedisFanOut};
+use crate::fanout::{FanOut, LocalFanOut};
 use crate::limits::{Connections, LoginThrottle};
 use crate::listener::{self, ConnectionLimits};
 use crate::log::EventLog;
@@ -66,12 +68,22 @@ pub struct AppState {
     pub(crate) stopping: CancellationToken,
     /// Cancelled when sockets and streams must close (after the runs ended).
     pub(crate) closing: CancellationToken,
+    /// Redis, when this server is one node of several.
+    pub(crate) redis: Option<Redis>,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").field("listen", &self.config.listen).finish()
     }
+}
+
+/// What makes a server one node of a cluster: its name, and its connections to Redis.
+struct ClusterParts {
+    node: Node,
+    redis: Redis,
+    subscriber: Subscriber,
+    incoming: Incoming,
 }
 
 /// A built server, bound to its address, not yet serving.
@@ -100,6 +112,7 @@ impl Application {
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let path = config.data_dir.join("switchboard.sqlite3");
         let mut server_lock = None;
+        let mut parts = None;
         let (store, embedded): (Arc<dyn Store>, Option<Arc<SqliteStore>>) = match &config.database_url {
             None => {
                 let store = SqliteStore::open(&path)
@@ -109,10 +122,14 @@ impl Application {
                 (store.clone(), Some(store))
             }
             Some(url) => {
-                let lock = hold_server_lock(url.expose(), config.database_timeout)
-                    .await
-                    .with_context(|| format!("cannot serve from PostgreSQL at {url}"))?;
-                server_lock = Some(lock);
+                // One node alone on its database: no second server may serve from it (its start
+                // would close this one's runs). Nodes of a cluster share it.
+                if config.redis_url.is_none() {
+                    let lock = hold_server_lock(url.expose(), config.database_timeout)
+                        .await
+                        .with_context(|| format!("cannot serve from PostgreSQL at {url}"))?;
+                    server_lock = Some(lock);
+                }
                 let options = PgOptions {
                     max_connections: config.database_max_connections,
                     query_timeout: config.database_timeout,
@@ -122,6 +139,26 @@ impl Application {
                     .await
                     .with_context(|| format!("cannot open the store on PostgreSQL at {url}"))?;
                 tracing::info!(address = %url, "the store is on PostgreSQL");
+                if let Some(redis_url) = &config.redis_url {
+                    let cluster = store
+                        .cluster_id()
+                        .await
+                        .with_context(|| format!("cannot read the cluster's name from PostgreSQL at {url}"))?;
+                    let options = RedisOptions {
+                        timeout: config.redis_timeout,
+                    };
+                    let (redis, subscriber, incoming) = switchboard_redis::connect(redis_url.expose(), options)
+                        .await
+                        .with_context(|| format!("cannot reach Redis at {redis_url}"))?;
+                    let id = config.node_id.clone().unwrap_or_else(Node::generated_id);
+                    tracing::info!(node = %id, %cluster, redis = %redis_url, "this server is node {id} of a cluster on Redis");
+                    parts = Some(ClusterParts {
+                        node: Node::new(id, &cluster),
+                        redis,
+                        subscriber,
+                        incoming,
+                    });
+                }
                 (Arc::new(store), None)
             }
         };
@@ -147,7 +184,7 @@ impl Application {
                 Arc::new(analytics)
             }
         };
-        let mut app = Self::build_with_store(config, store, analytics).await?;
+        let mut app = Self::build_on(config, store, analytics, parts).await?;
         app.server_lock = server_lock;
         Ok(app)
     }
@@ -158,20 +195,48 @@ impl Application {
         store: Arc<dyn Store>,
         analytics: Arc<dyn AnalyticsStore>,
     ) -> anyhow::Result<Self> {
+        Self::build_on(config, store, analytics, None).await
+    }
+
+    /// Builds the server on given stores, one node of a cluster when `cluster` is given.
+    async fn build_on(
+        config: Config,
+        store: Arc<dyn Store>,
+        analytics: Arc<dyn AnalyticsStore>,
+        cluster: Option<ClusterParts>,
+    ) -> anyhow::Result<Self> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let metrics = Arc::new(Metrics::default());
-        let log = Arc::new(EventLog::new(
-            Arc::clone(&store),
-            Arc::new(LocalFanOut::default()),
-            vec![metrics.clone()],
-        ));
-        let closed = recovery::close_interrupted_runs(&log)
-            .await
-            .context("closing interrupted runs")?;
-        if closed > 0 {
-            tracing::warn!(runs = closed, "closed runs left active by the last stop");
+        // The cluster's tasks end with the server, once its runs have ended (their events still
+        // reach the other nodes during the grace period); or when it is dropped unserved.
+        let closing = CancellationToken::new();
+        let (fanout, redis): (Arc<dyn FanOut>, Option<Redis>) = match cluster {
+            None => (Arc::new(LocalFanOut::default()), None),
+            Some(parts) => {
+                let fanout = RedisFanOut::start(
+                    parts.node,
+                    parts.redis.clone(),
+                    parts.subscriber,
+                    parts.incoming,
+                    Arc::clone(&store),
+                    metrics.from_other_nodes.clone(),
+                    closing.child_token(),
+                );
+                (fanout, Some(parts.redis))
+            }
+        };
+        let log = Arc::new(EventLog::new(Arc::clone(&store), fanout, vec![metrics.clone()]));
+        // A node of a cluster does not close the runs it finds running: they may be other
+        // live nodes' runs.
+        if redis.is_none() {
+            let closed = recovery::close_interrupted_runs(&log)
+                .await
+                .context("closing interrupted runs")?;
+            if closed > 0 {
+                tracing::warn!(runs = closed, "closed runs left active by the last stop");
+            }
         }
         let prices = match &config.price_table {
             Some(path) => {
@@ -225,7 +290,8 @@ impl Application {
             metrics,
             sockets: TaskTracker::new(),
             stopping: CancellationToken::new(),
-            closing: CancellationToken::new(),
+            closing,
+            redis,
         };
         Ok(Self {
             listener,

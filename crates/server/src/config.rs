@@ -133,6 +133,17 @@ pub struct ServeArgs {
     /// Deadline of one ClickHouse query (an upload's insert has ten times as long).
     #[arg(long, env = "SWITCHBOARD_ANALYTICS_TIMEOUT_MS")]
     pub analytics_timeout_ms: Option<u64>,
+    /// Makes this server one node of several on one PostgreSQL database, sharing events,
+    /// tickets, limits and stops through Redis (`redis://[:password@]host:port[/db]`).
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Deadline of one Redis operation.
+    #[arg(long, env = "SWITCHBOARD_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
+    /// This node's name among the nodes (letters, digits, `.`, `_`, `-`; at most 64); generated
+    /// when not given, and logged at start-up.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 /// The same keys, read from the TOML file.
@@ -175,6 +186,9 @@ struct FileConfig {
     database_timeout_ms: Option<u64>,
     analytics_url: Option<String>,
     analytics_timeout_ms: Option<u64>,
+    redis_url: Option<String>,
+    redis_timeout_ms: Option<u64>,
+    node_id: Option<String>,
 }
 
 /// The server's settings, complete and validated.
@@ -240,6 +254,12 @@ pub struct Config {
     pub analytics_url: Option<TierUrl>,
     /// Deadline of one ClickHouse query.
     pub analytics_timeout: Duration,
+    /// Redis, when this server is one node of several; `None`: a single node.
+    pub redis_url: Option<TierUrl>,
+    /// Deadline of one Redis operation.
+    pub redis_timeout: Duration,
+    /// This node's name, when given; `None`: generated at start-up.
+    pub node_id: Option<String>,
 }
 
 /// The address of a tier (PostgreSQL, ClickHouse), credentials included. Printed (`Display`,
@@ -252,7 +272,7 @@ pub struct TierUrl {
 
 impl TierUrl {
     /// Parses `text` for the config key `key`, which needs one of `schemes` and a host.
-    fn parse(key: &str, text: &str, schemes: &[&str]) -> anyhow::Result<Self> {
+    pub fn parse(key: &str, text: &str, schemes: &[&str]) -> anyhow::Result<Self> {
         // A URL that fails here is never echoed: where it cannot be read, nothing says which
         // part is the password.
         let expected = schemes
@@ -359,6 +379,9 @@ impl Default for Config {
             database_timeout: Duration::from_millis(2_000),
             analytics_url: None,
             analytics_timeout: Duration::from_millis(5_000),
+            redis_url: None,
+            redis_timeout: Duration::from_millis(500),
+            node_id: None,
         }
     }
 }
@@ -440,6 +463,11 @@ impl Config {
         layer!(database_max_connections);
         layer!(database_timeout_ms, config.database_timeout, ms);
         layer!(analytics_timeout_ms, config.analytics_timeout, ms);
+        config.redis_url = url(&args.redis_url, &file.redis_url)
+            .map(|text| TierUrl::parse("redis_url", &text, &["redis", "rediss"]))
+            .transpose()?;
+        layer!(redis_timeout_ms, config.redis_timeout, ms);
+        config.node_id = url(&args.node_id, &file.node_id);
         config.jwt_secret = std::env::var("SWITCHBOARD_JWT_SECRET").ok().filter(|s| !s.is_empty());
         config.validate()?;
         Ok(config)
@@ -465,6 +493,7 @@ impl Config {
             ("database_max_connections", self.database_max_connections == 0),
             ("database_timeout_ms", self.database_timeout.is_zero()),
             ("analytics_timeout_ms", self.analytics_timeout.is_zero()),
+            ("redis_timeout_ms", self.redis_timeout.is_zero()),
         ];
         for (key, bad) in positive {
             if bad {
@@ -478,6 +507,30 @@ impl Config {
             && secret.len() < 32
         {
             bail!("SWITCHBOARD_JWT_SECRET must be at least 32 characters long");
+        }
+        if let Some(node) = &self.node_id
+            && (node.is_empty()
+                || node.len() > 64
+                || !node.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+        {
+            bail!(
+                "invalid setting `node_id`: use 1 to 64 letters, digits, `.`, `_` or `-` (got {} characters)",
+                node.chars().count()
+            );
+        }
+        if self.redis_url.is_some() {
+            if self.database_url.is_none() {
+                bail!(
+                    "`redis_url` makes this server one node of several, and the nodes share their store: \
+                     set `database_url` to their PostgreSQL database too"
+                );
+            }
+            if self.jwt_secret.is_none() {
+                bail!(
+                    "`redis_url` makes this server one node of several, and a token signed by one must be \
+                     good on all: set SWITCHBOARD_JWT_SECRET to the same secret on every node"
+                );
+            }
         }
         Ok(())
     }

@@ -21,6 +21,15 @@ use crate::log::EventLog;
 /// Events read from the store per page.
 const PAGE: usize = 256;
 
+/// What a connection sends next: a stored event, in seq order, or a notice.
+#[derive(Debug, Clone)]
+pub(crate) enum Delivered {
+    /// A stored event.
+    Event(Arc<EventRecord>),
+    /// A notice, stored nowhere.
+    Notice(Arc<switchboard_protocol::ControlFrame>),
+}
+
 /// The delivery state of one connection.
 pub(crate) struct Delivery {
     log: Arc<EventLog>,
@@ -83,7 +92,7 @@ impl Delivery {
 
     /// The next event, in seq order, or a notice as it comes. Cancel-safe: state changes only
     /// between awaits.
-    pub(crate) async fn next(&mut self) -> Result<Live, StoreError> {
+    pub(crate) async fn next(&mut self) -> Result<Delivered, StoreError> {
         loop {
             if self.stale {
                 self.known = self.known.max(self.log.last_seq(&self.user).await?);
@@ -92,7 +101,7 @@ impl Delivery {
             if let Some(record) = self.backlog.pop_front() {
                 if record.seq == self.sent.next() {
                     self.sent = record.seq;
-                    return Ok(Live::Event(record));
+                    return Ok(Delivered::Event(record));
                 }
                 continue;
             }
@@ -114,10 +123,11 @@ impl Delivery {
                     self.known = self.known.max(record.seq);
                     if record.seq == self.sent.next() {
                         self.sent = record.seq;
-                        return Ok(Live::Event(record));
+                        return Ok(Delivered::Event(record));
                     }
                 }
-                Ok(notice @ Live::Notice(_)) => return Ok(notice),
+                Ok(Live::Notice(frame)) => return Ok(Delivered::Notice(frame)),
+                Ok(Live::Known(last)) => self.known = self.known.max(last),
                 Err(RecvError::Lagged(_)) => self.stale = true,
                 Err(RecvError::Closed) => self.live = None,
             }

@@ -1,6 +1,6 @@
 //! Fan-out: how a stored event reaches the live connections of its user. [`LocalFanOut`] is
-//! the in-process broadcast of one server; a networked one (between nodes) implements the
-//! same trait. A fan-out only carries events the log has stored: a connection that misses one
+//! the in-process broadcast of one server; `cluster::RedisFanOut`, between nodes, implements
+//! the same trait. A fan-out only carries events the log has stored: a connection that misses one
 //! (it lagged, or the fan-out lost it) reads it back from the store (see `delivery`). Beside
 //! them it carries notices (control frames for the user's connections, such as
 //! `store_delayed`), which are not stored: one that is missed is gone.
@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use switchboard_protocol::{ControlFrame, UserId};
+use switchboard_protocol::{ControlFrame, Seq, UserId};
 use switchboard_store::EventRecord;
 use tokio::sync::broadcast;
 
 /// Live events a slow connection may fall behind by before it reads from the store instead.
-const LIVE_BUFFER: usize = 256;
+pub(crate) const LIVE_BUFFER: usize = 256;
 
 /// What a fan-out carries to a user's connections.
 #[derive(Debug, Clone)]
@@ -22,6 +22,9 @@ pub(crate) enum Live {
     Event(Arc<EventRecord>),
     /// A notice, stored nowhere.
     Notice(Arc<ControlFrame>),
+    /// The user's log reaches this seq (a fan-out between nodes says so when it learnt it from
+    /// the log, not from the events): a connection told less reads the rest from the store.
+    Known(Seq),
 }
 
 /// Carries stored events to the connections of their user.

@@ -9,6 +9,7 @@ pub mod app;
 mod auth;
 pub mod chat;
 pub mod client;
+mod cluster;
 pub mod config;
 pub mod conformance;
 mod delivery;

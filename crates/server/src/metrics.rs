@@ -47,6 +47,13 @@ pub(crate) struct TokenLabel {
     pub(crate) direction: String,
 }
 
+/// The label of what came from other nodes: `redis` or `log`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ViaLabel {
+    /// `redis` or `log`.
+    pub(crate) via: &'static str,
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -78,6 +85,10 @@ pub(crate) struct Metrics {
     /// argon2 checks of a password at login: one per attempt that was not throttled, against
     /// the account's hash or, for an unknown email, the decoy.
     pub(crate) password_checks: Counter,
+    /// On a node of a cluster: what reached the connections here from other nodes, by the way
+    /// it came (`redis`: events published there; `log`: a user's connections told by the
+    /// watcher that the log went further, as when Redis lost or delayed a message).
+    pub(crate) from_other_nodes: Family<ViaLabel, Counter>,
     /// When each run not yet started was accepted, for `first_event_latency`.
     accepted: Mutex<HashMap<RunId, Instant>>,
 }
@@ -98,6 +109,12 @@ impl Default for Metrics {
         let model_tokens = Family::<TokenLabel, Counter>::default();
         let model_cost = Family::<ModelLabel, Counter<f64, AtomicU64>>::default();
         let password_checks = Counter::default();
+        let from_other_nodes = Family::<ViaLabel, Counter>::default();
+        registry.register(
+            "from_other_nodes",
+            "Events of other nodes handed to connections here (via redis), and users' connections told the log went further (via log)",
+            from_other_nodes.clone(),
+        );
         registry.register("connections", "Open WebSocket connections", connections.clone());
         registry.register("runs", "Runs by final status", runs.clone());
         registry.register("run_duration_seconds", "Run duration", run_duration.clone());
@@ -150,6 +167,7 @@ impl Default for Metrics {
             model_tokens,
             model_cost,
             password_checks,
+            from_other_nodes,
             accepted: Mutex::default(),
         }
     }

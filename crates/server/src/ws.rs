@@ -24,7 +24,7 @@ use crate::app::AppState;
 use crate::auth::{TokenType, bearer_value};
 use crate::delivery::Delivery;
 use crate::error::ApiError;
-use crate::fanout::Live;
+use crate::delivery::Delivered;
 use crate::limits::{Admission, admit};
 use crate::listener::OpenConnection;
 
@@ -232,7 +232,7 @@ enum Input {
     TokenExpired,
     Frame(Option<Result<Message, axum::Error>>),
     /// The next event of the user's log, or a notice.
-    Event(Result<Live, StoreError>),
+    Event(Result<Delivered, StoreError>),
     Timer,
 }
 
@@ -365,11 +365,11 @@ impl Connection {
                     last_received = Instant::now();
                     self.on_message(message).await
                 }
-                Input::Event(Ok(Live::Event(record))) => {
+                Input::Event(Ok(Delivered::Event(record))) => {
                     self.state.metrics.events_sent.inc();
                     self.send(Message::Text(Utf8Bytes::from(record.json.as_str()))).await
                 }
-                Input::Event(Ok(Live::Notice(frame))) => self.send_frame(&frame).await,
+                Input::Event(Ok(Delivered::Notice(frame))) => self.send_frame(&frame).await,
                 Input::Event(Err(error)) => {
                     tracing::error!(%error, "cannot read the user's events");
                     Flow::Close(close_code::INTERNAL, "the event store failed")

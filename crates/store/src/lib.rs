@@ -78,6 +78,8 @@ pub enum Tier {
     Postgres,
     /// A ClickHouse server.
     ClickHouse,
+    /// A Redis server (the nodes' shared fan-out, tickets and limits).
+    Redis,
 }
 
 impl Tier {
@@ -87,17 +89,19 @@ impl Tier {
             Tier::Sqlite => "sqlite",
             Tier::Postgres => "postgres",
             Tier::ClickHouse => "clickhouse",
+            Tier::Redis => "redis",
         }
     }
 }
 
-/// Its proper name, for sentences: "SQLite", "PostgreSQL", "ClickHouse".
+/// Its proper name, for sentences: "SQLite", "PostgreSQL", "ClickHouse", "Redis".
 impl std::fmt::Display for Tier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Tier::Sqlite => "SQLite",
             Tier::Postgres => "PostgreSQL",
             Tier::ClickHouse => "ClickHouse",
+            Tier::Redis => "Redis",
         })
     }
 }
@@ -424,6 +428,14 @@ pub trait Store: Send + Sync + 'static {
     async fn run_events(&self, user: &UserId, run: &RunId) -> Result<Vec<Event>, StoreError>;
     /// The user's newest seq (`Seq::ZERO` when none).
     async fn last_seq(&self, user: &UserId) -> Result<Seq, StoreError>;
+    /// The newest seq of each of `users`, in their order (a backend answers them in one query).
+    async fn last_seqs(&self, users: &[UserId]) -> Result<Vec<Seq>, StoreError> {
+        let mut lasts = Vec::with_capacity(users.len());
+        for user in users {
+            lasts.push(self.last_seq(user).await?);
+        }
+        Ok(lasts)
+    }
 
     /// Starts a refresh-token family of `user` (a sign-in) whose newest token is `first`.
     /// `NotFound` when there is no such user, `Conflict` when the family id is taken.

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on port 0 over real sockets, one module per area.
 
 mod auth;
+mod cluster;
 mod connections;
 mod degraded;
 mod figures;

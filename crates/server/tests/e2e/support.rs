@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use switchboard::client::{Client, Session, Socket};
+use switchboard::config::TierUrl;
 use switchboard::{Application, Config};
 use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
 use switchboard_postgres::{PgOptions, PgStore};
@@ -15,7 +16,8 @@ use switchboard_protocol::{
 };
 use switchboard_store::{
     Accepted, AnalyticsStore, EventRecord, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
-    SqliteStore, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User, WorkloadEvent,
+    SqliteAnalytics, SqliteStore, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User,
+    WorkloadEvent,
 };
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -122,6 +124,40 @@ pub(crate) async fn spawn_app_on(
     let mut app = serve(config, Arc::new(HangingStore::new(store, analytics))).await;
     app._dir = Some(dir);
     app
+}
+
+/// The test Redis server (`SWITCHBOARD_TEST_REDIS_URL`).
+pub(crate) fn redis_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_REDIS_URL")
+        .expect("SWITCHBOARD_TEST_REDIS_URL names the test Redis: run the tests with scripts/test")
+}
+
+/// A node of a cluster on PostgreSQL `database` and Redis `redis` (`Application::build`, as
+/// `switchboard serve` does), named `node`; the usage data stays in SQLite in its data dir.
+/// Its `store` is a handle of its own on the same database.
+pub(crate) async fn spawn_node(database: &str, redis: &str, node: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.database_url = Some(TierUrl::parse("database_url", database, &["postgres"]).unwrap());
+    config.redis_url = Some(TierUrl::parse("redis_url", redis, &["redis"]).unwrap());
+    config.node_id = Some(node.to_owned());
+    configure(&mut config);
+    let app = Application::build(config).await.expect("the node builds");
+    let store = PgStore::connect(database, PgOptions::default()).await.unwrap();
+    let analytics = SqliteAnalytics::open(&dir.path().join("handle-workload.sqlite3")).await.unwrap();
+    let store = Arc::new(HangingStore::new(Arc::new(store), Arc::new(analytics)));
+    let client = Client::new(&format!("http://{}", app.local_addr()));
+    let stop = app.stop_handle();
+    let router = app.router();
+    let server = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        client,
+        stop,
+        store,
+        router,
+        server,
+        _dir: Some(dir),
+    }
 }
 
 /// A fresh PostgreSQL database on the test server (`SWITCHBOARD_TEST_POSTGRES_URL`), and its URL.

@@ -214,6 +214,15 @@ async fn event_log(store: &dyn Store) {
     );
     assert_eq!(store.last_seq(&alice).await.unwrap(), Seq::new(3));
     assert_eq!(store.last_seq(&bob).await.unwrap(), Seq::new(2));
+    let nobody = UserId::generate();
+    assert_eq!(
+        store
+            .last_seqs(&[bob.clone(), nobody, alice.clone(), bob.clone()])
+            .await
+            .unwrap(),
+        [2, 0, 3, 2].map(Seq::new),
+        "each user's newest seq, in the order asked, 0 for a user without events"
+    );
 
     let record = store.run(&alice, &run).await.unwrap().unwrap();
     assert_eq!(record.state, RunState::Finished(RunStatus::Completed));

@@ -1,0 +1,292 @@
+//! Switchboard's nodes on Redis: [`Redis`] runs commands (publishing to channels, the state the
+//! nodes share), [`Subscriber`] and [`Incoming`] subscribe to channels and receive what is
+//! published on them. Both sit on `redis`'s `ConnectionManager` (RESP3, multiplexed), which
+//! reconnects by itself and subscribes again to every channel after a reconnect. Every operation
+//! runs under a deadline ([`RedisOptions::timeout`]); its errors name Redis and `host:port/db`,
+//! never the password.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, IntoConnectionInfo, ProtocolVersion, PushKind, RedisError, Value};
+use switchboard_store::{StoreError, Tier};
+use tokio::sync::mpsc;
+
+/// How a [`Redis`] uses its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// The deadline of every operation, and of opening a connection.
+    pub timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Commands to one Redis server. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct Redis {
+    commands: ConnectionManager,
+    place: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").field("address", &self.place).finish()
+    }
+}
+
+/// Subscribes to channels and leaves them; what they carry arrives at [`Incoming`]. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Subscriber {
+    manager: ConnectionManager,
+    place: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("address", &self.place).finish()
+    }
+}
+
+/// What arrives on the subscribing connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// A message published on a channel subscribed to.
+    Message {
+        /// The channel.
+        channel: String,
+        /// What was published.
+        payload: Vec<u8>,
+    },
+    /// The connection was lost: messages published meanwhile are lost. The connection comes
+    /// back by itself, subscribed again to every channel ([`Pushed::Subscribed`] says when).
+    Disconnected,
+    /// A subscription took effect (after `subscribe`, or again after a reconnect).
+    Subscribed(String),
+}
+
+/// The messages of the channels subscribed to, in the order the server sent them.
+#[derive(Debug)]
+pub struct Incoming(mpsc::UnboundedReceiver<redis::PushInfo>);
+
+impl Incoming {
+    /// The next message or change of the connection; `None` once the subscriber is gone.
+    pub async fn next(&mut self) -> Option<Pushed> {
+        loop {
+            let push = self.0.recv().await?;
+            let text = |value: &Value| match value {
+                Value::BulkString(bytes) => Some(bytes.clone()),
+                Value::SimpleString(text) => Some(text.clone().into_bytes()),
+                _ => None,
+            };
+            let pushed = match push.kind {
+                PushKind::Disconnection => Some(Pushed::Disconnected),
+                PushKind::Message => match push.data.as_slice() {
+                    [channel, payload] => text(channel).zip(text(payload)).map(|(channel, payload)| Pushed::Message {
+                        channel: String::from_utf8_lossy(&channel).into_owned(),
+                        payload,
+                    }),
+                    _ => None,
+                },
+                PushKind::Subscribe => push
+                    .data
+                    .first()
+                    .and_then(text)
+                    .map(|channel| Pushed::Subscribed(String::from_utf8_lossy(&channel).into_owned())),
+                _ => None,
+            };
+            if let Some(pushed) = pushed {
+                return Some(pushed);
+            }
+        }
+    }
+}
+
+/// Connects to the server of `url` (`redis://[user][:password@]host:port[/db]`): a connection
+/// for commands and one for subscriptions, both checked with a `PING`. The errors name Redis,
+/// the address and what failed, never the password.
+pub async fn connect(url: &str, options: RedisOptions) -> Result<(Redis, Subscriber, Incoming), StoreError> {
+    if options.timeout.is_zero() {
+        return Err(StoreError::Backend("invalid Redis options: timeout must be longer than 0".into()));
+    }
+    let info = url
+        .into_connection_info()
+        .map_err(|e| StoreError::Backend(format!("invalid Redis URL ({:?})", e.kind())))?;
+    let place = format!("{}/{}", info.addr(), info.redis_settings().db());
+    let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let client = Client::open(info.set_redis_settings(settings)).map_err(|e| unavailable(&place, &e))?;
+    let config = || {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout))
+            // A command while the server is gone fails within its deadline; the connection is
+            // tried again on the next one.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200))
+    };
+    let open = |config: ConnectionManagerConfig| {
+        let (client, place) = (client.clone(), place.clone());
+        async move {
+            tokio::time::timeout(options.timeout * 2, client.get_connection_manager_with_config(config))
+                .await
+                .map_err(|_| StoreError::Unavailable {
+                    tier: Tier::Redis,
+                    reason: format!(
+                        "cannot connect to {place}: it did not answer within {} ms",
+                        (options.timeout * 2).as_millis()
+                    ),
+                })?
+                .map_err(|e| unavailable(&place, &e))
+        }
+    };
+    let commands = open(config()).await?;
+    let (pushes, incoming) = mpsc::unbounded_channel();
+    let manager = open(config().set_push_sender(pushes).set_automatic_resubscription()).await?;
+    let redis = Redis {
+        commands,
+        place: place.clone(),
+        timeout: options.timeout,
+    };
+    redis.ping().await?;
+    let subscriber = Subscriber {
+        manager,
+        place,
+        timeout: options.timeout,
+    };
+    subscriber.ping().await?;
+    Ok((redis, subscriber, Incoming(incoming)))
+}
+
+/// Redis cannot be reached (or refused the connection): what failed, at `place`.
+fn unavailable(place: &str, error: &RedisError) -> StoreError {
+    StoreError::Unavailable {
+        tier: Tier::Redis,
+        reason: format!("{place}: {error}"),
+    }
+}
+
+/// What an error of an operation at `place` means for its caller.
+fn operation_error(place: &str, timeout: Duration, error: &RedisError) -> StoreError {
+    if error.is_timeout() {
+        StoreError::TimedOut {
+            tier: Tier::Redis,
+            after: timeout,
+        }
+    } else if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped() {
+        unavailable(place, error)
+    } else {
+        StoreError::Backend(format!("Redis at {place}: {error}"))
+    }
+}
+
+/// Runs `work` under `timeout`.
+async fn within<T>(
+    place: &str,
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result.map_err(|e| operation_error(place, timeout, &e)),
+        Err(_) => Err(StoreError::TimedOut {
+            tier: Tier::Redis,
+            after: timeout,
+        }),
+    }
+}
+
+impl Redis {
+    /// `host:port/db`, for messages.
+    pub fn address(&self) -> &str {
+        &self.place
+    }
+
+    /// The deadline of each operation.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `command` under the deadline.
+    pub async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
+        let mut connection = self.commands.clone();
+        within(&self.place, self.timeout, command.query_async(&mut connection)).await
+    }
+
+    /// Runs `script` with `keys` and `args` under the deadline (loaded on the server the first
+    /// time).
+    pub async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut connection = self.commands.clone();
+        within(&self.place, self.timeout, invocation.invoke_async(&mut connection)).await
+    }
+
+    /// `PING`, answered `PONG`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let answer: String = self.run(&redis::cmd("PING")).await?;
+        if answer != "PONG" {
+            return Err(StoreError::Corrupt(format!(
+                "Redis at {}: PING answered {answer:?}",
+                self.place
+            )));
+        }
+        Ok(())
+    }
+
+    /// Publishes each message on its channel, in order, in one round trip.
+    pub async fn publish(&self, messages: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        for (channel, payload) in messages {
+            pipeline.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
+        }
+        let mut connection = self.commands.clone();
+        within(&self.place, self.timeout, pipeline.query_async::<()>(&mut connection)).await
+    }
+}
+
+impl Subscriber {
+    /// Subscribes to `channel`: its messages arrive at [`Incoming`] from when this returns.
+    pub async fn subscribe(&self, channel: &str) -> Result<(), StoreError> {
+        let mut manager = self.manager.clone();
+        within(&self.place, self.timeout, manager.subscribe(channel)).await
+    }
+
+    /// Leaves `channel`.
+    pub async fn unsubscribe(&self, channel: &str) -> Result<(), StoreError> {
+        let mut manager = self.manager.clone();
+        within(&self.place, self.timeout, manager.unsubscribe(channel)).await
+    }
+
+    /// `PING` on the subscribing connection (which also makes it reconnect when it was lost).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut manager = self.manager.clone();
+        let answer: Value = within(&self.place, self.timeout, redis::cmd("PING").query_async(&mut manager)).await?;
+        match answer {
+            Value::SimpleString(text) if text == "PONG" => Ok(()),
+            other => Err(StoreError::Corrupt(format!(
+                "Redis at {}: PING answered {other:?}",
+                self.place
+            ))),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Several nodes on one PostgreSQL database and one Redis (in this process, each built as
+//! `switchboard serve` builds it): a user's tabs on any node see every event of every run, in
+//! seq order, with no gap, whichever node runs it, and still when Redis is gone. Real clock:
+//! PostgreSQL and Redis are other processes; the tests assert what arrives, never how fast.
+
+use std::time::Duration;
+
+use switchboard_engine::testkit::{check_gapless, check_run, final_status};
+use switchboard_faultproxy::{Fault, FaultProxy};
+use switchboard_protocol::{Event, RunStatus};
+
+use crate::support::{address_of, events_until_final, postgres_database, redis_url, send, spawn_node, through};
+
+/// Reads `socket` until the final event of `run` (at most 30 s: a lost event, not a slow one).
+async fn until_final(socket: &mut switchboard::client::Socket, run: &switchboard_protocol::RunId) -> Vec<Event> {
+    tokio::time::timeout(Duration::from_secs(30), events_until_final(socket, run))
+        .await
+        .expect("the run's final event arrives")
+}
+
+/// What reached `app`'s connections from other nodes `via` Redis or the log (its metrics).
+async fn from_other_nodes(app: &crate::support::TestApp, via: &str) -> u64 {
+    let text = app.metrics().await;
+    let name = format!("switchboard_from_other_nodes_total{{via=\"{via}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&name))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+/// The stream is `expected`, event for event: each once, in order, consecutive seqs.
+fn assert_same_stream(seen: &[Event], expected: &[Event]) {
+    assert!(
+        seen.windows(2).all(|w| w[1].seq.get() == w[0].seq.get() + 1),
+        "consecutive seqs"
+    );
+    let seqs = |events: &[Event]| events.iter().map(|e| e.seq.get()).collect::<Vec<_>>();
+    assert_eq!(seqs(seen), seqs(expected), "the same events, in the same order");
+    assert_eq!(seen, expected, "the same events, byte for byte");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_one_node_streams_to_the_users_tabs_on_every_node_in_order_without_a_gap() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let a = spawn_node(&database, &redis, "node-a", |_| {}).await;
+    let b = spawn_node(&database, &redis, "node-b", |_| {}).await;
+    let c = spawn_node(&database, &redis, "node-c", |_| {}).await;
+    // Signed in on A; the token is good on every node (one secret).
+    let session = a.user("ann").await;
+    let mut on_a = a.connect(&session).await;
+    let mut on_b = b.connect(&session).await;
+    let mut on_c = c.connect(&session).await;
+    // Someone else on B sees nothing of it.
+    let other = b.user("eve").await;
+    let mut eves = b.connect(&other).await;
+
+    let first = send(&mut on_a, "How can we cut our LLM costs?").await;
+    let from_a = until_final(&mut on_a, &first.run_id).await;
+    check_gapless(&from_a).unwrap();
+    check_run(&from_a).unwrap();
+    assert_same_stream(&until_final(&mut on_b, &first.run_id).await, &from_a);
+    assert_same_stream(&until_final(&mut on_c, &first.run_id).await, &from_a);
+
+    // A run accepted on C streams back to A and B, its seqs after the first run's.
+    let second = send(&mut on_c, "And latency?").await;
+    let from_c = until_final(&mut on_c, &second.run_id).await;
+    assert_eq!(from_c[0].seq.get(), from_a.last().unwrap().seq.get() + 1);
+    assert_same_stream(&until_final(&mut on_a, &second.run_id).await, &from_c);
+    assert_same_stream(&until_final(&mut on_b, &second.run_id).await, &from_c);
+
+    // They came through Redis.
+    assert!(
+        from_other_nodes(&b, "redis").await > 0 && from_other_nodes(&c, "redis").await > 0,
+        "{}",
+        b.metrics().await
+    );
+
+    // Eve's own run: hers alone, from seq 1.
+    let hers = send(&mut eves, "hello").await;
+    let eves_events = until_final(&mut eves, &hers.run_id).await;
+    assert_eq!(eves_events[0].seq.get(), 1);
+    assert!(eves_events.iter().all(|e| e.run_id == hers.run_id));
+    for app in [a, b, c] {
+        app.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_log_and_readiness_says_why() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let proxy = FaultProxy::start(address_of(&redis)).await.unwrap();
+    let a = spawn_node(&database, &redis, "node-a", |_| {}).await;
+    let b = spawn_node(&database, &through(&redis, proxy.addr()), "node-b", |c| {
+        c.redis_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let session = a.user("ann").await;
+    let mut on_a = a.connect(&session).await;
+    let mut on_b = b.connect(&session).await;
+
+    proxy.set(Fault::Refuse);
+    let ready: serde_json::Value = b
+        .client
+        .http()
+        .get(format!("{}/health/ready", b.client.base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["checks"]["redis"]["status"], "degraded", "{ready}");
+    assert!(
+        ready["checks"]["redis"]["error"].as_str().unwrap().contains("Redis"),
+        "{ready}"
+    );
+
+    // A run on A reaches B's tab through the log alone; and one on B reaches A.
+    let first = send(&mut on_a, "How can we cut our LLM costs?").await;
+    let from_a = until_final(&mut on_a, &first.run_id).await;
+    assert_same_stream(&until_final(&mut on_b, &first.run_id).await, &from_a);
+    let second = send(&mut on_b, "And latency?").await;
+    let from_b = until_final(&mut on_b, &second.run_id).await;
+    assert_eq!(final_status(&from_b), Some(RunStatus::Completed));
+    assert_same_stream(&until_final(&mut on_a, &second.run_id).await, &from_b);
+
+    assert!(from_other_nodes(&b, "log").await > 0, "B learnt of A's events from the log");
+
+    // Redis back: the same through it.
+    proxy.set(Fault::None);
+    let third = send(&mut on_a, "Once more").await;
+    let again = until_final(&mut on_a, &third.run_id).await;
+    assert_same_stream(&until_final(&mut on_b, &third.run_id).await, &again);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
