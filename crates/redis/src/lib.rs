@@ -250,6 +250,24 @@ impl Redis {
         Ok(())
     }
 
+    /// Sets `key` to `value` for `ttl` unless it is set; whether it was.
+    pub async fn put_new(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg("NX");
+        Ok(self.run::<Option<String>>(&set).await?.is_some())
+    }
+
+    /// Takes `key`'s value (it is gone after), if it is set; at most one caller gets it.
+    pub async fn take(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut take = redis::cmd("GETDEL");
+        take.arg(key);
+        self.run(&take).await
+    }
+
     /// Publishes each message on its channel, in order, in one round trip.
     pub async fn publish(&self, messages: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
         if messages.is_empty() {

@@ -212,9 +212,10 @@ impl Application {
         // The cluster's tasks end with the server, once its runs have ended (their events still
         // reach the other nodes during the grace period); or when it is dropped unserved.
         let closing = CancellationToken::new();
-        let (fanout, redis): (Arc<dyn FanOut>, Option<Redis>) = match cluster {
-            None => (Arc::new(LocalFanOut::default()), None),
+        let (fanout, redis, tickets): (Arc<dyn FanOut>, Option<Redis>, Tickets) = match cluster {
+            None => (Arc::new(LocalFanOut::default()), None, Tickets::default()),
             Some(parts) => {
+                let tickets = Tickets::shared(parts.redis.clone(), parts.node.prefix.clone());
                 let fanout = RedisFanOut::start(
                     parts.node,
                     parts.redis.clone(),
@@ -224,7 +225,7 @@ impl Application {
                     metrics.from_other_nodes.clone(),
                     closing.child_token(),
                 );
-                (fanout, Some(parts.redis))
+                (fanout, Some(parts.redis), tickets)
             }
         };
         let log = Arc::new(EventLog::new(Arc::clone(&store), fanout, vec![metrics.clone()]));
@@ -283,7 +284,7 @@ impl Application {
             log,
             runs: Arc::new(runs),
             tokens: Arc::new(tokens),
-            tickets: Arc::new(Tickets::default()),
+            tickets: Arc::new(tickets),
             connections: Arc::new(Connections::default()),
             login_throttle: Arc::new(login_throttle),
             passwords: Arc::new(passwords),

@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::{Timestamp, UserId};
+use switchboard_redis::Redis;
 use switchboard_store::{RefreshFamilyId, RefreshTokenId};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -345,10 +346,26 @@ struct Ticket {
     token_exp: i64,
 }
 
-/// Single-use tickets for `GET /ws?ticket=`, kept in memory.
+/// Single-use tickets for `GET /ws?ticket=`, kept in memory; on a node of a cluster in Redis,
+/// so that a ticket bought on one node opens a socket on any, once. While Redis cannot be
+/// reached a node keeps the tickets it issues itself (they open sockets on it only).
 #[derive(Default)]
 pub(crate) struct Tickets {
     tickets: Mutex<HashMap<String, Ticket>>,
+    shared: Option<SharedTickets>,
+}
+
+/// Tickets in Redis: `{prefix}ticket:{id}` holds `{user}\n{token_exp}` until it is taken or
+/// expires.
+struct SharedTickets {
+    redis: Redis,
+    prefix: String,
+}
+
+impl SharedTickets {
+    fn key(&self, id: &str) -> String {
+        format!("{}ticket:{id}", self.prefix)
+    }
 }
 
 impl std::fmt::Debug for Tickets {
@@ -358,7 +375,16 @@ impl std::fmt::Debug for Tickets {
 }
 
 impl Tickets {
+    /// Tickets kept in `redis` under `prefix` (a node of a cluster).
+    pub(crate) fn shared(redis: Redis, prefix: String) -> Self {
+        Self {
+            tickets: Mutex::default(),
+            shared: Some(SharedTickets { redis, prefix }),
+        }
+    }
+
     /// A new ticket for `user`, valid for `ttl`; the socket it opens ends when `token_exp` does.
+    /// In memory.
     pub(crate) fn issue(&self, user: &UserId, ttl: Duration, token_exp: i64) -> String {
         let id = uuid_like();
         let now = Instant::now();
@@ -375,10 +401,51 @@ impl Tickets {
         id
     }
 
-    /// Takes a ticket (once): its user and the expiry of the token it was bought with.
+    /// Takes a ticket of memory (once): its user and the expiry of the token it was bought with.
     pub(crate) fn redeem(&self, id: &str) -> Option<(UserId, i64)> {
         let ticket = self.tickets.lock().unwrap().remove(id)?;
         (ticket.expires > Instant::now()).then_some((ticket.user, ticket.token_exp))
+    }
+
+    /// A new ticket, as `issue`, kept where every node finds it.
+    pub(crate) async fn issue_anywhere(&self, user: &UserId, ttl: Duration, token_exp: i64) -> String {
+        let Some(shared) = &self.shared else {
+            return self.issue(user, ttl, token_exp);
+        };
+        let id = uuid_like();
+        match shared
+            .redis
+            .put_new(&shared.key(&id), &format!("{user}\n{token_exp}"), ttl)
+            .await
+        {
+            Ok(true) => id,
+            Ok(false) | Err(_) => {
+                tracing::warn!("cannot keep a ticket in Redis; it opens sockets on this node only");
+                self.issue(user, ttl, token_exp)
+            }
+        }
+    }
+
+    /// Takes a ticket, as `redeem`, wherever it was issued.
+    pub(crate) async fn redeem_anywhere(&self, id: &str) -> Option<(UserId, i64)> {
+        if let Some(found) = self.redeem(id) {
+            return Some(found);
+        }
+        let shared = self.shared.as_ref()?;
+        // Only what `uuid_like` makes is looked up.
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        match shared.redis.take(&shared.key(id)).await {
+            Ok(value) => {
+                let (user, exp) = value?.split_once('\n').map(|(u, e)| (u.to_owned(), e.to_owned()))?;
+                Some((user.parse().ok()?, exp.parse().ok()?))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot take a ticket from Redis");
+                None
+            }
+        }
     }
 }
 

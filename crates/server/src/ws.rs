@@ -64,7 +64,7 @@ struct Credential {
     protocol: Option<String>,
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> Result<Credential, String> {
+async fn authenticate(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> Result<Credential, String> {
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -110,7 +110,8 @@ fn authenticate(state: &AppState, headers: &HeaderMap, ticket: Option<&str>) -> 
     if let Some(ticket) = ticket {
         let (user, token_exp) = state
             .tickets
-            .redeem(ticket)
+            .redeem_anywhere(ticket)
+            .await
             .ok_or_else(|| "The ticket is unknown, expired or already used.".to_owned())?;
         return Ok(Credential {
             user,
@@ -157,7 +158,7 @@ pub(crate) async fn upgrade(
     open: Option<Extension<OpenConnection>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let credential = match authenticate(&state, &headers, query.ticket.as_deref()) {
+    let credential = match authenticate(&state, &headers, query.ticket.as_deref()).await {
         Ok(credential) => credential,
         Err(message) => {
             state.metrics.error(ErrorCode::Unauthorized);

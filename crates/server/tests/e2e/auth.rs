@@ -118,7 +118,7 @@ fn token(secret: &str, sub: &str, typ: &str, exp_offset: i64) -> String {
 }
 
 /// Opens `/ws{query}` with these headers: the selected subprotocol, or the refusal's status and body.
-async fn open(base: &str, query: &str, headers: &[(&str, String)]) -> Result<Option<String>, (u16, Value)> {
+pub(crate) async fn open(base: &str, query: &str, headers: &[(&str, String)]) -> Result<Option<String>, (u16, Value)> {
     let url = format!("{}/ws{query}", base.replacen("http://", "ws://", 1));
     let mut request = url.into_client_request().unwrap();
     for (name, value) in headers {

@@ -9,6 +9,7 @@ use switchboard_engine::testkit::{check_gapless, check_run, final_status};
 use switchboard_faultproxy::{Fault, FaultProxy};
 use switchboard_protocol::{Event, RunStatus};
 
+use crate::auth::open;
 use crate::support::{address_of, events_until_final, postgres_database, redis_url, send, spawn_node, through};
 
 /// Reads `socket` until the final event of `run` (at most 30 s: a lost event, not a slow one).
@@ -115,6 +116,15 @@ async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_lo
         "{ready}"
     );
 
+    // A ticket bought on B meanwhile is kept by B, and opens a socket there.
+    let (_, body) = b
+        .client
+        .post("/api/ws-ticket", Some(&session.access_token), &serde_json::json!({}))
+        .await
+        .unwrap();
+    let query = format!("?ticket={}", body["ticket"].as_str().unwrap());
+    assert!(open(b.client.base(), &query, &[]).await.is_ok(), "a ticket of B's own");
+
     // A run on A reaches B's tab through the log alone; and one on B reaches A.
     let first = send(&mut on_a, "How can we cut our LLM costs?").await;
     let from_a = until_final(&mut on_a, &first.run_id).await;
@@ -131,6 +141,27 @@ async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_lo
     let third = send(&mut on_a, "Once more").await;
     let again = until_final(&mut on_a, &third.run_id).await;
     assert_same_stream(&until_final(&mut on_b, &third.run_id).await, &again);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_bought_on_one_node_opens_one_socket_on_any_node_once() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let a = spawn_node(&database, &redis, "node-a", |_| {}).await;
+    let b = spawn_node(&database, &redis, "node-b", |_| {}).await;
+    let session = a.user("tia").await;
+    let (_, body) = a
+        .client
+        .post("/api/ws-ticket", Some(&session.access_token), &serde_json::json!({}))
+        .await
+        .unwrap();
+    let query = format!("?ticket={}", body["ticket"].as_str().unwrap());
+    assert!(open(b.client.base(), &query, &[]).await.is_ok(), "opened on B");
+    assert_eq!(open(a.client.base(), &query, &[]).await.unwrap_err().0, 401, "not again on A");
+    assert_eq!(open(b.client.base(), &query, &[]).await.unwrap_err().0, 401, "nor on B");
+    let made_up = format!("?ticket={}", "0".repeat(32));
+    assert_eq!(open(b.client.base(), &made_up, &[]).await.unwrap_err().0, 401);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
