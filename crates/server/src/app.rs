@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Passwords, Tickets, Tokens, load_secret};
 use crate::config::{Config, LlmConfig};
-use crate::cluster::{Node, RedisFanOut};
+use crate::cluster::{ClusterStops, Node, RedisFanOut};
 use crate::fanout::{FanOut, LocalFanOut};
 use crate::limits::{Connections, LoginThrottle};
 use crate::listener::{self, ConnectionLimits};
@@ -212,11 +212,14 @@ impl Application {
         // The cluster's tasks end with the server, once its runs have ended (their events still
         // reach the other nodes during the grace period); or when it is dropped unserved.
         let closing = CancellationToken::new();
+        let mut stop_requests = None;
+        let mut cluster_stops = None;
         let (fanout, redis, tickets): (Arc<dyn FanOut>, Option<Redis>, Tickets) = match cluster {
             None => (Arc::new(LocalFanOut::default()), None, Tickets::default()),
             Some(parts) => {
                 let tickets = Tickets::shared(parts.redis.clone(), parts.node.prefix.clone());
-                let fanout = RedisFanOut::start(
+                cluster_stops = Some(ClusterStops::new(parts.redis.clone(), &parts.node));
+                let (fanout, requests) = RedisFanOut::start(
                     parts.node,
                     parts.redis.clone(),
                     parts.subscriber,
@@ -225,6 +228,7 @@ impl Application {
                     metrics.from_other_nodes.clone(),
                     closing.child_token(),
                 );
+                stop_requests = Some(requests);
                 (fanout, Some(parts.redis), tickets)
             }
         };
@@ -260,13 +264,27 @@ impl Application {
             None => builder.model(offline),
         };
         let engine = builder.build(log.clone()).context("building the engine")?;
-        let runs = Runs::new(
+        // The stop requests of other nodes: the engine stops the run if it runs here.
+        if let Some(mut requests) = stop_requests {
+            let engine = engine.clone();
+            tokio::spawn(closing.child_token().run_until_cancelled_owned(async move {
+                while let Some((user, run)) = requests.recv().await {
+                    if engine.cancel(&user, &run).is_ok() {
+                        tracing::info!(%run, "stopping a run another node was asked to stop");
+                    }
+                }
+            }));
+        }
+        let mut runs = Runs::new(
             Arc::clone(&store),
             engine,
             Arc::clone(&metrics),
             config.rate_limit_per_minute,
             config.max_text_chars,
         );
+        if let Some(stops) = cluster_stops {
+            runs = runs.with_cluster_stops(stops);
+        }
         let login_throttle = LoginThrottle::new(config.login_max_failures, config.login_failure_window);
         let file_limit = listener::raise_file_limit();
         let connection_limits = ConnectionLimits {

@@ -11,9 +11,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_protocol::{ControlFrame, Seq, UserId};
+use switchboard_protocol::{ControlFrame, RunId, Seq, UserId};
 use switchboard_redis::{Incoming, Pushed, Redis, Subscriber};
-use switchboard_store::{EventRecord, Store};
+use switchboard_store::{EventRecord, Store, StoreError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +50,11 @@ impl Node {
     /// A generated name: `node-` and 8 hex digits.
     pub(crate) fn generated_id() -> String {
         format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    }
+
+    /// The channel of stop requests, which every node hears.
+    fn stops_channel(&self) -> String {
+        format!("{}stops", self.prefix)
     }
 
     /// The channel of `user`'s live events.
@@ -103,6 +108,36 @@ fn decode(payload: &[u8]) -> Option<(&str, Live)> {
     Some((node, live))
 }
 
+/// Asks every node to stop a run (the node that runs it does): `{user}\n{run}` on the stops
+/// channel.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterStops {
+    redis: Redis,
+    channel: String,
+}
+
+impl ClusterStops {
+    pub(crate) fn new(redis: Redis, node: &Node) -> Self {
+        Self {
+            redis,
+            channel: node.stops_channel(),
+        }
+    }
+
+    /// Asks the node that runs `run` of `user` to stop it.
+    pub(crate) async fn ask(&self, user: &UserId, run: &RunId) -> Result<(), StoreError> {
+        self.redis
+            .publish(&[(self.channel.clone(), format!("{user}\n{run}").into_bytes())])
+            .await
+    }
+}
+
+/// A stop request of `ClusterStops::ask`; `None` when it is not one.
+fn decode_stop(payload: &[u8]) -> Option<(UserId, RunId)> {
+    let (user, run) = std::str::from_utf8(payload).ok()?.split_once('\n')?;
+    Some((user.parse().ok()?, run.parse().ok()?))
+}
+
 /// A user's connections on this node: their channel, and the newest seq they were told of.
 struct Listeners {
     sender: broadcast::Sender<Live>,
@@ -120,6 +155,8 @@ pub(crate) struct RedisFanOut {
     outgoing: mpsc::UnboundedSender<(String, Vec<u8>)>,
     /// Counts what came from other nodes, by the way it came.
     from_other_nodes: Family<ViaLabel, Counter>,
+    /// Where the stop requests heard go.
+    stops: mpsc::UnboundedSender<(UserId, RunId)>,
 }
 
 impl std::fmt::Debug for RedisFanOut {
@@ -129,7 +166,8 @@ impl std::fmt::Debug for RedisFanOut {
 }
 
 impl RedisFanOut {
-    /// Starts the fan-out of `node` on Redis, watching `store`'s log.
+    /// Starts the fan-out of `node` on Redis, watching `store`'s log; the stop requests it hears
+    /// (of any run: the engine knows whether it runs here) come out of the receiver.
     pub(crate) fn start(
         node: Node,
         redis: Redis,
@@ -138,22 +176,28 @@ impl RedisFanOut {
         store: Arc<dyn Store>,
         from_other_nodes: Family<ViaLabel, Counter>,
         stop: CancellationToken,
-    ) -> Arc<Self> {
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<(UserId, RunId)>) {
         let (interest, interests) = mpsc::unbounded_channel();
         let (outgoing, outgoings) = mpsc::unbounded_channel();
+        let (stops, stop_requests) = mpsc::unbounded_channel();
         let fanout = Arc::new(Self {
             node,
             users: Mutex::new(HashMap::new()),
             interest,
             outgoing,
             from_other_nodes,
+            stops,
         });
         let weak = Arc::downgrade(&fanout);
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(hear_stops(subscriber.clone(), fanout.node.stops_channel())),
+        );
         tokio::spawn(stop.clone().run_until_cancelled_owned(subscribe_all(weak.clone(), subscriber, interests)));
         tokio::spawn(stop.clone().run_until_cancelled_owned(publish_all(redis, outgoings)));
         tokio::spawn(stop.clone().run_until_cancelled_owned(receive_all(weak.clone(), incoming)));
         tokio::spawn(stop.run_until_cancelled_owned(watch(weak, store)));
-        fanout
+        (fanout, stop_requests)
     }
 
     /// Hands `live` to `user`'s connections here, and notes what they were told.
@@ -249,6 +293,15 @@ async fn subscribe_all(
     }
 }
 
+/// Subscribes to the stops channel, trying again every second until it took (after that the
+/// connection subscribes again by itself after a reconnect).
+async fn hear_stops(subscriber: Subscriber, channel: String) {
+    while let Err(error) = subscriber.subscribe(&channel).await {
+        tracing::warn!(%error, "cannot subscribe to the stop requests in Redis; trying again in a second");
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
 /// Publishes the outgoing messages, as many at once as are waiting.
 async fn publish_all(redis: Redis, mut outgoing: mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
     let mut failing = false;
@@ -276,6 +329,14 @@ async fn receive_all(fanout: std::sync::Weak<RedisFanOut>, mut incoming: Incomin
     while let Some(pushed) = incoming.next().await {
         let Some(fanout) = fanout.upgrade() else { return };
         match pushed {
+            Pushed::Message { channel, payload } if channel == fanout.node.stops_channel() => {
+                match decode_stop(&payload) {
+                    Some(request) => {
+                        let _ = fanout.stops.send(request);
+                    }
+                    None => tracing::warn!(%channel, "a stop request in Redis that no node writes; left alone"),
+                }
+            }
             Pushed::Message { channel, payload } => {
                 let Some(user) = fanout.node.user_of_channel(&channel).and_then(|u| u.parse::<UserId>().ok())
                 else {
@@ -338,6 +399,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(encode("node-a", &Live::Known(Seq::new(3))).is_none());
+        let (user, run) = (UserId::generate(), RunId::generate());
+        assert_eq!(decode_stop(format!("{user}\n{run}").as_bytes()), Some((user, run)));
+        assert_eq!(decode_stop(b"usr_x\nrun_y"), None);
         for garbage in [&b""[..], b"node", b"node\n", b"node\nx1\n{}", b"node\ne-1\n{}", b"node\nn{", b"\xff\n"] {
             assert!(decode(garbage).is_none(), "{garbage:?}");
         }

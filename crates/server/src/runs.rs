@@ -9,6 +9,7 @@ use switchboard_protocol::{ErrorCode, MessageAccepted, MessageId, RunId, UserId,
 use switchboard_store::{NewMessage, RunState, Store, StoreError};
 use tokio::time::Instant;
 
+use crate::cluster::ClusterStops;
 use crate::error::tier_trouble;
 use crate::limits::SlidingWindow;
 use crate::metrics::Metrics;
@@ -108,6 +109,8 @@ pub(crate) struct Runs {
     metrics: Arc<Metrics>,
     limiter: SlidingWindow<UserId>,
     max_text_chars: usize,
+    /// On a node of a cluster: how a run on another node is stopped.
+    stops: Option<ClusterStops>,
 }
 
 impl std::fmt::Debug for Runs {
@@ -132,7 +135,14 @@ impl Runs {
             metrics,
             limiter: SlidingWindow::new(rate_per_minute, Duration::from_secs(60)),
             max_text_chars,
+            stops: None,
         }
+    }
+
+    /// Stops runs of other nodes through `stops` too.
+    pub(crate) fn with_cluster_stops(mut self, stops: ClusterStops) -> Self {
+        self.stops = Some(stops);
+        self
     }
 
     /// The engine.
@@ -334,6 +344,14 @@ impl Runs {
                 ErrorCode::RunNotFound,
                 format!("The run {run} has already finished ({}).", record.state.as_str()),
             )),
+            // Running, on another node: that node is asked to stop it.
+            Ok(Some(_)) if let Some(stops) = &self.stops => stops.ask(user, run).await.map_err(|error| {
+                let trouble = tier_trouble(&error).unwrap_or_else(|| error.to_string());
+                Refusal::new(
+                    ErrorCode::StoreUnavailable,
+                    format!("{trouble}, so the node that runs {run} could not be asked to stop it; try again in a moment."),
+                )
+            }),
             Ok(_) => Err(Refusal::new(ErrorCode::RunNotFound, format!("No active run {run}."))),
             Err(error) => Err(Refusal::store(error)),
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use switchboard_engine::testkit::{check_gapless, check_run, final_status};
 use switchboard_faultproxy::{Fault, FaultProxy};
-use switchboard_protocol::{Event, RunStatus};
+use switchboard_protocol::{ClientFrame, Event, RunStatus, StopAgent};
 
 use crate::auth::open;
 use crate::support::{address_of, events_until_final, postgres_database, redis_url, send, spawn_node, through};
@@ -164,4 +164,60 @@ async fn a_ticket_bought_on_one_node_opens_one_socket_on_any_node_once() {
     assert_eq!(open(b.client.base(), &made_up, &[]).await.unwrap_err().0, 401);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_stopped_from_any_node_by_stop_agent_or_the_cancel_route() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    // Each model call takes a minute: the runs are still going when they are stopped.
+    let slow = |c: &mut switchboard::Config| c.model_latency = Duration::from_secs(60);
+    let a = spawn_node(&database, &redis, "node-a", slow).await;
+    let c = spawn_node(&database, &redis, "node-c", slow).await;
+    let session = a.user("sam").await;
+    let mut on_a = a.connect(&session).await;
+    let mut on_c = c.connect(&session).await;
+
+    // stop_agent on C's socket ends the run A runs.
+    let first = send(&mut on_a, "slow").await;
+    on_c.send(&ClientFrame::StopAgent(StopAgent {
+        run_id: first.run_id.clone(),
+    }))
+    .await
+    .unwrap();
+    let events = until_final(&mut on_a, &first.run_id).await;
+    assert_eq!(final_status(&events), Some(RunStatus::Cancelled));
+    assert_same_stream(&until_final(&mut on_c, &first.run_id).await, &events);
+
+    // The cancel route on C: 202, and the run on A ends cancelled.
+    let second = send(&mut on_a, "slow again").await;
+    let (status, body) = c
+        .client
+        .post(
+            &format!("/api/runs/{}/cancel", second.run_id),
+            Some(&session.access_token),
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let events = until_final(&mut on_a, &second.run_id).await;
+    assert_eq!(final_status(&events), Some(RunStatus::Cancelled));
+
+    // Another user cannot stop it from any node.
+    let third = send(&mut on_a, "mine").await;
+    let eve = c.user("eve").await;
+    let (status, _) = c
+        .client
+        .post(&format!("/api/runs/{}/cancel", third.run_id), Some(&eve.access_token), &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    on_a.send(&ClientFrame::StopAgent(StopAgent {
+        run_id: third.run_id.clone(),
+    }))
+    .await
+    .unwrap();
+    until_final(&mut on_a, &third.run_id).await;
+    a.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
 }
