@@ -93,10 +93,21 @@ pub async fn scratch_database(admin_url: &str) -> Result<String, StoreError> {
 /// The key of the advisory lock a serving server holds on its database.
 const SERVER_LOCK: i64 = 0x5357_4254_5352_5652; // "SWBTSRVR"
 
-/// The database's one serving server, held for as long as this lives (a connection of its own
-/// holding a session advisory lock; a server that dies, even by `kill -9`, lets go with its
-/// connection). Until servers keep leases on their runs, a server closes every run left
-/// `running` when it starts, so two servers on one database would close each other's live runs.
+/// How a server serves from its database: alone (it closes every run left `running` when it
+/// starts, so no other server may serve from it), or as one node of a cluster (nodes keep
+/// leases and close only the runs of nodes that are gone; any number of them, but no server
+/// alone beside them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// One server alone.
+    Alone,
+    /// One node of several.
+    Node,
+}
+
+/// The database's serving server or nodes, held for as long as this lives (a connection of its
+/// own holding a session advisory lock, exclusive for a server alone, shared by the nodes of a
+/// cluster; a server that dies, even by `kill -9`, lets go with its connection).
 #[derive(Debug)]
 pub struct ServerLock {
     _client: tokio_postgres::Client,
@@ -109,8 +120,8 @@ impl Drop for ServerLock {
     }
 }
 
-/// Takes the database's [`ServerLock`], or says that another server holds it.
-pub async fn hold_server_lock(url: &str, timeout: Duration) -> Result<ServerLock, StoreError> {
+/// Takes the database's [`ServerLock`] to serve as `serving` says, or says who holds it.
+pub async fn hold_server_lock(url: &str, timeout: Duration, serving: Serving) -> Result<ServerLock, StoreError> {
     let config = parse(url)?;
     let place = address::of(&config);
     let (client, connection) = tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
@@ -130,7 +141,13 @@ pub async fn hold_server_lock(url: &str, timeout: Duration) -> Result<ServerLock
     let taken = tokio::time::timeout(
         timeout,
         lock._client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK]),
+            .query_one(
+                match serving {
+                    Serving::Alone => "SELECT pg_try_advisory_lock($1)",
+                    Serving::Node => "SELECT pg_try_advisory_lock_shared($1)",
+                },
+                &[&SERVER_LOCK],
+            ),
     )
     .await
     .map_err(|_| StoreError::TimedOut {
@@ -138,13 +155,17 @@ pub async fn hold_server_lock(url: &str, timeout: Duration) -> Result<ServerLock
         after: timeout,
     })?
     .map_err(|e| StoreError::Backend(format!("PostgreSQL at {place}: {}", connection::describe(&e))))?;
-    if taken.get::<_, bool>(0) {
-        Ok(lock)
-    } else {
-        Err(StoreError::Conflict(format!(
-            "another Switchboard server is serving from the database at {place}; one server per database for \
-             now (a server closes the runs it finds running when it starts)"
-        )))
+    match (taken.get::<_, bool>(0), serving) {
+        (true, _) => Ok(lock),
+        (false, Serving::Alone) => Err(StoreError::Conflict(format!(
+            "another Switchboard server is serving from the database at {place}; a server without \
+             --redis-url serves alone (it closes the runs it finds running when it starts); several \
+             share a database as the nodes of a cluster, each with --redis-url"
+        ))),
+        (false, Serving::Node) => Err(StoreError::Conflict(format!(
+            "a Switchboard server without --redis-url is serving alone from the database at {place}; \
+             stop it, or make it a node of the cluster with --redis-url too"
+        ))),
     }
 }
 

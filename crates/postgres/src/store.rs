@@ -50,6 +50,9 @@ pub struct PgStore {
     options: PgOptions,
     /// Appends so far, to forget old batch keys now and then.
     appends: Arc<AtomicU64>,
+    /// The node this store serves, on a database shared by a cluster: recorded with each run it
+    /// accepts, and the name of its lease.
+    node: Option<Arc<str>>,
     /// Messages waiting to be stored. Group commit: the messages that arrive while a group is
     /// stored form the next, one transaction for all, so that many users sending at once wait
     /// for a few commits, not for one commit each.
@@ -94,6 +97,7 @@ impl PgStore {
             place,
             options,
             appends: Arc::default(),
+            node: None,
             accepts: Grouped::new(ACCEPT_GROUP),
         };
         let migrated = store.place.clone();
@@ -171,11 +175,12 @@ impl PgStore {
     async fn accept_group(&self, messages: Vec<NewMessage>) -> Vec<Result<Accepted, StoreError>> {
         if messages.len() == 1 {
             let message = messages.into_iter().next().expect("one message");
-            return vec![self.with(move |client| accept(client, message)).await];
+            let node = self.node.clone();
+            return vec![self.with(move |client| accept(client, message, node)).await];
         }
         let together = self.with({
-            let messages = messages.clone();
-            move |client| accept_together(client, messages)
+            let (messages, node) = (messages.clone(), self.node.clone());
+            move |client| accept_together(client, messages, node)
         });
         let answers: Vec<Option<Accepted>> = match together.await {
             Ok(answers) => answers,
@@ -191,7 +196,10 @@ impl PgStore {
         futures_util::future::join_all(messages.into_iter().zip(answers).map(|(message, answer)| async move {
             match answer {
                 Some(accepted) => Ok(accepted),
-                None => self.with(move |client| accept(client, message)).await,
+                None => {
+                    let node = self.node.clone();
+                    self.with(move |client| accept(client, message, node)).await
+                }
             }
         }))
         .await
@@ -209,6 +217,125 @@ impl PgStore {
             self.options.query_timeout,
             work,
         )
+        .await
+    }
+}
+
+/// The database's clock, in Unix milliseconds: every node's lease is measured by it, so the
+/// nodes' own clocks may differ.
+const DATABASE_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// The most runs of gone nodes one claim takes.
+const CLAIM_AT_MOST: i64 = 1000;
+
+/// A node of a cluster: its lease, and the runs it takes over from nodes that are gone.
+impl PgStore {
+    /// The store as node `node` of a cluster: each run it accepts records the node.
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.node = Some(Arc::from(node));
+        self
+    }
+
+    /// The node this store serves, if it is one.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    fn node_name(&self) -> Result<String, StoreError> {
+        self.node
+            .as_deref()
+            .map(str::to_owned)
+            .ok_or_else(|| StoreError::Backend("a store of no node keeps no lease".into()))
+    }
+
+    /// How long this node's lease still runs, by the database's clock (`None`: it has none,
+    /// or it ran out): a live lease under this node's name is another process's.
+    pub async fn lease_left(&self) -> Result<Option<Duration>, StoreError> {
+        let node = self.node_name()?;
+        self.with(move |client| {
+            Box::pin(async move {
+                let sql = format!("SELECT expires_at - {DATABASE_NOW} FROM node_leases WHERE node = $1");
+                let statement = client.prepare_cached(&sql).await?;
+                let left: Option<i64> = match client.query_opt(&statement, &[&node]).await? {
+                    Some(row) => Some(get(&row, 0)?),
+                    None => None,
+                };
+                Ok(left.filter(|ms| *ms > 0).map(|ms| Duration::from_millis(ms as u64)))
+            })
+        })
+        .await
+    }
+
+    /// Takes or renews this node's lease, to run `ttl` from now.
+    pub async fn renew_lease(&self, ttl: Duration) -> Result<(), StoreError> {
+        let (node, ttl) = (self.node_name()?, ttl.as_millis() as i64);
+        self.with(move |client| {
+            Box::pin(async move {
+                let sql = format!(
+                    "INSERT INTO node_leases (node, expires_at) VALUES ($1, {DATABASE_NOW} + $2)
+                     ON CONFLICT (node) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+                );
+                let statement = client.prepare_cached(&sql).await?;
+                client.execute(&statement, &[&node, &ttl]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Gives this node's lease up (it stopped, its runs ended), so that its name is free at once.
+    pub async fn drop_lease(&self) -> Result<(), StoreError> {
+        let node = self.node_name()?;
+        self.with(move |client| {
+            Box::pin(async move {
+                let statement = client.prepare_cached("DELETE FROM node_leases WHERE node = $1").await?;
+                client.execute(&statement, &[&node]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Makes the running runs of nodes whose lease ran out (or of no node; and of this node
+    /// before it started again, when `own`) this node's, and returns them with the node each
+    /// was of, for this node to close. Each run is taken by one node only: the runs are locked
+    /// as they are taken (others skip them), and a run taken is a live node's.
+    pub async fn claim_runs(&self, own: bool) -> Result<Vec<(RunRecord, Option<String>)>, StoreError> {
+        let node = self.node_name()?;
+        self.with(move |client| {
+            Box::pin(async move {
+                let returned = RUN_COLUMNS
+                    .split(',')
+                    .map(|column| format!("runs.{}", column.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "UPDATE runs SET node = $1 FROM (
+                         SELECT id, node AS was FROM runs
+                         WHERE status = 'running'
+                           AND (node IS DISTINCT FROM $1 OR $2)
+                           AND NOT EXISTS (
+                               SELECT 1 FROM node_leases
+                               WHERE node_leases.node = runs.node AND node_leases.node <> $1
+                                 AND node_leases.expires_at > {DATABASE_NOW}
+                           )
+                         ORDER BY started_at, id
+                         LIMIT $3
+                         FOR UPDATE SKIP LOCKED
+                     ) AS gone
+                     WHERE runs.id = gone.id AND runs.status = 'running'
+                     RETURNING {returned}, gone.was"
+                );
+                let statement = client.prepare_cached(&sql).await?;
+                let rows = client.query(&statement, &[&node, &own, &CLAIM_AT_MOST]).await?;
+                let columns = RUN_COLUMNS.split(',').count();
+                let mut claimed = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    claimed.push((to_run(row)?, get::<Option<String>>(row, columns)?));
+                }
+                Ok(claimed)
+            })
+        })
         .await
     }
 }
@@ -396,8 +523,8 @@ message AS (
     RETURNING id
 ),
 run AS (
-    INSERT INTO runs (id, user_id, thread_id, message_id, status, started_at)
-    SELECT $5, $3, $2, id, 'running', $7 FROM message
+    INSERT INTO runs (id, user_id, thread_id, message_id, status, started_at, node)
+    SELECT $5, $3, $2, id, 'running', $7, $10 FROM message
     RETURNING id
 )
 SELECT (SELECT count(*) FROM run), (SELECT seen FROM earlier)
@@ -426,10 +553,12 @@ struct Accepting {
     existing_thread: bool,
     title: String,
     now: i64,
+    /// The node that will run it.
+    node: Option<String>,
 }
 
 impl Accepting {
-    fn of(message: NewMessage) -> Self {
+    fn of(message: NewMessage, node: Option<&str>) -> Self {
         let created_thread = message.thread_id.is_none();
         let thread_id = message.thread_id.clone().unwrap_or_else(ThreadId::generate);
         Self {
@@ -444,12 +573,13 @@ impl Accepting {
             now: now_millis(),
             created_thread,
             existing_thread: !created_thread,
+            node: node.map(str::to_owned),
             message,
         }
     }
 
     /// `ACCEPT`'s parameters.
-    fn parameters(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
+    fn parameters(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 10] {
         [
             &self.ids[0],
             &self.ids[1],
@@ -460,6 +590,7 @@ impl Accepting {
             &self.now,
             &self.existing_thread,
             &self.title,
+            &self.node,
         ]
     }
 
@@ -492,9 +623,9 @@ impl Accepting {
 
 /// Stores one user message and its run (and its thread, when it starts one), all or nothing, in
 /// one statement (`ACCEPT`); a repeated `client_message_id` is answered with the earlier message.
-fn accept(client: &mut ClientWrapper, message: NewMessage) -> Work<'_, Accepted> {
+fn accept(client: &mut ClientWrapper, message: NewMessage, node: Option<Arc<str>>) -> Work<'_, Accepted> {
     Box::pin(async move {
-        let accepting = Accepting::of(message);
+        let accepting = Accepting::of(message, node.as_deref());
         let statement = client.prepare_cached(ACCEPT).await?;
         let stored = client.query_one(&statement, &accepting.parameters()).await;
         let (accepting, earlier_exists) = match stored {
@@ -531,9 +662,17 @@ const ACCEPT_GROUP: usize = 128;
 /// repeats a message stored before), and then it is accepted again on its own, which says why.
 /// Any error (two messages of the group with one `client_message_id`) rolls the whole group
 /// back.
-fn accept_together(client: &mut ClientWrapper, messages: Vec<NewMessage>) -> Work<'_, Vec<Option<Accepted>>> {
+fn accept_together(
+    client: &mut ClientWrapper,
+    messages: Vec<NewMessage>,
+    node: Option<Arc<str>>,
+) -> Work<'_, Vec<Option<Accepted>>> {
     Box::pin(async move {
-        let mut accepting: Vec<(usize, Accepting)> = messages.into_iter().map(Accepting::of).enumerate().collect();
+        let mut accepting: Vec<(usize, Accepting)> = messages
+            .into_iter()
+            .map(|message| Accepting::of(message, node.as_deref()))
+            .enumerate()
+            .collect();
         accepting.sort_by(|(_, a), (_, b)| a.thread_id.as_str().cmp(b.thread_id.as_str()));
         let tx = client.transaction().await?;
         let statement = tx.prepare_cached(ACCEPT).await?;

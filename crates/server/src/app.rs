@@ -12,7 +12,7 @@ use switchboard_agents::{OfflineModel, PriceTable};
 use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
 use switchboard_engine::{Engine, Model};
 use switchboard_llm::{OpenAiConfig, OpenAiModel, Price};
-use switchboard_postgres::{PgOptions, PgStore, ServerLock, hold_server_lock};
+use switchboard_postgres::{PgOptions, PgStore, ServerLock, Serving, hold_server_lock};
 use switchboard_redis::{Incoming, Redis, RedisOptions, Subscriber};
 use switchboard_store::{AnalyticsStore, SqliteAnalytics, SqliteStore, Store};
 use tokio::net::TcpListener;
@@ -30,7 +30,7 @@ use crate::listener::{self, ConnectionLimits};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::runs::Runs;
-use crate::{api, openapi, recovery, web, ws};
+use crate::{api, leases, openapi, recovery, web, ws};
 
 /// How long sockets get to close after the runs have ended.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -80,6 +80,8 @@ impl std::fmt::Debug for AppState {
 
 /// What makes a server one node of a cluster: its name, and its connections to Redis.
 struct ClusterParts {
+    /// The store, as this node's (its lease, the runs it takes over).
+    store: PgStore,
     node: Node,
     redis: Redis,
     subscriber: Subscriber,
@@ -93,6 +95,8 @@ pub struct Application {
     state: AppState,
     /// Held while serving from PostgreSQL: no second server serves from the same database.
     server_lock: Option<ServerLock>,
+    /// On a node of a cluster: the store whose lease it holds, given up when it has stopped.
+    lease: Option<PgStore>,
 }
 
 impl std::fmt::Debug for Application {
@@ -122,24 +126,29 @@ impl Application {
                 (store.clone(), Some(store))
             }
             Some(url) => {
-                // One node alone on its database: no second server may serve from it (its start
-                // would close this one's runs). Nodes of a cluster share it.
-                if config.redis_url.is_none() {
-                    let lock = hold_server_lock(url.expose(), config.database_timeout)
-                        .await
-                        .with_context(|| format!("cannot serve from PostgreSQL at {url}"))?;
-                    server_lock = Some(lock);
-                }
+                // A server alone on its database: no other may serve from it (its start would
+                // close this one's runs). The nodes of a cluster share it, without one alone.
+                let serving = if config.redis_url.is_some() {
+                    Serving::Node
+                } else {
+                    Serving::Alone
+                };
+                let lock = hold_server_lock(url.expose(), config.database_timeout, serving)
+                    .await
+                    .with_context(|| format!("cannot serve from PostgreSQL at {url}"))?;
+                server_lock = Some(lock);
                 let options = PgOptions {
                     max_connections: config.database_max_connections,
                     query_timeout: config.database_timeout,
                     ..PgOptions::default()
                 };
-                let store = PgStore::connect(url.expose(), options)
+                let mut store = PgStore::connect(url.expose(), options)
                     .await
                     .with_context(|| format!("cannot open the store on PostgreSQL at {url}"))?;
                 tracing::info!(address = %url, "the store is on PostgreSQL");
                 if let Some(redis_url) = &config.redis_url {
+                    let id = config.node_id.clone().unwrap_or_else(Node::generated_id);
+                    store = store.for_node(&id);
                     let cluster = store
                         .cluster_id()
                         .await
@@ -150,9 +159,9 @@ impl Application {
                     let (redis, subscriber, incoming) = switchboard_redis::connect(redis_url.expose(), options)
                         .await
                         .with_context(|| format!("cannot reach Redis at {redis_url}"))?;
-                    let id = config.node_id.clone().unwrap_or_else(Node::generated_id);
                     tracing::info!(node = %id, %cluster, redis = %redis_url, "this server is node {id} of a cluster on Redis");
                     parts = Some(ClusterParts {
+                        store: store.clone(),
                         node: Node::new(id, &cluster),
                         redis,
                         subscriber,
@@ -214,6 +223,7 @@ impl Application {
         let closing = CancellationToken::new();
         let mut stop_requests = None;
         let mut cluster_stops = None;
+        let mut lease = None;
         let (fanout, redis, tickets): (Arc<dyn FanOut>, Option<Redis>, Tickets) = match cluster {
             None => (Arc::new(LocalFanOut::default()), None, Tickets::default()),
             Some(parts) => {
@@ -229,18 +239,30 @@ impl Application {
                     closing.child_token(),
                 );
                 stop_requests = Some(requests);
+                lease = Some(parts.store);
                 (fanout, Some(parts.redis), tickets)
             }
         };
         let log = Arc::new(EventLog::new(Arc::clone(&store), fanout, vec![metrics.clone()]));
-        // A node of a cluster does not close the runs it finds running: they may be other
-        // live nodes' runs.
-        if redis.is_none() {
-            let closed = recovery::close_interrupted_runs(&log)
-                .await
-                .context("closing interrupted runs")?;
-            if closed > 0 {
-                tracing::warn!(runs = closed, "closed runs left active by the last stop");
+        match &lease {
+            // A server alone closes every run it finds running: nobody else runs any.
+            None => {
+                let closed = recovery::close_interrupted_runs(&log)
+                    .await
+                    .context("closing interrupted runs")?;
+                if closed > 0 {
+                    tracing::warn!(runs = closed, "closed runs left active by the last stop");
+                }
+            }
+            // A node only its own from before and those of nodes that are gone; then it keeps
+            // its lease, and closes the runs of nodes that go.
+            Some(store) => {
+                leases::join(store, &log).await.context("joining the cluster")?;
+                tokio::spawn(
+                    closing
+                        .child_token()
+                        .run_until_cancelled_owned(leases::keep(store.clone(), Arc::clone(&log))),
+                );
             }
         }
         let prices = match &config.price_table {
@@ -317,6 +339,7 @@ impl Application {
             connection_limits,
             state,
             server_lock: None,
+            lease,
         })
     }
 
@@ -344,6 +367,7 @@ impl Application {
             connection_limits,
             state,
             server_lock: _server_lock,
+            lease,
         } = self;
         let addr = listener.local_addr()?;
         tracing::info!(
@@ -378,6 +402,12 @@ impl Application {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "the HTTP server task failed"),
             Err(_) => tracing::warn!("some HTTP connections did not finish in time"),
+        }
+        // Its runs have ended: its name is free for a node started again at once.
+        if let Some(store) = lease
+            && let Err(error) = store.drop_lease().await
+        {
+            tracing::warn!(%error, "cannot give up this node's lease; it runs out by itself");
         }
         tracing::info!("stopped");
         Ok(())

@@ -18,6 +18,7 @@ mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ingest;
+mod leases;
 mod limits;
 mod listener;
 mod log;

@@ -1,24 +1,31 @@
-//! At start-up: runs that a crash left active are closed as `interrupted`, so a client that
-//! resumes sees every run end. The closing events go through the event log like any run's.
+//! Runs whose server is gone are closed as `interrupted`, so a client that resumes sees every
+//! run end: at start-up, those a crash left active; on a node of a cluster, those of nodes that
+//! are gone too (`leases`). The closing events go through the event log like any run's.
 
 use switchboard_engine::{Closing, OpenRun};
 use switchboard_protocol::{AgentErrorCode, LogEntry, NewEvent, RunStatus, Timestamp, TraceId};
-use switchboard_store::StoreError;
+use switchboard_store::{RunRecord, StoreError};
 
 use crate::log::EventLog;
 
 /// Closes every run still marked running. Returns how many were closed.
 pub(crate) async fn close_interrupted_runs(log: &EventLog) -> Result<usize, StoreError> {
+    let runs = log.store().running_runs().await?;
+    close_runs(log, &runs, "the server stopped while the run was active").await?;
+    Ok(runs.len())
+}
+
+/// Closes `runs` (running, of a server that is gone) as `interrupted`, saying `why`.
+pub(crate) async fn close_runs(log: &EventLog, runs: &[RunRecord], why: &str) -> Result<(), StoreError> {
     let store = log.store();
-    let runs = store.running_runs().await?;
-    for run in &runs {
+    for run in runs {
         let events = store.run_events(&run.user_id, &run.id).await?;
         let trace_id = events.first().map_or_else(TraceId::generate, |e| e.trace_id.clone());
         let elapsed_ms = (Timestamp::now().unix_millis() - run.started_at.unix_millis()).max(0) as u64;
         let closing = Closing {
             code: AgentErrorCode::Interrupted,
             status: RunStatus::Interrupted,
-            why: "the server stopped while the run was active",
+            why,
             elapsed: std::time::Duration::from_millis(elapsed_ms),
         };
         let entries = OpenRun::from_events(&events)
@@ -37,7 +44,7 @@ pub(crate) async fn close_interrupted_runs(log: &EventLog) -> Result<usize, Stor
             })
             .collect::<Vec<_>>();
         log.append_entries(&entries).await?;
-        tracing::warn!(run_id = %run.id, user_id = %run.user_id, "closed a run interrupted by a restart");
+        tracing::warn!(run_id = %run.id, user_id = %run.user_id, why, "closed a run whose server is gone");
     }
-    Ok(runs.len())
+    Ok(())
 }

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use switchboard_engine::testkit::{check_gapless, check_run, final_status};
 use switchboard_faultproxy::{Fault, FaultProxy};
-use switchboard_protocol::{ClientFrame, Event, RunStatus, StopAgent};
+use switchboard_protocol::{ClientFrame, Event, RunStatus, ServerFrame, StopAgent};
 
 use crate::auth::open;
-use crate::support::{address_of, events_until_final, postgres_database, redis_url, send, spawn_node, through};
+use crate::lifecycle::start;
+use crate::support::{
+    address_of, events_until_final, next, postgres_database, redis_url, send, spawn_node, through,
+};
 
 /// Reads `socket` until the final event of `run` (at most 30 s: a lost event, not a slow one).
 async fn until_final(socket: &mut switchboard::client::Socket, run: &switchboard_protocol::RunId) -> Vec<Event> {
@@ -219,5 +222,67 @@ async fn a_run_is_stopped_from_any_node_by_stop_agent_or_the_cancel_route() {
     .unwrap();
     until_final(&mut on_a, &third.run_id).await;
     a.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_run_has_its_run_closed_once_by_another_and_started_again_it_serves_on() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--database-url",
+        database.as_str(),
+        "--redis-url",
+        redis.as_str(),
+        "--node-id",
+        "node-a",
+    ];
+    let mut a = start(dir.path(), &[&flags[..], &["--model-latency-ms", "60000"]].concat()).await;
+    let b = spawn_node(&database, &redis, "node-b", |_| {}).await;
+    let c = spawn_node(&database, &redis, "node-c", |_| {}).await;
+    let session = a.client.dev_login(Some("kim@test.example")).await.unwrap();
+    let mut on_a = a.client.connect(&session.access_token, None).await.unwrap();
+    next(&mut on_a).await;
+    let mut on_b = b.connect(&session).await;
+    let mut on_c = c.connect(&session).await;
+    let accepted = send(&mut on_a, "will node A survive?").await;
+    // B sees the run going, then A is killed.
+    loop {
+        if let ServerFrame::Event(event) = next(&mut on_b).await
+            && event.type_name() == "tool_completed"
+        {
+            break;
+        }
+    }
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+
+    // Within the lease and a claim or two, B or C closes it: one final event, on both tabs.
+    let seen_b = until_final(&mut on_b, &accepted.run_id).await;
+    let seen_c = until_final(&mut on_c, &accepted.run_id).await;
+    assert_eq!(final_status(&seen_b), Some(RunStatus::Interrupted));
+    // B read the run's first events before A was killed; C all of them.
+    assert_same_stream(&seen_c[seen_c.len() - seen_b.len()..], &seen_b);
+    // The whole run, replayed on C from the start: the contract, and one final event.
+    let mut replay = c.client.connect(&session.access_token, Some(0)).await.unwrap();
+    let whole = until_final(&mut replay, &accepted.run_id).await;
+    check_gapless(&whole).unwrap();
+    check_run(&whole).unwrap();
+    assert_eq!(whole.iter().filter(|e| e.is_final()).count(), 1);
+    let told = serde_json::to_string(&whole).unwrap();
+    assert!(
+        told.contains("because the node that ran it (node-a) stopped answering"),
+        "the closing names the node that stopped: {told}"
+    );
+
+    // A started again under its name serves on, its seqs after the run's.
+    let a = start(tempfile::tempdir().unwrap().path(), &flags).await;
+    let mut on_a = a.client.connect(&session.access_token, None).await.unwrap();
+    next(&mut on_a).await;
+    let again = send(&mut on_a, "and now?").await;
+    let after = until_final(&mut on_a, &again.run_id).await;
+    assert_eq!(after[0].seq.get(), whole.last().unwrap().seq.get() + 1);
+    assert_eq!(final_status(&after), Some(RunStatus::Completed));
+    b.shutdown().await.unwrap();
     c.shutdown().await.unwrap();
 }
