@@ -7,7 +7,7 @@
 //! (clock hour, model, feature, batch flag) with the calls left out, the sketch bins of latency
 //! and of prompt size per hour of the day, model, feature and batch flag (the only grain at
 //! which the summary merges sketches) and per clock hour, and the calls and cost of each
-//! prompt, all told and per day. A summary of all of a user's calls reads the roll-ups of all
+//! prompt (keyed by two 64-bit hashes of its hash's text), all told and per day. A summary of all of a user's calls reads the roll-ups of all
 //! time; one of a bounded range reads its whole hours (cells, bins) and whole days (prompts)
 //! from the clock-hour and daily roll-ups and only the part of an hour or day at each end from
 //! the rows. [`SummaryBuilder`] then turns them into the same [`Summary`] the embedded
