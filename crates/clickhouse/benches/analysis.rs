@@ -13,7 +13,9 @@
 //! distinct prompts per million calls. Beside each summary's time, each of its queries run alone.
 //!
 //! `SWITCHBOARD_BENCH_CLICKHOUSE_URL=http://127.0.0.1:PORT/ cargo bench -p switchboard-clickhouse --bench analysis`
-//! (or `SWITCHBOARD_TEST_CLICKHOUSE_URL`); the bench works in a scratch database it drops at the end
+//! (or `SWITCHBOARD_TEST_CLICKHOUSE_URL`); `SWITCHBOARD_BENCH_DATABASE=NAME` measures a database
+//! kept by an earlier run (or by the agents' bench) instead, and `SWITCHBOARD_BENCH_OPTIMIZE=0`
+//! leaves its parts unmerged. The bench works in a scratch database it drops at the end
 //! (kept with `SWITCHBOARD_BENCH_KEEP_DATABASE=1`).
 
 #![allow(clippy::print_stdout)]
@@ -301,14 +303,17 @@ async fn measure(
         }
         (user, ingest, started.elapsed())
     };
-    // Merged, as the tables are once the server's background merges have caught up.
-    let tables = query_text(
-        server,
-        format!("SELECT name FROM system.tables WHERE database = '{database}' AND engine LIKE '%MergeTree'"),
-    )
-    .await?;
-    for table in tables.lines() {
-        run_sql(server, format!("OPTIMIZE TABLE {database}.{table} FINAL")).await?;
+    // Merged into one part each, unless `SWITCHBOARD_BENCH_OPTIMIZE=0` leaves the parts as the
+    // server's background merges left them (several per table: the merges stop well before one).
+    if std::env::var_os("SWITCHBOARD_BENCH_OPTIMIZE").is_none_or(|v| v != "0") {
+        let tables = query_text(
+            server,
+            format!("SELECT name FROM system.tables WHERE database = '{database}' AND engine LIKE '%MergeTree'"),
+        )
+        .await?;
+        for table in tables.lines() {
+            run_sql(server, format!("OPTIMIZE TABLE {database}.{table} FINAL")).await?;
+        }
     }
 
     let started = Instant::now();

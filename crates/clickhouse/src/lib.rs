@@ -7,15 +7,16 @@
 //! (clock hour, model, feature, batch flag) with the calls left out, the sketch bins of latency
 //! and of prompt size per hour of the day, model, feature and batch flag (the only grain at
 //! which the summary merges sketches) and per clock hour, and the calls and cost of each
-//! prompt, all told and per day. A summary of all of a user's calls reads the roll-ups of all
+//! prompt (keyed by two 64-bit hashes of its hash's text), all told and per day. A summary of all of a user's calls reads the roll-ups of all
 //! time; one of a bounded range reads its whole hours (cells, bins) and whole days (prompts)
 //! from the clock-hour and daily roll-ups and only the part of an hour or day at each end from
 //! the rows. [`SummaryBuilder`] then turns them into the same [`Summary`] the embedded
 //! backend gives: counts and sums exact (costs summed as integers, so in any order to the same
 //! bits), percentiles within [`switchboard_store::PERCENTILE_RELATIVE_ERROR`].
 //!
-//! `connect` brings a database of schema version 1 (without the clock-hour bins and daily
-//! prompts) to version 2 once, building them from the rows.
+//! `connect` brings a database of an older schema to the current one (version 3) once, building
+//! what it lacks from the rows: version 1 lacks the clock-hour bins and the daily prompts,
+//! versions 1 and 2 the prompts keyed by numbers (their prompts keyed by text are dropped).
 //!
 //! An upload is one insert of one block, so the calls are stored whole or not at all; the views
 //! write their roll-ups in the same insert, after the calls (ClickHouse has no transaction
@@ -66,11 +67,11 @@ impl Default for ClickHouseOptions {
 /// query reads the parts of the table there are when it starts).
 const SUMMARY_ATTEMPTS: usize = 3;
 
-/// How many times the move to schema version 2 is made again when calls were uploaded while
+/// How many times the move to the current schema is made again when calls were uploaded while
 /// it read the rows.
 const MIGRATION_ATTEMPTS: usize = 3;
 
-/// About how many calls the move to schema version 2 rolls up in one statement (whole days:
+/// About how many calls the move to the current schema rolls up in one statement (whole days:
 /// a day with more is one statement).
 const MIGRATION_CHUNK_CALLS: u64 = 1_000_000;
 
@@ -144,9 +145,7 @@ impl ClickHouseAnalytics {
             (sql::CREATE_EVENTS.to_owned(), "creating the workload_events table"),
             (sql::create_cells(), "creating the workload_cells table"),
             (sql::CREATE_BINS.to_owned(), "creating the workload_bins table"),
-            (sql::CREATE_PROMPTS.to_owned(), "creating the workload_prompts table"),
             (sql::create_cells_view(), "creating the workload_cells view"),
-            (sql::create_prompts_view(), "creating the workload_prompts view"),
         ];
         let [latency_view, prompt_view] = sql::create_bins_views();
         for (statement, doing) in tables.into_iter().chain([
@@ -155,10 +154,11 @@ impl ClickHouseAnalytics {
         ]) {
             store.execute(statement, doing).await?;
         }
-        if rows > 0 && version == sql::VERSION_1 {
-            store.build_version_2().await?;
+        if rows > 0 && version < u64::from(sql::SCHEMA_VERSION) {
+            store.build_from_rows(version).await?;
         } else {
-            store.create_version_2().await?;
+            store.create_hour_bins().await?;
+            store.create_prompt_keys().await?;
         }
         if rows == 0 || version < u64::from(sql::SCHEMA_VERSION) {
             store
@@ -171,56 +171,79 @@ impl ClickHouseAnalytics {
         Ok(store)
     }
 
-    /// Creates the tables and views version 2 added (when missing), the views after the
-    /// tables they write to.
-    async fn create_version_2(&self) -> Result<(), StoreError> {
-        let mut statements = vec![
-            (
-                sql::CREATE_HOUR_BINS.to_owned(),
-                "creating the workload_hour_bins table",
-            ),
-            (
-                sql::CREATE_DAY_PROMPTS.to_owned(),
-                "creating the workload_day_prompts table",
-            ),
-            (sql::create_day_prompts_view(), "creating the workload_day_prompts view"),
-        ];
+    /// Creates the hourly bins and their views (schema version 2, when missing), the views after
+    /// the table they write to.
+    async fn create_hour_bins(&self) -> Result<(), StoreError> {
+        self.execute(
+            sql::CREATE_HOUR_BINS.to_owned(),
+            "creating the workload_hour_bins table",
+        )
+        .await?;
         for (view, _) in sql::create_hour_bins_views() {
-            statements.push((view, "creating an hourly bins view"));
+            self.execute(view, "creating an hourly bins view").await?;
         }
+        Ok(())
+    }
+
+    /// Creates the prompt roll-ups keyed by numbers and their views (schema version 3, when
+    /// missing), the views after the tables they write to.
+    async fn create_prompt_keys(&self) -> Result<(), StoreError> {
+        let statements = [
+            (
+                sql::CREATE_PROMPT_KEYS.to_owned(),
+                "creating the workload_prompt_keys table",
+            ),
+            (
+                sql::CREATE_DAY_PROMPT_KEYS.to_owned(),
+                "creating the workload_day_prompt_keys table",
+            ),
+            (sql::create_prompt_keys_view(), "creating the workload_prompt_keys view"),
+            (
+                sql::create_day_prompt_keys_view(),
+                "creating the workload_day_prompt_keys view",
+            ),
+        ];
         for (statement, doing) in statements {
             self.execute(statement, doing).await?;
         }
         Ok(())
     }
 
-    /// Brings a version-1 database to version 2: the roll-ups of bounded ranges, made anew
-    /// (whatever an earlier attempt left) and built from the rows, in chunks of whole days of
-    /// about [`MIGRATION_CHUNK_CALLS`] calls each (a chunk's aggregation fits the server's
-    /// memory limit; each statement under the insert deadline). The views are made before the
-    /// rows are read, so that no upload is missed; an upload that lands while the rows are
-    /// read would be counted twice, so the calls are counted before and after and the whole
-    /// is made again when they differ.
-    async fn build_version_2(&self) -> Result<(), StoreError> {
+    /// Brings a database of schema `version` (1 or 2) to the current one: the roll-ups it lacks
+    /// (version 1: the hourly bins; both: the prompt keys), made anew (whatever an earlier
+    /// attempt left) and built from the rows, in chunks of whole days of about
+    /// [`MIGRATION_CHUNK_CALLS`] calls each (a chunk's aggregation fits the server's memory
+    /// limit; each statement under the insert deadline); then the prompts keyed by text are
+    /// dropped. The views are made before the rows are read, so that no upload is missed; an
+    /// upload that lands while the rows are read would be counted twice, so the calls are
+    /// counted before and after and the whole is made again when they differ.
+    async fn build_from_rows(&self, version: u64) -> Result<(), StoreError> {
+        let target = sql::SCHEMA_VERSION;
         let count_all = || async {
             let answer = self
                 .run_statement(
                     "SELECT count() FROM workload_events FORMAT TabSeparated".to_owned(),
-                    "counting the calls to bring the schema to version 2",
+                    "counting the calls to bring the schema up to date",
                 )
                 .await?;
             self.one_row(&answer, "the count of all calls", |row| row.u64(0))
         };
+        let hour_bins = version == sql::VERSION_1;
         for _ in 0..MIGRATION_ATTEMPTS {
             let before = count_all().await?;
-            for table in sql::version_2_tables() {
+            let mut made_anew: Vec<&str> = sql::PROMPT_KEYS_TABLES.to_vec();
+            if hour_bins {
+                made_anew.extend(sql::hour_bins_tables());
+            }
+            for table in made_anew {
                 self.execute(
                     format!("DROP TABLE IF EXISTS {table}"),
-                    "dropping what an earlier move to version 2 left",
+                    "dropping what an earlier move to the current schema left",
                 )
                 .await?;
             }
-            self.create_version_2().await?;
+            self.create_hour_bins().await?;
+            self.create_prompt_keys().await?;
             let answer = self
                 .run_statement(
                     format!(
@@ -229,7 +252,7 @@ impl ClickHouseAnalytics {
                         day = sql::DAY_MS,
                         in_range = sql::in_range(),
                     ),
-                    "counting the calls per day to bring the schema to version 2",
+                    "counting the calls per day to bring the schema up to date",
                 )
                 .await?;
             let days = rows::rows(&answer, 2)
@@ -241,26 +264,37 @@ impl ClickHouseAnalytics {
                 .map_err(|e| self.corrupt("the calls per day", &e))?;
             for (first, end) in chunks(&days, MIGRATION_CHUNK_CALLS) {
                 let range = format!("ts >= {} AND ts < {}", first * sql::DAY_MS, end * sql::DAY_MS);
-                let statements = [
+                let mut statements = vec![
                     (
-                        format!(
-                            "INSERT INTO workload_hour_bins {}",
-                            sql::hour_bins_of_rows(&range, Sketched::Latency)
-                        ),
-                        "building the hourly latency bins from the calls",
+                        format!("INSERT INTO workload_prompt_keys {}", sql::prompt_keys_of_rows(&range)),
+                        "building the prompts from the calls",
                     ),
                     (
                         format!(
-                            "INSERT INTO workload_hour_bins {}",
-                            sql::hour_bins_of_rows(&range, Sketched::PromptTokens)
+                            "INSERT INTO workload_day_prompt_keys {}",
+                            sql::day_prompt_keys_of_rows(&range)
                         ),
-                        "building the hourly prompt size bins from the calls",
-                    ),
-                    (
-                        format!("INSERT INTO workload_day_prompts {}", sql::day_prompts_of_rows(&range)),
                         "building the daily prompts from the calls",
                     ),
                 ];
+                if hour_bins {
+                    statements.extend([
+                        (
+                            format!(
+                                "INSERT INTO workload_hour_bins {}",
+                                sql::hour_bins_of_rows(&range, Sketched::Latency)
+                            ),
+                            "building the hourly latency bins from the calls",
+                        ),
+                        (
+                            format!(
+                                "INSERT INTO workload_hour_bins {}",
+                                sql::hour_bins_of_rows(&range, Sketched::PromptTokens)
+                            ),
+                            "building the hourly prompt size bins from the calls",
+                        ),
+                    ]);
+                }
                 for (statement, doing) in statements {
                     let answer = self.run_statement(statement, doing).await?;
                     if !answer.is_empty() {
@@ -273,20 +307,25 @@ impl ClickHouseAnalytics {
             }
             let after = count_all().await?;
             if before == after {
+                for table in sql::TEXT_PROMPTS_TABLES {
+                    self.execute(
+                        format!("DROP TABLE IF EXISTS {table}"),
+                        "dropping the prompts keyed by text",
+                    )
+                    .await?;
+                }
                 tracing::info!(
                     calls = after,
-                    "brought the ClickHouse workload schema to version {}",
-                    sql::SCHEMA_VERSION
+                    "brought the ClickHouse workload schema from version {version} to version {target}"
                 );
                 return Ok(());
             }
-            tracing::warn!("calls were stored while the schema was brought to version 2; building it again");
+            tracing::warn!("calls were stored while the schema was brought up to date; building it again");
         }
         Err(StoreError::Backend(format!(
-            "{}: calls kept being stored while the workload schema was brought to version {} \
+            "{}: calls kept being stored while the workload schema was brought to version {target} \
              ({MIGRATION_ATTEMPTS} times); connect again while no calls are uploaded",
             self.server.address.place(),
-            sql::SCHEMA_VERSION
         )))
     }
 
@@ -444,8 +483,8 @@ impl ClickHouseAnalytics {
                 || -> Result<(String, String, u64), String> { Ok((row.hex_text(0)?, row.hex_text(1)?, row.u64(2)?)) };
             let (table, name, rows) = read().map_err(|e| self.corrupt("the parts", &e))?;
             match table.as_str() {
-                "workload_prompts" => parts.prompts.push((name, rows)),
-                "workload_day_prompts" => parts.day_prompts.push(name),
+                "workload_prompt_keys" => parts.prompts.push((name, rows)),
+                "workload_day_prompt_keys" => parts.day_prompts.push(name),
                 "workload_events" => parts.events.push(name),
                 other => return Err(self.corrupt("the parts", &format!("a part of table {other}"))),
             }

@@ -8,7 +8,7 @@
 //! `reinterpretAsString`, `toDecimal128`, `countIf`/`sumIf`/`minIf`/`maxIf`, `HAVING`,
 //! `UNION ALL` in a subquery, `sumForEach` (over arrays of one length), `arrayResize`,
 //! `arrayPushBack`, `arrayFilter`, `arrayMap`, `arrayEnumerate`, `emptyArrayUInt64`,
-//! `emptyArrayInt64`, and the
+//! `emptyArrayInt64`, `sipHash64`, `cityHash64`, `bitShiftRight`, `uniqExact`, and the
 //! `TabSeparated` and `RowBinary` formats. A materialized view of 18.16 must select from the
 //! table it watches directly (a view over a subquery of it fails at the insert).
 
@@ -22,9 +22,12 @@ use switchboard_store::{
 /// The version of the schema below; a database of a newer one is refused. 1: the calls and
 /// the roll-ups of all of a user's calls (`workload_cells`, `workload_bins`,
 /// `workload_prompts`); 2: the roll-ups a bounded range reads too, the sketch bins per clock
-/// hour (`workload_hour_bins`) and the prompts per day (`workload_day_prompts`), built from
-/// the rows once when a version-1 database is connected to.
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+/// hour (`workload_hour_bins`) and the prompts per day (`workload_day_prompts`); 3: the
+/// prompts keyed by two 64-bit hashes of their hash's text instead of the text
+/// (`workload_prompt_keys`, `workload_day_prompt_keys`, which replace `workload_prompts` and
+/// `workload_day_prompts`). What a database lacks is built from the rows once when it is
+/// connected to.
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 
 /// The version before the roll-ups of bounded ranges.
 pub(crate) const VERSION_1: u64 = 1;
@@ -318,18 +321,36 @@ pub(crate) fn create_bins_views() -> [String; 2] {
     })
 }
 
-/// The calls and cost of every prompt hash per user (calls in range only), summed.
-pub(crate) const CREATE_PROMPTS: &str = "CREATE TABLE IF NOT EXISTS workload_prompts (user String, \
-     prompt_hash String, calls UInt64, cost_hi UInt64, cost_lo UInt64) \
-     ENGINE = SummingMergeTree() ORDER BY (user, prompt_hash)";
+/// A prompt's key: two 64-bit hashes of its hash's text (`prompt_key`, `prompt_check`), so
+/// that a roll-up groups pairs of numbers, not strings. Two prompts of a user are taken for one
+/// only when both hashes agree (about once in 10²⁵ users of ten million prompts); `prompt_key`
+/// alone, uniform over 64 bits, picks a prompt's shard (see [`Parts::candidates`]).
+const PROMPT_KEY: &str = "sipHash64(prompt_hash) AS prompt_key, cityHash64(prompt_hash) AS prompt_check";
 
-pub(crate) fn create_prompts_view() -> String {
+/// The calls and cost of every prompt per user (calls in range only), summed.
+pub(crate) const CREATE_PROMPT_KEYS: &str = "CREATE TABLE IF NOT EXISTS workload_prompt_keys (user String, \
+     prompt_key UInt64, prompt_check UInt64, calls UInt64, cost_hi UInt64, cost_lo UInt64) \
+     ENGINE = SummingMergeTree() ORDER BY (user, prompt_key, prompt_check)";
+
+/// The name of the view that keeps [`CREATE_PROMPT_KEYS`].
+pub(crate) const PROMPT_KEYS_VIEW: &str = "workload_prompt_keys_view";
+
+/// The prompts of the rows where `range` holds, as [`CREATE_PROMPT_KEYS`] keeps them: for its
+/// materialized view and for building it from the rows.
+pub(crate) fn prompt_keys_of_rows(range: &str) -> String {
     let (hi, lo) = cost_units("cost_usd");
     format!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS workload_prompts_view TO workload_prompts AS \
-         SELECT user, prompt_hash, count() AS calls, sum({hi}) AS cost_hi, sum({lo}) AS cost_lo \
-         FROM workload_events WHERE {in_range} AND has_prompt = 1 GROUP BY user, prompt_hash",
+        "SELECT user, {PROMPT_KEY}, count() AS calls, sum({hi}) AS cost_hi, sum({lo}) AS cost_lo \
+         FROM workload_events WHERE {range} AND {in_range} AND has_prompt = 1 \
+         GROUP BY user, prompt_key, prompt_check",
         in_range = in_range(),
+    )
+}
+
+pub(crate) fn create_prompt_keys_view() -> String {
+    format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {PROMPT_KEYS_VIEW} TO workload_prompt_keys AS {}",
+        prompt_keys_of_rows("1")
     )
 }
 
@@ -501,40 +522,57 @@ pub(crate) fn create_hour_bins_views() -> [(String, &'static str); 2] {
     })
 }
 
-/// The calls and cost of every prompt hash per user and day (calls in range only), summed, for
-/// a bounded range's whole days.
-pub(crate) const CREATE_DAY_PROMPTS: &str = "CREATE TABLE IF NOT EXISTS workload_day_prompts (user String, \
-     day Int64, prompt_hash String, calls UInt64, cost_hi UInt64, cost_lo UInt64) \
-     ENGINE = SummingMergeTree() ORDER BY (user, day, prompt_hash)";
+/// The calls and cost of every prompt per user and day (calls in range only), summed, for a
+/// bounded range's whole days; prompts keyed as in [`CREATE_PROMPT_KEYS`].
+pub(crate) const CREATE_DAY_PROMPT_KEYS: &str = "CREATE TABLE IF NOT EXISTS workload_day_prompt_keys (user String, \
+     day Int64, prompt_key UInt64, prompt_check UInt64, calls UInt64, cost_hi UInt64, cost_lo UInt64) \
+     ENGINE = SummingMergeTree() ORDER BY (user, day, prompt_key, prompt_check)";
 
-/// The name of the view that keeps [`CREATE_DAY_PROMPTS`].
-pub(crate) const DAY_PROMPTS_VIEW: &str = "workload_day_prompts_view";
+/// The name of the view that keeps [`CREATE_DAY_PROMPT_KEYS`].
+pub(crate) const DAY_PROMPT_KEYS_VIEW: &str = "workload_day_prompt_keys_view";
 
-/// The daily prompts of the rows where `range` holds, as [`CREATE_DAY_PROMPTS`] keeps them.
-pub(crate) fn day_prompts_of_rows(range: &str) -> String {
+/// The daily prompts of the rows where `range` holds, as [`CREATE_DAY_PROMPT_KEYS`] keeps them.
+pub(crate) fn day_prompt_keys_of_rows(range: &str) -> String {
     let (hi, lo) = cost_units("cost_usd");
     format!(
-        "SELECT user, intDiv(ts, {DAY_MS}) AS day, prompt_hash, count() AS calls, sum({hi}) AS cost_hi, \
+        "SELECT user, intDiv(ts, {DAY_MS}) AS day, {PROMPT_KEY}, count() AS calls, sum({hi}) AS cost_hi, \
              sum({lo}) AS cost_lo \
-         FROM workload_events WHERE {range} AND {in_range} AND has_prompt = 1 GROUP BY user, day, prompt_hash",
+         FROM workload_events WHERE {range} AND {in_range} AND has_prompt = 1 \
+         GROUP BY user, day, prompt_key, prompt_check",
         in_range = in_range(),
     )
 }
 
-pub(crate) fn create_day_prompts_view() -> String {
+pub(crate) fn create_day_prompt_keys_view() -> String {
     format!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {DAY_PROMPTS_VIEW} TO workload_day_prompts AS {}",
-        day_prompts_of_rows("1")
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {DAY_PROMPT_KEYS_VIEW} TO workload_day_prompt_keys AS {}",
+        day_prompt_keys_of_rows("1")
     )
 }
 
-/// The tables of schema version 2 (beside version 1's), in the order they are dropped: views
-/// first.
-pub(crate) fn version_2_tables() -> Vec<&'static str> {
+/// The hourly bins' tables (schema version 2), in the order they are dropped: views first.
+pub(crate) fn hour_bins_tables() -> Vec<&'static str> {
     let mut tables: Vec<&'static str> = create_hour_bins_views().iter().map(|(_, name)| *name).collect();
-    tables.extend([DAY_PROMPTS_VIEW, "workload_hour_bins", "workload_day_prompts"]);
+    tables.push("workload_hour_bins");
     tables
 }
+
+/// The prompt keys' tables (schema version 3), views first.
+pub(crate) const PROMPT_KEYS_TABLES: [&str; 4] = [
+    PROMPT_KEYS_VIEW,
+    DAY_PROMPT_KEYS_VIEW,
+    "workload_prompt_keys",
+    "workload_day_prompt_keys",
+];
+
+/// The prompt roll-ups of versions 1 and 2, keyed by the hash's text, which version 3 drops
+/// once it has built its own: views first.
+pub(crate) const TEXT_PROMPTS_TABLES: [&str; 4] = [
+    "workload_prompts_view",
+    "workload_day_prompts_view",
+    "workload_prompts",
+    "workload_day_prompts",
+];
 
 /// Bins (kind, hour_of_day, model, has_feature, feature, batch, bin, n) as one row per class:
 /// kind, hour of the day, hex(model), has_feature, hex(feature), batch, the bins and their
@@ -585,7 +623,13 @@ pub(crate) fn bounded_bins(user: &str, hours: &Split, values: Sketched) -> Strin
 
 /// The active parts of the prompt roll-ups and the calls, as [`Parts`] reads them.
 pub(crate) const PARTS: &str = "SELECT hex(table), hex(name), rows FROM system.parts WHERE database = currentDatabase() \
-     AND active AND table IN ('workload_prompts', 'workload_day_prompts', 'workload_events') FORMAT TabSeparated";
+     AND active AND table IN ('workload_prompt_keys', 'workload_day_prompt_keys', 'workload_events') \
+     FORMAT TabSeparated";
+
+/// At most about this many rows of `workload_prompt_keys` share a shard (see
+/// [`Parts::candidates`]): a shard's keys are told apart in a hash set of its own, which stays
+/// in the processor's cache (one hash set of ten million keys takes twice as long, measured).
+const SHARD_ROWS: u64 = 512;
 
 /// The parts a reading of repeated prompts reads, named by [`PARTS`] at one moment: every read
 /// of one query takes only these, so that its reads see the same calls (a part never changes;
@@ -593,7 +637,7 @@ pub(crate) const PARTS: &str = "SELECT hex(table), hex(name), rows FROM system.p
 /// answer then differ).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Parts {
-    /// `workload_prompts`' parts and their rows.
+    /// `workload_prompt_keys`' parts and their rows.
     pub(crate) prompts: Vec<(String, u64)>,
     pub(crate) day_prompts: Vec<String>,
     pub(crate) events: Vec<String>,
@@ -609,33 +653,63 @@ impl Parts {
         format!("_part IN ({})", names.join(", "))
     }
 
-    /// The prompt hashes of `user` that may have been called more than once, from
-    /// `workload_prompts` (a superset of them): within one part a prompt has one row (a view
-    /// writes a prompt's calls of an insert as one row; a merge sums a prompt's rows into one),
-    /// so a prompt called more than once has a row of more than one call or rows in two parts,
-    /// one of them not the largest. The rows of all but the largest part and the rows of
-    /// more than one call are few once the server has merged the parts: a user's prompts
-    /// called once are then never read but for their call counts.
-    fn candidates(&self, user: &str) -> String {
-        let largest = self
-            .prompts
-            .iter()
-            .max_by_key(|(_, rows)| *rows)
-            .map_or("", |(name, _)| name);
+    /// The rows of `user` in the parts of `workload_prompt_keys`.
+    fn prompt_rows(&self, user: &str) -> String {
         format!(
-            "SELECT prompt_hash FROM workload_prompts WHERE user = {} AND {} AND (calls > 1 OR _part != {})",
+            "user = {} AND {}",
             string(user),
-            Parts::of(self.prompts.iter().map(|(name, _)| name.as_str())),
-            string(largest)
+            Parts::of(self.prompts.iter().map(|(name, _)| name.as_str()))
         )
     }
 
-    /// The calls with a prompt of all of `user`'s calls in `workload_prompts`.
+    /// How far `prompt_key` is shifted to give a prompt's shard: into a power of two of
+    /// shards that hold from [`SHARD_ROWS`] to twice as many rows of `workload_prompt_keys`
+    /// each, all users' rows counted (a user has fewer); 2 to 2²⁴ shards.
+    fn shard_shift(&self) -> u32 {
+        let rows: u64 = self.prompts.iter().map(|(_, rows)| rows).sum();
+        let shards = (rows / SHARD_ROWS).clamp(2, 1 << 24);
+        // The largest power of two not above `shards`: its bits are 63 − leading zeros.
+        1 + shards.leading_zeros()
+    }
+
+    /// The condition on a row with a `prompt_key` that it is in a shard of `user`'s prompts in
+    /// which a prompt may have been called more than once: within one part of
+    /// `workload_prompt_keys` a prompt has one row (a view writes a prompt's calls of an insert
+    /// as one row; a merge sums a prompt's rows into one), so a prompt with rows in two parts
+    /// makes its shard hold more rows than keys. Such shards are few (one per prompt repeated
+    /// across parts, at most), and counting a shard's keys takes a hash set of a few hundred,
+    /// so the prompts called once are read but never grouped, however the parts lie (a rule
+    /// that trusted the largest part alone grouped over half the prompts after the server's
+    /// merges had stopped, at ten million calls).
+    ///
+    /// The shards are counted in the parts there are when the query starts, not only in
+    /// these: that finds every shard these need (their rows are all there, in these parts or
+    /// in parts merged from them, where a prompt's rows are summed into one of more than one
+    /// call), and the rows read against the shards are these parts' only (an upload landing
+    /// meanwhile is left out of both, or makes shards in excess). Reading the part of every row
+    /// costs a tenth of the time (measured).
+    fn shared_shards(&self, user: &str) -> String {
+        let shift = self.shard_shift();
+        format!(
+            "bitShiftRight(prompt_key, {shift}) IN (SELECT shard FROM (SELECT bitShiftRight(prompt_key, {shift}) AS shard, \
+                 count() AS shard_rows, uniqExact(prompt_key) AS shard_keys FROM workload_prompt_keys \
+                 WHERE user = {} GROUP BY shard) WHERE shard_rows > shard_keys)",
+            string(user)
+        )
+    }
+
+    /// The condition on a row of `workload_prompt_keys` that keeps the rows of every prompt of
+    /// `user` that may have been called more than once (a superset of them): a row of more than
+    /// one call, or a row in a shard of [`Parts::shared_shards`].
+    fn candidates(&self, user: &str) -> String {
+        format!("(calls > 1 OR {})", self.shared_shards(user))
+    }
+
+    /// The calls with a prompt of all of `user`'s calls in `workload_prompt_keys`.
     fn prompt_calls(&self, user: &str) -> String {
         format!(
-            "(SELECT sum(calls) FROM workload_prompts WHERE user = {} AND {})",
-            string(user),
-            Parts::of(self.prompts.iter().map(|(name, _)| name.as_str()))
+            "(SELECT sum(calls) FROM workload_prompt_keys WHERE {})",
+            self.prompt_rows(user)
         )
     }
 }
@@ -655,17 +729,15 @@ fn repeated(first: &str, per_prompt: &str) -> String {
     )
 }
 
-/// Whether a bounded range's repeated prompts read only the prompts that may repeat: off, as
-/// measured (on a loaded machine, a million demo calls) the test of every day row against
-/// the candidates costs more than the grouping it saves.
-const BOUNDED_CANDIDATES: bool = false;
-
 /// A summary's repeated prompts among `user`'s calls in a bounded range split at days: each
 /// prompt's calls and cost in the whole days from the daily roll-up and in the edges from the
-/// rows, added up before a prompt's repeats are counted, for the prompts that may repeat (see
-/// [`Parts::candidates`]) and those of the edges only. Columns: the calls with a prompt of all
-/// time in `workload_prompts` and in `workload_day_prompts` (the same when the parts read hold
-/// the same uploads), the calls with a prompt in range, the repeats, their cost.
+/// rows, added up before a prompt's repeats are counted, of the prompts that may repeat in the
+/// range: those of the edges, and of the whole days those that may repeat in all time (a
+/// prompt called twice in the range is called twice in all time: a row of more than one call
+/// in `workload_prompt_keys`, or rows in a shard of [`Parts::shared_shards`]). Columns: the
+/// calls with a prompt of all time in `workload_prompt_keys` and in `workload_day_prompt_keys`
+/// (the same when the parts read hold the same uploads), the calls with a prompt in range, the
+/// repeats, their cost.
 pub(crate) fn bounded_repeated_prompts(user: &str, days: &Split, parts: &Parts) -> String {
     let (hi, lo) = cost_units("cost_usd");
     let edges = format!(
@@ -678,33 +750,29 @@ pub(crate) fn bounded_repeated_prompts(user: &str, days: &Split, parts: &Parts) 
     let whole = days
         .whole_units("day")
         .map(|whole| format!("user = {} AND {day_parts} AND {whole}", string(user)));
-    let candidates = format!(
-        " AND (prompt_hash IN ({}) OR prompt_hash IN (SELECT prompt_hash FROM workload_events WHERE {edges}))",
-        parts.candidates(user)
-    );
-    let rows = |only: &str| {
-        let mut parts = vec![format!(
-            "SELECT prompt_hash, toUInt64(1) AS one_c, {hi} AS one_h, {lo} AS one_l FROM workload_events \
-             WHERE {edges}{only}"
-        )];
-        if let Some(whole) = &whole {
-            parts.push(format!(
-                "SELECT prompt_hash, calls AS one_c, cost_hi AS one_h, cost_lo AS one_l FROM workload_day_prompts \
-                 WHERE {whole}{only}"
-            ));
-        }
-        parts.join(" UNION ALL ")
-    };
+    let mut rows = vec![format!(
+        "SELECT {PROMPT_KEY}, toUInt64(1) AS one_c, {hi} AS one_h, {lo} AS one_l FROM workload_events WHERE {edges}"
+    )];
+    if let Some(whole) = &whole {
+        rows.push(format!(
+            "SELECT prompt_key, prompt_check, calls AS one_c, cost_hi AS one_h, cost_lo AS one_l \
+             FROM workload_day_prompt_keys WHERE {whole} AND ({shared} \
+                 OR prompt_key IN (SELECT prompt_key FROM workload_prompt_keys WHERE {prompt_rows} AND calls > 1) \
+                 OR prompt_key IN (SELECT sipHash64(prompt_hash) FROM workload_events WHERE {edges}))",
+            shared = parts.shared_shards(user),
+            prompt_rows = parts.prompt_rows(user),
+        ));
+    }
     // The calls in range alone, of the count columns only (18.16 reads every column a subquery
     // of `UNION ALL` names, used or not).
     let mut counts = vec![format!("SELECT count() AS n FROM workload_events WHERE {edges}")];
     if let Some(whole) = &whole {
         counts.push(format!(
-            "SELECT sum(calls) AS n FROM workload_day_prompts WHERE {whole}"
+            "SELECT sum(calls) AS n FROM workload_day_prompt_keys WHERE {whole}"
         ));
     }
     let first = format!(
-        "{}, (SELECT sum(calls) FROM workload_day_prompts WHERE user = {} AND {day_parts}), \
+        "{}, (SELECT sum(calls) FROM workload_day_prompt_keys WHERE user = {} AND {day_parts}), \
          (SELECT sum(n) FROM ({}))",
         parts.prompt_calls(user),
         string(user),
@@ -713,25 +781,29 @@ pub(crate) fn bounded_repeated_prompts(user: &str, days: &Split, parts: &Parts) 
     repeated(
         &first,
         &format!(
-            "SELECT sum(one_c) AS c, sum(one_h) AS h, sum(one_l) AS l FROM ({}) GROUP BY prompt_hash",
-            rows(if BOUNDED_CANDIDATES { &candidates } else { "" })
+            "SELECT sum(one_c) AS c, sum(one_h) AS h, sum(one_l) AS l FROM ({}) GROUP BY prompt_key, prompt_check",
+            rows.join(" UNION ALL ")
         ),
     )
 }
 
-/// A summary's repeated prompts among all of `user`'s calls, from the roll-up, of the prompts
-/// that may repeat (see [`Parts::candidates`]). Columns: the calls with a prompt, the
-/// repeats, their cost.
+/// A summary's repeated prompts among all of `user`'s calls, from the roll-up, in one reading
+/// of its rows: the prompts that may repeat (see [`Parts::candidates`]) grouped by key, every
+/// other row into one group, which gives the calls with a prompt and repeats nothing.
+/// Columns: the calls with a prompt, the repeats, their cost (as [`repeated`] counts them).
 pub(crate) fn rolled_up_repeated_prompts(user: &str, parts: &Parts) -> String {
-    repeated(
-        &parts.prompt_calls(user),
-        &format!(
-            "SELECT sum(calls) AS c, sum(cost_hi) AS h, sum(cost_lo) AS l FROM workload_prompts \
-             WHERE user = {} AND {} AND prompt_hash IN ({}) GROUP BY prompt_hash",
-            string(user),
-            Parts::of(parts.prompts.iter().map(|(name, _)| name.as_str())),
-            parts.candidates(user)
-        ),
+    format!(
+        "SELECT sum(c), sumIf(c - 1, candidate), \
+             toString(sumIf((toDecimal128(h, 18) / {unit} + toDecimal128(l, 18) / {rest}) / c * (c - 1), candidate)) \
+         FROM (SELECT {candidates} AS candidate, sum(calls) AS c, sum(if(candidate, cost_hi, 0)) AS h, \
+                   sum(if(candidate, cost_lo, 0)) AS l \
+               FROM workload_prompt_keys WHERE {rows} \
+               GROUP BY candidate, if(candidate, prompt_key, 0), if(candidate, prompt_check, 0)) \
+         FORMAT TabSeparated",
+        unit = 1u64 << COST_UNIT_SHIFT,
+        rest = 1u64 << (COST_UNIT_SHIFT + COST_REST_SHIFT),
+        candidates = parts.candidates(user),
+        rows = parts.prompt_rows(user),
     )
 }
 
@@ -782,6 +854,24 @@ mod tests {
         ];
         for ((from, to), whole, edges) in cases {
             assert_eq!(split(from, to, h), Split { whole, edges }, "{from:?}..{to:?}");
+        }
+    }
+
+    #[test]
+    fn prompts_are_sharded_about_a_shard_rows_a_shard() {
+        let parts = |rows: &[u64]| Parts {
+            prompts: rows.iter().map(|n| (format!("p{n}"), *n)).collect(),
+            ..Parts::default()
+        };
+        for (rows, shift) in [
+            (&[][..], 63),
+            (&[100][..], 63),
+            (&[SHARD_ROWS * 4][..], 62),
+            (&[SHARD_ROWS * 3, SHARD_ROWS * 5][..], 61),
+            (&[8_619_035][..], 50),
+            (&[u64::MAX / 2][..], 40),
+        ] {
+            assert_eq!(parts(rows).shard_shift(), shift, "{rows:?}");
         }
     }
 

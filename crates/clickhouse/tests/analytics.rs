@@ -237,14 +237,14 @@ async fn a_database_of_a_newer_schema_is_refused() {
     let http = reqwest::Client::new();
     let answer = http
         .post(server_url())
-        .body(format!("INSERT INTO {database}.schema_version (version) VALUES (3)"))
+        .body(format!("INSERT INTO {database}.schema_version (version) VALUES (4)"))
         .send()
         .await
         .unwrap();
     assert!(answer.status().is_success(), "{:?}", answer.text().await);
     match ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await {
         Err(StoreError::Corrupt(message)) => {
-            assert!(message.contains("version 3, newer than this server's 2"), "{message}");
+            assert!(message.contains("version 4, newer than this server's 3"), "{message}");
             assert!(
                 message.contains("ClickHouse at 127.0.0.1") && message.contains(database),
                 "{message}"
@@ -453,11 +453,54 @@ fn ranges() -> Vec<TimeRange> {
     ]
 }
 
-#[tokio::test]
-async fn a_version_1_database_is_brought_to_version_2_with_the_same_summaries() {
-    // A version-1 database is version 2's without the roll-ups of bounded ranges: made here
-    // by dropping them from a new one, with its version set back to 1, and calls uploaded
-    // before and after (the latter as a version-1 server stores them: its views only).
+/// The prompt roll-ups keyed by text of schema versions 1 and 2 (version 1 had the first
+/// only), as those versions made them but for the costs, which the move to version 3 does not
+/// read (it builds from the rows and drops these).
+fn text_prompt_tables(version: u32) -> Vec<String> {
+    let mut statements = vec![
+        "CREATE TABLE workload_prompts (user String, prompt_hash String, calls UInt64, cost_hi UInt64, \
+         cost_lo UInt64) ENGINE = SummingMergeTree() ORDER BY (user, prompt_hash)"
+            .to_owned(),
+        "CREATE MATERIALIZED VIEW workload_prompts_view TO workload_prompts AS SELECT user, prompt_hash, \
+         count() AS calls, toUInt64(0) AS cost_hi, toUInt64(0) AS cost_lo FROM workload_events \
+         WHERE has_prompt = 1 GROUP BY user, prompt_hash"
+            .to_owned(),
+    ];
+    if version == 2 {
+        statements.extend([
+            "CREATE TABLE workload_day_prompts (user String, day Int64, prompt_hash String, calls UInt64, \
+             cost_hi UInt64, cost_lo UInt64) ENGINE = SummingMergeTree() ORDER BY (user, day, prompt_hash)"
+                .to_owned(),
+            "CREATE MATERIALIZED VIEW workload_day_prompts_view TO workload_day_prompts AS SELECT user, \
+             intDiv(ts, 86400000) AS day, prompt_hash, count() AS calls, toUInt64(0) AS cost_hi, \
+             toUInt64(0) AS cost_lo FROM workload_events WHERE has_prompt = 1 GROUP BY user, day, prompt_hash"
+                .to_owned(),
+        ]);
+    }
+    statements
+}
+
+/// Sends `sql` to the test server and returns its answer, which must be a success.
+async fn answer_of(sql: String) -> String {
+    let answer = reqwest::Client::new()
+        .post(server_url())
+        .body(sql)
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+    answer.text().await.unwrap()
+}
+
+/// A database of schema `version` (1 or 2), with calls uploaded before and after it became one
+/// (the latter as a server of that version stores them: its views only), is brought to the
+/// current version when connected to, with the same summaries as a database that had the
+/// current schema all along; uploads after the move reach the new roll-ups; connecting again
+/// changes nothing.
+async fn check_move_from(version: u32) {
+    // The older database is the current one without what came since: made here by dropping
+    // that from a new one and making what that version had and this one dropped, with its
+    // version set back.
     let url = scratch_database(&server_url()).await.unwrap();
     let database = url
         .split("database=")
@@ -475,22 +518,37 @@ async fn a_version_1_database_is_brought_to_version_2_with_the_same_summaries() 
     old.insert_workload_events(&user, calls[..3_000].to_vec())
         .await
         .unwrap();
-    for table in [
-        "workload_latency_hour_bins_view",
-        "workload_prompt_hour_bins_view",
-        "workload_day_prompts_view",
-        "workload_hour_bins",
-        "workload_day_prompts",
+    let mut dropped = vec![
+        "workload_prompt_keys_view",
+        "workload_day_prompt_keys_view",
+        "workload_prompt_keys",
+        "workload_day_prompt_keys",
         "schema_version",
-    ] {
+    ];
+    if version == 1 {
+        dropped.extend([
+            "workload_latency_hour_bins_view",
+            "workload_prompt_hour_bins_view",
+            "workload_hour_bins",
+        ]);
+    }
+    for table in dropped {
         run_sql(format!("DROP TABLE {database}.{table}")).await;
+    }
+    for statement in text_prompt_tables(version) {
+        let statement = statement
+            .replacen("CREATE TABLE ", &format!("CREATE TABLE {database}."), 1)
+            .replacen("VIEW ", &format!("VIEW {database}."), 1)
+            .replace(" TO ", &format!(" TO {database}."))
+            .replace("FROM workload_events", &format!("FROM {database}.workload_events"));
+        run_sql(statement).await;
     }
     run_sql(format!(
         "CREATE TABLE {database}.schema_version (version UInt32, written_at DateTime DEFAULT now()) \
          ENGINE = MergeTree() ORDER BY version"
     ))
     .await;
-    run_sql(format!("INSERT INTO {database}.schema_version (version) VALUES (1)")).await;
+    run_sql(format!("INSERT INTO {database}.schema_version (version) VALUES ({version})")).await;
     for chunk in calls[3_000..].chunks(1_700) {
         old.insert_workload_events(&user, chunk.to_vec()).await.unwrap();
     }
@@ -510,7 +568,11 @@ async fn a_version_1_database_is_brought_to_version_2_with_the_same_summaries() 
             "{range:?}"
         );
     }
-    // Uploads after the move reach the new roll-ups, and connecting again changes nothing.
+    let tables = answer_of(format!(
+        "SELECT name FROM system.tables WHERE database = '{database}' AND name LIKE '%prompts%' ORDER BY name"
+    ))
+    .await;
+    assert_eq!(tables, "", "the prompts keyed by text are dropped");
     let more = testsuite::sample_calls(23, 1_000);
     migrated.insert_workload_events(&user, more.clone()).await.unwrap();
     reference.insert_workload_events(&user, more).await.unwrap();
@@ -524,16 +586,21 @@ async fn a_version_1_database_is_brought_to_version_2_with_the_same_summaries() 
             "{range:?}"
         );
     }
-    let answer = reqwest::Client::new()
-        .post(server_url())
-        .body(format!("SELECT max(version), count() FROM {database}.schema_version"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(answer, "2\t2\n");
+    let versions = answer_of(format!(
+        "SELECT groupArray(version) FROM (SELECT version FROM {database}.schema_version ORDER BY version)"
+    ))
+    .await;
+    assert_eq!(versions, format!("[{version},3]\n"));
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_brought_to_version_3_with_the_same_summaries() {
+    check_move_from(1).await;
+}
+
+#[tokio::test]
+async fn a_version_2_database_is_brought_to_version_3_with_the_same_summaries() {
+    check_move_from(2).await;
 }
 
 #[tokio::test]
