@@ -401,7 +401,8 @@ mod tests {
         assert!(encode("node-a", &Live::Known(Seq::new(3))).is_none());
         let (user, run) = (UserId::generate(), RunId::generate());
         assert_eq!(decode_stop(format!("{user}\n{run}").as_bytes()), Some((user, run)));
-        assert_eq!(decode_stop(b"usr_x\nrun_y"), None);
+        assert_eq!(decode_stop(b"nobody\nnothing"), None);
+        assert_eq!(decode_stop(b"no line"), None);
         for garbage in [&b""[..], b"node", b"node\n", b"node\nx1\n{}", b"node\ne-1\n{}", b"node\nn{", b"\xff\n"] {
             assert!(decode(garbage).is_none(), "{garbage:?}");
         }
