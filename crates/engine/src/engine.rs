@@ -261,6 +261,9 @@ impl Inner {
 pub struct Reservation {
     inner: Arc<Inner>,
     user_id: UserId,
+    /// Held with the place and dropped when it is given back (a place elsewhere, such as a
+    /// cluster's, that ends with the run).
+    held: Vec<Box<dyn Send + Sync>>,
 }
 
 impl std::fmt::Debug for Reservation {
@@ -276,6 +279,12 @@ impl Drop for Reservation {
 }
 
 impl Reservation {
+    /// Holds `guard` with the place: it is dropped when the place is given back (when the run's
+    /// final event is queued, or when the reservation is dropped unstarted).
+    pub fn hold(&mut self, guard: impl Send + Sync + 'static) {
+        self.held.push(Box::new(guard));
+    }
+
     /// Whose place it is.
     pub fn user_id(&self) -> &UserId {
         &self.user_id
@@ -496,6 +505,7 @@ impl Engine {
         Ok(Reservation {
             inner: Arc::clone(inner),
             user_id: user.clone(),
+            held: Vec::new(),
         })
     }
 

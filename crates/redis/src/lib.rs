@@ -268,6 +268,54 @@ impl Redis {
         self.run(&take).await
     }
 
+    /// Takes a place `member` in the set `key` of at most `limit` places, for `ttl` (by the
+    /// server's clock; places past their time are gone): `None` when it was taken, `Some(wait)`
+    /// when the set is full, `wait` being how long until its first place is out of time.
+    pub async fn take_place(
+        &self,
+        key: &str,
+        limit: usize,
+        ttl: Duration,
+        member: &str,
+    ) -> Result<Option<Duration>, StoreError> {
+        static TAKE_PLACE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return math.max(tonumber(first[2]) - now, 1)
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]))
+return 0
+",
+            )
+        });
+        let (limit, ttl) = (limit.to_string(), ttl.as_millis().max(1).to_string());
+        let wait: u64 = self
+            .script(&TAKE_PLACE, &[key], &[limit.as_bytes(), ttl.as_bytes(), member.as_bytes()])
+            .await?;
+        Ok((wait > 0).then(|| Duration::from_millis(wait)))
+    }
+
+    /// Gives place `member` of `key` back.
+    pub async fn give_back(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        let mut remove = redis::cmd("ZREM");
+        remove.arg(key).arg(member);
+        self.run::<i64>(&remove).await.map(|_| ())
+    }
+
+    /// Gives every place of `key` back.
+    pub async fn forget(&self, key: &str) -> Result<(), StoreError> {
+        let mut delete = redis::cmd("DEL");
+        delete.arg(key);
+        self.run::<i64>(&delete).await.map(|_| ())
+    }
+
     /// Publishes each message on its channel, in order, in one round trip.
     pub async fn publish(&self, messages: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
         if messages.is_empty() {

@@ -166,3 +166,35 @@ async fn clones_share_the_connection() {
         clone.ping().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn places_are_taken_up_to_the_limit_given_back_and_gone_once_out_of_time() {
+    let (redis, _subscriber, _incoming) = connect(&server_url(), RedisOptions::default()).await.unwrap();
+    let key = channel();
+    let minute = Duration::from_secs(60);
+    assert_eq!(redis.take_place(&key, 2, minute, "a").await.unwrap(), None);
+    assert_eq!(redis.take_place(&key, 2, minute, "b").await.unwrap(), None);
+    let wait = redis.take_place(&key, 2, minute, "c").await.unwrap().expect("full");
+    assert!(wait <= minute && wait > Duration::from_secs(50), "{wait:?}");
+    redis.give_back(&key, "a").await.unwrap();
+    assert_eq!(redis.take_place(&key, 2, minute, "c").await.unwrap(), None, "a place given back is free");
+    redis.forget(&key).await.unwrap();
+
+    // Places taken at once from many tasks: exactly the limit get one.
+    let key = channel();
+    let tries = (0..20).map(|n| {
+        let (redis, key) = (redis.clone(), key.clone());
+        async move { redis.take_place(&key, 5, minute, &n.to_string()).await.unwrap() }
+    });
+    let taken = futures_util::future::join_all(tries).await.iter().filter(|w| w.is_none()).count();
+    assert_eq!(taken, 5);
+
+    // A place of a millisecond is gone soon after: the set is never full for long.
+    let key = channel();
+    assert_eq!(redis.take_place(&key, 1, Duration::from_millis(1), "brief").await.unwrap(), None);
+    let mut tries = 0;
+    while redis.take_place(&key, 1, minute, "next").await.unwrap().is_some() {
+        tries += 1;
+        assert!(tries < 100_000, "a place out of time is still held");
+    }
+}

@@ -25,7 +25,7 @@ use crate::auth::{Passwords, Tickets, Tokens, load_secret};
 use crate::config::{Config, LlmConfig};
 use crate::cluster::{ClusterStops, Node, RedisFanOut};
 use crate::fanout::{FanOut, LocalFanOut};
-use crate::limits::{Connections, LoginThrottle};
+use crate::limits::{Connections, LoginThrottle, SharedLimits};
 use crate::listener::{self, ConnectionLimits};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
@@ -223,12 +223,14 @@ impl Application {
         let closing = CancellationToken::new();
         let mut stop_requests = None;
         let mut cluster_stops = None;
+        let mut shared_limits = None;
         let mut lease = None;
         let (fanout, redis, tickets): (Arc<dyn FanOut>, Option<Redis>, Tickets) = match cluster {
             None => (Arc::new(LocalFanOut::default()), None, Tickets::default()),
             Some(parts) => {
                 let tickets = Tickets::shared(parts.redis.clone(), parts.node.prefix.clone());
                 cluster_stops = Some(ClusterStops::new(parts.redis.clone(), &parts.node));
+                shared_limits = Some(Arc::new(SharedLimits::new(parts.redis.clone(), parts.node.prefix.clone())));
                 let (fanout, requests) = RedisFanOut::start(
                     parts.node,
                     parts.redis.clone(),
@@ -306,6 +308,9 @@ impl Application {
         );
         if let Some(stops) = cluster_stops {
             runs = runs.with_cluster_stops(stops);
+        }
+        if let Some(shared) = shared_limits {
+            runs = runs.with_shared_limits(shared);
         }
         let login_throttle = LoginThrottle::new(config.login_max_failures, config.login_failure_window);
         let file_limit = listener::raise_file_limit();

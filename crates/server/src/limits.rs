@@ -1,15 +1,18 @@
 //! Limits kept in memory: events per key in a sliding window (messages per user, failed logins
 //! per email and per client address), and the admission of a connection (a WebSocket or an SSE
-//! stream) under its user's limit until its token expires.
+//! stream) under its user's limit until its token expires; and on a node of a cluster the
+//! limits the nodes share, in Redis (`SharedLimits`).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use switchboard_protocol::{ErrorCode, Timestamp, UserId};
+use switchboard_redis::Redis;
 use tokio::time::Instant;
 
 use crate::app::AppState;
@@ -80,6 +83,104 @@ impl<K: Hash + Eq + Clone> SlidingWindow<K> {
             recent.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < self.window));
         }
     }
+}
+
+/// Limits the nodes of a cluster share: places in Redis (`Redis::take_place`, a sorted set per
+/// limit whose places run out by Redis's clock, so those of a node that died go by themselves).
+/// While Redis cannot be reached every limit falls back to the node's own, and the log says so
+/// once, and once when they are shared again.
+#[derive(Debug)]
+pub(crate) struct SharedLimits {
+    redis: Redis,
+    prefix: String,
+    falling_back: AtomicBool,
+}
+
+/// What asking for a shared place gave.
+#[derive(Debug)]
+pub(crate) enum Shared {
+    /// The place, given back when dropped (unless kept).
+    Taken(Place),
+    /// No place left; the first one is free after this.
+    Full(Duration),
+    /// Redis did not answer: the node's own limit is all there is.
+    Unreachable,
+}
+
+/// A place taken in Redis: given back when dropped, unless `keep` leaves it to run out.
+#[derive(Debug)]
+pub(crate) struct Place {
+    redis: Redis,
+    key: String,
+    member: String,
+    kept: bool,
+}
+
+impl Place {
+    /// Leaves the place to run out of time (an event counted in a window).
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let (redis, key, member) = (self.redis.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.member));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // Not given back, it runs out by itself.
+                if let Err(error) = redis.give_back(&key, &member).await {
+                    tracing::debug!(%error, %key, "cannot give a place back in Redis; it runs out by itself");
+                }
+            });
+        }
+    }
+}
+
+impl SharedLimits {
+    pub(crate) fn new(redis: Redis, prefix: String) -> Self {
+        Self {
+            redis,
+            prefix,
+            falling_back: AtomicBool::new(false),
+        }
+    }
+
+    /// A place among at most `limit` of `name`, for `ttl`.
+    pub(crate) async fn take(&self, name: &str, limit: usize, ttl: Duration) -> Shared {
+        let key = format!("{}limit:{name}", self.prefix);
+        let member = format!("{:032x}", rand_u128());
+        match self.redis.take_place(&key, limit, ttl, &member).await {
+            Ok(full) => {
+                if self.falling_back.swap(false, Ordering::Relaxed) {
+                    tracing::info!("limits are shared through Redis again");
+                }
+                match full {
+                    None => Shared::Taken(Place {
+                        redis: self.redis.clone(),
+                        key,
+                        member,
+                        kept: false,
+                    }),
+                    Some(wait) => Shared::Full(wait),
+                }
+            }
+            Err(error) => {
+                if !self.falling_back.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%error, "limits fall back to this node's own until Redis answers again");
+                }
+                Shared::Unreachable
+            }
+        }
+    }
+}
+
+/// A random number, for names of places.
+fn rand_u128() -> u128 {
+    uuid::Uuid::new_v4().as_u128()
 }
 
 /// Failed logins, counted per email and per client address: past the limit, further attempts

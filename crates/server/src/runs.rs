@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_engine::{Engine, StartError};
+use switchboard_engine::{Engine, Reservation, StartError};
 use switchboard_protocol::{ErrorCode, MessageAccepted, MessageId, RunId, UserId, UserMessage};
 use switchboard_store::{NewMessage, RunState, Store, StoreError};
 use tokio::time::Instant;
 
 use crate::cluster::ClusterStops;
 use crate::error::tier_trouble;
-use crate::limits::SlidingWindow;
+use crate::limits::{Shared, SharedLimits, SlidingWindow};
 use crate::metrics::Metrics;
 
 /// Longest `client_message_id`.
@@ -111,6 +111,9 @@ pub(crate) struct Runs {
     max_text_chars: usize,
     /// On a node of a cluster: how a run on another node is stopped.
     stops: Option<ClusterStops>,
+    /// On a node of a cluster: the limits the nodes share.
+    shared: Option<Arc<SharedLimits>>,
+    rate_per_minute: u32,
 }
 
 impl std::fmt::Debug for Runs {
@@ -136,7 +139,16 @@ impl Runs {
             limiter: SlidingWindow::new(rate_per_minute, Duration::from_secs(60)),
             max_text_chars,
             stops: None,
+            shared: None,
+            rate_per_minute,
         }
+    }
+
+    /// Counts the active runs per user, all runs, and the messages per user across the nodes
+    /// of a cluster too, in `shared`.
+    pub(crate) fn with_shared_limits(mut self, shared: Arc<SharedLimits>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Stops runs of other nodes through `stops` too.
@@ -178,12 +190,17 @@ impl Runs {
         }
         // The engine's one admission: a place among the active runs, held from before the
         // message is stored, so a refused message leaves nothing behind.
-        let reservation = match self.engine.reserve(user) {
+        let mut reservation = match self.engine.reserve(user) {
             Ok(reservation) => reservation,
             Err(error) => return self.repeated(user, &message, Refusal::start(error)).await,
         };
+        if let Some(shared) = &self.shared
+            && let Err(error) = self.reserve_shared(shared, user, &mut reservation).await
+        {
+            return self.repeated(user, &message, Refusal::start(error)).await;
+        }
         // The rate limit counts last: a message refused for the limits above costs no budget.
-        if let Err(wait) = self.limiter.acquire(user) {
+        if let Err(wait) = self.count_message(user).await {
             let refusal = Refusal::new(
                 ErrorCode::RateLimited,
                 format!(
@@ -244,6 +261,56 @@ impl Runs {
             return Err(Refusal::start(error));
         }
         Ok(reply)
+    }
+
+    /// The places of a run among all nodes' runs, the user's and everyone's, held with the
+    /// engine's `reservation` until the run ends (or for as long as a run may last, should this
+    /// node die). Without Redis, the node's own limits only.
+    async fn reserve_shared(
+        &self,
+        shared: &SharedLimits,
+        user: &UserId,
+        reservation: &mut Reservation,
+    ) -> Result<(), StartError> {
+        let config = self.engine.config();
+        // A run ends within its deadline and a second (its final event told by then).
+        let most = config.run_timeout + Duration::from_secs(5);
+        match shared.take(&format!("runs:{user}"), config.max_active_runs_per_user, most).await {
+            Shared::Taken(place) => reservation.hold(place),
+            Shared::Full(_) => {
+                return Err(StartError::TooManyActiveRuns {
+                    limit: config.max_active_runs_per_user,
+                });
+            }
+            Shared::Unreachable => return Ok(()),
+        }
+        match shared.take("runs", config.max_active_runs, most).await {
+            Shared::Taken(place) => reservation.hold(place),
+            Shared::Full(_) => {
+                return Err(StartError::Busy {
+                    limit: config.max_active_runs,
+                });
+            }
+            Shared::Unreachable => {}
+        }
+        Ok(())
+    }
+
+    /// Counts a message of `user` against the rate limit (across the nodes, on a cluster's
+    /// node while Redis answers); `Err(wait)` when over it.
+    async fn count_message(&self, user: &UserId) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared {
+            let window = Duration::from_secs(60);
+            match shared.take(&format!("messages:{user}"), self.rate_per_minute as usize, window).await {
+                Shared::Taken(place) => {
+                    place.keep();
+                    return Ok(());
+                }
+                Shared::Full(wait) => return Err(wait),
+                Shared::Unreachable => {}
+            }
+        }
+        self.limiter.acquire(user).map(|_| ())
     }
 
     /// After the storing of `run`'s message timed out: once the store answers, a message that

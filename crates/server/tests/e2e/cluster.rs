@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use switchboard_engine::testkit::{check_gapless, check_run, final_status};
 use switchboard_faultproxy::{Fault, FaultProxy};
-use switchboard_protocol::{ClientFrame, Event, RunStatus, ServerFrame, StopAgent};
+use switchboard_protocol::{ClientFrame, Control, ErrorCode, Event, RunStatus, ServerFrame, StopAgent};
 
 use crate::auth::open;
 use crate::lifecycle::start;
 use crate::support::{
-    address_of, events_until_final, next, postgres_database, redis_url, send, spawn_node, through,
+    address_of, events_until_final, message, next, postgres_database, redis_url, send, spawn_node, through,
 };
 
 /// Reads `socket` until the final event of `run` (at most 30 s: a lost event, not a slow one).
@@ -285,4 +285,71 @@ async fn a_node_killed_mid_run_has_its_run_closed_once_by_another_and_started_ag
     assert_eq!(final_status(&after), Some(RunStatus::Completed));
     b.shutdown().await.unwrap();
     c.shutdown().await.unwrap();
+}
+
+/// The answer to a message: its acceptance, or the error's code.
+async fn answer(socket: &mut switchboard::client::Socket) -> Result<switchboard_protocol::RunId, ErrorCode> {
+    loop {
+        match next(socket).await {
+            ServerFrame::Control(frame) => match frame.body {
+                Control::MessageAccepted(accepted) => return Ok(accepted.run_id),
+                Control::Error(error) => return Err(error.code),
+                _ => {}
+            },
+            ServerFrame::Event(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_racing_on_three_nodes_keep_the_users_limits_of_active_runs_and_of_messages() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let limits = |c: &mut switchboard::Config| {
+        c.model_latency = Duration::from_secs(60);
+        c.engine.max_active_runs_per_user = 2;
+        c.rate_limit_per_minute = 4;
+    };
+    let nodes = [
+        spawn_node(&database, &redis, "node-a", limits).await,
+        spawn_node(&database, &redis, "node-b", limits).await,
+        spawn_node(&database, &redis, "node-c", limits).await,
+    ];
+    let session = nodes[0].user("ray").await;
+    let mut sockets = Vec::new();
+    for n in 0..5 {
+        sockets.push(nodes[n % 3].connect(&session).await);
+    }
+    // Five messages at once, on three nodes: two runs start, three are refused.
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        socket.send(&message(&format!("question {n}"), None, None)).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    for socket in &mut sockets {
+        answers.push(answer(socket).await);
+    }
+    let started: Vec<_> = answers.iter().filter_map(|a| a.clone().ok()).collect();
+    let refused: Vec<_> = answers.iter().filter_map(|a| a.clone().err()).collect();
+    assert_eq!(started.len(), 2, "{answers:?}");
+    assert_eq!(refused, vec![ErrorCode::TooManyActiveRuns; 3], "{answers:?}");
+
+    // Both stopped: places free again on every node; the messages counted are the two that
+    // got past the run limit, so two more pass the rate limit of 4 a minute, and a fifth not.
+    for run in &started {
+        sockets[0].send(&ClientFrame::StopAgent(StopAgent { run_id: run.clone() })).await.unwrap();
+        until_final(&mut sockets[0], run).await;
+    }
+    let mut more = Vec::new();
+    for n in [1, 2] {
+        sockets[n].send(&message("again", None, None)).await.unwrap();
+        more.push(answer(&mut sockets[n]).await.expect("a run"));
+    }
+    for run in &more {
+        sockets[0].send(&ClientFrame::StopAgent(StopAgent { run_id: run.clone() })).await.unwrap();
+        until_final(&mut sockets[0], run).await;
+    }
+    sockets[3].send(&message("one too many", None, None)).await.unwrap();
+    assert_eq!(answer(&mut sockets[3]).await, Err(ErrorCode::RateLimited));
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
 }
