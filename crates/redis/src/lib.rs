@@ -302,6 +302,32 @@ return 0
         Ok((wait > 0).then(|| Duration::from_millis(wait)))
     }
 
+    /// Gives place `member` of `key` `ttl` more from now; `false` when it has none (it ran out,
+    /// or Redis lost it).
+    pub async fn renew_place(&self, key: &str, ttl: Duration, member: &str) -> Result<bool, StoreError> {
+        static RENEW_PLACE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local held = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if not held or tonumber(held) <= now then
+    return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]))
+return 1
+",
+            )
+        });
+        let ttl = ttl.as_millis().max(1).to_string();
+        let renewed: i64 = self
+            .script(&RENEW_PLACE, &[key], &[ttl.as_bytes(), member.as_bytes()])
+            .await?;
+        Ok(renewed == 1)
+    }
+
     /// Gives place `member` of `key` back.
     pub async fn give_back(&self, key: &str, member: &str) -> Result<(), StoreError> {
         let mut remove = redis::cmd("ZREM");

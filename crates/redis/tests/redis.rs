@@ -176,6 +176,8 @@ async fn places_are_taken_up_to_the_limit_given_back_and_gone_once_out_of_time()
     assert_eq!(redis.take_place(&key, 2, minute, "b").await.unwrap(), None);
     let wait = redis.take_place(&key, 2, minute, "c").await.unwrap().expect("full");
     assert!(wait <= minute && wait > Duration::from_secs(50), "{wait:?}");
+    assert!(redis.renew_place(&key, minute, "b").await.unwrap(), "a place held is renewed");
+    assert!(!redis.renew_place(&key, minute, "nobody").await.unwrap(), "one not held is not");
     redis.give_back(&key, "a").await.unwrap();
     assert_eq!(redis.take_place(&key, 2, minute, "c").await.unwrap(), None, "a place given back is free");
     redis.forget(&key).await.unwrap();

@@ -183,7 +183,7 @@ pub(crate) async fn login(
         return Err(refused());
     }
     let address = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
-    let attempt = state.login_throttle.begin(email, address).map_err(|wait| {
+    let attempt = state.login_throttle.begin(email, address).await.map_err(|wait| {
         state.metrics.error(ErrorCode::RateLimited);
         let message = format!(
             "Too many failed logins for this account or from this address; try again in {} s.",
@@ -668,7 +668,7 @@ pub(crate) async fn events(
     if wants_stream {
         // The same admission as a socket: one limit counts both, and the stream ends when the
         // token it was opened with expires.
-        let admission = admit(&state, &user.id, user.claims.exp)?;
+        let admission = admit(&state, &user.id, user.claims.exp).await?;
         let (delivery, _) = Delivery::start(Arc::clone(&state.log), user.id.clone(), Some(after)).await?;
         return Ok(Sse::new(sse_stream(&state, delivery, admission))
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))

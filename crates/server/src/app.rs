@@ -70,6 +70,8 @@ pub struct AppState {
     pub(crate) closing: CancellationToken,
     /// Redis, when this server is one node of several.
     pub(crate) redis: Option<Redis>,
+    /// The limits the nodes of a cluster share.
+    pub(crate) shared_limits: Option<Arc<SharedLimits>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -309,10 +311,11 @@ impl Application {
         if let Some(stops) = cluster_stops {
             runs = runs.with_cluster_stops(stops);
         }
-        if let Some(shared) = shared_limits {
-            runs = runs.with_shared_limits(shared);
+        let mut login_throttle = LoginThrottle::new(config.login_max_failures, config.login_failure_window);
+        if let Some(shared) = &shared_limits {
+            runs = runs.with_shared_limits(Arc::clone(shared));
+            login_throttle = login_throttle.with_shared_limits(Arc::clone(shared));
         }
-        let login_throttle = LoginThrottle::new(config.login_max_failures, config.login_failure_window);
         let file_limit = listener::raise_file_limit();
         let connection_limits = ConnectionLimits {
             max_open: listener::max_open_connections(config.max_open_connections, file_limit),
@@ -338,6 +341,7 @@ impl Application {
             stopping: CancellationToken::new(),
             closing,
             redis,
+            shared_limits,
         };
         Ok(Self {
             listener,

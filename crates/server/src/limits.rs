@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use switchboard_protocol::{ErrorCode, Timestamp, UserId};
 use switchboard_redis::Redis;
+use tokio_util::sync::CancellationToken;
 use tokio::time::Instant;
 
 use crate::app::AppState;
@@ -121,7 +122,43 @@ impl Place {
     pub(crate) fn keep(mut self) {
         self.kept = true;
     }
+
+    /// Holds the place for as long as the result lives, renewing it every `every` to run
+    /// `ttl` on: so that the place of a node that died goes within `ttl`.
+    pub(crate) fn renewed(self, ttl: Duration, every: Duration) -> Renewed {
+        let stop = CancellationToken::new();
+        let (redis, key, member) = (self.redis.clone(), self.key.clone(), self.member.clone());
+        tokio::spawn(stop.clone().run_until_cancelled_owned(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                match redis.renew_place(&key, ttl, &member).await {
+                    Ok(true) => {}
+                    // Lost (Redis started again): the connection goes on without a place.
+                    Ok(false) => return,
+                    Err(error) => tracing::debug!(%error, %key, "cannot renew a place in Redis; trying again"),
+                }
+            }
+        }));
+        Renewed {
+            _place: self,
+            _stop: stop.drop_guard(),
+        }
+    }
 }
+
+/// A place renewed until dropped; then it is given back.
+#[derive(Debug)]
+pub(crate) struct Renewed {
+    _stop: tokio_util::sync::DropGuard,
+    _place: Place,
+}
+
+/// How long a shared place of a connection runs without being renewed.
+const CONNECTION_PLACE_TTL: Duration = Duration::from_secs(30);
+
+/// How often an open connection renews its shared place.
+const CONNECTION_PLACE_RENEWAL: Duration = Duration::from_secs(10);
 
 impl Drop for Place {
     fn drop(&mut self) {
@@ -147,6 +184,16 @@ impl SharedLimits {
             prefix,
             falling_back: AtomicBool::new(false),
         }
+    }
+
+    /// Gives every place of `name` back (in the background; they run out by themselves anyway).
+    pub(crate) fn forget(&self, name: &str) {
+        let (redis, key) = (self.redis.clone(), format!("{}limit:{name}", self.prefix));
+        tokio::spawn(async move {
+            if let Err(error) = redis.forget(&key).await {
+                tracing::debug!(%error, %key, "cannot forget places in Redis; they run out by themselves");
+            }
+        });
     }
 
     /// A place among at most `limit` of `name`, for `ttl`.
@@ -184,11 +231,15 @@ fn rand_u128() -> u128 {
 }
 
 /// Failed logins, counted per email and per client address: past the limit, further attempts
-/// for that email or from that address are refused until the window has passed.
+/// for that email or from that address are refused until the window has passed. On a node of a
+/// cluster they are counted across the nodes too (`SharedLimits`).
 #[derive(Debug)]
 pub(crate) struct LoginThrottle {
     by_email: SlidingWindow<String>,
     by_address: SlidingWindow<IpAddr>,
+    max_failures: usize,
+    window: Duration,
+    shared: Option<Arc<SharedLimits>>,
 }
 
 impl LoginThrottle {
@@ -197,13 +248,22 @@ impl LoginThrottle {
         Self {
             by_email: SlidingWindow::new(max_failures, window),
             by_address: SlidingWindow::new(max_failures, window),
+            max_failures: max_failures as usize,
+            window,
+            shared: None,
         }
+    }
+
+    /// Counts the failures across the nodes of a cluster too, in `shared`.
+    pub(crate) fn with_shared_limits(mut self, shared: Arc<SharedLimits>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Starts a login attempt, counted as failed from now on (so that attempts sent at once
     /// cannot all get past the limit while their passwords are checked); `Err(wait)` when the
-    /// email or the address has failed too often.
-    pub(crate) fn begin(&self, email: &str, address: Option<IpAddr>) -> Result<LoginAttempt<'_>, Duration> {
+    /// email or the address has failed too often (on this node, or on any while Redis answers).
+    pub(crate) async fn begin(&self, email: &str, address: Option<IpAddr>) -> Result<LoginAttempt<'_>, Duration> {
         let email = email_key(email);
         let at_email = self.by_email.acquire(&email)?;
         let at_address = match address.map(|address| (address, self.by_address.acquire(&address))) {
@@ -214,11 +274,28 @@ impl LoginThrottle {
                 return Err(wait);
             }
         };
-        Ok(LoginAttempt {
+        let mut attempt = LoginAttempt {
             throttle: self,
             email,
+            at_email,
             at_address,
-        })
+            shared: Vec::new(),
+        };
+        if let Some(shared) = &self.shared {
+            let names = std::iter::once(format!("login:email:{}", attempt.email))
+                .chain(address.map(|address| format!("login:address:{address}")));
+            for name in names {
+                match shared.take(&name, self.max_failures, self.window).await {
+                    Shared::Taken(place) => attempt.shared.push((name, Some(place))),
+                    Shared::Full(wait) => {
+                        attempt.give_back();
+                        return Err(wait);
+                    }
+                    Shared::Unreachable => {}
+                }
+            }
+        }
+        Ok(attempt)
     }
 }
 
@@ -227,17 +304,52 @@ impl LoginThrottle {
 pub(crate) struct LoginAttempt<'a> {
     throttle: &'a LoginThrottle,
     email: String,
+    at_email: Instant,
     at_address: Option<(IpAddr, Instant)>,
+    /// Its places among the cluster's counts (the email's first), kept when it failed.
+    shared: Vec<(String, Option<Place>)>,
 }
 
 impl LoginAttempt<'_> {
     /// The password was right: the email's failures are forgotten, and this attempt does not
     /// count against the address (whose other failures stay: one account's password does not
     /// vouch for the guesses made from there).
-    pub(crate) fn succeeded(self) {
+    pub(crate) fn succeeded(mut self) {
         self.throttle.by_email.clear(&self.email);
         if let Some((address, at)) = self.at_address {
             self.throttle.by_address.release(&address, at);
+        }
+        for (n, (name, place)) in self.shared.iter_mut().enumerate() {
+            let place = place.take();
+            if n == 0
+                && let Some(shared) = &self.throttle.shared
+            {
+                shared.forget(name);
+            }
+            // The address's place is given back as it drops.
+            drop(place);
+        }
+    }
+
+    /// Not tried after all (refused by a count): nothing of it counts.
+    fn give_back(&mut self) {
+        self.throttle.by_email.release(&self.email, self.at_email);
+        if let Some((address, at)) = self.at_address.take() {
+            self.throttle.by_address.release(&address, at);
+        }
+        for (_, place) in &mut self.shared {
+            drop(place.take());
+        }
+    }
+}
+
+impl Drop for LoginAttempt<'_> {
+    fn drop(&mut self) {
+        // A failed attempt counts on every node until the window has passed.
+        for (_, place) in &mut self.shared {
+            if let Some(place) = place.take() {
+                place.keep();
+            }
         }
     }
 }
@@ -254,26 +366,38 @@ pub(crate) struct Admission {
     /// The user's slot, freed when dropped.
     #[expect(dead_code, reason = "held for its Drop")]
     pub(crate) slot: ConnectionSlot,
+    /// On a node of a cluster: its place among the user's connections on every node.
+    #[expect(dead_code, reason = "held for its Drop")]
+    pub(crate) shared: Option<Renewed>,
     /// When the token the connection was opened with expires.
     pub(crate) expires: Instant,
 }
 
 /// Admits a connection of `user` whose token expires at `token_exp` (seconds since the epoch),
-/// or refuses it with 429 `too_many_connections`.
-pub(crate) fn admit(state: &AppState, user: &UserId, token_exp: i64) -> Result<Admission, ApiError> {
+/// or refuses it with 429 `too_many_connections`. On a node of a cluster the user's
+/// connections on every node count (on this node's alone while Redis does not answer).
+pub(crate) async fn admit(state: &AppState, user: &UserId, token_exp: i64) -> Result<Admission, ApiError> {
     let limit = state.config.max_connections_per_user;
-    let Some(slot) = state.connections.open(user, limit) else {
+    let too_many = || {
         state.metrics.error(ErrorCode::TooManyConnections);
         let message = format!("You already have {limit} open connections; close one first.");
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyConnections,
-            message,
-        ));
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyConnections, message)
+    };
+    let Some(slot) = state.connections.open(user, limit) else {
+        return Err(too_many());
+    };
+    let shared = match &state.shared_limits {
+        None => None,
+        Some(shared) => match shared.take(&format!("connections:{user}"), limit, CONNECTION_PLACE_TTL).await {
+            Shared::Taken(place) => Some(place.renewed(CONNECTION_PLACE_TTL, CONNECTION_PLACE_RENEWAL)),
+            Shared::Full(_) => return Err(too_many()),
+            Shared::Unreachable => None,
+        },
     };
     let left = (token_exp.saturating_mul(1000) - Timestamp::now().unix_millis()).max(0) as u64;
     Ok(Admission {
         slot,
+        shared,
         expires: Instant::now() + Duration::from_millis(left),
     })
 }

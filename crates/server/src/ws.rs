@@ -170,7 +170,7 @@ pub(crate) async fn upgrade(
         Some(Ok(after)) => Some(Seq::new(after)),
         Some(Err(_)) => return ApiError::invalid("after_seq must be a whole number.").into_response(),
     };
-    let admission = match admit(&state, &credential.user, credential.token_exp) {
+    let admission = match admit(&state, &credential.user, credential.token_exp).await {
         Ok(admission) => admission,
         Err(refusal) => return refusal.into_response(),
     };

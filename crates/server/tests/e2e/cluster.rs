@@ -353,3 +353,72 @@ async fn messages_racing_on_three_nodes_keep_the_users_limits_of_active_runs_and
         node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_counted_across_the_nodes() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let three = |c: &mut switchboard::Config| c.login_max_failures = 3;
+    let nodes = [
+        spawn_node(&database, &redis, "node-a", three).await,
+        spawn_node(&database, &redis, "node-b", three).await,
+        spawn_node(&database, &redis, "node-c", three).await,
+    ];
+    nodes[0]
+        .client
+        .register("lou@test.example", "the right password")
+        .await
+        .unwrap();
+    let login = |node: usize, password: &'static str| {
+        let client = &nodes[node].client;
+        async move {
+            client
+                .post(
+                    "/api/auth/login",
+                    None,
+                    &serde_json::json!({ "email": "lou@test.example", "password": password }),
+                )
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    assert_eq!(login(0, "guess 1").await, 401);
+    assert_eq!(login(1, "guess 2").await, 401);
+    assert_eq!(login(2, "guess 3").await, 401);
+    // Three failures, on three nodes: the fourth try is refused on any, the right password too.
+    assert_eq!(login(0, "the right password").await, 429);
+    assert_eq!(login(2, "guess 4").await, 429);
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_connections_are_counted_across_the_nodes() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let two = |c: &mut switchboard::Config| c.max_connections_per_user = 2;
+    let nodes = [
+        spawn_node(&database, &redis, "node-a", two).await,
+        spawn_node(&database, &redis, "node-b", two).await,
+        spawn_node(&database, &redis, "node-c", two).await,
+    ];
+    let session = nodes[0].user("cat").await;
+    let header = vec![("authorization", format!("Bearer {}", session.access_token))];
+    let on_a = nodes[0].connect(&session).await;
+    let _on_b = nodes[1].connect(&session).await;
+    let (status, body) = open(nodes[2].client.base(), "", &header).await.unwrap_err();
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_connections")));
+    // Another user is not counted with her.
+    let other = nodes[2].user("dan").await;
+    nodes[2].connect(&other).await;
+    // One closed on A: a place is free on C (once A has given it back).
+    on_a.close().await.unwrap();
+    let mut tries = 0;
+    while open(nodes[2].client.base(), "", &header).await.is_err() {
+        tries += 1;
+        assert!(tries < 200, "the place of the closed socket was not given back");
+    }
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
+}
