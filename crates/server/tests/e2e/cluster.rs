@@ -422,3 +422,74 @@ async fn a_users_connections_are_counted_across_the_nodes() {
         node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_gone_for_every_node_during_runs_and_back_loses_doubles_and_hangs_nothing() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let proxy = FaultProxy::start(address_of(&redis)).await.unwrap();
+    let through_proxy = through(&redis, proxy.addr());
+    let settings = |c: &mut switchboard::Config| {
+        c.redis_timeout = Duration::from_millis(200);
+        c.model_latency = Duration::from_millis(300);
+    };
+    let a = spawn_node(&database, &through_proxy, "node-a", settings).await;
+    let b = spawn_node(&database, &through_proxy, "node-b", settings).await;
+    let session = a.user("zoe").await;
+    let mut on_a = a.connect(&session).await;
+    let mut on_b = b.connect(&session).await;
+
+    // Runs going on both nodes when Redis goes (its connections cut, new ones refused).
+    let first = send(&mut on_a, "first").await;
+    let second = send(&mut on_b, "second").await;
+    proxy.set(Fault::Refuse);
+    proxy.cut_all();
+    // One more started while it is gone; every run ends on both tabs.
+    let third = send(&mut on_a, "third").await;
+    for run in [&first.run_id, &second.run_id, &third.run_id] {
+        until_final(&mut on_a, run).await;
+        until_final(&mut on_b, run).await;
+    }
+    // Redis back: one more through it.
+    proxy.set(Fault::None);
+    let fourth = send(&mut on_b, "fourth").await;
+    until_final(&mut on_a, &fourth.run_id).await;
+    until_final(&mut on_b, &fourth.run_id).await;
+    // The whole log, replayed on each node: every run once, whole, in order.
+    let mut replayed = Vec::new();
+    for node in [&a, &b] {
+        let mut socket = node.client.connect(&session.access_token, Some(0)).await.unwrap();
+        let seen = until_final(&mut socket, &fourth.run_id).await;
+        check_gapless(&seen).unwrap();
+        assert_eq!(seen.iter().filter(|e| e.is_final()).count(), 4, "one final event per run");
+        for run in [&first.run_id, &second.run_id, &third.run_id, &fourth.run_id] {
+            let of_run: Vec<Event> = seen.iter().filter(|e| &e.run_id == run).cloned().collect();
+            check_run(&of_run).unwrap();
+            assert_eq!(final_status(&of_run), Some(RunStatus::Completed));
+        }
+        replayed.push(seen);
+    }
+    assert_same_stream(&replayed[1], &replayed[0]);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shut_down_finishes_its_runs_while_the_others_serve_on() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let slowish = |c: &mut switchboard::Config| c.model_latency = Duration::from_millis(500);
+    let a = spawn_node(&database, &redis, "node-a", slowish).await;
+    let b = spawn_node(&database, &redis, "node-b", slowish).await;
+    let session = a.user("ivy").await;
+    let mut on_a = a.connect(&session).await;
+    let mut on_b = b.connect(&session).await;
+    let draining = send(&mut on_a, "one on A").await;
+    let stopped = tokio::spawn(a.shutdown());
+    // B serves meanwhile; A's run ends completed, told on B's tab too.
+    let meanwhile = send(&mut on_b, "one on B").await;
+    let events = until_final(&mut on_b, &draining.run_id).await;
+    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    let events = until_final(&mut on_b, &meanwhile.run_id).await;
+    assert_eq!(final_status(&events), Some(RunStatus::Completed));
+    stopped.await.unwrap().unwrap();
+    b.shutdown().await.unwrap();
+}
