@@ -593,6 +593,7 @@ pub(crate) async fn get_run(
         (status = 404, description = "No such run of this user (`not_found`).", body = ErrorBody),
         (status = 409, description = "The run is not active any more (`conflict`).", body = ErrorBody),
         (status = 500, description = "Something failed inside the server.", body = ErrorBody),
+        (status = 503, description = "The run runs on another node, and Redis, through which it is asked to stop, does not answer (`store_unavailable`).", body = ErrorBody),
     )
 )]
 pub(crate) async fn cancel_run(
@@ -606,6 +607,11 @@ pub(crate) async fn cancel_run(
         Err(refusal) if refusal.code == ErrorCode::RunNotFound => Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::Conflict,
+            refusal.message,
+        )),
+        Err(refusal) if refusal.code == ErrorCode::StoreUnavailable => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            refusal.code,
             refusal.message,
         )),
         Err(refusal) => Err(ApiError::new(

@@ -272,7 +272,7 @@ pub struct TierUrl {
 
 impl TierUrl {
     /// Parses `text` for the config key `key`, which needs one of `schemes` and a host.
-    pub fn parse(key: &str, text: &str, schemes: &[&str]) -> anyhow::Result<Self> {
+    fn parse(key: &str, text: &str, schemes: &[&str]) -> anyhow::Result<Self> {
         // A URL that fails here is never echoed: where it cannot be read, nothing says which
         // part is the password.
         let expected = schemes

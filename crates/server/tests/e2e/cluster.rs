@@ -1,5 +1,5 @@
-//! Several nodes on one PostgreSQL database and one Redis (in this process, each built as
-//! `switchboard serve` builds it): a user's tabs on any node see every event of every run, in
+//! Several nodes on one PostgreSQL database and one Redis, each the real binary in a process
+//! of its own: a user's tabs on any node see every event of every run, in
 //! seq order, with no gap, whichever node runs it, and still when Redis is gone. Real clock:
 //! PostgreSQL and Redis are other processes; the tests assert what arrives, never how fast.
 
@@ -10,7 +10,6 @@ use switchboard_faultproxy::{Fault, FaultProxy};
 use switchboard_protocol::{ClientFrame, Control, ErrorCode, Event, RunStatus, ServerFrame, StopAgent};
 
 use crate::auth::open;
-use crate::lifecycle::start;
 use crate::support::{
     address_of, events_until_final, message, next, postgres_database, redis_url, send, spawn_node, through,
 };
@@ -20,6 +19,16 @@ async fn until_final(socket: &mut switchboard::client::Socket, run: &switchboard
     tokio::time::timeout(Duration::from_secs(30), events_until_final(socket, run))
         .await
         .expect("the run's final event arrives")
+}
+
+/// A ticket bought on `node`, as the query that opens a socket with it.
+async fn ticket(node: &crate::support::TestApp, session: &switchboard::client::Session) -> String {
+    let (_, body) = node
+        .client
+        .post("/api/ws-ticket", Some(&session.access_token), &serde_json::json!({}))
+        .await
+        .unwrap();
+    format!("?ticket={}", body["ticket"].as_str().unwrap())
 }
 
 /// What reached `app`'s connections from other nodes `via` Redis or the log (its metrics).
@@ -45,9 +54,9 @@ fn assert_same_stream(seen: &[Event], expected: &[Event]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_on_one_node_streams_to_the_users_tabs_on_every_node_in_order_without_a_gap() {
     let (database, redis) = (postgres_database().await, redis_url());
-    let a = spawn_node(&database, &redis, "node-a", |_| {}).await;
-    let b = spawn_node(&database, &redis, "node-b", |_| {}).await;
-    let c = spawn_node(&database, &redis, "node-c", |_| {}).await;
+    let a = spawn_node(&database, &redis, "node-a", &[]).await;
+    let b = spawn_node(&database, &redis, "node-b", &[]).await;
+    let c = spawn_node(&database, &redis, "node-c", &[]).await;
     // Signed in on A; the token is good on every node (one secret).
     let session = a.user("ann").await;
     let mut on_a = a.connect(&session).await;
@@ -92,11 +101,8 @@ async fn a_run_on_one_node_streams_to_the_users_tabs_on_every_node_in_order_with
 async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_log_and_readiness_says_why() {
     let (database, redis) = (postgres_database().await, redis_url());
     let proxy = FaultProxy::start(address_of(&redis)).await.unwrap();
-    let a = spawn_node(&database, &redis, "node-a", |_| {}).await;
-    let b = spawn_node(&database, &through(&redis, proxy.addr()), "node-b", |c| {
-        c.redis_timeout = Duration::from_millis(200);
-    })
-    .await;
+    let a = spawn_node(&database, &redis, "node-a", &[]).await;
+    let b = spawn_node(&database, &through(&redis, proxy.addr()), "node-b", &["--redis-timeout-ms", "200"]).await;
     let session = a.user("ann").await;
     let mut on_a = a.connect(&session).await;
     let mut on_b = b.connect(&session).await;
@@ -120,12 +126,7 @@ async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_lo
     );
 
     // A ticket bought on B meanwhile is kept by B, and opens a socket there.
-    let (_, body) = b
-        .client
-        .post("/api/ws-ticket", Some(&session.access_token), &serde_json::json!({}))
-        .await
-        .unwrap();
-    let query = format!("?ticket={}", body["ticket"].as_str().unwrap());
+    let query = ticket(&b, &session).await;
     assert!(open(b.client.base(), &query, &[]).await.is_ok(), "a ticket of B's own");
 
     // A run on A reaches B's tab through the log alone; and one on B reaches A.
@@ -151,15 +152,10 @@ async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_lo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_bought_on_one_node_opens_one_socket_on_any_node_once() {
     let (database, redis) = (postgres_database().await, redis_url());
-    let a = spawn_node(&database, &redis, "node-a", |_| {}).await;
-    let b = spawn_node(&database, &redis, "node-b", |_| {}).await;
+    let a = spawn_node(&database, &redis, "node-a", &[]).await;
+    let b = spawn_node(&database, &redis, "node-b", &[]).await;
     let session = a.user("tia").await;
-    let (_, body) = a
-        .client
-        .post("/api/ws-ticket", Some(&session.access_token), &serde_json::json!({}))
-        .await
-        .unwrap();
-    let query = format!("?ticket={}", body["ticket"].as_str().unwrap());
+    let query = ticket(&a, &session).await;
     assert!(open(b.client.base(), &query, &[]).await.is_ok(), "opened on B");
     assert_eq!(open(a.client.base(), &query, &[]).await.unwrap_err().0, 401, "not again on A");
     assert_eq!(open(b.client.base(), &query, &[]).await.unwrap_err().0, 401, "nor on B");
@@ -173,7 +169,7 @@ async fn a_ticket_bought_on_one_node_opens_one_socket_on_any_node_once() {
 async fn a_run_is_stopped_from_any_node_by_stop_agent_or_the_cancel_route() {
     let (database, redis) = (postgres_database().await, redis_url());
     // Each model call takes a minute: the runs are still going when they are stopped.
-    let slow = |c: &mut switchboard::Config| c.model_latency = Duration::from_secs(60);
+    let slow = &["--model-latency-ms", "60000"];
     let a = spawn_node(&database, &redis, "node-a", slow).await;
     let c = spawn_node(&database, &redis, "node-c", slow).await;
     let session = a.user("sam").await;
@@ -228,21 +224,11 @@ async fn a_run_is_stopped_from_any_node_by_stop_agent_or_the_cancel_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_run_has_its_run_closed_once_by_another_and_started_again_it_serves_on() {
     let (database, redis) = (postgres_database().await, redis_url());
-    let dir = tempfile::tempdir().unwrap();
-    let flags = [
-        "--database-url",
-        database.as_str(),
-        "--redis-url",
-        redis.as_str(),
-        "--node-id",
-        "node-a",
-    ];
-    let mut a = start(dir.path(), &[&flags[..], &["--model-latency-ms", "60000"]].concat()).await;
-    let b = spawn_node(&database, &redis, "node-b", |_| {}).await;
-    let c = spawn_node(&database, &redis, "node-c", |_| {}).await;
-    let session = a.client.dev_login(Some("kim@test.example")).await.unwrap();
-    let mut on_a = a.client.connect(&session.access_token, None).await.unwrap();
-    next(&mut on_a).await;
+    let mut a = spawn_node(&database, &redis, "node-a", &["--model-latency-ms", "60000"]).await;
+    let b = spawn_node(&database, &redis, "node-b", &[]).await;
+    let c = spawn_node(&database, &redis, "node-c", &[]).await;
+    let session = a.user("kim").await;
+    let mut on_a = a.connect(&session).await;
     let mut on_b = b.connect(&session).await;
     let mut on_c = c.connect(&session).await;
     let accepted = send(&mut on_a, "will node A survive?").await;
@@ -254,8 +240,7 @@ async fn a_node_killed_mid_run_has_its_run_closed_once_by_another_and_started_ag
             break;
         }
     }
-    a.child.start_kill().unwrap();
-    a.child.wait().await.unwrap();
+    a.kill().await;
 
     // Within the lease and a claim or two, B or C closes it: one final event, on both tabs.
     let seen_b = until_final(&mut on_b, &accepted.run_id).await;
@@ -276,15 +261,15 @@ async fn a_node_killed_mid_run_has_its_run_closed_once_by_another_and_started_ag
     );
 
     // A started again under its name serves on, its seqs after the run's.
-    let a = start(tempfile::tempdir().unwrap().path(), &flags).await;
-    let mut on_a = a.client.connect(&session.access_token, None).await.unwrap();
-    next(&mut on_a).await;
+    let a = spawn_node(&database, &redis, "node-a", &[]).await;
+    let mut on_a = a.connect(&session).await;
     let again = send(&mut on_a, "and now?").await;
     let after = until_final(&mut on_a, &again.run_id).await;
     assert_eq!(after[0].seq.get(), whole.last().unwrap().seq.get() + 1);
     assert_eq!(final_status(&after), Some(RunStatus::Completed));
-    b.shutdown().await.unwrap();
-    c.shutdown().await.unwrap();
+    for node in [a, b, c] {
+        node.shutdown().await.unwrap();
+    }
 }
 
 /// The answer to a message: its acceptance, or the error's code.
@@ -304,11 +289,14 @@ async fn answer(socket: &mut switchboard::client::Socket) -> Result<switchboard_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_racing_on_three_nodes_keep_the_users_limits_of_active_runs_and_of_messages() {
     let (database, redis) = (postgres_database().await, redis_url());
-    let limits = |c: &mut switchboard::Config| {
-        c.model_latency = Duration::from_secs(60);
-        c.engine.max_active_runs_per_user = 2;
-        c.rate_limit_per_minute = 4;
-    };
+    let limits = &[
+        "--model-latency-ms",
+        "60000",
+        "--max-active-runs-per-user",
+        "2",
+        "--rate-limit-per-minute",
+        "4",
+    ];
     let nodes = [
         spawn_node(&database, &redis, "node-a", limits).await,
         spawn_node(&database, &redis, "node-b", limits).await,
@@ -357,7 +345,7 @@ async fn messages_racing_on_three_nodes_keep_the_users_limits_of_active_runs_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_counted_across_the_nodes() {
     let (database, redis) = (postgres_database().await, redis_url());
-    let three = |c: &mut switchboard::Config| c.login_max_failures = 3;
+    let three = &["--login-max-failures", "3"];
     let nodes = [
         spawn_node(&database, &redis, "node-a", three).await,
         spawn_node(&database, &redis, "node-b", three).await,
@@ -396,7 +384,7 @@ async fn failed_logins_are_counted_across_the_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_connections_are_counted_across_the_nodes() {
     let (database, redis) = (postgres_database().await, redis_url());
-    let two = |c: &mut switchboard::Config| c.max_connections_per_user = 2;
+    let two = &["--max-connections-per-user", "2"];
     let nodes = [
         spawn_node(&database, &redis, "node-a", two).await,
         spawn_node(&database, &redis, "node-b", two).await,
@@ -428,10 +416,7 @@ async fn redis_gone_for_every_node_during_runs_and_back_loses_doubles_and_hangs_
     let (database, redis) = (postgres_database().await, redis_url());
     let proxy = FaultProxy::start(address_of(&redis)).await.unwrap();
     let through_proxy = through(&redis, proxy.addr());
-    let settings = |c: &mut switchboard::Config| {
-        c.redis_timeout = Duration::from_millis(200);
-        c.model_latency = Duration::from_millis(300);
-    };
+    let settings = &["--redis-timeout-ms", "200", "--model-latency-ms", "300"];
     let a = spawn_node(&database, &through_proxy, "node-a", settings).await;
     let b = spawn_node(&database, &through_proxy, "node-b", settings).await;
     let session = a.user("zoe").await;
@@ -476,7 +461,7 @@ async fn redis_gone_for_every_node_during_runs_and_back_loses_doubles_and_hangs_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_shut_down_finishes_its_runs_while_the_others_serve_on() {
     let (database, redis) = (postgres_database().await, redis_url());
-    let slowish = |c: &mut switchboard::Config| c.model_latency = Duration::from_millis(500);
+    let slowish = &["--model-latency-ms", "500"];
     let a = spawn_node(&database, &redis, "node-a", slowish).await;
     let b = spawn_node(&database, &redis, "node-b", slowish).await;
     let session = a.user("ivy").await;
@@ -491,5 +476,40 @@ async fn a_node_shut_down_finishes_its_runs_while_the_others_serve_on() {
     let events = until_final(&mut on_b, &meanwhile.run_id).await;
     assert_eq!(final_status(&events), Some(RunStatus::Completed));
     stopped.await.unwrap().unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_from_a_node_without_redis_is_refused_with_a_sentence_and_works_once_redis_is_back() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let proxy = FaultProxy::start(address_of(&redis)).await.unwrap();
+    let slow = &["--model-latency-ms", "60000", "--redis-timeout-ms", "200"];
+    let a = spawn_node(&database, &redis, "node-a", slow).await;
+    let b = spawn_node(&database, &through(&redis, proxy.addr()), "node-b", slow).await;
+    let session = a.user("rob").await;
+    let mut on_a = a.connect(&session).await;
+    let run = send(&mut on_a, "slow").await.run_id;
+    let cancel = || async {
+        b.client
+            .post(&format!("/api/runs/{run}/cancel"), Some(&session.access_token), &serde_json::json!({}))
+            .await
+            .unwrap()
+    };
+    proxy.set(Fault::Refuse);
+    let (status, body) = cancel().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Redis") && message.contains("could not be asked to stop it"), "{message}");
+    proxy.set(Fault::None);
+    // Once Redis answers (the connection comes back within a few tries), the stop goes through.
+    let mut tries = 0;
+    while cancel().await.0 != 202 {
+        tries += 1;
+        assert!(tries < 100, "the stop never went through");
+    }
+    let events = until_final(&mut on_a, &run).await;
+    assert_eq!(final_status(&events), Some(RunStatus::Cancelled));
+    a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

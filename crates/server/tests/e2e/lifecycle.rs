@@ -40,12 +40,12 @@ async fn shutdown_lets_runs_end_within_the_grace_period_then_interrupts_them_and
 }
 
 /// The real binary on a data dir, with the bound address read from its log.
-pub(crate) struct Server {
-    pub(crate) child: Child,
-    pub(crate) client: Client,
+struct Server {
+    child: Child,
+    client: Client,
 }
 
-pub(crate) async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
+async fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)

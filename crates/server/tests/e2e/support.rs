@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use switchboard::client::{Client, Session, Socket};
-use switchboard::config::TierUrl;
 use switchboard::{Application, Config};
 use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
 use switchboard_postgres::{PgOptions, PgStore};
@@ -29,10 +28,16 @@ pub(crate) struct TestApp {
     pub(crate) client: Client,
     pub(crate) stop: CancellationToken,
     pub(crate) store: Arc<HangingStore>,
-    /// The router the server serves, for tests that look at its routes.
+    /// The router the server serves, for tests that look at its routes (none for a process).
     pub(crate) router: axum::Router,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: Served,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Where a test's server runs: in the test's runtime, or as a process of its own.
+enum Served {
+    Task(tokio::task::JoinHandle<anyhow::Result<()>>),
+    Process(tokio::process::Child),
 }
 
 fn test_config(dir: &std::path::Path) -> Config {
@@ -132,30 +137,47 @@ pub(crate) fn redis_url() -> String {
         .expect("SWITCHBOARD_TEST_REDIS_URL names the test Redis: run the tests with scripts/test")
 }
 
-/// A node of a cluster on PostgreSQL `database` and Redis `redis` (`Application::build`, as
-/// `switchboard serve` does), named `node`; the usage data stays in SQLite in its data dir.
-/// Its `store` is a handle of its own on the same database.
-pub(crate) async fn spawn_node(database: &str, redis: &str, node: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
+/// A node of a cluster on PostgreSQL `database` and Redis `redis`: the real binary, a process
+/// of its own (`switchboard serve --dev --database-url … --redis-url … --node-id NODE` and
+/// `flags`), on port 0; the usage data in SQLite in its data dir. Its `store` is a handle of the
+/// test's own on the same database. `shutdown` sends it SIGTERM and waits for it; `kill` is
+/// `kill -9`.
+pub(crate) async fn spawn_node(database: &str, redis: &str, node: &str, flags: &[&str]) -> TestApp {
+    use tokio::io::AsyncBufReadExt;
+
     let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.database_url = Some(TierUrl::parse("database_url", database, &["postgres"]).unwrap());
-    config.redis_url = Some(TierUrl::parse("redis_url", redis, &["redis"]).unwrap());
-    config.node_id = Some(node.to_owned());
-    configure(&mut config);
-    let app = Application::build(config).await.expect("the node builds");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--database-url", database, "--redis-url", redis, "--node-id", node])
+        .args(flags)
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .env("SWITCHBOARD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("node {node} exited before listening"));
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let store = PgStore::connect(database, PgOptions::default()).await.unwrap();
     let analytics = SqliteAnalytics::open(&dir.path().join("handle-workload.sqlite3")).await.unwrap();
-    let store = Arc::new(HangingStore::new(Arc::new(store), Arc::new(analytics)));
-    let client = Client::new(&format!("http://{}", app.local_addr()));
-    let stop = app.stop_handle();
-    let router = app.router();
-    let server = tokio::spawn(app.run_until_stopped());
     TestApp {
-        client,
-        stop,
-        store,
-        router,
-        server,
+        client: Client::new(&format!("http://{addr}")),
+        stop: CancellationToken::new(),
+        store: Arc::new(HangingStore::new(Arc::new(store), Arc::new(analytics))),
+        router: axum::Router::new(),
+        server: Served::Process(child),
         _dir: Some(dir),
     }
 }
@@ -217,10 +239,15 @@ async fn serve(config: Config, store: Arc<HangingStore>) -> TestApp {
     let app = Application::build_with_store(config, store.clone(), store.clone())
         .await
         .expect("the app builds");
+    running(app, store)
+}
+
+/// `app` serving in the test's runtime, `store` the test's handle on its stores.
+fn running(app: Application, store: Arc<HangingStore>) -> TestApp {
     let client = Client::new(&format!("http://{}", app.local_addr()));
     let stop = app.stop_handle();
     let router = app.router();
-    let server = tokio::spawn(app.run_until_stopped());
+    let server = Served::Task(tokio::spawn(app.run_until_stopped()));
     TestApp {
         client,
         stop,
@@ -280,7 +307,26 @@ impl TestApp {
     /// Stops the server gracefully and waits for it.
     pub(crate) async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        self.server.await.unwrap()
+        match self.server {
+            Served::Task(task) => task.await.unwrap(),
+            Served::Process(mut child) => {
+                let pid = child.id().expect("a running process").to_string();
+                let sent = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await?;
+                anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+                let status = child.wait().await?;
+                anyhow::ensure!(status.success(), "the node exited with {status}");
+                Ok(())
+            }
+        }
+    }
+
+    /// `kill -9` of a node's process, and waits for it to be gone.
+    pub(crate) async fn kill(&mut self) {
+        let Served::Process(child) = &mut self.server else {
+            panic!("only a node in a process of its own can be killed");
+        };
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
     }
 }
 
