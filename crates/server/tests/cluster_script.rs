@@ -100,7 +100,15 @@ async fn the_cluster_script_starts_nodes_that_serve_one_users_sign_in_and_its_st
     let dir_arg = dir.path().to_str().unwrap();
     let stop = StopOnDrop(dir.path().to_owned());
     let printed = cluster(
-        &["start", "--nodes", "3", "--dev", "--binary", env!("CARGO_BIN_EXE_switchboard"), dir_arg],
+        &[
+            "start",
+            "--nodes",
+            "3",
+            "--dev",
+            "--binary",
+            env!("CARGO_BIN_EXE_switchboard"),
+            dir_arg,
+        ],
         START_DEADLINE,
     )
     .await;
@@ -149,7 +157,11 @@ async fn the_cluster_script_starts_nodes_that_serve_one_users_sign_in_and_its_st
     };
     let seqs = |events: Vec<Event>| events.iter().map(|e| e.seq.get()).collect::<Vec<_>>();
     let from_3 = seqs(until_final(&mut on_3, &run).await);
-    assert_eq!(seqs(until_final(&mut on_1, &run).await), from_3, "the same events on node-1");
+    assert_eq!(
+        seqs(until_final(&mut on_1, &run).await),
+        from_3,
+        "the same events on node-1"
+    );
     drop((on_1, on_3));
 
     // Every process the script started, by its PID files: the nodes and the tiers.
