@@ -1,5 +1,6 @@
 //! One node against three, on one PostgreSQL and one Redis, release binaries on loopback, in
-//! one run: `USERS` users, each with one socket on every node (on one node, all three on it),
+//! one run, at a light load (10 users) and at the machine's limit (100): each user with one
+//! socket on every node (on one node, all three on it),
 //! each sending `RUNS_EACH` messages in turn on its sockets, the next once every socket has the
 //! last run's final event. The offline model answers at once (`--model-latency-ms 0`).
 //!
@@ -15,7 +16,7 @@
 //! `SWITCHBOARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:PORT/postgres` (a role that may
 //! create databases: every phase gets a new database, so one phase never sees another's data,
 //! and its nodes a cluster of their own) and `SWITCHBOARD_BENCH_REDIS_URL=redis://127.0.0.1:PORT/`,
-//! then `cargo bench -p switchboard --bench cluster`. `BENCH_USERS=N` changes the user count.
+//! then `cargo bench -p switchboard --bench cluster`. `BENCH_USERS=10,100` (a comma-separated list) sets the user counts.
 
 #![allow(clippy::print_stdout)]
 
@@ -31,8 +32,9 @@ use switchboard::client::{Client, Session, Socket};
 use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, RunId, ServerFrame, UserMessage};
 use tokio::process::Child;
 
-/// Users, each with `SOCKETS_PER_USER` sockets.
-const USERS: usize = 100;
+/// User counts, each with `SOCKETS_PER_USER` sockets: a load the machine serves with time to
+/// spare, and one that keeps it busy (each user sends its next message at once).
+const USERS: [usize; 2] = [10, 100];
 /// One on each of three nodes.
 const SOCKETS_PER_USER: usize = 3;
 /// Measured runs per user, sent in turn on its sockets.
@@ -42,8 +44,8 @@ const WARM_UP_RUNS: usize = SOCKETS_PER_USER;
 /// A run whose final event has not reached every socket by then is reported as lost; the log
 /// watcher repairs a lost Redis message within about a second.
 const RUN_DEADLINE: Duration = Duration::from_secs(10);
-/// The phases: nodes in the cluster.
-const PHASES: [usize; 2] = [1, 3];
+/// Nodes in the cluster, at each user count.
+const NODES: [usize; 2] = [1, 3];
 
 /// PostgreSQL and Redis, named by the environment.
 struct Tiers {
@@ -294,6 +296,8 @@ async fn open(client: &Client, session: &Session) -> anyhow::Result<Socket> {
 struct Phase {
     nodes: usize,
     users: Vec<UserRuns>,
+    /// This process's CPU over the measured runs, in ms.
+    client_cpu_ms: f64,
     elapsed: Duration,
     /// Server CPU over the measured runs, all nodes, in ms.
     cpu_ms: f64,
@@ -333,19 +337,22 @@ async fn phase(tiers: &Tiers, nodes: usize, users: usize) -> anyhow::Result<Phas
         });
     }
     start.wait().await;
-    let (cpu_before, via_before) = (cluster.cpu_ticks()?, cluster.other_node_deliveries().await?);
+    let via_before = cluster.other_node_deliveries().await?;
+    let (cpu_before, own_before) = (cluster.cpu_ticks()?, cpu_ticks(std::process::id())?);
     let started = Instant::now();
     let mut results = Vec::with_capacity(users);
     while let Some(result) = tasks.join_next().await {
         results.push(result?);
     }
     let elapsed = started.elapsed();
-    let (cpu_after, via_after) = (cluster.cpu_ticks()?, cluster.other_node_deliveries().await?);
+    let (cpu_after, own_after) = (cluster.cpu_ticks()?, cpu_ticks(std::process::id())?);
+    let via_after = cluster.other_node_deliveries().await?;
     Ok(Phase {
         nodes,
         users: results,
         elapsed,
         cpu_ms: (cpu_after - cpu_before) as f64 * 10.0,
+        client_cpu_ms: (own_after - own_before) as f64 * 10.0,
         from_other_nodes: (via_after.0 - via_before.0, via_after.1 - via_before.1),
     })
 }
@@ -461,9 +468,13 @@ fn machine() -> String {
 
 async fn main_async() -> anyhow::Result<()> {
     let tiers = Tiers::from_env()?;
-    let users: usize = match std::env::var("BENCH_USERS").ok().filter(|v| !v.is_empty()) {
-        Some(n) => n.parse().context("BENCH_USERS is a number of users")?,
-        None => USERS,
+    let user_counts: Vec<usize> = match std::env::var("BENCH_USERS").ok().filter(|v| !v.is_empty()) {
+        Some(list) => list
+            .split(',')
+            .map(|n| n.trim().parse())
+            .collect::<Result<_, _>>()
+            .context("BENCH_USERS is a comma-separated list of user counts, such as 10,100")?,
+        None => USERS.to_vec(),
     };
     println!(
         "cluster benchmark: release nodes on loopback, offline model (no added latency); one machine, {}, \
@@ -472,24 +483,27 @@ async fn main_async() -> anyhow::Result<()> {
     );
     println!("tiers: {}", tiers.describe());
     println!(
-        "{users} users, each with {SOCKETS_PER_USER} sockets (one on each node; on one node all {SOCKETS_PER_USER} on it), \
+        "Each user has {SOCKETS_PER_USER} sockets (one on each node; on one node all {SOCKETS_PER_USER} on it), \
          each sending {RUNS_EACH} messages in turn on its sockets, the next once every socket has the last run's final \
          event ({WARM_UP_RUNS} runs each before, not measured)"
     );
     println!();
     let mut phases = Vec::new();
-    for nodes in PHASES {
-        let phase = phase(&tiers, nodes, users).await?;
-        let figures = figures(&phase);
-        phases.push((phase, figures));
+    for &users in &user_counts {
+        for nodes in NODES {
+            let phase = phase(&tiers, nodes, users).await?;
+            let figures = figures(&phase);
+            phases.push((phase, figures));
+        }
     }
     println!(
-        "| nodes | runs | runs/s | to first event p50 / p99 (ms) | to final event p50 / p99 (ms) | server CPU ms per run (all nodes) |"
+        "| users | nodes | runs | runs/s | to first event p50 / p99 (ms) | to final event p50 / p99 (ms) | CPU ms per run: all nodes, client |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (phase, f) in &phases {
         println!(
-            "| {} | {} | {:.0} | {} / {} | {} / {} | {:.2} |",
+            "| {} | {} | {} | {:.0} | {} / {} | {} / {} | {:.2}, {:.2} |",
+            phase.users.len(),
             phase.nodes,
             f.runs,
             f.runs as f64 / phase.elapsed.as_secs_f64(),
@@ -497,7 +511,8 @@ async fn main_async() -> anyhow::Result<()> {
             ms(percentile(&f.first_us, 0.99)),
             ms(percentile(&f.final_us, 0.5)),
             ms(percentile(&f.final_us, 0.99)),
-            phase.cpu_ms / f.runs.max(1) as f64
+            phase.cpu_ms / f.runs.max(1) as f64,
+            phase.client_cpu_ms / f.runs.max(1) as f64
         );
     }
     println!();
@@ -507,9 +522,9 @@ async fn main_async() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| nodes | events compared | p50 | p99 | max | events from other nodes: through Redis, from the log | streams |"
+        "| users | nodes | events compared | p50 | p99 | max | events from other nodes: through Redis, from the log | streams |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for (phase, f) in &phases {
         let sockets = phase.users.len() * SOCKETS_PER_USER;
         let streams = if f.problems.is_empty() {
@@ -523,7 +538,8 @@ async fn main_async() -> anyhow::Result<()> {
             phase.nodes.to_string()
         };
         println!(
-            "| {label} | {} | {} | {} | {} | {}, {} | {streams} |",
+            "| {} | {label} | {} | {} | {} | {} | {}, {} | {streams} |",
+            phase.users.len(),
             f.added_us.len(),
             ms(percentile(&f.added_us, 0.5).map(|v| v as f64)),
             ms(percentile(&f.added_us, 0.99).map(|v| v as f64)),
@@ -532,6 +548,11 @@ async fn main_async() -> anyhow::Result<()> {
             phase.from_other_nodes.1,
         );
     }
+    println!();
+    println!(
+        "\"From the log\": events that a node's connections read from the store because its once-a-second watcher \
+         saw the log further than Redis had brought (a Redis message late or lost); the checks above find none twice."
+    );
     let mut any = false;
     for (phase, f) in &phases {
         for problem in f.problems.iter().take(20) {
@@ -540,10 +561,15 @@ async fn main_async() -> anyhow::Result<()> {
                 println!("Problems:");
                 any = true;
             }
-            println!("- {} node(s): {problem}", phase.nodes);
+            println!("- {} users, {} node(s): {problem}", phase.users.len(), phase.nodes);
         }
         if f.problems.len() > 20 {
-            println!("- {} node(s): and {} more", phase.nodes, f.problems.len() - 20);
+            println!(
+                "- {} users, {} node(s): and {} more",
+                phase.users.len(),
+                phase.nodes,
+                f.problems.len() - 20
+            );
         }
     }
     Ok(())
