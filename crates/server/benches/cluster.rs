@@ -1,8 +1,7 @@
 //! One node against three, on one PostgreSQL and one Redis, release binaries on loopback, in
-//! one run, at a light load (10 users) and at the machine's limit (100): each user with one
-//! socket on every node (on one node, all three on it),
-//! each sending `RUNS_EACH` messages in turn on its sockets, the next once every socket has the
-//! last run's final event. The offline model answers at once (`--model-latency-ms 0`).
+//! one run, at 10 and at 100 users: each user with one socket on every node (on one node, all
+//! three on it), each sending `RUNS_EACH` messages in turn on its sockets, the next once every
+//! socket has the last run's final event. The offline model answers at once (`--model-latency-ms 0`).
 //!
 //! Figures: runs per second; the time from sending `user_message` to the run's first event and
 //! to its final event, on the socket it was sent on; and the added delivery latency: for each
@@ -32,8 +31,8 @@ use switchboard::client::{Client, Session, Socket};
 use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, RunId, ServerFrame, UserMessage};
 use tokio::process::Child;
 
-/// User counts, each with `SOCKETS_PER_USER` sockets: a load the machine serves with time to
-/// spare, and one that keeps it busy (each user sends its next message at once).
+/// User counts, each user with `SOCKETS_PER_USER` sockets. Each sends its next message at
+/// once, so even the smaller keeps much of a small machine busy.
 const USERS: [usize; 2] = [10, 100];
 /// One on each of three nodes.
 const SOCKETS_PER_USER: usize = 3;
