@@ -112,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             "--tool-timeout-ms",
             long,
         ],
+        &[],
     )
     .await?;
     let heavy = client.dev_login(Some("heavy@bench.example")).await?;

@@ -105,7 +105,7 @@ async fn start(
         .copied()
         .chain(databases.iter().map(String::as_str))
         .collect();
-    server::start_server(data_dir, &args).await
+    server::start_server(data_dir, &args, &[]).await
 }
 
 const PHASES: [(usize, usize); 3] = [(1, 300), (100, 30), (1_000, 5)];

@@ -19,7 +19,7 @@ const ATTEMPTS: usize = 60;
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // The throttle would refuse the attempts after the tenth failure; here only their cost counts.
-    let (_server, client) = server::start_server(dir.path(), &["--login-max-failures", "1000000"]).await?;
+    let (_server, client) = server::start_server(dir.path(), &["--login-max-failures", "1000000"], &[]).await?;
     client.register("known@bench.example", "the right password").await?;
     let cases = [
         ("right password (baseline)", "known@bench.example", "the right password"),

@@ -8,15 +8,21 @@ use switchboard::client::Client;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Starts the release binary in dev mode on a free port with `args` added, and a client of it.
-/// Warnings and errors the server logs are passed on.
-pub(crate) async fn start_server(data_dir: &Path, args: &[&str]) -> anyhow::Result<(Child, Client)> {
+/// Starts the release binary in dev mode on a free port with `args` added and `env` in its
+/// environment, and a client of it. Warnings and errors the server logs are passed on, marked
+/// with its `--node-id` when it has one.
+pub(crate) async fn start_server(
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, Client)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .env("SWITCHBOARD_LOG", "warn,switchboard=info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -29,11 +35,16 @@ pub(crate) async fn start_server(data_dir: &Path, args: &[&str]) -> anyhow::Resu
             break rest.split_whitespace().next().context("no address")?.to_owned();
         }
     };
+    let name = args
+        .iter()
+        .position(|&arg| arg == "--node-id")
+        .and_then(|at| args.get(at + 1))
+        .map_or_else(|| "server".to_owned(), |node| (*node).to_owned());
     // Pass on what the server warns about: a benchmark that hides errors measures nothing.
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("server: {line}");
+                eprintln!("{name}: {line}");
             }
         }
     });
