@@ -290,7 +290,13 @@ impl Agent for TriageAgent {
         ctx.events.step("Classifying it.", 2, 0.6).await;
         let mut request = ModelRequest::new(CLASSIFY_PROMPT, ctx.request());
         request.json = true;
-        let response = ctx.model.complete(request).await?;
+        // The user's data is looked up while the model classifies: neither waits for the other.
+        let (response, overview) = tokio::join!(
+            ctx.model.complete(request),
+            ctx.tools
+                .call("workload_overview", json!({ "user_id": ctx.run.user_id })),
+        );
+        let response = response?;
         let category = match classification(&response.text) {
             Some(category) => category,
             None => {
@@ -305,11 +311,7 @@ impl Agent for TriageAgent {
         };
         // A store that cannot answer does not end the run: the answer says that the figures
         // cannot be had right now, and why.
-        let (data_calls, data_unavailable) = match ctx
-            .tools
-            .call("workload_overview", json!({ "user_id": ctx.run.user_id }))
-            .await
-        {
+        let (data_calls, data_unavailable) = match overview {
             Ok(overview) => (overview.get("calls").and_then(Value::as_u64).unwrap_or(0), None),
             Err(error) => (0, Some(error.to_string())),
         };
