@@ -334,7 +334,11 @@ impl ClickHouseAnalytics {
         let mut distinct: Vec<&str> = users.iter().map(UserId::as_str).collect();
         distinct.sort_unstable();
         distinct.dedup();
-        let list = distinct.iter().map(|user| sql::string(user)).collect::<Vec<_>>().join(", ");
+        let list = distinct
+            .iter()
+            .map(|user| sql::string(user))
+            .collect::<Vec<_>>()
+            .join(", ");
         // Each user by its place in the list (1, 2, ...): no name is read back.
         let counted = self
             .query(
@@ -371,7 +375,9 @@ impl ClickHouseAnalytics {
             .iter()
             .map(|user| {
                 let counts = counted.as_ref().map_err(Clone::clone)?;
-                let index = distinct.binary_search(&user.as_str()).expect("every user is in the list");
+                let index = distinct
+                    .binary_search(&user.as_str())
+                    .expect("every user is in the list");
                 Ok(counts[index])
             })
             .collect()

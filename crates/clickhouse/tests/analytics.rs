@@ -548,7 +548,10 @@ async fn check_move_from(version: u32) {
          ENGINE = MergeTree() ORDER BY version"
     ))
     .await;
-    run_sql(format!("INSERT INTO {database}.schema_version (version) VALUES ({version})")).await;
+    run_sql(format!(
+        "INSERT INTO {database}.schema_version (version) VALUES ({version})"
+    ))
+    .await;
     for chunk in calls[3_000..].chunks(1_700) {
         old.insert_workload_events(&user, chunk.to_vec()).await.unwrap();
     }

@@ -140,14 +140,13 @@ pub async fn hold_server_lock(url: &str, timeout: Duration, serving: Serving) ->
     };
     let taken = tokio::time::timeout(
         timeout,
-        lock._client
-            .query_one(
-                match serving {
-                    Serving::Alone => "SELECT pg_try_advisory_lock($1)",
-                    Serving::Node => "SELECT pg_try_advisory_lock_shared($1)",
-                },
-                &[&SERVER_LOCK],
-            ),
+        lock._client.query_one(
+            match serving {
+                Serving::Alone => "SELECT pg_try_advisory_lock($1)",
+                Serving::Node => "SELECT pg_try_advisory_lock_shared($1)",
+            },
+            &[&SERVER_LOCK],
+        ),
     )
     .await
     .map_err(|_| StoreError::TimedOut {

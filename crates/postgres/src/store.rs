@@ -12,8 +12,8 @@ use switchboard_protocol::{
     EntryKey, Event, LogEntry, MessageId, Role, RunEnd, RunId, RunStatus, RunTimings, Seq, ThreadId, Timestamp, UserId,
 };
 use switchboard_store::{
-    Accepted, EventRecord, EventRow, Grouped, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunRecord,
-    RunState, Store, StoreError, StoredEvent, Thread, Tier, User, thread_title,
+    Accepted, EventRecord, EventRow, Grouped, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation,
+    RunRecord, RunState, Store, StoreError, StoredEvent, Thread, Tier, User, thread_title,
 };
 use tokio_postgres::Row;
 
@@ -562,7 +562,11 @@ impl Accepting {
         let created_thread = message.thread_id.is_none();
         let thread_id = message.thread_id.clone().unwrap_or_else(ThreadId::generate);
         Self {
-            ids: [message.message_id.to_string(), thread_id.to_string(), message.run_id.to_string()],
+            ids: [
+                message.message_id.to_string(),
+                thread_id.to_string(),
+                message.run_id.to_string(),
+            ],
             user: message.user_id.to_string(),
             thread_id,
             title: if created_thread {

@@ -296,8 +296,8 @@ async fn a_database_of_schema_1_is_brought_up_to_date_and_keeps_its_log() {
         "DROP TABLE log_batches; DROP TABLE cluster; DROP TABLE node_leases; ALTER TABLE runs DROP COLUMN node; \
          DELETE FROM schema_version WHERE version > 1",
     )
-        .await
-        .unwrap();
+    .await
+    .unwrap();
 
     let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
     let versions: Vec<i32> = raw
@@ -313,7 +313,11 @@ async fn a_database_of_schema_1_is_brought_up_to_date_and_keeps_its_log() {
     let cluster = store.cluster_id().await.unwrap();
     assert_eq!(cluster.len(), 32, "a random name: {cluster}");
     let again = PgStore::connect(&url, PgOptions::default()).await.unwrap();
-    assert_eq!(again.cluster_id().await.unwrap(), cluster, "one name for every node on the database");
+    assert_eq!(
+        again.cluster_id().await.unwrap(),
+        cluster,
+        "one name for every node on the database"
+    );
     let other = PgStore::connect(&support::fresh_database().await, PgOptions::default())
         .await
         .unwrap();

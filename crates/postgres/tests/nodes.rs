@@ -15,7 +15,10 @@ const LIVE: Duration = Duration::from_secs(60);
 const GONE: Duration = Duration::ZERO;
 
 async fn node(url: &str, name: &str) -> PgStore {
-    PgStore::connect(url, PgOptions::default()).await.unwrap().for_node(name)
+    PgStore::connect(url, PgOptions::default())
+        .await
+        .unwrap()
+        .for_node(name)
 }
 
 /// `count` runs accepted by `store`, running.
@@ -44,7 +47,10 @@ async fn the_runs_of_a_node_whose_lease_ran_out_are_taken_once_and_a_live_nodes_
     b.renew_lease(LIVE).await.unwrap();
     let runs_a = runs_of(&a, 3).await;
     let runs_b = runs_of(&b, 2).await;
-    assert!(b.claim_runs(false).await.unwrap().is_empty(), "A is alive: nothing of it is taken");
+    assert!(
+        b.claim_runs(false).await.unwrap().is_empty(),
+        "A is alive: nothing of it is taken"
+    );
     assert!(a.claim_runs(false).await.unwrap().is_empty(), "nor of B, nor A's own");
 
     // A's lease runs out: five survivors look at once; each of A's runs goes to one of them.
@@ -59,7 +65,10 @@ async fn the_runs_of_a_node_whose_lease_ran_out_are_taken_once_and_a_live_nodes_
     let mut taken: Vec<RunId> = Vec::new();
     for claim in claims {
         let claim = claim.unwrap();
-        assert!(claim.iter().all(|(_, was)| was.as_deref() == Some("node-a")), "{claim:?}");
+        assert!(
+            claim.iter().all(|(_, was)| was.as_deref() == Some("node-a")),
+            "{claim:?}"
+        );
         taken.extend(ids(&claim));
     }
     taken.sort_by(|x, y| x.as_str().cmp(y.as_str()));
@@ -67,7 +76,10 @@ async fn the_runs_of_a_node_whose_lease_ran_out_are_taken_once_and_a_live_nodes_
     expected.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     assert_eq!(taken, expected, "each of A's runs taken exactly once, none of B's");
     for survivor in &survivors {
-        assert!(survivor.claim_runs(false).await.unwrap().is_empty(), "taken runs are a live node's");
+        assert!(
+            survivor.claim_runs(false).await.unwrap().is_empty(),
+            "taken runs are a live node's"
+        );
     }
     assert!(b.claim_runs(false).await.unwrap().is_empty());
     for run in runs_b {
@@ -98,7 +110,13 @@ async fn a_node_started_again_takes_its_own_runs_and_finished_runs_are_never_tak
     let record = before.run(&user, done).await.unwrap().unwrap();
     append(
         &before,
-        entry(&user, done, &record.thread_id, finished(RunStatus::Completed, Some("done")), Some("done")),
+        entry(
+            &user,
+            done,
+            &record.thread_id,
+            finished(RunStatus::Completed, Some("done")),
+            Some("done"),
+        ),
     )
     .await;
 
@@ -106,7 +124,10 @@ async fn a_node_started_again_takes_its_own_runs_and_finished_runs_are_never_tak
     // process under the name is told so; its own runs are taken only when asked for.
     let again = node(&url, "node-a").await;
     assert!(again.lease_left().await.unwrap().is_some_and(|left| left <= LIVE));
-    assert!(again.claim_runs(false).await.unwrap().is_empty(), "its own runs, without `own`");
+    assert!(
+        again.claim_runs(false).await.unwrap().is_empty(),
+        "its own runs, without `own`"
+    );
     let claimed = again.claim_runs(true).await.unwrap();
     assert_eq!(ids(&claimed), HashSet::from([runs[1].clone()]), "the running one only");
     assert_eq!(claimed[0].1.as_deref(), Some("node-a"));

@@ -90,10 +90,12 @@ impl Incoming {
             let pushed = match push.kind {
                 PushKind::Disconnection => Some(Pushed::Disconnected),
                 PushKind::Message => match push.data.as_slice() {
-                    [channel, payload] => text(channel).zip(text(payload)).map(|(channel, payload)| Pushed::Message {
-                        channel: String::from_utf8_lossy(&channel).into_owned(),
-                        payload,
-                    }),
+                    [channel, payload] => text(channel)
+                        .zip(text(payload))
+                        .map(|(channel, payload)| Pushed::Message {
+                            channel: String::from_utf8_lossy(&channel).into_owned(),
+                            payload,
+                        }),
                     _ => None,
                 },
                 PushKind::Subscribe => push
@@ -115,7 +117,9 @@ impl Incoming {
 /// the address and what failed, never the password.
 pub async fn connect(url: &str, options: RedisOptions) -> Result<(Redis, Subscriber, Incoming), StoreError> {
     if options.timeout.is_zero() {
-        return Err(StoreError::Backend("invalid Redis options: timeout must be longer than 0".into()));
+        return Err(StoreError::Backend(
+            "invalid Redis options: timeout must be longer than 0".into(),
+        ));
     }
     let info = url
         .into_connection_info()
@@ -297,7 +301,11 @@ return 0
         });
         let (limit, ttl) = (limit.to_string(), ttl.as_millis().max(1).to_string());
         let wait: u64 = self
-            .script(&TAKE_PLACE, &[key], &[limit.as_bytes(), ttl.as_bytes(), member.as_bytes()])
+            .script(
+                &TAKE_PLACE,
+                &[key],
+                &[limit.as_bytes(), ttl.as_bytes(), member.as_bytes()],
+            )
             .await?;
         Ok((wait > 0).then(|| Duration::from_millis(wait)))
     }

@@ -66,7 +66,10 @@ async fn messages_published_in_one_call_arrive_in_order_on_their_channels_only()
         .collect();
     redis.publish(&messages).await.unwrap();
     for n in (0..50u32).step_by(2) {
-        assert_eq!(next_message(&mut incoming).await, (mine.clone(), n.to_be_bytes().to_vec()));
+        assert_eq!(
+            next_message(&mut incoming).await,
+            (mine.clone(), n.to_be_bytes().to_vec())
+        );
     }
     subscriber.unsubscribe(&mine).await.unwrap();
     redis.publish(&[(mine.clone(), b"after".to_vec())]).await.unwrap();
@@ -136,9 +139,11 @@ async fn failing_to_connect_names_redis_and_the_address_never_the_password() {
         matches!(error, StoreError::Unavailable { tier: Tier::Redis, .. }),
         "{error:?}"
     );
-    assert!(message.contains("Redis") && message.contains(&format!("{closed}/2")), "{message}");
+    assert!(
+        message.contains("Redis") && message.contains(&format!("{closed}/2")),
+        "{message}"
+    );
     assert!(!message.contains("s3cret"), "{message}");
-
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,10 +181,20 @@ async fn places_are_taken_up_to_the_limit_given_back_and_gone_once_out_of_time()
     assert_eq!(redis.take_place(&key, 2, minute, "b").await.unwrap(), None);
     let wait = redis.take_place(&key, 2, minute, "c").await.unwrap().expect("full");
     assert!(wait <= minute && wait > Duration::from_secs(50), "{wait:?}");
-    assert!(redis.renew_place(&key, minute, "b").await.unwrap(), "a place held is renewed");
-    assert!(!redis.renew_place(&key, minute, "nobody").await.unwrap(), "one not held is not");
+    assert!(
+        redis.renew_place(&key, minute, "b").await.unwrap(),
+        "a place held is renewed"
+    );
+    assert!(
+        !redis.renew_place(&key, minute, "nobody").await.unwrap(),
+        "one not held is not"
+    );
     redis.give_back(&key, "a").await.unwrap();
-    assert_eq!(redis.take_place(&key, 2, minute, "c").await.unwrap(), None, "a place given back is free");
+    assert_eq!(
+        redis.take_place(&key, 2, minute, "c").await.unwrap(),
+        None,
+        "a place given back is free"
+    );
     redis.forget(&key).await.unwrap();
 
     // Places taken at once from many tasks: exactly the limit get one.
@@ -188,12 +203,22 @@ async fn places_are_taken_up_to_the_limit_given_back_and_gone_once_out_of_time()
         let (redis, key) = (redis.clone(), key.clone());
         async move { redis.take_place(&key, 5, minute, &n.to_string()).await.unwrap() }
     });
-    let taken = futures_util::future::join_all(tries).await.iter().filter(|w| w.is_none()).count();
+    let taken = futures_util::future::join_all(tries)
+        .await
+        .iter()
+        .filter(|w| w.is_none())
+        .count();
     assert_eq!(taken, 5);
 
     // A place of a millisecond is gone soon after: the set is never full for long.
     let key = channel();
-    assert_eq!(redis.take_place(&key, 1, Duration::from_millis(1), "brief").await.unwrap(), None);
+    assert_eq!(
+        redis
+            .take_place(&key, 1, Duration::from_millis(1), "brief")
+            .await
+            .unwrap(),
+        None
+    );
     let mut tries = 0;
     while redis.take_place(&key, 1, minute, "next").await.unwrap().is_some() {
         tries += 1;

@@ -24,9 +24,9 @@ use switchboard_store::{Rotation, RunRecord, RunState, StoreError, Thread, Tier}
 
 use crate::app::AppState;
 use crate::auth::{AuthUser, TokenPair, new_refresh_family, unusable_password_hash};
+use crate::delivery::Delivered;
 use crate::delivery::Delivery;
 use crate::error::ApiError;
-use crate::delivery::Delivered;
 use crate::limits::{Admission, admit};
 use crate::ws::history_message;
 

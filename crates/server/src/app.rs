@@ -22,8 +22,8 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::auth::{Passwords, Tickets, Tokens, load_secret};
-use crate::config::{Config, LlmConfig};
 use crate::cluster::{ClusterStops, Node, RedisFanOut};
+use crate::config::{Config, LlmConfig};
 use crate::fanout::{FanOut, LocalFanOut};
 use crate::limits::{Connections, LoginThrottle, SharedLimits};
 use crate::listener::{self, ConnectionLimits};
@@ -158,9 +158,10 @@ impl Application {
                     let options = RedisOptions {
                         timeout: config.redis_timeout,
                     };
-                    let (redis, subscriber, incoming) = switchboard_redis::connect(redis_url.expose(), options)
-                        .await
-                        .with_context(|| format!("cannot reach Redis at {redis_url}"))?;
+                    let (redis, subscriber, incoming) =
+                        switchboard_redis::connect(redis_url.expose(), options)
+                            .await
+                            .with_context(|| format!("cannot reach Redis at {redis_url}"))?;
                     tracing::info!(node = %id, %cluster, redis = %redis_url, "this server is node {id} of a cluster on Redis");
                     parts = Some(ClusterParts {
                         store: store.clone(),
@@ -232,7 +233,10 @@ impl Application {
             Some(parts) => {
                 let tickets = Tickets::shared(parts.redis.clone(), parts.node.prefix.clone());
                 cluster_stops = Some(ClusterStops::new(parts.redis.clone(), &parts.node));
-                shared_limits = Some(Arc::new(SharedLimits::new(parts.redis.clone(), parts.node.prefix.clone())));
+                shared_limits = Some(Arc::new(SharedLimits::new(
+                    parts.redis.clone(),
+                    parts.node.prefix.clone(),
+                )));
                 let (fanout, requests) = RedisFanOut::start(
                     parts.node,
                     parts.redis.clone(),

@@ -193,9 +193,15 @@ impl RedisFanOut {
             stop.clone()
                 .run_until_cancelled_owned(hear_stops(subscriber.clone(), fanout.node.stops_channel())),
         );
-        tokio::spawn(stop.clone().run_until_cancelled_owned(subscribe_all(weak.clone(), subscriber, interests)));
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(subscribe_all(weak.clone(), subscriber, interests)),
+        );
         tokio::spawn(stop.clone().run_until_cancelled_owned(publish_all(redis, outgoings)));
-        tokio::spawn(stop.clone().run_until_cancelled_owned(receive_all(weak.clone(), incoming)));
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(receive_all(weak.clone(), incoming)),
+        );
         tokio::spawn(stop.run_until_cancelled_owned(watch(weak, store)));
         (fanout, stop_requests)
     }
@@ -230,10 +236,7 @@ impl RedisFanOut {
     }
 
     fn wanted(&self, user: &UserId) -> bool {
-        self.users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(user)
+        self.users.lock().unwrap_or_else(|p| p.into_inner()).contains_key(user)
     }
 }
 
@@ -281,8 +284,14 @@ async fn subscribe_all(
         let channel = fanout.node.user_channel(&user);
         drop(fanout);
         let done = match (wanted, subscribed.contains(&user)) {
-            (true, false) => subscriber.subscribe(&channel).await.map(|()| subscribed.insert(user.clone())),
-            (false, true) => subscriber.unsubscribe(&channel).await.map(|()| subscribed.remove(&user)),
+            (true, false) => subscriber
+                .subscribe(&channel)
+                .await
+                .map(|()| subscribed.insert(user.clone())),
+            (false, true) => subscriber
+                .unsubscribe(&channel)
+                .await
+                .map(|()| subscribed.remove(&user)),
             _ => Ok(true),
         };
         // The watcher delivers what a missing subscription misses; the subscription is tried
@@ -338,7 +347,10 @@ async fn receive_all(fanout: std::sync::Weak<RedisFanOut>, mut incoming: Incomin
                 }
             }
             Pushed::Message { channel, payload } => {
-                let Some(user) = fanout.node.user_of_channel(&channel).and_then(|u| u.parse::<UserId>().ok())
+                let Some(user) = fanout
+                    .node
+                    .user_of_channel(&channel)
+                    .and_then(|u| u.parse::<UserId>().ok())
                 else {
                     continue;
                 };
@@ -366,7 +378,9 @@ async fn watch(fanout: std::sync::Weak<RedisFanOut>, store: Arc<dyn Store>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let Some(listened) = fanout.upgrade().map(|f| f.listened()) else { return };
+        let Some(listened) = fanout.upgrade().map(|f| f.listened()) else {
+            return;
+        };
         if listened.is_empty() {
             continue;
         }
@@ -403,7 +417,15 @@ mod tests {
         assert_eq!(decode_stop(format!("{user}\n{run}").as_bytes()), Some((user, run)));
         assert_eq!(decode_stop(b"nobody\nnothing"), None);
         assert_eq!(decode_stop(b"no line"), None);
-        for garbage in [&b""[..], b"node", b"node\n", b"node\nx1\n{}", b"node\ne-1\n{}", b"node\nn{", b"\xff\n"] {
+        for garbage in [
+            &b""[..],
+            b"node",
+            b"node\n",
+            b"node\nx1\n{}",
+            b"node\ne-1\n{}",
+            b"node\nn{",
+            b"\xff\n",
+        ] {
             assert!(decode(garbage).is_none(), "{garbage:?}");
         }
     }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use switchboard_protocol::{ErrorCode, Timestamp, UserId};
 use switchboard_redis::Redis;
-use tokio_util::sync::CancellationToken;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -165,7 +165,11 @@ impl Drop for Place {
         if self.kept {
             return;
         }
-        let (redis, key, member) = (self.redis.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.member));
+        let (redis, key, member) = (
+            self.redis.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.member),
+        );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 // Not given back, it runs out by itself.
@@ -388,7 +392,10 @@ pub(crate) async fn admit(state: &AppState, user: &UserId, token_exp: i64) -> Re
     };
     let shared = match &state.shared_limits {
         None => None,
-        Some(shared) => match shared.take(&format!("connections:{user}"), limit, CONNECTION_PLACE_TTL).await {
+        Some(shared) => match shared
+            .take(&format!("connections:{user}"), limit, CONNECTION_PLACE_TTL)
+            .await
+        {
             Shared::Taken(place) => Some(place.renewed(CONNECTION_PLACE_TTL, CONNECTION_PLACE_RENEWAL)),
             Shared::Full(_) => return Err(too_many()),
             Shared::Unreachable => None,

@@ -275,7 +275,10 @@ impl Runs {
         let config = self.engine.config();
         // A run ends within its deadline and a second (its final event told by then).
         let most = config.run_timeout + Duration::from_secs(5);
-        match shared.take(&format!("runs:{user}"), config.max_active_runs_per_user, most).await {
+        match shared
+            .take(&format!("runs:{user}"), config.max_active_runs_per_user, most)
+            .await
+        {
             Shared::Taken(place) => reservation.hold(place),
             Shared::Full(_) => {
                 return Err(StartError::TooManyActiveRuns {
@@ -301,7 +304,10 @@ impl Runs {
     async fn count_message(&self, user: &UserId) -> Result<(), Duration> {
         if let Some(shared) = &self.shared {
             let window = Duration::from_secs(60);
-            match shared.take(&format!("messages:{user}"), self.rate_per_minute as usize, window).await {
+            match shared
+                .take(&format!("messages:{user}"), self.rate_per_minute as usize, window)
+                .await
+            {
                 Shared::Taken(place) => {
                     place.keep();
                     return Ok(());
@@ -416,7 +422,9 @@ impl Runs {
                 let trouble = tier_trouble(&error).unwrap_or_else(|| error.to_string());
                 Refusal::new(
                     ErrorCode::StoreUnavailable,
-                    format!("{trouble}, so the node that runs {run} could not be asked to stop it; try again in a moment."),
+                    format!(
+                        "{trouble}, so the node that runs {run} could not be asked to stop it; try again in a moment."
+                    ),
                 )
             }),
             Ok(_) => Err(Refusal::new(ErrorCode::RunNotFound, format!("No active run {run}."))),

@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::auth::{TokenType, bearer_value};
+use crate::delivery::Delivered;
 use crate::delivery::Delivery;
 use crate::error::ApiError;
-use crate::delivery::Delivered;
 use crate::limits::{Admission, admit};
 use crate::listener::OpenConnection;
 

@@ -25,7 +25,9 @@ impl<I, O> Clone for Grouped<I, O> {
 
 impl<I, O> std::fmt::Debug for Grouped<I, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Grouped").field("most", &self.most).finish_non_exhaustive()
+        f.debug_struct("Grouped")
+            .field("most", &self.most)
+            .finish_non_exhaustive()
     }
 }
 

@@ -16,10 +16,9 @@ use switchboard_protocol::{
 
 use crate::sqlite_analytics::{SqliteAnalytics, path_beside as analytics_path};
 use crate::{
-    Grouped,
-    Accepted, AnalyticsStore, EventRecord, EventRow, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation,
-    RunRecord, RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User, WorkloadEvent,
-    thread_title,
+    Accepted, AnalyticsStore, EventRecord, EventRow, Grouped, Message, NewMessage, RefreshFamilyId, RefreshTokenId,
+    Rotation, RunRecord, RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User,
+    WorkloadEvent, thread_title,
 };
 
 /// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`;

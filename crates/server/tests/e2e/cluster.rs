@@ -102,7 +102,13 @@ async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_lo
     let (database, redis) = (postgres_database().await, redis_url());
     let proxy = FaultProxy::start(address_of(&redis)).await.unwrap();
     let a = spawn_node(&database, &redis, "node-a", &[]).await;
-    let b = spawn_node(&database, &through(&redis, proxy.addr()), "node-b", &["--redis-timeout-ms", "200"]).await;
+    let b = spawn_node(
+        &database,
+        &through(&redis, proxy.addr()),
+        "node-b",
+        &["--redis-timeout-ms", "200"],
+    )
+    .await;
     let session = a.user("ann").await;
     let mut on_a = a.connect(&session).await;
     let mut on_b = b.connect(&session).await;
@@ -138,7 +144,10 @@ async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_lo
     assert_eq!(final_status(&from_b), Some(RunStatus::Completed));
     assert_same_stream(&until_final(&mut on_a, &second.run_id).await, &from_b);
 
-    assert!(from_other_nodes(&b, "log").await > 0, "B learnt of A's events from the log");
+    assert!(
+        from_other_nodes(&b, "log").await > 0,
+        "B learnt of A's events from the log"
+    );
 
     // Redis back: the same through it.
     proxy.set(Fault::None);
@@ -157,7 +166,11 @@ async fn a_ticket_bought_on_one_node_opens_one_socket_on_any_node_once() {
     let session = a.user("tia").await;
     let query = ticket(&a, &session).await;
     assert!(open(b.client.base(), &query, &[]).await.is_ok(), "opened on B");
-    assert_eq!(open(a.client.base(), &query, &[]).await.unwrap_err().0, 401, "not again on A");
+    assert_eq!(
+        open(a.client.base(), &query, &[]).await.unwrap_err().0,
+        401,
+        "not again on A"
+    );
     assert_eq!(open(b.client.base(), &query, &[]).await.unwrap_err().0, 401, "nor on B");
     let made_up = format!("?ticket={}", "0".repeat(32));
     assert_eq!(open(b.client.base(), &made_up, &[]).await.unwrap_err().0, 401);
@@ -207,7 +220,11 @@ async fn a_run_is_stopped_from_any_node_by_stop_agent_or_the_cancel_route() {
     let eve = c.user("eve").await;
     let (status, _) = c
         .client
-        .post(&format!("/api/runs/{}/cancel", third.run_id), Some(&eve.access_token), &serde_json::json!({}))
+        .post(
+            &format!("/api/runs/{}/cancel", third.run_id),
+            Some(&eve.access_token),
+            &serde_json::json!({}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 404);
@@ -309,7 +326,10 @@ async fn messages_racing_on_three_nodes_keep_the_users_limits_of_active_runs_and
     }
     // Five messages at once, on three nodes: two runs start, three are refused.
     for (n, socket) in sockets.iter_mut().enumerate() {
-        socket.send(&message(&format!("question {n}"), None, None)).await.unwrap();
+        socket
+            .send(&message(&format!("question {n}"), None, None))
+            .await
+            .unwrap();
     }
     let mut answers = Vec::new();
     for socket in &mut sockets {
@@ -323,7 +343,10 @@ async fn messages_racing_on_three_nodes_keep_the_users_limits_of_active_runs_and
     // Both stopped: places free again on every node; the messages counted are the two that
     // got past the run limit, so two more pass the rate limit of 4 a minute, and a fifth not.
     for run in &started {
-        sockets[0].send(&ClientFrame::StopAgent(StopAgent { run_id: run.clone() })).await.unwrap();
+        sockets[0]
+            .send(&ClientFrame::StopAgent(StopAgent { run_id: run.clone() }))
+            .await
+            .unwrap();
         until_final(&mut sockets[0], run).await;
     }
     let mut more = Vec::new();
@@ -332,7 +355,10 @@ async fn messages_racing_on_three_nodes_keep_the_users_limits_of_active_runs_and
         more.push(answer(&mut sockets[n]).await.expect("a run"));
     }
     for run in &more {
-        sockets[0].send(&ClientFrame::StopAgent(StopAgent { run_id: run.clone() })).await.unwrap();
+        sockets[0]
+            .send(&ClientFrame::StopAgent(StopAgent { run_id: run.clone() }))
+            .await
+            .unwrap();
         until_final(&mut sockets[0], run).await;
     }
     sockets[3].send(&message("one too many", None, None)).await.unwrap();
@@ -395,7 +421,10 @@ async fn a_users_connections_are_counted_across_the_nodes() {
     let on_a = nodes[0].connect(&session).await;
     let _on_b = nodes[1].connect(&session).await;
     let (status, body) = open(nodes[2].client.base(), "", &header).await.unwrap_err();
-    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("too_many_connections")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_connections"))
+    );
     // Another user is not counted with her.
     let other = nodes[2].user("dan").await;
     nodes[2].connect(&other).await;
@@ -445,7 +474,11 @@ async fn redis_gone_for_every_node_during_runs_and_back_loses_doubles_and_hangs_
         let mut socket = node.client.connect(&session.access_token, Some(0)).await.unwrap();
         let seen = until_final(&mut socket, &fourth.run_id).await;
         check_gapless(&seen).unwrap();
-        assert_eq!(seen.iter().filter(|e| e.is_final()).count(), 4, "one final event per run");
+        assert_eq!(
+            seen.iter().filter(|e| e.is_final()).count(),
+            4,
+            "one final event per run"
+        );
         for run in [&first.run_id, &second.run_id, &third.run_id, &fourth.run_id] {
             let of_run: Vec<Event> = seen.iter().filter(|e| &e.run_id == run).cloned().collect();
             check_run(&of_run).unwrap();
@@ -491,7 +524,11 @@ async fn a_stop_from_a_node_without_redis_is_refused_with_a_sentence_and_works_o
     let run = send(&mut on_a, "slow").await.run_id;
     let cancel = || async {
         b.client
-            .post(&format!("/api/runs/{run}/cancel"), Some(&session.access_token), &serde_json::json!({}))
+            .post(
+                &format!("/api/runs/{run}/cancel"),
+                Some(&session.access_token),
+                &serde_json::json!({}),
+            )
             .await
             .unwrap()
     };
@@ -500,7 +537,10 @@ async fn a_stop_from_a_node_without_redis_is_refused_with_a_sentence_and_works_o
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("Redis") && message.contains("could not be asked to stop it"), "{message}");
+    assert!(
+        message.contains("Redis") && message.contains("could not be asked to stop it"),
+        "{message}"
+    );
     proxy.set(Fault::None);
     // Once Redis answers (the connection comes back within a few tries), the stop goes through.
     let mut tries = 0;

@@ -171,7 +171,9 @@ pub(crate) async fn spawn_node(database: &str, redis: &str, node: &str, flags: &
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let store = PgStore::connect(database, PgOptions::default()).await.unwrap();
-    let analytics = SqliteAnalytics::open(&dir.path().join("handle-workload.sqlite3")).await.unwrap();
+    let analytics = SqliteAnalytics::open(&dir.path().join("handle-workload.sqlite3"))
+        .await
+        .unwrap();
     TestApp {
         client: Client::new(&format!("http://{addr}")),
         stop: CancellationToken::new(),
@@ -311,7 +313,10 @@ impl TestApp {
             Served::Task(task) => task.await.unwrap(),
             Served::Process(mut child) => {
                 let pid = child.id().expect("a running process").to_string();
-                let sent = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await?;
+                let sent = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .await?;
                 anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
                 let status = child.wait().await?;
                 anyhow::ensure!(status.success(), "the node exited with {status}");
