@@ -19,6 +19,8 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "support/proc.rs"]
+mod proc;
 #[path = "support/server.rs"]
 mod server;
 
@@ -138,7 +140,7 @@ impl Cluster {
     fn cpu_ticks(&self) -> anyhow::Result<u64> {
         self.nodes
             .iter()
-            .map(|node| cpu_ticks(node.child.id().context("a node exited")?))
+            .map(|node| proc::cpu_ticks(node.child.id().context("a node exited")?))
             .sum()
     }
 
@@ -165,20 +167,6 @@ impl Cluster {
         }
         Ok(total)
     }
-}
-
-/// CPU time a process has used (user and system), in clock ticks of 10 ms.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces) in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("no command name")?
-        .1
-        .split_whitespace()
-        .collect();
-    let field = |n: usize| -> anyhow::Result<u64> { Ok(fields.get(n).context("short stat")?.parse()?) };
-    Ok(field(11)? + field(12)?)
 }
 
 /// One event as one socket got it.
@@ -337,14 +325,14 @@ async fn phase(tiers: &Tiers, nodes: usize, users: usize) -> anyhow::Result<Phas
     }
     start.wait().await;
     let via_before = cluster.other_node_deliveries().await?;
-    let (cpu_before, own_before) = (cluster.cpu_ticks()?, cpu_ticks(std::process::id())?);
+    let (cpu_before, own_before) = (cluster.cpu_ticks()?, proc::cpu_ticks(std::process::id())?);
     let started = Instant::now();
     let mut results = Vec::with_capacity(users);
     while let Some(result) = tasks.join_next().await {
         results.push(result?);
     }
     let elapsed = started.elapsed();
-    let (cpu_after, own_after) = (cluster.cpu_ticks()?, cpu_ticks(std::process::id())?);
+    let (cpu_after, own_after) = (cluster.cpu_ticks()?, proc::cpu_ticks(std::process::id())?);
     let via_after = cluster.other_node_deliveries().await?;
     Ok(Phase {
         nodes,

@@ -23,6 +23,8 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "support/proc.rs"]
+mod proc;
 #[path = "support/server.rs"]
 mod server;
 
@@ -235,20 +237,6 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
-/// CPU time a process has used (user and system), in clock ticks of 10 ms.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces) in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("no command name")?
-        .1
-        .split_whitespace()
-        .collect();
-    let field = |n: usize| -> anyhow::Result<u64> { Ok(fields.get(n).context("short stat")?.parse()?) };
-    Ok(field(11)? + field(12)?)
-}
-
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
@@ -390,10 +378,10 @@ async fn model_latency(tiers: &Tiers) -> anyhow::Result<()> {
         // One run each first, so that the measured runs find the server warm.
         phase(&client, &sessions, users_count, 1, spread).await?;
         let pid = server.id().context("no pid")?;
-        let (cpu_before, own_before) = (cpu_ticks(pid)?, cpu_ticks(std::process::id())?);
+        let (cpu_before, own_before) = (proc::cpu_ticks(pid)?, proc::cpu_ticks(std::process::id())?);
         let runs = phase(&client, &sessions, users_count, runs_each, spread).await?;
         let cpu = |before: u64, pid: u32| -> anyhow::Result<f64> {
-            Ok((cpu_ticks(pid)? - before) as f64 * 10.0 / runs.timings.len() as f64)
+            Ok((proc::cpu_ticks(pid)? - before) as f64 * 10.0 / runs.timings.len() as f64)
         };
         let cpu_per_run = (cpu(cpu_before, pid)?, cpu(own_before, std::process::id())?);
         let total: Vec<u64> = sorted(runs.timings.iter().map(|t| t.total_us));
