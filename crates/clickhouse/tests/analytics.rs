@@ -564,13 +564,7 @@ async fn check_move_from(version: u32) {
         .unwrap();
     let reference = fresh_store().await;
     reference.insert_workload_events(&user, calls.clone()).await.unwrap();
-    for range in ranges() {
-        assert_eq!(
-            migrated.workload_summary(&user, range).await.unwrap(),
-            reference.workload_summary(&user, range).await.unwrap(),
-            "{range:?}"
-        );
-    }
+    assert_same_summaries(&migrated, &reference, &user).await;
     let tables = answer_of(format!(
         "SELECT name FROM system.tables WHERE database = '{database}' AND name LIKE '%prompts%' ORDER BY name"
     ))
@@ -582,18 +576,23 @@ async fn check_move_from(version: u32) {
     let again = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
         .await
         .unwrap();
-    for range in ranges() {
-        assert_eq!(
-            again.workload_summary(&user, range).await.unwrap(),
-            reference.workload_summary(&user, range).await.unwrap(),
-            "{range:?}"
-        );
-    }
+    assert_same_summaries(&again, &reference, &user).await;
     let versions = answer_of(format!(
         "SELECT groupArray(version) FROM (SELECT version FROM {database}.schema_version ORDER BY version)"
     ))
     .await;
     assert_eq!(versions, format!("[{version},3]\n"));
+}
+
+/// `store` summarises `user`'s calls as `reference` does, over every range of `ranges`.
+async fn assert_same_summaries(store: &ClickHouseAnalytics, reference: &ClickHouseAnalytics, user: &UserId) {
+    for range in ranges() {
+        assert_eq!(
+            store.workload_summary(user, range).await.unwrap(),
+            reference.workload_summary(user, range).await.unwrap(),
+            "{range:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::future::try_join_all;
-use switchboard::client::{Client, Session, Socket};
+use switchboard::client::{Client, Socket};
 use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, RunId, ServerFrame, UserMessage};
 use tokio::process::Child;
 
@@ -271,14 +271,6 @@ async fn runs_of(user: usize, sockets: &mut [Socket], first: usize, runs: usize,
     }
 }
 
-async fn open(client: &Client, session: &Session) -> anyhow::Result<Socket> {
-    let mut socket = client.connect(&session.access_token, None).await?;
-    match socket.next_frame().await? {
-        Some(ServerFrame::Control(c)) if matches!(c.body, Control::ConnectionEstablished(_)) => Ok(socket),
-        other => bail!("expected connection_established, got {other:?}"),
-    }
-}
-
 /// What one phase measured.
 struct Phase {
     nodes: usize,
@@ -304,7 +296,12 @@ async fn phase(tiers: &Tiers, nodes: usize, users: usize) -> anyhow::Result<Phas
             .await?;
         let mut sockets = Vec::with_capacity(SOCKETS_PER_USER);
         for socket in 0..SOCKETS_PER_USER {
-            sockets.push(open(cluster.client(socket), &session).await?);
+            sockets.push(
+                cluster
+                    .client(socket)
+                    .connect_established(&session.access_token, None)
+                    .await?,
+            );
         }
         let start = Arc::clone(&start);
         tasks.spawn(async move {

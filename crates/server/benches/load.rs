@@ -114,14 +114,6 @@ const PHASES: [(usize, usize); 3] = [(1, 300), (100, 30), (1_000, 5)];
 const IDLE_CONNECTIONS: usize = 10_000;
 const CONNECTIONS_PER_USER: usize = 10;
 
-async fn open(client: &Client, session: &Session) -> anyhow::Result<Socket> {
-    let mut socket = client.connect(&session.access_token, None).await?;
-    match socket.next_frame().await? {
-        Some(ServerFrame::Control(c)) if matches!(c.body, Control::ConnectionEstablished(_)) => Ok(socket),
-        other => bail!("expected connection_established, got {other:?}"),
-    }
-}
-
 /// How a message went.
 enum Outcome {
     /// It ran.
@@ -193,7 +185,7 @@ async fn one_run(socket: &mut Socket) -> anyhow::Result<Outcome> {
 async fn ping_baseline(client: &Client, sessions: &[Session], connections: usize, pings: usize) -> anyhow::Result<()> {
     let mut sockets = Vec::with_capacity(connections);
     for session in sessions.iter().take(connections) {
-        sockets.push(open(client, session).await?);
+        sockets.push(client.connect_established(&session.access_token, None).await?);
     }
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -279,7 +271,7 @@ async fn phase(
 ) -> anyhow::Result<Phase> {
     let mut sockets = Vec::with_capacity(connections);
     for session in sessions.iter().take(connections) {
-        sockets.push(open(client, session).await?);
+        sockets.push(client.connect_established(&session.access_token, None).await?);
     }
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -518,7 +510,9 @@ async fn main_async() -> anyhow::Result<()> {
         let (client, sessions, semaphore) = (client.clone(), Arc::clone(&sessions), Arc::clone(&semaphore));
         opening.spawn(async move {
             let _permit = semaphore.acquire().await?;
-            open(&client, &sessions[i / CONNECTIONS_PER_USER]).await
+            client
+                .connect_established(&sessions[i / CONNECTIONS_PER_USER].access_token, None)
+                .await
         });
     }
     let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);

@@ -6,7 +6,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use switchboard_protocol::http::{Credentials, DevLoginRequest, SignedIn};
-use switchboard_protocol::{ClientFrame, PROTOCOL_NAME, ServerFrame, UserId};
+use switchboard_protocol::{ClientFrame, Control, PROTOCOL_NAME, ServerFrame, UserId};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -180,6 +180,16 @@ impl Client {
             format!("{base}/ws")
         } else {
             format!("{base}/ws?{query}")
+        }
+    }
+
+    /// Opens a socket as `connect` does, and reads its first frame, which must be
+    /// `connection_established`.
+    pub async fn connect_established(&self, token: &str, after_seq: Option<u64>) -> anyhow::Result<Socket> {
+        let mut socket = self.connect(token, after_seq).await?;
+        match socket.next_frame().await? {
+            Some(ServerFrame::Control(c)) if matches!(c.body, Control::ConnectionEstablished(_)) => Ok(socket),
+            other => anyhow::bail!("expected connection_established, got {other:?}"),
         }
     }
 

@@ -271,11 +271,10 @@ impl TestApp {
 
     /// An open socket of `session`, past `connection_established`.
     pub(crate) async fn connect(&self, session: &Session) -> Socket {
-        let mut socket = self.client.connect(&session.access_token, None).await.unwrap();
-        match socket.next_frame().await.unwrap() {
-            Some(ServerFrame::Control(c)) if matches!(c.body, Control::ConnectionEstablished(_)) => socket,
-            other => panic!("expected connection_established, got {other:?}"),
-        }
+        self.client
+            .connect_established(&session.access_token, None)
+            .await
+            .unwrap()
     }
 
     /// `POST /api/workload-events` with `body` as `content_type`: the status and the JSON answer.
