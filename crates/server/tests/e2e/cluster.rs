@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use tokio::io::AsyncBufReadExt;
+
 use switchboard_engine::testkit::{check_gapless, check_run, final_status};
 use switchboard_faultproxy::{Fault, FaultProxy};
 use switchboard_protocol::{ClientFrame, Control, ErrorCode, Event, RunStatus, ServerFrame, StopAgent};
@@ -552,4 +554,65 @@ async fn a_stop_from_a_node_without_redis_is_refused_with_a_sentence_and_works_o
     assert_eq!(final_status(&events), Some(RunStatus::Cancelled));
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_does_not_start_beside_a_server_alone_on_its_database_nor_one_alone_beside_nodes() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let serve = |flags: Vec<String>| async move {
+        let dir = tempfile::tempdir().unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(flags)
+            .env("SWITCHBOARD_JWT_SECRET", crate::support::SECRET)
+            .output()
+            .await
+            .unwrap()
+    };
+    let node = spawn_node(&database, &redis, "node-a", &[]).await;
+    let alone = serve(vec!["--database-url".into(), database.clone()]).await;
+    let stderr = String::from_utf8_lossy(&alone.stderr);
+    assert_eq!(alone.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another Switchboard server is serving from the database"),
+        "{stderr}"
+    );
+    node.shutdown().await.unwrap();
+
+    // A server alone on a database: a node refuses to start beside it.
+    let database = postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--database-url", &database])
+        .env("SWITCHBOARD_JWT_SECRET", crate::support::SECRET)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(first.stderr.take().unwrap()).lines();
+    while !lines
+        .next_line()
+        .await
+        .unwrap()
+        .expect("it listens")
+        .contains("listening on ")
+    {}
+    let beside = serve(vec![
+        "--database-url".into(),
+        database.clone(),
+        "--redis-url".into(),
+        redis.clone(),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&beside.stderr);
+    assert_eq!(beside.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("a Switchboard server without --redis-url is serving alone from the database"),
+        "{stderr}"
+    );
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
 }
