@@ -148,13 +148,7 @@ impl Cluster {
     async fn other_node_deliveries(&self) -> anyhow::Result<(u64, u64)> {
         let mut total = (0, 0);
         for Node { client, .. } in &self.nodes {
-            let text = client
-                .http()
-                .get(format!("{}/metrics", client.base()))
-                .send()
-                .await?
-                .text()
-                .await?;
+            let text = client.metrics().await?;
             let count = |via: &str| {
                 let name = format!("switchboard_from_other_nodes_total{{via=\"{via}\"}} ");
                 text.lines()

@@ -439,13 +439,7 @@ async fn model_latency(tiers: &Tiers) -> anyhow::Result<()> {
 /// The event log's batches, from the server's metrics: mean events per batch and mean ms per
 /// batch (none from a server that does not export them).
 async fn event_log_figures(client: &Client) -> anyhow::Result<Option<(f64, f64)>> {
-    let text = client
-        .http()
-        .get(format!("{}/metrics", client.base()))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = client.metrics().await?;
     let value = |name: &str| -> Option<f64> {
         let line = text
             .lines()

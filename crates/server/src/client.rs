@@ -170,6 +170,12 @@ impl Client {
         }
     }
 
+    /// `GET /metrics`: the server's metrics, as OpenMetrics text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = self.http.get(format!("{}/metrics", self.base)).send().await?;
+        Ok(response.error_for_status()?.text().await?)
+    }
+
     /// The WebSocket URL of the server.
     pub fn ws_url(&self, query: &str) -> String {
         let base = self

@@ -335,17 +335,18 @@ async fn publish_all(redis: Redis, mut outgoing: mpsc::UnboundedReceiver<(String
 
 /// Hands what the other nodes publish to the connections here.
 async fn receive_all(fanout: std::sync::Weak<RedisFanOut>, mut incoming: Incoming) {
+    let Some(stops) = fanout.upgrade().map(|f| f.node.stops_channel()) else {
+        return;
+    };
     while let Some(pushed) = incoming.next().await {
         let Some(fanout) = fanout.upgrade() else { return };
         match pushed {
-            Pushed::Message { channel, payload } if channel == fanout.node.stops_channel() => {
-                match decode_stop(&payload) {
-                    Some(request) => {
-                        let _ = fanout.stops.send(request);
-                    }
-                    None => tracing::warn!(%channel, "a stop request in Redis that no node writes; left alone"),
+            Pushed::Message { channel, payload } if channel == stops => match decode_stop(&payload) {
+                Some(request) => {
+                    let _ = fanout.stops.send(request);
                 }
-            }
+                None => tracing::warn!(%channel, "a stop request in Redis that no node writes; left alone"),
+            },
             Pushed::Message { channel, payload } => {
                 let Some(user) = fanout
                     .node

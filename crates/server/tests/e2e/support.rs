@@ -300,9 +300,7 @@ impl TestApp {
 
     /// `GET /metrics`, the text.
     pub(crate) async fn metrics(&self) -> String {
-        let url = format!("{}/metrics", self.client.base());
-        let response = self.client.http().get(url).send().await.unwrap();
-        response.text().await.unwrap()
+        self.client.metrics().await.unwrap()
     }
 
     /// Stops the server gracefully and waits for it.
