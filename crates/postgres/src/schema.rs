@@ -8,7 +8,7 @@ use switchboard_store::StoreError;
 use crate::connection::{Failure, Work};
 
 /// Migration `n` (from 1) brings a database from version `n - 1` to `n`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -120,6 +120,14 @@ CREATE TABLE node_leases (
     node TEXT COLLATE "C" PRIMARY KEY,
     expires_at BIGINT NOT NULL
 );
+"#;
+
+/// Fencing: `runs.owner` marks the process that runs a run (a node's name and a mark of its
+/// own, new at each start), so that a node's events are stored only while its runs are still
+/// its own. A run left running by schema 3 has no owner, and is closed by the next node that
+/// takes it over.
+const V4: &str = r#"
+ALTER TABLE runs ADD COLUMN owner TEXT COLLATE "C";
 "#;
 
 /// Brings the database up to [`SCHEMA_VERSION`]; returns the version it had.

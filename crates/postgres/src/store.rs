@@ -52,7 +52,7 @@ pub struct PgStore {
     appends: Arc<AtomicU64>,
     /// The node this store serves, on a database shared by a cluster: recorded with each run it
     /// accepts, and the name of its lease.
-    node: Option<Arc<str>>,
+    node: Option<Arc<Node>>,
     /// Messages waiting to be stored. Group commit: the messages that arrive while a group is
     /// stored form the next, one transaction for all, so that many users sending at once wait
     /// for a few commits, not for one commit each.
@@ -228,24 +228,46 @@ const DATABASE_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigi
 /// The most runs of gone nodes one claim takes.
 const CLAIM_AT_MOST: i64 = 1000;
 
+/// A node of a cluster, as its store knows it.
+#[derive(Debug)]
+struct Node {
+    /// Its name: the name of its lease, recorded with each run it accepts (`runs.node`).
+    name: String,
+    /// This process's own mark (`runs.owner`), recorded with the runs it accepts or takes over:
+    /// the events of a run are stored only while the run is still this process's, so that a
+    /// node cut off from the database for longer than its lease, whose runs another node closed
+    /// meanwhile, cannot add to them once it is back (nor can an earlier process of the same
+    /// name, whose runs the new one took over).
+    owner: String,
+}
+
 /// A node of a cluster: its lease, and the runs it takes over from nodes that are gone.
 impl PgStore {
     /// The store as node `node` of a cluster: each run it accepts records the node.
     pub fn for_node(mut self, node: &str) -> Self {
-        self.node = Some(Arc::from(node));
+        self.node = Some(Arc::new(Node {
+            name: node.to_owned(),
+            owner: format!("{node}/{}", uuid::Uuid::new_v4().simple()),
+        }));
         self
     }
 
     /// The node this store serves, if it is one.
     pub fn node(&self) -> Option<&str> {
-        self.node.as_deref()
+        self.node.as_ref().map(|node| node.name.as_str())
     }
 
     fn node_name(&self) -> Result<String, StoreError> {
-        self.node
-            .as_deref()
+        self.node()
             .map(str::to_owned)
             .ok_or_else(|| StoreError::Backend("a store of no node keeps no lease".into()))
+    }
+
+    fn owner(&self) -> Result<String, StoreError> {
+        self.node
+            .as_ref()
+            .map(|node| node.owner.clone())
+            .ok_or_else(|| StoreError::Backend("a store of no node takes no runs".into()))
     }
 
     /// How long this node's lease still runs, by the database's clock (`None`: it has none,
@@ -301,7 +323,7 @@ impl PgStore {
     /// was of, for this node to close. Each run is taken by one node only: the runs are locked
     /// as they are taken (others skip them), and a run taken is a live node's.
     pub async fn claim_runs(&self, own: bool) -> Result<Vec<(RunRecord, Option<String>)>, StoreError> {
-        let node = self.node_name()?;
+        let (node, owner) = (self.node_name()?, self.owner()?);
         self.with(move |client| {
             Box::pin(async move {
                 let returned = RUN_COLUMNS
@@ -310,7 +332,7 @@ impl PgStore {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let sql = format!(
-                    "UPDATE runs SET node = $1 FROM (
+                    "UPDATE runs SET node = $1, owner = $4 FROM (
                          SELECT id, node AS was FROM runs
                          WHERE status = 'running'
                            AND (node IS DISTINCT FROM $1 OR $2)
@@ -327,7 +349,7 @@ impl PgStore {
                      RETURNING {returned}, gone.was"
                 );
                 let statement = client.prepare_cached(&sql).await?;
-                let rows = client.query(&statement, &[&node, &own, &CLAIM_AT_MOST]).await?;
+                let rows = client.query(&statement, &[&node, &own, &CLAIM_AT_MOST, &owner]).await?;
                 let columns = RUN_COLUMNS.split(',').count();
                 let mut claimed = Vec::with_capacity(rows.len());
                 for row in &rows {
@@ -523,8 +545,8 @@ message AS (
     RETURNING id
 ),
 run AS (
-    INSERT INTO runs (id, user_id, thread_id, message_id, status, started_at, node)
-    SELECT $5, $3, $2, id, 'running', $7, $10 FROM message
+    INSERT INTO runs (id, user_id, thread_id, message_id, status, started_at, node, owner)
+    SELECT $5, $3, $2, id, 'running', $7, $10, $11 FROM message
     RETURNING id
 )
 SELECT (SELECT count(*) FROM run), (SELECT seen FROM earlier)
@@ -553,12 +575,13 @@ struct Accepting {
     existing_thread: bool,
     title: String,
     now: i64,
-    /// The node that will run it.
+    /// The node that will run it, and the process's mark.
     node: Option<String>,
+    owner: Option<String>,
 }
 
 impl Accepting {
-    fn of(message: NewMessage, node: Option<&str>) -> Self {
+    fn of(message: NewMessage, node: Option<&Node>) -> Self {
         let created_thread = message.thread_id.is_none();
         let thread_id = message.thread_id.clone().unwrap_or_else(ThreadId::generate);
         Self {
@@ -577,13 +600,14 @@ impl Accepting {
             now: now_millis(),
             created_thread,
             existing_thread: !created_thread,
-            node: node.map(str::to_owned),
+            node: node.map(|node| node.name.clone()),
+            owner: node.map(|node| node.owner.clone()),
             message,
         }
     }
 
     /// `ACCEPT`'s parameters.
-    fn parameters(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 10] {
+    fn parameters(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
         [
             &self.ids[0],
             &self.ids[1],
@@ -595,6 +619,7 @@ impl Accepting {
             &self.existing_thread,
             &self.title,
             &self.node,
+            &self.owner,
         ]
     }
 
@@ -627,7 +652,7 @@ impl Accepting {
 
 /// Stores one user message and its run (and its thread, when it starts one), all or nothing, in
 /// one statement (`ACCEPT`); a repeated `client_message_id` is answered with the earlier message.
-fn accept(client: &mut ClientWrapper, message: NewMessage, node: Option<Arc<str>>) -> Work<'_, Accepted> {
+fn accept(client: &mut ClientWrapper, message: NewMessage, node: Option<Arc<Node>>) -> Work<'_, Accepted> {
     Box::pin(async move {
         let accepting = Accepting::of(message, node.as_deref());
         let statement = client.prepare_cached(ACCEPT).await?;
@@ -669,7 +694,7 @@ const ACCEPT_GROUP: usize = 128;
 fn accept_together(
     client: &mut ClientWrapper,
     messages: Vec<NewMessage>,
-    node: Option<Arc<str>>,
+    node: Option<Arc<Node>>,
 ) -> Work<'_, Vec<Option<Accepted>>> {
     Box::pin(async move {
         let mut accepting: Vec<(usize, Accepting)> = messages
@@ -700,11 +725,16 @@ fn accept_together(
 /// its users' new last seqs (`log_batches`: a batch stored before fails the statement on its
 /// key, and nothing of it is stored again). The statement answers each user's new last seq;
 /// the caller numbers its records from it the same way.
+///
+/// `fenced` (its first part, `unfenced!` or `fenced!`) names the batch's runs that are no longer
+/// this process's: when there is any, nothing is stored and the statement answers those runs
+/// (each with the last seq -1) instead.
 macro_rules! append_sql {
-    ($($ends:literal)?) => {
-        concat!(r#"
-WITH batch AS (
+    ($fence:expr $(, $ends:expr)?) => {
+        concat!($fence, r#",
+batch AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS b (user_id, run_id, rest, n)
+    WHERE NOT EXISTS (SELECT 1 FROM fenced)
 ),
 advanced AS (
     INSERT INTO user_logs (user_id, last_seq)
@@ -724,25 +754,49 @@ stored AS (
 ),
 remembered AS (
     INSERT INTO log_batches (key, lasts, stored_at)
-    SELECT $4, array_agg(last_seq ORDER BY user_id COLLATE "C"), $5 FROM advanced
+    SELECT $4, array_agg(last_seq ORDER BY user_id COLLATE "C"), $5 FROM advanced HAVING count(*) > 0
 )"#,
             $($ends,)?
-            "\nSELECT user_id, last_seq FROM advanced\n"
+            "\nSELECT user_id, last_seq FROM advanced\nUNION ALL SELECT run_id, -1 FROM fenced\n"
         )
     };
 }
-const APPEND: &str = append_sql!();
 
-/// `APPEND` that also finishes the runs whose ends the batch carries, in the same statement
-/// (one round trip, one implicit transaction): each run's status, end time, duration, timings,
-/// model calls and missing agents; a completed run's answer as an assistant message in its
-/// thread (when the thread is still there), and the thread's `updated_at` moved to it.
-const APPEND_ENDING: &str = append_sql!(
-    r#",
+/// No run is fenced: a server alone on its database.
+macro_rules! unfenced {
+    () => {
+        "\nWITH fenced (run_id) AS (SELECT NULL::text WHERE false)"
+    };
+}
+
+/// The batch's runs that are not running under `owner` (the parameter of that number), a
+/// node's process: its runs, locked (`FOR SHARE`) until the statement commits, so that no other
+/// node takes one over meanwhile (`claim_runs` skips them), and so that a run another node took
+/// over first (the lock waits for it) is fenced.
+macro_rules! fenced {
+    ($owner:literal) => {
+        concat!(
+            "\nWITH owned AS (
+    SELECT id FROM runs WHERE id = ANY($2::text[]) AND owner = $",
+            $owner,
+            " AND status = 'running' FOR SHARE
+),
+fenced (run_id) AS (
+    SELECT DISTINCT run_id FROM UNNEST($2::text[]) AS r (run_id) WHERE run_id NOT IN (SELECT id FROM owned)
+)"
+        )
+    };
+}
+
+/// The ends of `APPEND_ENDING`.
+macro_rules! run_ends {
+    () => {
+        r#",
 ends AS (
     SELECT * FROM UNNEST($6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::text[],
                          $13::text[], $14::text[], $15::text[])
         AS e (user_id, run_id, status, at, duration_ms, timings, model_calls, missing, answer_id, answer)
+    WHERE NOT EXISTS (SELECT 1 FROM fenced)
 ),
 finished AS (
     UPDATE runs SET status = ends.status, finished_at = ends.at, duration_ms = ends.duration_ms,
@@ -764,7 +818,21 @@ touched AS (
     FROM (SELECT thread_id, max(created_at) AS at FROM answered GROUP BY thread_id) AS latest
     WHERE threads.id = latest.thread_id
 )"#
-);
+    };
+}
+
+const APPEND: &str = append_sql!(unfenced!());
+
+/// `APPEND` that also finishes the runs whose ends the batch carries, in the same statement
+/// (one round trip, one implicit transaction): each run's status, end time, duration, timings,
+/// model calls and missing agents; a completed run's answer as an assistant message in its
+/// thread (when the thread is still there), and the thread's `updated_at` moved to it.
+const APPEND_ENDING: &str = append_sql!(unfenced!(), run_ends!());
+
+/// `APPEND` and `APPEND_ENDING` on a node of a cluster, the process's mark the parameter after
+/// the others.
+const APPEND_FENCED: &str = append_sql!(fenced!("6"));
+const APPEND_ENDING_FENCED: &str = append_sql!(fenced!("16"), run_ends!());
 
 /// The constraint a batch stored before runs into.
 const BATCH_KEY: &str = "log_batches_pkey";
@@ -808,7 +876,14 @@ async fn earlier(
 const UNNUMBERED_PREFIX: &str = "{\"seq\":0,";
 
 /// Stores the rows, and finishes the runs whose ends they carry, in one statement. A batch stored before (its key is kept) is answered as it was then.
-fn append_all(client: &mut ClientWrapper, key: Vec<u8>, rows: Vec<EventRow>) -> Work<'_, Vec<StoredEvent>> {
+/// With `owner` (a node's process), only when each of the batch's runs is still running under
+/// it; else nothing is stored and the answer is `Conflict`, naming the runs.
+fn append_all(
+    client: &mut ClientWrapper,
+    key: Vec<u8>,
+    rows: Vec<EventRow>,
+    owner: Option<String>,
+) -> Work<'_, Vec<StoredEvent>> {
     Box::pin(async move {
         let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
         let (mut user_ids, mut run_ids, mut rests) = (
@@ -829,22 +904,10 @@ fn append_all(client: &mut ClientWrapper, key: Vec<u8>, rows: Vec<EventRow>) -> 
         }
         let now = now_millis();
         let ends = RunEnds::of(&rows)?;
-        let answer = if ends.is_empty() {
-            client
-                .query(
-                    &client.prepare_cached(APPEND).await?,
-                    &[&user_ids, &run_ids, &rests, &key, &now],
-                )
-                .await
-        } else {
-            let statement = client.prepare_cached(APPEND_ENDING).await?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
-                &user_ids,
-                &run_ids,
-                &rests,
-                &key,
-                &now,
-                &ends.user_ids,
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&user_ids, &run_ids, &rests, &key, &now];
+        if !ends.is_empty() {
+            params.extend([
+                &ends.user_ids as &(dyn tokio_postgres::types::ToSql + Sync),
                 &ends.run_ids,
                 &ends.statuses,
                 &ends.ats,
@@ -854,11 +917,37 @@ fn append_all(client: &mut ClientWrapper, key: Vec<u8>, rows: Vec<EventRow>) -> 
                 &ends.missing,
                 &ends.answer_ids,
                 &ends.answers,
-            ];
-            client.query(&statement, &params).await
+            ]);
+        }
+        let sql = match (ends.is_empty(), &owner) {
+            (true, None) => APPEND,
+            (false, None) => APPEND_ENDING,
+            (true, Some(_)) => APPEND_FENCED,
+            (false, Some(_)) => APPEND_ENDING_FENCED,
         };
+        if let Some(owner) = &owner {
+            params.push(owner);
+        }
+        let answer = client.query(&client.prepare_cached(sql).await?, &params).await;
         match answer {
-            Ok(advanced) => Ok(number(&rows, &counts, users_and_lasts(&advanced)?)?),
+            Ok(advanced) => {
+                let (fenced, advanced): (Vec<_>, Vec<_>) =
+                    users_and_lasts(&advanced)?.into_iter().partition(|(_, last)| *last < 0);
+                if !fenced.is_empty() {
+                    let runs: Vec<String> = fenced.into_iter().map(|(run, _)| run).collect();
+                    return Err(StoreError::Conflict(format!(
+                        "the run{} {} {} no longer this node's (another node took {} over while this one \
+                         could not reach PostgreSQL): {} events are not stored",
+                        if runs.len() == 1 { "" } else { "s" },
+                        runs.join(", "),
+                        if runs.len() == 1 { "is" } else { "are" },
+                        if runs.len() == 1 { "it" } else { "them" },
+                        if runs.len() == 1 { "its" } else { "their" },
+                    ))
+                    .into());
+                }
+                Ok(number(&rows, &counts, advanced)?)
+            }
             Err(error) if stored_before(&error) => earlier(client, &key, &rows, &counts).await,
             Err(error) => Err(error.into()),
         }
@@ -1224,7 +1313,8 @@ impl Store for PgStore {
         // Written before a connection is taken, so it is held only for the rows.
         let rows = EventRow::of(entries)?;
         let key = EntryKey::of_batch(entries).get().to_be_bytes().to_vec();
-        let stored = self.with(move |client| append_all(client, key, rows)).await?;
+        let owner = self.node.as_ref().map(|node| node.owner.clone());
+        let stored = self.with(move |client| append_all(client, key, rows, owner)).await?;
         if self.appends.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
             let store = self.clone();
             tokio::spawn(async move { store.forget_old_batches().await });

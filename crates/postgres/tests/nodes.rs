@@ -7,9 +7,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use switchboard_postgres::{PgOptions, PgStore};
-use switchboard_protocol::{RunId, RunStatus, UserId};
-use switchboard_store::testsuite::{append, entry, finished, new_message};
-use switchboard_store::{RunState, Store};
+use switchboard_protocol::{EventPayload, RunId, RunStatus, ThreadId, UserId};
+use switchboard_store::testsuite::{append, entry, finished, new_message, started};
+use switchboard_store::{RunState, Store, StoreError};
 
 const LIVE: Duration = Duration::from_secs(60);
 const GONE: Duration = Duration::ZERO;
@@ -150,4 +150,178 @@ async fn runs_of_no_node_are_taken_by_the_first_node_that_looks() {
     assert_eq!(claimed[0].1, None);
     // A store of no node keeps no lease.
     assert!(alone.renew_lease(LIVE).await.is_err());
+}
+
+/// How many of `run`'s stored events are final.
+async fn finals(store: &PgStore, user: &UserId, run: &RunId) -> usize {
+    store
+        .run_events(user, run)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|event| matches!(&event.payload, EventPayload::AgentCompleted(done) if done.is_final))
+        .count()
+}
+
+/// `run` (of `store`'s runs) and its user and thread.
+async fn running(store: &PgStore, run: &RunId) -> (UserId, ThreadId) {
+    let user = run_user(store, run).await;
+    let record = store.run(&user, run).await.unwrap().unwrap();
+    (user, record.thread_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_runs_were_taken_over_while_it_was_cut_off_stores_nothing_of_them_after() {
+    let url = support::fresh_database().await;
+    let (a, b) = (node(&url, "node-a").await, node(&url, "node-b").await);
+    a.renew_lease(LIVE).await.unwrap();
+    b.renew_lease(LIVE).await.unwrap();
+    let runs = runs_of(&a, 2).await;
+    let (taken, kept) = (&runs[0], &runs[1]);
+    let (user, thread) = running(&a, taken).await;
+    append(&a, entry(&user, taken, &thread, started(), None)).await;
+
+    // A cannot reach the database for longer than its lease: B takes its runs over and closes
+    // the first.
+    a.renew_lease(GONE).await.unwrap();
+    assert_eq!(ids(&b.claim_runs(false).await.unwrap()), runs.iter().cloned().collect());
+    let interrupted = entry(&user, taken, &thread, finished(RunStatus::Interrupted, None), None);
+    append(&b, interrupted).await;
+
+    // A is back, and its run ends (as it believes): nothing of it is stored, and it is told why.
+    let late = a
+        .append_events(&[entry(
+            &user,
+            taken,
+            &thread,
+            finished(RunStatus::Completed, Some("late")),
+            Some("late"),
+        )])
+        .await;
+    let Err(StoreError::Conflict(reason)) = late else {
+        panic!("A's late end was not refused: {late:?}");
+    };
+    assert!(
+        reason.contains(taken.as_str()) && reason.contains("no longer this node's"),
+        "{reason}"
+    );
+    assert_eq!(finals(&b, &user, taken).await, 1, "one final event: B's");
+    let record = b.run(&user, taken).await.unwrap().unwrap();
+    assert_eq!(record.state, RunState::Finished(RunStatus::Interrupted));
+    // Nor is anything of a batch that holds an event of a run taken over (all or nothing); nor
+    // a run B has not closed yet: it is B's.
+    let (kept_user, kept_thread) = running(&b, kept).await;
+    let mixed = [
+        entry(&kept_user, kept, &kept_thread, started(), None),
+        entry(&user, taken, &thread, started(), None),
+    ];
+    assert!(matches!(a.append_events(&mixed).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        a.append_events(&mixed[..1]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        b.run_events(&kept_user, kept).await.unwrap().is_empty(),
+        "nothing of A's stored"
+    );
+    // B, whose runs they are, stores them.
+    assert_eq!(b.append_events(&mixed[..1]).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_started_again_under_a_nodes_name_fences_the_one_before() {
+    let url = support::fresh_database().await;
+    let before = node(&url, "node-a").await;
+    before.renew_lease(LIVE).await.unwrap();
+    let runs = runs_of(&before, 1).await;
+    let (user, thread) = running(&before, &runs[0]).await;
+    let again = node(&url, "node-a").await;
+    assert_eq!(
+        ids(&again.claim_runs(true).await.unwrap()),
+        HashSet::from([runs[0].clone()])
+    );
+    let end = entry(
+        &user,
+        &runs[0],
+        &thread,
+        finished(RunStatus::Completed, Some("late")),
+        Some("late"),
+    );
+    assert!(matches!(
+        before.append_events(std::slice::from_ref(&end)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let interrupted = entry(&user, &runs[0], &thread, finished(RunStatus::Interrupted, None), None);
+    append(&again, interrupted).await;
+    assert_eq!(finals(&again, &user, &runs[0]).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_ending_on_its_node_while_another_takes_it_over_gets_one_final_event() {
+    let url = support::fresh_database().await;
+    let (a, b) = (node(&url, "node-a").await, node(&url, "node-b").await);
+    b.renew_lease(LIVE).await.unwrap();
+    let runs = runs_of(&a, 20).await;
+    a.renew_lease(GONE).await.unwrap();
+    let mut users = Vec::new();
+    for run in &runs {
+        users.push(running(&a, run).await);
+    }
+    // A ends each run while B, which finds A's lease run out, takes them over and closes them
+    // (from the moment A's first end is stored, so that the two overlap): each run is ended by
+    // one of them, never both.
+    let (first_stored, mut a_storing) = tokio::sync::mpsc::unbounded_channel();
+    let ends = runs.iter().zip(&users).map(|(run, (user, thread))| {
+        let (a, first_stored) = (a.clone(), first_stored.clone());
+        let end = entry(
+            user,
+            run,
+            thread,
+            finished(RunStatus::Completed, Some("done")),
+            Some("done"),
+        );
+        tokio::spawn(async move {
+            let stored = a.append_events(&[end]).await.is_ok();
+            let _ = first_stored.send(());
+            stored
+        })
+    });
+    let ends: Vec<_> = ends.collect();
+    let takeover = async {
+        a_storing.recv().await;
+        let mut closed = Vec::new();
+        loop {
+            let claimed = b.claim_runs(false).await.unwrap();
+            if claimed.is_empty() {
+                // Nothing taken: done once none of A's runs is running (a run A is ending is
+                // locked, and passed over, until A's end is stored).
+                let still = b.running_runs().await.unwrap();
+                if still.iter().all(|record| !runs.contains(&record.id)) {
+                    break;
+                }
+            }
+            for (record, _) in claimed {
+                let end = entry(
+                    &record.user_id,
+                    &record.id,
+                    &record.thread_id,
+                    finished(RunStatus::Interrupted, None),
+                    None,
+                );
+                b.append_events(&[end]).await.unwrap();
+                closed.push(record.id);
+            }
+        }
+        closed
+    };
+    let (stored_on_a, closed_by_b) = tokio::join!(futures_util::future::try_join_all(ends), takeover);
+    let stored_on_a = stored_on_a.unwrap();
+    for (n, (run, (user, _))) in runs.iter().zip(&users).enumerate() {
+        assert_eq!(finals(&b, user, run).await, 1, "{run}: exactly one final event");
+        assert_ne!(
+            stored_on_a[n],
+            closed_by_b.contains(run),
+            "{run}: ended by A or by B, not both"
+        );
+    }
 }

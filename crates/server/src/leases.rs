@@ -112,9 +112,16 @@ async fn take_over(store: &PgStore, own: bool, taken: &mut Taken) -> Result<(), 
 async fn close_taken(log: &EventLog, taken: &mut Taken) -> Result<usize, StoreError> {
     let mut closed = 0;
     while let Some((run, why)) = taken.0.first() {
-        recovery::close_runs(log, std::slice::from_ref(run), why).await?;
+        match recovery::close_runs(log, std::slice::from_ref(run), why).await {
+            Ok(()) => closed += 1,
+            // Another node took it over since (this node could not renew its lease for that
+            // long): closing it is that node's now.
+            Err(StoreError::Conflict(reason)) => {
+                tracing::warn!(run_id = %run.id, %reason, "a run taken over is another node's now; that node closes it");
+            }
+            Err(error) => return Err(error),
+        }
         taken.0.remove(0);
-        closed += 1;
     }
     Ok(closed)
 }

@@ -23,6 +23,10 @@ pub(crate) trait Observer: Send + Sync + 'static {
 
     /// A batch of `events` was stored in one transaction that took `took`.
     fn batch_stored(&self, _events: usize, _took: Duration) {}
+
+    /// The store refused one event that cannot be stored (its run is another node's now, or
+    /// it is bad), which the engine gives up. (A larger batch refused is split and tried again.)
+    fn refused(&self, _events: usize) {}
 }
 
 /// The store, the fan-out and the observers, as one log.
@@ -160,7 +164,16 @@ impl EventSink for EventLog {
             tracing::error!(%error, "events not stored");
             match error {
                 // The batch holds something the store cannot take: trying it again cannot help.
-                StoreError::Corrupt(_) | StoreError::Conflict(_) => SinkError::Refused(error.to_string()),
+                // (The engine splits a batch refused until the events refused are alone, and
+                // gives those up.)
+                StoreError::Corrupt(_) | StoreError::Conflict(_) => {
+                    if let [_one] = batch {
+                        for observer in &self.observers {
+                            observer.refused(1);
+                        }
+                    }
+                    SinkError::Refused(error.to_string())
+                }
                 StoreError::Backend(_)
                 | StoreError::NotFound(_)
                 | StoreError::TimedOut { .. }

@@ -70,6 +70,9 @@ pub(crate) struct Metrics {
     pub(crate) events_sent: Counter,
     /// Run events stored.
     pub(crate) events_stored: Counter,
+    /// Run events the store refused, and which are given up: of runs another node took over,
+    /// or that cannot be stored as they are.
+    pub(crate) events_refused: Counter,
     /// Events per batch the event log stored in one transaction.
     pub(crate) event_batch_size: Histogram,
     /// How long the store took for one batch of events.
@@ -102,6 +105,7 @@ impl Default for Metrics {
         let first_event_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let events_sent = Counter::default();
         let events_stored = Counter::default();
+        let events_refused = Counter::default();
         let event_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let event_batch_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let errors = Family::<CodeLabel, Counter>::default();
@@ -129,6 +133,11 @@ impl Default for Metrics {
             events_sent.clone(),
         );
         registry.register("events_stored", "Run events stored", events_stored.clone());
+        registry.register(
+            "events_refused",
+            "Run events the store refused (of runs another node took over, or that cannot be stored)",
+            events_refused.clone(),
+        );
         registry.register(
             "event_batch_size",
             "Events the event log stored in one transaction",
@@ -160,6 +169,7 @@ impl Default for Metrics {
             first_event_latency,
             events_sent,
             events_stored,
+            events_refused,
             event_batch_size,
             event_batch_seconds,
             errors,
@@ -250,5 +260,9 @@ impl Observer for Metrics {
     fn batch_stored(&self, events: usize, took: std::time::Duration) {
         self.event_batch_size.observe(events as f64);
         self.event_batch_seconds.observe(took.as_secs_f64());
+    }
+
+    fn refused(&self, events: usize) {
+        self.events_refused.inc_by(events as u64);
     }
 }

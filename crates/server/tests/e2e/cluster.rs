@@ -291,6 +291,75 @@ async fn a_node_killed_mid_run_has_its_run_closed_once_by_another_and_started_ag
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_postgresql_past_its_lease_adds_nothing_to_its_run_once_another_closed_it() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let proxy = FaultProxy::start(address_of(&database)).await.unwrap();
+    let slow = &["--model-latency-ms", "60000"];
+    let a = spawn_node(&through(&database, proxy.addr()), &redis, "node-a", slow).await;
+    let b = spawn_node(&database, &redis, "node-b", &[]).await;
+    let session = a.user("lee").await;
+    let mut on_a = a.connect(&session).await;
+    let mut on_b = b.connect(&session).await;
+    let accepted = send(&mut on_a, "will node A be fenced?").await;
+    loop {
+        if let ServerFrame::Event(event) = next(&mut on_b).await
+            && event.type_name() == "tool_completed"
+        {
+            break;
+        }
+    }
+    // A loses PostgreSQL (and not Redis, nor its users): past its lease, B closes A's run.
+    proxy.set(Fault::Refuse);
+    let seen_b = until_final(&mut on_b, &accepted.run_id).await;
+    assert_eq!(final_status(&seen_b), Some(RunStatus::Interrupted));
+
+    // A reaches PostgreSQL again, its run still going there; stopped on A, it ends (as A
+    // believes): nothing of that end is stored, and A says why.
+    proxy.set(Fault::None);
+    let (status, body) = a
+        .client
+        .post(
+            &format!("/api/runs/{}/cancel", accepted.run_id),
+            Some(&session.access_token),
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "A still runs it: {body}");
+    let line = a
+        .logged(&["given up", accepted.run_id.as_str(), "no longer this node's"])
+        .await;
+    assert!(line.contains("another node took it over"), "{line}");
+    let refused = a.metrics().await;
+    assert!(
+        refused
+            .lines()
+            .any(|l| l.starts_with("switchboard_events_refused_total ") && !l.ends_with(" 0")),
+        "{refused}"
+    );
+
+    // The run, replayed from the start on either node: B's end, the only one.
+    let mut wholes = Vec::new();
+    for node in [&a, &b] {
+        let mut replay = node.client.connect(&session.access_token, Some(0)).await.unwrap();
+        let whole = until_final(&mut replay, &accepted.run_id).await;
+        check_gapless(&whole).unwrap();
+        check_run(&whole).unwrap();
+        assert_eq!(whole.iter().filter(|e| e.is_final()).count(), 1);
+        assert_eq!(final_status(&whole), Some(RunStatus::Interrupted));
+        wholes.push(whole);
+    }
+    assert_same_stream(&wholes[0], &wholes[1]);
+    // Nor anything of it after its end: a run started now (on B, whose model answers at once)
+    // is the next thing in the user's log.
+    let after = send(&mut on_b, "after the fence").await;
+    let next_run = until_final(&mut on_b, &after.run_id).await;
+    assert_eq!(next_run[0].seq.get(), wholes[1].last().unwrap().seq.get() + 1);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 /// The answer to a message: its acceptance, or the error's code.
 async fn answer(socket: &mut switchboard::client::Socket) -> Result<switchboard_protocol::RunId, ErrorCode> {
     loop {

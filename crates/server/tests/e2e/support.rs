@@ -37,7 +37,11 @@ pub(crate) struct TestApp {
 /// Where a test's server runs: in the test's runtime, or as a process of its own.
 enum Served {
     Task(tokio::task::JoinHandle<anyhow::Result<()>>),
-    Process(tokio::process::Child),
+    /// A node's process, and the lines it logs from when it listened.
+    Process(
+        Box<tokio::process::Child>,
+        tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
+    ),
 }
 
 fn test_config(dir: &std::path::Path) -> Config {
@@ -169,7 +173,12 @@ pub(crate) async fn spawn_node(database: &str, redis: &str, node: &str, flags: &
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (logged, log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = logged.send(line);
+        }
+    });
     let store = PgStore::connect(database, PgOptions::default()).await.unwrap();
     let analytics = SqliteAnalytics::open(&dir.path().join("handle-workload.sqlite3"))
         .await
@@ -179,7 +188,7 @@ pub(crate) async fn spawn_node(database: &str, redis: &str, node: &str, flags: &
         stop: CancellationToken::new(),
         store: Arc::new(HangingStore::new(Arc::new(store), Arc::new(analytics))),
         router: axum::Router::new(),
-        server: Served::Process(child),
+        server: Served::Process(Box::new(child), tokio::sync::Mutex::new(log)),
         _dir: Some(dir),
     }
 }
@@ -308,7 +317,7 @@ impl TestApp {
         self.stop.cancel();
         match self.server {
             Served::Task(task) => task.await.unwrap(),
-            Served::Process(mut child) => {
+            Served::Process(mut child, _) => {
                 let pid = child.id().expect("a running process").to_string();
                 let sent = tokio::process::Command::new("kill")
                     .args(["-TERM", &pid])
@@ -322,9 +331,29 @@ impl TestApp {
         }
     }
 
+    /// Waits for the next line a node's process logs that holds each of `parts` (at most 30 s),
+    /// and returns it.
+    pub(crate) async fn logged(&self, parts: &[&str]) -> String {
+        let Served::Process(_, log) = &self.server else {
+            panic!("only a node in a process of its own is read");
+        };
+        let mut log = log.lock().await;
+        let wait = async {
+            loop {
+                let line = log.recv().await.expect("the node logs on");
+                if parts.iter().all(|part| line.contains(part)) {
+                    return line;
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("the node logged no line with {parts:?}"))
+    }
+
     /// `kill -9` of a node's process, and waits for it to be gone.
     pub(crate) async fn kill(&mut self) {
-        let Served::Process(child) = &mut self.server else {
+        let Served::Process(child, _) = &mut self.server else {
             panic!("only a node in a process of its own can be killed");
         };
         child.start_kill().unwrap();
