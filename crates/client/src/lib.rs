@@ -5,6 +5,8 @@
 
 pub mod chat;
 mod client;
+pub mod contract;
 pub mod ingest;
+pub mod loadtest;
 
 pub use client::{Client, Session, SignIn, Socket};

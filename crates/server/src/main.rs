@@ -1,4 +1,4 @@
-//! `switchboard`: `serve` runs the server; `chat` and `ingest` talk to one.
+//! `switchboard`: `serve` runs the server; `chat`, `ingest` and `loadtest` talk to one.
 
 use std::process::ExitCode;
 
@@ -7,6 +7,7 @@ use switchboard::demo_data::DemoDataArgs;
 use switchboard::{Application, Config, ServeArgs, telemetry};
 use switchboard_client::chat::ChatArgs;
 use switchboard_client::ingest::IngestArgs;
+use switchboard_client::loadtest::LoadtestArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about = "A real-time AI-agent chat server")]
@@ -25,6 +26,9 @@ enum Command {
     Ingest(IngestArgs),
     /// Writes a realistic synthetic month of model calls as NDJSON, to try the product with.
     DemoData(DemoDataArgs),
+    /// Drives users against a running server, checks every run's events, and exits 1 when an
+    /// SLA threshold is violated.
+    Loadtest(Box<LoadtestArgs>),
 }
 
 fn main() -> ExitCode {
@@ -57,5 +61,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => runtime.block_on(switchboard_client::chat::run(args)),
         Command::Ingest(args) => runtime.block_on(switchboard_client::ingest::ingest(args)),
         Command::DemoData(args) => switchboard::demo_data::demo_data(args),
+        Command::Loadtest(args) => runtime.block_on(switchboard_client::loadtest::command(*args)),
     }
 }
