@@ -271,14 +271,6 @@ impl StreamCheck {
         &self.problems
     }
 
-    /// Runs this connection started whose final event has not come yet.
-    pub fn unfinished(&self) -> usize {
-        self.runs
-            .values()
-            .filter(|r| r.accepted_thread.is_some() && !r.ended)
-            .count()
-    }
-
     /// The end of the stream: every problem, with a `MissingFinal` for each run this connection
     /// started that did not end.
     pub fn finish(mut self) -> Vec<Problem> {
