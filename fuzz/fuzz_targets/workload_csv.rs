@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use switchboard::ingest::parse_csv;
+use switchboard_client::ingest::parse_csv;
 use switchboard_agents::workload::parse_ndjson;
 use switchboard_fuzz::{check_upload, prices};
 

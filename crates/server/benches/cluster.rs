@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::future::try_join_all;
-use switchboard::client::{Client, Socket};
+use switchboard_client::{Client, Socket};
 use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, RunId, ServerFrame, UserMessage};
 use tokio::process::Child;
 

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use switchboard::client::{Client, Session, Socket};
 use switchboard_agents::demo::demo_month_of_about;
+use switchboard_client::{Client, Session, Socket};
 use switchboard_protocol::{ClientFrame, Control, ServerFrame, UserMessage};
 
 const CALLS: u32 = 900_000;

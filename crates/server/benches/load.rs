@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use switchboard::client::{Client, Session, Socket};
+use switchboard_client::{Client, Session, Socket};
 use switchboard_protocol::{ClientFrame, Control, RunTimings, ServerFrame, UserMessage};
 
 /// Where the servers keep their data: the embedded SQLite stores, or PostgreSQL and ClickHouse

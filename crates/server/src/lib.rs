@@ -1,5 +1,6 @@
 //! The Switchboard server: WebSocket chat with AI agents (PROTOCOL.md), its HTTP API, health
-//! and metrics, on the engine and the store; and the clients that talk to it.
+//! and metrics, on the engine and the store. The clients that talk to it are in
+//! `switchboard-client`.
 //!
 //! `Application::build(config)` binds; `run_until_stopped()` serves until SIGTERM, Ctrl-C or the
 //! stop handle.
@@ -7,17 +8,15 @@
 mod api;
 pub mod app;
 mod auth;
-pub mod chat;
-pub mod client;
 mod cluster;
 pub mod config;
 pub mod conformance;
 mod delivery;
+pub mod demo_data;
 mod error;
 mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod ingest;
 mod leases;
 mod limits;
 mod listener;

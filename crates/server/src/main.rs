@@ -1,11 +1,13 @@
-//! `switchboard`: `serve` runs the server, `chat` talks to one from the terminal.
+//! `switchboard`: `serve` runs the server; `chat`, `ingest` and `loadtest` talk to one.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchboard::chat::ChatArgs;
-use switchboard::ingest::{DemoDataArgs, IngestArgs};
+use switchboard::demo_data::DemoDataArgs;
 use switchboard::{Application, Config, ServeArgs, telemetry};
+use switchboard_client::chat::ChatArgs;
+use switchboard_client::ingest::IngestArgs;
+use switchboard_client::loadtest::LoadtestArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about = "A real-time AI-agent chat server")]
@@ -24,6 +26,9 @@ enum Command {
     Ingest(IngestArgs),
     /// Writes a realistic synthetic month of model calls as NDJSON, to try the product with.
     DemoData(DemoDataArgs),
+    /// Drives users against a running server, checks every run's events, and exits 1 when an
+    /// SLA threshold is violated.
+    Loadtest(Box<LoadtestArgs>),
 }
 
 fn main() -> ExitCode {
@@ -53,8 +58,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 app.run_until_stopped().await
             })
         }
-        Command::Chat(args) => runtime.block_on(switchboard::chat::run(args)),
-        Command::Ingest(args) => runtime.block_on(switchboard::ingest::ingest(args)),
-        Command::DemoData(args) => switchboard::ingest::demo_data(args),
+        Command::Chat(args) => runtime.block_on(switchboard_client::chat::run(args)),
+        Command::Ingest(args) => runtime.block_on(switchboard_client::ingest::ingest(args)),
+        Command::DemoData(args) => switchboard::demo_data::demo_data(args),
+        Command::Loadtest(args) => runtime.block_on(switchboard_client::loadtest::command(*args)),
     }
 }

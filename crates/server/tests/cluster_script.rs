@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use switchboard::client::{Client, Socket};
+use switchboard_client::{Client, Socket};
 use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, RunId, ServerFrame, UserMessage};
 use tokio::process::Command;
 

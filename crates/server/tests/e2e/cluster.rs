@@ -17,14 +17,14 @@ use crate::support::{
 };
 
 /// Reads `socket` until the final event of `run` (at most 30 s: a lost event, not a slow one).
-async fn until_final(socket: &mut switchboard::client::Socket, run: &switchboard_protocol::RunId) -> Vec<Event> {
+async fn until_final(socket: &mut switchboard_client::Socket, run: &switchboard_protocol::RunId) -> Vec<Event> {
     tokio::time::timeout(Duration::from_secs(30), events_until_final(socket, run))
         .await
         .expect("the run's final event arrives")
 }
 
 /// A ticket bought on `node`, as the query that opens a socket with it.
-async fn ticket(node: &crate::support::TestApp, session: &switchboard::client::Session) -> String {
+async fn ticket(node: &crate::support::TestApp, session: &switchboard_client::Session) -> String {
     let (_, body) = node
         .client
         .post("/api/ws-ticket", Some(&session.access_token), &serde_json::json!({}))
@@ -361,7 +361,7 @@ async fn a_node_cut_off_from_postgresql_past_its_lease_adds_nothing_to_its_run_o
 }
 
 /// The answer to a message: its acceptance, or the error's code.
-async fn answer(socket: &mut switchboard::client::Socket) -> Result<switchboard_protocol::RunId, ErrorCode> {
+async fn answer(socket: &mut switchboard_client::Socket) -> Result<switchboard_protocol::RunId, ErrorCode> {
     loop {
         match next(socket).await {
             ServerFrame::Control(frame) => match frame.body {

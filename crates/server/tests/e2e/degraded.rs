@@ -8,8 +8,8 @@ use futures_util::StreamExt;
 use std::time::Duration;
 
 use switchboard::Config;
-use switchboard::client::Socket;
 use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
+use switchboard_client::Socket;
 use switchboard_engine::testkit::{check_gapless, check_run, final_status};
 use switchboard_faultproxy::{Fault, FaultProxy};
 use switchboard_postgres::{PgOptions, PgStore};

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use switchboard::client::Client;
+use switchboard_client::Client;
 use switchboard_engine::testkit::{check_gapless, check_run, final_status, summary};
 use switchboard_protocol::{ErrorCode, Event, RunStatus, ServerFrame};
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -10,6 +10,7 @@ mod http;
 mod isolation;
 mod lifecycle;
 mod llm;
+mod loadtest;
 mod login;
 mod openapi;
 mod raw;

@@ -8,7 +8,7 @@ use switchboard_protocol::{ClientFrame, Control, Event, Resume, Seq, ServerFrame
 
 use crate::support::{events_until_final, next, send, spawn_app, spawn_app_with};
 
-async fn resumed(socket: &mut switchboard::client::Socket) -> (u64, u64) {
+async fn resumed(socket: &mut switchboard_client::Socket) -> (u64, u64) {
     match next(socket).await {
         ServerFrame::Control(c) => match c.body {
             Control::Resumed(r) => (r.from_seq.get(), r.to_seq.get()),

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use switchboard::client::{Client, Session, Socket};
 use switchboard::{Application, Config};
 use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions};
+use switchboard_client::{Client, Session, Socket};
 use switchboard_postgres::{PgOptions, PgStore};
 use switchboard_protocol::{
     ClientFrame, Control, ErrorCode, ErrorPayload, Event, LogEntry, MessageAccepted, RunId, Seq, ServerFrame, ThreadId,

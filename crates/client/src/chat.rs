@@ -10,7 +10,7 @@ use clap::Args;
 use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, ServerFrame, ThreadId, UserMessage};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::client::SignIn;
+use crate::SignIn;
 
 /// Options of `switchboard chat`.
 #[derive(Debug, Clone, Args)]

@@ -1,12 +1,15 @@
 //! A typed client of the Switchboard protocol: HTTP sign-in and a WebSocket that speaks
-//! `ClientFrame` and `ServerFrame`. Used by `switchboard chat`, the tests and the load benchmark.
+//! `ClientFrame` and `ServerFrame`. Used by the commands of this crate, the server's tests and its
+//! benchmarks.
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use switchboard_protocol::http::{Credentials, DevLoginRequest, SignedIn};
-use switchboard_protocol::{ClientFrame, Control, PROTOCOL_NAME, ServerFrame, UserId};
+use switchboard_protocol::{
+    ClientFrame, ConnectionEstablished, Control, ControlFrame, PROTOCOL_NAME, ServerFrame, UserId,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -193,10 +196,8 @@ impl Client {
     /// `connection_established`.
     pub async fn connect_established(&self, token: &str, after_seq: Option<u64>) -> anyhow::Result<Socket> {
         let mut socket = self.connect(token, after_seq).await?;
-        match socket.next_frame().await? {
-            Some(ServerFrame::Control(c)) if matches!(c.body, Control::ConnectionEstablished(_)) => Ok(socket),
-            other => anyhow::bail!("expected connection_established, got {other:?}"),
-        }
+        socket.established().await?;
+        Ok(socket)
     }
 
     /// Opens a socket, offering the token as subprotocol `jwt.<token>` beside `switchboard.v1`.
@@ -236,6 +237,17 @@ impl Socket {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         Ok(Self { ws, protocol })
+    }
+
+    /// Reads the first frame of a socket, which must be `connection_established`.
+    pub async fn established(&mut self) -> anyhow::Result<ConnectionEstablished> {
+        match self.next_frame().await? {
+            Some(ServerFrame::Control(ControlFrame {
+                body: Control::ConnectionEstablished(established),
+                ..
+            })) => Ok(established),
+            other => anyhow::bail!("expected connection_established, got {other:?}"),
+        }
     }
 
     /// Sends a frame.
