@@ -107,26 +107,14 @@ impl Client {
         token: Option<&str>,
         body: &(impl Serialize + ?Sized),
     ) -> anyhow::Result<(u16, Value)> {
-        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.with_context(|| format!("POST {path}"))?;
-        let status = response.status().as_u16();
-        let body = response.json::<Value>().await.unwrap_or(Value::Null);
-        Ok((status, body))
+        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        answer(request, token, || format!("POST {path}")).await
     }
 
     /// `GET {base}{path}`; the status and the JSON answer.
     pub async fn get(&self, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Value)> {
-        let mut request = self.http.get(format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.with_context(|| format!("GET {path}"))?;
-        let status = response.status().as_u16();
-        let body = response.json::<Value>().await.unwrap_or(Value::Null);
-        Ok((status, body))
+        let request = self.http.get(format!("{}{path}", self.base));
+        answer(request, token, || format!("GET {path}")).await
     }
 
     /// Registers and signs in.
@@ -290,4 +278,20 @@ impl Socket {
     pub async fn close(mut self) -> anyhow::Result<()> {
         self.ws.close(None).await.context("closing the socket")
     }
+}
+
+/// Sends `request` (with `token` as its bearer, if any); the status and the JSON answer (null
+/// when it is not JSON). `what` names the request in an error.
+async fn answer(
+    mut request: reqwest::RequestBuilder,
+    token: Option<&str>,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<(u16, Value)> {
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(what)?;
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, body))
 }

@@ -263,11 +263,9 @@ impl PgStore {
             .ok_or_else(|| StoreError::Backend("a store of no node keeps no lease".into()))
     }
 
-    fn owner(&self) -> Result<String, StoreError> {
-        self.node
-            .as_ref()
-            .map(|node| node.owner.clone())
-            .ok_or_else(|| StoreError::Backend("a store of no node takes no runs".into()))
+    /// This process's mark, on a node.
+    fn owner(&self) -> Option<String> {
+        self.node.as_ref().map(|node| node.owner.clone())
     }
 
     /// How long this node's lease still runs, by the database's clock (`None`: it has none,
@@ -323,7 +321,8 @@ impl PgStore {
     /// was of, for this node to close. Each run is taken by one node only: the runs are locked
     /// as they are taken (others skip them), and a run taken is a live node's.
     pub async fn claim_runs(&self, own: bool) -> Result<Vec<(RunRecord, Option<String>)>, StoreError> {
-        let (node, owner) = (self.node_name()?, self.owner()?);
+        let node = self.node_name()?;
+        let owner = self.owner().unwrap_or_default();
         self.with(move |client| {
             Box::pin(async move {
                 let returned = RUN_COLUMNS
@@ -935,14 +934,14 @@ fn append_all(
                     users_and_lasts(&advanced)?.into_iter().partition(|(_, last)| *last < 0);
                 if !fenced.is_empty() {
                     let runs: Vec<String> = fenced.into_iter().map(|(run, _)| run).collect();
+                    let (s, is, it, its) = match runs.len() {
+                        1 => ("", "is", "it", "its"),
+                        _ => ("s", "are", "them", "their"),
+                    };
                     return Err(StoreError::Conflict(format!(
-                        "the run{} {} {} no longer this node's (another node took {} over while this one \
-                         could not reach PostgreSQL): {} events are not stored",
-                        if runs.len() == 1 { "" } else { "s" },
+                        "the run{s} {} {is} no longer this node's (another node took {it} over while this one \
+                         could not reach PostgreSQL): {its} events are not stored",
                         runs.join(", "),
-                        if runs.len() == 1 { "is" } else { "are" },
-                        if runs.len() == 1 { "it" } else { "them" },
-                        if runs.len() == 1 { "its" } else { "their" },
                     ))
                     .into());
                 }
@@ -1313,7 +1312,7 @@ impl Store for PgStore {
         // Written before a connection is taken, so it is held only for the rows.
         let rows = EventRow::of(entries)?;
         let key = EntryKey::of_batch(entries).get().to_be_bytes().to_vec();
-        let owner = self.node.as_ref().map(|node| node.owner.clone());
+        let owner = self.owner();
         let stored = self.with(move |client| append_all(client, key, rows, owner)).await?;
         if self.appends.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
             let store = self.clone();

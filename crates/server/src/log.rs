@@ -26,7 +26,7 @@ pub(crate) trait Observer: Send + Sync + 'static {
 
     /// The store refused one event that cannot be stored (its run is another node's now, or
     /// it is bad), which the engine gives up. (A larger batch refused is split and tried again.)
-    fn refused(&self, _events: usize) {}
+    fn refused(&self) {}
 }
 
 /// The store, the fan-out and the observers, as one log.
@@ -169,7 +169,7 @@ impl EventSink for EventLog {
                 StoreError::Corrupt(_) | StoreError::Conflict(_) => {
                     if let [_one] = batch {
                         for observer in &self.observers {
-                            observer.refused(1);
+                            observer.refused();
                         }
                     }
                     SinkError::Refused(error.to_string())

@@ -262,7 +262,7 @@ impl Observer for Metrics {
         self.event_batch_seconds.observe(took.as_secs_f64());
     }
 
-    fn refused(&self, events: usize) {
-        self.events_refused.inc_by(events as u64);
+    fn refused(&self) {
+        self.events_refused.inc();
     }
 }
