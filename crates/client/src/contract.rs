@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde_json::Value;
 use switchboard_protocol::{
-    AgentName, Control, Event, EventPayload, RunId, RunStatus, Seq, ServerFrame, ThreadId, TraceId,
+    AgentName, Control, ErrorCode, Event, EventPayload, RunId, RunStatus, Seq, ServerFrame, ThreadId, TraceId,
 };
 
 /// One way a stream broke the contract.
@@ -196,6 +196,9 @@ struct RunState {
     told: Option<AgentName>,
     /// Whether its final event came.
     ended: bool,
+    /// Whether it is taken to be the run of a message whose storing the server could not
+    /// confirm (`store_unavailable`): it must end like one this connection started.
+    adopted: bool,
 }
 
 impl RunState {
@@ -208,6 +211,7 @@ impl RunState {
             tools: HashMap::new(),
             told: None,
             ended: false,
+            adopted: false,
         }
     }
 }
@@ -223,6 +227,10 @@ pub struct StreamCheck {
     seen: HashSet<Seq>,
     runs: HashMap<RunId, RunState>,
     problems: Vec<Problem>,
+    /// Messages the server answered with `store_unavailable`: each may have been stored after
+    /// all, and its run start later without a `message_accepted` (the server starts the run of
+    /// a message stored once the store answers again).
+    uncertain: usize,
 }
 
 impl StreamCheck {
@@ -235,6 +243,7 @@ impl StreamCheck {
             seen: HashSet::new(),
             runs: HashMap::new(),
             problems: Vec::new(),
+            uncertain: 0,
         }
     }
 
@@ -247,9 +256,13 @@ impl StreamCheck {
                     self.last = Some(established.last_seq);
                 }
                 Control::Resumed(resumed) => self.last = Some(resumed.from_seq),
+                Control::Error(error) if error.code == ErrorCode::StoreUnavailable && error.reference.is_some() => {
+                    self.uncertain += 1;
+                }
                 Control::MessageAccepted(accepted) => match self.runs.get_mut(&accepted.run_id) {
-                    // The same client_message_id sent again is answered with the same run.
-                    Some(run) if run.accepted_thread.is_some() => {}
+                    // The same client_message_id sent again is answered with the same run (also
+                    // the run of a message whose storing was uncertain, when it is sent again).
+                    Some(run) if run.accepted_thread.is_some() || run.adopted => {}
                     Some(run) => {
                         run.accepted_thread = Some(accepted.thread_id.clone());
                         self.problems.push(Problem::BeforeAccepted {
@@ -277,7 +290,7 @@ impl StreamCheck {
         let mut missing: Vec<RunId> = self
             .runs
             .iter()
-            .filter(|(_, r)| r.accepted_thread.is_some() && !r.ended)
+            .filter(|(_, r)| (r.accepted_thread.is_some() || r.adopted) && !r.ended)
             .map(|(id, _)| id.clone())
             .collect();
         missing.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -320,11 +333,16 @@ impl StreamCheck {
         let shared = self.shared;
         let problems = &mut self.problems;
         let run_id = &event.run_id;
+        let uncertain = &mut self.uncertain;
         let run = self.runs.entry(run_id.clone()).or_insert_with(|| {
-            if !shared {
+            let mut run = RunState::new(None);
+            if *uncertain > 0 {
+                *uncertain -= 1;
+                run.adopted = true;
+            } else if !shared {
                 problems.push(Problem::UnknownRun { run: run_id.clone() });
             }
-            RunState::new(None)
+            run
         });
         let seq = event.seq;
         if run.ended {
@@ -634,6 +652,27 @@ mod tests {
         let again = stream[13].clone();
         stream.insert(14, again);
         assert_eq!(check(&stream), vec![Problem::Duplicate { seq: Seq::new(21) }]);
+    }
+
+    #[test]
+    fn a_run_of_a_message_whose_storing_was_uncertain_may_come_unannounced_but_must_end() {
+        let refused = control(
+            "error",
+            json!({"code": "store_unavailable", "ref": "lt-0-1",
+                   "message": "PostgreSQL did not answer within 2.0 s, so the message may not have been accepted; send it again in a moment."}),
+        );
+        // Run A's events without its message_accepted: the server stored the message after all.
+        let mut stream = vec![established(10), refused.clone()];
+        stream.extend(run(RUN_A, 11).into_iter().skip(1));
+        assert_eq!(check(&stream), vec![]);
+        // Cut off before its final event: missing, as any run of this connection.
+        stream.pop();
+        assert_eq!(kinds(&check(&stream)), ["missing_final"]);
+        // One uncertain message explains one run, not two.
+        let mut stream = vec![established(10), refused];
+        stream.extend(run(RUN_A, 11).into_iter().skip(1));
+        stream.extend(run(RUN_B, 18).into_iter().skip(1));
+        assert_eq!(kinds(&check(&stream)), ["unknown_run"]);
     }
 
     #[test]
