@@ -18,5 +18,6 @@ mod resume;
 mod runs;
 mod socket;
 mod support;
+mod traces;
 mod web;
 mod workload;
