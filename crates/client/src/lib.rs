@@ -10,4 +10,4 @@ pub mod doctor;
 pub mod ingest;
 pub mod loadtest;
 
-pub use client::{Client, Session, SignIn, Socket};
+pub use client::{Client, Session, SignIn, Socket, Throttled};
