@@ -8,10 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use serde_json::Value;
-use switchboard_protocol::{
+use crate::{
     AgentName, Control, ErrorCode, Event, EventPayload, RunId, RunStatus, Seq, ServerFrame, ThreadId, TraceId,
 };
+use serde_json::Value;
 
 /// One way a stream broke the contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +115,21 @@ pub enum Problem {
         /// The run.
         run: RunId,
     },
+    /// An `agent_error` whose message is not a sentence (at least 10 characters, ending with a
+    /// full stop): every failure is told to the user as one.
+    NotASentence {
+        /// The run.
+        run: RunId,
+        /// The event's seq.
+        seq: Seq,
+        /// The message.
+        message: String,
+    },
+    /// A final event without `timings`.
+    NoTimings {
+        /// The run.
+        run: RunId,
+    },
 }
 
 impl Problem {
@@ -135,6 +150,8 @@ impl Problem {
             Problem::SecondFinal { .. } => "second_final",
             Problem::AfterFinal { .. } => "after_final",
             Problem::MissingFinal { .. } => "missing_final",
+            Problem::NotASentence { .. } => "not_a_sentence",
+            Problem::NoTimings { .. } => "no_timings",
         }
     }
 }
@@ -175,6 +192,13 @@ impl fmt::Display for Problem {
             Problem::SecondFinal { run, seq } => write!(f, "run {run} got a second final event (seq {seq})"),
             Problem::AfterFinal { run, seq } => write!(f, "run {run} got an event (seq {seq}) after its final event"),
             Problem::MissingFinal { run } => write!(f, "run {run} never got its final event"),
+            Problem::NotASentence { run, seq, message } => {
+                write!(
+                    f,
+                    "run {run}, seq {seq}: the agent_error message {message:?} is not a sentence"
+                )
+            }
+            Problem::NoTimings { run } => write!(f, "the final event of run {run} has no timings"),
         }
     }
 }
@@ -231,6 +255,9 @@ pub struct StreamCheck {
     /// all, and its run start later without a `message_accepted` (the server starts the run of
     /// a message stored once the store answers again).
     uncertain: usize,
+    /// Fed the events of one run only (the engine's tests): their seqs rise, with the other
+    /// runs' between them, and the first event's run is the one started here.
+    one_run: bool,
 }
 
 impl StreamCheck {
@@ -244,7 +271,24 @@ impl StreamCheck {
             runs: HashMap::new(),
             problems: Vec::new(),
             uncertain: 0,
+            one_run: false,
         }
+    }
+
+    /// A checker of the events of one run, fed with [`StreamCheck::feed_event`]: every rule of a
+    /// run applies (its first event, the order rules, one final event, and at `finish` a final
+    /// event at all); seqs must rise but may skip (the user's other runs); an event of another
+    /// run is a problem.
+    pub fn of_run() -> Self {
+        Self {
+            one_run: true,
+            ..Self::new(false)
+        }
+    }
+
+    /// Takes the next event of the stream (as [`StreamCheck::feed`] takes an event's frame).
+    pub fn feed_event(&mut self, event: &Event) {
+        self.event(event);
     }
 
     /// Takes the next frame of the stream.
@@ -312,7 +356,7 @@ impl StreamCheck {
                     after: last,
                 });
             }
-            Some(last) if event.seq != last.next() => {
+            Some(last) if event.seq != last.next() && !self.one_run => {
                 self.problems.push(Problem::Gap {
                     expected: last.next(),
                     next: event.seq,
@@ -334,9 +378,12 @@ impl StreamCheck {
         let problems = &mut self.problems;
         let run_id = &event.run_id;
         let uncertain = &mut self.uncertain;
+        let first_of_one = self.one_run && self.runs.is_empty();
         let run = self.runs.entry(run_id.clone()).or_insert_with(|| {
             let mut run = RunState::new(None);
-            if *uncertain > 0 {
+            if first_of_one {
+                run.accepted_thread = Some(event.thread_id.clone());
+            } else if *uncertain > 0 {
                 *uncertain -= 1;
                 run.adopted = true;
             } else if !shared {
@@ -404,6 +451,9 @@ impl StreamCheck {
             && done.is_final
         {
             run.ended = true;
+            if done.timings.is_none() {
+                problems.push(Problem::NoTimings { run: run_id.clone() });
+            }
             if done.status == RunStatus::Completed
                 && done
                     .result
@@ -417,6 +467,15 @@ impl StreamCheck {
         }
         if run.whole {
             order_rules(run, event, problems);
+        }
+        if let EventPayload::AgentError(error) = &event.payload
+            && (error.message.chars().count() < 10 || !error.message.ends_with('.'))
+        {
+            problems.push(Problem::NotASentence {
+                run: run_id.clone(),
+                seq,
+                message: error.message.clone(),
+            });
         }
         run.told = match &event.payload {
             EventPayload::AgentError(_) => Some(event.agent_name.clone()),
@@ -673,6 +732,77 @@ mod tests {
         stream.extend(run(RUN_A, 11).into_iter().skip(1));
         stream.extend(run(RUN_B, 18).into_iter().skip(1));
         assert_eq!(kinds(&check(&stream)), ["unknown_run"]);
+    }
+
+    /// Feeds the events (not the controls) of `stream` to a checker of one run.
+    fn check_one_run(stream: &[Value]) -> Vec<Problem> {
+        let mut checker = StreamCheck::of_run();
+        for value in stream {
+            if let ServerFrame::Event(event) = frame(value.clone()) {
+                checker.feed_event(&event);
+            }
+        }
+        checker.finish()
+    }
+
+    #[test]
+    fn one_run_s_events_may_skip_seqs_but_must_keep_every_rule_of_a_run() {
+        // Seqs 11 to 17, with other runs' events between: 11, 13, 15, ...
+        let mut skipping = run(RUN_A, 11);
+        for (n, value) in skipping.iter_mut().skip(1).enumerate() {
+            value["seq"] = json!(11 + 2 * n as u64);
+        }
+        assert_eq!(check_one_run(&skipping), vec![]);
+
+        let mut stream = run(RUN_A, 11);
+        stream.extend(run(RUN_B, 18));
+        assert_eq!(kinds(&check_one_run(&stream)), ["unknown_run"], "another run's events");
+
+        let mut unfinished = run(RUN_A, 11);
+        unfinished.pop();
+        assert_eq!(kinds(&check_one_run(&unfinished)), ["missing_final"]);
+
+        let mut untimed = run(RUN_A, 11);
+        untimed.last_mut().unwrap()["payload"]
+            .as_object_mut()
+            .unwrap()
+            .remove("timings");
+        assert_eq!(kinds(&check_one_run(&untimed)), ["no_timings"]);
+
+        let mut middle = run(RUN_A, 11);
+        middle.remove(1);
+        assert_eq!(kinds(&check_one_run(&middle)), ["first_event"]);
+    }
+
+    #[test]
+    fn an_agent_error_that_is_not_a_sentence_is_a_problem() {
+        let mut stream = vec![established(10)];
+        stream.extend(run(RUN_A, 11));
+        // Triage fails instead of completing: told, but in a word.
+        stream[7] = event(
+            16,
+            RUN_A,
+            "triage",
+            "agent_error",
+            json!({"code": "tool_error", "message": "boom", "retryable": false, "elapsed_ms": 3}),
+        );
+        stream.insert(
+            8,
+            event(
+                17,
+                RUN_A,
+                "triage",
+                "agent_completed",
+                json!({"status": "failed", "duration_ms": 3, "final": false}),
+            ),
+        );
+        stream[9]["seq"] = json!(18);
+        let problems = check(&stream);
+        assert_eq!(kinds(&problems), ["not_a_sentence"], "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            format!("run {RUN_A}, seq 16: the agent_error message \"boom\" is not a sentence")
+        );
     }
 
     #[test]
