@@ -25,7 +25,9 @@ mod metrics;
 pub mod openapi;
 mod recovery;
 mod runs;
-mod sla;
+/// Public for the `sla` benchmark only.
+#[doc(hidden)]
+pub mod sla;
 pub mod telemetry;
 mod web;
 mod ws;

@@ -89,7 +89,7 @@ struct State {
 
 /// The server's SLA figures.
 #[derive(Debug)]
-pub(crate) struct Sla {
+pub struct Sla {
     started: Instant,
     thresholds: Thresholds,
     /// The tiers this server uses: each is in every window of the report, with or without
@@ -100,7 +100,7 @@ pub(crate) struct Sla {
 
 impl Sla {
     /// Figures from now on, for a server on `tiers`.
-    pub(crate) fn new(tiers: &[Tier]) -> Self {
+    pub fn new(tiers: &[Tier]) -> Self {
         let mut tiers = tiers.to_vec();
         tiers.sort_by_key(|tier| Tier::ALL.iter().position(|t| t == tier));
         tiers.dedup();
@@ -133,7 +133,7 @@ impl Sla {
     }
 
     /// One operation of `tier`.
-    pub(crate) fn operation(&self, tier: Tier, took: Duration, failed: bool) {
+    pub fn operation(&self, tier: Tier, took: Duration, failed: bool) {
         self.with_slot(|slot| {
             let figures = slot.tiers.entry(tier).or_default();
             figures.latency.saturating_record(micros(took));
@@ -142,24 +142,24 @@ impl Sla {
     }
 
     /// A run's first event, `took` after its message was accepted.
-    pub(crate) fn first_event(&self, took: Duration) {
+    pub fn first_event(&self, took: Duration) {
         self.with_slot(|slot| slot.first_event.saturating_record(micros(took)));
     }
 
     /// A run's final event, `took` after its message was accepted.
-    pub(crate) fn response(&self, took: Duration) {
+    pub fn response(&self, took: Duration) {
         self.with_slot(|slot| slot.response.saturating_record(micros(took)));
     }
 
     /// A readiness check that took `took` and found `degraded` tiers degraded.
-    pub(crate) fn readiness(&self, took: Duration, degraded: Vec<Tier>) {
+    pub fn readiness(&self, took: Duration, degraded: Vec<Tier>) {
         self.with_slot(|slot| slot.health.saturating_record(micros(took)));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.readiness = Some((Instant::now(), degraded));
     }
 
     /// The report of now.
-    pub(crate) fn report(&self) -> SlaReport {
+    pub fn report(&self) -> SlaReport {
         let now = Instant::now();
         let index = self.index(now);
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
