@@ -282,7 +282,7 @@ export function timeSeries(title, series, span) {
     }
     if (path !== '') drawn.push(svg('path', { d: path.trim(), class: `chart-line series-${s.key}` }));
   }
-  const samples = Math.max(0, ...series.map((s) => s.points.length));
+  const samples = Math.max(0, ...series.map((s) => new Set(s.points.map((p) => p.at)).size));
   const latest = (/** @type {Series} */ s) => {
     const last = [...s.points].reverse().find((p) => p.value !== null);
     const limit = s.limit === null ? '' : ` (limit ${millis(s.limit)}${last?.value != null && last.value > s.limit ? ', over' : ''})`;
