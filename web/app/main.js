@@ -1,5 +1,6 @@
 // Switchboard in the browser: signing in, the threads, the conversation, the live run timeline,
-// stop, resume after a reload, and uploads of usage data. The page keeps one connection per tab;
+// stop, resume after a reload, uploads of usage data, and the live SLA report (`#sla`, signed in
+// or not). The page keeps one connection per tab;
 // every event is applied once, in seq order, and the last seq applied (and where each unfinished
 // run began) is kept in localStorage, so that a reload asks for exactly the events it has not
 // shown yet and rebuilds the runs still under way from their first event.
@@ -9,6 +10,7 @@ import { reportCharts } from './charts.js';
 import { byId, h, replaceChildren } from './dom.js';
 import { count, when } from './format.js';
 import { renderMarkdown } from './markdown.js';
+import { SlaView } from './sla.js';
 import { Connection } from './socket.js';
 import { Run } from './timeline.js';
 import { UnreadableFile, readRows, upload } from './upload.js';
@@ -58,7 +60,13 @@ const page = {
   deleteWhat: byId('delete-what', HTMLParagraphElement),
   deleteCancel: byId('delete-cancel', HTMLButtonElement),
   deleteConfirm: byId('delete-confirm', HTMLButtonElement),
+  slaView: byId('sla-view', HTMLElement),
+  slaBody: byId('sla-body', HTMLDivElement),
+  slaBack: byId('sla-back', HTMLAnchorElement),
 };
+
+/** The SLA view, shown at `#sla` in place of the chat (signed in or not). */
+const sla = new SlaView(page.slaView, page.slaBody);
 
 /**
  * @typedef {{ id: string, title: string, created_at: string, updated_at: string }} Thread
@@ -101,7 +109,54 @@ const state = {
   /** The threads or the open thread could not be loaded (a store that did not answer, say):
    * loaded again when the next connection opens. */
   stale: false,
+  /** Whether the page knows what to show (the server's info and the kept session are read). */
+  booted: false,
 };
+
+// ---------------------------------------------------------------------------------------------
+// Which screen: the SLA view at `#sla`, else the chat (or the sign-in form when signed out).
+
+function onSlaRoute() {
+  return location.hash === '#sla';
+}
+
+/** Shows the screen the location and the session call for. */
+function showScreen() {
+  if (!state.booted) return;
+  const onSla = onSlaRoute();
+  page.signedIn.hidden = onSla || state.session === null;
+  page.signedOut.hidden = onSla || state.session !== null;
+  if (onSla) {
+    page.slaBack.textContent = state.session === null ? 'Sign in' : 'Back to chat';
+    page.slaBack.href = chatLocation();
+    document.title = 'SLA · Switchboard';
+    sla.show();
+  } else {
+    sla.hide();
+    if (state.session === null) document.title = 'Switchboard';
+    else renderThreads();
+  }
+}
+
+/** Where the chat is: the open thread's location, or the page's own. */
+function chatLocation() {
+  return state.threadId === null ? location.pathname : `#thread=${state.threadId}`;
+}
+
+/** The screen of the location, after it changed (a link, back or forward). */
+function route() {
+  showScreen();
+  if (!onSlaRoute() && state.session !== null && threadOfLocation() !== state.threadId) openThread(threadOfLocation());
+}
+
+// Back to the chat from the SLA view: to the thread that was open, without loading the page again.
+page.slaBack.addEventListener('click', (event) => {
+  event.preventDefault();
+  history.pushState(null, '', chatLocation());
+  route();
+  if (state.session === null) page.email.focus();
+  else page.message.focus();
+});
 
 // ---------------------------------------------------------------------------------------------
 // Where the log was left: per user, the last seq applied and where each unfinished run began.
@@ -221,17 +276,14 @@ function signedOut(why) {
   replaceChildren(page.threadList);
   page.password.value = '';
   signInFailed(why ?? '');
-  page.signedIn.hidden = true;
-  page.signedOut.hidden = false;
-  document.title = 'Switchboard';
+  showScreen();
   page.email.focus();
 }
 
 /** @param {Session} session */
 function startSession(session) {
   state.session = session;
-  page.signedOut.hidden = true;
-  page.signedIn.hidden = false;
+  showScreen();
   page.who.textContent = session.user.email;
   page.demoData.hidden = !state.info?.dev;
   state.connection = new Connection({
@@ -279,13 +331,15 @@ function threadOfLocation() {
 
 /** @param {string | null} id */
 function setLocation(id) {
+  // The SLA view keeps its location; the chat's thread is taken up when it is left.
+  if (onSlaRoute()) return;
   const hash = id === null ? '' : `#thread=${id}`;
   if (location.hash !== hash) history.pushState(null, '', hash === '' ? location.pathname : hash);
 }
 
-window.addEventListener('popstate', () => {
-  if (state.session !== null && threadOfLocation() !== state.threadId) openThread(threadOfLocation());
-});
+// A fragment link fires both; `route` does nothing the second time.
+window.addEventListener('popstate', route);
+window.addEventListener('hashchange', route);
 
 /** @param {Thread | undefined} thread */
 function titleOf(thread) {
@@ -350,6 +404,7 @@ function renderThreads() {
   );
   const open = state.threads.find((thread) => thread.id === state.threadId);
   page.threadTitle.textContent = state.threadId === null ? 'New chat' : titleOf(open);
+  if (onSlaRoute()) return;
   document.title = state.threadId === null ? 'Switchboard' : `${titleOf(open)} · Switchboard`;
 }
 
@@ -1131,8 +1186,9 @@ async function main() {
   state.info = await serverInfo();
   page.devSignIn.hidden = !state.info.dev;
   const session = Session.restore(signedOut);
+  state.booted = true;
   if (session === null) {
-    page.signedOut.hidden = false;
+    showScreen();
     page.email.focus();
   } else {
     startSession(session);
