@@ -64,7 +64,10 @@ async fn three_users_get_six_runs_answered_with_no_contract_problem_and_the_file
     assert_eq!(records.len(), 6, "one record per answered run");
     for record in records {
         assert_eq!(record["status"], "completed", "{record}");
-        assert!(record["accepted_s"].as_f64().unwrap() <= record["ended_s"].as_f64().unwrap(), "{record}");
+        assert!(
+            record["accepted_s"].as_f64().unwrap() <= record["ended_s"].as_f64().unwrap(),
+            "{record}"
+        );
     }
 
     let page = std::fs::read_to_string(&html).unwrap();
