@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
-use switchboard_store::{StoreError, Tier};
+use switchboard_store::{StoreError, Tier, TierClock};
 
 /// The most an answer may hold: a summary's answers are a few megabytes at most.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
@@ -171,6 +171,8 @@ pub(crate) enum Body {
 pub(crate) struct Server {
     http: reqwest::Client,
     pub(crate) address: Address,
+    /// Times every request (ClickHouse's tier).
+    pub(crate) clock: TierClock,
 }
 
 impl Server {
@@ -179,7 +181,11 @@ impl Server {
             .pool_idle_timeout(IDLE_CONNECTION)
             .build()
             .map_err(|e| StoreError::Backend(format!("ClickHouse: cannot build an HTTP client: {}", chain(&e))))?;
-        Ok(Server { http, address })
+        Ok(Server {
+            http,
+            address,
+            clock: TierClock::new(Tier::ClickHouse),
+        })
     }
 
     /// `GET /ping`: ClickHouse answers `Ok.`.
@@ -225,6 +231,16 @@ impl Server {
     }
 
     async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        deadline: Duration,
+        doing: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        let exchange = self.send_untimed(request, deadline, doing);
+        self.clock.time("request", exchange, StoreError::is_unavailable).await
+    }
+
+    async fn send_untimed(
         &self,
         mut request: reqwest::RequestBuilder,
         deadline: Duration,

@@ -39,7 +39,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use switchboard_protocol::UserId;
 use switchboard_store::{
-    AnalyticsStore, Cell, Grouped, Sketch, Slice, StoreError, Summary, SummaryBuilder, Tier, TimeRange, WorkloadEvent,
+    AnalyticsStore, Cell, Grouped, Sketch, Slice, StoreError, Summary, SummaryBuilder, Tier, TierObserver, TimeRange,
+    WorkloadEvent,
 };
 
 use crate::http::{Address, Body, Server};
@@ -901,6 +902,10 @@ impl AnalyticsStore for ClickHouseAnalytics {
 
     fn tier(&self) -> Tier {
         Tier::ClickHouse
+    }
+
+    fn observe(&self, observer: &std::sync::Arc<dyn TierObserver>) {
+        self.server.clock.observe(std::sync::Arc::clone(observer));
     }
 }
 

@@ -1,11 +1,12 @@
 //! A client of a Switchboard server, on the wire types of `switchboard-protocol`: `Client` (HTTP:
 //! sign-in, requests), `Socket` (the WebSocket speaking `ClientFrame` and `ServerFrame`), and the
-//! commands built on them, which the `switchboard` binary dispatches to: `chat`, `ingest` and
-//! `loadtest`. It knows nothing of the server's code, only its protocol.
+//! commands built on them, which the `switchboard` binary dispatches to: `chat`, `ingest`,
+//! `loadtest` and `doctor`. It knows nothing of the server's code, only its protocol.
 
 pub mod chat;
 mod client;
 pub mod contract;
+pub mod doctor;
 pub mod ingest;
 pub mod loadtest;
 

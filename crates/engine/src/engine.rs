@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard_protocol::{AgentName, Event, IdError, ModelCallUsage, RunId, RunStatus, ThreadId, TraceId, UserId};
+use switchboard_protocol::{
+    AgentName, Event, IdError, ModelCallUsage, RunId, RunStatus, ThreadId, TierObserver, TierTimes, TraceId, UserId,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -226,6 +228,8 @@ pub(crate) struct Inner {
     runs: Mutex<HashMap<RunId, ActiveRun>>,
     accepting: AtomicBool,
     tracker: TaskTracker,
+    /// Told of each model call (the model's tier).
+    pub(crate) tier_observer: Option<Arc<dyn TierObserver>>,
 }
 
 /// The runs admitted (reserved or running), in all and per user. A user's entry lives while it
@@ -264,6 +268,8 @@ pub struct Reservation {
     /// Held with the place and dropped when it is given back (a place elsewhere, such as a
     /// cluster's, that ends with the run).
     held: Vec<Box<dyn Send + Sync>>,
+    /// The time the run spends in each tier, from its admission on.
+    tiers: TierTimes,
 }
 
 impl std::fmt::Debug for Reservation {
@@ -288,6 +294,13 @@ impl Reservation {
     /// Whose place it is.
     pub fn user_id(&self) -> &UserId {
         &self.user_id
+    }
+
+    /// The time the run spends in each tier, from its admission on: what the caller does for
+    /// the run before it starts (such as storing its message) counts for it when done under
+    /// these times ([`TierTimes::scope`]), and is in the run's final `timings.tiers`.
+    pub fn tiers(&self) -> TierTimes {
+        self.tiers.clone()
     }
 
     /// Starts the reserved run; its events go to the sink under the reservation's user. The run
@@ -360,6 +373,7 @@ pub struct EngineBuilder {
     agents: Vec<(String, Arc<dyn Agent>, Vec<String>)>,
     tools: Vec<(String, Arc<dyn Tool>)>,
     plan: Option<Plan>,
+    tier_observer: Option<Arc<dyn TierObserver>>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -407,6 +421,13 @@ impl EngineBuilder {
     /// The plan every run follows.
     pub fn plan(mut self, plan: Plan) -> Self {
         self.plan = Some(plan);
+        self
+    }
+
+    /// Tells `observer` of each model call as an operation of the model's tier: how long it
+    /// took and whether it failed.
+    pub fn observe_tiers(mut self, observer: Arc<dyn TierObserver>) -> Self {
+        self.tier_observer = Some(observer);
         self
     }
 
@@ -464,6 +485,7 @@ impl EngineBuilder {
                 runs: Mutex::new(HashMap::new()),
                 accepting: AtomicBool::new(true),
                 tracker: TaskTracker::new(),
+                tier_observer: self.tier_observer,
             }),
         })
     }
@@ -506,6 +528,7 @@ impl Engine {
             inner: Arc::clone(inner),
             user_id: user.clone(),
             held: Vec::new(),
+            tiers: TierTimes::default(),
         })
     }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::breaker::{CircuitBreaker, Permit};
-use switchboard_protocol::{AgentName, AgentThinking, ModelCallUsage};
+use switchboard_protocol::{AgentName, AgentThinking, ModelCallUsage, Tier, TierObserver};
 
 use crate::report::{Report, Reporter, human, millis};
 
@@ -348,6 +348,8 @@ pub(crate) struct Turn(usize);
 #[derive(Debug, Default)]
 pub(crate) struct ModelLedger {
     state: Mutex<LedgerState>,
+    /// Told of each call when it is settled.
+    observer: Option<Arc<dyn TierObserver>>,
 }
 
 #[derive(Debug, Default)]
@@ -374,6 +376,19 @@ struct Settled {
 }
 
 impl ModelLedger {
+    /// A ledger that tells `observer` of each call as an operation of the model's tier.
+    pub(crate) fn observed(observer: Option<Arc<dyn TierObserver>>) -> Self {
+        Self {
+            state: Mutex::default(),
+            observer,
+        }
+    }
+
+    /// Whether no call was entered.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.state().calls.is_empty()
+    }
+
     fn state(&self) -> MutexGuard<'_, LedgerState> {
         // The lock is also taken in drop guards: a poisoned one must not panic again.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -409,7 +424,7 @@ impl ModelLedger {
     /// Settles the call at `index`, timed up to now; a call already settled keeps how it ended.
     fn settle(&self, index: usize, usage: Usage, success: bool) {
         if let Some(entry) = self.state().calls.get_mut(index) {
-            settle(entry, usage, success);
+            settle(entry, usage, success, self.observer.as_deref());
         }
     }
 
@@ -420,7 +435,7 @@ impl ModelLedger {
             *open = false;
         }
         for entry in state.calls.iter_mut().filter(|entry| entry.turn == turn.0) {
-            settle(entry, Usage::default(), false);
+            settle(entry, Usage::default(), false, self.observer.as_deref());
         }
     }
 
@@ -437,7 +452,7 @@ impl ModelLedger {
             .calls
             .iter_mut()
             .map(|entry| {
-                let settled = settle(entry, Usage::default(), false);
+                let settled = settle(entry, Usage::default(), false, self.observer.as_deref());
                 total += settled.duration;
                 ModelCallUsage {
                     agent: state.turns[entry.turn].0.clone(),
@@ -454,13 +469,21 @@ impl ModelLedger {
     }
 }
 
-/// Settles `entry` unless it already is; returns how it ended.
-fn settle(entry: &mut LedgerEntry, usage: Usage, success: bool) -> Settled {
-    *entry.settled.get_or_insert_with(|| Settled {
+/// Settles `entry` unless it already is (and tells `observer`); returns how it ended.
+fn settle(entry: &mut LedgerEntry, usage: Usage, success: bool, observer: Option<&dyn TierObserver>) -> Settled {
+    if let Some(settled) = entry.settled {
+        return settled;
+    }
+    let settled = Settled {
         usage,
         duration: entry.started.elapsed(),
         success,
-    })
+    };
+    entry.settled = Some(settled);
+    if let Some(observer) = observer {
+        observer.operation(Tier::Model, settled.duration, !success);
+    }
+    settled
 }
 
 /// A call entered in the ledger and not yet settled by its handle. Dropped unsettled (the call's

@@ -18,7 +18,8 @@ use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use switchboard_protocol::{
     AgentCompleted, AgentError as AgentErrorEvent, AgentErrorCode, AgentName, AgentStarted, AgentThinking, Event,
-    EventPayload, LogEntry, ModelCallUsage, NewEvent, PartialResult, RunStatus, RunTimings, Timestamp, ToolCompleted,
+    EventPayload, LogEntry, ModelCallUsage, NewEvent, PartialResult, RunStatus, RunTimings, Tier, TierTimes, Timestamp,
+    ToolCompleted,
 };
 use tokio::task::JoinError;
 use tokio::time::Instant;
@@ -376,6 +377,8 @@ pub(crate) struct RunDriver {
     queue_time: Duration,
     /// Pieces of the answer not yet published, and when they are due.
     partial: Option<(String, Instant)>,
+    /// The time the run spends in each tier (its tasks carry it).
+    tiers: TierTimes,
 }
 
 impl RunDriver {
@@ -394,6 +397,8 @@ impl RunDriver {
             trace_id: trace_id.clone(),
         };
         let run_deadline = accepted + engine.config.run_timeout;
+        let tiers = place.tiers();
+        let ledger = Arc::new(ModelLedger::observed(engine.tier_observer.clone()));
         Self {
             log: Arc::new(RunLog {
                 engine: Arc::clone(&engine),
@@ -414,13 +419,14 @@ impl RunDriver {
             run_deadline,
             final_limit: run_deadline + FINAL_GRACE,
             records: Vec::new(),
-            ledger: Arc::default(),
+            ledger,
             tool_time: Duration::ZERO,
             agent_times: Vec::new(),
             call_ids: Arc::new(AtomicU64::new(0)),
             stop: None,
             queue_time: Duration::ZERO,
             partial: None,
+            tiers,
         }
     }
 
@@ -433,7 +439,8 @@ impl RunDriver {
         let (accepted, run_deadline, final_limit) = (self.accepted, self.run_deadline, self.final_limit);
         let (run_id, user_id) = (self.info.run_id.clone(), self.info.user_id.clone());
         let span = tracing::info_span!("run", run_id = %run_id, user_id = %user_id, trace_id = %self.info.trace_id);
-        let guarded = tokio::time::timeout_at(final_limit, AssertUnwindSafe(self.drive()).catch_unwind());
+        let tiers = self.tiers.clone();
+        let guarded = tokio::time::timeout_at(final_limit, tiers.scope(AssertUnwindSafe(self.drive()).catch_unwind()));
         let outcome = match tracing::Instrument::instrument(guarded, span).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_panic)) => {
@@ -582,7 +589,7 @@ impl RunDriver {
             .unwrap_or_else(|_| "working on the request".to_owned());
         self.emit(name, started_payload(&task)).await;
 
-        let mut work = AbortOnDropHandle::new(tokio::spawn(async move { agent.run(ctx).await }));
+        let mut work = AbortOnDropHandle::new(tokio::spawn(TierTimes::carried(async move { agent.run(ctx).await })));
         let control = Arc::clone(&self.control);
         let ending = loop {
             let partial_due = self.partial.as_ref().map(|(_, due)| *due);
@@ -908,6 +915,11 @@ impl RunDriver {
         for (name, spent) in &self.agent_times {
             *agents.entry(name.to_string()).or_insert(0) += millis(*spent);
         }
+        // The model's time is the ledger's: its calls, those cut off included.
+        let mut tiers = self.tiers.millis();
+        if !self.ledger.is_empty() {
+            tiers.insert(Tier::Model.as_str().to_owned(), millis(model_time));
+        }
         RunTimings {
             queue_ms: millis(self.queue_time),
             store_ms: millis(self.log.store_time()),
@@ -915,6 +927,7 @@ impl RunDriver {
             tools_ms: millis(self.tool_time),
             agents,
             total_ms: millis(total),
+            tiers,
         }
     }
 }

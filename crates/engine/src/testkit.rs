@@ -636,6 +636,7 @@ pub struct Scenario {
     fallback_model: Option<Arc<dyn Model>>,
     plan: Option<Plan>,
     sink_script: Vec<SinkBehavior>,
+    tier_observer: Option<Arc<dyn switchboard_protocol::TierObserver>>,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -664,7 +665,14 @@ impl Scenario {
             fallback_model: None,
             plan: None,
             sink_script: Vec::new(),
+            tier_observer: None,
         }
+    }
+
+    /// Tells `observer` of each model call (the engine's `observe_tiers`).
+    pub fn observe_tiers(mut self, observer: Arc<dyn switchboard_protocol::TierObserver>) -> Self {
+        self.tier_observer = Some(observer);
+        self
     }
 
     /// Adds a scripted agent that may call every tool of the scenario.
@@ -738,6 +746,9 @@ impl Scenario {
             .plan(self.plan.clone().unwrap_or_else(|| self.default_plan()));
         if let Some(fallback) = &self.fallback_model {
             builder = builder.fallback_model(Arc::clone(fallback));
+        }
+        if let Some(observer) = &self.tier_observer {
+            builder = builder.observe_tiers(Arc::clone(observer));
         }
         for (name, tool) in &self.tools {
             builder = builder.tool(name, Arc::clone(tool));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use switchboard_protocol::{AgentErrorCode, ToolCompleted, ToolExecuting};
+use switchboard_protocol::{AgentErrorCode, TierTimes, ToolCompleted, ToolExecuting};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -169,7 +169,10 @@ impl Tools {
             }),
             Ok(permit) => {
                 let tool = Arc::clone(&entry.tool);
-                let task = AbortOnDropHandle::new(tokio::spawn(async move { tool.call(parameters).await }));
+                let task =
+                    AbortOnDropHandle::new(tokio::spawn(TierTimes::carried(
+                        async move { tool.call(parameters).await },
+                    )));
                 let outcome = match tokio::time::timeout(self.timeout, task).await {
                     Ok(Ok(Ok(value))) => Ok(value),
                     Ok(Ok(Err(source))) => Err(ToolCallError::Failed {

@@ -964,3 +964,97 @@ async fn closing_a_run_at_any_point_keeps_the_contract() {
         "a finished run needs no closing"
     );
 }
+
+/// A tool that reads from a "database": one PostgreSQL operation of 150 ms, timed by the
+/// tier's clock as a backend times its operations.
+struct DatabaseTool(switchboard_protocol::TierClock);
+
+#[async_trait::async_trait]
+impl switchboard_engine::Tool for DatabaseTool {
+    async fn call(&self, _parameters: serde_json::Value) -> Result<serde_json::Value, switchboard_engine::ToolError> {
+        let query = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            Ok::<_, ()>(json!({"rows": 3}))
+        };
+        Ok(self.0.time("query", query, |_| true).await.unwrap())
+    }
+}
+
+#[derive(Debug, Default)]
+struct ModelCalls(std::sync::Mutex<Vec<(switchboard_protocol::Tier, Duration, bool)>>);
+
+impl switchboard_protocol::TierObserver for ModelCalls {
+    fn operation(&self, tier: switchboard_protocol::Tier, took: Duration, failed: bool) {
+        self.0.lock().unwrap().push((tier, took, failed));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_final_timings_say_how_long_the_run_spent_in_each_tier_its_message_s_storing_included() {
+    use switchboard_protocol::{Tier, TierClock};
+    let calls = Arc::new(ModelCalls::default());
+    let scenario = Scenario::new()
+        .model(ScriptedModel::new(ModelBehavior::Delay(
+            Duration::from_millis(300),
+            "Cut costs.".into(),
+        )))
+        .tool("lookup", Arc::new(DatabaseTool(TierClock::new(Tier::Postgres))))
+        .agent(
+            "triage",
+            vec![Step::tool("lookup", json!({})), Step::tool("lookup", json!({}))],
+        )
+        .agent("reporting", vec![Step::StreamAnswer("write".into())])
+        .observe_tiers(calls.clone());
+    let sink = MemorySink::new();
+    let engine = scenario.engine(sink.clone());
+    let user = user("tiers");
+    let place = engine.reserve(&user).unwrap();
+    // What the server does for the run before it starts (storing its message) counts too.
+    let store = TierClock::new(Tier::Postgres);
+    let accept = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, ()>(())
+    };
+    place
+        .tiers()
+        .scope(store.time("accept", accept, |_| true))
+        .await
+        .unwrap();
+    let run = place
+        .start(
+            ThreadId::generate(),
+            switchboard_protocol::RunId::generate(),
+            "go".into(),
+        )
+        .unwrap();
+    let run_id = run.run_id.clone();
+    let outcome = run.outcome().await;
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let done = sink.final_of(&run_id).await;
+    let EventPayload::AgentCompleted(done) = &done.payload else {
+        panic!("no final event");
+    };
+    let timings = done.timings.as_ref().unwrap();
+    assert_eq!(
+        timings.tiers,
+        std::collections::BTreeMap::from([("postgres".to_owned(), 320), ("model".to_owned(), 300)])
+    );
+    assert_eq!(timings.model_ms, 300);
+    assert_eq!(
+        *calls.0.lock().unwrap(),
+        [(Tier::Model, Duration::from_millis(300), false)],
+        "the observer is told of each model call as it ends"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_touched_no_tier_has_no_tiers_in_its_timings() {
+    let events = Scenario::new()
+        .agent("triage", vec![Step::think("nothing to look up")])
+        .run("go")
+        .await;
+    let EventPayload::AgentCompleted(done) = &events.last().unwrap().payload else {
+        panic!("no final event");
+    };
+    assert!(done.timings.as_ref().unwrap().tiers.is_empty());
+}

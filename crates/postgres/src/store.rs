@@ -13,7 +13,7 @@ use switchboard_protocol::{
 };
 use switchboard_store::{
     Accepted, EventRecord, EventRow, Grouped, Message, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation,
-    RunRecord, RunState, Store, StoreError, StoredEvent, Thread, Tier, User, thread_title,
+    RunRecord, RunState, Store, StoreError, StoredEvent, Thread, Tier, TierClock, TierObserver, User, thread_title,
 };
 use tokio_postgres::Row;
 
@@ -57,6 +57,8 @@ pub struct PgStore {
     /// stored form the next, one transaction for all, so that many users sending at once wait
     /// for a few commits, not for one commit each.
     accepts: Grouped<NewMessage, Result<Accepted, StoreError>>,
+    /// Times every operation (PostgreSQL's tier).
+    clock: TierClock,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -99,6 +101,7 @@ impl PgStore {
             appends: Arc::default(),
             node: None,
             accepts: Grouped::new(ACCEPT_GROUP),
+            clock: TierClock::new(Tier::Postgres),
         };
         let migrated = store.place.clone();
         let limit = MIGRATION_DEADLINE.max(options.query_timeout);
@@ -210,14 +213,14 @@ impl PgStore {
         &self,
         work: impl for<'c> FnOnce(&'c mut ClientWrapper) -> Work<'c, T> + Send,
     ) -> Result<T, StoreError> {
-        connection::within(
+        let work = connection::within(
             &self.pool,
             &self.place,
             self.options.connect_timeout,
             self.options.query_timeout,
             work,
-        )
-        .await
+        );
+        self.clock.time("query", work, StoreError::is_unavailable).await
     }
 }
 
@@ -1515,6 +1518,10 @@ impl Store for PgStore {
 
     fn tier(&self) -> Tier {
         Tier::Postgres
+    }
+
+    fn observe(&self, observer: &Arc<dyn TierObserver>) {
+        self.clock.observe(Arc::clone(observer));
     }
 }
 

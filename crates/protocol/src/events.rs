@@ -295,4 +295,10 @@ pub struct RunTimings {
     pub agents: BTreeMap<String, u64>,
     /// The whole run.
     pub total_ms: u64,
+    /// Time in each tier the run touched, by the tier's short name (`postgres`, `sqlite`,
+    /// `redis`, `clickhouse`, `model`): its operations done for the run, the storing of its
+    /// message included. The event log's writes of its events are not: they happen beside the
+    /// run (they hold it up only through `store_ms`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tiers: BTreeMap<String, u64>,
 }

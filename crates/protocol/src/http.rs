@@ -392,6 +392,17 @@ pub enum HealthStatus {
     Unavailable,
 }
 
+impl HealthStatus {
+    /// Its wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Ok => "ok",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Answer of `GET /health/live`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -9,6 +9,8 @@ mod ids;
 mod log;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod sla;
+pub mod tiers;
 mod time;
 
 pub use events::{
@@ -22,4 +24,5 @@ pub use frames::{
 };
 pub use ids::{AgentName, ConnectionId, IdError, MessageId, RunId, Seq, ThreadId, TraceId, UserId};
 pub use log::{EntryKey, LogEntry, NewEvent, RunEnd, UnnumberedJson};
+pub use tiers::{Tier, TierClock, TierObserver, TierTimes};
 pub use time::Timestamp;

@@ -5,11 +5,12 @@
 //! runs under a deadline ([`RedisOptions::timeout`]); its errors name Redis and `host:port/db`,
 //! never the password.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, ProtocolVersion, PushKind, RedisError, Value};
-use switchboard_store::{StoreError, Tier};
+use switchboard_store::{StoreError, Tier, TierClock, TierObserver};
 use tokio::sync::mpsc;
 
 /// How a [`Redis`] uses its server.
@@ -33,6 +34,8 @@ pub struct Redis {
     commands: ConnectionManager,
     place: String,
     timeout: Duration,
+    /// Times every operation (Redis's tier); shared with the [`Subscriber`].
+    clock: TierClock,
 }
 
 impl std::fmt::Debug for Redis {
@@ -48,6 +51,7 @@ pub struct Subscriber {
     manager: ConnectionManager,
     place: String,
     timeout: Duration,
+    clock: TierClock,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -154,16 +158,19 @@ pub async fn connect(url: &str, options: RedisOptions) -> Result<(Redis, Subscri
     let commands = open(config()).await?;
     let (pushes, incoming) = mpsc::unbounded_channel();
     let manager = open(config().set_push_sender(pushes).set_automatic_resubscription()).await?;
+    let clock = TierClock::new(Tier::Redis);
     let redis = Redis {
         commands,
         place: place.clone(),
         timeout: options.timeout,
+        clock: clock.clone(),
     };
     redis.ping().await?;
     let subscriber = Subscriber {
         manager,
         place,
         timeout: options.timeout,
+        clock,
     };
     subscriber.ping().await?;
     Ok((redis, subscriber, Incoming(incoming)))
@@ -191,19 +198,23 @@ fn operation_error(place: &str, timeout: Duration, error: &RedisError) -> StoreE
     }
 }
 
-/// Runs `work` under `timeout`.
+/// Runs `work` under `timeout`, timed by `clock`.
 async fn within<T>(
+    clock: &TierClock,
     place: &str,
     timeout: Duration,
     work: impl std::future::Future<Output = Result<T, RedisError>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(timeout, work).await {
-        Ok(result) => result.map_err(|e| operation_error(place, timeout, &e)),
-        Err(_) => Err(StoreError::TimedOut {
-            tier: Tier::Redis,
-            after: timeout,
-        }),
-    }
+    let work = async {
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result.map_err(|e| operation_error(place, timeout, &e)),
+            Err(_) => Err(StoreError::TimedOut {
+                tier: Tier::Redis,
+                after: timeout,
+            }),
+        }
+    };
+    clock.time("command", work, StoreError::is_unavailable).await
 }
 
 impl Redis {
@@ -217,10 +228,22 @@ impl Redis {
         self.timeout
     }
 
+    /// Tells `observer` how long each operation takes, this one's and its [`Subscriber`]'s (the
+    /// first observer stays).
+    pub fn observe(&self, observer: &Arc<dyn TierObserver>) {
+        self.clock.observe(Arc::clone(observer));
+    }
+
     /// Runs `command` under the deadline.
     pub async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
         let mut connection = self.commands.clone();
-        within(&self.place, self.timeout, command.query_async(&mut connection)).await
+        within(
+            &self.clock,
+            &self.place,
+            self.timeout,
+            command.query_async(&mut connection),
+        )
+        .await
     }
 
     /// Runs `script` with `keys` and `args` under the deadline (loaded on the server the first
@@ -239,7 +262,13 @@ impl Redis {
             invocation.arg(*arg);
         }
         let mut connection = self.commands.clone();
-        within(&self.place, self.timeout, invocation.invoke_async(&mut connection)).await
+        within(
+            &self.clock,
+            &self.place,
+            self.timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await
     }
 
     /// `PING`, answered `PONG`.
@@ -360,7 +389,13 @@ return 1
             pipeline.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
         }
         let mut connection = self.commands.clone();
-        within(&self.place, self.timeout, pipeline.query_async::<()>(&mut connection)).await
+        within(
+            &self.clock,
+            &self.place,
+            self.timeout,
+            pipeline.query_async::<()>(&mut connection),
+        )
+        .await
     }
 }
 
@@ -368,19 +403,25 @@ impl Subscriber {
     /// Subscribes to `channel`: its messages arrive at [`Incoming`] from when this returns.
     pub async fn subscribe(&self, channel: &str) -> Result<(), StoreError> {
         let mut manager = self.manager.clone();
-        within(&self.place, self.timeout, manager.subscribe(channel)).await
+        within(&self.clock, &self.place, self.timeout, manager.subscribe(channel)).await
     }
 
     /// Leaves `channel`.
     pub async fn unsubscribe(&self, channel: &str) -> Result<(), StoreError> {
         let mut manager = self.manager.clone();
-        within(&self.place, self.timeout, manager.unsubscribe(channel)).await
+        within(&self.clock, &self.place, self.timeout, manager.unsubscribe(channel)).await
     }
 
     /// `PING` on the subscribing connection (which also makes it reconnect when it was lost).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut manager = self.manager.clone();
-        let answer: Value = within(&self.place, self.timeout, redis::cmd("PING").query_async(&mut manager)).await?;
+        let answer: Value = within(
+            &self.clock,
+            &self.place,
+            self.timeout,
+            redis::cmd("PING").query_async(&mut manager),
+        )
+        .await?;
         match answer {
             Value::SimpleString(text) if text == "PONG" => Ok(()),
             other => Err(StoreError::Corrupt(format!(

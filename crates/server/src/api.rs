@@ -19,6 +19,7 @@ use switchboard_protocol::http::{
     Messages, NewThread, Readiness, RefreshRequest, Registered, RowsError, RowsErrorBody, ServerInfo, SignedIn,
     Threads, TokenType, WsTicket,
 };
+use switchboard_protocol::sla::SlaReport;
 use switchboard_protocol::{ErrorBody, ErrorCode, ErrorPayload, PROTOCOL_NAME, RunId, Seq, ThreadId, Timestamp};
 use switchboard_store::{Rotation, RunRecord, RunState, StoreError, Thread, Tier};
 
@@ -1105,6 +1106,7 @@ async fn check_tier(
     )
 )]
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
+    let started = tokio::time::Instant::now();
     let (store_tier, analytics_tier) = (state.store.tier(), state.analytics.tier());
     let redis_ping = async {
         match &state.redis {
@@ -1171,7 +1173,27 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     if let Some(redis) = redis {
         checks.insert(Tier::Redis.as_str().to_owned(), redis);
     }
+    let degraded = checks
+        .iter()
+        .filter(|(_, check)| check.status != HealthStatus::Ok)
+        .filter_map(|(name, _)| Tier::parse(name))
+        .collect();
+    state.metrics.sla.readiness(started.elapsed(), degraded);
     (code, Json(Readiness { status, checks })).into_response()
+}
+
+/// Whether chat meets its SLA right now, and which tier is to blame if not: the last 1, 5 and
+/// 15 minutes of responses, first events, health checks and every tier's operations, judged by
+/// the incident's thresholds. From memory, so it answers at once whatever the tiers do; like
+/// `/metrics`, it needs no sign-in.
+#[utoipa::path(
+    get,
+    path = "/api/sla",
+    tag = tag::SERVER,
+    responses((status = 200, description = "The live SLA report.", body = SlaReport))
+)]
+pub(crate) async fn sla(State(state): State<AppState>) -> Json<SlaReport> {
+    Json(state.metrics.sla.report())
 }
 
 /// The server's metrics (OpenMetrics text).

@@ -14,7 +14,7 @@ use switchboard_engine::{Engine, Model};
 use switchboard_llm::{OpenAiConfig, OpenAiModel, Price};
 use switchboard_postgres::{PgOptions, PgStore, ServerLock, Serving, hold_server_lock};
 use switchboard_redis::{Incoming, Redis, RedisOptions, Subscriber};
-use switchboard_store::{AnalyticsStore, SqliteAnalytics, SqliteStore, Store};
+use switchboard_store::{AnalyticsStore, SqliteAnalytics, SqliteStore, Store, Tier, TierObserver};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -220,7 +220,18 @@ impl Application {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
-        let metrics = Arc::new(Metrics::default());
+        // Every tier operation is timed for the metrics and the SLA report.
+        let mut tiers = vec![store.tier(), analytics.tier(), Tier::Model];
+        if cluster.is_some() {
+            tiers.push(Tier::Redis);
+        }
+        let metrics = Arc::new(Metrics::new(&tiers));
+        let observer: Arc<dyn TierObserver> = metrics.clone();
+        store.observe(&observer);
+        analytics.observe(&observer);
+        if let Some(parts) = &cluster {
+            parts.redis.observe(&observer);
+        }
         // The cluster's tasks end with the server, once its runs have ended (their events still
         // reach the other nodes during the grace period); or when it is dropped unserved.
         let closing = CancellationToken::new();
@@ -287,7 +298,8 @@ impl Application {
         let tokens = Tokens::new(&secret, config.access_token_ttl, config.refresh_token_ttl);
         let passwords = Passwords::new(metrics.password_checks.clone()).await?;
         let builder = switchboard_agents::register(Engine::builder(), Arc::clone(&analytics), Arc::clone(&prices))
-            .config(config.engine.clone());
+            .config(config.engine.clone())
+            .observe_tiers(observer);
         let builder = match &config.llm {
             // The offline model answers when the configured one fails.
             Some(llm) => builder.model(language_model(llm, &prices)?).fallback_model(offline),
@@ -490,6 +502,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::live))
         .routes(routes!(api::ready))
         .routes(routes!(api::metrics))
+        .routes(routes!(api::sla))
 }
 
 /// The OpenAI-compatible model of the configuration, priced from the price table when it lists it.

@@ -25,6 +25,7 @@ mod metrics;
 pub mod openapi;
 mod recovery;
 mod runs;
+mod sla;
 pub mod telemetry;
 mod web;
 mod ws;

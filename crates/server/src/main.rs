@@ -1,4 +1,4 @@
-//! `switchboard`: `serve` runs the server; `chat`, `ingest` and `loadtest` talk to one.
+//! `switchboard`: `serve` runs the server; `chat`, `ingest`, `loadtest` and `doctor` talk to one.
 
 use std::process::ExitCode;
 
@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use switchboard::demo_data::DemoDataArgs;
 use switchboard::{Application, Config, ServeArgs, telemetry};
 use switchboard_client::chat::ChatArgs;
+use switchboard_client::doctor::DoctorArgs;
 use switchboard_client::ingest::IngestArgs;
 use switchboard_client::loadtest::LoadtestArgs;
 
@@ -29,12 +30,15 @@ enum Command {
     /// Drives users against a running server, checks every run's events, and exits 1 when an
     /// SLA threshold is violated.
     Loadtest(Box<LoadtestArgs>),
+    /// Reads a running server's SLA report and readiness checks and says, in sentences, what is
+    /// wrong and which tier is to blame; exits 1 unless all is well.
+    Doctor(DoctorArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // A sentence and its causes; never a backtrace, which `anyhow` would print from
             // `main` when RUST_BACKTRACE is set, as it is in many shells.
@@ -47,9 +51,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match cli.command {
+    let done = match cli.command {
         Command::Serve(args) => {
             let config = Config::load(&args)?;
             telemetry::init(&config.log);
@@ -62,5 +66,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(args) => runtime.block_on(switchboard_client::ingest::ingest(args)),
         Command::DemoData(args) => switchboard::demo_data::demo_data(args),
         Command::Loadtest(args) => runtime.block_on(switchboard_client::loadtest::command(*args)),
-    }
+        // Not healthy: what is wrong is printed; the exit code says it too.
+        Command::Doctor(args) => {
+            let healthy = runtime.block_on(switchboard_client::doctor::command(args))?;
+            return Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }

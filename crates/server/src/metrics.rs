@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-use switchboard_protocol::{EventPayload, LogEntry, ModelCallUsage, RunId, Seq};
+use switchboard_protocol::{EventPayload, LogEntry, ModelCallUsage, RunId, Seq, Tier, TierObserver};
 use tokio::time::Instant;
 
 use crate::log::Observer;
+use crate::sla::Sla;
 
 /// A label with one value: a status or an error code.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -54,6 +55,33 @@ pub(crate) struct ViaLabel {
     pub(crate) via: &'static str,
 }
 
+/// The label of a tier's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct TierLabel {
+    /// `postgres`, `sqlite`, `redis`, `clickhouse` or `model`.
+    pub(crate) tier: &'static str,
+}
+
+/// The histogram of a tier's operations.
+fn tier_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// A run accepted here and not yet ended.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    accepted: Instant,
+    /// Whether its first event was stored.
+    started: bool,
+}
+
+/// Runs accepted and not ended past this many are looked through, and those accepted more
+/// than [`OPEN_FOR_AT_MOST`] ago forgotten (runs another node ended, whose final event this
+/// node never stores).
+const OPEN_AT_MOST: usize = 10_000;
+/// See [`OPEN_AT_MOST`]: a run's deadline is far shorter.
+const OPEN_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -92,12 +120,22 @@ pub(crate) struct Metrics {
     /// it came (`redis`: events published there; `log`: a user's connections told by the
     /// watcher that the log went further, as when Redis lost or delayed a message).
     pub(crate) from_other_nodes: Family<ViaLabel, Counter>,
-    /// When each run not yet started was accepted, for `first_event_latency`.
-    accepted: Mutex<HashMap<RunId, Instant>>,
+    /// From a message accepted to its run's final event.
+    pub(crate) response_latency: Histogram,
+    /// Each tier's operations, by tier.
+    pub(crate) tier_operations: Family<TierLabel, Histogram, fn() -> Histogram>,
+    /// The operations each tier failed (past their deadline, or it could not be reached).
+    pub(crate) tier_errors: Family<TierLabel, Counter>,
+    /// The live SLA report's figures.
+    pub(crate) sla: Sla,
+    /// When each run not yet ended was accepted, for `first_event_latency` and
+    /// `response_latency`.
+    accepted: Mutex<HashMap<RunId, Open>>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The metrics of a server on `tiers` (the model's included).
+    pub(crate) fn new(tiers: &[Tier]) -> Self {
         let mut registry = Registry::with_prefix("switchboard");
         let connections = Gauge::default();
         let runs = Family::<StatusLabel, Counter>::default();
@@ -114,6 +152,24 @@ impl Default for Metrics {
         let model_cost = Family::<ModelLabel, Counter<f64, AtomicU64>>::default();
         let password_checks = Counter::default();
         let from_other_nodes = Family::<ViaLabel, Counter>::default();
+        let response_latency = Histogram::new(exponential_buckets(0.005, 2.0, 16));
+        let tier_operations = Family::<TierLabel, Histogram, fn() -> Histogram>::new_with_constructor(tier_histogram);
+        let tier_errors = Family::<TierLabel, Counter>::default();
+        registry.register(
+            "response_latency_seconds",
+            "Time from accepting a message to its run's final event",
+            response_latency.clone(),
+        );
+        registry.register(
+            "tier_operation_seconds",
+            "How long each tier's operations took (postgres, sqlite, redis, clickhouse, model)",
+            tier_operations.clone(),
+        );
+        registry.register(
+            "tier_errors",
+            "Operations a tier failed: past their deadline, or it could not be reached",
+            tier_errors.clone(),
+        );
         registry.register(
             "from_other_nodes",
             "Events of other nodes handed to connections here (via redis), and users' connections told the log went further (via log)",
@@ -178,15 +234,27 @@ impl Default for Metrics {
             model_cost,
             password_checks,
             from_other_nodes,
+            response_latency,
+            tier_operations,
+            tier_errors,
+            sla: Sla::new(tiers),
             accepted: Mutex::default(),
         }
     }
-}
 
-impl Metrics {
-    /// Notes when a run was accepted, to measure the latency of its first event.
+    /// Notes when a run was accepted, to measure the latency of its first and final events.
     pub(crate) fn accepted(&self, run: &RunId, at: Instant) {
-        self.accepted.lock().unwrap().insert(run.clone(), at);
+        let mut open = self.accepted.lock().unwrap();
+        if open.len() >= OPEN_AT_MOST {
+            open.retain(|_, run| run.accepted.elapsed() < OPEN_FOR_AT_MOST);
+        }
+        open.insert(
+            run.clone(),
+            Open {
+                accepted: at,
+                started: false,
+            },
+        );
     }
 
     /// Forgets a run that did not start.
@@ -241,8 +309,29 @@ impl Observer for Metrics {
     fn stored(&self, entry: &LogEntry, _seq: Seq) {
         let event = &entry.event;
         self.events_stored.inc();
-        if let Some(at) = self.accepted.lock().unwrap().remove(&event.run_id) {
-            self.first_event_latency.observe(at.elapsed().as_secs_f64());
+        let is_final = matches!(&event.payload, EventPayload::AgentCompleted(done) if done.is_final);
+        let open = {
+            let mut open = self.accepted.lock().unwrap();
+            let run = open.get_mut(&event.run_id).map(|run| {
+                let seen = *run;
+                run.started = true;
+                seen
+            });
+            if is_final {
+                open.remove(&event.run_id);
+            }
+            run
+        };
+        if let Some(run) = open {
+            let took = run.accepted.elapsed();
+            if !run.started {
+                self.first_event_latency.observe(took.as_secs_f64());
+                self.sla.first_event(took);
+            }
+            if is_final {
+                self.response_latency.observe(took.as_secs_f64());
+                self.sla.response(took);
+            }
         }
         if let EventPayload::AgentCompleted(done) = &event.payload
             && done.is_final
@@ -264,5 +353,18 @@ impl Observer for Metrics {
 
     fn refused(&self) {
         self.events_refused.inc();
+    }
+}
+
+/// The metrics (and the SLA report) are told of every tier operation: the stores', Redis's and
+/// the model's.
+impl TierObserver for Metrics {
+    fn operation(&self, tier: Tier, took: std::time::Duration, failed: bool) {
+        let label = TierLabel { tier: tier.as_str() };
+        self.tier_operations.get_or_create(&label).observe(took.as_secs_f64());
+        if failed {
+            self.tier_errors.get_or_create(&label).inc();
+        }
+        self.sla.operation(tier, took, failed);
     }
 }

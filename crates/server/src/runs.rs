@@ -194,13 +194,18 @@ impl Runs {
             Ok(reservation) => reservation,
             Err(error) => return self.repeated(user, &message, Refusal::start(error)).await,
         };
+        // What the tiers take from here on counts for the run (its final `timings.tiers`).
+        let tiers = reservation.tiers();
         if let Some(shared) = &self.shared
-            && let Err(error) = self.reserve_shared(shared, user, &mut reservation).await
+            && let Err(error) = tiers
+                .clone()
+                .scope(self.reserve_shared(shared, user, &mut reservation))
+                .await
         {
             return self.repeated(user, &message, Refusal::start(error)).await;
         }
         // The rate limit counts last: a message refused for the limits above costs no budget.
-        if let Err(wait) = self.count_message(user).await {
+        if let Err(wait) = tiers.clone().scope(self.count_message(user)).await {
             let refusal = Refusal::new(
                 ErrorCode::RateLimited,
                 format!(
@@ -212,18 +217,15 @@ impl Runs {
         }
         let accepted_at = Instant::now();
         let run_id = RunId::generate();
-        let accepted = match self
-            .store
-            .accept_message(NewMessage {
-                user_id: user.clone(),
-                thread_id: message.thread_id.clone(),
-                text: message.text.clone(),
-                client_message_id: message.client_message_id.clone(),
-                message_id: MessageId::generate(),
-                run_id: run_id.clone(),
-            })
-            .await
-        {
+        let accepting = self.store.accept_message(NewMessage {
+            user_id: user.clone(),
+            thread_id: message.thread_id.clone(),
+            text: message.text.clone(),
+            client_message_id: message.client_message_id.clone(),
+            message_id: MessageId::generate(),
+            run_id: run_id.clone(),
+        });
+        let accepted = match tiers.scope(accepting).await {
             Ok(accepted) => accepted,
             Err(error @ StoreError::TimedOut { .. }) => {
                 self.check_later(user, run_id, message.text.clone());

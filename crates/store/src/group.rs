@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use switchboard_protocol::TierTimes;
 use tokio::sync::oneshot;
 
 /// A queue of requests `I`, each answered `O`, served a group at a time by one task at most.
@@ -31,8 +32,11 @@ impl<I, O> std::fmt::Debug for Grouped<I, O> {
     }
 }
 
+/// A request waiting: what it asks, where its answer goes, and the times of the run it is for.
+type Waiting<I, O> = (I, oneshot::Sender<O>, Option<TierTimes>);
+
 struct State<I, O> {
-    pending: Vec<(I, oneshot::Sender<O>)>,
+    pending: Vec<Waiting<I, O>>,
     serving: bool,
 }
 
@@ -57,7 +61,9 @@ impl<I: Send + 'static, O: Send + 'static> Grouped<I, O> {
     /// started that serves groups with `serve` until none is left: `serve` gets the requests of
     /// a group in the order they came and answers each, in that order (a request it leaves
     /// unanswered is told [`Stopped`]). The task runs on when the caller stops waiting, so a
-    /// request once queued is served; the caller may bound its own wait.
+    /// request once queued is served; the caller may bound its own wait. The time the group's
+    /// tier operations took counts for the run of each request in it (its [`TierTimes`]):
+    /// each waited for all of them.
     pub async fn submit<S, F>(&self, request: I, serve: S) -> Result<O, Stopped>
     where
         S: Fn(Vec<I>) -> F + Send + 'static,
@@ -66,7 +72,7 @@ impl<I: Send + 'static, O: Send + 'static> Grouped<I, O> {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.pending.push((request, reply));
+            state.pending.push((request, reply, TierTimes::current()));
             !std::mem::replace(&mut state.serving, true)
         };
         if start {
@@ -115,9 +121,18 @@ where
             let rest = state.pending.split_off(take);
             std::mem::replace(&mut state.pending, rest)
         };
-        let (requests, replies): (Vec<I>, Vec<_>) = group.into_iter().unzip();
-        let answers = serve(requests).await;
-        for (reply, answer) in replies.into_iter().zip(answers) {
+        let mut requests = Vec::with_capacity(group.len());
+        let mut waiting = Vec::with_capacity(group.len());
+        for (request, reply, times) in group {
+            requests.push(request);
+            waiting.push((reply, times));
+        }
+        let spent = TierTimes::default();
+        let answers = spent.clone().scope(serve(requests)).await;
+        for ((reply, times), answer) in waiting.into_iter().zip(answers) {
+            if let Some(times) = times {
+                times.add_all(&spent);
+            }
             let _ = reply.send(answer);
         }
     }
@@ -224,5 +239,49 @@ mod tests {
         let grouped: Grouped<u32, u32> = Grouped::new(10);
         let answer = grouped.submit(1, |_group: Vec<u32>| async { Vec::new() }).await;
         assert_eq!(answer, Err(Stopped));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_run_in_a_group_is_told_the_time_of_the_group_s_tier_operations() {
+        use switchboard_protocol::{Tier, TierClock};
+        let grouped: Grouped<u32, u32> = Grouped::new(10);
+        let clock = TierClock::new(Tier::Postgres);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let serve = move |group: Vec<u32>| {
+            let (clock, mut released) = (clock.clone(), released.clone());
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                let commit = async {
+                    tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+                    Ok::<_, ()>(())
+                };
+                clock.time("commit", commit, |_| true).await.unwrap();
+                group
+            }
+        };
+        let (first, second) = (TierTimes::default(), TierTimes::default());
+        let a = tokio::spawn(first.clone().scope({
+            let (grouped, serve) = (grouped.clone(), serve.clone());
+            async move { grouped.submit(1, serve).await }
+        }));
+        let b = tokio::spawn(second.clone().scope({
+            let (grouped, serve) = (grouped.clone(), serve.clone());
+            async move { grouped.submit(2, serve).await }
+        }));
+        // Outside any run: served, counted for nobody.
+        let c = tokio::spawn({
+            let grouped = grouped.clone();
+            async move { grouped.submit(3, serve).await }
+        });
+        tokio::task::yield_now().await;
+        release.send(true).unwrap();
+        assert_eq!(
+            (a.await.unwrap(), b.await.unwrap(), c.await.unwrap()),
+            (Ok(1), Ok(2), Ok(3))
+        );
+        // However the requests were grouped, each run waited for one commit of 40 ms.
+        for times in [first, second] {
+            assert_eq!(times.of(Tier::Postgres), (std::time::Duration::from_millis(40), 1));
+        }
     }
 }

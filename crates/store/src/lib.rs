@@ -69,42 +69,9 @@ impl StoreError {
     }
 }
 
-/// A storage tier: where a store keeps its data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Tier {
-    /// The embedded SQLite files in the data dir.
-    Sqlite,
-    /// A PostgreSQL server.
-    Postgres,
-    /// A ClickHouse server.
-    ClickHouse,
-    /// A Redis server (the nodes' shared fan-out, tickets and limits).
-    Redis,
-}
-
-impl Tier {
-    /// Its short name: the key of its readiness check and its metrics label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Sqlite => "sqlite",
-            Tier::Postgres => "postgres",
-            Tier::ClickHouse => "clickhouse",
-            Tier::Redis => "redis",
-        }
-    }
-}
-
-/// Its proper name, for sentences: "SQLite", "PostgreSQL", "ClickHouse", "Redis".
-impl std::fmt::Display for Tier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Tier::Sqlite => "SQLite",
-            Tier::Postgres => "PostgreSQL",
-            Tier::ClickHouse => "ClickHouse",
-            Tier::Redis => "Redis",
-        })
-    }
-}
+/// A storage tier (and the model, as a tier a run's time goes to): defined beside the run's
+/// timings, in the protocol crate.
+pub use switchboard_protocol::{Tier, TierClock, TierObserver, TierTimes};
 
 /// A registered user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,4 +432,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Where the data is kept.
     fn tier(&self) -> Tier;
+
+    /// Tells `observer` how long each of the store's operations on its tier takes (the
+    /// backends time them with a [`TierClock`]; a store that does not, such as a test's
+    /// wrapper, ignores it). The first observer stays.
+    fn observe(&self, observer: &std::sync::Arc<dyn TierObserver>) {
+        let _ = observer;
+    }
 }

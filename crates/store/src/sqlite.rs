@@ -17,8 +17,8 @@ use switchboard_protocol::{
 use crate::sqlite_analytics::{SqliteAnalytics, path_beside as analytics_path};
 use crate::{
     Accepted, AnalyticsStore, EventRecord, EventRow, Grouped, Message, NewMessage, RefreshFamilyId, RefreshTokenId,
-    Rotation, RunRecord, RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TimeRange, User,
-    WorkloadEvent, thread_title,
+    Rotation, RunRecord, RunState, Store, StoreError, StoredEvent, Summary, Thread, Tier, TierClock, TierObserver,
+    TimeRange, User, WorkloadEvent, thread_title,
 };
 
 /// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`;
@@ -123,6 +123,8 @@ pub struct SqliteStore {
     /// for a few commits, not for one commit each.
     accepts: Grouped<NewMessage, Result<Accepted, StoreError>>,
     analytics: SqliteAnalytics,
+    /// Times every operation (SQLite's tier).
+    clock: TierClock,
     _checkpointer: Arc<Checkpointer>,
 }
 
@@ -282,6 +284,7 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             accepts: Grouped::new(ACCEPT_GROUP),
             analytics,
+            clock: TierClock::new(Tier::Sqlite),
         })
     }
 
@@ -297,14 +300,17 @@ impl SqliteStore {
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock leaves SQLite itself consistent (the transaction
-            // rolls back when dropped), so a poisoned lock is safe to take over.
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("the store task failed: {e}")))?
+        let work = async move {
+            tokio::task::spawn_blocking(move || {
+                // A panic while holding the lock leaves SQLite itself consistent (the
+                // transaction rolls back when dropped), so a poisoned lock is safe to take over.
+                let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                work(&mut conn)
+            })
+            .await
+            .map_err(|e| StoreError::Backend(format!("the store task failed: {e}")))?
+        };
+        self.clock.time("query", work, StoreError::is_unavailable).await
     }
 }
 
@@ -604,19 +610,25 @@ impl Store for SqliteStore {
     }
 
     async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError> {
-        let conn = Arc::clone(&self.conn);
+        let (conn, clock) = (Arc::clone(&self.conn), self.clock.clone());
         self.accepts
             .submit(message, move |messages| {
-                let conn = Arc::clone(&conn);
+                let (conn, clock) = (Arc::clone(&conn), clock.clone());
                 async move {
-                    tokio::task::spawn_blocking(move || {
+                    let started = tokio::time::Instant::now();
+                    let answers = tokio::task::spawn_blocking(move || {
                         let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
                         let count = messages.len();
                         accept_batch(&mut conn, messages).unwrap_or_else(|error| vec![Err(error); count])
                     })
                     .await
                     // It panicked: every message of the group is told so.
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                    let failed = answers
+                        .iter()
+                        .any(|answer| answer.as_ref().is_err_and(StoreError::is_unavailable));
+                    clock.record(started.elapsed(), failed);
+                    answers
                 }
             })
             .await
@@ -810,6 +822,11 @@ impl Store for SqliteStore {
 
     fn tier(&self) -> Tier {
         Tier::Sqlite
+    }
+
+    fn observe(&self, observer: &Arc<dyn TierObserver>) {
+        self.clock.observe(Arc::clone(observer));
+        AnalyticsStore::observe(&self.analytics, observer);
     }
 }
 
@@ -1058,6 +1075,10 @@ impl AnalyticsStore for SqliteStore {
 
     fn tier(&self) -> Tier {
         Tier::Sqlite
+    }
+
+    fn observe(&self, observer: &Arc<dyn TierObserver>) {
+        AnalyticsStore::observe(&self.analytics, observer);
     }
 }
 

@@ -38,7 +38,10 @@ use tokio::sync::Semaphore;
 
 use crate::sqlite::{backend, corrupt};
 use crate::workload::{Cell, HOUR_MS, Sketch, clock_hour};
-use crate::{AnalyticsStore, CallFigures, Slice, StoreError, Summary, SummaryBuilder, Tier, TimeRange, WorkloadEvent};
+use crate::{
+    AnalyticsStore, CallFigures, Slice, StoreError, Summary, SummaryBuilder, Tier, TierClock, TierObserver, TimeRange,
+    WorkloadEvent,
+};
 
 /// 1: `workload_events` (before, the table lived in the chat store's file, schema 2 to 4);
 /// 2: the roll-ups (`workload_rollups`, `workload_left_out`, `workload_prompts`), built from
@@ -183,6 +186,8 @@ pub struct SqliteAnalytics {
     /// One permit per reader connection.
     free_readers: Arc<Semaphore>,
     path: PathBuf,
+    /// Times every operation (SQLite's tier).
+    clock: TierClock,
 }
 
 impl std::fmt::Debug for SqliteAnalytics {
@@ -266,6 +271,7 @@ impl SqliteAnalytics {
             readers: Arc::new(readers),
             free_readers: Arc::new(Semaphore::new(READERS)),
             path: path.to_owned(),
+            clock: TierClock::new(Tier::Sqlite),
         })
     }
 
@@ -275,14 +281,17 @@ impl SqliteAnalytics {
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let writer = Arc::clone(&self.writer);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock leaves SQLite consistent (the transaction rolls
-            // back when dropped), so a poisoned lock is safe to take over.
-            let mut conn = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("the workload store task failed: {e}")))?
+        let work = async move {
+            tokio::task::spawn_blocking(move || {
+                // A panic while holding the lock leaves SQLite consistent (the transaction
+                // rolls back when dropped), so a poisoned lock is safe to take over.
+                let mut conn = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                work(&mut conn)
+            })
+            .await
+            .map_err(|e| StoreError::Backend(format!("the workload store task failed: {e}")))?
+        };
+        self.clock.time("write", work, StoreError::is_unavailable).await
     }
 
     /// Runs `work` with a free reader connection on the blocking pool (waiting for one).
@@ -290,26 +299,29 @@ impl SqliteAnalytics {
         &self,
         work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let permit = Arc::clone(&self.free_readers)
-            .acquire_owned()
+        let (free_readers, readers) = (Arc::clone(&self.free_readers), Arc::clone(&self.readers));
+        let work = async move {
+            let permit = free_readers
+                .acquire_owned()
+                .await
+                .map_err(|e| StoreError::Backend(format!("the workload readers are closed: {e}")))?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                // The permit guarantees that one of them is free.
+                let conn = readers
+                    .iter()
+                    .find_map(|reader| match reader.try_lock() {
+                        Ok(conn) => Some(conn),
+                        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                        Err(TryLockError::WouldBlock) => None,
+                    })
+                    .expect("a reader permit means a free reader connection");
+                work(&conn)
+            })
             .await
-            .map_err(|e| StoreError::Backend(format!("the workload readers are closed: {e}")))?;
-        let readers = Arc::clone(&self.readers);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            // The permit guarantees that one of them is free.
-            let conn = readers
-                .iter()
-                .find_map(|reader| match reader.try_lock() {
-                    Ok(conn) => Some(conn),
-                    Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-                    Err(TryLockError::WouldBlock) => None,
-                })
-                .expect("a reader permit means a free reader connection");
-            work(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("the workload store task failed: {e}")))?
+            .map_err(|e| StoreError::Backend(format!("the workload store task failed: {e}")))?
+        };
+        self.clock.time("read", work, StoreError::is_unavailable).await
     }
 }
 
@@ -561,6 +573,10 @@ impl AnalyticsStore for SqliteAnalytics {
 
     fn tier(&self) -> Tier {
         Tier::Sqlite
+    }
+
+    fn observe(&self, observer: &Arc<dyn TierObserver>) {
+        self.clock.observe(Arc::clone(observer));
     }
 }
 

@@ -261,6 +261,10 @@ pub trait AnalyticsStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Where the data is kept.
     fn tier(&self) -> Tier;
+    /// Tells `observer` how long each operation on its tier takes, as [`crate::Store::observe`].
+    fn observe(&self, observer: &std::sync::Arc<dyn crate::TierObserver>) {
+        let _ = observer;
+    }
 }
 
 /// One call as the summary needs it.

@@ -7,19 +7,22 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use switchboard_protocol::sla::Thresholds;
 
 use super::{Arrival, ContractProblem, ErrorSample, LoadtestArgs, Plan, PollSample, Recorder};
 
+/// The SLA's limits: the server's report judges by the same.
+const SLA: Thresholds = Thresholds::INCIDENT;
 /// Response time (p95) limit of the SLA.
-const RESPONSE_P95_MS: f64 = 2000.0;
+const RESPONSE_P95_MS: f64 = SLA.response_p95_ms as f64;
 /// A response slower than this is a failure.
-const RESPONSE_FAILURE_MS: f64 = 3000.0;
+const RESPONSE_FAILURE_MS: f64 = SLA.response_failure_ms as f64;
 /// A health check slower than this (or unanswered) violates the SLA.
-const HEALTH_MS: f64 = 1000.0;
+const HEALTH_MS: f64 = SLA.health_ms as f64;
 /// Sign-in, socket, message and answer of a user's first run together.
-const WORKFLOW_MS: f64 = 15_000.0;
+const WORKFLOW_MS: f64 = SLA.workflow_ms as f64;
 /// Runs per second the server must sustain, checked when the load offers at least as many.
-const THROUGHPUT_PER_S: f64 = 10.0;
+const THROUGHPUT_PER_S: f64 = SLA.throughput_per_s as f64;
 /// Error samples kept in the report (all are counted).
 const ERROR_SAMPLES: usize = 100;
 /// Edges (ms) of the response-time histogram's buckets; the last one is open.
@@ -282,36 +285,36 @@ impl Report {
         let shown = |f: Option<f64>| f.map_or_else(|| "no data".to_owned(), |ms| format!("{ms:.1} ms"));
         let thresholds = vec![
             Threshold {
-                name: "response_p95_over_2000ms".into(),
-                limit: "response p95 < 2000 ms".into(),
+                name: SLA.response_p95_violation(),
+                limit: format!("response p95 < {RESPONSE_P95_MS} ms"),
                 observed: format!("p95 {}", shown(response_ms.p95)),
                 checked: true,
                 violations: u64::from(response_ms.p95.is_some_and(|p95| p95 >= RESPONSE_P95_MS)),
             },
             Threshold {
-                name: "response_over_3000ms".into(),
-                limit: "no response > 3000 ms".into(),
+                name: SLA.failed_response_violation(),
+                limit: format!("no response > {RESPONSE_FAILURE_MS} ms"),
                 observed: format!("{slow_responses} of {}", runs.len()),
                 checked: true,
                 violations: slow_responses,
             },
             Threshold {
-                name: "health_check_over_1000ms".into(),
-                limit: "every /health/ready < 1000 ms".into(),
+                name: SLA.health_violation(),
+                limit: format!("every /health/ready < {HEALTH_MS} ms"),
                 observed: format!("max {} over {} polls", shown(health_ms.max), ready.len()),
                 checked: true,
                 violations: slow_health,
             },
             Threshold {
-                name: "workflow_over_15s".into(),
-                limit: "sign-in → message → answer < 15 s".into(),
+                name: SLA.workflow_violation(),
+                limit: format!("sign-in → message → answer < {} s", WORKFLOW_MS / 1000.0),
                 observed: format!("max {}", shown(workflow_ms.max)),
                 checked: true,
                 violations: slow_workflows,
             },
             Threshold {
-                name: "throughput_under_10_per_s".into(),
-                limit: "≥ 10 runs/s (when offered)".into(),
+                name: SLA.throughput_violation(),
+                limit: format!("≥ {THROUGHPUT_PER_S} runs/s (when offered)"),
                 observed: format!(
                     "{:.1} runs/s (offered {:.1}/s{})",
                     throughput.runs_per_s,

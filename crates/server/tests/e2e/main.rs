@@ -16,6 +16,7 @@ mod openapi;
 mod raw;
 mod resume;
 mod runs;
+mod sla;
 mod socket;
 mod support;
 mod web;

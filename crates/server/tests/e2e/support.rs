@@ -622,6 +622,9 @@ impl Store for HangingStore {
     fn tier(&self) -> Tier {
         self.inner.tier()
     }
+    fn observe(&self, observer: &Arc<dyn switchboard_store::TierObserver>) {
+        self.inner.observe(observer);
+    }
 }
 
 #[async_trait]
@@ -644,5 +647,8 @@ impl AnalyticsStore for HangingStore {
     }
     fn tier(&self) -> Tier {
         self.analytics.tier()
+    }
+    fn observe(&self, observer: &Arc<dyn switchboard_store::TierObserver>) {
+        self.analytics.observe(observer);
     }
 }
