@@ -74,6 +74,17 @@ impl SignIn {
     }
 }
 
+/// The server throttled a login (429 `rate_limited`): too many at once or failed from this
+/// address or for this email.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("login throttled by the server: {message} (retry after {} s)", retry_after.as_secs())]
+pub struct Throttled {
+    /// The server's `Retry-After`.
+    pub retry_after: std::time::Duration,
+    /// The server's sentence.
+    pub message: String,
+}
+
 /// The HTTP side of a server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -130,18 +141,37 @@ impl Client {
         self.login(email, password).await
     }
 
-    /// Signs in.
+    /// Signs in. A login the server throttles (429) is the error [`Throttled`], which says how
+    /// long to wait.
     pub async fn login(&self, email: &str, password: &str) -> anyhow::Result<Session> {
         let credentials = Credentials {
             email: email.to_owned(),
             password: password.to_owned(),
         };
-        let (status, body) = self.post("/api/auth/login", None, &credentials).await?;
+        let response = self
+            .http
+            .post(format!("{}/api/auth/login", self.base))
+            .json(&credentials)
+            .send()
+            .await
+            .context("POST /api/auth/login")?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        let message = body["error"]["message"].as_str().unwrap_or("no message").to_owned();
+        if status == 429 {
+            return Err(Throttled {
+                retry_after: std::time::Duration::from_secs(retry_after.unwrap_or(1)),
+                message,
+            }
+            .into());
+        }
         if status != 200 {
-            bail!(
-                "login failed with {status}: {}",
-                body["error"]["message"].as_str().unwrap_or("no message")
-            );
+            bail!("login failed with {status}: {message}");
         }
         Session::from_body(body)
     }

@@ -5,9 +5,11 @@
 
 pub mod chat;
 mod client;
-pub mod contract;
+/// The contract checker of a socket's stream (in the protocol crate, shared with the engine's
+/// test kit).
+pub use switchboard_protocol::contract;
 pub mod doctor;
 pub mod ingest;
 pub mod loadtest;
 
-pub use client::{Client, Session, SignIn, Socket};
+pub use client::{Client, Session, SignIn, Socket, Throttled};

@@ -26,14 +26,17 @@ use tokio::time::Instant;
 pub use report::{Figures, Report, RunRecord, Second, Threshold, Window};
 
 use crate::contract::{Problem, StreamCheck};
-use crate::{Client, Session, SignIn, Socket};
+use crate::{Client, Session, SignIn, Socket, Throttled};
 
 /// How often `/health/ready` and `/api/sla` are polled.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// The longest a poll, a sign-in or opening a socket may take before it counts as failed.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// At most this many users sign in at once.
-const SIGN_IN_CONCURRENCY: usize = 16;
+const SIGN_IN_CONCURRENCY: usize = 8;
+/// How long a user keeps trying to sign in while the server throttles its logins (a server counts
+/// each password check of an address as a possible failure until it is done: 10 by default).
+const THROTTLED_FOR_AT_MOST: Duration = Duration::from_secs(60);
 
 /// Options of `switchboard loadtest`.
 #[derive(Debug, Clone, Args)]
@@ -453,13 +456,18 @@ impl Accounts {
         })
     }
 
-    async fn session(&self, client: &Client, index: usize) -> anyhow::Result<Session> {
+    /// User `index`'s session; `again` after a login of it was throttled (then its account,
+    /// when the test registers one, exists: registering comes first).
+    async fn session(&self, client: &Client, index: usize, again: bool) -> anyhow::Result<Session> {
         match self {
             Accounts::DevLogin => client.dev_login(Some(&dev_email(index))).await,
             Accounts::Register { tag, password } => {
-                client
-                    .register(&format!("loadtest-{tag}-{index}@loadtest.invalid"), password)
-                    .await
+                let email = format!("loadtest-{tag}-{index}@loadtest.invalid");
+                if again {
+                    client.login(&email, password).await
+                } else {
+                    client.register(&email, password).await
+                }
             }
             Accounts::Shared { email, password } => client.login(email, password).await,
         }
@@ -486,7 +494,24 @@ fn random_hex() -> String {
 /// Signs user `index` in and opens its socket.
 async fn sign_in(client: &Client, accounts: &Accounts, index: usize) -> Result<Ready, (usize, &'static str, String)> {
     let started = Instant::now();
-    let session = match tokio::time::timeout(REQUEST_DEADLINE, accounts.session(client, index)).await {
+    let throttled_until = started + THROTTLED_FOR_AT_MOST;
+    let mut again = false;
+    let session = loop {
+        match tokio::time::timeout(REQUEST_DEADLINE, accounts.session(client, index, again)).await {
+            Ok(Err(error)) if Instant::now() < throttled_until => match error.downcast_ref::<Throttled>() {
+                // Throttled: again after the server's wait, or a second at most, since a place
+                // held by a login in flight (the others of this test) is free again once its
+                // password is checked.
+                Some(throttled) => {
+                    again = true;
+                    tokio::time::sleep(throttled.retry_after.min(Duration::from_secs(1))).await;
+                }
+                None => break Ok(Err(error)),
+            },
+            other => break other,
+        }
+    };
+    let session = match session {
         Ok(Ok(session)) => session,
         Ok(Err(error)) => return Err((index, "sign_in", format!("user {index} could not sign in: {error:#}"))),
         Err(_) => {

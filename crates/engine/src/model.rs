@@ -415,9 +415,19 @@ impl ModelLedger {
             });
             state.calls.len() - 1
         });
+        // A span for the call, under the agent's; it ends when the call is settled.
+        let span = tracing::info_span!(
+            "model",
+            model = model.name(),
+            input_tokens = tracing::field::Empty,
+            output_tokens = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         OpenCall {
             ledger: Arc::clone(self),
             index,
+            span: Some(span),
         }
     }
 
@@ -493,18 +503,34 @@ struct OpenCall {
     ledger: Arc<ModelLedger>,
     /// `None` when the call was not entered, or once it is settled.
     index: Option<usize>,
+    /// The call's span, until it is settled.
+    span: Option<tracing::Span>,
 }
 
 impl OpenCall {
     fn settle(mut self, usage: Usage, success: bool) {
+        self.end_span(usage, success);
         if let Some(index) = self.index.take() {
             self.ledger.settle(index, usage, success);
+        }
+    }
+
+    /// Records how the call ended on its span, and ends the span.
+    fn end_span(&mut self, usage: Usage, success: bool) {
+        if let Some(span) = self.span.take() {
+            span.record("input_tokens", usage.input_tokens)
+                .record("output_tokens", usage.output_tokens)
+                .record("outcome", if success { "ok" } else { "failed" });
+            if !success {
+                span.record("otel.status_code", "ERROR");
+            }
         }
     }
 }
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
+        self.end_span(Usage::default(), false);
         if let Some(index) = self.index.take() {
             self.ledger.settle(index, Usage::default(), false);
         }

@@ -438,7 +438,18 @@ impl RunDriver {
         let ledger = Arc::clone(&self.ledger);
         let (accepted, run_deadline, final_limit) = (self.accepted, self.run_deadline, self.final_limit);
         let (run_id, user_id) = (self.info.run_id.clone(), self.info.user_id.clone());
-        let span = tracing::info_span!("run", run_id = %run_id, user_id = %user_id, trace_id = %self.info.trace_id);
+        let span = tracing::info_span!(
+            "run",
+            run_id = %run_id,
+            user_id = %user_id,
+            thread_id = %self.info.thread_id,
+            trace_id = %self.info.trace_id,
+            status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        // Kept to record the run's status on it when it ends (and so, for an exporter, to end it
+        // then).
+        let run_span = span.clone();
         let tiers = self.tiers.clone();
         let guarded = tokio::time::timeout_at(final_limit, tiers.scope(AssertUnwindSafe(self.drive()).catch_unwind()));
         let outcome = match tracing::Instrument::instrument(guarded, span).await {
@@ -472,6 +483,11 @@ impl RunDriver {
                 abnormal_outcome(&log, &ledger, cause, accepted, Instant::now() + FINAL_RESERVE).await
             }
         };
+        run_span.record("status", outcome.status.as_str());
+        if outcome.status != RunStatus::Completed {
+            run_span.record("otel.status_code", "ERROR");
+        }
+        drop(run_span);
         engine.finish(&run_id);
         log.release_place();
         outcome
@@ -589,7 +605,16 @@ impl RunDriver {
             .unwrap_or_else(|_| "working on the request".to_owned());
         self.emit(name, started_payload(&task)).await;
 
-        let mut work = AbortOnDropHandle::new(tokio::spawn(TierTimes::carried(async move { agent.run(ctx).await })));
+        // The agent's task is a span of its own under the run's: the spans it opens (model and
+        // tool calls, the tiers they touch) are carried into the task with it.
+        let agent_span = tracing::info_span!(
+            "agent",
+            name = %name,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let agent_work = tracing::Instrument::instrument(async move { agent.run(ctx).await }, agent_span.clone());
+        let mut work = AbortOnDropHandle::new(tokio::spawn(TierTimes::carried(agent_work)));
         let control = Arc::clone(&self.control);
         let ending = loop {
             let partial_due = self.partial.as_ref().map(|(_, due)| *due);
@@ -668,6 +693,12 @@ impl RunDriver {
                     message: failure.message,
                 }
             }
+        };
+        match &record {
+            AgentOutcome::Completed(_) => agent_span.record("outcome", "ok"),
+            AgentOutcome::Failed { code, .. } => agent_span
+                .record("outcome", code.as_str())
+                .record("otel.status_code", "ERROR"),
         };
         self.records.push(AgentRecord {
             name: name.clone(),

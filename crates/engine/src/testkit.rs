@@ -873,112 +873,20 @@ pub fn final_status(events: &[Event]) -> Option<RunStatus> {
 }
 
 /// Checks the events of one run against every rule of PROTOCOL.md section 3 that can be seen
-/// in the events themselves. Returns the first broken rule.
+/// in the events themselves (the protocol crate's contract checker, as clients run it on their
+/// streams: `StreamCheck::of_run`). Returns the first broken rule.
 pub fn check_run(events: &[Event]) -> Result<(), String> {
-    let supervisor = AgentName::supervisor();
-    let first = events.first().ok_or("the run has no events")?;
-    if first.agent_name != supervisor || !matches!(first.payload, EventPayload::AgentStarted(_)) {
-        return Err("the first event is not the supervisor's agent_started".into());
+    if events.is_empty() {
+        return Err("the run has no events".into());
     }
-    let finals = events.iter().filter(|e| e.is_final()).count();
-    if finals != 1 {
-        return Err(format!("{finals} final events"));
-    }
-    let last = events.last().unwrap();
-    if !last.is_final() || last.agent_name != supervisor {
-        return Err("the last event is not the supervisor's final agent_completed".into());
-    }
-    let mut stack: Vec<&AgentName> = Vec::new();
-    let mut open_tools: HashMap<&str, (&AgentName, &str)> = HashMap::new();
-    let mut previous: Option<&Event> = None;
+    let mut check = switchboard_protocol::contract::StreamCheck::of_run();
     for event in events {
-        if event.run_id != first.run_id || event.thread_id != first.thread_id || event.trace_id != first.trace_id {
-            return Err(format!("event {} belongs to another run", event.seq));
-        }
-        if let Some(previous) = previous
-            && event.seq <= previous.seq
-        {
-            return Err(format!("seq {} follows seq {}", event.seq, previous.seq));
-        }
-        let agent = &event.agent_name;
-        let top = stack.last().copied();
-        match &event.payload {
-            EventPayload::AgentStarted(_) => {
-                let allowed = match top {
-                    None => stack.is_empty() && previous.is_none() && *agent == supervisor,
-                    Some(top) => *top == supervisor && *agent != supervisor,
-                };
-                if !allowed {
-                    return Err(format!("{agent} starts inside {top:?}"));
-                }
-                stack.push(agent);
-            }
-            EventPayload::AgentCompleted(completed) => {
-                if top != Some(agent) {
-                    return Err(format!("{agent} completes while {top:?} is open"));
-                }
-                if open_tools.values().any(|(a, _)| *a == agent) {
-                    return Err(format!("{agent} completes with a tool call open"));
-                }
-                if completed.status != RunStatus::Completed {
-                    let told = matches!(previous, Some(p) if p.agent_name == *agent
-                        && matches!(p.payload, EventPayload::AgentError(_)));
-                    if !told {
-                        return Err(format!(
-                            "{agent} ends {} with no agent_error before",
-                            completed.status.as_str()
-                        ));
-                    }
-                }
-                if completed.is_final {
-                    if completed.timings.is_none() {
-                        return Err("the final event has no timings".into());
-                    }
-                    if completed.status == RunStatus::Completed {
-                        let text = completed
-                            .result
-                            .as_ref()
-                            .and_then(|r| r.get("text"))
-                            .and_then(Value::as_str);
-                        if text.is_none() {
-                            return Err("a completed run has no result.text".into());
-                        }
-                    }
-                }
-                stack.pop();
-            }
-            EventPayload::ToolExecuting(call) => {
-                if top != Some(agent) {
-                    return Err(format!("{agent} calls a tool while not open"));
-                }
-                if open_tools
-                    .insert(&call.tool_call_id, (agent, &call.tool_name))
-                    .is_some()
-                {
-                    return Err(format!("tool call id {} reused", call.tool_call_id));
-                }
-            }
-            EventPayload::ToolCompleted(done) => match open_tools.remove(done.tool_call_id.as_str()) {
-                Some((a, name)) if a == agent && name == done.tool_name => {}
-                _ => return Err(format!("tool_completed {} has no tool_executing", done.tool_call_id)),
-            },
-            EventPayload::AgentError(error) => {
-                if top != Some(agent) {
-                    return Err(format!("{agent} reports an error while not open"));
-                }
-                if error.message.len() < 10 || !error.message.ends_with('.') {
-                    return Err(format!("agent_error message is not a sentence: {:?}", error.message));
-                }
-            }
-            EventPayload::AgentThinking(_) | EventPayload::PartialResult(_) => {
-                if top != Some(agent) {
-                    return Err(format!("{agent} narrates while not open"));
-                }
-            }
-        }
-        previous = Some(event);
+        check.feed_event(event);
     }
-    Ok(())
+    match check.finish().first() {
+        Some(problem) => Err(problem.to_string()),
+        None => Ok(()),
+    }
 }
 
 /// Checks that a user's events carry seq 1, 2, 3, ... with no gap and no duplicate.

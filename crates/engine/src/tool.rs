@@ -153,6 +153,14 @@ impl Tools {
             return Err(ToolCallError::NotAnObject { tool: name.to_owned() });
         }
         let call_id = format!("call_{}", self.call_ids.fetch_add(1, Ordering::Relaxed) + 1);
+        // Under the agent's span; the tool's task carries it, so what the tool opens is its child.
+        let span = tracing::info_span!(
+            "tool",
+            name,
+            call_id = %call_id,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         self.reporter
             .send(Report::ToolStarted(ToolExecuting {
                 tool_call_id: call_id.clone(),
@@ -169,10 +177,8 @@ impl Tools {
             }),
             Ok(permit) => {
                 let tool = Arc::clone(&entry.tool);
-                let task =
-                    AbortOnDropHandle::new(tokio::spawn(TierTimes::carried(
-                        async move { tool.call(parameters).await },
-                    )));
+                let work = tracing::Instrument::instrument(async move { tool.call(parameters).await }, span.clone());
+                let task = AbortOnDropHandle::new(tokio::spawn(TierTimes::carried(work)));
                 let outcome = match tokio::time::timeout(self.timeout, task).await {
                     Ok(Ok(Ok(value))) => Ok(value),
                     Ok(Ok(Err(source))) => Err(ToolCallError::Failed {
@@ -196,6 +202,13 @@ impl Tools {
                 outcome
             }
         };
+        match &outcome {
+            Ok(_) => span.record("outcome", "ok"),
+            Err(error) => span
+                .record("outcome", error.code().as_str())
+                .record("otel.status_code", "ERROR"),
+        };
+        drop(span);
         let elapsed = started.elapsed();
         let completed = match &outcome {
             Ok(value) => ToolCompleted {

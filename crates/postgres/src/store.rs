@@ -1506,10 +1506,26 @@ impl Store for PgStore {
         .await
     }
 
+    /// A round trip that also finds a server that can store nothing: a standby, or a primary
+    /// made read-only (as after a failover, or `default_transaction_read_only`).
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|client| {
+        let place = self.place.clone();
+        self.with(move |client| {
             Box::pin(async move {
-                client.simple_query("SELECT 1").await?;
+                let answer = client.simple_query("SHOW transaction_read_only").await?;
+                let read_only = answer.iter().any(|message| {
+                    matches!(message, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("on"))
+                });
+                if read_only {
+                    return Err(StoreError::Unavailable {
+                        tier: Tier::Postgres,
+                        reason: format!(
+                            "{place} is read-only (transaction_read_only is on: a standby, or a database made \
+                             read-only), so nothing can be stored"
+                        ),
+                    }
+                    .into());
+                }
                 Ok(())
             })
         })

@@ -243,6 +243,45 @@ async fn a_database_of_a_newer_schema_is_refused() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_made_read_only_under_a_running_store_fails_its_ping_with_a_sentence() {
+    let url = support::fresh_database().await;
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    store.ping().await.unwrap();
+    // As after a failover to a standby: every new session is read-only; the store's own
+    // connections are cut, so it opens new ones.
+    let raw = support::raw_connection(&url).await;
+    raw.batch_execute(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid();",
+    )
+    .await
+    .unwrap();
+    // The first ping may meet a connection that was cut; the next ones open new sessions.
+    let error = tokio::time::timeout(TEST_DEADLINE, async {
+        loop {
+            match store.ping().await {
+                Err(error) if error.to_string().contains("read-only") => break error,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await
+    .expect("the ping finds the database read-only");
+    assert!(unavailable(&error), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("PostgreSQL") && message.contains("nothing can be stored"),
+        "{message}"
+    );
+    raw.batch_execute(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = off', current_database()); END $$;",
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn options_no_store_could_work_with_are_refused_before_connecting() {
     let url = "postgres://ann@127.0.0.1:1/chat";

@@ -2,6 +2,7 @@
 //! event as serde types, one closed enum per direction, and the HTTP API's bodies ([`http`]).
 //! This crate does no I/O. The `openapi` feature gives the types OpenAPI schemas (`utoipa`).
 
+pub mod contract;
 mod events;
 mod frames;
 pub mod http;

@@ -144,6 +144,11 @@ pub struct ServeArgs {
     /// when not given, and logged at start-up.
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
+    /// Sends each run's trace (the run, its agents, tool and model calls) over OTLP/HTTP to
+    /// this collector (e.g. `http://localhost:4318`; spans go to its `/v1/traces`); without it
+    /// no traces are exported.
+    #[arg(long, env = "SWITCHBOARD_OTLP_ENDPOINT", hide_env_values = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The same keys, read from the TOML file.
@@ -189,6 +194,7 @@ struct FileConfig {
     redis_url: Option<String>,
     redis_timeout_ms: Option<u64>,
     node_id: Option<String>,
+    otlp_endpoint: Option<String>,
 }
 
 /// The server's settings, complete and validated.
@@ -260,9 +266,11 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// This node's name, when given; `None`: generated at start-up.
     pub node_id: Option<String>,
+    /// The OTLP/HTTP collector traces are exported to; `None`: no traces are exported.
+    pub otlp_endpoint: Option<TierUrl>,
 }
 
-/// The address of a tier (PostgreSQL, ClickHouse), credentials included. Printed (`Display`,
+/// The address of a tier (PostgreSQL, ClickHouse, Redis) or of the trace collector, credentials included. Printed (`Display`,
 /// `Debug`) without them: a password in the userinfo or in a `password` query parameter is
 /// shown as `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -272,7 +280,7 @@ pub struct TierUrl {
 
 impl TierUrl {
     /// Parses `text` for the config key `key`, which needs one of `schemes` and a host.
-    fn parse(key: &str, text: &str, schemes: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) fn parse(key: &str, text: &str, schemes: &[&str]) -> anyhow::Result<Self> {
         // A URL that fails here is never echoed: where it cannot be read, nothing says which
         // part is the password.
         let expected = schemes
@@ -382,6 +390,7 @@ impl Default for Config {
             redis_url: None,
             redis_timeout: Duration::from_millis(500),
             node_id: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -468,6 +477,9 @@ impl Config {
             .transpose()?;
         layer!(redis_timeout_ms, config.redis_timeout, ms);
         config.node_id = url(&args.node_id, &file.node_id);
+        config.otlp_endpoint = url(&args.otlp_endpoint, &file.otlp_endpoint)
+            .map(|text| TierUrl::parse("otlp_endpoint", &text, &["http", "https"]))
+            .transpose()?;
         config.jwt_secret = std::env::var("SWITCHBOARD_JWT_SECRET").ok().filter(|s| !s.is_empty());
         config.validate()?;
         Ok(config)
@@ -616,6 +628,53 @@ mod tests {
         for (error, expected) in cases {
             assert_eq!(error, expected);
             assert!(!error.contains("pw") && !error.contains("p@w"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_otlp_endpoint_comes_from_the_command_line_over_the_file_and_must_be_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("switchboard.toml");
+        std::fs::write(&file, "otlp_endpoint = \"http://collector.internal:4318\"\n").unwrap();
+        let endpoint = |args: ServeArgs| Config::load(&args).unwrap().otlp_endpoint.map(|url| url.to_string());
+        assert_eq!(endpoint(ServeArgs::default()), None);
+        let from_file = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(endpoint(from_file), Some("http://collector.internal:4318/".to_owned()));
+        let from_flag = ServeArgs {
+            config: Some(file),
+            otlp_endpoint: Some("https://otel.example:4318".into()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(endpoint(from_flag), Some("https://otel.example:4318/".to_owned()));
+        let empty = ServeArgs {
+            otlp_endpoint: Some(String::new()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(endpoint(empty), None);
+
+        for (given, error) in [
+            (
+                "grpc://collector:4317",
+                "invalid setting `otlp_endpoint`: not a http:// or https:// URL (it starts with `grpc:`)",
+            ),
+            (
+                "localhost:4318",
+                "invalid setting `otlp_endpoint`: not a http:// or https:// URL (it starts with `localhost:`)",
+            ),
+            (
+                "collector",
+                "invalid setting `otlp_endpoint`: not a URL (relative URL without a base); expected http:// or \
+                 https://host:port/…",
+            ),
+        ] {
+            let args = ServeArgs {
+                otlp_endpoint: Some(given.into()),
+                ..ServeArgs::default()
+            };
+            assert_eq!(Config::load(&args).unwrap_err().to_string(), error, "{given}");
         }
     }
 

@@ -56,11 +56,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = match cli.command {
         Command::Serve(args) => {
             let config = Config::load(&args)?;
-            telemetry::init(&config.log);
-            runtime.block_on(async {
+            let telemetry = telemetry::init(&config)?;
+            let served = runtime.block_on(async {
                 let app = Application::build(config).await?;
                 app.run_until_stopped().await
-            })
+            });
+            // Outside the runtime: the exporter's last batch goes out from a thread of its own.
+            telemetry.shutdown();
+            served
         }
         Command::Chat(args) => runtime.block_on(switchboard_client::chat::run(args)),
         Command::Ingest(args) => runtime.block_on(switchboard_client::ingest::ingest(args)),

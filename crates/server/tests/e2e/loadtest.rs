@@ -4,7 +4,7 @@
 use switchboard_client::SignIn;
 use switchboard_client::loadtest::{self, LoadtestArgs};
 
-use crate::support::spawn_app;
+use crate::support::{spawn_app, spawn_app_with};
 
 fn args(server: &str, users: usize, runs: u64) -> LoadtestArgs {
     LoadtestArgs {
@@ -82,6 +82,21 @@ async fn three_users_get_six_runs_answered_with_no_contract_problem_and_the_file
     for outside in ["<script", "<link", "src=", "href=", "url(", "@import"] {
         assert!(!page.contains(outside), "the page has {outside}");
     }
+}
+
+#[tokio::test]
+async fn users_whose_logins_the_server_throttles_sign_in_again_until_they_are_in() {
+    // Without dev-login each user registers and signs in with a password; two logins at a time
+    // from one address are all this server takes.
+    let app = spawn_app_with(|c| {
+        c.dev = false;
+        c.login_max_failures = 2;
+    })
+    .await;
+    let report = loadtest::run(args(app.client.base(), 6, 6)).await.unwrap();
+    assert_eq!(report.errors, 0, "{}", report.table());
+    assert_eq!(report.runs, 6, "{}", report.table());
+    assert_eq!(report.workflow_ms.count, 6, "every user signed in and got its answer");
 }
 
 #[tokio::test]

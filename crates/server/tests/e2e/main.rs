@@ -19,5 +19,6 @@ mod runs;
 mod sla;
 mod socket;
 mod support;
+mod traces;
 mod web;
 mod workload;

@@ -147,14 +147,34 @@ pub(crate) fn redis_url() -> String {
 /// test's own on the same database. `shutdown` sends it SIGTERM and waits for it; `kill` is
 /// `kill -9`.
 pub(crate) async fn spawn_node(database: &str, redis: &str, node: &str, flags: &[&str]) -> TestApp {
+    let mut args = vec!["--database-url", database, "--redis-url", redis, "--node-id", node];
+    args.extend_from_slice(flags);
+    let store = PgStore::connect(database, PgOptions::default()).await.unwrap();
+    spawn_process(&format!("node {node}"), &args, Some(Arc::new(store))).await
+}
+
+/// A server alone on the embedded SQLite in a fresh data dir: the real binary, a process of its
+/// own (`switchboard serve --dev` and `flags`), on port 0. Its `store` is a scratch store of the
+/// test's own beside the server's files, not the server's. `shutdown` sends it SIGTERM and
+/// waits for it.
+pub(crate) async fn spawn_server_process(flags: &[&str]) -> TestApp {
+    spawn_process("the server", flags, None).await
+}
+
+/// `switchboard serve --dev --listen 127.0.0.1:0 --data-dir DIR` and `args` as a process, once
+/// it listens; `store` is the test's handle (`None`: a scratch SQLite store in DIR).
+async fn spawn_process(name: &str, args: &[&str], store: Option<Arc<dyn Store>>) -> TestApp {
     use tokio::io::AsyncBufReadExt;
 
     let dir = tempfile::tempdir().unwrap();
+    let store = match store {
+        Some(store) => store,
+        None => Arc::new(SqliteStore::open(&dir.path().join("handle.sqlite3")).await.unwrap()),
+    };
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
-        .args(["--database-url", database, "--redis-url", redis, "--node-id", node])
-        .args(flags)
+        .args(args)
         .env("SWITCHBOARD_JWT_SECRET", SECRET)
         .env("SWITCHBOARD_LOG", "info")
         .stdout(std::process::Stdio::null())
@@ -168,7 +188,7 @@ pub(crate) async fn spawn_node(database: &str, redis: &str, node: &str, flags: &
             .next_line()
             .await
             .unwrap()
-            .unwrap_or_else(|| panic!("node {node} exited before listening"));
+            .unwrap_or_else(|| panic!("{name} exited before listening"));
         if let Some(rest) = line.split("listening on ").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
@@ -179,14 +199,13 @@ pub(crate) async fn spawn_node(database: &str, redis: &str, node: &str, flags: &
             let _ = logged.send(line);
         }
     });
-    let store = PgStore::connect(database, PgOptions::default()).await.unwrap();
     let analytics = SqliteAnalytics::open(&dir.path().join("handle-workload.sqlite3"))
         .await
         .unwrap();
     TestApp {
         client: Client::new(&format!("http://{addr}")),
         stop: CancellationToken::new(),
-        store: Arc::new(HangingStore::new(Arc::new(store), Arc::new(analytics))),
+        store: Arc::new(HangingStore::new(store, Arc::new(analytics))),
         router: axum::Router::new(),
         server: Served::Process(Box::new(child), tokio::sync::Mutex::new(log)),
         _dir: Some(dir),

@@ -8,10 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use serde_json::Value;
-use switchboard_protocol::{
-    AgentName, Control, Event, EventPayload, RunId, RunStatus, Seq, ServerFrame, ThreadId, TraceId,
+use crate::{
+    AgentName, Control, ErrorCode, Event, EventPayload, RunId, RunStatus, Seq, ServerFrame, ThreadId, TraceId,
 };
+use serde_json::Value;
 
 /// One way a stream broke the contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +115,21 @@ pub enum Problem {
         /// The run.
         run: RunId,
     },
+    /// An `agent_error` whose message is not a sentence (at least 10 characters, ending with a
+    /// full stop): every failure is told to the user as one.
+    NotASentence {
+        /// The run.
+        run: RunId,
+        /// The event's seq.
+        seq: Seq,
+        /// The message.
+        message: String,
+    },
+    /// A final event without `timings`.
+    NoTimings {
+        /// The run.
+        run: RunId,
+    },
 }
 
 impl Problem {
@@ -135,6 +150,8 @@ impl Problem {
             Problem::SecondFinal { .. } => "second_final",
             Problem::AfterFinal { .. } => "after_final",
             Problem::MissingFinal { .. } => "missing_final",
+            Problem::NotASentence { .. } => "not_a_sentence",
+            Problem::NoTimings { .. } => "no_timings",
         }
     }
 }
@@ -175,6 +192,13 @@ impl fmt::Display for Problem {
             Problem::SecondFinal { run, seq } => write!(f, "run {run} got a second final event (seq {seq})"),
             Problem::AfterFinal { run, seq } => write!(f, "run {run} got an event (seq {seq}) after its final event"),
             Problem::MissingFinal { run } => write!(f, "run {run} never got its final event"),
+            Problem::NotASentence { run, seq, message } => {
+                write!(
+                    f,
+                    "run {run}, seq {seq}: the agent_error message {message:?} is not a sentence"
+                )
+            }
+            Problem::NoTimings { run } => write!(f, "the final event of run {run} has no timings"),
         }
     }
 }
@@ -196,6 +220,9 @@ struct RunState {
     told: Option<AgentName>,
     /// Whether its final event came.
     ended: bool,
+    /// Whether it is taken to be the run of a message whose storing the server could not
+    /// confirm (`store_unavailable`): it must end like one this connection started.
+    adopted: bool,
 }
 
 impl RunState {
@@ -208,6 +235,7 @@ impl RunState {
             tools: HashMap::new(),
             told: None,
             ended: false,
+            adopted: false,
         }
     }
 }
@@ -223,6 +251,13 @@ pub struct StreamCheck {
     seen: HashSet<Seq>,
     runs: HashMap<RunId, RunState>,
     problems: Vec<Problem>,
+    /// Messages the server answered with `store_unavailable`: each may have been stored after
+    /// all, and its run start later without a `message_accepted` (the server starts the run of
+    /// a message stored once the store answers again).
+    uncertain: usize,
+    /// Fed the events of one run only (the engine's tests): their seqs rise, with the other
+    /// runs' between them, and the first event's run is the one started here.
+    one_run: bool,
 }
 
 impl StreamCheck {
@@ -235,7 +270,25 @@ impl StreamCheck {
             seen: HashSet::new(),
             runs: HashMap::new(),
             problems: Vec::new(),
+            uncertain: 0,
+            one_run: false,
         }
+    }
+
+    /// A checker of the events of one run, fed with [`StreamCheck::feed_event`]: every rule of a
+    /// run applies (its first event, the order rules, one final event, and at `finish` a final
+    /// event at all); seqs must rise but may skip (the user's other runs); an event of another
+    /// run is a problem.
+    pub fn of_run() -> Self {
+        Self {
+            one_run: true,
+            ..Self::new(false)
+        }
+    }
+
+    /// Takes the next event of the stream (as [`StreamCheck::feed`] takes an event's frame).
+    pub fn feed_event(&mut self, event: &Event) {
+        self.event(event);
     }
 
     /// Takes the next frame of the stream.
@@ -247,9 +300,13 @@ impl StreamCheck {
                     self.last = Some(established.last_seq);
                 }
                 Control::Resumed(resumed) => self.last = Some(resumed.from_seq),
+                Control::Error(error) if error.code == ErrorCode::StoreUnavailable && error.reference.is_some() => {
+                    self.uncertain += 1;
+                }
                 Control::MessageAccepted(accepted) => match self.runs.get_mut(&accepted.run_id) {
-                    // The same client_message_id sent again is answered with the same run.
-                    Some(run) if run.accepted_thread.is_some() => {}
+                    // The same client_message_id sent again is answered with the same run (also
+                    // the run of a message whose storing was uncertain, when it is sent again).
+                    Some(run) if run.accepted_thread.is_some() || run.adopted => {}
                     Some(run) => {
                         run.accepted_thread = Some(accepted.thread_id.clone());
                         self.problems.push(Problem::BeforeAccepted {
@@ -277,7 +334,7 @@ impl StreamCheck {
         let mut missing: Vec<RunId> = self
             .runs
             .iter()
-            .filter(|(_, r)| r.accepted_thread.is_some() && !r.ended)
+            .filter(|(_, r)| (r.accepted_thread.is_some() || r.adopted) && !r.ended)
             .map(|(id, _)| id.clone())
             .collect();
         missing.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -299,7 +356,7 @@ impl StreamCheck {
                     after: last,
                 });
             }
-            Some(last) if event.seq != last.next() => {
+            Some(last) if event.seq != last.next() && !self.one_run => {
                 self.problems.push(Problem::Gap {
                     expected: last.next(),
                     next: event.seq,
@@ -320,11 +377,19 @@ impl StreamCheck {
         let shared = self.shared;
         let problems = &mut self.problems;
         let run_id = &event.run_id;
+        let uncertain = &mut self.uncertain;
+        let first_of_one = self.one_run && self.runs.is_empty();
         let run = self.runs.entry(run_id.clone()).or_insert_with(|| {
-            if !shared {
+            let mut run = RunState::new(None);
+            if first_of_one {
+                run.accepted_thread = Some(event.thread_id.clone());
+            } else if *uncertain > 0 {
+                *uncertain -= 1;
+                run.adopted = true;
+            } else if !shared {
                 problems.push(Problem::UnknownRun { run: run_id.clone() });
             }
-            RunState::new(None)
+            run
         });
         let seq = event.seq;
         if run.ended {
@@ -386,6 +451,9 @@ impl StreamCheck {
             && done.is_final
         {
             run.ended = true;
+            if done.timings.is_none() {
+                problems.push(Problem::NoTimings { run: run_id.clone() });
+            }
             if done.status == RunStatus::Completed
                 && done
                     .result
@@ -399,6 +467,15 @@ impl StreamCheck {
         }
         if run.whole {
             order_rules(run, event, problems);
+        }
+        if let EventPayload::AgentError(error) = &event.payload
+            && (error.message.chars().count() < 10 || !error.message.ends_with('.'))
+        {
+            problems.push(Problem::NotASentence {
+                run: run_id.clone(),
+                seq,
+                message: error.message.clone(),
+            });
         }
         run.told = match &event.payload {
             EventPayload::AgentError(_) => Some(event.agent_name.clone()),
@@ -634,6 +711,98 @@ mod tests {
         let again = stream[13].clone();
         stream.insert(14, again);
         assert_eq!(check(&stream), vec![Problem::Duplicate { seq: Seq::new(21) }]);
+    }
+
+    #[test]
+    fn a_run_of_a_message_whose_storing_was_uncertain_may_come_unannounced_but_must_end() {
+        let refused = control(
+            "error",
+            json!({"code": "store_unavailable", "ref": "lt-0-1",
+                   "message": "PostgreSQL did not answer within 2.0 s, so the message may not have been accepted; send it again in a moment."}),
+        );
+        // Run A's events without its message_accepted: the server stored the message after all.
+        let mut stream = vec![established(10), refused.clone()];
+        stream.extend(run(RUN_A, 11).into_iter().skip(1));
+        assert_eq!(check(&stream), vec![]);
+        // Cut off before its final event: missing, as any run of this connection.
+        stream.pop();
+        assert_eq!(kinds(&check(&stream)), ["missing_final"]);
+        // One uncertain message explains one run, not two.
+        let mut stream = vec![established(10), refused];
+        stream.extend(run(RUN_A, 11).into_iter().skip(1));
+        stream.extend(run(RUN_B, 18).into_iter().skip(1));
+        assert_eq!(kinds(&check(&stream)), ["unknown_run"]);
+    }
+
+    /// Feeds the events (not the controls) of `stream` to a checker of one run.
+    fn check_one_run(stream: &[Value]) -> Vec<Problem> {
+        let mut checker = StreamCheck::of_run();
+        for value in stream {
+            if let ServerFrame::Event(event) = frame(value.clone()) {
+                checker.feed_event(&event);
+            }
+        }
+        checker.finish()
+    }
+
+    #[test]
+    fn one_run_s_events_may_skip_seqs_but_must_keep_every_rule_of_a_run() {
+        // Seqs 11 to 17, with other runs' events between: 11, 13, 15, ...
+        let mut skipping = run(RUN_A, 11);
+        for (n, value) in skipping.iter_mut().skip(1).enumerate() {
+            value["seq"] = json!(11 + 2 * n as u64);
+        }
+        assert_eq!(check_one_run(&skipping), vec![]);
+
+        let mut stream = run(RUN_A, 11);
+        stream.extend(run(RUN_B, 18));
+        assert_eq!(kinds(&check_one_run(&stream)), ["unknown_run"], "another run's events");
+
+        let mut unfinished = run(RUN_A, 11);
+        unfinished.pop();
+        assert_eq!(kinds(&check_one_run(&unfinished)), ["missing_final"]);
+
+        let mut untimed = run(RUN_A, 11);
+        untimed.last_mut().unwrap()["payload"]
+            .as_object_mut()
+            .unwrap()
+            .remove("timings");
+        assert_eq!(kinds(&check_one_run(&untimed)), ["no_timings"]);
+
+        let mut middle = run(RUN_A, 11);
+        middle.remove(1);
+        assert_eq!(kinds(&check_one_run(&middle)), ["first_event"]);
+    }
+
+    #[test]
+    fn an_agent_error_that_is_not_a_sentence_is_a_problem() {
+        let mut stream = vec![established(10)];
+        stream.extend(run(RUN_A, 11));
+        // Triage fails instead of completing: told, but in a word.
+        stream[7] = event(
+            16,
+            RUN_A,
+            "triage",
+            "agent_error",
+            json!({"code": "tool_error", "message": "boom", "retryable": false, "elapsed_ms": 3}),
+        );
+        stream.insert(
+            8,
+            event(
+                17,
+                RUN_A,
+                "triage",
+                "agent_completed",
+                json!({"status": "failed", "duration_ms": 3, "final": false}),
+            ),
+        );
+        stream[9]["seq"] = json!(18);
+        let problems = check(&stream);
+        assert_eq!(kinds(&problems), ["not_a_sentence"], "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            format!("run {RUN_A}, seq 16: the agent_error message \"boom\" is not a sentence")
+        );
     }
 
     #[test]
