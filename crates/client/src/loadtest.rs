@@ -23,7 +23,7 @@ use serde_json::Value;
 use switchboard_protocol::{ClientFrame, Control, EventPayload, RunId, RunStatus, ServerFrame, UserMessage};
 use tokio::time::Instant;
 
-pub use report::{Figures, Report, Second, Threshold, Window};
+pub use report::{Figures, Report, RunRecord, Second, Threshold, Window};
 
 use crate::contract::{Problem, StreamCheck};
 use crate::{Client, Session, SignIn, Socket, Throttled};
@@ -359,6 +359,16 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<Report> {
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         sending_over: AtomicBool::new(false),
+    });
+    // For a script that times something against the load (a fault schedule, say): the load's
+    // clock starts now; every `at_s` of the report counts from this line.
+    let signed = signed_in.iter().filter(|r| r.is_ok()).count();
+    progress.suspend(|| {
+        eprintln!(
+            "switchboard loadtest: {signed} of {} users signed in in {:.2} s; the load starts now",
+            plan.users,
+            shared.start.saturating_duration_since(signing_in).as_secs_f64()
+        );
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let polls = tokio::spawn(poll(Arc::clone(&shared), stopped.clone()));

@@ -100,6 +100,21 @@ pub struct Second {
     pub sla: Option<String>,
 }
 
+/// One answered run, for a script that wants figures of a part of the test (a fault window).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// When the message was accepted, in seconds from the start of the load.
+    pub accepted_s: f64,
+    /// When its final event came, in seconds from the start of the load.
+    pub ended_s: f64,
+    /// Sent → `message_accepted`.
+    pub accept_ms: f64,
+    /// Accepted → final event.
+    pub response_ms: f64,
+    /// The final status.
+    pub status: String,
+}
+
 /// A window of the test when something was wrong, or one given by `--mark`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Window {
@@ -205,6 +220,8 @@ pub struct Report {
     pub ready: Vec<PollSample>,
     /// The `/api/sla` polls.
     pub sla: SlaPolls,
+    /// Every answered run, in the order answered.
+    pub run_records: Vec<RunRecord>,
 }
 
 impl Report {
@@ -367,6 +384,17 @@ impl Report {
             })
             .collect();
 
+        let run_records = runs
+            .iter()
+            .map(|r| RunRecord {
+                accepted_s: round3((r.ended_s - r.response_us as f64 / 1e6).max(0.0)),
+                ended_s: round3(r.ended_s),
+                accept_ms: round2(r.accept_us as f64 / 1000.0),
+                response_ms: round2(r.response_us as f64 / 1000.0),
+                status: r.status.as_str().to_owned(),
+            })
+            .collect();
+
         Report {
             server: args.sign_in.server.clone(),
             users: plan.users,
@@ -406,6 +434,7 @@ impl Report {
                 available: !sla_absent,
                 samples: sla,
             },
+            run_records,
         }
     }
 
@@ -511,6 +540,10 @@ impl Report {
 
 fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
 }
 
 /// The windows in which `bad` held for consecutive polls, labelled with the status and what

@@ -60,6 +60,15 @@ async fn three_users_get_six_runs_answered_with_no_contract_problem_and_the_file
     assert!(written["thresholds"].as_array().is_some_and(|t| !t.is_empty()));
     assert!(written["series"].as_array().is_some_and(|s| !s.is_empty()));
     assert_eq!(written["fault_windows"][0]["label"], "first second");
+    let records = written["run_records"].as_array().unwrap();
+    assert_eq!(records.len(), 6, "one record per answered run");
+    for record in records {
+        assert_eq!(record["status"], "completed", "{record}");
+        assert!(
+            record["accepted_s"].as_f64().unwrap() <= record["ended_s"].as_f64().unwrap(),
+            "{record}"
+        );
+    }
 
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.starts_with("<!doctype html>"));
