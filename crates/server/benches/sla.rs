@@ -43,7 +43,11 @@ fn main() {
         for slot in 0..90u64 {
             for n in 0..1000u64 {
                 for tier in [Tier::Postgres, Tier::Redis, Tier::ClickHouse, Tier::Model, Tier::Sqlite] {
-                    full.operation(tier, Duration::from_micros(100 + (n * 37 + slot) % 250_000), n % 97 == 0);
+                    full.operation(
+                        tier,
+                        Duration::from_micros(100 + (n * 37 + slot) % 250_000),
+                        n % 97 == 0,
+                    );
                     recorded += 1;
                 }
             }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use switchboard_protocol::{ErrorCode, Timestamp, UserId};
 use switchboard_redis::Redis;
+use switchboard_store::StoreError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -223,9 +224,30 @@ impl SharedLimits {
                 if !self.falling_back.swap(true, Ordering::Relaxed) {
                     tracing::warn!(%error, "limits fall back to this node's own until Redis answers again");
                 }
+                if matches!(error, StoreError::TimedOut { .. }) {
+                    self.give_back_late(key, member, ttl);
+                }
                 Shared::Unreachable
             }
         }
+    }
+
+    /// A take that timed out may still reach Redis and take the place (a slow Redis runs it
+    /// later): the place is given back, after it (the connection's commands run in order), until
+    /// it would have run out by itself. Otherwise it would count against its user, who holds
+    /// nothing, for its whole time.
+    fn give_back_late(&self, key: String, member: String, ttl: Duration) {
+        let redis = self.redis.clone();
+        tokio::spawn(async move {
+            let until = Instant::now() + ttl;
+            while let Err(error) = redis.give_back(&key, &member).await {
+                if Instant::now() >= until {
+                    tracing::debug!(%error, %key, "cannot give back a place a timed-out take may hold; it has run out");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
     }
 }
 

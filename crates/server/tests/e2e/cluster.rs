@@ -161,6 +161,67 @@ async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_check_that_timed_out_on_a_slow_redis_leaves_no_place_taken_once_redis_answers() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let proxy = FaultProxy::start(address_of(&redis)).await.unwrap();
+    let a = spawn_node(
+        &database,
+        &through(&redis, proxy.addr()),
+        "node-a",
+        &["--redis-timeout-ms", "200"],
+    )
+    .await;
+    let session = a.user("lia").await;
+    let mut socket = a.connect(&session).await;
+    // Slower than the deadline: the run's places in Redis are taken after the node gave up on
+    // them (its own limits count meanwhile).
+    proxy.set(Fault::Latency(Duration::from_millis(600)));
+    let accepted = send(&mut socket, "How can we cut our LLM costs?").await;
+    assert_eq!(
+        final_status(&until_final(&mut socket, &accepted.run_id).await),
+        Some(RunStatus::Completed)
+    );
+    proxy.set(Fault::None);
+
+    // Once Redis answers in time, the places the late takes hold are given back: the user, who
+    // runs nothing, holds none (else they would count against it for the run deadline).
+    let cluster = switchboard_postgres::PgStore::connect(&database, switchboard_postgres::PgOptions::default())
+        .await
+        .unwrap()
+        .cluster_id()
+        .await
+        .unwrap();
+    let mut redis = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = [
+        format!("sb:{cluster}:limit:runs:{}", session.user_id),
+        format!("sb:{cluster}:limit:runs"),
+    ];
+    let held = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut held = 0;
+            for key in &keys {
+                let count: u64 = redis::cmd("ZCARD").arg(key).query_async(&mut redis).await.unwrap();
+                held += count;
+            }
+            if held == 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        held.is_ok(),
+        "places in {keys:?} are still held for a user who runs nothing"
+    );
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_bought_on_one_node_opens_one_socket_on_any_node_once() {
     let (database, redis) = (postgres_database().await, redis_url());
     let a = spawn_node(&database, &redis, "node-a", &[]).await;
