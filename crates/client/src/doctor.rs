@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use switchboard_protocol::http::{HealthStatus, Readiness};
-use switchboard_protocol::sla::{SlaReport, SlaStatus, SlaWindow, TierWindow};
+use switchboard_protocol::sla::{SlaReport, SlaStatus, SlaWindow, Stalled, Thresholds, TierWindow};
 use switchboard_protocol::tiers::Tier;
 
 use crate::Client;
@@ -49,8 +49,9 @@ pub async fn command(args: DoctorArgs) -> anyhow::Result<bool> {
 
 /// Reads the report and the readiness checks of the server of `client` and explains them.
 pub async fn diagnose(client: &Client) -> anyhow::Result<Diagnosis> {
-    let (sla, ready) = tokio::join!(get(client, "/api/sla"), get(client, "/health/ready"));
-    let (sla_status, sla) = sla?;
+    // Readiness first: its checks of the tiers are in the report that follows.
+    let ready = get(client, "/health/ready").await;
+    let (sla_status, sla) = get(client, "/api/sla").await?;
     if sla_status != 200 {
         bail!(
             "{} is not a Switchboard server with an SLA report: GET /api/sla answered {sla_status}",
@@ -84,8 +85,17 @@ async fn get(client: &Client, path: &str) -> anyhow::Result<(u16, serde_json::Va
 pub fn explain(report: &SlaReport, readiness: Option<&Readiness>) -> Diagnosis {
     let thresholds = &report.thresholds;
     let minute = report.windows.get("1m").cloned().unwrap_or_default();
-    let degraded: Vec<Tier> = report.degraded.iter().filter_map(|name| Tier::parse(name)).collect();
-    let mut sentences = vec![headline(report.status, &minute, thresholds.response_p95_ms)];
+    let not_ready = |tier: &Tier| {
+        readiness
+            .and_then(|r| r.checks.get(tier.as_str()))
+            .is_some_and(|check| check.status != HealthStatus::Ok)
+    };
+    // The report's, and those its readiness checks found degraded.
+    let degraded: Vec<Tier> = Tier::ALL
+        .into_iter()
+        .filter(|tier| report.degraded.iter().any(|name| name == tier.as_str()) || not_ready(tier))
+        .collect();
+    let mut sentences = vec![headline(report.status, &minute, thresholds)];
     for tier in &degraded {
         let figures = minute.tiers.get(tier.as_str()).copied().unwrap_or_default();
         let check = readiness.and_then(|r| r.checks.get(tier.as_str()));
@@ -93,21 +103,30 @@ pub fn explain(report: &SlaReport, readiness: Option<&Readiness>) -> Diagnosis {
             *tier,
             &figures,
             thresholds.tier_ms(*tier),
-            check.and_then(|c| c.error.as_deref()),
+            report.stalled.get(tier.as_str()),
+            check
+                .filter(|c| c.status != HealthStatus::Ok)
+                .and_then(|c| c.error.as_deref()),
         ));
     }
-    sentences.extend(responses(
-        &minute,
-        thresholds.response_p95_ms,
-        thresholds.response_failure_ms,
-    ));
-    let fine: Vec<String> = Tier::ALL
-        .into_iter()
-        .filter(|tier| minute.tiers.contains_key(tier.as_str()) && !degraded.contains(tier))
-        .map(|tier| tier.to_string())
-        .collect();
-    if !fine.is_empty() {
-        sentences.push(capitalized(&format!("{} fine.", listed(&fine))));
+    sentences.extend(responses(&minute, thresholds));
+    let fine = |busy: bool| -> Vec<String> {
+        Tier::ALL
+            .into_iter()
+            .filter(|tier| !degraded.contains(tier))
+            .filter(|tier| minute.tiers.get(tier.as_str()).is_some_and(|t| (t.ops > 0) == busy))
+            .map(|tier| tier.to_string())
+            .collect()
+    };
+    let (busy, idle) = (fine(true), fine(false));
+    if !busy.is_empty() {
+        sentences.push(capitalized(&format!("{} fine.", listed(&busy))));
+    }
+    if !idle.is_empty() {
+        sentences.push(capitalized(&format!(
+            "{} fine as far as known: no operations in the last minute.",
+            listed(&idle)
+        )));
     }
     let mut ready = true;
     match readiness {
@@ -141,7 +160,7 @@ pub fn explain(report: &SlaReport, readiness: Option<&Readiness>) -> Diagnosis {
     }
 }
 
-fn headline(status: SlaStatus, minute: &SlaWindow, p95_limit: u64) -> String {
+fn headline(status: SlaStatus, minute: &SlaWindow, thresholds: &Thresholds) -> String {
     let p95 = minute.response_ms.p95.map_or_else(
         || "no responses".to_owned(),
         |p95| format!("response p95 {} ms", grouped(p95)),
@@ -149,7 +168,7 @@ fn headline(status: SlaStatus, minute: &SlaWindow, p95_limit: u64) -> String {
     let over = format!(
         "over the last minute ({} runs; SLA p95 {} ms)",
         minute.runs,
-        grouped(p95_limit as f64)
+        grouped(thresholds.response_p95_ms as f64)
     );
     match status {
         SlaStatus::Ok => format!("Chat meets its SLA: {p95} {over}."),
@@ -158,13 +177,19 @@ fn headline(status: SlaStatus, minute: &SlaWindow, p95_limit: u64) -> String {
     }
 }
 
-/// What is wrong with `tier`: over its limit, failing, or (only) what readiness says.
-fn blame(tier: Tier, figures: &TierWindow, limit_ms: Option<u64>, readiness_error: Option<&str>) -> String {
+/// What is wrong with `tier`: over its limit, failing, stalled, or what readiness says.
+fn blame(
+    tier: Tier,
+    figures: &TierWindow,
+    limit_ms: u64,
+    stalled: Option<&Stalled>,
+    readiness_error: Option<&str>,
+) -> String {
+    let limit = grouped(limit_ms as f64);
     let mut parts = Vec::new();
     if let Some(p99) = figures.p99_ms {
-        let limit = limit_ms.map_or_else(String::new, |limit| format!(" (SLA {} ms)", grouped(limit as f64)));
         parts.push(format!(
-            "p99 {} ms over the last minute{limit}, median {} ms, {} operations",
+            "p99 {} ms over the last minute (SLA {limit} ms), median {} ms, {} operations",
             grouped(p99),
             grouped(figures.p50_ms.unwrap_or(p99)),
             figures.ops
@@ -173,37 +198,58 @@ fn blame(tier: Tier, figures: &TierWindow, limit_ms: Option<u64>, readiness_erro
     if figures.errors > 0 {
         parts.push(format!("{} of them failed", figures.errors));
     }
+    if let Some(stalled) = stalled {
+        parts.push(format!(
+            "{} under way for over {limit} ms now, the oldest for {} ms",
+            stalled.ops,
+            grouped(stalled.oldest_ms)
+        ));
+    }
     if let Some(error) = readiness_error {
-        parts.push(format!("its readiness check: {error}"));
+        parts.push(format!("its readiness check says: {error}"));
     }
     if parts.is_empty() {
         parts.push("degraded".to_owned());
     }
-    capitalized(&format!("{tier} {}.", parts.join("; ")))
+    // "PostgreSQL p99 …", but "ClickHouse: its readiness check says …".
+    let joint = if figures.p99_ms.is_some() { " " } else { ": " };
+    capitalized(&format!("{tier}{joint}{}.", parts.join("; ")))
 }
 
-fn responses(minute: &SlaWindow, p95_limit: u64, failure_limit: u64) -> Option<String> {
-    let count = |limit: u64| {
-        minute
-            .violations
-            .get(&format!("response_over_{limit}ms"))
-            .copied()
-            .unwrap_or(0)
-    };
-    let (slow, failed) = (count(p95_limit), count(failure_limit));
-    (slow > 0).then(|| {
-        let seconds = |ms: u64| format!("{} s", ms as f64 / 1000.0);
+fn responses(minute: &SlaWindow, thresholds: &Thresholds) -> Vec<String> {
+    let count = |name: String| minute.violations.get(&name).copied().unwrap_or(0);
+    let slow = count(thresholds.slow_response_violation());
+    let failed = count(thresholds.failed_response_violation());
+    let refused = count(thresholds.refused_violation());
+    let seconds = |ms: u64| format!("{} s", ms as f64 / 1000.0);
+    let mut sentences = Vec::new();
+    if slow > 0 {
         let mut sentence = format!(
             "{slow} {} over {} in the last minute",
             if slow == 1 { "response" } else { "responses" },
-            seconds(p95_limit)
+            seconds(thresholds.response_p95_ms)
         );
         if failed > 0 {
-            sentence.push_str(&format!(", {failed} of them over {}", seconds(failure_limit)));
+            sentence.push_str(&format!(
+                ", {failed} of them over {}",
+                seconds(thresholds.response_failure_ms)
+            ));
         }
         sentence.push('.');
-        sentence
-    })
+        sentences.push(sentence);
+    }
+    if refused > 0 {
+        sentences.push(format!(
+            "{refused} {} refused in the last minute because a tier failed or the server was full: {} no answer.",
+            if refused == 1 { "message" } else { "messages" },
+            if refused == 1 {
+                "its user got"
+            } else {
+                "their users got"
+            }
+        ));
+    }
+    sentences
 }
 
 /// "A", "A and B", "A, B and C".
@@ -310,6 +356,7 @@ mod tests {
             degraded: vec!["postgres".into()],
             thresholds: Thresholds::INCIDENT,
             windows: BTreeMap::from([("1m".to_owned(), minute)]),
+            stalled: BTreeMap::new(),
         };
         let checks = ready(&[
             (
@@ -326,7 +373,7 @@ mod tests {
             diagnosis.sentences,
             [
                 "Chat is violating its SLA: response p95 2 400 ms over the last minute (120 runs; SLA p95 2 000 ms).",
-                "PostgreSQL p99 4 800 ms over the last minute (SLA 200 ms), median 310 ms, 900 operations; its readiness check: answered in 412 ms (slower than 200 ms).",
+                "PostgreSQL p99 4 800 ms over the last minute (SLA 200 ms), median 310 ms, 900 operations; its readiness check says: answered in 412 ms (slower than 200 ms).",
                 "37 responses over 2 s in the last minute, 5 of them over 3 s.",
                 "Redis and ClickHouse fine.",
                 "Readiness: degraded; postgres degraded (answered in 412 ms (slower than 200 ms)).",
@@ -349,6 +396,7 @@ mod tests {
                     &[],
                 ),
             )]),
+            stalled: BTreeMap::new(),
         };
         let checks = ready(&[("sqlite", HealthStatus::Ok, None), ("store", HealthStatus::Ok, None)]);
         let diagnosis = explain(&healthy, Some(&checks));
@@ -383,9 +431,54 @@ mod tests {
         assert_eq!(
             diagnosis.sentences[1..],
             [
-                "The model p99 30 000 ms over the last minute, median 30 000 ms, 8 operations; 8 of them failed.",
+                "The model p99 30 000 ms over the last minute (SLA 10 000 ms), median 30 000 ms, 8 operations; 8 of them failed.",
                 "SQLite fine.",
                 "The server did not answer GET /health/ready with its checks.",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stall_a_tier_only_readiness_blames_refused_messages_and_idle_tiers_are_each_told() {
+        let minute = window(
+            3,
+            400.0,
+            &[
+                ("postgres", tier(20, 5.0, 9.0, 0)),
+                ("redis", tier(0, 0.0, 0.0, 0)),
+                ("clickhouse", TierWindow::default()),
+            ],
+            &[("messages_refused", 4)],
+        );
+        let report = SlaReport {
+            status: SlaStatus::Violating,
+            degraded: vec!["postgres".into()],
+            thresholds: Thresholds::INCIDENT,
+            windows: BTreeMap::from([("1m".to_owned(), minute)]),
+            stalled: BTreeMap::from([(
+                "postgres".to_owned(),
+                Stalled {
+                    ops: 4,
+                    oldest_ms: 3400.0,
+                },
+            )]),
+        };
+        // ClickHouse is down, and no chat touched it: readiness alone says so.
+        let checks = ready(&[
+            ("clickhouse", HealthStatus::Degraded, Some("no answer within 800 ms")),
+            ("store", HealthStatus::Ok, None),
+        ]);
+        let diagnosis = explain(&report, Some(&checks));
+        assert!(!diagnosis.healthy);
+        assert_eq!(diagnosis.degraded, [Tier::Postgres, Tier::ClickHouse]);
+        assert_eq!(
+            diagnosis.sentences[1..],
+            [
+                "PostgreSQL p99 9 ms over the last minute (SLA 200 ms), median 5 ms, 20 operations; 4 under way for over 200 ms now, the oldest for 3 400 ms.",
+                "ClickHouse: its readiness check says: no answer within 800 ms.",
+                "4 messages refused in the last minute because a tier failed or the server was full: their users got no answer.",
+                "Redis fine as far as known: no operations in the last minute.",
+                "Readiness: degraded; clickhouse degraded (no answer within 800 ms).",
             ]
         );
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::breaker::{CircuitBreaker, Permit};
-use switchboard_protocol::{AgentName, AgentThinking, ModelCallUsage, Tier, TierObserver};
+use switchboard_protocol::{AgentName, AgentThinking, ModelCallUsage, OperationId, Tier, TierObserver};
 
 use crate::report::{Report, Reporter, human, millis};
 
@@ -365,6 +365,8 @@ struct LedgerEntry {
     model: Arc<dyn Model>,
     started: Instant,
     settled: Option<Settled>,
+    /// Its name for the observer.
+    id: OperationId,
 }
 
 /// How a call ended.
@@ -407,11 +409,16 @@ impl ModelLedger {
         let mut state = self.state();
         let open = state.turns.get(turn.0).is_some_and(|(_, open)| *open);
         let index = open.then(|| {
+            let id = OperationId::next();
+            if let Some(observer) = &self.observer {
+                observer.began(Tier::Model, id);
+            }
             state.calls.push(LedgerEntry {
                 turn: turn.0,
                 model: Arc::clone(model),
                 started: Instant::now(),
                 settled: None,
+                id,
             });
             state.calls.len() - 1
         });
@@ -432,9 +439,9 @@ impl ModelLedger {
     }
 
     /// Settles the call at `index`, timed up to now; a call already settled keeps how it ended.
-    fn settle(&self, index: usize, usage: Usage, success: bool) {
+    fn settle(&self, index: usize, usage: Usage, ended: Ended) {
         if let Some(entry) = self.state().calls.get_mut(index) {
-            settle(entry, usage, success, self.observer.as_deref());
+            settle(entry, usage, ended, self.observer.as_deref());
         }
     }
 
@@ -445,7 +452,7 @@ impl ModelLedger {
             *open = false;
         }
         for entry in state.calls.iter_mut().filter(|entry| entry.turn == turn.0) {
-            settle(entry, Usage::default(), false, self.observer.as_deref());
+            settle(entry, Usage::default(), Ended::CutOff, self.observer.as_deref());
         }
     }
 
@@ -462,7 +469,7 @@ impl ModelLedger {
             .calls
             .iter_mut()
             .map(|entry| {
-                let settled = settle(entry, Usage::default(), false, self.observer.as_deref());
+                let settled = settle(entry, Usage::default(), Ended::CutOff, self.observer.as_deref());
                 total += settled.duration;
                 ModelCallUsage {
                     agent: state.turns[entry.turn].0.clone(),
@@ -479,19 +486,31 @@ impl ModelLedger {
     }
 }
 
+/// How a model call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// It answered.
+    Answered,
+    /// The model failed it (an error, a deadline, a stream that broke off).
+    Failed,
+    /// Its caller stopped waiting (a stop, the agent's end, a stream it left unread): not the
+    /// model's failure.
+    CutOff,
+}
+
 /// Settles `entry` unless it already is (and tells `observer`); returns how it ended.
-fn settle(entry: &mut LedgerEntry, usage: Usage, success: bool, observer: Option<&dyn TierObserver>) -> Settled {
+fn settle(entry: &mut LedgerEntry, usage: Usage, ended: Ended, observer: Option<&dyn TierObserver>) -> Settled {
     if let Some(settled) = entry.settled {
         return settled;
     }
     let settled = Settled {
         usage,
         duration: entry.started.elapsed(),
-        success,
+        success: ended == Ended::Answered,
     };
     entry.settled = Some(settled);
     if let Some(observer) = observer {
-        observer.operation(Tier::Model, settled.duration, !success);
+        observer.operation(Tier::Model, Some(entry.id), settled.duration, ended == Ended::Failed);
     }
     settled
 }
@@ -508,10 +527,19 @@ struct OpenCall {
 }
 
 impl OpenCall {
-    fn settle(mut self, usage: Usage, success: bool) {
-        self.end_span(usage, success);
+    fn settle(self, usage: Usage, success: bool) {
+        self.end(usage, if success { Ended::Answered } else { Ended::Failed });
+    }
+
+    /// Its caller stopped waiting for it.
+    fn cut_off(self, usage: Usage) {
+        self.end(usage, Ended::CutOff);
+    }
+
+    fn end(mut self, usage: Usage, ended: Ended) {
+        self.end_span(usage, ended == Ended::Answered);
         if let Some(index) = self.index.take() {
-            self.ledger.settle(index, usage, success);
+            self.ledger.settle(index, usage, ended);
         }
     }
 
@@ -532,7 +560,7 @@ impl Drop for OpenCall {
     fn drop(&mut self) {
         self.end_span(Usage::default(), false);
         if let Some(index) = self.index.take() {
-            self.ledger.settle(index, Usage::default(), false);
+            self.ledger.settle(index, Usage::default(), Ended::CutOff);
         }
     }
 }
@@ -559,7 +587,7 @@ impl Drop for ModelStream {
     /// call as failed, with the tokens counted so far.
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
-            call.settle(self.usage, false);
+            call.cut_off(self.usage);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! itself fails. The driver waits for the log only when its queue is full and for the final
 //! event, which is due by the final limit whatever the store does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -252,6 +252,7 @@ impl RunLog {
         until: Instant,
         model_calls: &[ModelCallUsage],
         model_time: Duration,
+        tiers: &TierTimes,
     ) -> Option<Event> {
         let open = {
             let state = self.state.lock().unwrap();
@@ -280,6 +281,7 @@ impl RunLog {
                     done.model_calls = model_calls.to_vec();
                     if let Some(timings) = &mut done.timings {
                         timings.model_ms = millis(model_time);
+                        timings.tiers = tier_millis(tiers, !model_calls.is_empty(), model_time);
                     }
                     return self.publish_final(done, None, until).await.ok();
                 }
@@ -451,7 +453,10 @@ impl RunDriver {
         // then).
         let run_span = span.clone();
         let tiers = self.tiers.clone();
-        let guarded = tokio::time::timeout_at(final_limit, tiers.scope(AssertUnwindSafe(self.drive()).catch_unwind()));
+        let guarded = tokio::time::timeout_at(
+            final_limit,
+            tiers.clone().scope(AssertUnwindSafe(self.drive()).catch_unwind()),
+        );
         let outcome = match tracing::Instrument::instrument(guarded, span).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_panic)) => {
@@ -461,7 +466,7 @@ impl RunDriver {
                     code: AgentErrorCode::Internal,
                     status: RunStatus::Failed,
                 };
-                abnormal_outcome(&log, &ledger, cause, accepted, final_limit).await
+                abnormal_outcome(&log, &ledger, &tiers, cause, accepted, final_limit).await
             }
             Err(_) => {
                 tracing::error!(%run_id, "the run driver overran its limit");
@@ -480,7 +485,7 @@ impl RunDriver {
                     },
                 };
                 // Past the limit already: a late final event is better than none.
-                abnormal_outcome(&log, &ledger, cause, accepted, Instant::now() + FINAL_RESERVE).await
+                abnormal_outcome(&log, &ledger, &tiers, cause, accepted, Instant::now() + FINAL_RESERVE).await
             }
         };
         run_span.record("status", outcome.status.as_str());
@@ -946,11 +951,7 @@ impl RunDriver {
         for (name, spent) in &self.agent_times {
             *agents.entry(name.to_string()).or_insert(0) += millis(*spent);
         }
-        // The model's time is the ledger's: its calls, those cut off included.
-        let mut tiers = self.tiers.millis();
-        if !self.ledger.is_empty() {
-            tiers.insert(Tier::Model.as_str().to_owned(), millis(model_time));
-        }
+        let tiers = tier_millis(&self.tiers, !self.ledger.is_empty(), model_time);
         RunTimings {
             queue_ms: millis(self.queue_time),
             store_ms: millis(self.log.store_time()),
@@ -961,6 +962,16 @@ impl RunDriver {
             tiers,
         }
     }
+}
+
+/// A run's `timings.tiers`: the time of each tier it touched, the model's being the ledger's
+/// (its calls, those cut off included) when it called the model.
+fn tier_millis(tiers: &TierTimes, called_the_model: bool, model_time: Duration) -> BTreeMap<String, u64> {
+    let mut millis_of = tiers.millis();
+    if called_the_model {
+        millis_of.insert(Tier::Model.as_str().to_owned(), millis(model_time));
+    }
+    millis_of
 }
 
 /// Why the safety net closes a run.
@@ -974,6 +985,7 @@ struct Abnormal {
 async fn abnormal_outcome(
     log: &RunLog,
     ledger: &ModelLedger,
+    tiers: &TierTimes,
     cause: Abnormal,
     accepted: Instant,
     until: Instant,
@@ -981,7 +993,7 @@ async fn abnormal_outcome(
     let duration = accepted.elapsed();
     let (model_calls, model_time) = ledger.close();
     let final_event = log
-        .close_abnormally(cause, duration, until, &model_calls, model_time)
+        .close_abnormally(cause, duration, until, &model_calls, model_time, tiers)
         .await;
     RunOutcome {
         status: cause.status,

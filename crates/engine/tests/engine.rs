@@ -984,9 +984,43 @@ impl switchboard_engine::Tool for DatabaseTool {
 struct ModelCalls(std::sync::Mutex<Vec<(switchboard_protocol::Tier, Duration, bool)>>);
 
 impl switchboard_protocol::TierObserver for ModelCalls {
-    fn operation(&self, tier: switchboard_protocol::Tier, took: Duration, failed: bool) {
+    fn began(&self, _tier: switchboard_protocol::Tier, _id: switchboard_protocol::OperationId) {}
+    fn operation(
+        &self,
+        tier: switchboard_protocol::Tier,
+        id: Option<switchboard_protocol::OperationId>,
+        took: Duration,
+        failed: bool,
+    ) {
+        assert!(id.is_some(), "a model call is told when it begins");
         self.0.lock().unwrap().push((tier, took, failed));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_call_cut_off_by_a_stop_is_not_told_as_the_model_s_failure_but_one_past_its_deadline_is() {
+    use switchboard_protocol::Tier;
+    let calls = Arc::new(ModelCalls::default());
+    let scenario = Scenario::new()
+        .model(ScriptedModel::new(ModelBehavior::Hang))
+        .agent("triage", vec![Step::Ask("classify".into())])
+        .observe_tiers(calls.clone());
+    let (_, outcome) = scenario.run_with_outcome("go", Some(Duration::from_millis(300))).await;
+    assert_eq!(outcome.status, RunStatus::Cancelled);
+    assert_eq!(
+        *calls.0.lock().unwrap(),
+        [(Tier::Model, Duration::from_millis(300), false)]
+    );
+
+    let calls = Arc::new(ModelCalls::default());
+    let scenario = Scenario::new()
+        .model(ScriptedModel::new(ModelBehavior::Hang))
+        .agent("triage", vec![Step::Ask("classify".into())])
+        .observe_tiers(calls.clone());
+    scenario.run("go").await;
+    let seen = calls.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].2, "a call past the model's deadline is its failure: {seen:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -215,7 +215,7 @@ struct RunState {
     /// The open agents, outermost first.
     open: Vec<AgentName>,
     /// Open tool calls by id, with their agent.
-    tools: HashMap<String, AgentName>,
+    tools: HashMap<String, (AgentName, String)>,
     /// The agent whose `agent_error` was the run's previous event.
     told: Option<AgentName>,
     /// Whether its final event came.
@@ -383,7 +383,9 @@ impl StreamCheck {
             let mut run = RunState::new(None);
             if first_of_one {
                 run.accepted_thread = Some(event.thread_id.clone());
-            } else if *uncertain > 0 {
+            } else if *uncertain > 0 && !shared {
+                // On a connection of its own, an unannounced run is that of a message whose
+                // storing was uncertain (on a shared one, it may be another connection's).
                 *uncertain -= 1;
                 run.adopted = true;
             } else if !shared {
@@ -411,7 +413,7 @@ impl StreamCheck {
                 let opening =
                     matches!(event.payload, EventPayload::AgentStarted(_)) && is_supervisor(&event.agent_name);
                 if !opening {
-                    if run.accepted_thread.is_some() && run.whole {
+                    if (run.accepted_thread.is_some() || run.adopted) && run.whole {
                         problems.push(Problem::FirstEvent {
                             run: run_id.clone(),
                             kind: event.type_name(),
@@ -515,7 +517,7 @@ fn order_rules(run: &mut RunState, event: &Event, problems: &mut Vec<Problem>) {
             if !open_here {
                 problems.push(nesting(format!("{agent} completed while it was not the open agent")));
             }
-            if run.tools.values().any(|a| a == agent) {
+            if run.tools.values().any(|(a, _)| a == agent) {
                 problems.push(Problem::ToolPairing {
                     run: run_id.clone(),
                     seq,
@@ -543,7 +545,11 @@ fn order_rules(run: &mut RunState, event: &Event, problems: &mut Vec<Problem>) {
             if !open_here {
                 problems.push(nesting(format!("{agent} called {} while not open", call.tool_name)));
             }
-            if run.tools.insert(call.tool_call_id.clone(), agent.clone()).is_some() {
+            if run
+                .tools
+                .insert(call.tool_call_id.clone(), (agent.clone(), call.tool_name.clone()))
+                .is_some()
+            {
                 problems.push(Problem::ToolPairing {
                     run: run_id.clone(),
                     seq,
@@ -551,18 +557,25 @@ fn order_rules(run: &mut RunState, event: &Event, problems: &mut Vec<Problem>) {
                 });
             }
         }
-        EventPayload::ToolCompleted(done) => {
-            if run.tools.remove(&done.tool_call_id).as_ref() != Some(agent) {
-                problems.push(Problem::ToolPairing {
-                    run: run_id.clone(),
-                    seq,
-                    detail: format!(
-                        "tool_completed {} of {agent} has no tool_executing of that agent before it",
-                        done.tool_call_id
-                    ),
-                });
-            }
-        }
+        EventPayload::ToolCompleted(done) => match run.tools.remove(&done.tool_call_id) {
+            Some((of, name)) if of == *agent && name == done.tool_name => {}
+            Some((of, name)) if of == *agent => problems.push(Problem::ToolPairing {
+                run: run_id.clone(),
+                seq,
+                detail: format!(
+                    "tool_completed {} names the tool {}, but its tool_executing named {name}",
+                    done.tool_call_id, done.tool_name
+                ),
+            }),
+            _ => problems.push(Problem::ToolPairing {
+                run: run_id.clone(),
+                seq,
+                detail: format!(
+                    "tool_completed {} of {agent} has no tool_executing of that agent before it",
+                    done.tool_call_id
+                ),
+            }),
+        },
         EventPayload::AgentThinking(_) | EventPayload::PartialResult(_) | EventPayload::AgentError(_) => {
             if !open_here {
                 problems.push(nesting(format!(
@@ -772,6 +785,35 @@ mod tests {
         let mut middle = run(RUN_A, 11);
         middle.remove(1);
         assert_eq!(kinds(&check_one_run(&middle)), ["first_event"]);
+    }
+
+    #[test]
+    fn a_tool_completed_must_name_the_tool_its_tool_executing_named() {
+        let mut stream = recorded();
+        // Run A's tool_completed (seq 15) names another tool.
+        stream[6]["payload"]["tool_name"] = json!("search");
+        let problems = check(&stream);
+        assert_eq!(kinds(&problems), ["tool_pairing"], "{problems:?}");
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("names the tool search, but its tool_executing named extract_entities")
+        );
+    }
+
+    #[test]
+    fn an_adopted_run_must_begin_with_the_supervisor() {
+        let refused = control(
+            "error",
+            json!({"code": "store_unavailable", "ref": "lt-0-1", "message": "PostgreSQL did not answer within 2.0 s."}),
+        );
+        let mut stream = vec![established(10), refused];
+        // Run A from its second event on.
+        stream.extend(run(RUN_A, 11).into_iter().skip(2).map(|mut e| {
+            e["seq"] = json!(e["seq"].as_u64().unwrap() - 1);
+            e
+        }));
+        assert_eq!(kinds(&check(&stream)), ["first_event"]);
     }
 
     #[test]

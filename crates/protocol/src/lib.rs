@@ -25,5 +25,5 @@ pub use frames::{
 };
 pub use ids::{AgentName, ConnectionId, IdError, MessageId, RunId, Seq, ThreadId, TraceId, UserId};
 pub use log::{EntryKey, LogEntry, NewEvent, RunEnd, UnnumberedJson};
-pub use tiers::{Tier, TierClock, TierObserver, TierTimes};
+pub use tiers::{OperationId, Tier, TierClock, TierObserver, TierTimes};
 pub use time::Timestamp;

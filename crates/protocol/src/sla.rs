@@ -24,6 +24,9 @@ pub struct Thresholds {
     pub redis_ms: u64,
     /// A ClickHouse operation takes less than this.
     pub clickhouse_ms: u64,
+    /// A language-model call takes less than this (an answer streams in seconds; one that
+    /// takes longer has most likely hung).
+    pub model_ms: u64,
     /// `/health/ready` answers within this.
     pub health_ms: u64,
     /// Sign-in → message → answer takes less than this (measured by clients).
@@ -37,7 +40,7 @@ impl Thresholds {
     /// The incident's: responses under 2 s (p95; over 3 s is a failure), a PostgreSQL query under
     /// 200 ms, a Redis operation under 50 ms, a health check under 1 s, a whole workflow under
     /// 15 s, at least 10 operations a second. ClickHouse, whose analyses scan millions of
-    /// rows, gets 1 s.
+    /// rows, gets 1 s; a model call 10 s.
     pub const INCIDENT: Thresholds = Thresholds {
         response_p95_ms: 2000,
         response_failure_ms: 3000,
@@ -45,20 +48,20 @@ impl Thresholds {
         sqlite_ms: 200,
         redis_ms: 50,
         clickhouse_ms: 1000,
+        model_ms: 10_000,
         health_ms: 1000,
         workflow_ms: 15_000,
         throughput_per_s: 10,
     };
 
-    /// The limit of one operation of `tier` (the model has none: its calls take what answers
-    /// take).
-    pub fn tier_ms(&self, tier: Tier) -> Option<u64> {
+    /// The limit of one operation of `tier`.
+    pub fn tier_ms(&self, tier: Tier) -> u64 {
         match tier {
-            Tier::Postgres => Some(self.postgres_ms),
-            Tier::Sqlite => Some(self.sqlite_ms),
-            Tier::Redis => Some(self.redis_ms),
-            Tier::ClickHouse => Some(self.clickhouse_ms),
-            Tier::Model => None,
+            Tier::Postgres => self.postgres_ms,
+            Tier::Sqlite => self.sqlite_ms,
+            Tier::Redis => self.redis_ms,
+            Tier::ClickHouse => self.clickhouse_ms,
+            Tier::Model => self.model_ms,
         }
     }
 
@@ -92,9 +95,15 @@ impl Thresholds {
         format!("throughput_under_{}_per_s", self.throughput_per_s)
     }
 
-    /// The name of the violation "an operation of `tier` over its limit", for tiers with one.
-    pub fn tier_violation(&self, tier: Tier) -> Option<String> {
-        self.tier_ms(tier).map(|ms| format!("{}_over_{ms}ms", tier.as_str()))
+    /// The name of the violation "an operation of `tier` over its limit".
+    pub fn tier_violation(&self, tier: Tier) -> String {
+        format!("{}_over_{}ms", tier.as_str(), self.tier_ms(tier))
+    }
+
+    /// The name of the violation "a message refused because a tier failed or the server was
+    /// full" (`store_unavailable`, `server_busy`, `internal`): its user got no answer.
+    pub fn refused_violation(&self) -> String {
+        "messages_refused".to_owned()
     }
 }
 
@@ -113,7 +122,8 @@ pub enum SlaStatus {
     Ok,
     /// Responses within the SLA, but a tier is slow or failing.
     Degraded,
-    /// Over the last minute the response p95 passed its limit, or a response the failure limit.
+    /// Over the last minute the response p95 passed its limit, a response the failure limit, or
+    /// a message was refused because a tier failed or the server was full.
     Violating,
 }
 
@@ -173,6 +183,17 @@ pub struct SlaWindow {
     pub tiers: BTreeMap<String, TierWindow>,
 }
 
+/// Operations of a tier under way for longer than its limit: a tier that stalls, seen before its
+/// operations end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Stalled {
+    /// How many.
+    pub ops: u64,
+    /// How long the oldest has been under way, in milliseconds.
+    pub oldest_ms: f64,
+}
+
 /// `GET /api/sla`: whether chat meets its SLA right now, and which tier is to blame if not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -180,11 +201,14 @@ pub struct SlaReport {
     /// `ok`, `degraded` (a tier is) or `violating` (responses are over their limits).
     pub status: SlaStatus,
     /// The tiers degraded now, by short name: over their limit (p99 over the last minute, or
-    /// median over the last 10 to 20 s), failing operations in the last minute, or found
-    /// degraded by the latest readiness check.
+    /// median over the last 10 to 20 s), an operation under way for longer than the limit,
+    /// failing operations in the last minute, or found degraded by the latest readiness check.
     pub degraded: Vec<String>,
     /// The limits the report judges by.
     pub thresholds: Thresholds,
     /// `1m`, `5m` and `15m`.
     pub windows: BTreeMap<String, SlaWindow>,
+    /// The tiers with operations under way for longer than their limit now, by short name.
+    #[serde(default)]
+    pub stalled: BTreeMap<String, Stalled>,
 }

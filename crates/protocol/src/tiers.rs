@@ -76,7 +76,7 @@ struct Spent {
 /// The time spent in each tier by one run (or one group of operations), shared by the tasks
 /// that work for it. Cheap to clone: clones add to the same figures.
 #[derive(Debug, Clone, Default)]
-pub struct TierTimes(Arc<[Spent; 5]>);
+pub struct TierTimes(Arc<[Spent; Tier::ALL.len()]>);
 
 tokio::task_local! {
     static CURRENT: TierTimes;
@@ -101,10 +101,13 @@ impl TierTimes {
         )
     }
 
-    /// Adds everything `other` spent (a group's operations, to each of its members).
-    pub fn add_all(&self, other: &TierTimes) {
+    /// Adds everything `other` spent (a group's operations, to each of its members), each
+    /// tier's time at most `wall` (operations of the group that ran at once were waited for
+    /// together).
+    pub fn add_all(&self, other: &TierTimes, wall: Duration) {
         for tier in Tier::ALL {
             let (took, operations) = other.of(tier);
+            let took = took.min(wall);
             let spent = &self.0[tier.index()];
             spent
                 .micros
@@ -154,11 +157,28 @@ impl TierTimes {
     }
 }
 
-/// Told of each operation of a tier: how long it took and whether the tier failed it.
+/// The name of one operation under way, from its start to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OperationId(u64);
+
+impl OperationId {
+    /// A name no other operation of this process has.
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Told of each operation of a tier: when it begins (so that one that stalls is seen before it
+/// ends), how long it took and whether the tier failed it.
 pub trait TierObserver: Send + Sync + fmt::Debug {
-    /// One operation of `tier`, which took `took`; `failed` when the tier was slow past its
-    /// deadline or could not be reached (not when the request itself was wrong).
-    fn operation(&self, tier: Tier, took: Duration, failed: bool);
+    /// An operation of `tier` begins; its end is told with the same `id`.
+    fn began(&self, tier: Tier, id: OperationId);
+    /// One operation of `tier` ended after `took` (`id`: its name from [`TierObserver::began`];
+    /// none for one told only at its end); `failed` when the tier was slow past its deadline or
+    /// could not be reached (not when the request itself was wrong, nor when the caller gave up
+    /// on it first).
+    fn operation(&self, tier: Tier, id: Option<OperationId>, took: Duration, failed: bool);
 }
 
 /// The clock of one backend's operations on its tier: each operation is timed, added to the
@@ -201,26 +221,55 @@ impl TierClock {
 
     /// Records one operation that took `took`, done outside [`TierClock::time`].
     pub fn record(&self, took: Duration, failed: bool) {
+        self.ended(None, took, failed);
+    }
+
+    fn ended(&self, id: Option<OperationId>, took: Duration, failed: bool) {
         if let Some(times) = TierTimes::current() {
             times.add(self.tier, took);
         }
         if let Some(observer) = self.observer.get() {
-            observer.operation(self.tier, took, failed);
+            observer.operation(self.tier, id, took, failed);
         }
     }
 
     /// Runs `work`, one operation named `operation`, and records how long it took; `failed`
-    /// tells whether an error is the tier's failure.
+    /// tells whether an error is the tier's failure. The observer is told when it begins too;
+    /// dropped before it ends (its caller gave up), it is recorded as cut off: timed, not failed.
     pub async fn time<T, E>(
         &self,
         operation: &'static str,
         work: impl Future<Output = Result<T, E>>,
         failed: impl FnOnce(&E) -> bool,
     ) -> Result<T, E> {
-        let started = Instant::now();
+        /// Records the operation when it is dropped unfinished.
+        struct Under<'a> {
+            clock: &'a TierClock,
+            id: OperationId,
+            started: Instant,
+            ended: bool,
+        }
+        impl Drop for Under<'_> {
+            fn drop(&mut self) {
+                if !self.ended {
+                    self.clock.ended(Some(self.id), self.started.elapsed(), false);
+                }
+            }
+        }
+        let mut under = Under {
+            clock: self,
+            id: OperationId::next(),
+            started: Instant::now(),
+            ended: false,
+        };
+        if let Some(observer) = self.observer.get() {
+            observer.began(self.tier, under.id);
+        }
         let span = tracing::debug_span!("tier", tier = self.tier.as_str(), operation);
         let outcome = work.instrument(span).await;
-        self.record(started.elapsed(), outcome.as_ref().err().is_some_and(failed));
+        under.ended = true;
+        let took = under.started.elapsed();
+        self.ended(Some(under.id), took, outcome.as_ref().err().is_some_and(failed));
         outcome
     }
 }
@@ -232,10 +281,15 @@ mod tests {
     use super::*;
 
     #[derive(Debug, Default)]
-    struct Seen(Mutex<Vec<(Tier, Duration, bool)>>);
+    struct Seen(Mutex<Vec<(Tier, Duration, bool)>>, Mutex<Vec<OperationId>>);
 
     impl TierObserver for Seen {
-        fn operation(&self, tier: Tier, took: Duration, failed: bool) {
+        fn began(&self, _tier: Tier, id: OperationId) {
+            self.1.lock().unwrap().push(id);
+        }
+        fn operation(&self, tier: Tier, id: Option<OperationId>, took: Duration, failed: bool) {
+            let mut under = self.1.lock().unwrap();
+            assert_eq!(under.pop(), id, "an operation ends as it began");
             self.0.lock().unwrap().push((tier, took, failed));
         }
     }
@@ -260,8 +314,16 @@ mod tests {
         let failing = async { Err::<(), _>("timed out") };
         let _ = times.clone().scope(clock.time("append", failing, |_| true)).await;
 
-        assert_eq!(times.of(Tier::Postgres), (Duration::from_millis(300), 2));
-        assert_eq!(times.millis(), BTreeMap::from([("postgres".to_owned(), 300)]));
+        // One its caller gives up on: cut off, timed, not failed.
+        let given_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            times.clone().scope(clock.time("append", slow(), |_| true)),
+        )
+        .await;
+        assert!(given_up.is_err());
+
+        assert_eq!(times.of(Tier::Postgres), (Duration::from_millis(350), 3));
+        assert_eq!(times.millis(), BTreeMap::from([("postgres".to_owned(), 350)]));
         let seen = seen.0.lock().unwrap();
         assert_eq!(
             *seen,
@@ -269,6 +331,7 @@ mod tests {
                 (Tier::Postgres, Duration::from_millis(300), false),
                 (Tier::Postgres, Duration::from_millis(300), false),
                 (Tier::Postgres, Duration::ZERO, true),
+                (Tier::Postgres, Duration::from_millis(50), false),
             ]
         );
     }
@@ -279,13 +342,17 @@ mod tests {
         group.add(Tier::Sqlite, Duration::from_millis(7));
         group.add(Tier::Sqlite, Duration::from_millis(3));
         one.add(Tier::Model, Duration::from_millis(1));
-        one.add_all(&group);
-        two.add_all(&group);
+        one.add_all(&group, Duration::from_secs(1));
+        two.add_all(&group, Duration::from_millis(8));
         assert_eq!(
             one.millis(),
             BTreeMap::from([("sqlite".to_owned(), 10), ("model".to_owned(), 1)])
         );
-        assert_eq!(two.of(Tier::Sqlite), (Duration::from_millis(10), 2));
+        assert_eq!(
+            two.of(Tier::Sqlite),
+            (Duration::from_millis(8), 2),
+            "operations at once: at most the group's wall time"
+        );
         assert!(TierTimes::current().is_none());
     }
 

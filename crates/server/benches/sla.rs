@@ -45,6 +45,7 @@ fn main() {
                 for tier in [Tier::Postgres, Tier::Redis, Tier::ClickHouse, Tier::Model, Tier::Sqlite] {
                     full.operation(
                         tier,
+                        None,
                         Duration::from_micros(100 + (n * 37 + slot) % 250_000),
                         n % 97 == 0,
                     );
@@ -65,7 +66,7 @@ fn main() {
         let per_op = {
             let started = Instant::now();
             for n in 0..100_000u64 {
-                full.operation(Tier::Postgres, Duration::from_micros(500 + n % 1000), false);
+                full.operation(Tier::Postgres, None, Duration::from_micros(500 + n % 1000), false);
             }
             started.elapsed() / 100_000
         };

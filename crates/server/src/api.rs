@@ -1048,28 +1048,27 @@ pub(crate) async fn live() -> Json<Liveness> {
 /// How long one readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// A tier that takes longer than this to answer a ping is degraded (the PostgreSQL query SLA).
-const TIER_SLOW: Duration = Duration::from_millis(200);
-
-/// Pings a tier within [`CHECK_TIMEOUT`]: `ok`; `degraded` when it answers slower than
-/// [`TIER_SLOW`] or not at all in time (or its own deadline passed); when it fails otherwise
+/// Pings `tier` within [`CHECK_TIMEOUT`]: `ok`; `degraded` when it answers slower than its SLA
+/// limit (`Thresholds::tier_ms`) or not at all in time (or its own deadline passed); when it fails otherwise
 /// (e.g. it cannot be reached), `failed` (the store:
 /// `unavailable`; the analytics store, which chat does without: `degraded`). Also whether it
 /// answered at all.
 async fn check_tier(
+    tier: Tier,
     ping: impl std::future::Future<Output = Result<(), StoreError>>,
     failed: HealthStatus,
 ) -> (Check, bool) {
+    let slow = Duration::from_millis(switchboard_protocol::sla::Thresholds::INCIDENT.tier_ms(tier));
     let started = tokio::time::Instant::now();
     let outcome = tokio::time::timeout(CHECK_TIMEOUT, ping).await;
     let latency_ms = started.elapsed().as_millis() as u64;
     let (status, error) = match &outcome {
-        Ok(Ok(())) if started.elapsed() <= TIER_SLOW => (HealthStatus::Ok, None),
+        Ok(Ok(())) if started.elapsed() <= slow => (HealthStatus::Ok, None),
         Ok(Ok(())) => (
             HealthStatus::Degraded,
             Some(format!(
                 "answered in {latency_ms} ms (slower than {} ms)",
-                TIER_SLOW.as_millis()
+                slow.as_millis()
             )),
         ),
         // Its own deadline passed: as slow as a tier that does not answer.
@@ -1110,13 +1109,13 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     let (store_tier, analytics_tier) = (state.store.tier(), state.analytics.tier());
     let redis_ping = async {
         match &state.redis {
-            Some(redis) => Some(check_tier(redis.ping(), HealthStatus::Degraded).await.0),
+            Some(redis) => Some(check_tier(Tier::Redis, redis.ping(), HealthStatus::Degraded).await.0),
             None => None,
         }
     };
     let ((store_tier_check, stores), (analytics, _), redis) = tokio::join!(
-        check_tier(state.store.ping(), HealthStatus::Unavailable),
-        check_tier(state.analytics.ping(), HealthStatus::Degraded),
+        check_tier(store_tier, state.store.ping(), HealthStatus::Unavailable),
+        check_tier(analytics_tier, state.analytics.ping(), HealthStatus::Degraded),
         redis_ping,
     );
     // Whether messages can be stored at all: a store that hangs or fails cannot take them.

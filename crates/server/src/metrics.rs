@@ -8,9 +8,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use switchboard_protocol::{EventPayload, LogEntry, ModelCallUsage, RunId, Seq, Tier, TierObserver};
+use switchboard_protocol::{EventPayload, LogEntry, ModelCallUsage, OperationId, RunId, Seq, Tier, TierObserver};
 use tokio::time::Instant;
 
 use crate::log::Observer;
@@ -75,12 +75,12 @@ struct Open {
     started: bool,
 }
 
-/// Runs accepted and not ended past this many are looked through, and those accepted more
-/// than [`OPEN_FOR_AT_MOST`] ago forgotten (runs another node ended, whose final event this
-/// node never stores).
+/// Runs accepted and not ended past this many (and then twice as many as were left) are
+/// looked through, and those accepted more than [`OPEN_FOR_AT_MOST`] ago forgotten (runs
+/// another node ended, whose final event this node never stores).
 const OPEN_AT_MOST: usize = 10_000;
 /// See [`OPEN_AT_MOST`]: a run's deadline is far shorter.
-const OPEN_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3600);
+const OPEN_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Every metric the server exports.
 #[derive(Debug)]
@@ -131,6 +131,8 @@ pub(crate) struct Metrics {
     /// When each run not yet ended was accepted, for `first_event_latency` and
     /// `response_latency`.
     accepted: Mutex<HashMap<RunId, Open>>,
+    /// The size of `accepted` at which it is next looked through.
+    sweep_at: AtomicUsize,
 }
 
 impl Metrics {
@@ -239,14 +241,19 @@ impl Metrics {
             tier_errors,
             sla: Sla::new(tiers),
             accepted: Mutex::default(),
+            sweep_at: AtomicUsize::new(OPEN_AT_MOST),
         }
     }
 
     /// Notes when a run was accepted, to measure the latency of its first and final events.
     pub(crate) fn accepted(&self, run: &RunId, at: Instant) {
-        let mut open = self.accepted.lock().unwrap();
-        if open.len() >= OPEN_AT_MOST {
+        let mut open = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked through when it has grown to twice what was left the last time, so that each
+        // message pays for it once at most.
+        if open.len() >= self.sweep_at.load(Ordering::Relaxed) {
             open.retain(|_, run| run.accepted.elapsed() < OPEN_FOR_AT_MOST);
+            self.sweep_at
+                .store((open.len() * 2).max(OPEN_AT_MOST), Ordering::Relaxed);
         }
         open.insert(
             run.clone(),
@@ -259,11 +266,19 @@ impl Metrics {
 
     /// Forgets a run that did not start.
     pub(crate) fn forget(&self, run: &RunId) {
-        self.accepted.lock().unwrap().remove(run);
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(run);
     }
 
-    /// Counts an error told to a client.
+    /// Counts an error told to a client; a message refused because a tier failed or the server
+    /// was full counts against the SLA too.
     pub(crate) fn error(&self, code: switchboard_protocol::ErrorCode) {
+        use switchboard_protocol::ErrorCode;
+        if matches!(
+            code,
+            ErrorCode::StoreUnavailable | ErrorCode::ServerBusy | ErrorCode::Internal
+        ) {
+            self.sla.refused();
+        }
         self.errors
             .get_or_create(&CodeLabel {
                 code: code.as_str().to_owned(),
@@ -311,7 +326,7 @@ impl Observer for Metrics {
         self.events_stored.inc();
         let is_final = matches!(&event.payload, EventPayload::AgentCompleted(done) if done.is_final);
         let open = {
-            let mut open = self.accepted.lock().unwrap();
+            let mut open = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
             let run = open.get_mut(&event.run_id).map(|run| {
                 let seen = *run;
                 run.started = true;
@@ -359,12 +374,16 @@ impl Observer for Metrics {
 /// The metrics (and the SLA report) are told of every tier operation: the stores', Redis's and
 /// the model's.
 impl TierObserver for Metrics {
-    fn operation(&self, tier: Tier, took: std::time::Duration, failed: bool) {
+    fn began(&self, tier: Tier, id: OperationId) {
+        self.sla.began(tier, id);
+    }
+
+    fn operation(&self, tier: Tier, id: Option<OperationId>, took: std::time::Duration, failed: bool) {
         let label = TierLabel { tier: tier.as_str() };
         self.tier_operations.get_or_create(&label).observe(took.as_secs_f64());
         if failed {
             self.tier_errors.get_or_create(&label).inc();
         }
-        self.sla.operation(tier, took, failed);
+        self.sla.operation(tier, id, took, failed);
     }
 }

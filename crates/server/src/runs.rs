@@ -79,6 +79,8 @@ impl Refusal {
 struct MaybeStored {
     user: UserId,
     text: String,
+    /// When the message came: its run's response time counts from then.
+    accepted_at: Instant,
 }
 
 /// Runs whose message may have been stored though the store did not answer in time, until it is
@@ -228,7 +230,7 @@ impl Runs {
         let accepted = match tiers.scope(accepting).await {
             Ok(accepted) => accepted,
             Err(error @ StoreError::TimedOut { .. }) => {
-                self.check_later(user, run_id, message.text.clone());
+                self.check_later(user, run_id, message.text.clone(), accepted_at);
                 return Err(Refusal::store(error));
             }
             Err(error) => return Err(Refusal::store(error)),
@@ -324,12 +326,13 @@ impl Runs {
     /// After the storing of `run`'s message timed out: once the store answers, a message that
     /// was stored after all gets its run started (unless a resend started it first), so that no
     /// run stays `running` with nothing running it.
-    fn check_later(&self, user: &UserId, run: RunId, text: String) {
+    fn check_later(&self, user: &UserId, run: RunId, text: String, accepted_at: Instant) {
         self.uncertain.insert(
             run.clone(),
             MaybeStored {
                 user: user.clone(),
                 text,
+                accepted_at,
             },
         );
         let (store, engine, uncertain, metrics) = (
@@ -367,7 +370,7 @@ impl Runs {
                 .and_then(|place| place.start(record.thread_id.clone(), run.clone(), pending.text));
             match started {
                 Ok(_) => {
-                    metrics.accepted(&run, Instant::now());
+                    metrics.accepted(&run, pending.accepted_at);
                     tracing::info!(run_id = %run, "a message stored after its deadline starts its run");
                 }
                 Err(error) => {

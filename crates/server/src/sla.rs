@@ -3,13 +3,13 @@
 //! operations; windows of 1, 5 and 15 minutes are the sums of their slots. Everything is in
 //! memory and a report is a few merges, so it answers at once whatever the tiers do.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use switchboard_protocol::sla::{Percentiles, SlaReport, SlaStatus, SlaWindow, Thresholds, TierWindow};
-use switchboard_protocol::tiers::Tier;
+use switchboard_protocol::sla::{Percentiles, SlaReport, SlaStatus, SlaWindow, Stalled, Thresholds, TierWindow};
+use switchboard_protocol::tiers::{OperationId, Tier};
 use tokio::time::Instant;
 
 /// The length of one slot.
@@ -34,10 +34,12 @@ fn micros(took: Duration) -> u64 {
 }
 
 /// One tier's operations in a slot.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct TierSlot {
     latency: Histogram<u32>,
     errors: u64,
+    /// Operations over the tier's limit (counted exactly, as they end).
+    over: u64,
 }
 
 impl Default for TierSlot {
@@ -45,18 +47,42 @@ impl Default for TierSlot {
         Self {
             latency: histogram(),
             errors: 0,
+            over: 0,
         }
     }
 }
 
-/// Ten seconds of figures.
-#[derive(Debug)]
+/// Counts of a slot (or a window), each against its limit, exact.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Responses over the p95 limit.
+    slow_responses: u64,
+    /// Responses over the failure limit.
+    failed_responses: u64,
+    /// Readiness checks over their limit.
+    slow_health: u64,
+    /// Messages refused because a tier failed or the server was full.
+    refused: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.slow_responses += other.slow_responses;
+        self.failed_responses += other.failed_responses;
+        self.slow_health += other.slow_health;
+        self.refused += other.refused;
+    }
+}
+
+/// Ten seconds of figures (or, merged, a window's).
+#[derive(Debug, Clone)]
 struct Slot {
     /// Slots since the report started.
     index: u64,
     response: Histogram<u32>,
     first_event: Histogram<u32>,
     health: Histogram<u32>,
+    counts: Counts,
     tiers: BTreeMap<Tier, TierSlot>,
 }
 
@@ -67,17 +93,24 @@ impl Slot {
             response: histogram(),
             first_event: histogram(),
             health: histogram(),
+            counts: Counts::default(),
             tiers: BTreeMap::new(),
         }
     }
-}
 
-/// What a window sums up.
-struct Merged {
-    response: Histogram<u32>,
-    first_event: Histogram<u32>,
-    health: Histogram<u32>,
-    tiers: BTreeMap<Tier, TierSlot>,
+    fn add(&mut self, other: &Slot) {
+        // The histograms share their bounds, so adding one to another cannot fail.
+        let _ = self.response.add(&other.response);
+        let _ = self.first_event.add(&other.first_event);
+        let _ = self.health.add(&other.health);
+        self.counts.add(&other.counts);
+        for (tier, figures) in &other.tiers {
+            let into = self.tiers.entry(*tier).or_default();
+            let _ = into.latency.add(&figures.latency);
+            into.errors += figures.errors;
+            into.over += figures.over;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -85,6 +118,8 @@ struct State {
     slots: VecDeque<Slot>,
     /// The latest readiness check: when, and the tiers it found degraded.
     readiness: Option<(Instant, Vec<Tier>)>,
+    /// The operations under way, and when each began.
+    under_way: HashMap<OperationId, (Tier, Instant)>,
 }
 
 /// The server's SLA figures.
@@ -96,6 +131,12 @@ pub struct Sla {
     /// operations.
     tiers: Vec<Tier>,
     state: Mutex<State>,
+}
+
+/// Whether a duration recorded in a histogram is over `limit_ms` (its bucket's lowest value:
+/// a bucket that holds the limit is not over it).
+fn over_limit(histogram: &Histogram<u32>, us: u64, limit_ms: u64) -> bool {
+    histogram.lowest_equivalent(us) > limit_ms * 1000
 }
 
 impl Sla {
@@ -111,6 +152,7 @@ impl Sla {
             state: Mutex::new(State {
                 slots: VecDeque::new(),
                 readiness: None,
+                under_way: HashMap::new(),
             }),
         }
     }
@@ -119,10 +161,14 @@ impl Sla {
         (at.saturating_duration_since(self.started).as_millis() / SLOT.as_millis()) as u64
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `record` on the slot of now, made (and the slots past 15 minutes dropped) when needed.
     fn with_slot(&self, record: impl FnOnce(&mut Slot)) {
         let index = self.index(Instant::now());
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state();
         if state.slots.back().is_none_or(|slot| slot.index < index) {
             state.slots.push_back(Slot::new(index));
         }
@@ -132,12 +178,22 @@ impl Sla {
         record(state.slots.back_mut().expect("the slot of now was just made"));
     }
 
-    /// One operation of `tier`.
-    pub fn operation(&self, tier: Tier, took: Duration, failed: bool) {
+    /// An operation of `tier` begins.
+    pub fn began(&self, tier: Tier, id: OperationId) {
+        self.state().under_way.insert(id, (tier, Instant::now()));
+    }
+
+    /// One operation of `tier` ended.
+    pub fn operation(&self, tier: Tier, id: Option<OperationId>, took: Duration, failed: bool) {
+        if let Some(id) = id {
+            self.state().under_way.remove(&id);
+        }
+        let limit = self.thresholds.tier_ms(tier);
         self.with_slot(|slot| {
             let figures = slot.tiers.entry(tier).or_default();
             figures.latency.saturating_record(micros(took));
             figures.errors += u64::from(failed);
+            figures.over += u64::from(took > Duration::from_millis(limit));
         });
     }
 
@@ -148,32 +204,84 @@ impl Sla {
 
     /// A run's final event, `took` after its message was accepted.
     pub fn response(&self, took: Duration) {
-        self.with_slot(|slot| slot.response.saturating_record(micros(took)));
+        let (slow, failed) = (
+            took > Duration::from_millis(self.thresholds.response_p95_ms),
+            took > Duration::from_millis(self.thresholds.response_failure_ms),
+        );
+        self.with_slot(|slot| {
+            slot.response.saturating_record(micros(took));
+            slot.counts.slow_responses += u64::from(slow);
+            slot.counts.failed_responses += u64::from(failed);
+        });
+    }
+
+    /// A message refused because a tier failed or the server was full: its user got no answer.
+    pub fn refused(&self) {
+        self.with_slot(|slot| slot.counts.refused += 1);
     }
 
     /// A readiness check that took `took` and found `degraded` tiers degraded.
     pub fn readiness(&self, took: Duration, degraded: Vec<Tier>) {
-        self.with_slot(|slot| slot.health.saturating_record(micros(took)));
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.readiness = Some((Instant::now(), degraded));
+        let slow = took > Duration::from_millis(self.thresholds.health_ms);
+        self.with_slot(|slot| {
+            slot.health.saturating_record(micros(took));
+            slot.counts.slow_health += u64::from(slow);
+        });
+        self.state().readiness = Some((Instant::now(), degraded));
     }
 
     /// The report of now.
     pub fn report(&self) -> SlaReport {
         let now = Instant::now();
         let index = self.index(now);
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let merged = |slots: u64| merge(state.slots.iter().filter(|slot| slot.index + slots > index));
-        let up = now.saturating_duration_since(self.started).as_secs_f64().max(1.0);
+        let state = self.state();
+        // The windows nest (the recent slots, 1, 5 and 15 minutes): one pass from the newest
+        // slot back, each window taken as the pass leaves it.
+        let mut spans: Vec<u64> = WINDOWS.iter().map(|(_, slots)| *slots).collect();
+        spans.insert(0, RECENT_SLOTS);
+        let mut merged = Vec::with_capacity(spans.len());
+        let mut acc = Slot::new(index);
+        let mut slots = state.slots.iter().rev().peekable();
+        for span in &spans {
+            while let Some(slot) = slots.next_if(|slot| slot.index + span > index) {
+                acc.add(slot);
+            }
+            merged.push(acc.clone());
+        }
+        let (recent, windows) = merged.split_first().expect("the recent window is first");
+        let up = now.saturating_duration_since(self.started);
+        let into_slot = up.saturating_sub(SLOT * index as u32);
         let windows: BTreeMap<String, SlaWindow> = WINDOWS
-            .into_iter()
-            .map(|(name, slots)| {
-                let seconds = up.min((slots * SLOT.as_secs()) as f64);
-                (name.to_owned(), self.window(&merged(slots), seconds))
+            .iter()
+            .zip(windows)
+            .map(|((name, slots), merged)| {
+                // The window's slots: the current one as far as it has gone, and those before.
+                let covered = (SLOT * (*slots as u32 - 1) + into_slot).min(up);
+                ((*name).to_owned(), self.window(merged, covered.as_secs_f64().max(1.0)))
             })
             .collect();
-        let minute = merged(WINDOWS[0].1);
-        let recent = merged(RECENT_SLOTS);
+        let minute = &merged[1];
+        let stalled: BTreeMap<String, Stalled> = self
+            .listed()
+            .filter_map(|tier| {
+                let limit = Duration::from_millis(self.thresholds.tier_ms(tier));
+                let ages: Vec<Duration> = state
+                    .under_way
+                    .values()
+                    .filter(|(t, _)| *t == tier)
+                    .map(|(_, began)| now.saturating_duration_since(*began))
+                    .filter(|age| *age > limit)
+                    .collect();
+                let oldest = ages.iter().max()?;
+                Some((
+                    tier.as_str().to_owned(),
+                    Stalled {
+                        ops: ages.len() as u64,
+                        oldest_ms: ms(micros(*oldest)),
+                    },
+                ))
+            })
+            .collect();
         let readiness = state
             .readiness
             .as_ref()
@@ -183,24 +291,29 @@ impl Sla {
         let degraded: Vec<String> = self
             .listed()
             .filter(|tier| {
-                let over = |figures: Option<&TierSlot>, quantile: f64| match (figures, self.thresholds.tier_ms(*tier)) {
-                    (Some(figures), Some(limit)) if !figures.latency.is_empty() => {
-                        figures.latency.value_at_quantile(quantile) > limit * 1000
-                    }
-                    _ => false,
+                let limit = self.thresholds.tier_ms(*tier);
+                let over = |figures: Option<&TierSlot>, quantile: f64| {
+                    figures.is_some_and(|f| {
+                        !f.latency.is_empty() && over_limit(&f.latency, f.latency.value_at_quantile(quantile), limit)
+                    })
                 };
-                let failing = minute.tiers.get(tier).is_some_and(|figures| figures.errors > 0);
-                failing
+                minute.tiers.get(tier).is_some_and(|figures| figures.errors > 0)
                     || over(minute.tiers.get(tier), 0.99)
                     || over(recent.tiers.get(tier), 0.5)
+                    || stalled.contains_key(tier.as_str())
                     || readiness.contains(tier)
             })
             .map(|tier| tier.as_str().to_owned())
             .collect();
         let response = &minute.response;
-        let violating = !response.is_empty()
-            && (response.value_at_quantile(0.95) > self.thresholds.response_p95_ms * 1000
-                || response.max() > self.thresholds.response_failure_ms * 1000);
+        let violating = minute.counts.failed_responses > 0
+            || minute.counts.refused > 0
+            || (!response.is_empty()
+                && over_limit(
+                    response,
+                    response.value_at_quantile(0.95),
+                    self.thresholds.response_p95_ms,
+                ));
         let status = if violating {
             SlaStatus::Violating
         } else if degraded.is_empty() {
@@ -213,6 +326,7 @@ impl Sla {
             degraded,
             thresholds: self.thresholds,
             windows,
+            stalled,
         }
     }
 
@@ -221,32 +335,25 @@ impl Sla {
         Tier::ALL.into_iter().filter(|tier| self.tiers.contains(tier))
     }
 
-    fn window(&self, merged: &Merged, seconds: f64) -> SlaWindow {
+    fn window(&self, merged: &Slot, seconds: f64) -> SlaWindow {
         let t = &self.thresholds;
-        let over = |histogram: &Histogram<u32>, limit_ms: u64| {
-            if histogram.is_empty() {
-                return 0;
-            }
-            histogram.count_between(limit_ms * 1000 + 1, LONGEST_US)
-        };
         let response = &merged.response;
+        let counts = &merged.counts;
+        let p95_over =
+            !response.is_empty() && over_limit(response, response.value_at_quantile(0.95), t.response_p95_ms);
         let mut violations = BTreeMap::from([
-            (
-                t.response_p95_violation(),
-                u64::from(!response.is_empty() && response.value_at_quantile(0.95) > t.response_p95_ms * 1000),
-            ),
-            (t.slow_response_violation(), over(response, t.response_p95_ms)),
-            (t.failed_response_violation(), over(response, t.response_failure_ms)),
-            (t.health_violation(), over(&merged.health, t.health_ms)),
+            (t.response_p95_violation(), u64::from(p95_over)),
+            (t.slow_response_violation(), counts.slow_responses),
+            (t.failed_response_violation(), counts.failed_responses),
+            (t.health_violation(), counts.slow_health),
+            (t.refused_violation(), counts.refused),
         ]);
         let mut tiers = BTreeMap::new();
         for tier in self.listed() {
             let figures = merged.tiers.get(&tier);
-            let latency = figures.map(|f| &f.latency);
-            if let (Some(name), Some(limit)) = (t.tier_violation(tier), t.tier_ms(tier)) {
-                violations.insert(name, latency.map_or(0, |l| over(l, limit)));
-            }
-            let quantile = |q: f64| latency.filter(|l| !l.is_empty()).map(|l| ms(l.value_at_quantile(q)));
+            violations.insert(t.tier_violation(tier), figures.map_or(0, |f| f.over));
+            let latency = figures.map(|f| &f.latency).filter(|l| !l.is_empty());
+            let quantile = |q: f64| latency.map(|l| ms(l.value_at_quantile(q)));
             tiers.insert(
                 tier.as_str().to_owned(),
                 TierWindow {
@@ -267,27 +374,6 @@ impl Sla {
             tiers,
         }
     }
-}
-
-fn merge<'a>(slots: impl Iterator<Item = &'a Slot>) -> Merged {
-    let mut merged = Merged {
-        response: histogram(),
-        first_event: histogram(),
-        health: histogram(),
-        tiers: BTreeMap::new(),
-    };
-    // The histograms share their bounds, so adding one to another cannot fail.
-    for slot in slots {
-        let _ = merged.response.add(&slot.response);
-        let _ = merged.first_event.add(&slot.first_event);
-        let _ = merged.health.add(&slot.health);
-        for (tier, figures) in &slot.tiers {
-            let into = merged.tiers.entry(*tier).or_default();
-            let _ = into.latency.add(&figures.latency);
-            into.errors += figures.errors;
-        }
-    }
-    merged
 }
 
 /// Microseconds as milliseconds, to a tenth.
@@ -321,7 +407,7 @@ mod tests {
     async fn a_slow_tier_is_named_at_once_and_counted_and_cleared_a_minute_after_it_recovers() {
         let sla = Sla::new(&[Tier::Postgres, Tier::ClickHouse, Tier::Model]);
         for _ in 0..10 {
-            sla.operation(Tier::Postgres, MS(3), false);
+            sla.operation(Tier::Postgres, None, MS(3), false);
         }
         let report = sla.report();
         assert_eq!(report.status, SlaStatus::Ok);
@@ -340,7 +426,7 @@ mod tests {
         // PostgreSQL +300 ms.
         tokio::time::advance(Duration::from_secs(30)).await;
         for _ in 0..5 {
-            sla.operation(Tier::Postgres, MS(303), false);
+            sla.operation(Tier::Postgres, None, MS(303), false);
         }
         let report = sla.report();
         assert_eq!(report.degraded, ["postgres"]);
@@ -350,17 +436,17 @@ mod tests {
 
         // Fast again: the minute's p99 still says it, then the report forgets.
         for _ in 0..200 {
-            sla.operation(Tier::Postgres, MS(2), false);
+            sla.operation(Tier::Postgres, None, MS(2), false);
         }
         tokio::time::advance(Duration::from_secs(30)).await;
-        sla.operation(Tier::Postgres, MS(2), false);
+        sla.operation(Tier::Postgres, None, MS(2), false);
         assert_eq!(
             sla.report().degraded,
             ["postgres"],
             "5 of 216 over the limit: the p99 is"
         );
         tokio::time::advance(Duration::from_secs(40)).await;
-        sla.operation(Tier::Postgres, MS(2), false);
+        sla.operation(Tier::Postgres, None, MS(2), false);
         let report = sla.report();
         assert!(report.degraded.is_empty(), "{report:?}");
         assert_eq!(report.windows["1m"].violations["postgres_over_200ms"], 0);
@@ -371,8 +457,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_tier_failing_or_found_degraded_by_readiness_is_named() {
         let sla = Sla::new(&[Tier::Sqlite, Tier::Redis, Tier::Model]);
-        sla.operation(Tier::Redis, MS(500), true);
-        sla.operation(Tier::Model, MS(30_000), true);
+        sla.operation(Tier::Redis, None, MS(500), true);
+        sla.operation(Tier::Model, None, MS(30_000), true);
         sla.readiness(MS(800), vec![Tier::Sqlite]);
         let report = sla.report();
         assert_eq!(report.degraded, ["sqlite", "redis", "model"]);
@@ -405,6 +491,7 @@ mod tests {
         let minute = &report.windows["1m"];
         assert_eq!(minute.runs, 100);
         assert_eq!(minute.runs_per_s, 5.0, "100 runs in the 20 s the server is up");
+        assert_eq!(minute.violations["messages_refused"], 0);
         assert_eq!(minute.violations["response_over_2000ms"], 6);
         assert_eq!(minute.violations["response_over_3000ms"], 2);
         assert_eq!(minute.violations["response_p95_over_2000ms"], 1);
@@ -425,12 +512,84 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_operation_under_way_past_its_limit_names_its_tier_before_it_ends() {
+        let sla = Sla::new(&[Tier::Postgres, Tier::Model]);
+        let (stuck, quick) = (OperationId::next(), OperationId::next());
+        sla.began(Tier::Postgres, stuck);
+        sla.began(Tier::Postgres, quick);
+        tokio::time::advance(MS(150)).await;
+        sla.operation(Tier::Postgres, Some(quick), MS(150), false);
+        assert!(sla.report().degraded.is_empty(), "150 ms under way is within 200 ms");
+        tokio::time::advance(MS(3250)).await;
+        let report = sla.report();
+        assert_eq!(report.degraded, ["postgres"]);
+        assert_eq!(
+            report.stalled["postgres"],
+            Stalled {
+                ops: 1,
+                oldest_ms: 3400.0
+            }
+        );
+        assert_eq!(
+            tier(&report, "1m", "postgres").ops,
+            1,
+            "only ended operations are counted"
+        );
+        // It ends (cut off by its deadline): no longer under way, and failed.
+        sla.operation(Tier::Postgres, Some(stuck), MS(3400), true);
+        let report = sla.report();
+        assert!(report.stalled.is_empty());
+        assert_eq!(report.windows["1m"].violations["postgres_over_200ms"], 1);
+        assert_eq!(report.degraded, ["postgres"], "its failure counts for a minute");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_refused_for_a_tier_makes_the_report_violating() {
+        let sla = Sla::new(&[Tier::Postgres]);
+        sla.refused();
+        let report = sla.report();
+        assert_eq!(report.status, SlaStatus::Violating, "its user got no answer");
+        assert_eq!(report.windows["1m"].violations["messages_refused"], 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_are_counted_exactly_and_a_window_s_rate_is_over_the_time_it_covers() {
+        let sla = Sla::new(&[Tier::Postgres]);
+        // At the limits is not over them.
+        for took in [199, 200, 201] {
+            sla.operation(Tier::Postgres, None, MS(took), false);
+        }
+        for took in [1999, 2000, 2001, 2999, 3000, 3001] {
+            sla.response(MS(took));
+        }
+        let minute = &sla.report().windows["1m"];
+        assert_eq!(minute.violations["postgres_over_200ms"], 1);
+        assert_eq!(minute.violations["response_over_2000ms"], 4);
+        assert_eq!(minute.violations["response_over_3000ms"], 1);
+
+        // A steady 10 runs a second for 3 minutes, 5 s into a slot: the last minute covers
+        // 55 s of it (five whole slots and this one's 5 s), not 60.
+        let steady = Sla::new(&[Tier::Postgres]);
+        for _ in 0..1850 {
+            steady.response(MS(100));
+            tokio::time::advance(MS(100)).await;
+        }
+        let report = steady.report();
+        assert_eq!(report.windows["1m"].runs, 550);
+        assert_eq!(report.windows["1m"].runs_per_s, 10.0);
+        assert_eq!(
+            report.windows["5m"].runs_per_s, 10.0,
+            "all of the 185 s the server is up"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn slots_older_than_15_minutes_are_dropped() {
         let sla = Sla::new(&[Tier::Sqlite]);
-        sla.operation(Tier::Sqlite, MS(1), false);
+        sla.operation(Tier::Sqlite, None, MS(1), false);
         for _ in 0..100 {
             tokio::time::advance(SLOT).await;
-            sla.operation(Tier::Sqlite, MS(1), false);
+            sla.operation(Tier::Sqlite, None, MS(1), false);
         }
         assert_eq!(sla.state.lock().unwrap().slots.len(), SLOTS as usize);
         assert_eq!(tier(&sla.report(), "15m", "sqlite").ops, 90);

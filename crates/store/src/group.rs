@@ -128,10 +128,12 @@ where
             waiting.push((reply, times));
         }
         let spent = TierTimes::default();
+        let started = tokio::time::Instant::now();
         let answers = spent.clone().scope(serve(requests)).await;
+        let wall = started.elapsed();
         for ((reply, times), answer) in waiting.into_iter().zip(answers) {
             if let Some(times) = times {
-                times.add_all(&spent);
+                times.add_all(&spent, wall);
             }
             let _ = reply.send(answer);
         }

@@ -71,7 +71,7 @@ impl StoreError {
 
 /// A storage tier (and the model, as a tier a run's time goes to): defined beside the run's
 /// timings, in the protocol crate.
-pub use switchboard_protocol::{Tier, TierClock, TierObserver, TierTimes};
+pub use switchboard_protocol::{OperationId, Tier, TierClock, TierObserver, TierTimes};
 
 /// A registered user.
 #[derive(Debug, Clone, PartialEq, Eq)]
