@@ -1177,7 +1177,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
         .filter(|(_, check)| check.status != HealthStatus::Ok)
         .filter_map(|(name, _)| Tier::parse(name))
         .collect();
-    state.metrics.sla.readiness(started.elapsed(), degraded);
+    state.metrics.readiness(started.elapsed(), degraded);
     (code, Json(Readiness { status, checks })).into_response()
 }
 

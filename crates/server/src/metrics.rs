@@ -62,6 +62,13 @@ pub(crate) struct TierLabel {
     pub(crate) tier: &'static str,
 }
 
+/// The label of a violation of the SLA: its name in the report.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ViolationLabel {
+    /// As in `/api/sla`'s `violations`.
+    pub(crate) name: String,
+}
+
 /// The histogram of a tier's operations.
 fn tier_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
@@ -126,6 +133,14 @@ pub(crate) struct Metrics {
     pub(crate) tier_operations: Family<TierLabel, Histogram, fn() -> Histogram>,
     /// The operations each tier failed (past their deadline, or it could not be reached).
     pub(crate) tier_errors: Family<TierLabel, Counter>,
+    /// How long each `/health/ready` took.
+    pub(crate) health_check: Histogram,
+    /// The SLA report's status when scraped: 0 ok, 1 degraded, 2 violating.
+    pub(crate) sla_status: Gauge,
+    /// 1 for each tier the SLA report finds degraded when scraped, else 0.
+    pub(crate) tier_degraded: Family<TierLabel, Gauge>,
+    /// Each violation of the SLA over the last minute, when scraped.
+    pub(crate) sla_violations: Family<ViolationLabel, Gauge>,
     /// The live SLA report's figures.
     pub(crate) sla: Sla,
     /// When each run not yet ended was accepted, for `first_event_latency` and
@@ -157,6 +172,30 @@ impl Metrics {
         let response_latency = Histogram::new(exponential_buckets(0.005, 2.0, 16));
         let tier_operations = Family::<TierLabel, Histogram, fn() -> Histogram>::new_with_constructor(tier_histogram);
         let tier_errors = Family::<TierLabel, Counter>::default();
+        let health_check = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let sla_status = Gauge::default();
+        let tier_degraded = Family::<TierLabel, Gauge>::default();
+        let sla_violations = Family::<ViolationLabel, Gauge>::default();
+        registry.register(
+            "health_check_seconds",
+            "How long each readiness check (/health/ready) took",
+            health_check.clone(),
+        );
+        registry.register(
+            "sla_status",
+            "The live SLA report's status: 0 ok, 1 degraded, 2 violating (as /api/sla)",
+            sla_status.clone(),
+        );
+        registry.register(
+            "tier_degraded",
+            "1 for each tier the live SLA report finds degraded, else 0",
+            tier_degraded.clone(),
+        );
+        registry.register(
+            "sla_violations_last_minute",
+            "Each violation of the SLA over the last minute, by name (as /api/sla's 1m window)",
+            sla_violations.clone(),
+        );
         registry.register(
             "response_latency_seconds",
             "Time from accepting a message to its run's final event",
@@ -239,6 +278,10 @@ impl Metrics {
             response_latency,
             tier_operations,
             tier_errors,
+            health_check,
+            sla_status,
+            tier_degraded,
+            sla_violations,
             sla: Sla::new(tiers),
             accepted: Mutex::default(),
             sweep_at: AtomicUsize::new(OPEN_AT_MOST),
@@ -308,8 +351,35 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text format.
+    /// A readiness check that took `took` and found `degraded` tiers degraded.
+    pub(crate) fn readiness(&self, took: std::time::Duration, degraded: Vec<Tier>) {
+        self.health_check.observe(took.as_secs_f64());
+        self.sla.readiness(took, degraded);
+    }
+
+    /// The Prometheus text format, with the SLA report's figures of now.
     pub(crate) fn encode(&self) -> String {
+        let report = self.sla.report();
+        self.sla_status.set(match report.status {
+            switchboard_protocol::sla::SlaStatus::Ok => 0,
+            switchboard_protocol::sla::SlaStatus::Degraded => 1,
+            switchboard_protocol::sla::SlaStatus::Violating => 2,
+        });
+        if let Some(minute) = report.windows.get("1m") {
+            for name in minute.tiers.keys() {
+                if let Some(tier) = Tier::parse(name) {
+                    let degraded = report.degraded.iter().any(|d| d == name);
+                    self.tier_degraded
+                        .get_or_create(&TierLabel { tier: tier.as_str() })
+                        .set(i64::from(degraded));
+                }
+            }
+            for (name, count) in &minute.violations {
+                self.sla_violations
+                    .get_or_create(&ViolationLabel { name: name.clone() })
+                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+        }
         let mut out = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(%error, "encoding metrics failed");

@@ -67,6 +67,9 @@ async fn the_report_counts_each_run_and_each_tier_s_operations_and_a_run_s_timin
         format!("switchboard_tier_operation_seconds_count{{tier=\"{store}\"}}"),
         "switchboard_tier_operation_seconds_count{tier=\"model\"}".to_owned(),
         "switchboard_response_latency_seconds_count 1".to_owned(),
+        format!("switchboard_tier_degraded{{tier=\"{store}\"}}"),
+        "switchboard_sla_status ".to_owned(),
+        "switchboard_sla_violations_last_minute{name=\"response_over_3000ms\"} 0".to_owned(),
     ] {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
@@ -101,6 +104,12 @@ async fn postgresql_made_slow_is_named_by_the_report_the_run_s_timings_and_the_d
     assert!(minute.violations["postgres_over_200ms"] >= 1, "{minute:?}");
     assert!(minute.tiers["postgres"].ops >= minute.violations["postgres_over_200ms"]);
     assert_eq!(minute.tiers["sqlite"].errors, 0);
+
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("switchboard_tier_degraded{tier=\"postgres\"} 1"),
+        "{metrics}"
+    );
 
     let diagnosis = doctor::diagnose(&app.client).await.unwrap();
     assert!(!diagnosis.healthy);
