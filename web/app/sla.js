@@ -192,6 +192,8 @@ export function headline(report) {
     if (p95 !== null && p95 > p95Limit) why.push(`response p95 ${millis(p95)} over the last minute (SLA ${millis(p95Limit)})`);
     const failed = minute?.violations[`response_over_${failure}ms`] ?? 0;
     if (failed > 0) why.push(`${count(failed)} ${failed === 1 ? 'response' : 'responses'} over ${millis(failure)}`);
+    const refused = minute?.violations.messages_refused ?? 0;
+    if (refused > 0) why.push(`${count(refused)} ${refused === 1 ? 'message' : 'messages'} refused`);
     const blame = degraded.length > 0 ? `; degraded: ${and(degraded)}` : '';
     return `Chat is violating its SLA${why.length > 0 ? `: ${why.join('; ')}` : ''}${blame}.`;
   }
@@ -232,6 +234,7 @@ function violationText(name) {
   if (match) return `workflows over ${match[1]} s`;
   match = /^throughput_under_(\d+)_per_s$/.exec(name);
   if (match) return `fewer than ${match[1]} runs a second`;
+  if (name === 'messages_refused') return 'messages refused because a tier failed or the server was full';
   match = /^([a-z]+)_over_(\d+)ms$/.exec(name);
   if (match) return `${tierName(match[1], true)} operations over ${millis(Number(match[2]))}`;
   return name;

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::tiers::Tier;
 
-/// The SLA's limits.
+/// The SLA's limits (a limit a report leaves out, as an older server's does, is the incident's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
 pub struct Thresholds {
     /// The p95 of response times (message accepted → final event) stays under this.
     pub response_p95_ms: u64,

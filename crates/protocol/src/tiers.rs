@@ -219,17 +219,12 @@ impl TierClock {
         let _ = self.observer.set(observer);
     }
 
-    /// Records one operation that took `took`, done outside [`TierClock::time`].
-    pub fn record(&self, took: Duration, failed: bool) {
-        self.ended(None, took, failed);
-    }
-
-    fn ended(&self, id: Option<OperationId>, took: Duration, failed: bool) {
+    fn ended(&self, id: OperationId, took: Duration, failed: bool) {
         if let Some(times) = TierTimes::current() {
             times.add(self.tier, took);
         }
         if let Some(observer) = self.observer.get() {
-            observer.operation(self.tier, id, took, failed);
+            observer.operation(self.tier, Some(id), took, failed);
         }
     }
 
@@ -252,7 +247,7 @@ impl TierClock {
         impl Drop for Under<'_> {
             fn drop(&mut self) {
                 if !self.ended {
-                    self.clock.ended(Some(self.id), self.started.elapsed(), false);
+                    self.clock.ended(self.id, self.started.elapsed(), false);
                 }
             }
         }
@@ -267,9 +262,9 @@ impl TierClock {
         }
         let span = tracing::debug_span!("tier", tier = self.tier.as_str(), operation);
         let outcome = work.instrument(span).await;
+        let (took, failed) = (under.started.elapsed(), outcome.as_ref().err().is_some_and(failed));
         under.ended = true;
-        let took = under.started.elapsed();
-        self.ended(Some(under.id), took, outcome.as_ref().err().is_some_and(failed));
+        self.ended(under.id, took, failed);
         outcome
     }
 }

@@ -240,12 +240,15 @@ impl SharedLimits {
         let redis = self.redis.clone();
         tokio::spawn(async move {
             let until = Instant::now() + ttl;
+            // Twice as long each time, so that a slow Redis is not asked ever more often.
+            let mut wait = Duration::from_millis(500);
             while let Err(error) = redis.give_back(&key, &member).await {
-                if Instant::now() >= until {
-                    tracing::debug!(%error, %key, "cannot give back a place a timed-out take may hold; it has run out");
+                if Instant::now() + wait >= until {
+                    tracing::debug!(%error, %key, "cannot give back a place a timed-out take may hold; it runs out by itself");
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
             }
         });
     }

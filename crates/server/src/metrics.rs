@@ -312,9 +312,10 @@ impl Metrics {
         self.accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(run);
     }
 
-    /// Counts an error told to a client; a message refused because a tier failed or the server
-    /// was full counts against the SLA too.
-    pub(crate) fn error(&self, code: switchboard_protocol::ErrorCode) {
+    /// A message refused: one refused because a tier failed or the server was full (or failed
+    /// itself) counts against the SLA, since its user got no answer; one refused for the user's
+    /// own limits or input does not.
+    pub(crate) fn message_refused(&self, code: switchboard_protocol::ErrorCode) {
         use switchboard_protocol::ErrorCode;
         if matches!(
             code,
@@ -322,6 +323,10 @@ impl Metrics {
         ) {
             self.sla.refused();
         }
+    }
+
+    /// Counts an error told to a client.
+    pub(crate) fn error(&self, code: switchboard_protocol::ErrorCode) {
         self.errors
             .get_or_create(&CodeLabel {
                 code: code.as_str().to_owned(),

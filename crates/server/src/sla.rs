@@ -133,10 +133,11 @@ pub struct Sla {
     state: Mutex<State>,
 }
 
-/// Whether a duration recorded in a histogram is over `limit_ms` (its bucket's lowest value:
-/// a bucket that holds the limit is not over it).
-fn over_limit(histogram: &Histogram<u32>, us: u64, limit_ms: u64) -> bool {
-    histogram.lowest_equivalent(us) > limit_ms * 1000
+/// Whether the `quantile` of `count` values, `over` of which are over a limit, is over it:
+/// exactly, from the counts (the nearest-rank quantile is over when more than the values below
+/// its rank are).
+fn quantile_over(over: u64, count: u64, quantile: f64) -> bool {
+    count > 0 && over > count - (quantile * count as f64).ceil() as u64
 }
 
 impl Sla {
@@ -291,11 +292,8 @@ impl Sla {
         let degraded: Vec<String> = self
             .listed()
             .filter(|tier| {
-                let limit = self.thresholds.tier_ms(*tier);
                 let over = |figures: Option<&TierSlot>, quantile: f64| {
-                    figures.is_some_and(|f| {
-                        !f.latency.is_empty() && over_limit(&f.latency, f.latency.value_at_quantile(quantile), limit)
-                    })
+                    figures.is_some_and(|f| quantile_over(f.over, f.latency.len(), quantile))
                 };
                 minute.tiers.get(tier).is_some_and(|figures| figures.errors > 0)
                     || over(minute.tiers.get(tier), 0.99)
@@ -308,12 +306,7 @@ impl Sla {
         let response = &minute.response;
         let violating = minute.counts.failed_responses > 0
             || minute.counts.refused > 0
-            || (!response.is_empty()
-                && over_limit(
-                    response,
-                    response.value_at_quantile(0.95),
-                    self.thresholds.response_p95_ms,
-                ));
+            || quantile_over(minute.counts.slow_responses, response.len(), 0.95);
         let status = if violating {
             SlaStatus::Violating
         } else if degraded.is_empty() {
@@ -339,8 +332,7 @@ impl Sla {
         let t = &self.thresholds;
         let response = &merged.response;
         let counts = &merged.counts;
-        let p95_over =
-            !response.is_empty() && over_limit(response, response.value_at_quantile(0.95), t.response_p95_ms);
+        let p95_over = quantile_over(counts.slow_responses, response.len(), 0.95);
         let mut violations = BTreeMap::from([
             (t.response_p95_violation(), u64::from(p95_over)),
             (t.slow_response_violation(), counts.slow_responses),

@@ -467,7 +467,10 @@ impl Connection {
                 let reference = message.client_message_id.clone();
                 match state.runs.submit(&self.user, message).await {
                     Ok(accepted) => self.send_control(Control::MessageAccepted(accepted)).await,
-                    Err(refusal) => self.send_error(refusal.code, refusal.message, reference).await,
+                    Err(refusal) => {
+                        self.state.metrics.message_refused(refusal.code);
+                        self.send_error(refusal.code, refusal.message, reference).await
+                    }
                 }
             }
             ClientFrame::StopAgent(stop) => match state.runs.cancel(&self.user, &stop.run_id).await {

@@ -615,20 +615,25 @@ impl Store for SqliteStore {
             .submit(message, move |messages| {
                 let (conn, clock) = (Arc::clone(&conn), clock.clone());
                 async move {
-                    let started = tokio::time::Instant::now();
-                    let answers = tokio::task::spawn_blocking(move || {
-                        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-                        let count = messages.len();
-                        accept_batch(&mut conn, messages).unwrap_or_else(|error| vec![Err(error); count])
-                    })
-                    .await
-                    // It panicked: every message of the group is told so.
-                    .unwrap_or_default();
-                    let failed = answers
-                        .iter()
-                        .any(|answer| answer.as_ref().is_err_and(StoreError::is_unavailable));
-                    clock.record(started.elapsed(), failed);
-                    answers
+                    // Timed as one operation (seen while under way), failed when the store was.
+                    let accepting = async move {
+                        let answers = tokio::task::spawn_blocking(move || {
+                            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                            let count = messages.len();
+                            accept_batch(&mut conn, messages).unwrap_or_else(|error| vec![Err(error); count])
+                        })
+                        .await
+                        // It panicked: every message of the group is told so.
+                        .unwrap_or_default();
+                        let failed = answers
+                            .iter()
+                            .any(|answer| answer.as_ref().is_err_and(StoreError::is_unavailable));
+                        if failed { Err(answers) } else { Ok(answers) }
+                    };
+                    clock
+                        .time("accept", accepting, |_| true)
+                        .await
+                        .unwrap_or_else(|answers| answers)
                 }
             })
             .await
