@@ -28,6 +28,10 @@ pub use report::{Figures, Report, RunRecord, Second, Threshold, Window};
 use crate::contract::{Problem, StreamCheck};
 use crate::{Client, Session, SignIn, Socket, Throttled};
 
+/// How long a user tries to open its socket again after it was lost.
+const REOPEN_FOR: Duration = Duration::from_secs(30);
+/// Between two tries.
+const REOPEN_EVERY: Duration = Duration::from_millis(500);
 /// How often `/health/ready` and `/api/sla` are polled.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// The longest a poll, a sign-in or opening a socket may take before it counts as failed.
@@ -310,6 +314,8 @@ impl Shared {
 /// A user, signed in, with its open socket.
 struct Ready {
     index: usize,
+    /// The user's access token, to open its socket again.
+    token: String,
     socket: Socket,
     check: StreamCheck,
     /// Sign-in and opening the socket (the first part of the workflow).
@@ -550,6 +556,7 @@ async fn sign_in(client: &Client, accounts: &Accounts, index: usize) -> Result<R
     )));
     Ok(Ready {
         index,
+        token: session.access_token.clone(),
         socket,
         check,
         setup: started.elapsed(),
@@ -581,6 +588,7 @@ fn micros(d: Duration) -> u64 {
 async fn user(shared: Arc<Shared>, ready: Ready) {
     let Ready {
         index,
+        token,
         mut socket,
         mut check,
         setup,
@@ -625,13 +633,37 @@ async fn user(shared: Arc<Shared>, ready: Ready) {
                     Ok(Some(frame)) => frame,
                     Ok(None) => {
                         shared.error(index, "socket", format!("the server closed user {index}'s socket"));
-                        socket_lost = true;
-                        break;
+                        match reopen(&shared, index, &token, &mut check, &mut pending).await {
+                            Some(again) => {
+                                socket = again;
+                                // A message given up is answered as far as the schedule goes.
+                                if next_send.is_none() && active.is_empty() {
+                                    next_send = Some(Instant::now());
+                                }
+                                continue;
+                            }
+                            None => {
+                                socket_lost = true;
+                                break;
+                            }
+                        }
                     }
                     Err(error) => {
                         shared.error(index, "socket", format!("user {index}'s socket failed: {error:#}"));
-                        socket_lost = true;
-                        break;
+                        match reopen(&shared, index, &token, &mut check, &mut pending).await {
+                            Some(again) => {
+                                socket = again;
+                                // A message given up is answered as far as the schedule goes.
+                                if next_send.is_none() && active.is_empty() {
+                                    next_send = Some(Instant::now());
+                                }
+                                continue;
+                            }
+                            None => {
+                                socket_lost = true;
+                                break;
+                            }
+                        }
                     }
                 };
                 check.feed(&frame);
@@ -721,8 +753,18 @@ async fn user(shared: Arc<Shared>, ready: Ready) {
                 let now = Instant::now();
                 if let Err(error) = socket.send(&frame).await {
                     shared.error(index, "socket", format!("user {index} could not send: {error:#}"));
-                    socket_lost = true;
-                        break;
+                    match reopen(&shared, index, &token, &mut check, &mut pending).await {
+                        Some(again) => {
+                            socket = again;
+                            // The message was not sent: the next one goes now.
+                            next_send = Some(Instant::now());
+                            continue;
+                        }
+                        None => {
+                            socket_lost = true;
+                            break;
+                        }
+                    }
                 }
                 pending.insert(id, Pending { sent: now });
                 next_send = match plan.arrival {
@@ -782,6 +824,55 @@ async fn user(shared: Arc<Shared>, ready: Ready) {
             message: p.to_string(),
         }))
     });
+}
+
+/// After user `index`'s socket was lost: its messages not yet answered are given up (an error
+/// each; each may still have started a run, which may come unannounced), and a new socket resumes
+/// the stream after the last event seen. `None` when none opens within [`REOPEN_FOR`].
+async fn reopen(
+    shared: &Shared,
+    index: usize,
+    token: &str,
+    check: &mut StreamCheck,
+    pending: &mut HashMap<String, Pending>,
+) -> Option<Socket> {
+    check.unanswered(pending.len());
+    for _ in pending.drain() {
+        shared.error(
+            index,
+            "unanswered",
+            format!("a message of user {index} went unanswered: its socket was lost"),
+        );
+    }
+    let after = check.last_seq().map(|seq| seq.get());
+    let until = Instant::now() + REOPEN_FOR;
+    loop {
+        let opening = async {
+            let mut socket = shared.client.connect(token, after).await?;
+            socket.established().await?;
+            anyhow::Ok(socket)
+        };
+        match tokio::time::timeout(REQUEST_DEADLINE, opening).await {
+            Ok(Ok(socket)) => return Some(socket),
+            Ok(Err(error)) if Instant::now() + REOPEN_EVERY >= until => {
+                shared.error(
+                    index,
+                    "socket",
+                    format!("user {index} could not open its socket again: {error:#}"),
+                );
+                return None;
+            }
+            Err(_) if Instant::now() + REOPEN_EVERY >= until => {
+                shared.error(
+                    index,
+                    "socket",
+                    format!("user {index} could not open its socket again within {REQUEST_DEADLINE:?}"),
+                );
+                return None;
+            }
+            _ => tokio::time::sleep(REOPEN_EVERY).await,
+        }
+    }
 }
 
 /// Polls `/health/ready` and `/api/sla` every second until stopped.

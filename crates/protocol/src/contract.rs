@@ -323,6 +323,18 @@ impl StreamCheck {
         }
     }
 
+    /// The newest seq seen (or the `last_seq` the connection began after): where a new
+    /// connection resumes the stream.
+    pub fn last_seq(&self) -> Option<Seq> {
+        self.last
+    }
+
+    /// `messages` sent on a connection that was lost before they were answered: each may have
+    /// started a run, which comes without `message_accepted` on the next connection.
+    pub fn unanswered(&mut self, messages: usize) {
+        self.uncertain += messages;
+    }
+
     /// The problems found so far.
     pub fn problems(&self) -> &[Problem] {
         &self.problems

@@ -4,7 +4,7 @@
 use switchboard_client::SignIn;
 use switchboard_client::loadtest::{self, LoadtestArgs};
 
-use crate::support::{spawn_app, spawn_app_with};
+use crate::support::{address_of, spawn_app, spawn_app_with};
 
 fn args(server: &str, users: usize, runs: u64) -> LoadtestArgs {
     LoadtestArgs {
@@ -97,6 +97,45 @@ async fn users_whose_logins_the_server_throttles_sign_in_again_until_they_are_in
     assert_eq!(report.errors, 0, "{}", report.table());
     assert_eq!(report.runs, 6, "{}", report.table());
     assert_eq!(report.workflow_ms.count, 6, "every user signed in and got its answer");
+}
+
+#[tokio::test]
+async fn users_whose_sockets_are_cut_open_them_again_and_resume_their_streams_with_nothing_lost() {
+    let app = spawn_app_with(|c| c.model_latency = std::time::Duration::from_millis(50)).await;
+    let proxy = switchboard_faultproxy::FaultProxy::start(address_of(app.client.base()))
+        .await
+        .unwrap();
+    let test = tokio::spawn(loadtest::run(args(&format!("http://{}", proxy.addr()), 3, 30)));
+    // Once some runs have ended, every connection through the proxy is cut, runs under way.
+    let ended = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("switchboard_runs_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    while ended(&app.metrics().await) < 5 {
+        tokio::task::yield_now().await;
+    }
+    proxy.cut_all();
+    let report = test.await.unwrap().unwrap();
+
+    assert!(report.contract_problems.is_empty(), "{}", report.table());
+    let kinds = &report.errors_by_kind;
+    assert!(kinds.get("socket").is_some_and(|n| *n >= 1), "{}", report.table());
+    let unanswered = kinds.get("unanswered").copied().unwrap_or(0);
+    assert_eq!(
+        report.runs + unanswered,
+        30,
+        "every message answered, or given up with its socket: {}",
+        report.table()
+    );
+    assert_eq!(
+        report.errors,
+        kinds.get("socket").copied().unwrap_or(0) + unanswered,
+        "no other error: {}",
+        report.table()
+    );
 }
 
 #[tokio::test]
