@@ -629,27 +629,15 @@ async fn user(shared: Arc<Shared>, ready: Ready) {
         };
         tokio::select! {
             frame = socket.next_frame() => {
-                let frame = match frame {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => {
-                        shared.error(index, "socket", format!("the server closed user {index}'s socket"));
-                        match reopen(&shared, index, &token, &mut check, &mut pending).await {
-                            Some(again) => {
-                                socket = again;
-                                // A message given up is answered as far as the schedule goes.
-                                if next_send.is_none() && active.is_empty() {
-                                    next_send = Some(Instant::now());
-                                }
-                                continue;
-                            }
-                            None => {
-                                socket_lost = true;
-                                break;
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        shared.error(index, "socket", format!("user {index}'s socket failed: {error:#}"));
+                let lost = match frame {
+                    Ok(Some(frame)) => Ok(frame),
+                    Ok(None) => Err(format!("the server closed user {index}'s socket")),
+                    Err(error) => Err(format!("user {index}'s socket failed: {error:#}")),
+                };
+                let frame = match lost {
+                    Ok(frame) => frame,
+                    Err(why) => {
+                        shared.error(index, "socket", why);
                         match reopen(&shared, index, &token, &mut check, &mut pending).await {
                             Some(again) => {
                                 socket = again;
