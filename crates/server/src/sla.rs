@@ -166,17 +166,35 @@ impl Sla {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `record` on the slot of now, made (and the slots past 15 minutes dropped) when needed.
-    fn with_slot(&self, record: impl FnOnce(&mut Slot)) {
+    /// Runs `record` on the slot of now (made, and the slots past 15 minutes dropped, when
+    /// needed) and on the rest of the state, under one lock.
+    fn with_state(
+        &self,
+        record: impl FnOnce(&mut Slot, &mut Option<(Instant, Vec<Tier>)>, &mut HashMap<OperationId, (Tier, Instant)>),
+    ) {
         let index = self.index(Instant::now());
         let mut state = self.state();
-        if state.slots.back().is_none_or(|slot| slot.index < index) {
-            state.slots.push_back(Slot::new(index));
+        let State {
+            slots,
+            readiness,
+            under_way,
+        } = &mut *state;
+        if slots.back().is_none_or(|slot| slot.index < index) {
+            slots.push_back(Slot::new(index));
         }
-        while state.slots.front().is_some_and(|slot| slot.index + SLOTS <= index) {
-            state.slots.pop_front();
+        while slots.front().is_some_and(|slot| slot.index + SLOTS <= index) {
+            slots.pop_front();
         }
-        record(state.slots.back_mut().expect("the slot of now was just made"));
+        record(
+            slots.back_mut().expect("the slot of now was just made"),
+            readiness,
+            under_way,
+        );
+    }
+
+    /// Runs `record` on the slot of now.
+    fn with_slot(&self, record: impl FnOnce(&mut Slot)) {
+        self.with_state(|slot, _, _| record(slot));
     }
 
     /// An operation of `tier` begins.
@@ -186,11 +204,11 @@ impl Sla {
 
     /// One operation of `tier` ended.
     pub fn operation(&self, tier: Tier, id: Option<OperationId>, took: Duration, failed: bool) {
-        if let Some(id) = id {
-            self.state().under_way.remove(&id);
-        }
         let limit = self.thresholds.tier_ms(tier);
-        self.with_slot(|slot| {
+        self.with_state(|slot, _, under_way| {
+            if let Some(id) = id {
+                under_way.remove(&id);
+            }
             let figures = slot.tiers.entry(tier).or_default();
             figures.latency.saturating_record(micros(took));
             figures.errors += u64::from(failed);
@@ -224,11 +242,11 @@ impl Sla {
     /// A readiness check that took `took` and found `degraded` tiers degraded.
     pub fn readiness(&self, took: Duration, degraded: Vec<Tier>) {
         let slow = took > Duration::from_millis(self.thresholds.health_ms);
-        self.with_slot(|slot| {
+        self.with_state(|slot, readiness, _| {
             slot.health.saturating_record(micros(took));
             slot.counts.slow_health += u64::from(slow);
+            *readiness = Some((Instant::now(), degraded));
         });
-        self.state().readiness = Some((Instant::now(), degraded));
     }
 
     /// The report of now.
