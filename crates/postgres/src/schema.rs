@@ -8,7 +8,7 @@ use switchboard_store::StoreError;
 use crate::connection::{Failure, Work};
 
 /// Migration `n` (from 1) brings a database from version `n - 1` to `n`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -128,6 +128,13 @@ CREATE TABLE node_leases (
 /// takes it over.
 const V4: &str = r#"
 ALTER TABLE runs ADD COLUMN owner TEXT COLLATE "C";
+"#;
+
+/// The token the newest of a refresh family replaced: presented again shortly after its
+/// rotation (a client retrying a refresh whose answer it lost), it is told the newest again
+/// rather than revoking the family.
+const V5: &str = r#"
+ALTER TABLE refresh_families ADD COLUMN previous_token TEXT COLLATE "C";
 "#;
 
 /// Brings the database up to [`SCHEMA_VERSION`]; returns the version it had.

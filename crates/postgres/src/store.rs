@@ -1444,6 +1444,7 @@ impl Store for PgStore {
         family: &RefreshFamilyId,
         presented: &RefreshTokenId,
         next: &RefreshTokenId,
+        retry_within: Duration,
     ) -> Result<Rotation, StoreError> {
         let (user, family) = (user.to_string(), family.to_string());
         let (presented, next) = (presented.to_string(), next.to_string());
@@ -1454,8 +1455,8 @@ impl Store for PgStore {
                 // step for every other transaction, of this process or another.
                 let find = tx
                     .prepare_cached(
-                        "SELECT current_token, revoked_at FROM refresh_families WHERE id = $1 AND user_id = $2
-                         FOR UPDATE",
+                        "SELECT current_token, previous_token, rotated_at, revoked_at FROM refresh_families
+                         WHERE id = $1 AND user_id = $2 FOR UPDATE",
                     )
                     .await?;
                 let found = tx.query_opt(&find, &[&family, &user]).await?;
@@ -1464,17 +1465,26 @@ impl Store for PgStore {
                     None => Rotation::Unknown,
                     Some(row) => {
                         let current: &str = get(&row, 0)?;
-                        let revoked_at: Option<i64> = get(&row, 1)?;
+                        let previous: Option<&str> = get(&row, 1)?;
+                        let rotated_at: i64 = get(&row, 2)?;
+                        let revoked_at: Option<i64> = get(&row, 3)?;
                         if revoked_at.is_some() {
                             Rotation::Revoked
                         } else if current == presented {
                             let rotate = tx
                                 .prepare_cached(
-                                    "UPDATE refresh_families SET current_token = $1, rotated_at = $2 WHERE id = $3",
+                                    "UPDATE refresh_families SET current_token = $1, previous_token = $2,
+                                     rotated_at = $3 WHERE id = $4",
                                 )
                                 .await?;
-                            tx.execute(&rotate, &[&next, &now, &family]).await?;
+                            tx.execute(&rotate, &[&next, &current, &now, &family]).await?;
                             Rotation::Rotated
+                        } else if previous == Some(presented.as_str())
+                            && Rotation::retry_open(rotated_at, now, retry_within)
+                        {
+                            Rotation::Retried(
+                                RefreshTokenId::parse(current).map_err(|e| corrupt("a stored refresh token", e))?,
+                            )
                         } else {
                             let revoke = tx
                                 .prepare_cached("UPDATE refresh_families SET revoked_at = $1 WHERE id = $2")

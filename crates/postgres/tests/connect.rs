@@ -329,11 +329,12 @@ async fn a_database_of_schema_1_is_brought_up_to_date_and_keeps_its_log() {
         let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
         append(&store, entry(&ann, &run, &thread, started(), None)).await;
     }
-    // As schema 1 left it: no batch keys, no cluster name, nodes, leases or owners of runs.
+    // As schema 1 left it: no batch keys, no cluster name, nodes, leases or owners of runs, no
+    // spent refresh tokens kept.
     let raw = support::raw_connection(&url).await;
     raw.batch_execute(
         "DROP TABLE log_batches; DROP TABLE cluster; DROP TABLE node_leases; ALTER TABLE runs DROP COLUMN node; \
-         ALTER TABLE runs DROP COLUMN owner; \
+         ALTER TABLE runs DROP COLUMN owner; ALTER TABLE refresh_families DROP COLUMN previous_token; \
          DELETE FROM schema_version WHERE version > 1",
     )
     .await

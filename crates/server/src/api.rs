@@ -208,7 +208,9 @@ pub(crate) async fn login(
 ///
 /// Each refresh token buys one new pair of its family. A token used a second time revokes its
 /// family, so whoever holds the newest token of that chain (the user or a thief) has to sign in
-/// again.
+/// again; except the token spent last, presented again within `refresh_retry_secs` (30 s) of
+/// that refresh: a client retrying a refresh whose answer it lost gets a pair with the family's
+/// newest refresh token again.
 #[utoipa::path(
     post,
     path = "/api/auth/refresh",
@@ -246,10 +248,24 @@ pub(crate) async fn refresh(
         .map_err(ApiError::internal)?;
     let rotation = state
         .store
-        .rotate_refresh_token(&user.id, &presented.family, &presented.id, &next)
+        .rotate_refresh_token(
+            &user.id,
+            &presented.family,
+            &presented.id,
+            &next,
+            state.config.refresh_retry,
+        )
         .await?;
     match rotation {
         Rotation::Rotated => pair_body(pair, &user),
+        Rotation::Retried(newest) => {
+            tracing::info!(user_id = %user.id, "a refresh was retried: its sign-in's newest token is handed out again");
+            let pair = state
+                .tokens
+                .pair(&user.id, &presented.family, &newest)
+                .map_err(ApiError::internal)?;
+            pair_body(pair, &user)
+        }
         Rotation::Reused => {
             tracing::warn!(user_id = %user.id, "a refresh token was used twice: its sign-in is revoked");
             Err(refused(

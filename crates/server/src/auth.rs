@@ -151,12 +151,22 @@ impl Tokens {
     /// token's id, which the store must learn before the pair is handed out.
     pub(crate) fn issue(&self, user: &UserId, family: &RefreshFamilyId) -> anyhow::Result<(TokenPair, RefreshTokenId)> {
         let refresh = RefreshTokenId::parse(&uuid_like()).context("a refresh token id")?;
-        let pair = TokenPair {
+        Ok((self.pair(user, family, &refresh)?, refresh))
+    }
+
+    /// A pair for `user` whose refresh token is `refresh` of `family` (one the store knows
+    /// already: the newest of its family, handed out again to a retried refresh), signed anew.
+    pub(crate) fn pair(
+        &self,
+        user: &UserId,
+        family: &RefreshFamilyId,
+        refresh: &RefreshTokenId,
+    ) -> anyhow::Result<TokenPair> {
+        Ok(TokenPair {
             access_token: self.sign(user, TokenType::Access, &uuid_like(), None)?,
             refresh_token: self.sign(user, TokenType::Refresh, refresh.as_str(), Some(family))?,
             expires_in: self.access_ttl.as_secs(),
-        };
-        Ok((pair, refresh))
+        })
     }
 
     /// Checks a refresh token's signature, expiry and type, and reads its family. A refresh

@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// Lifetime of a refresh token.
     #[arg(long, env = "SWITCHBOARD_REFRESH_TOKEN_TTL_SECS")]
     pub refresh_token_ttl_secs: Option<u64>,
+    /// How long after a refresh the refresh token it spent may be presented again (a retry of
+    /// a refresh whose answer was lost) and buy the same sign-in's newest token; 0: never.
+    #[arg(long, env = "SWITCHBOARD_REFRESH_RETRY_SECS")]
+    pub refresh_retry_secs: Option<u64>,
     /// Log filter (`info`, `switchboard=debug`, ...).
     #[arg(long, env = "SWITCHBOARD_LOG")]
     pub log: Option<String>,
@@ -180,6 +184,7 @@ struct FileConfig {
     ticket_ttl_secs: Option<u64>,
     access_token_ttl_secs: Option<u64>,
     refresh_token_ttl_secs: Option<u64>,
+    refresh_retry_secs: Option<u64>,
     log: Option<String>,
     price_table: Option<PathBuf>,
     llm_base_url: Option<String>,
@@ -242,6 +247,9 @@ pub struct Config {
     pub access_token_ttl: Duration,
     /// Refresh token lifetime.
     pub refresh_token_ttl: Duration,
+    /// How long a spent refresh token may be presented again to buy its sign-in's newest
+    /// token (a retry after a lost answer); zero: a spent token revokes its sign-in at once.
+    pub refresh_retry: Duration,
     /// The JWT secret from `SWITCHBOARD_JWT_SECRET`; otherwise generated once into the data dir.
     pub jwt_secret: Option<String>,
     /// Log filter.
@@ -378,6 +386,7 @@ impl Default for Config {
             ticket_ttl: Duration::from_secs(60),
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_retry: Duration::from_secs(30),
             jwt_secret: None,
             log: "info".to_owned(),
             price_table: None,
@@ -445,6 +454,7 @@ impl Config {
         layer!(ticket_ttl_secs, config.ticket_ttl, secs);
         layer!(access_token_ttl_secs, config.access_token_ttl, secs);
         layer!(refresh_token_ttl_secs, config.refresh_token_ttl, secs);
+        layer!(refresh_retry_secs, config.refresh_retry, secs);
         let llm = |key: &Option<String>, file: &Option<String>| key.clone().or(file.clone()).filter(|v| !v.is_empty());
         let (base_url, model) = (
             llm(&args.llm_base_url, &file.llm_base_url),

@@ -331,11 +331,16 @@ token_id!(
 );
 
 /// What presenting a refresh token to its family did (refresh token rotation, OAuth 2.0
-/// Security BCP): a token buys the next one once, and a token used twice revokes its chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Security BCP): a token buys the next one once, and a token used twice revokes its chain;
+/// except that the token replaced last, presented again shortly after (a client retrying a
+/// refresh whose answer it never got), is told the newest token again.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
     /// The token was the family's newest: it is spent now, and `next` is the newest.
     Rotated,
+    /// The token is the one the newest replaced, presented again within the retry window of
+    /// that rotation: nothing changed, and this is the family's newest token, to hand out again.
+    Retried(RefreshTokenId),
     /// The token was spent already (an older token of the family): someone else may hold the
     /// chain, so the family is revoked now, its newest token included.
     Reused,
@@ -343,6 +348,14 @@ pub enum Rotation {
     Revoked,
     /// No such family of this user (never started here, or its user is gone).
     Unknown,
+}
+
+impl Rotation {
+    /// Whether a rotation at `rotated_at` is still open to a retry at `now` (Unix milliseconds,
+    /// the server's clock): less than `retry_within` has passed.
+    pub fn retry_open(rotated_at: i64, now: i64, retry_within: std::time::Duration) -> bool {
+        now.saturating_sub(rotated_at) < i64::try_from(retry_within.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// Everything the server keeps durably. Every method that names a user only sees that user's
@@ -413,14 +426,19 @@ pub trait Store: Send + Sync + 'static {
         first: &RefreshTokenId,
     ) -> Result<(), StoreError>;
     /// Presents `presented` to the user's `family`, atomically: when it is the family's newest
-    /// token, `next` becomes the newest (`Rotated`); when it is an older one, the family is
-    /// revoked (`Reused`). Concurrent rotations of one token let exactly one win.
+    /// token, `next` becomes the newest (`Rotated`); when it is the token the newest replaced,
+    /// less than `retry_within` after that rotation, nothing changes and
+    /// the newest is named (`Retried`: the client retries a refresh whose answer was lost, say
+    /// because the rotation outlived its deadline); when it is any other older one, the family is
+    /// revoked (`Reused`). Concurrent rotations of one token let exactly one rotate; the others
+    /// are `Retried` (or `Reused` with no retry window).
     async fn rotate_refresh_token(
         &self,
         user: &UserId,
         family: &RefreshFamilyId,
         presented: &RefreshTokenId,
         next: &RefreshTokenId,
+        retry_within: std::time::Duration,
     ) -> Result<Rotation, StoreError>;
 
     /// Revokes the user's `family` (a sign-out): none of its tokens buys a pair any more.

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
@@ -24,8 +25,9 @@ use crate::{
 /// 1: the chat tables; 2: `workload_events`; 3: `runs.model_calls`; 4: `refresh_families`;
 /// 5: `workload_events` moved to a file of its own (`SqliteAnalytics`); 6: `events` in the
 /// order stored (a rowid table with an index on `(user_id, seq)`, see `EVENTS_IN_ORDER`);
-/// 7: `runs.missing`.
-const SCHEMA_VERSION: i64 = 7;
+/// 7: `runs.missing`; 8: `refresh_families.previous_token` (the token the newest replaced, which
+/// a retried refresh may present again for a while).
+const SCHEMA_VERSION: i64 = 8;
 
 /// Schema 6 keeps the events in the order they are stored and finds a user's by an index: a
 /// batch of many users' events then appends to the table's last pages and touches only the
@@ -109,7 +111,8 @@ CREATE TABLE IF NOT EXISTS refresh_families (
     current_token TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     rotated_at INTEGER NOT NULL,
-    revoked_at INTEGER
+    revoked_at INTEGER,
+    previous_token TEXT
 );
 CREATE INDEX IF NOT EXISTS refresh_families_by_user ON refresh_families (user_id);
 ";
@@ -256,17 +259,21 @@ impl SqliteStore {
             // (`refresh_families` in 4) come with `SCHEMA`.
             // Checked, not assumed from the version: an open cut short after this step (before
             // `user_version` is written) must not fail the next one.
-            for column in ["model_calls", "missing"] {
+            for (table, column) in [
+                ("runs", "model_calls"),
+                ("runs", "missing"),
+                ("refresh_families", "previous_token"),
+            ] {
                 let present: bool = conn
                     .query_row(
-                        "SELECT COUNT(*) FROM pragma_table_info('runs') WHERE name = ?1",
-                        [column],
+                        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                        [table, column],
                         |r| r.get::<_, i64>(0),
                     )
                     .map_err(backend)?
                     > 0;
                 if !present {
-                    conn.execute_batch(&format!("ALTER TABLE runs ADD COLUMN {column} TEXT"))
+                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))
                         .map_err(backend)?;
                 }
             }
@@ -760,6 +767,7 @@ impl Store for SqliteStore {
         family: &RefreshFamilyId,
         presented: &RefreshTokenId,
         next: &RefreshTokenId,
+        retry_within: Duration,
     ) -> Result<Rotation, StoreError> {
         let (user, family) = (user.to_string(), family.to_string());
         let (presented, next) = (presented.to_string(), next.to_string());
@@ -769,21 +777,37 @@ impl Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            let found: Option<(String, Option<i64>)> = tx
-                .prepare_cached("SELECT current_token, revoked_at FROM refresh_families WHERE id = ?1 AND user_id = ?2")
-                .and_then(|mut s| s.query_row([&family, &user], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            let found: Option<(String, Option<String>, i64, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT current_token, previous_token, rotated_at, revoked_at FROM refresh_families
+                     WHERE id = ?1 AND user_id = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&family, &user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                        .optional()
+                })
                 .map_err(backend)?;
             let now = now_millis();
             let rotation = match found {
                 None => Rotation::Unknown,
-                Some((_, Some(_))) => Rotation::Revoked,
-                Some((current, None)) if current == presented => {
-                    tx.prepare_cached("UPDATE refresh_families SET current_token = ?1, rotated_at = ?2 WHERE id = ?3")
-                        .and_then(|mut s| s.execute(params![next, now, family]))
-                        .map_err(backend)?;
+                Some((_, _, _, Some(_))) => Rotation::Revoked,
+                Some((current, _, _, None)) if current == presented => {
+                    tx.prepare_cached(
+                        "UPDATE refresh_families SET current_token = ?1, previous_token = ?2, rotated_at = ?3
+                         WHERE id = ?4",
+                    )
+                    .and_then(|mut s| s.execute(params![next, current, now, family]))
+                    .map_err(backend)?;
                     Rotation::Rotated
                 }
-                Some((_, None)) => {
+                Some((current, Some(previous), rotated_at, None))
+                    if previous == presented && Rotation::retry_open(rotated_at, now, retry_within) =>
+                {
+                    Rotation::Retried(
+                        RefreshTokenId::parse(&current).map_err(|e| corrupt("a stored refresh token", e))?,
+                    )
+                }
+                Some((_, _, _, None)) => {
                     tx.prepare_cached("UPDATE refresh_families SET revoked_at = ?1 WHERE id = ?2")
                         .and_then(|mut s| s.execute(params![now, family]))
                         .map_err(backend)?;

@@ -2,6 +2,7 @@
 //! file, moving older schemas forward).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchboard_protocol::{AgentName, EventPayload, RunId, RunStatus, Seq, ThreadId, UserId};
 use switchboard_store::testsuite::{self, append, entry, finished, model_call, new_message, started};
@@ -104,7 +105,7 @@ async fn a_database_of_schema_2_is_brought_up_to_date_and_keeps_its_runs() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
 }
 
 #[tokio::test]
@@ -148,8 +149,47 @@ async fn a_database_of_schema_5_keeps_its_event_log_in_the_order_stored() {
         conn.query_row("SELECT sql FROM sqlite_master WHERE name = 'events'", [], |r| r.get(0))
             .unwrap(),
     );
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
     assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+}
+
+#[tokio::test]
+async fn a_database_of_schema_7_keeps_its_refresh_families_and_can_retry_their_next_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let family = refresh_family("fam-schema-7");
+    let ann = {
+        let store = SqliteStore::open(&path).await.unwrap();
+        let ann = store.create_user("ann@example.com", "hash").await.unwrap();
+        store
+            .start_refresh_family(&ann.id, &family, &refresh_token("t1"))
+            .await
+            .unwrap();
+        ann
+    };
+    // Back to schema 7, as a server of that version left it: no `previous_token`.
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("ALTER TABLE refresh_families DROP COLUMN previous_token; PRAGMA user_version = 7;")
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let window = Duration::from_secs(600);
+    let (t1, t2, t3) = (refresh_token("t1"), refresh_token("t2"), refresh_token("t3"));
+    let rotated = store
+        .rotate_refresh_token(&ann.id, &family, &t1, &t2, window)
+        .await
+        .unwrap();
+    assert_eq!(rotated, Rotation::Rotated);
+    let retried = store
+        .rotate_refresh_token(&ann.id, &family, &t1, &t3, window)
+        .await
+        .unwrap();
+    assert_eq!(retried, Rotation::Retried(t2));
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, 8);
 }
 
 #[tokio::test]
@@ -177,14 +217,20 @@ async fn a_database_of_schema_3_gains_refresh_families_and_keeps_its_users() {
         .await
         .unwrap();
     let rotation = store
-        .rotate_refresh_token(&ann.id, &family, &refresh_token("t1"), &refresh_token("t2"))
+        .rotate_refresh_token(
+            &ann.id,
+            &family,
+            &refresh_token("t1"),
+            &refresh_token("t2"),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     assert_eq!(rotation, Rotation::Rotated);
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
 }
 
 #[tokio::test]
@@ -194,10 +240,10 @@ async fn a_database_of_a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).await.unwrap());
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 8).unwrap();
+        conn.pragma_update(None, "user_version", 9).unwrap();
     }
     let error = SqliteStore::open(&path).await.unwrap_err();
-    assert!(error.to_string().contains("newer than this server's 7"), "{error}");
+    assert!(error.to_string().contains("newer than this server's 8"), "{error}");
 }
 
 /// Puts back the workload table of schema 2 to 4 into the chat file at `path`, with `rows` calls
@@ -310,6 +356,7 @@ async fn the_refresh_families_of_a_deleted_user_go_with_it() {
             &refresh_family("fam-gone"),
             &refresh_token("t1"),
             &refresh_token("t2"),
+            Duration::ZERO,
         )
         .await
         .unwrap();

@@ -337,9 +337,61 @@ async fn a_refresh_token_buys_one_pair_and_using_it_again_revokes_its_whole_chai
     assert_eq!(status, 200, "a fresh sign-in starts a new chain: {body}");
 }
 
+/// The `jti` of a token the server signed (checked with the test server's secret).
+fn token_id(token: &str) -> String {
+    let key = jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes());
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &jsonwebtoken::Validation::default()).unwrap();
+    claims.claims["jti"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_refresh_retried_after_its_answer_was_lost_gets_the_newest_token_of_its_chain_again() {
+    let app = spawn_app().await;
+    let first = app.user("ria").await;
+    let (status, lost) = refresh(&app, &first.refresh_token).await;
+    assert_eq!(status, 200, "{lost}");
+    let lost = lost["refresh_token"].as_str().unwrap().to_owned();
+
+    // The client never saw `lost` (say the answer timed out) and tries again with its token.
+    let (status, retried) = refresh(&app, &first.refresh_token).await;
+    assert_eq!(status, 200, "a retry within the window is answered: {retried}");
+    let retried = retried["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        token_id(&retried),
+        token_id(&lost),
+        "the retry is told the chain's newest token, not a new one"
+    );
+    let access = {
+        let (status, again) = refresh(&app, &first.refresh_token).await;
+        assert_eq!(status, 200, "retrying again changes nothing: {again}");
+        again["access_token"].as_str().unwrap().to_owned()
+    };
+    let (status, body) = app.client.get("/api/threads", Some(&access)).await.unwrap();
+    assert_eq!(status, 200, "the retry's access token works: {body}");
+
+    // The chain goes on from the newest token, whichever copy of it is presented.
+    let (status, next) = refresh(&app, &retried).await;
+    assert_eq!(status, 200, "{next}");
+    let next = next["refresh_token"].as_str().unwrap().to_owned();
+    // Now the first token is two rotations old: using it is a reuse, and revokes the chain.
+    assert_refused(refresh(&app, &first.refresh_token).await, "it was used before");
+    assert_refused(refresh(&app, &next).await, "its sign-in has ended");
+}
+
+#[tokio::test]
+async fn without_a_retry_window_a_spent_refresh_token_revokes_its_chain_at_once() {
+    let app = spawn_app_with(|config| config.refresh_retry = Duration::ZERO).await;
+    let first = app.user("sid").await;
+    let (status, second) = refresh(&app, &first.refresh_token).await;
+    assert_eq!(status, 200, "{second}");
+    assert_refused(refresh(&app, &first.refresh_token).await, "it was used before");
+    let second = second["refresh_token"].as_str().unwrap();
+    assert_refused(refresh(&app, second).await, "its sign-in has ended");
+}
+
 #[tokio::test]
 async fn each_sign_in_starts_a_chain_of_its_own() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|config| config.refresh_retry = Duration::ZERO).await;
     let (laptop, phone) = (app.user("dee").await, app.user("dee").await);
     assert_eq!(laptop.user_id, phone.user_id);
     assert_eq!(refresh(&app, &laptop.refresh_token).await.0, 200);

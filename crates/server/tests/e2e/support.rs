@@ -618,9 +618,12 @@ impl Store for HangingStore {
         family: &RefreshFamilyId,
         presented: &RefreshTokenId,
         next: &RefreshTokenId,
+        retry_within: std::time::Duration,
     ) -> Result<Rotation, StoreError> {
         self.gate().await;
-        self.inner.rotate_refresh_token(user, family, presented, next).await
+        self.inner
+            .rotate_refresh_token(user, family, presented, next, retry_within)
+            .await
     }
     async fn message_by_client_id(
         &self,

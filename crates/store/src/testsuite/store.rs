@@ -2,6 +2,7 @@
 //! their data with (also used by a backend's own tests).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{Accepted, NewMessage, RefreshFamilyId, RefreshTokenId, Rotation, RunState, Store, StoreError};
 use serde_json::json;
@@ -329,7 +330,7 @@ async fn refresh_rotation(store: &dyn Store) {
         let (presented, next) = (refresh_token(presented), refresh_token(next));
         async move {
             store
-                .rotate_refresh_token(&user, &family, &presented, &next)
+                .rotate_refresh_token(&user, &family, &presented, &next, Duration::ZERO)
                 .await
                 .unwrap()
         }
@@ -398,34 +399,131 @@ async fn refresh_rotation(store: &dyn Store) {
     );
 }
 
-async fn concurrent_rotations(store: Arc<dyn Store>) {
-    let user = store.create_user("cat.refresh@example.com", "hash").await.unwrap().id;
-    let family = refresh_family("fam-race");
-    store
-        .start_refresh_family(&user, &family, &refresh_token("r0"))
-        .await
-        .unwrap();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 1..=8 {
-        let (store, user, family) = (Arc::clone(&store), user.clone(), family.clone());
-        tasks.spawn(async move {
-            let next = refresh_token(&format!("r{i}"));
+/// A retry window long enough for any test.
+const RETRY_WINDOW: Duration = Duration::from_secs(600);
+
+/// The token spent last, presented again within the retry window, is told the newest token
+/// and changes nothing; outside the window, or once the chain moved on, it is a reuse.
+async fn refresh_retries(store: &dyn Store) {
+    let dan = store.create_user("dan.refresh@example.com", "hash").await.unwrap().id;
+    let eve = store.create_user("eve.refresh@example.com", "hash").await.unwrap().id;
+    let rotate = |user: &UserId, family: &RefreshFamilyId, presented: &str, next: &str, window: Duration| {
+        let (user, family) = (user.clone(), family.clone());
+        let (presented, next) = (refresh_token(presented), refresh_token(next));
+        async move {
             store
-                .rotate_refresh_token(&user, &family, &refresh_token("r0"), &next)
+                .rotate_refresh_token(&user, &family, &presented, &next, window)
                 .await
                 .unwrap()
-        });
-    }
-    let outcomes = tasks.join_all().await;
-    let won = outcomes.iter().filter(|o| **o == Rotation::Rotated).count();
-    assert_eq!(won, 1, "exactly one rotation wins: {outcomes:?}");
-    assert!(outcomes.contains(&Rotation::Reused), "{outcomes:?}");
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, Rotation::Rotated | Rotation::Reused | Rotation::Revoked)),
-        "{outcomes:?}"
+        }
+    };
+    let chain = refresh_family("fam-retried");
+    store
+        .start_refresh_family(&dan, &chain, &refresh_token("d1"))
+        .await
+        .unwrap();
+    assert_eq!(rotate(&dan, &chain, "d1", "d2", RETRY_WINDOW).await, Rotation::Rotated);
+    assert_eq!(
+        rotate(&dan, &chain, "d1", "lost", RETRY_WINDOW).await,
+        Rotation::Retried(refresh_token("d2")),
+        "the token spent last, presented again, is told the newest"
     );
+    assert_eq!(
+        rotate(&dan, &chain, "d1", "lost-again", RETRY_WINDOW).await,
+        Rotation::Retried(refresh_token("d2")),
+        "a retry changed nothing: the newest is still the same"
+    );
+    assert_eq!(
+        rotate(&eve, &chain, "d1", "e1", RETRY_WINDOW).await,
+        Rotation::Unknown,
+        "another user's family is not found, retry or not"
+    );
+    assert_eq!(
+        rotate(&dan, &chain, "d2", "d3", RETRY_WINDOW).await,
+        Rotation::Rotated,
+        "the newest still buys the next"
+    );
+    assert_eq!(
+        rotate(&dan, &chain, "d1", "d4", RETRY_WINDOW).await,
+        Rotation::Reused,
+        "once the chain moved on, an older token is a reuse"
+    );
+    assert_eq!(rotate(&dan, &chain, "d2", "d4", RETRY_WINDOW).await, Rotation::Revoked);
+
+    let closed = refresh_family("fam-window-closed");
+    store
+        .start_refresh_family(&dan, &closed, &refresh_token("c1"))
+        .await
+        .unwrap();
+    assert_eq!(rotate(&dan, &closed, "c1", "c2", RETRY_WINDOW).await, Rotation::Rotated);
+    assert_eq!(
+        rotate(&dan, &closed, "c1", "c3", Duration::ZERO).await,
+        Rotation::Reused,
+        "past the window, the spent token revokes its family"
+    );
+    assert_eq!(rotate(&dan, &closed, "c2", "c3", RETRY_WINDOW).await, Rotation::Revoked);
+
+    let first = refresh_family("fam-first");
+    store
+        .start_refresh_family(&dan, &first, &refresh_token("f1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rotate(&dan, &first, "never-issued", "f2", RETRY_WINDOW).await,
+        Rotation::Reused,
+        "a family never rotated has no spent token to retry"
+    );
+}
+
+/// Rotations of one token at once: exactly one wins; with a retry window the others are told
+/// the winner's token, without one they revoke the family.
+async fn concurrent_rotations(store: Arc<dyn Store>) {
+    for (n, window) in [Duration::ZERO, RETRY_WINDOW].into_iter().enumerate() {
+        let user = store
+            .create_user(&format!("cat{n}.refresh@example.com"), "hash")
+            .await
+            .unwrap()
+            .id;
+        let family = refresh_family(&format!("fam-race-{n}"));
+        store
+            .start_refresh_family(&user, &family, &refresh_token("r0"))
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 1..=8 {
+            let (store, user, family) = (Arc::clone(&store), user.clone(), family.clone());
+            tasks.spawn(async move {
+                let next = refresh_token(&format!("r{i}"));
+                let rotation = store
+                    .rotate_refresh_token(&user, &family, &refresh_token("r0"), &next, window)
+                    .await
+                    .unwrap();
+                (next, rotation)
+            });
+        }
+        let outcomes = tasks.join_all().await;
+        let winners: Vec<_> = outcomes
+            .iter()
+            .filter(|(_, o)| *o == Rotation::Rotated)
+            .map(|(next, _)| next.clone())
+            .collect();
+        assert_eq!(winners.len(), 1, "exactly one rotation wins: {outcomes:?}");
+        if window.is_zero() {
+            assert!(outcomes.iter().any(|(_, o)| *o == Rotation::Reused), "{outcomes:?}");
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|(_, o)| matches!(o, Rotation::Rotated | Rotation::Reused | Rotation::Revoked)),
+                "{outcomes:?}"
+            );
+        } else {
+            let told = Rotation::Retried(winners[0].clone());
+            assert!(
+                outcomes.iter().all(|(_, o)| *o == Rotation::Rotated || *o == told),
+                "the others are told the winner's token: {outcomes:?}"
+            );
+        }
+    }
 }
 
 /// Messages sent at once (which a backend may store in one transaction), on `store` and on
@@ -479,5 +577,6 @@ pub async fn store(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     racing_writers(Arc::clone(&store), Arc::clone(&other)).await;
     concurrent_messages(Arc::clone(&store), other).await;
     refresh_rotation(store.as_ref()).await;
+    refresh_retries(store.as_ref()).await;
     concurrent_rotations(Arc::clone(&store)).await;
 }
