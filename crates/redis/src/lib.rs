@@ -283,6 +283,13 @@ impl Redis {
         Ok(())
     }
 
+    /// Sets `key` to `value` for `ttl`, set before or not.
+    pub async fn put(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(value).arg("PX").arg(ttl.as_millis().max(1) as u64);
+        self.run::<()>(&set).await
+    }
+
     /// Sets `key` to `value` for `ttl` unless it is set; whether it was.
     pub async fn put_new(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut set = redis::cmd("SET");
@@ -311,13 +318,55 @@ impl Redis {
         ttl: Duration,
         member: &str,
     ) -> Result<Option<Duration>, StoreError> {
+        self.take_place_of(key, limit, ttl, member, None).await
+    }
+
+    /// As [`Redis::take_place`], for a place held by a live holder: `member` is `{holder}/…`,
+    /// and a set found full first loses the places of holders whose key `{alive}{holder}` is
+    /// gone (a holder that died: its places would otherwise count until their time ran out).
+    /// `alive` is `(prefix of the holders' keys, this holder)`; this holder's places stay.
+    pub async fn take_held_place(
+        &self,
+        key: &str,
+        limit: usize,
+        ttl: Duration,
+        member: &str,
+        alive: (&str, &str),
+    ) -> Result<Option<Duration>, StoreError> {
+        self.take_place_of(key, limit, ttl, member, Some(alive)).await
+    }
+
+    async fn take_place_of(
+        &self,
+        key: &str,
+        limit: usize,
+        ttl: Duration,
+        member: &str,
+        alive: Option<(&str, &str)>,
+    ) -> Result<Option<Duration>, StoreError> {
+        // The holders' keys are not among KEYS: this runs on one Redis, not a Redis Cluster.
         static TAKE_PLACE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
                 r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local limit = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+if ARGV[4] ~= '' and redis.call('ZCARD', KEYS[1]) >= limit then
+    local live = {}
+    for _, held in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+        local holder = string.match(held, '^([^/]+)/')
+        if holder and holder ~= ARGV[5] then
+            if live[holder] == nil then
+                live[holder] = redis.call('EXISTS', ARGV[4] .. holder) == 1
+            end
+            if not live[holder] then
+                redis.call('ZREM', KEYS[1], held)
+            end
+        end
+    end
+end
+if redis.call('ZCARD', KEYS[1]) >= limit then
     local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     return math.max(tonumber(first[2]) - now, 1)
 end
@@ -329,11 +378,18 @@ return 0
             )
         });
         let (limit, ttl) = (limit.to_string(), ttl.as_millis().max(1).to_string());
+        let (alive, holder) = alive.unwrap_or_default();
         let wait: u64 = self
             .script(
                 &TAKE_PLACE,
                 &[key],
-                &[limit.as_bytes(), ttl.as_bytes(), member.as_bytes()],
+                &[
+                    limit.as_bytes(),
+                    ttl.as_bytes(),
+                    member.as_bytes(),
+                    alive.as_bytes(),
+                    holder.as_bytes(),
+                ],
             )
             .await?;
         Ok((wait > 0).then(|| Duration::from_millis(wait)))

@@ -225,3 +225,40 @@ async fn places_are_taken_up_to_the_limit_given_back_and_gone_once_out_of_time()
         assert!(tries < 100_000, "a place out of time is still held");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_set_of_held_places_first_loses_the_places_of_holders_that_are_gone() {
+    let (redis, _subscriber, _incoming) = connect(&server_url(), RedisOptions::default()).await.unwrap();
+    let (key, alive) = (channel(), format!("{}:alive:", channel()));
+    let minute = Duration::from_secs(60);
+    redis.put(&format!("{alive}live"), "1", minute).await.unwrap();
+    let take = |member: &'static str, holder: &'static str| {
+        let (redis, key, alive) = (redis.clone(), key.clone(), alive.clone());
+        async move {
+            redis
+                .take_held_place(&key, 3, minute, member, (&alive, holder))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(take("dead/1", "dead").await, None);
+    assert_eq!(take("live/1", "live").await, None);
+    assert_eq!(take("me/1", "me").await, None);
+    // Full: the places of `dead` (no key) go; `live`'s stay, and so do the taker's own.
+    assert_eq!(take("me/2", "me").await, None, "the dead holder's place was freed");
+    assert!(take("me/3", "me").await.is_some(), "live and own places stay");
+    assert!(
+        redis.take_place(&key, 3, minute, "counted").await.unwrap().is_some(),
+        "a plain take frees nothing"
+    );
+    // A place without a holder is never taken for one that died.
+    let plain = channel();
+    assert_eq!(redis.take_place(&plain, 1, minute, "no-holder").await.unwrap(), None);
+    assert!(
+        redis
+            .take_held_place(&plain, 1, minute, "me/1", (&alive, "me"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

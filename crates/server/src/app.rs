@@ -244,10 +244,9 @@ impl Application {
             Some(parts) => {
                 let tickets = Tickets::shared(parts.redis.clone(), parts.node.prefix.clone());
                 cluster_stops = Some(ClusterStops::new(parts.redis.clone(), &parts.node));
-                shared_limits = Some(Arc::new(SharedLimits::new(
-                    parts.redis.clone(),
-                    parts.node.prefix.clone(),
-                )));
+                shared_limits = Some(Arc::new(
+                    SharedLimits::start(parts.redis.clone(), parts.node.prefix.clone(), closing.child_token()).await,
+                ));
                 let (fanout, requests) = RedisFanOut::start(
                     parts.node,
                     parts.redis.clone(),

@@ -89,14 +89,27 @@ impl<K: Hash + Eq + Clone> SlidingWindow<K> {
 
 /// Limits the nodes of a cluster share: places in Redis (`Redis::take_place`, a sorted set per
 /// limit whose places run out by Redis's clock, so those of a node that died go by themselves).
+/// A place this node holds for as long as something lasts (a connection, a run) is named after
+/// this process, which keeps a key of its own alive in Redis: a set found full first frees the
+/// places of processes whose key is gone, so a node that died holds nothing [`HOLDER_TTL`] after
+/// it, rather than until its places' own time runs out (30 s for a connection's).
 /// While Redis cannot be reached every limit falls back to the node's own, and the log says so
 /// once, and once when they are shared again.
 #[derive(Debug)]
 pub(crate) struct SharedLimits {
     redis: Redis,
     prefix: String,
+    /// This process among the holders of places: random, new at each start.
+    holder: String,
     falling_back: AtomicBool,
 }
+
+/// How long a process's key among the holders of places lasts unless renewed: a node silent
+/// for this long (dead, or cut off from Redis) loses its held places to whoever finds a set full.
+const HOLDER_TTL: Duration = Duration::from_secs(6);
+
+/// How often a process renews its key among the holders.
+const HOLDER_RENEWAL: Duration = Duration::from_secs(2);
 
 /// What asking for a shared place gave.
 #[derive(Debug)]
@@ -183,12 +196,39 @@ impl Drop for Place {
 }
 
 impl SharedLimits {
-    pub(crate) fn new(redis: Redis, prefix: String) -> Self {
-        Self {
+    /// The shared limits of a node whose keys start with `prefix`; this process's key among the
+    /// holders is set before the first place is taken, and renewed until `stop`.
+    pub(crate) async fn start(redis: Redis, prefix: String, stop: CancellationToken) -> Self {
+        let limits = Self {
             redis,
             prefix,
+            holder: format!("{:016x}", rand_u128() as u64),
             falling_back: AtomicBool::new(false),
+        };
+        let (redis, key) = (limits.redis.clone(), limits.holder_key(&limits.holder));
+        if let Err(error) = redis.put(&key, "1", HOLDER_TTL).await {
+            tracing::warn!(%error, "cannot tell Redis this node holds places; trying again");
         }
+        tokio::spawn(stop.run_until_cancelled_owned(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + HOLDER_RENEWAL, HOLDER_RENEWAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(error) = redis.put(&key, "1", HOLDER_TTL).await {
+                    tracing::debug!(%error, "cannot renew this node's key among the holders of places; trying again");
+                }
+            }
+        }));
+        limits
+    }
+
+    /// The key that says `holder` is alive.
+    fn holder_key(&self, holder: &str) -> String {
+        format!("{}{holder}", self.holders_prefix())
+    }
+
+    fn holders_prefix(&self) -> String {
+        format!("{}holder:", self.prefix)
     }
 
     /// Gives every place of `name` back (in the background; they run out by themselves anyway).
@@ -201,11 +241,35 @@ impl SharedLimits {
         });
     }
 
-    /// A place among at most `limit` of `name`, for `ttl`.
+    /// A place among at most `limit` of `name`, for `ttl`, that counts whatever becomes of
+    /// this node (an event in a window, such as a message or a failed login).
     pub(crate) async fn take(&self, name: &str, limit: usize, ttl: Duration) -> Shared {
+        self.take_as(name, limit, ttl, false).await
+    }
+
+    /// A place among at most `limit` of `name`, for `ttl`, that this node holds while something
+    /// of its own lasts (a connection, a run): it counts no longer than this node is alive.
+    pub(crate) async fn hold(&self, name: &str, limit: usize, ttl: Duration) -> Shared {
+        self.take_as(name, limit, ttl, true).await
+    }
+
+    async fn take_as(&self, name: &str, limit: usize, ttl: Duration, held: bool) -> Shared {
         let key = format!("{}limit:{name}", self.prefix);
-        let member = format!("{:032x}", rand_u128());
-        match self.redis.take_place(&key, limit, ttl, &member).await {
+        let taken = if held {
+            let member = format!("{}/{:032x}", self.holder, rand_u128());
+            let holders = self.holders_prefix();
+            let taken = self
+                .redis
+                .take_held_place(&key, limit, ttl, &member, (&holders, &self.holder))
+                .await;
+            (member, taken)
+        } else {
+            let member = format!("{:032x}", rand_u128());
+            let taken = self.redis.take_place(&key, limit, ttl, &member).await;
+            (member, taken)
+        };
+        let (member, taken) = taken;
+        match taken {
             Ok(full) => {
                 if self.falling_back.swap(false, Ordering::Relaxed) {
                     tracing::info!("limits are shared through Redis again");
@@ -418,7 +482,7 @@ pub(crate) async fn admit(state: &AppState, user: &UserId, token_exp: i64) -> Re
     let shared = match &state.shared_limits {
         None => None,
         Some(shared) => match shared
-            .take(&format!("connections:{user}"), limit, CONNECTION_PLACE_TTL)
+            .hold(&format!("connections:{user}"), limit, CONNECTION_PLACE_TTL)
             .await
         {
             Shared::Taken(place) => Some(place.renewed(CONNECTION_PLACE_TTL, CONNECTION_PLACE_RENEWAL)),

@@ -280,7 +280,7 @@ impl Runs {
         // A run ends within its deadline and a second (its final event told by then).
         let most = config.run_timeout + Duration::from_secs(5);
         match shared
-            .take(&format!("runs:{user}"), config.max_active_runs_per_user, most)
+            .hold(&format!("runs:{user}"), config.max_active_runs_per_user, most)
             .await
         {
             Shared::Taken(place) => reservation.hold(place),
@@ -291,7 +291,7 @@ impl Runs {
             }
             Shared::Unreachable => return Ok(()),
         }
-        match shared.take("runs", config.max_active_runs, most).await {
+        match shared.hold("runs", config.max_active_runs, most).await {
             Shared::Taken(place) => reservation.hold(place),
             Shared::Full(_) => {
                 return Err(StartError::Busy {

@@ -573,6 +573,38 @@ async fn a_users_connections_are_counted_across_the_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_places_of_a_node_killed_are_free_well_before_they_would_run_out() {
+    let (database, redis) = (postgres_database().await, redis_url());
+    let two = &["--max-connections-per-user", "2"];
+    let mut a = spawn_node(&database, &redis, "node-a", two).await;
+    let b = spawn_node(&database, &redis, "node-b", two).await;
+    let session = a.user("eve").await;
+    let header = vec![("authorization", format!("Bearer {}", session.access_token))];
+    let _first = a.connect(&session).await;
+    let _second = a.connect(&session).await;
+    let (status, _) = open(b.client.base(), "", &header).await.unwrap_err();
+    assert_eq!(status, 429, "both places are A's");
+    let killed = std::time::Instant::now();
+    a.kill().await;
+    // A's places would count for their whole time (30 s, renewed every 10 s); they go once
+    // A's key among the holders has run out (6 s) and B finds the set full.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        match open(b.client.base(), "", &header).await {
+            Ok(_) => break,
+            Err((429, _)) => assert!(
+                killed.elapsed() < Duration::from_secs(20),
+                "the places of the dead node still count {:?} after it was killed",
+                killed.elapsed()
+            ),
+            Err((status, body)) => panic!("{status}: {body}"),
+        }
+    }
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_gone_for_every_node_during_runs_and_back_loses_doubles_and_hangs_nothing() {
     let (database, redis) = (postgres_database().await, redis_url());
     let proxy = FaultProxy::start(address_of(&redis)).await.unwrap();
