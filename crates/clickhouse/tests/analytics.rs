@@ -52,6 +52,10 @@ mod clickhouse_current {
         what: "the current ClickHouse engine behind scripts/chdb-server (scripts/tiers --clickhouse-current)",
     };
     include!("analytics/on_server.rs");
+
+    pub(super) fn url() -> String {
+        SERVER.url()
+    }
 }
 
 /// A generous bound on any wait on a socket of a test's own.
@@ -169,3 +173,144 @@ async fn a_server_that_never_answers_times_out_within_the_deadline() {
     }
 }
 
+/// The current engine's HTTP front (`scripts/chdb-server`, ours, not ClickHouse's) answers the
+/// requests ClickHouse's HTTP interface answers with ClickHouse's statuses, exception codes and
+/// bodies, bad requests included (never a traceback), and lets in only its one user.
+#[tokio::test]
+async fn the_current_engine_s_http_front_answers_as_clickhouse_does() {
+    let url = reqwest::Url::parse(&clickhouse_current::url()).unwrap();
+    // (method, path and query, headers, body) → (status, exception code, start of the answer).
+    type Probe = (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static [u8],
+    );
+    let probes: [(Probe, (u16, Option<&str>, &str)); 18] = [
+        (("GET", "/ping", &[], b""), (200, None, "Ok.\n")),
+        (("GET", "/", &[], b""), (200, None, "Ok.\n")),
+        (("GET", "/?query=SELECT%201", &[], b""), (200, None, "1\n")),
+        (
+            ("POST", "/", &[], b"SELECT 1, currentDatabase()"),
+            (200, None, "1\tdefault\n"),
+        ),
+        (("POST", "/?query=SELECT", &[], b" 2"), (200, None, "2\n")),
+        (
+            ("POST", "/?database=system", &[], b"SELECT currentDatabase()"),
+            (200, None, "system\n"),
+        ),
+        (
+            ("POST", "/?default_format=JSONEachRow", &[], b"SELECT 1 AS a"),
+            (200, None, "{\"a\":1}\n"),
+        ),
+        (
+            ("POST", "/?param_n=7", &[], b"SELECT {n:UInt8} + 1"),
+            (200, None, "8\n"),
+        ),
+        (
+            (
+                "POST",
+                "/?max_result_rows=1&result_overflow_mode=throw",
+                &[],
+                b"SELECT number FROM numbers(5)",
+            ),
+            (500, Some("396"), "Code: 396. DB::Exception: Limit for result exceeded"),
+        ),
+        (
+            (
+                "POST",
+                "/",
+                &[],
+                b"SELECT value FROM system.settings WHERE name = 'max_result_rows'",
+            ),
+            (200, None, "0\n"),
+        ),
+        (
+            ("POST", "/", &[], b"SELECT * FROM no_such_table"),
+            (404, Some("60"), "Code: 60. DB::Exception: Unknown table"),
+        ),
+        (
+            ("POST", "/?database=no_such_database", &[], b"SELECT 1"),
+            (
+                404,
+                Some("81"),
+                "Code: 81. DB::Exception: Database no_such_database does not exist. (UNKNOWN_DATABASE) (version 26.9",
+            ),
+        ),
+        (
+            ("POST", "/", &[], b"SELEC 1"),
+            (400, Some("62"), "Code: 62. DB::Exception: Syntax error"),
+        ),
+        (
+            ("POST", "/", &[], b"SELECT 1; SELECT 2"),
+            (
+                400,
+                Some("62"),
+                "Code: 62. DB::Exception: Syntax error (Multi-statements are not allowed)",
+            ),
+        ),
+        (
+            ("POST", "/", &[], b""),
+            (400, Some("62"), "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)"),
+        ),
+        (
+            ("GET", "/?query=CREATE%20DATABASE%20never_made", &[], b""),
+            (
+                500,
+                Some("164"),
+                "Code: 164. DB::Exception: Cannot execute query in readonly mode",
+            ),
+        ),
+        (
+            ("POST", "/", &[("X-ClickHouse-User", "nobody")], b"SELECT 1"),
+            (
+                403,
+                Some("516"),
+                "Code: 516. DB::Exception: nobody: Authentication failed: password is incorrect, or there is no user with such name. (AUTHENTICATION_FAILED)",
+            ),
+        ),
+        (
+            ("POST", "/?no_such_setting=1", &[], b"SELECT 1"),
+            (
+                404,
+                Some("115"),
+                "Code: 115. DB::Exception: Unknown setting 'no_such_setting'",
+            ),
+        ),
+    ];
+    let http = reqwest::Client::new();
+    for ((method, target, headers, body), (status, code, start)) in probes {
+        let mut request = http
+            .request(method.parse().unwrap(), url.join(target).unwrap())
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let answer = request.send().await.unwrap();
+        let got_code = answer
+            .headers()
+            .get("X-ClickHouse-Exception-Code")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let got_status = answer.status().as_u16();
+        let text = answer.text().await.unwrap();
+        assert_eq!(
+            (got_status, got_code.as_deref()),
+            (status, code),
+            "{method} {target}: {text}"
+        );
+        assert!(text.starts_with(start), "{method} {target}: {text}");
+        assert!(!text.contains("Traceback"), "{method} {target}: {text}");
+    }
+    // Credentials in each of the ways ClickHouse takes them, right and wrong.
+    let query = |user: Option<(&str, &str)>| {
+        let request = http.post(url.clone()).body("SELECT 1");
+        match user {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    };
+    assert_eq!(query(Some(("default", ""))).send().await.unwrap().status(), 200);
+    let refused = query(Some(("default", "wrong"))).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("Authentication failed"));
+}
