@@ -186,7 +186,8 @@ async fn the_current_engine_s_http_front_answers_as_clickhouse_does() {
         &'static [(&'static str, &'static str)],
         &'static [u8],
     );
-    let probes: [(Probe, (u16, Option<&str>, &str)); 18] = [
+    type Expected = (u16, Option<&'static str>, &'static str);
+    let probes: [(Probe, Expected); 18] = [
         (("GET", "/ping", &[], b""), (200, None, "Ok.\n")),
         (("GET", "/", &[], b""), (200, None, "Ok.\n")),
         (("GET", "/?query=SELECT%201", &[], b""), (200, None, "1\n")),
