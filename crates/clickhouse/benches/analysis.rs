@@ -13,7 +13,9 @@
 //! distinct prompts per million calls. Beside each summary's time, each of its queries run alone.
 //!
 //! `SWITCHBOARD_BENCH_CLICKHOUSE_URL=http://127.0.0.1:PORT/ cargo bench -p switchboard-clickhouse --bench analysis`
-//! (or `SWITCHBOARD_TEST_CLICKHOUSE_URL`); `SWITCHBOARD_BENCH_DATABASE=NAME` measures a database
+//! (or `SWITCHBOARD_TEST_CLICKHOUSE_URL`; the current engine of `scripts/tiers --clickhouse-current`
+//! with `SWITCHBOARD_BENCH_CLICKHOUSE_URL=$SWITCHBOARD_TEST_CLICKHOUSE_CURRENT_URL`, its engine's own
+//! time per query in `scripts/chdb-server --query-log`); `SWITCHBOARD_BENCH_DATABASE=NAME` measures a database
 //! kept by an earlier run (or by the agents' bench) instead, and `SWITCHBOARD_BENCH_OPTIMIZE=0`
 //! leaves its parts unmerged. The bench works in a scratch database it drops at the end
 //! (kept with `SWITCHBOARD_BENCH_KEEP_DATABASE=1`).

@@ -11,6 +11,12 @@
 //! `emptyArrayInt64`, `sipHash64`, `cityHash64`, `bitShiftRight`, `uniqExact`, and the
 //! `TabSeparated` and `RowBinary` formats. A materialized view of 18.16 must select from the
 //! table it watches directly (a view over a subquery of it fails at the insert).
+//!
+//! The same text runs unchanged on ClickHouse 26.9 (chdb-core's engine, the new analyzer on):
+//! the tests pass on both. What differs is outside the SQL: 26.9 refuses a wrong password with
+//! 403 and code 516 (`AUTHENTICATION_FAILED`) where 18.16 answers 401 and 193, and a query past
+//! `max_execution_time` with 408 where 18.16 answers 500; `http.rs` takes 401 and 403 alike,
+//! and no error text is parsed.
 
 use std::fmt::Write;
 
