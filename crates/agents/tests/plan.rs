@@ -20,7 +20,12 @@ impl AnalyticsStore for Uploaded {
     async fn insert_workload_events(&self, _: &UserId, _: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
         Err(StoreError::Backend("read-only in this test".into()))
     }
-    async fn insert_workload_upload(&self, _: &UserId, _: &UploadKey, _: Vec<WorkloadEvent>) -> Result<Upload, StoreError> {
+    async fn insert_workload_upload(
+        &self,
+        _: &UserId,
+        _: &UploadKey,
+        _: Vec<WorkloadEvent>,
+    ) -> Result<Upload, StoreError> {
         Err(StoreError::Backend("read-only in this test".into()))
     }
     async fn workload_event_count(&self, _: &UserId) -> Result<u64, StoreError> {
@@ -45,7 +50,12 @@ impl AnalyticsStore for Down {
     async fn insert_workload_events(&self, _: &UserId, _: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
         Err(down())
     }
-    async fn insert_workload_upload(&self, _: &UserId, _: &UploadKey, _: Vec<WorkloadEvent>) -> Result<Upload, StoreError> {
+    async fn insert_workload_upload(
+        &self,
+        _: &UserId,
+        _: &UploadKey,
+        _: Vec<WorkloadEvent>,
+    ) -> Result<Upload, StoreError> {
         Err(down())
     }
     async fn workload_event_count(&self, _: &UserId) -> Result<u64, StoreError> {

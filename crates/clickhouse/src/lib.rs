@@ -132,16 +132,19 @@ fn upload_query_id(upload: u64) -> String {
     format!("switchboard-upload-{upload:016x}")
 }
 
+/// A user and one of its upload keys.
+type KeyName = (String, String);
+
 /// One lock per upload key being stored (per user and key), dropped when no upload holds it.
 #[derive(Debug, Clone, Default)]
 struct KeyLocks {
-    held: Arc<Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>>,
+    held: Arc<Mutex<HashMap<KeyName, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// A held [`KeyLocks`] lock; dropping it lets the next upload of the key in.
 struct KeyGuard {
     locks: KeyLocks,
-    name: (String, String),
+    name: KeyName,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 

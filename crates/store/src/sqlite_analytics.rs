@@ -642,7 +642,10 @@ fn insert_keyed(
     if let Some(number) = user_number(tx, user)? {
         let stored: Option<(Vec<u8>, i64)> = tx
             .prepare_cached("SELECT digest, calls FROM workload_uploads WHERE user = ?1 AND key = ?2")
-            .and_then(|mut s| s.query_row(params![number, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .and_then(|mut s| {
+                s.query_row(params![number, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(backend)?;
         if let Some((stored, calls)) = stored {
             if stored != digest {
@@ -653,11 +656,9 @@ fn insert_keyed(
         }
     }
     let number = insert(tx, user, events, prompts)?;
-    tx.prepare_cached(
-        "INSERT INTO workload_uploads (user, key, digest, calls, stored_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .and_then(|mut s| s.execute(params![number, key, digest.as_slice(), events.len() as i64, now_ms]))
-    .map_err(backend)?;
+    tx.prepare_cached("INSERT INTO workload_uploads (user, key, digest, calls, stored_ms) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .and_then(|mut s| s.execute(params![number, key, digest.as_slice(), events.len() as i64, now_ms]))
+        .map_err(backend)?;
     Ok(Upload::Stored(events.len() as u64))
 }
 
@@ -1472,7 +1473,11 @@ mod tests {
         };
         assert_eq!(keyed(&mut conn, "k1", &calls, t0), Upload::Stored(4));
         assert_eq!(keyed(&mut conn, "k2", &calls[..1], t0 + 10), Upload::Stored(1));
-        assert_eq!(keyed(&mut conn, "k1", &calls, t0 + day), Upload::Replayed(4), "a day on");
+        assert_eq!(
+            keyed(&mut conn, "k1", &calls, t0 + day),
+            Upload::Replayed(4),
+            "a day on"
+        );
         assert_eq!(stored(&conn), (5, 2));
         // Past the day, the next keyed upload deletes the keys stored before it, and the key
         // is a new one.

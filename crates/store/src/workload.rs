@@ -834,7 +834,10 @@ mod tests {
             match (UploadKey::parse(text), expected) {
                 (Ok(key), Ok(())) => assert_eq!(key.as_str(), text),
                 (Err(message), Err(end)) => {
-                    assert!(message.starts_with("must be 1 to 255 visible ASCII characters"), "{message}");
+                    assert!(
+                        message.starts_with("must be 1 to 255 visible ASCII characters"),
+                        "{message}"
+                    );
                     assert!(message.ends_with(end), "{text:?}: {message}");
                 }
                 (other, expected) => panic!("{text:?}: {other:?}, expected {expected:?}"),

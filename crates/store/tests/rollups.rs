@@ -360,7 +360,10 @@ async fn a_version_4_file_moves_to_version_5_keeps_its_calls_and_takes_upload_ke
     drop(old);
     // The key is in the file: a reopened store knows it.
     let old = store(dir.path(), "old.sqlite").await;
-    assert_eq!(old.insert_workload_upload(&user, &key, calls).await.unwrap(), Upload::Replayed(10));
+    assert_eq!(
+        old.insert_workload_upload(&user, &key, calls).await.unwrap(),
+        Upload::Replayed(10)
+    );
     assert_eq!(old.workload_event_count(&user).await.unwrap(), 100);
 }
 

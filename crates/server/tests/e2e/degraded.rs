@@ -320,8 +320,12 @@ async fn an_upload_stored_after_its_deadline_and_sent_again_with_its_key_is_coun
         query_timeout: Duration::from_secs(10),
         insert_timeout: Duration::from_millis(300),
     };
-    let analytics = ClickHouseAnalytics::connect(&through(&url, proxy.addr()), options).await.unwrap();
-    let direct = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await.unwrap();
+    let analytics = ClickHouseAnalytics::connect(&through(&url, proxy.addr()), options)
+        .await
+        .unwrap();
+    let direct = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+        .await
+        .unwrap();
     let store = Arc::new(
         SqliteStore::open(&tempfile::tempdir().unwrap().keep().join("db.sqlite"))
             .await
@@ -349,7 +353,11 @@ async fn an_upload_stored_after_its_deadline_and_sent_again_with_its_key_is_coun
     };
     proxy.set(Fault::Latency(Duration::from_millis(400)));
     let (status, _, body) = send().await;
-    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("store_unavailable")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("may or may not have been stored (send them again with the same Idempotency-Key"),
@@ -358,7 +366,10 @@ async fn an_upload_stored_after_its_deadline_and_sent_again_with_its_key_is_coun
     // The insert reaches ClickHouse after the server gave up on it, and is stored there.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while direct.workload_event_count(&session.user_id).await.unwrap() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the timed-out insert never landed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timed-out insert never landed"
+        );
         tokio::task::yield_now().await;
     }
     proxy.set(Fault::None);
@@ -368,7 +379,14 @@ async fn an_upload_stored_after_its_deadline_and_sent_again_with_its_key_is_coun
         if answer.0 != 409 {
             break answer;
         }
-        assert!(answer.2["error"]["message"].as_str().unwrap().contains("still being stored"), "{}", answer.2);
+        assert!(
+            answer.2["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("still being stored"),
+            "{}",
+            answer.2
+        );
         assert!(std::time::Instant::now() < deadline, "the first insert never ended");
     };
     assert_eq!(answer, (200, true, serde_json::json!({"accepted": 2})));

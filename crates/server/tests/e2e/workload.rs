@@ -156,7 +156,10 @@ async fn upload_with_keys(
         .bearer_auth(token)
         .header("content-type", content_type);
     for key in keys {
-        request = request.header("idempotency-key", reqwest::header::HeaderValue::from_bytes(key).unwrap());
+        request = request.header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(key).unwrap(),
+        );
     }
     let response = request.body(body).send().await.unwrap();
     let status = response.status().as_u16();
@@ -190,7 +193,11 @@ async fn an_upload_with_an_idempotency_key_is_stored_once_and_answered_as_the_fi
     // The key with other rows: refused, nothing stored.
     let (status, replayed, answer) =
         upload_with_keys(&app, &ann.access_token, &[key], "application/json", other.clone()).await;
-    assert_eq!((status, replayed, &answer["error"]["code"]), (409, None, &json!("conflict")), "{answer}");
+    assert_eq!(
+        (status, replayed, &answer["error"]["code"]),
+        (409, None, &json!("conflict")),
+        "{answer}"
+    );
     assert_eq!(
         answer["error"]["message"],
         "This Idempotency-Key was sent before with other rows, so nothing was stored; send new rows with a new key."
@@ -230,17 +237,31 @@ async fn an_idempotency_key_that_is_not_one_is_refused_and_stores_nothing() {
         ("too long", vec![&long], "it has 256"),
         ("a space", vec![b"two words"], "it has a space"),
         ("not ASCII", vec!["clé".as_bytes()], "which is not ASCII"),
-        ("twice", vec![b"a", b"b"], "must be given once; it was given more than once"),
+        (
+            "twice",
+            vec![b"a", b"b"],
+            "must be given once; it was given more than once",
+        ),
     ];
     for (name, keys, problem) in cases {
         let (status, replayed, answer) =
             upload_with_keys(&app, &session.access_token, &keys, "application/json", body.clone()).await;
-        assert_eq!((status, replayed, &answer["error"]["code"]), (400, None, &json!("invalid_request")), "{name}");
+        assert_eq!(
+            (status, replayed, &answer["error"]["code"]),
+            (400, None, &json!("invalid_request")),
+            "{name}"
+        );
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.starts_with("The Idempotency-Key header "), "{name}: {message}");
-        assert!(message.ends_with(&format!("{problem}; nothing was stored.")), "{name}: {message}");
+        assert!(
+            message.ends_with(&format!("{problem}; nothing was stored.")),
+            "{name}: {message}"
+        );
         if name != "twice" {
-            assert!(message.contains("must be 1 to 255 visible ASCII characters"), "{name}: {message}");
+            assert!(
+                message.contains("must be 1 to 255 visible ASCII characters"),
+                "{name}: {message}"
+            );
         }
     }
     assert_eq!(app.store.workload_event_count(&session.user_id).await.unwrap(), 0);

@@ -8,8 +8,8 @@ use switchboard_protocol::{Timestamp, UserId};
 
 use crate::{
     AnalyticsStore, CallStatus, EARLIEST_CALL_MS, HourUsage, LATEST_CALL_MS, MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS,
-    MAX_CALL_TOKENS, PERCENTILE_RELATIVE_ERROR, Summary, SummaryBuilder, TimeRange, Upload, UploadKey, Usage, WorkloadEvent,
-    nearest_rank,
+    MAX_CALL_TOKENS, PERCENTILE_RELATIVE_ERROR, Summary, SummaryBuilder, TimeRange, Upload, UploadKey, Usage,
+    WorkloadEvent, nearest_rank,
 };
 
 /// 2026-10-01T00:00:00Z.
@@ -44,34 +44,60 @@ fn key(text: &str) -> UploadKey {
 /// The first upload with a key stores its calls; sent again with the key it stores nothing and
 /// is answered with the count of the first time; without a key or with another key the same
 /// calls are stored again, as any upload.
-async fn an_upload_sent_again_with_its_key_stores_nothing_and_is_answered_as_the_first_time(store: &dyn AnalyticsStore) {
+async fn an_upload_sent_again_with_its_key_stores_nothing_and_is_answered_as_the_first_time(
+    store: &dyn AnalyticsStore,
+) {
     let user = UserId::generate();
     let calls = sample_calls(31, 40);
-    let first = store.insert_workload_upload(&user, &key("batch-1"), calls.clone()).await.unwrap();
+    let first = store
+        .insert_workload_upload(&user, &key("batch-1"), calls.clone())
+        .await
+        .unwrap();
     assert_eq!(first, Upload::Stored(40));
     let before = store.workload_summary(&user, TimeRange::default()).await.unwrap();
     for _ in 0..2 {
         assert_eq!(
-            store.insert_workload_upload(&user, &key("batch-1"), calls.clone()).await.unwrap(),
+            store
+                .insert_workload_upload(&user, &key("batch-1"), calls.clone())
+                .await
+                .unwrap(),
             Upload::Replayed(40)
         );
     }
     assert_eq!(store.workload_event_count(&user).await.unwrap(), 40);
-    assert_eq!(store.workload_summary(&user, TimeRange::default()).await.unwrap(), before);
     assert_eq!(
-        store.insert_workload_upload(&user, &key("batch-2"), calls.clone()).await.unwrap(),
+        store.workload_summary(&user, TimeRange::default()).await.unwrap(),
+        before
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&user, &key("batch-2"), calls.clone())
+            .await
+            .unwrap(),
         Upload::Stored(40)
     );
     store.insert_workload_events(&user, calls[..5].to_vec()).await.unwrap();
     assert_eq!(store.workload_event_count(&user).await.unwrap(), 85);
     // An empty upload's key is kept as well.
-    assert_eq!(store.insert_workload_upload(&user, &key("empty"), Vec::new()).await.unwrap(), Upload::Stored(0));
     assert_eq!(
-        store.insert_workload_upload(&user, &key("empty"), Vec::new()).await.unwrap(),
+        store
+            .insert_workload_upload(&user, &key("empty"), Vec::new())
+            .await
+            .unwrap(),
+        Upload::Stored(0)
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&user, &key("empty"), Vec::new())
+            .await
+            .unwrap(),
         Upload::Replayed(0)
     );
     assert_eq!(
-        store.insert_workload_upload(&user, &key("empty"), calls[..1].to_vec()).await.unwrap(),
+        store
+            .insert_workload_upload(&user, &key("empty"), calls[..1].to_vec())
+            .await
+            .unwrap(),
         Upload::KeyReused
     );
     assert_eq!(store.workload_event_count(&user).await.unwrap(), 85);
@@ -81,13 +107,34 @@ async fn an_upload_sent_again_with_its_key_stores_nothing_and_is_answered_as_the
 async fn upload_keys_are_each_users_own(store: &dyn AnalyticsStore) {
     let (ann, bob) = (UserId::generate(), UserId::generate());
     let calls = sample_calls(32, 12);
-    assert_eq!(store.insert_workload_upload(&ann, &key("k"), calls.clone()).await.unwrap(), Upload::Stored(12));
-    assert_eq!(store.insert_workload_upload(&bob, &key("k"), calls.clone()).await.unwrap(), Upload::Stored(12));
     assert_eq!(
-        store.insert_workload_upload(&bob, &key("k"), calls[..3].to_vec()).await.unwrap(),
+        store
+            .insert_workload_upload(&ann, &key("k"), calls.clone())
+            .await
+            .unwrap(),
+        Upload::Stored(12)
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&bob, &key("k"), calls.clone())
+            .await
+            .unwrap(),
+        Upload::Stored(12)
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&bob, &key("k"), calls[..3].to_vec())
+            .await
+            .unwrap(),
         Upload::KeyReused
     );
-    assert_eq!(store.insert_workload_upload(&ann, &key("k"), calls.clone()).await.unwrap(), Upload::Replayed(12));
+    assert_eq!(
+        store
+            .insert_workload_upload(&ann, &key("k"), calls.clone())
+            .await
+            .unwrap(),
+        Upload::Replayed(12)
+    );
     for user in [&ann, &bob] {
         assert_eq!(store.workload_event_count(user).await.unwrap(), 12);
     }
@@ -98,7 +145,13 @@ async fn upload_keys_are_each_users_own(store: &dyn AnalyticsStore) {
 async fn a_key_sent_again_with_other_calls_is_refused_and_stores_nothing(store: &dyn AnalyticsStore) {
     let user = UserId::generate();
     let calls = sample_calls(33, 20);
-    assert_eq!(store.insert_workload_upload(&user, &key("once"), calls.clone()).await.unwrap(), Upload::Stored(20));
+    assert_eq!(
+        store
+            .insert_workload_upload(&user, &key("once"), calls.clone())
+            .await
+            .unwrap(),
+        Upload::Stored(20)
+    );
     let mut changed = calls.clone();
     changed[7].cost_usd += 0.001;
     let mut reordered = calls.clone();
@@ -112,7 +165,10 @@ async fn a_key_sent_again_with_other_calls_is_refused_and_stores_nothing(store: 
         );
     }
     assert_eq!(store.workload_event_count(&user).await.unwrap(), 20);
-    assert_eq!(store.insert_workload_upload(&user, &key("once"), calls).await.unwrap(), Upload::Replayed(20));
+    assert_eq!(
+        store.insert_workload_upload(&user, &key("once"), calls).await.unwrap(),
+        Upload::Replayed(20)
+    );
 }
 
 /// Uploads with one key sent at once store their calls once: one is stored, each other is
@@ -121,10 +177,9 @@ async fn uploads_with_one_key_sent_at_once_store_once(store: Arc<dyn AnalyticsSt
     let user = UserId::generate();
     let calls = sample_calls(34, 300);
     let at_once = key("at-once");
-    let answers = futures_util::future::join_all(
-        (0..6).map(|_| store.insert_workload_upload(&user, &at_once, calls.clone())),
-    )
-    .await;
+    let answers =
+        futures_util::future::join_all((0..6).map(|_| store.insert_workload_upload(&user, &at_once, calls.clone())))
+            .await;
     let answers: Vec<Upload> = answers.into_iter().map(Result::unwrap).collect();
     assert_eq!(
         answers.iter().filter(|a| **a == Upload::Stored(300)).count(),
@@ -139,7 +194,10 @@ async fn uploads_with_one_key_sent_at_once_store_once(store: Arc<dyn AnalyticsSt
     );
     assert_eq!(store.workload_event_count(&user).await.unwrap(), 300);
     assert_eq!(
-        store.insert_workload_upload(&user, &key("at-once"), calls).await.unwrap(),
+        store
+            .insert_workload_upload(&user, &key("at-once"), calls)
+            .await
+            .unwrap(),
         Upload::Replayed(300)
     );
     let summary = store.workload_summary(&user, TimeRange::default()).await.unwrap();
