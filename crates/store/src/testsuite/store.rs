@@ -170,6 +170,33 @@ async fn threads_and_messages(store: &dyn Store) {
         store.thread(&alice, &lone.thread_id).await.unwrap().is_none(),
         "the thread it created went too"
     );
+    // Discarded late, when another message came to the thread it created: the thread stays.
+    let late = store
+        .accept_message(new_message(&alice, None, "stored late", None))
+        .await
+        .unwrap();
+    let since = store
+        .accept_message(new_message(&alice, Some(late.thread_id.clone()), "sent since", None))
+        .await
+        .unwrap();
+    store
+        .discard_run(&alice, &late.run_id, late.created_thread)
+        .await
+        .unwrap();
+    assert!(store.run(&alice, &late.run_id).await.unwrap().is_none());
+    assert!(
+        store.thread(&alice, &late.thread_id).await.unwrap().is_some(),
+        "a thread in use stays"
+    );
+    let texts: Vec<String> = store
+        .messages(&alice, &late.thread_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["sent since"]);
+    assert!(store.run(&alice, &since.run_id).await.unwrap().is_some());
 }
 
 async fn event_log(store: &dyn Store) {
