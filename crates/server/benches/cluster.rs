@@ -697,7 +697,10 @@ async fn main_async() -> anyhow::Result<()> {
                 format!("{achieved:.0} of {rate:.0} offered"),
                 format!(
                     "{}, {}",
-                    f.late_us.iter().filter(|&&late| u128::from(late) > LATE.as_micros()).count(),
+                    f.late_us
+                        .iter()
+                        .filter(|&&late| u128::from(late) > LATE.as_micros())
+                        .count(),
                     ms(percentile(&f.late_us, 0.99))
                 ),
             ),
