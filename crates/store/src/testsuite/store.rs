@@ -348,19 +348,40 @@ fn refresh_family(id: &str) -> RefreshFamilyId {
     RefreshFamilyId::parse(id).unwrap()
 }
 
+/// Presents token `presented` to `family`, `next` being the one it buys, with a retry window.
+async fn rotate_within(
+    store: &dyn Store,
+    user: UserId,
+    family: RefreshFamilyId,
+    presented: String,
+    next: String,
+    window: Duration,
+) -> Rotation {
+    store
+        .rotate_refresh_token(
+            &user,
+            &family,
+            &refresh_token(&presented),
+            &refresh_token(&next),
+            window,
+        )
+        .await
+        .unwrap()
+}
+
 async fn refresh_rotation(store: &dyn Store) {
     let ann = store.create_user("ann.refresh@example.com", "hash").await.unwrap().id;
     let bob = store.create_user("bob.refresh@example.com", "hash").await.unwrap().id;
     let (chain, other) = (refresh_family("fam-chain"), refresh_family("fam-other"));
     let rotate = |user: &UserId, family: &RefreshFamilyId, presented: &str, next: &str| {
-        let (user, family) = (user.clone(), family.clone());
-        let (presented, next) = (refresh_token(presented), refresh_token(next));
-        async move {
-            store
-                .rotate_refresh_token(&user, &family, &presented, &next, Duration::ZERO)
-                .await
-                .unwrap()
-        }
+        rotate_within(
+            store,
+            user.clone(),
+            family.clone(),
+            presented.into(),
+            next.into(),
+            Duration::ZERO,
+        )
     };
     store
         .start_refresh_family(&ann, &chain, &refresh_token("t1"))
@@ -435,14 +456,14 @@ async fn refresh_retries(store: &dyn Store) {
     let dan = store.create_user("dan.refresh@example.com", "hash").await.unwrap().id;
     let eve = store.create_user("eve.refresh@example.com", "hash").await.unwrap().id;
     let rotate = |user: &UserId, family: &RefreshFamilyId, presented: &str, next: &str, window: Duration| {
-        let (user, family) = (user.clone(), family.clone());
-        let (presented, next) = (refresh_token(presented), refresh_token(next));
-        async move {
-            store
-                .rotate_refresh_token(&user, &family, &presented, &next, window)
-                .await
-                .unwrap()
-        }
+        rotate_within(
+            store,
+            user.clone(),
+            family.clone(),
+            presented.into(),
+            next.into(),
+            window,
+        )
     };
     let chain = refresh_family("fam-retried");
     store
