@@ -1259,19 +1259,21 @@ impl Store for PgStore {
         self.with(move |client| {
             Box::pin(async move {
                 let tx = client.transaction().await?;
-                if created_thread {
-                    let thread = tx
-                        .prepare_cached(
-                            "DELETE FROM threads WHERE user_id = $2
-                             AND id = (SELECT thread_id FROM runs WHERE id = $1 AND user_id = $2)",
-                        )
-                        .await?;
-                    tx.execute(&thread, &[&run, &user]).await?;
-                }
                 let message = tx
                     .prepare_cached("DELETE FROM messages WHERE run_id = $1 AND user_id = $2 AND role = 'user'")
                     .await?;
                 tx.execute(&message, &[&run, &user]).await?;
+                if created_thread {
+                    // Only when nothing else came to it since (a message discarded late).
+                    let thread = tx
+                        .prepare_cached(
+                            "DELETE FROM threads WHERE user_id = $2
+                             AND id = (SELECT thread_id FROM runs WHERE id = $1 AND user_id = $2)
+                             AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.thread_id = threads.id)",
+                        )
+                        .await?;
+                    tx.execute(&thread, &[&run, &user]).await?;
+                }
                 let delete = tx
                     .prepare_cached("DELETE FROM runs WHERE id = $1 AND user_id = $2")
                     .await?;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::TcpSettings;
 use redis::{Client, IntoConnectionInfo, ProtocolVersion, PushKind, RedisError, Value};
 use switchboard_store::{StoreError, Tier, TierClock, TierObserver};
 use tokio::sync::mpsc;
@@ -86,27 +87,33 @@ impl Incoming {
     pub async fn next(&mut self) -> Option<Pushed> {
         loop {
             let push = self.0.recv().await?;
-            let text = |value: &Value| match value {
-                Value::BulkString(bytes) => Some(bytes.clone()),
-                Value::SimpleString(text) => Some(text.clone().into_bytes()),
+            // Taken, not copied: a message's payload is an event, on the path of every one.
+            let text = |value: Value| match value {
+                Value::BulkString(bytes) => Some(bytes),
+                Value::SimpleString(text) => Some(text.into_bytes()),
                 _ => None,
             };
+            let name = |bytes: Vec<u8>| {
+                String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            };
+            let mut data = push.data.into_iter();
             let pushed = match push.kind {
                 PushKind::Disconnection => Some(Pushed::Disconnected),
-                PushKind::Message => match push.data.as_slice() {
-                    [channel, payload] => text(channel)
-                        .zip(text(payload))
-                        .map(|(channel, payload)| Pushed::Message {
-                            channel: String::from_utf8_lossy(&channel).into_owned(),
-                            payload,
-                        }),
+                PushKind::Message => match (data.next(), data.next(), data.next()) {
+                    (Some(channel), Some(payload), None) => {
+                        text(channel)
+                            .zip(text(payload))
+                            .map(|(channel, payload)| Pushed::Message {
+                                channel: name(channel),
+                                payload,
+                            })
+                    }
                     _ => None,
                 },
-                PushKind::Subscribe => push
-                    .data
-                    .first()
+                PushKind::Subscribe => data
+                    .next()
                     .and_then(text)
-                    .map(|channel| Pushed::Subscribed(String::from_utf8_lossy(&channel).into_owned())),
+                    .map(|channel| Pushed::Subscribed(name(channel))),
                 _ => None,
             };
             if let Some(pushed) = pushed {
@@ -130,7 +137,13 @@ pub async fn connect(url: &str, options: RedisOptions) -> Result<(Redis, Subscri
         .map_err(|e| StoreError::Backend(format!("invalid Redis URL ({:?})", e.kind())))?;
     let place = format!("{}/{}", info.addr(), info.redis_settings().db());
     let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-    let client = Client::open(info.set_redis_settings(settings)).map_err(|e| unavailable(&place, &e))?;
+    // Without TCP_NODELAY (off by default in `redis`) a command written while another's reply
+    // is awaited on the multiplexed connection (a PUBLISH beside a limit's script) waits for
+    // that reply's ACK: Nagle's algorithm, on the path of every event between nodes.
+    let info = info
+        .set_redis_settings(settings)
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let client = Client::open(info).map_err(|e| unavailable(&place, &e))?;
     let config = || {
         ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.timeout))

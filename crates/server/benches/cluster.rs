@@ -1,12 +1,31 @@
 //! One node against three, on one PostgreSQL and one Redis, release binaries on loopback, in
 //! one run, at 10 and at 100 users: each user with one socket on every node (on one node, all
-//! three on it), each sending `RUNS_EACH` messages in turn on its sockets, the next once every
-//! socket has the last run's final event. The offline model answers at once (`--model-latency-ms 0`).
+//! three on it), sending its messages in turn on its sockets, one run at a time. The offline
+//! model answers at once (`--model-latency-ms 0`).
 //!
-//! Figures: runs per second; the time from sending `user_message` to the run's first event and
-//! to its final event, on the socket it was sent on; and the added delivery latency: for each
-//! event, its arrival on each other socket of the user minus its arrival on the socket of the
-//! node that ran the run (one clock, this process). On three nodes those sockets are on the
+//! Two loads at each user count and node count, each phase on nodes of its own:
+//! - **Saturated** (closed loop): each user sends `RUNS_EACH` messages, the next the moment every
+//!   socket has the last run's final event. This gives runs per second, the most the machine
+//!   does; its latencies are mostly waiting for a core (the nodes, PostgreSQL, Redis and this
+//!   client share the machine's cores), not the path's.
+//! - **Paced** (open loop): the users together send at a fixed offered rate, evenly spaced (user
+//!   `u` of `n` sends its `k`-th message at `start + (k * n + u) / rate`, whether or not the
+//!   others' runs have ended), for at least `PACED_FOR`. The rate is `BENCH_RATE`: a share of
+//!   the saturated runs per second of the three-node phase at the same user count (`50%`, the
+//!   default), used for the one node as well, so that both face the same offered load; or a
+//!   fixed number of runs per second (`400`), which is what to use when comparing two builds
+//!   (a faster build must not get a higher load); or `off`. Evenly spaced arrivals, not
+//!   Poisson: the figure is the path's latency at that load, not the queueing of bursts. A user
+//!   still has one run at a time: a message due while its last run is going is sent when it
+//!   ends, and counted late (the offered and achieved rates and the p99 of how late the sends
+//!   were say whether the load was held).
+//!
+//! Figures of every phase: runs per second (offered and achieved when paced); the time from
+//! sending `user_message` to the run's first event and to its final event, on the socket it was
+//! sent on; the CPU time per run of all nodes together and of this process, and how busy the
+//! machine's cores were (all processes, from `/proc/stat`); and the added delivery latency: for
+//! each event, its arrival on each other socket of the user minus its arrival on the socket of
+//! the node that ran the run (one clock, this process). On three nodes those sockets are on the
 //! other nodes (through Redis); on one node they are beside it, which is the baseline. Every
 //! socket's stream is checked: consecutive seqs, each run's events the same on every socket,
 //! every run's final event on every socket; any problem is reported.
@@ -15,7 +34,8 @@
 //! `SWITCHBOARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:PORT/postgres` (a role that may
 //! create databases: every phase gets a new database, so one phase never sees another's data,
 //! and its nodes a cluster of their own) and `SWITCHBOARD_BENCH_REDIS_URL=redis://127.0.0.1:PORT/`,
-//! then `cargo bench -p switchboard --bench cluster`. `BENCH_USERS=10,100` (a comma-separated list) sets the user counts.
+//! then `cargo bench -p switchboard --bench cluster`. `BENCH_USERS=10,100` (a comma-separated
+//! list) sets the user counts, `BENCH_NODES=1,3` the node counts, `BENCH_RATE` the paced load.
 
 #![allow(clippy::print_stdout)]
 
@@ -33,13 +53,20 @@ use switchboard_client::{Client, Socket};
 use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, RunId, ServerFrame, UserMessage};
 use tokio::process::Child;
 
-/// User counts, each user with `SOCKETS_PER_USER` sockets. Each sends its next message at
-/// once, so even the smaller keeps much of a small machine busy.
+/// User counts, each user with `SOCKETS_PER_USER` sockets. Saturated, each sends its next
+/// message at once, so even the smaller keeps much of a small machine busy.
 const USERS: [usize; 2] = [10, 100];
 /// One on each of three nodes.
 const SOCKETS_PER_USER: usize = 3;
-/// Measured runs per user, sent in turn on its sockets.
+/// Measured runs per user, sent in turn on its sockets (paced: at least as many).
 const RUNS_EACH: usize = 12;
+/// A paced phase offers its rate for at least this long (more runs per user than `RUNS_EACH`
+/// when the rate asks for it), so that its p99 rests on thousands of events.
+const PACED_FOR: Duration = Duration::from_secs(4);
+/// The default paced load: this share of the three-node phase's saturated runs per second.
+const PACED_SHARE: f64 = 0.5;
+/// A send this much after its time is counted late: more than a timer's tick.
+const LATE: Duration = Duration::from_millis(2);
 /// Runs per user before the measured ones (one per socket), so that the nodes are warm.
 const WARM_UP_RUNS: usize = SOCKETS_PER_USER;
 /// A run whose final event has not reached every socket by then is reported as lost; the log
@@ -47,6 +74,65 @@ const WARM_UP_RUNS: usize = SOCKETS_PER_USER;
 const RUN_DEADLINE: Duration = Duration::from_secs(10);
 /// Nodes in the cluster, at each user count.
 const NODES: [usize; 2] = [1, 3];
+
+/// How the users send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Load {
+    /// Each user's next message the moment its last run has ended everywhere.
+    Saturated,
+    /// The users together offer `rate` runs per second, evenly spaced.
+    Paced { rate: f64 },
+}
+
+/// `BENCH_RATE`: the paced load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rate {
+    /// A share of the saturated runs per second of the largest cluster at the same user count.
+    Share(f64),
+    /// Runs per second.
+    Fixed(f64),
+    /// No paced phases.
+    Off,
+}
+
+impl Rate {
+    fn parse(text: &str) -> anyhow::Result<Rate> {
+        let text = text.trim();
+        let invalid = || {
+            anyhow::anyhow!(
+                "BENCH_RATE is a share of the saturated runs/s such as 50%, a rate in runs/s such as 400, or off; not {text:?}"
+            )
+        };
+        if text == "off" {
+            return Ok(Rate::Off);
+        }
+        if let Some(share) = text.strip_suffix('%') {
+            let share: f64 = share.trim().parse().map_err(|_| invalid())?;
+            return if share > 0.0 && share <= 100.0 {
+                Ok(Rate::Share(share / 100.0))
+            } else {
+                Err(invalid())
+            };
+        }
+        let rate: f64 = text.parse().map_err(|_| invalid())?;
+        if rate > 0.0 && rate.is_finite() {
+            Ok(Rate::Fixed(rate))
+        } else {
+            Err(invalid())
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Rate::Share(share) => format!(
+                "{:.0} % of the saturated runs/s of the largest cluster at the same user count, for one node too",
+                share * 100.0
+            ),
+            Rate::Fixed(rate) => format!("{rate:.0} runs/s at every user count and node count"),
+            Rate::Off => "none".to_owned(),
+        }
+    }
+}
 
 /// PostgreSQL and Redis, named by the environment.
 struct Tiers {
@@ -178,10 +264,11 @@ struct Seen {
     accepted: Option<RunId>,
 }
 
-/// One run: where it was sent, when, and what each socket got.
+/// One run: where it was sent, when (and when it was due, paced), and what each socket got.
 struct RunRecord {
     sender: usize,
     sent: Instant,
+    due: Option<Instant>,
     seen: Vec<Seen>,
 }
 
@@ -218,7 +305,7 @@ async fn read_run(socket: &mut Socket) -> anyhow::Result<Seen> {
 }
 
 /// Sends one message on `sockets[sender]` and reads every socket up to the run's final event.
-async fn one_run(sockets: &mut [Socket], sender: usize) -> anyhow::Result<RunRecord> {
+async fn one_run(sockets: &mut [Socket], sender: usize, due: Option<Instant>) -> anyhow::Result<RunRecord> {
     let message = ClientFrame::UserMessage(UserMessage {
         text: "How can we cut our LLM costs on gpt-4o?".into(),
         thread_id: None,
@@ -230,7 +317,12 @@ async fn one_run(sockets: &mut [Socket], sender: usize) -> anyhow::Result<RunRec
     let seen = tokio::time::timeout(RUN_DEADLINE, reads)
         .await
         .with_context(|| format!("not every socket had the run's final event within {RUN_DEADLINE:?}"))??;
-    Ok(RunRecord { sender, sent, seen })
+    Ok(RunRecord {
+        sender,
+        sent,
+        due,
+        seen,
+    })
 }
 
 /// What one user's sockets got over the phase.
@@ -243,11 +335,32 @@ struct UserRuns {
     problems: Vec<String>,
 }
 
-/// `runs` runs of one user, in turn on its sockets; `first` numbers them. A problem ends them.
-async fn runs_of(user: usize, sockets: &mut [Socket], first: usize, runs: usize, out: &mut UserRuns, keep: bool) {
+/// When a paced user sends: its `k`-th message at `start + offset + k * period`.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    offset: Duration,
+    period: Duration,
+}
+
+/// `runs` runs of one user, in turn on its sockets; `first` numbers them. Without a schedule
+/// each is sent once the last has ended; with one, at its time (or as soon after as the last
+/// has ended). A problem ends them.
+async fn runs_of(
+    user: usize,
+    sockets: &mut [Socket],
+    (first, runs): (usize, usize),
+    schedule: Option<Schedule>,
+    out: &mut UserRuns,
+    keep: bool,
+) {
     for index in first..first + runs {
         let sender = index % sockets.len();
-        match one_run(sockets, sender).await {
+        let due = schedule.map(|s| s.start + s.offset + s.period * (index - first) as u32);
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        match one_run(sockets, sender, due).await {
             Ok(record) => {
                 for (stream, seen) in out.streams.iter_mut().zip(&record.seen) {
                     stream.extend(seen.events.iter().map(|e| e.seq));
@@ -268,21 +381,46 @@ async fn runs_of(user: usize, sockets: &mut [Socket], first: usize, runs: usize,
 /// What one phase measured.
 struct Phase {
     nodes: usize,
+    load: Load,
     users: Vec<UserRuns>,
     /// This process's CPU over the measured runs, in ms.
     client_cpu_ms: f64,
     elapsed: Duration,
     /// Server CPU over the measured runs, all nodes, in ms.
     cpu_ms: f64,
+    /// How busy the machine's cores were over the measured runs (every process), 0 to 1.
+    busy: f64,
     /// Events from other nodes during the measured runs: (through Redis, from the log).
     from_other_nodes: (u64, u64),
 }
 
-async fn phase(tiers: &Tiers, nodes: usize, users: usize) -> anyhow::Result<Phase> {
+/// The machine's CPU time since boot, from `/proc/stat`: (busy, all), in clock ticks.
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .context("/proc/stat has no cpu line")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let all: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((all - idle, all))
+}
+
+async fn phase(tiers: &Tiers, nodes: usize, users: usize, load: Load) -> anyhow::Result<Phase> {
     let cluster = Cluster::start(tiers, nodes).await?;
     let mut tasks = tokio::task::JoinSet::new();
-    // Everyone warms up, then all start the measured runs together.
+    // Everyone warms up, then all start the measured runs together (paced: at the start sent).
     let start = Arc::new(tokio::sync::Barrier::new(users + 1));
+    let (start_at, paced_start) = tokio::sync::watch::channel(None::<Instant>);
+    let runs_each = match load {
+        Load::Saturated => RUNS_EACH,
+        Load::Paced { rate } => RUNS_EACH.max((PACED_FOR.as_secs_f64() * rate / users as f64).ceil() as usize),
+    };
     for user in 0..users {
         let session = cluster
             .client(0)
@@ -298,15 +436,27 @@ async fn phase(tiers: &Tiers, nodes: usize, users: usize) -> anyhow::Result<Phas
             );
         }
         let start = Arc::clone(&start);
+        let mut paced_start = paced_start.clone();
         tasks.spawn(async move {
             let mut out = UserRuns {
                 streams: vec![Vec::new(); SOCKETS_PER_USER],
                 ..UserRuns::default()
             };
-            runs_of(user, &mut sockets, 0, WARM_UP_RUNS, &mut out, false).await;
+            runs_of(user, &mut sockets, (0, WARM_UP_RUNS), None, &mut out, false).await;
             start.wait().await;
+            let schedule = match load {
+                Load::Saturated => None,
+                Load::Paced { rate } => {
+                    let start = paced_start.wait_for(Option::is_some).await.ok().and_then(|s| *s);
+                    start.map(|start| Schedule {
+                        start,
+                        offset: Duration::from_secs_f64(user as f64 / rate),
+                        period: Duration::from_secs_f64(users as f64 / rate),
+                    })
+                }
+            };
             if out.problems.is_empty() {
-                runs_of(user, &mut sockets, WARM_UP_RUNS, RUNS_EACH, &mut out, true).await;
+                runs_of(user, &mut sockets, (WARM_UP_RUNS, runs_each), schedule, &mut out, true).await;
             }
             for socket in sockets {
                 socket.close().await.ok();
@@ -317,16 +467,23 @@ async fn phase(tiers: &Tiers, nodes: usize, users: usize) -> anyhow::Result<Phas
     start.wait().await;
     let via_before = cluster.other_node_deliveries().await?;
     let (cpu_before, own_before) = (cluster.cpu_ticks()?, proc::cpu_ticks(std::process::id())?);
+    let machine_before = machine_ticks()?;
     let started = Instant::now();
+    // Unused by a saturated phase's users, which do not wait for it.
+    let _ = start_at.send(Some(started));
     let mut results = Vec::with_capacity(users);
     while let Some(result) = tasks.join_next().await {
         results.push(result?);
     }
     let elapsed = started.elapsed();
     let (cpu_after, own_after) = (cluster.cpu_ticks()?, proc::cpu_ticks(std::process::id())?);
+    let machine_after = machine_ticks()?;
     let via_after = cluster.other_node_deliveries().await?;
+    let (busy, all) = (machine_after.0 - machine_before.0, machine_after.1 - machine_before.1);
     Ok(Phase {
         nodes,
+        load,
+        busy: busy as f64 / all.max(1) as f64,
         users: results,
         elapsed,
         cpu_ms: (cpu_after - cpu_before) as f64 * 10.0,
@@ -361,6 +518,8 @@ struct Figures {
     final_us: Vec<u32>,
     /// Other socket minus the running node's socket, per event, µs.
     added_us: Vec<i64>,
+    /// Paced: how late each send was, µs.
+    late_us: Vec<u32>,
     problems: Vec<String>,
 }
 
@@ -370,6 +529,7 @@ fn figures(phase: &Phase) -> Figures {
         first_us: Vec::new(),
         final_us: Vec::new(),
         added_us: Vec::new(),
+        late_us: Vec::new(),
         problems: Vec::new(),
     };
     for (user, runs) in phase.users.iter().enumerate() {
@@ -385,6 +545,11 @@ fn figures(phase: &Phase) -> Figures {
         }
         for run in &runs.runs {
             figures.runs += 1;
+            if let Some(due) = run.due {
+                figures
+                    .late_us
+                    .push(run.sent.saturating_duration_since(due).as_micros() as u32);
+            }
             let own = &run.seen[run.sender];
             let Some(accepted) = &own.accepted else {
                 figures
@@ -428,6 +593,7 @@ fn figures(phase: &Phase) -> Figures {
     figures.first_us.sort_unstable();
     figures.final_us.sort_unstable();
     figures.added_us.sort_unstable();
+    figures.late_us.sort_unstable();
     figures
 }
 
@@ -444,15 +610,38 @@ fn machine() -> String {
     format!("{cores} cores ({model})")
 }
 
+/// A comma-separated list of counts in the environment variable `name`, or `default`.
+fn counts(name: &str, default: &[usize]) -> anyhow::Result<Vec<usize>> {
+    match std::env::var(name).ok().filter(|v| !v.is_empty()) {
+        Some(list) => {
+            let counts: Vec<usize> = list
+                .split(',')
+                .map(|n| n.trim().parse())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{name} is a comma-separated list of counts, such as 1,3; not {list:?}"))?;
+            if counts.contains(&0) {
+                bail!("{name} counts from 1; not {list:?}");
+            }
+            Ok(counts)
+        }
+        None => Ok(default.to_vec()),
+    }
+}
+
+fn load_label(load: Load) -> String {
+    match load {
+        Load::Saturated => "saturated".to_owned(),
+        Load::Paced { rate } => format!("paced {rate:.0}/s"),
+    }
+}
+
 async fn main_async() -> anyhow::Result<()> {
     let tiers = Tiers::from_env()?;
-    let user_counts: Vec<usize> = match std::env::var("BENCH_USERS").ok().filter(|v| !v.is_empty()) {
-        Some(list) => list
-            .split(',')
-            .map(|n| n.trim().parse())
-            .collect::<Result<_, _>>()
-            .context("BENCH_USERS is a comma-separated list of user counts, such as 10,100")?,
-        None => USERS.to_vec(),
+    let user_counts = counts("BENCH_USERS", &USERS)?;
+    let node_counts = counts("BENCH_NODES", &NODES)?;
+    let rate = match std::env::var("BENCH_RATE").ok().filter(|v| !v.is_empty()) {
+        Some(text) => Rate::parse(&text)?,
+        None => Rate::Share(PACED_SHARE),
     };
     println!(
         "cluster benchmark: release nodes on loopback, offline model (no added latency); one machine, {}, \
@@ -461,36 +650,74 @@ async fn main_async() -> anyhow::Result<()> {
     );
     println!("tiers: {}", tiers.describe());
     println!(
-        "Each user has {SOCKETS_PER_USER} sockets (one on each node; on one node all {SOCKETS_PER_USER} on it), \
-         each sending {RUNS_EACH} messages in turn on its sockets, the next once every socket has the last run's final \
-         event ({WARM_UP_RUNS} runs each before, not measured)"
+        "Each user has {SOCKETS_PER_USER} sockets (one on each node; on one node all {SOCKETS_PER_USER} on it) and \
+         sends its messages in turn on them, one run at a time ({WARM_UP_RUNS} runs each before, not measured). \
+         Saturated: {RUNS_EACH} messages each, the next once every socket has the last run's final event. \
+         Paced: the users together offer a fixed rate, evenly spaced, for at least {} s ({}).",
+        PACED_FOR.as_secs(),
+        rate.describe()
     );
     println!();
     let mut phases = Vec::new();
     for &users in &user_counts {
-        for nodes in NODES {
-            let phase = phase(&tiers, nodes, users).await?;
+        let mut saturated_rate = None;
+        for &nodes in &node_counts {
+            let phase = phase(&tiers, nodes, users, Load::Saturated).await?;
             let figures = figures(&phase);
+            if nodes == *node_counts.iter().max().unwrap_or(&nodes) {
+                saturated_rate = Some(figures.runs as f64 / phase.elapsed.as_secs_f64());
+            }
             phases.push((phase, figures));
+        }
+        let paced = match (rate, saturated_rate) {
+            (Rate::Off, _) => None,
+            (Rate::Fixed(rate), _) => Some(rate),
+            (Rate::Share(share), Some(saturated)) => Some(share * saturated),
+            (Rate::Share(_), None) => None,
+        };
+        if let Some(rate) = paced {
+            for &nodes in &node_counts {
+                let phase = phase(&tiers, nodes, users, Load::Paced { rate }).await?;
+                let figures = figures(&phase);
+                phases.push((phase, figures));
+            }
         }
     }
     println!(
-        "| users | nodes | runs | runs/s | to first event p50 / p99 (ms) | to final event p50 / p99 (ms) | CPU ms per run: all nodes, client |"
+        "| users | nodes | load | runs | runs/s | sends late (> {} ms), p99 (ms) | to first event p50 / p99 (ms) | \
+         to final event p50 / p99 (ms) | CPU ms per run: all nodes, client | cores busy |",
+        LATE.as_millis()
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (phase, f) in &phases {
+        let achieved = f.runs as f64 / phase.elapsed.as_secs_f64();
+        let (runs_per_s, late) = match phase.load {
+            Load::Saturated => (format!("{achieved:.0}"), "-".to_owned()),
+            Load::Paced { rate } => (
+                format!("{achieved:.0} of {rate:.0} offered"),
+                format!(
+                    "{}, {}",
+                    f.late_us
+                        .iter()
+                        .filter(|&&late| u128::from(late) > LATE.as_micros())
+                        .count(),
+                    ms(percentile(&f.late_us, 0.99))
+                ),
+            ),
+        };
         println!(
-            "| {} | {} | {} | {:.0} | {} / {} | {} / {} | {:.2}, {:.2} |",
+            "| {} | {} | {} | {} | {runs_per_s} | {late} | {} / {} | {} / {} | {:.2}, {:.2} | {:.0} % |",
             phase.users.len(),
             phase.nodes,
+            load_label(phase.load),
             f.runs,
-            f.runs as f64 / phase.elapsed.as_secs_f64(),
             ms(percentile(&f.first_us, 0.5)),
             ms(percentile(&f.first_us, 0.99)),
             ms(percentile(&f.final_us, 0.5)),
             ms(percentile(&f.final_us, 0.99)),
             phase.cpu_ms / f.runs.max(1) as f64,
-            phase.client_cpu_ms / f.runs.max(1) as f64
+            phase.client_cpu_ms / f.runs.max(1) as f64,
+            phase.busy * 100.0
         );
     }
     println!();
@@ -500,9 +727,9 @@ async fn main_async() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| users | nodes | events compared | p50 | p99 | max | events from other nodes: through Redis, from the log | streams |"
+        "| users | nodes | load | events compared | p50 | p99 | max | events from other nodes: through Redis, from the log | streams |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |");
     for (phase, f) in &phases {
         let sockets = phase.users.len() * SOCKETS_PER_USER;
         let streams = if f.problems.is_empty() {
@@ -516,8 +743,9 @@ async fn main_async() -> anyhow::Result<()> {
             phase.nodes.to_string()
         };
         println!(
-            "| {} | {label} | {} | {} | {} | {} | {}, {} | {streams} |",
+            "| {} | {label} | {} | {} | {} | {} | {} | {}, {} | {streams} |",
             phase.users.len(),
+            load_label(phase.load),
             f.added_us.len(),
             ms(percentile(&f.added_us, 0.5).map(|v| v as f64)),
             ms(percentile(&f.added_us, 0.99).map(|v| v as f64)),
@@ -529,25 +757,27 @@ async fn main_async() -> anyhow::Result<()> {
     println!();
     println!(
         "\"From the log\": events that a node's connections read from the store because its once-a-second watcher \
-         saw the log further than Redis had brought (a Redis message late or lost); the checks above find none twice."
+         saw the log further than Redis had brought (a Redis message late or lost); the checks above find none twice. \
+         \"Sends late\": how long after its time a paced message went out (its user's last run had not ended)."
     );
     let mut any = false;
     for (phase, f) in &phases {
+        let name = format!(
+            "{} users, {} node(s), {}",
+            phase.users.len(),
+            phase.nodes,
+            load_label(phase.load)
+        );
         for problem in f.problems.iter().take(20) {
             if !any {
                 println!();
                 println!("Problems:");
                 any = true;
             }
-            println!("- {} users, {} node(s): {problem}", phase.users.len(), phase.nodes);
+            println!("- {name}: {problem}");
         }
         if f.problems.len() > 20 {
-            println!(
-                "- {} users, {} node(s): and {} more",
-                phase.users.len(),
-                phase.nodes,
-                f.problems.len() - 20
-            );
+            println!("- {name}: and {} more", f.problems.len() - 20);
         }
     }
     Ok(())

@@ -101,6 +101,8 @@ pub(crate) struct SharedLimits {
     prefix: String,
     /// This process among the holders of places: random, new at each start.
     holder: String,
+    /// The start of every holder's key (`{prefix}holder:`); the key of one is this and its name.
+    holders: String,
     falling_back: AtomicBool,
 }
 
@@ -201,11 +203,12 @@ impl SharedLimits {
     pub(crate) async fn start(redis: Redis, prefix: String, stop: CancellationToken) -> Self {
         let limits = Self {
             redis,
+            holders: format!("{prefix}holder:"),
             prefix,
             holder: format!("{:016x}", rand_u128() as u64),
             falling_back: AtomicBool::new(false),
         };
-        let (redis, key) = (limits.redis.clone(), limits.holder_key(&limits.holder));
+        let (redis, key) = (limits.redis.clone(), format!("{}{}", limits.holders, limits.holder));
         if let Err(error) = redis.put(&key, "1", HOLDER_TTL).await {
             tracing::warn!(%error, "cannot tell Redis this node holds places; trying again");
         }
@@ -220,15 +223,6 @@ impl SharedLimits {
             }
         }));
         limits
-    }
-
-    /// The key that says `holder` is alive.
-    fn holder_key(&self, holder: &str) -> String {
-        format!("{}{holder}", self.holders_prefix())
-    }
-
-    fn holders_prefix(&self) -> String {
-        format!("{}holder:", self.prefix)
     }
 
     /// Gives every place of `name` back (in the background; they run out by themselves anyway).
@@ -255,12 +249,11 @@ impl SharedLimits {
 
     async fn take_as(&self, name: &str, limit: usize, ttl: Duration, held: bool) -> Shared {
         let key = format!("{}limit:{name}", self.prefix);
-        let taken = if held {
+        let (member, taken) = if held {
             let member = format!("{}/{:032x}", self.holder, rand_u128());
-            let holders = self.holders_prefix();
             let taken = self
                 .redis
-                .take_held_place(&key, limit, ttl, &member, (&holders, &self.holder))
+                .take_held_place(&key, limit, ttl, &member, (&self.holders, &self.holder))
                 .await;
             (member, taken)
         } else {
@@ -268,7 +261,6 @@ impl SharedLimits {
             let taken = self.redis.take_place(&key, limit, ttl, &member).await;
             (member, taken)
         };
-        let (member, taken) = taken;
         match taken {
             Ok(full) => {
                 if self.falling_back.swap(false, Ordering::Relaxed) {

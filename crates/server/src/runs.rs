@@ -79,6 +79,8 @@ impl Refusal {
 struct MaybeStored {
     user: UserId,
     text: String,
+    /// Whether storing it would have started a new thread (no thread was named).
+    new_thread: bool,
     /// When the message came: its run's response time counts from then.
     accepted_at: Instant,
 }
@@ -230,7 +232,8 @@ impl Runs {
         let accepted = match tiers.scope(accepting).await {
             Ok(accepted) => accepted,
             Err(error @ StoreError::TimedOut { .. }) => {
-                self.check_later(user, run_id, message.text.clone(), accepted_at);
+                let new_thread = message.thread_id.is_none();
+                self.check_later(user, run_id, message.text.clone(), new_thread, accepted_at);
                 return Err(Refusal::store(error));
             }
             Err(error) => return Err(Refusal::store(error)),
@@ -326,12 +329,13 @@ impl Runs {
     /// After the storing of `run`'s message timed out: once the store answers, a message that
     /// was stored after all gets its run started (unless a resend started it first), so that no
     /// run stays `running` with nothing running it.
-    fn check_later(&self, user: &UserId, run: RunId, text: String, accepted_at: Instant) {
+    fn check_later(&self, user: &UserId, run: RunId, text: String, new_thread: bool, accepted_at: Instant) {
         self.uncertain.insert(
             run.clone(),
             MaybeStored {
                 user: user.clone(),
                 text,
+                new_thread,
                 accepted_at,
             },
         );
@@ -375,8 +379,7 @@ impl Runs {
                 }
                 Err(error) => {
                     tracing::warn!(%error, run_id = %run, "a message stored after its deadline cannot start; discarding it");
-                    let created_thread = false;
-                    if let Err(error) = store.discard_run(&pending.user, &run, created_thread).await {
+                    if let Err(error) = store.discard_run(&pending.user, &run, pending.new_thread).await {
                         tracing::error!(%error, run_id = %run, "could not discard a run that cannot start");
                     }
                 }

@@ -323,10 +323,27 @@ pub(crate) fn close_message(code: u16, reason: &str) -> Message {
     }))
 }
 
+/// The most frames written to the socket at once.
+const WRITE_BATCH: usize = 64;
+
+/// Writes the frames queued for the socket: as many as are waiting, up to `WRITE_BATCH`, then
+/// one flush, so that the events of one stored batch leave in one write rather than one each.
 async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut outbound: mpsc::Receiver<Message>) {
-    while let Some(message) = outbound.recv().await {
-        let closing = matches!(message, Message::Close(_));
-        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while outbound.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let closing = batch.iter().any(|message| matches!(message, Message::Close(_)));
+        let write = async {
+            // Nothing after a close frame.
+            for message in batch.drain(..) {
+                let close = matches!(message, Message::Close(_));
+                sink.feed(message).await?;
+                if close {
+                    break;
+                }
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(Ok(())) if !closing => {}
             _ => break,
         }

@@ -388,7 +388,8 @@ pub trait Store: Send + Sync + 'static {
     async fn message_by_client_id(&self, user: &UserId, client_message_id: &str)
     -> Result<Option<Message>, StoreError>;
     /// Removes a run that could not start, and its message; and its thread too when
-    /// `created_thread` (storing the message created it).
+    /// `created_thread` (storing the message created it) and no other message is in it (one
+    /// may have come since, when the run is discarded late).
     async fn discard_run(&self, user: &UserId, run: &RunId, created_thread: bool) -> Result<(), StoreError>;
     /// One run of the user.
     async fn run(&self, user: &UserId, id: &RunId) -> Result<Option<RunRecord>, StoreError>;

@@ -653,18 +653,21 @@ impl Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            if created_thread {
-                tx.execute(
-                    "DELETE FROM threads WHERE user_id = ?2 AND id = (SELECT thread_id FROM runs WHERE id = ?1 AND user_id = ?2)",
-                    params![run, user],
-                )
-                .map_err(backend)?;
-            }
             tx.execute(
                 "DELETE FROM messages WHERE run_id = ?1 AND user_id = ?2 AND role = 'user'",
                 params![run, user],
             )
             .map_err(backend)?;
+            if created_thread {
+                // Only when nothing else came to it since (a message discarded late).
+                tx.execute(
+                    "DELETE FROM threads WHERE user_id = ?2
+                     AND id = (SELECT thread_id FROM runs WHERE id = ?1 AND user_id = ?2)
+                     AND NOT EXISTS (SELECT 1 FROM messages WHERE messages.thread_id = threads.id)",
+                    params![run, user],
+                )
+                .map_err(backend)?;
+            }
             tx.execute("DELETE FROM runs WHERE id = ?1 AND user_id = ?2", params![run, user])
                 .map_err(backend)?;
             tx.commit().map_err(backend)

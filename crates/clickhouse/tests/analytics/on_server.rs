@@ -281,14 +281,7 @@ async fn a_database_that_does_not_exist_is_named_in_the_error() {
 
 /// Sends `sql` to the test server, which must accept it.
 async fn run_sql(sql: String) {
-    let answer = reqwest::Client::new()
-        .post(server_url())
-        .body(sql)
-        .send()
-        .await
-        .unwrap();
-    let status = answer.status();
-    assert!(status.is_success(), "{status}: {:?}", answer.text().await);
+    answer_of(sql).await;
 }
 
 /// Ranges whose ends fall mid-hour, on hours, mid-day, on days, open, and inside one hour.
@@ -364,8 +357,10 @@ async fn answer_of(sql: String) -> String {
         .send()
         .await
         .unwrap();
-    assert!(answer.status().is_success());
-    answer.text().await.unwrap()
+    let status = answer.status();
+    let text = answer.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    text
 }
 
 /// A database of schema `version` (1, 2 or 3), with calls uploaded before and after it became one

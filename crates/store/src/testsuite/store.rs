@@ -170,6 +170,33 @@ async fn threads_and_messages(store: &dyn Store) {
         store.thread(&alice, &lone.thread_id).await.unwrap().is_none(),
         "the thread it created went too"
     );
+    // Discarded late, when another message came to the thread it created: the thread stays.
+    let late = store
+        .accept_message(new_message(&alice, None, "stored late", None))
+        .await
+        .unwrap();
+    let since = store
+        .accept_message(new_message(&alice, Some(late.thread_id.clone()), "sent since", None))
+        .await
+        .unwrap();
+    store
+        .discard_run(&alice, &late.run_id, late.created_thread)
+        .await
+        .unwrap();
+    assert!(store.run(&alice, &late.run_id).await.unwrap().is_none());
+    assert!(
+        store.thread(&alice, &late.thread_id).await.unwrap().is_some(),
+        "a thread in use stays"
+    );
+    let texts: Vec<String> = store
+        .messages(&alice, &late.thread_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["sent since"]);
+    assert!(store.run(&alice, &since.run_id).await.unwrap().is_some());
 }
 
 async fn event_log(store: &dyn Store) {
@@ -321,19 +348,40 @@ fn refresh_family(id: &str) -> RefreshFamilyId {
     RefreshFamilyId::parse(id).unwrap()
 }
 
+/// Presents token `presented` to `family`, `next` being the one it buys, with a retry window.
+async fn rotate_within(
+    store: &dyn Store,
+    user: UserId,
+    family: RefreshFamilyId,
+    presented: String,
+    next: String,
+    window: Duration,
+) -> Rotation {
+    store
+        .rotate_refresh_token(
+            &user,
+            &family,
+            &refresh_token(&presented),
+            &refresh_token(&next),
+            window,
+        )
+        .await
+        .unwrap()
+}
+
 async fn refresh_rotation(store: &dyn Store) {
     let ann = store.create_user("ann.refresh@example.com", "hash").await.unwrap().id;
     let bob = store.create_user("bob.refresh@example.com", "hash").await.unwrap().id;
     let (chain, other) = (refresh_family("fam-chain"), refresh_family("fam-other"));
     let rotate = |user: &UserId, family: &RefreshFamilyId, presented: &str, next: &str| {
-        let (user, family) = (user.clone(), family.clone());
-        let (presented, next) = (refresh_token(presented), refresh_token(next));
-        async move {
-            store
-                .rotate_refresh_token(&user, &family, &presented, &next, Duration::ZERO)
-                .await
-                .unwrap()
-        }
+        rotate_within(
+            store,
+            user.clone(),
+            family.clone(),
+            presented.into(),
+            next.into(),
+            Duration::ZERO,
+        )
     };
     store
         .start_refresh_family(&ann, &chain, &refresh_token("t1"))
@@ -408,14 +456,14 @@ async fn refresh_retries(store: &dyn Store) {
     let dan = store.create_user("dan.refresh@example.com", "hash").await.unwrap().id;
     let eve = store.create_user("eve.refresh@example.com", "hash").await.unwrap().id;
     let rotate = |user: &UserId, family: &RefreshFamilyId, presented: &str, next: &str, window: Duration| {
-        let (user, family) = (user.clone(), family.clone());
-        let (presented, next) = (refresh_token(presented), refresh_token(next));
-        async move {
-            store
-                .rotate_refresh_token(&user, &family, &presented, &next, window)
-                .await
-                .unwrap()
-        }
+        rotate_within(
+            store,
+            user.clone(),
+            family.clone(),
+            presented.into(),
+            next.into(),
+            window,
+        )
     };
     let chain = refresh_family("fam-retried");
     store
