@@ -9,7 +9,7 @@ use switchboard_engine::testkit::{MemorySink, check_run, summary};
 use switchboard_engine::{Engine, RunRequest};
 use switchboard_protocol::{EventPayload, RunStatus, ThreadId, UserId};
 use switchboard_store::{
-    AnalyticsStore, PERCENTILE_RELATIVE_ERROR, StoreError, Summary, Tier, TimeRange, WorkloadEvent,
+    AnalyticsStore, PERCENTILE_RELATIVE_ERROR, StoreError, Summary, Tier, TimeRange, Upload, UploadKey, WorkloadEvent,
 };
 
 /// An analytics store that says the user has `0` calls uploaded, and cannot summarise them.
@@ -18,6 +18,14 @@ struct Uploaded(u64);
 #[async_trait]
 impl AnalyticsStore for Uploaded {
     async fn insert_workload_events(&self, _: &UserId, _: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
+        Err(StoreError::Backend("read-only in this test".into()))
+    }
+    async fn insert_workload_upload(
+        &self,
+        _: &UserId,
+        _: &UploadKey,
+        _: Vec<WorkloadEvent>,
+    ) -> Result<Upload, StoreError> {
         Err(StoreError::Backend("read-only in this test".into()))
     }
     async fn workload_event_count(&self, _: &UserId) -> Result<u64, StoreError> {
@@ -40,6 +48,14 @@ struct Down;
 #[async_trait]
 impl AnalyticsStore for Down {
     async fn insert_workload_events(&self, _: &UserId, _: Vec<WorkloadEvent>) -> Result<usize, StoreError> {
+        Err(down())
+    }
+    async fn insert_workload_upload(
+        &self,
+        _: &UserId,
+        _: &UploadKey,
+        _: Vec<WorkloadEvent>,
+    ) -> Result<Upload, StoreError> {
         Err(down())
     }
     async fn workload_event_count(&self, _: &UserId) -> Result<u64, StoreError> {

@@ -256,16 +256,21 @@ impl Server {
         let exchange = async {
             let mut response = request.send().await?;
             let status = response.status();
+            let code = response
+                .headers()
+                .get("x-clickhouse-exception-code")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok());
             let mut answer = Vec::new();
             while let Some(chunk) = response.chunk().await? {
                 if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
-                    return Ok((status, None));
+                    return Ok((status, code, None));
                 }
                 answer.extend_from_slice(&chunk);
             }
-            Ok::<_, reqwest::Error>((status, Some(answer)))
+            Ok::<_, reqwest::Error>((status, code, Some(answer)))
         };
-        let (status, answer) = match tokio::time::timeout(deadline, exchange).await {
+        let (status, code, answer) = match tokio::time::timeout(deadline, exchange).await {
             Err(_) => {
                 tracing::warn!(%place, doing, after_ms = deadline.as_millis() as u64, "ClickHouse did not answer in time");
                 return Err(StoreError::TimedOut {
@@ -284,6 +289,21 @@ impl Server {
         if status == StatusCode::OK {
             return Ok(answer);
         }
+        // 18.16 sends no exception code header; its error text starts with the code.
+        let code = code.or_else(|| {
+            let digits: String = answer
+                .strip_prefix(b"Code: ")?
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .map(|b| *b as char)
+                .collect();
+            digits.parse().ok()
+        });
+        if code == Some(QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING) {
+            return Err(StoreError::Conflict(format!(
+                "{place}: {doing}: a query of the same id is still running"
+            )));
+        }
         let what = match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "refused the credentials",
             _ => "answered with an error",
@@ -295,6 +315,10 @@ impl Server {
         )))
     }
 }
+
+/// ClickHouse's error code for a query whose id is that of a query still running (the id is
+/// taken: [`StoreError::Conflict`]).
+const QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING: u32 = 216;
 
 /// A failure to exchange a request: unreachable or cut, told as such; never the URL.
 fn transport_error(place: &str, doing: &str, error: &reqwest::Error) -> StoreError {

@@ -34,13 +34,14 @@ mod rows;
 mod sql;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_protocol::UserId;
 use switchboard_store::{
     AnalyticsStore, Cell, Grouped, Sketch, Slice, StoreError, Summary, SummaryBuilder, Tier, TierObserver, TimeRange,
-    WorkloadEvent,
+    Upload, UploadKey, WorkloadEvent, upload_digest,
 };
 
 use crate::http::{Address, Body, Server};
@@ -103,6 +104,74 @@ pub struct ClickHouseAnalytics {
     /// Users whose calls are to be counted: the users asked for while a count runs are counted
     /// together, in one query (every run asks, at its start).
     counts: Grouped<UserId, Result<u64, StoreError>>,
+    /// The upload keys being stored by this process, one upload of a key at a time.
+    keys: KeyLocks,
+    /// When the records of expired upload keys were last deleted.
+    forgot_at: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+/// How often the records of expired upload keys are deleted.
+const FORGET_UPLOADS_EVERY: Duration = Duration::from_secs(3600);
+
+/// A record of an upload's key (a row of `workload_uploads`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UploadRecord {
+    /// The hex of the calls' digest.
+    digest: String,
+    /// The id its calls carry.
+    upload: u64,
+    /// How many.
+    calls: u64,
+    /// Whether they were stored.
+    done: bool,
+}
+
+/// The query id an upload's insert runs under, and the count that settles it: ClickHouse runs
+/// one query of an id at a time, so a count refused by it tells an insert still running.
+fn upload_query_id(upload: u64) -> String {
+    format!("switchboard-upload-{upload:016x}")
+}
+
+/// A user and one of its upload keys.
+type KeyName = (String, String);
+
+/// One lock per upload key being stored (per user and key), dropped when no upload holds it.
+#[derive(Debug, Clone, Default)]
+struct KeyLocks {
+    held: Arc<Mutex<HashMap<KeyName, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// A held [`KeyLocks`] lock; dropping it lets the next upload of the key in.
+struct KeyGuard {
+    locks: KeyLocks,
+    name: KeyName,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, user: &str, key: &str) -> KeyGuard {
+        let name = (user.to_owned(), key.to_owned());
+        let lock = {
+            let mut held = self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::clone(held.entry(name.clone()).or_default())
+        };
+        KeyGuard {
+            locks: self.clone(),
+            name,
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut held = self.locks.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Only the map holds it: no upload holds or waits for it.
+        if held.get(&self.name).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            held.remove(&self.name);
+        }
+    }
 }
 
 /// The most users one query counts the calls of.
@@ -119,6 +188,8 @@ impl ClickHouseAnalytics {
             server,
             options,
             counts: Grouped::new(COUNT_GROUP),
+            keys: KeyLocks::default(),
+            forgot_at: Arc::new(Mutex::new(None)),
         };
         store.server.ping(options.query_timeout, "checking the server").await?;
         store
@@ -144,6 +215,7 @@ impl ClickHouseAnalytics {
         }
         let tables = [
             (sql::CREATE_EVENTS.to_owned(), "creating the workload_events table"),
+            (sql::CREATE_UPLOADS.to_owned(), "creating the workload_uploads table"),
             (sql::create_cells(), "creating the workload_cells table"),
             (sql::CREATE_BINS.to_owned(), "creating the workload_bins table"),
             (sql::create_cells_view(), "creating the workload_cells view"),
@@ -155,7 +227,8 @@ impl ClickHouseAnalytics {
         ]) {
             store.execute(statement, doing).await?;
         }
-        if rows > 0 && version < u64::from(sql::SCHEMA_VERSION) {
+        store.add_upload_column().await?;
+        if rows > 0 && version < sql::VERSION_3 {
             store.build_from_rows(version).await?;
         } else {
             store.create_hour_bins().await?;
@@ -169,7 +242,141 @@ impl ClickHouseAnalytics {
                 )
                 .await?;
         }
+        store.forget_uploads().await;
         Ok(store)
+    }
+
+    /// Adds the column of each call's upload to a table of schema 3 or older (schema 4), once:
+    /// the calls stored before have upload 0, as calls sent without a key.
+    async fn add_upload_column(&self) -> Result<(), StoreError> {
+        let answer = self
+            .query(sql::HAS_UPLOAD_COLUMN.to_owned(), "looking for the upload column")
+            .await?;
+        if self.one_row(&answer, "the upload column", |row| row.u64(0))? == 0 {
+            self.execute(sql::ADD_UPLOAD_COLUMN.to_owned(), "adding the upload column")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the records of upload keys no longer honoured, at most once in
+    /// [`FORGET_UPLOADS_EVERY`] (at `connect`, then from the uploads sent with a key). They are
+    /// left out of every reading from the moment they expire, so this only keeps the table
+    /// small; a failure is logged and tried again next time.
+    async fn forget_uploads(&self) {
+        {
+            let mut last = self.forgot_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if last.is_some_and(|at| at.elapsed() < FORGET_UPLOADS_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        if let Err(error) = self
+            .execute(sql::forget_uploads(), "deleting the upload keys no longer honoured")
+            .await
+        {
+            tracing::warn!(%error, "could not delete the upload keys no longer honoured; trying again later");
+            *self.forgot_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        }
+    }
+
+    /// The records of `user`'s upload `key` still honoured, oldest first.
+    async fn upload_records(&self, user: &str, key: &str) -> Result<Vec<UploadRecord>, StoreError> {
+        let answer = self
+            .query(sql::upload_records(user, key), "reading an upload's key")
+            .await?;
+        rows::rows(&answer, 4)
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|row| {
+                        Ok(UploadRecord {
+                            digest: row.hex_text(0)?,
+                            upload: row.u64(1)?,
+                            calls: row.u64(2)?,
+                            done: row.flag(3)?,
+                        })
+                    })
+                    .collect()
+            })
+            .map_err(|e| self.corrupt("the records of an upload's key", &e))
+    }
+
+    /// Writes a record of `user`'s upload `key`.
+    async fn record_upload(&self, user: &str, key: &str, record: &UploadRecord) -> Result<(), StoreError> {
+        let doing = if record.done {
+            "recording an upload's key as stored"
+        } else {
+            "recording an upload's key"
+        };
+        self.execute(
+            sql::record_upload(user, key, &record.digest, record.upload, record.calls, record.done),
+            doing,
+        )
+        .await
+    }
+
+    /// Stores `events` of `user` in one insert of one block (one part: stored whole or not at
+    /// all), with `upload` (its id, and the query id it runs under) on each row when given.
+    async fn insert_calls(&self, user: &str, events: &[WorkloadEvent], upload: Option<u64>) -> Result<(), StoreError> {
+        // As in the embedded store, whose integers are signed 64-bit: every backend keeps the
+        // same range of token counts.
+        if let Some(event) = events
+            .iter()
+            .find(|e| i64::try_from(e.input_tokens).is_err() || i64::try_from(e.output_tokens).is_err())
+        {
+            return Err(StoreError::Corrupt(format!(
+                "a call of {} with {} prompt and {} answer tokens cannot be stored",
+                event.model, event.input_tokens, event.output_tokens
+            )));
+        }
+        let mut rows = Vec::with_capacity(events.len() * 104);
+        rows::write_events(&mut rows, user, events, upload);
+        // One block for the whole batch, so that it is one part: stored whole or not at all.
+        let block = events.len().max(1_048_576);
+        let mut settings = vec![("max_insert_block_size", block.to_string())];
+        let columns = match upload {
+            Some(upload) => {
+                settings.push(("query_id", upload_query_id(upload)));
+                format!("{}, upload", sql::EVENT_COLUMNS)
+            }
+            None => sql::EVENT_COLUMNS.to_owned(),
+        };
+        self.server
+            .run(
+                Body::Insert {
+                    query: format!("INSERT INTO workload_events ({columns}) FORMAT RowBinary"),
+                    rows,
+                },
+                &settings,
+                self.options.insert_timeout,
+                "storing workload calls",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The calls of `user`'s upload `upload` stored, counted under the upload's query id: a
+    /// `StoreError::Conflict` when its insert is still running on the server.
+    async fn upload_calls(&self, user: &str, upload: u64) -> Result<u64, StoreError> {
+        let answer = self
+            .server
+            .run(
+                Body::Query(sql::upload_calls(user, upload)),
+                &[
+                    ("query_id", upload_query_id(upload)),
+                    ("max_execution_time", self.query_limit().to_string()),
+                ],
+                self.options.query_timeout,
+                "counting the calls of an upload",
+            )
+            .await?;
+        self.one_row(&answer, "the calls of an upload", |row| row.u64(0))
+    }
+
+    /// The query deadline in whole seconds (at least 1), for the server to stop a query the
+    /// client has given up on.
+    fn query_limit(&self) -> u64 {
+        self.options.query_timeout.as_secs_f64().ceil().max(1.0) as u64
     }
 
     /// Creates the hourly bins and their views (schema version 2, when missing), the views after
@@ -830,33 +1037,83 @@ impl AnalyticsStore for ClickHouseAnalytics {
         if events.is_empty() {
             return Ok(0);
         }
-        // As in the embedded store, whose integers are signed 64-bit: every backend keeps the
-        // same range of token counts.
-        if let Some(event) = events
-            .iter()
-            .find(|e| i64::try_from(e.input_tokens).is_err() || i64::try_from(e.output_tokens).is_err())
-        {
-            return Err(StoreError::Corrupt(format!(
-                "a call of {} with {} prompt and {} answer tokens cannot be stored",
-                event.model, event.input_tokens, event.output_tokens
-            )));
-        }
-        let mut rows = Vec::with_capacity(events.len() * 96);
-        rows::write_events(&mut rows, user.as_str(), &events);
-        // One block for the whole batch, so that it is one part: stored whole or not at all.
-        let block = events.len().max(1_048_576);
-        self.server
-            .run(
-                Body::Insert {
-                    query: format!("INSERT INTO workload_events ({}) FORMAT RowBinary", sql::EVENT_COLUMNS),
-                    rows,
-                },
-                &[("max_insert_block_size", block.to_string())],
-                self.options.insert_timeout,
-                "storing workload calls",
-            )
-            .await?;
+        self.insert_calls(user.as_str(), &events, None).await?;
         Ok(events.len())
+    }
+
+    /// Without a transaction: the key is recorded before the calls are stored (with the id its
+    /// calls will carry) and again once they are. A key recorded as stored is answered from its
+    /// record. A key recorded only before (an earlier attempt whose insert, or the record after
+    /// it, did not answer in time) is settled by counting the calls of its id under its insert's
+    /// query id, which ClickHouse refuses while that insert still runs (`InProgress`): all of
+    /// them (an insert is one block, stored whole or not at all) are recorded as stored and
+    /// replayed; none are stored now, under the same id. Any other count would mean the calls
+    /// of one insert were stored in part, which ClickHouse does not do: refused as corrupt,
+    /// storing nothing. The roll-ups are fed by the insert itself, so they count the calls
+    /// exactly when the calls are stored. Uploads of one key are stored one at a time in this
+    /// process; two processes given one key at the same moment, both before either recorded it,
+    /// may both store it (ClickHouse refuses the second insert only while the first runs).
+    async fn insert_workload_upload(
+        &self,
+        user: &UserId,
+        key: &UploadKey,
+        events: Vec<WorkloadEvent>,
+    ) -> Result<Upload, StoreError> {
+        let (user, key) = (user.as_str(), key.as_str());
+        let digest: String = upload_digest(&events).iter().map(|b| format!("{b:02x}")).collect();
+        let calls = events.len() as u64;
+        let _held = self.keys.lock(user, key).await;
+        self.forget_uploads().await;
+        let records = self.upload_records(user, key).await?;
+        if records.iter().any(|record| record.digest != digest) {
+            return Ok(Upload::KeyReused);
+        }
+        if let Some(done) = records.iter().find(|record| record.done) {
+            return Ok(Upload::Replayed(done.calls));
+        }
+        let record = match records.into_iter().next() {
+            Some(earlier) => {
+                match self.upload_calls(user, earlier.upload).await {
+                    Err(StoreError::Conflict(_)) => return Ok(Upload::InProgress),
+                    Err(error) => return Err(error),
+                    Ok(stored) if stored == earlier.calls => {
+                        let done = UploadRecord { done: true, ..earlier };
+                        self.record_upload(user, key, &done).await?;
+                        return Ok(Upload::Replayed(stored));
+                    }
+                    Ok(0) => {}
+                    Ok(stored) => {
+                        return Err(StoreError::Corrupt(format!(
+                            "{}: {stored} of the {} calls of the upload with key {key:?} are stored, where an \
+                             upload is stored whole or not at all; nothing was stored now",
+                            self.server.address.place(),
+                            earlier.calls
+                        )));
+                    }
+                }
+                earlier
+            }
+            None => {
+                let record = UploadRecord {
+                    digest,
+                    // Not 0, the upload of the calls sent without a key.
+                    upload: uuid::Uuid::new_v4().as_u64_pair().0 | 1,
+                    calls,
+                    done: false,
+                };
+                self.record_upload(user, key, &record).await?;
+                record
+            }
+        };
+        if !events.is_empty() {
+            match self.insert_calls(user, &events, Some(record.upload)).await {
+                Err(StoreError::Conflict(_)) => return Ok(Upload::InProgress),
+                other => other?,
+            }
+        }
+        let done = UploadRecord { done: true, ..record };
+        self.record_upload(user, key, &done).await?;
+        Ok(Upload::Stored(calls))
     }
 
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {

@@ -4,8 +4,9 @@
 
 use switchboard_store::WorkloadEvent;
 
-/// Appends `events` of `user` as `RowBinary` rows of [`crate::sql::EVENT_COLUMNS`].
-pub(crate) fn write_events(out: &mut Vec<u8>, user: &str, events: &[WorkloadEvent]) {
+/// Appends `events` of `user` as `RowBinary` rows of [`crate::sql::EVENT_COLUMNS`], and with
+/// `upload` its id after each (the column `upload`).
+pub(crate) fn write_events(out: &mut Vec<u8>, user: &str, events: &[WorkloadEvent], upload: Option<u64>) {
     for event in events {
         put_string(out, user);
         out.extend_from_slice(&event.timestamp.unix_millis().to_le_bytes());
@@ -20,6 +21,9 @@ pub(crate) fn write_events(out: &mut Vec<u8>, user: &str, events: &[WorkloadEven
         put_optional(out, event.prompt_hash.as_deref());
         out.extend_from_slice(&event.cost_usd.to_le_bytes());
         out.push(u8::from(event.batch));
+        if let Some(upload) = upload {
+            out.extend_from_slice(&upload.to_le_bytes());
+        }
     }
 }
 

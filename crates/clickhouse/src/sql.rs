@@ -31,12 +31,17 @@ use switchboard_store::{
 /// hour (`workload_hour_bins`) and the prompts per day (`workload_day_prompts`); 3: the
 /// prompts keyed by two 64-bit hashes of their hash's text instead of the text
 /// (`workload_prompt_keys`, `workload_day_prompt_keys`, which replace `workload_prompts` and
-/// `workload_day_prompts`). What a database lacks is built from the rows once when it is
-/// connected to.
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+/// `workload_day_prompts`); 4: the uploads sent with a key (`workload_uploads`) and each
+/// call's upload (`workload_events.upload`, 0 for calls sent without a key, and for every call
+/// stored before). What a database lacks is built from the rows once when it is connected to.
+pub(crate) const SCHEMA_VERSION: u32 = 4;
 
 /// The version before the roll-ups of bounded ranges.
 pub(crate) const VERSION_1: u64 = 1;
+
+/// The version whose roll-ups are the current ones (version 4 adds a column and a table, and
+/// builds nothing from the rows).
+pub(crate) const VERSION_3: u64 = 3;
 
 /// An hour and a day in milliseconds.
 pub(crate) const HOUR_MS: i64 = 3_600_000;
@@ -66,12 +71,70 @@ pub(crate) const CREATE_EVENTS: &str = "CREATE TABLE IF NOT EXISTS workload_even
     has_prompt UInt8,
     prompt_hash String,
     cost_usd Float64,
-    batch UInt8
+    batch UInt8,
+    upload UInt64 DEFAULT 0
 ) ENGINE = MergeTree() ORDER BY (user, ts)";
 
-/// The columns in the order `RowBinary` rows give them.
+/// The column a database of schema 3 or older lacks: the upload of each call (its id in
+/// `workload_uploads`), 0 for the calls stored without a key.
+pub(crate) const ADD_UPLOAD_COLUMN: &str = "ALTER TABLE workload_events ADD COLUMN upload UInt64 DEFAULT 0";
+
+/// Whether `workload_events` has the column `upload` (1 or 0).
+pub(crate) const HAS_UPLOAD_COLUMN: &str = "SELECT count() FROM system.columns WHERE database = currentDatabase() \
+     AND table = 'workload_events' AND name = 'upload' FORMAT TabSeparated";
+
+/// The columns in the order `RowBinary` rows give them, for an upload without a key (`upload`
+/// takes its default, 0).
 pub(crate) const EVENT_COLUMNS: &str = "user, ts, model, has_provider, provider, input_tokens, output_tokens, \
      has_latency, latency_ms, error, has_feature, feature, has_prompt, prompt_hash, cost_usd, batch";
+
+/// The uploads sent with a key: a row when the upload is about to be stored (`done` 0, with
+/// the id its calls carry in `workload_events.upload`), and one when it was (`done` 1). An
+/// upload's calls are one insert, so they are all there or none; a record without its `done`
+/// row (the insert's answer was lost, or the record's) is settled by counting the calls of its
+/// id. Rows older than [`UPLOAD_KEY_SECONDS`] are left out of every reading and deleted.
+pub(crate) const CREATE_UPLOADS: &str = "CREATE TABLE IF NOT EXISTS workload_uploads (user String, key String, \
+     digest String, upload UInt64, calls UInt64, done UInt8, stored_at DateTime DEFAULT now()) \
+     ENGINE = MergeTree() ORDER BY (user, key)";
+
+/// How long an upload's key is honoured, in seconds (`UPLOAD_KEY_RETENTION`).
+pub(crate) const UPLOAD_KEY_SECONDS: u64 = switchboard_store::UPLOAD_KEY_RETENTION.as_secs();
+
+/// The records of `user`'s upload `key` still honoured, oldest first: hex(digest), upload,
+/// calls, done.
+pub(crate) fn upload_records(user: &str, key: &str) -> String {
+    format!(
+        "SELECT hex(digest), upload, calls, done FROM workload_uploads WHERE user = {} AND key = {} \
+         AND stored_at >= now() - {UPLOAD_KEY_SECONDS} ORDER BY stored_at, done FORMAT TabSeparated",
+        string(user),
+        string(key)
+    )
+}
+
+/// A record of `user`'s upload `key` (see [`CREATE_UPLOADS`]).
+pub(crate) fn record_upload(user: &str, key: &str, digest: &str, upload: u64, calls: u64, done: bool) -> String {
+    format!(
+        "INSERT INTO workload_uploads (user, key, digest, upload, calls, done) VALUES ({}, {}, {}, {upload}, {calls}, {})",
+        string(user),
+        string(key),
+        string(digest),
+        u8::from(done)
+    )
+}
+
+/// The calls of `user`'s upload `upload` stored.
+pub(crate) fn upload_calls(user: &str, upload: u64) -> String {
+    format!(
+        "SELECT count() FROM workload_events WHERE user = {} AND upload = {upload} FORMAT TabSeparated",
+        string(user)
+    )
+}
+
+/// Deletes the records of uploads no longer honoured (a mutation: the server deletes them in
+/// the background).
+pub(crate) fn forget_uploads() -> String {
+    format!("ALTER TABLE workload_uploads DELETE WHERE stored_at < now() - {UPLOAD_KEY_SECONDS}")
+}
 
 /// `value` as a string literal.
 pub(crate) fn string(value: &str) -> String {

@@ -315,3 +315,72 @@ async fn the_current_engine_s_http_front_answers_as_clickhouse_does() {
     assert_eq!(refused.status(), 403);
     assert!(refused.text().await.unwrap().contains("Authentication failed"));
 }
+
+/// A server that answers `/ping` as ClickHouse does and every other request with HTTP 500,
+/// `headers` and `body`, until the test ends.
+async fn refusing_server(headers: &'static str, body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let mut read = 0;
+                while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(WAIT, socket.read(&mut request[read..])).await {
+                        Ok(Ok(n)) if n > 0 => read += n,
+                        _ => return,
+                    }
+                }
+                let answer = if request.starts_with(b"GET /ping") {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nOk.\n".to_owned()
+                } else {
+                    format!(
+                        "HTTP/1.1 500 Internal Server Error\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://default:pw-secret@127.0.0.1:{port}/?database=x")
+}
+
+#[tokio::test]
+async fn a_query_refused_because_its_id_is_still_running_is_a_conflict_in_either_release() {
+    let refusals = [
+        // 18.16: the code in the text only.
+        (
+            "",
+            "Code: 216, e.displayText() = DB::Exception: Query with id = q1 is already running., \
+             e.what() = DB::Exception\n",
+        ),
+        // Current releases: the code in a header too.
+        (
+            "X-ClickHouse-Exception-Code: 216\r\n",
+            "Code: 216. DB::Exception: Query with id = q1 is already running. \
+             (QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING) (version 26.9.1)\n",
+        ),
+    ];
+    for (headers, body) in refusals {
+        let url = refusing_server(headers, body).await;
+        match ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await {
+            Err(StoreError::Conflict(message)) => {
+                assert!(message.contains("a query of the same id is still running"), "{message}");
+                assert!(message.contains("ClickHouse at 127.0.0.1:"), "{message}");
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    // Any other refusal is the backend's failure, as before.
+    let url = refusing_server(
+        "",
+        "Code: 60, e.displayText() = DB::Exception: Table x.y doesn't exist.\n",
+    )
+    .await;
+    assert!(matches!(
+        ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await,
+        Err(StoreError::Backend(_))
+    ));
+}

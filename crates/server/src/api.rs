@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use switchboard_agents::demo::{DemoSpec, demo_rows_by_day};
@@ -21,7 +21,7 @@ use switchboard_protocol::http::{
 };
 use switchboard_protocol::sla::SlaReport;
 use switchboard_protocol::{ErrorBody, ErrorCode, ErrorPayload, PROTOCOL_NAME, RunId, Seq, ThreadId, Timestamp};
-use switchboard_store::{Rotation, RunRecord, RunState, StoreError, Thread, Tier};
+use switchboard_store::{Rotation, RunRecord, RunState, StoreError, Thread, Tier, Upload, UploadKey};
 
 use crate::app::AppState;
 use crate::auth::{AuthUser, TokenPair, new_refresh_family, unusable_password_hash};
@@ -780,11 +780,21 @@ const MAX_ROW_ERRORS: usize = 1000;
 ///
 /// A JSON array of rows, or NDJSON (one row per line) with `Content-Type: application/x-ndjson`,
 /// at most 10 MB. Every row is checked, and either all are stored or none.
+///
+/// With an `Idempotency-Key` header (1 to 255 visible ASCII characters, the user's own), the
+/// upload is stored once: sent again with the key and the same rows within 24 hours, it stores
+/// nothing and is answered as the first time, with `Idempotency-Replayed: true`; with other
+/// rows it is refused (409). A client that got no answer, or a 503 that says the rows may have
+/// been stored, sends the upload again with its key.
 #[utoipa::path(
     post,
     path = "/api/workload-events",
     tag = tag::WORKLOAD,
     security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Stores the upload once: 1 to 255 visible \
+            ASCII characters (`!` to `~`), chosen by the client, one per upload; kept 24 hours from its upload."),
+    ),
     request_body(
         description = "The rows: a JSON array, or one row per line.",
         content(
@@ -794,18 +804,25 @@ const MAX_ROW_ERRORS: usize = 1000;
         )
     ),
     responses(
-        (status = 200, description = "Every row is stored.", body = Accepted),
+        (status = 200, description = "Every row is stored; or, with an `Idempotency-Key` stored before with the \
+            same rows, nothing was stored now and the answer is the first one's.", body = Accepted,
+            headers(("Idempotency-Replayed" = String, description = "`true` when the upload was stored before \
+                under its `Idempotency-Key` and nothing was stored now."))),
         (status = 400, description = "The body is not what its content type says: not JSON, not an array, not \
-            UTF-8 (`invalid_request`).", body = ErrorBody),
+            UTF-8; or the `Idempotency-Key` header is not 1 to 255 visible ASCII characters (`invalid_request`).",
+            body = ErrorBody),
         (status = 401, description = "No valid access token (`unauthorized`).", body = ErrorBody),
         (status = 408, description = "The body did not arrive in time (`request_timeout`).", body = ErrorBody),
         (status = 413, description = "The body is over 10 MB (`payload_too_large`).", body = ErrorBody),
+        (status = 409, description = "The `Idempotency-Key` was used before with other rows, or an upload with it \
+            is still being stored; nothing was stored (`conflict`).", body = ErrorBody),
         (status = 415, description = "The content type is neither JSON nor NDJSON (`invalid_request`).", body = ErrorBody),
         (status = 422, description = "Some rows are invalid, each named by its line; nothing was stored \
             (`invalid_rows`).", body = RowsErrorBody),
         (status = 500, description = "Something failed inside the server (`internal`).", body = ErrorBody),
-        (status = 503, description = "The analytics store is slow or cannot be reached; nothing was stored \
-            (`store_unavailable`).", body = ErrorBody),
+        (status = 503, description = "The analytics store is slow or cannot be reached; nothing was stored, or, \
+            when it did not answer in time, the rows may have been stored: send them again with the same \
+            `Idempotency-Key` to store them once (`store_unavailable`).", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload_workload(
@@ -830,6 +847,7 @@ pub(crate) async fn upload_workload(
             ApiError::new(rejection.status(), ErrorCode::InvalidRequest, rejection.body_text())
         }
     })?;
+    let key = upload_key(&headers)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -891,15 +909,69 @@ pub(crate) async fn upload_workload(
             return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response());
         }
     };
-    let accepted = state
+    let Some(key) = key else {
+        let accepted = state
+            .analytics
+            .insert_workload_events(&user.id, events)
+            .await
+            .map_err(|e| analytics_error(e, false))?;
+        return Ok(Json(Accepted {
+            accepted: accepted as u64,
+        })
+        .into_response());
+    };
+    let upload = state
         .analytics
-        .insert_workload_events(&user.id, events)
+        .insert_workload_upload(&user.id, &key, events)
         .await
-        .map_err(analytics_error)?;
-    Ok(Json(Accepted {
-        accepted: accepted as u64,
-    })
-    .into_response())
+        .map_err(|e| analytics_error(e, true))?;
+    match upload {
+        Upload::Stored(accepted) => Ok(Json(Accepted { accepted }).into_response()),
+        Upload::Replayed(accepted) => Ok((
+            [(IDEMPOTENCY_REPLAYED, HeaderValue::from_static("true"))],
+            Json(Accepted { accepted }),
+        )
+            .into_response()),
+        Upload::KeyReused => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            "This Idempotency-Key was sent before with other rows, so nothing was stored; send new rows with a \
+             new key.",
+        )),
+        Upload::InProgress => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            "An upload with this Idempotency-Key is still being stored, so nothing more was stored; send it \
+             again in a moment to get its answer.",
+        )),
+    }
+}
+
+/// The header that makes an upload idempotent.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header on the answer to an upload stored before under its key.
+const IDEMPOTENCY_REPLAYED: &str = "idempotency-replayed";
+
+/// The upload's `Idempotency-Key`, if it has one; 400 when it is not a key.
+fn upload_key(headers: &HeaderMap) -> Result<Option<UploadKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let refused = |problem: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!("The Idempotency-Key header {problem}; nothing was stored."),
+        )
+    };
+    if values.next().is_some() {
+        return Err(refused("must be given once; it was given more than once"));
+    }
+    // Bytes outside visible ASCII are refused by the key's own rule.
+    let text = String::from_utf8_lossy(value.as_bytes());
+    UploadKey::parse(&text).map(Some).map_err(|problem| refused(&problem))
 }
 
 /// Adds the synthetic demo month to the signed-in user's workload data (dev mode only).
@@ -1000,7 +1072,7 @@ pub(crate) async fn demo_data(
         .analytics
         .insert_workload_events(&user.id, events)
         .await
-        .map_err(analytics_error)?;
+        .map_err(|e| analytics_error(e, false))?;
     Ok(Json(Accepted {
         accepted: accepted as u64,
     }))
@@ -1008,11 +1080,18 @@ pub(crate) async fn demo_data(
 
 /// An upload the analytics store did not take: when the tier is slow or down, 503 naming it as
 /// the analytics store ("The analytics store: ClickHouse cannot be reached (…), so nothing was
-/// stored; …").
-fn analytics_error(error: StoreError) -> ApiError {
+/// stored; …"). `keyed`: the upload has an `Idempotency-Key`, so sending it again is safe.
+fn analytics_error(error: StoreError, keyed: bool) -> ApiError {
     // An insert past its deadline may still be completed by ClickHouse: say so, not "nothing".
-    let outcome = match error {
-        StoreError::TimedOut { .. } => "the rows may or may not have been stored (count them before sending again)",
+    let outcome = match (&error, keyed) {
+        (StoreError::TimedOut { .. }, true) => {
+            "the rows may or may not have been stored (send them again with the same Idempotency-Key: they are \
+             stored once)"
+        }
+        (StoreError::TimedOut { .. }, false) => {
+            "the rows may or may not have been stored (count them before sending again, or send uploads with an \
+             Idempotency-Key)"
+        }
         _ => "nothing was stored",
     };
     match crate::error::tier_trouble(&error) {

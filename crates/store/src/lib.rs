@@ -21,9 +21,9 @@ pub use sqlite::SqliteStore;
 pub use sqlite_analytics::SqliteAnalytics;
 pub use workload::{
     AnalyticsStore, Bucket, CallFigures, CallStatus, Cell, EARLIEST_CALL_MS, FeatureModel, HourUsage, LATEST_CALL_MS,
-    MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS, MAX_CALL_TOKENS, OFF_HOURS_END, Opportunities, PERCENTILE_RELATIVE_ERROR,
-    SHORT_INPUT_TOKENS, SHORT_OUTPUT_TOKENS, Sketch, Slice, Summary, SummaryBuilder, TimeRange, Totals, Usage,
-    WorkloadEvent, nearest_rank,
+    MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS, MAX_CALL_TOKENS, MAX_UPLOAD_KEY_CHARS, OFF_HOURS_END, Opportunities,
+    PERCENTILE_RELATIVE_ERROR, SHORT_INPUT_TOKENS, SHORT_OUTPUT_TOKENS, Sketch, Slice, Summary, SummaryBuilder,
+    TimeRange, Totals, UPLOAD_KEY_RETENTION, Upload, UploadKey, Usage, WorkloadEvent, nearest_rank, upload_digest,
 };
 
 /// A storage operation failed.

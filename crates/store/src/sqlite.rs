@@ -1093,6 +1093,15 @@ impl AnalyticsStore for SqliteStore {
         self.analytics.insert_workload_events(user, events).await
     }
 
+    async fn insert_workload_upload(
+        &self,
+        user: &UserId,
+        key: &crate::UploadKey,
+        events: Vec<WorkloadEvent>,
+    ) -> Result<crate::Upload, StoreError> {
+        self.analytics.insert_workload_upload(user, key, events).await
+    }
+
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
         self.analytics.workload_summary(user, range).await
     }

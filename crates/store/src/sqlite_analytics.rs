@@ -40,7 +40,7 @@ use crate::sqlite::{backend, corrupt};
 use crate::workload::{Cell, HOUR_MS, Sketch, clock_hour};
 use crate::{
     AnalyticsStore, CallFigures, Slice, StoreError, Summary, SummaryBuilder, Tier, TierClock, TierObserver, TimeRange,
-    WorkloadEvent,
+    UPLOAD_KEY_RETENTION, Upload, UploadKey, WorkloadEvent, upload_digest,
 };
 
 /// 1: `workload_events` (before, the table lived in the chat store's file, schema 2 to 4);
@@ -51,8 +51,10 @@ use crate::{
 /// fraction of the size and an upload rewrites fewer of its pages; 4: the prompts an upload
 /// sees for the first time go to a small table of their own (`workload_new_prompts`), folded
 /// into `workload_prompts` in one sorted pass when it passes [`NEW_PROMPTS_MERGED_AT`], so that
-/// an upload's new prompts dirty the pages of the small table, not most of the large one's.
-const SCHEMA_VERSION: i64 = 4;
+/// an upload's new prompts dirty the pages of the small table, not most of the large one's;
+/// 5: the keys of uploads sent with one (`workload_uploads`), stored in the upload's own
+/// transaction, so that an upload sent again with its key stores nothing.
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -127,6 +129,15 @@ CREATE TABLE IF NOT EXISTS workload_new_prompts (
     PRIMARY KEY (user, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS workload_repeated_new_prompts ON workload_new_prompts (user, calls, cost_usd) WHERE calls > 1;
+CREATE TABLE IF NOT EXISTS workload_uploads (
+    user INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    calls INTEGER NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    PRIMARY KEY (user, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS workload_uploads_by_age ON workload_uploads (stored_ms);
 ";
 
 /// The tables of the per-prompt counts: the main one, and the prompts first seen since the
@@ -150,7 +161,8 @@ const OLD_TABLES: [(&str, &str); 4] = [
 ];
 const OLD_INDEXES: &str = "DROP INDEX IF EXISTS workload_by_user_time; DROP INDEX IF EXISTS workload_repeated_prompts;";
 
-/// Version 3 and 4 differ by a table and its index only.
+/// Versions 3, 4 and 5 differ by tables (and their indexes) that a newer version adds, empty
+/// until the next upload: versions from 3 on are brought up by creating what they lack.
 const VERSION_3: i64 = 3;
 
 /// The columns of a roll-up cell after its key, in the order [`read_cell`] takes them.
@@ -328,8 +340,9 @@ impl SqliteAnalytics {
 /// Brings a file at `version` (0: new) to [`SCHEMA_VERSION`] inside `tx`; returns how many
 /// rows it moved.
 fn migrate(tx: &Connection, version: i64) -> Result<u64, StoreError> {
-    if version == 0 || version == VERSION_3 {
-        // Version 3 has every table but the new prompts' (empty until the next upload).
+    if version == 0 || version >= VERSION_3 {
+        // Version 3 has every table but the new prompts' and the upload keys', version 4 every
+        // one but the upload keys' (both empty until the next upload).
         tx.execute_batch(SCHEMA).map_err(backend)?;
         return Ok(0);
     }
@@ -538,6 +551,25 @@ impl AnalyticsStore for SqliteAnalytics {
         .await
     }
 
+    async fn insert_workload_upload(
+        &self,
+        user: &UserId,
+        key: &UploadKey,
+        events: Vec<WorkloadEvent>,
+    ) -> Result<Upload, StoreError> {
+        let (user, key) = (user.to_string(), key.as_str().to_owned());
+        let now_ms = Timestamp::now().unix_millis();
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let upload = insert_keyed(&tx, &user, &key, &events, now_ms, PROMPTS)?;
+            tx.commit().map_err(backend)?;
+            Ok(upload)
+        })
+        .await
+    }
+
     async fn workload_summary(&self, user: &UserId, range: TimeRange) -> Result<Summary, StoreError> {
         let user = user.to_string();
         self.read(move |conn| match user_number(conn, &user)? {
@@ -587,9 +619,53 @@ fn user_number(conn: &Connection, user: &str) -> Result<Option<i64>, StoreError>
         .map_err(backend)
 }
 
+/// Stores `events` of `user` sent with `key` at `now_ms`, inside `tx` (which the caller
+/// commits whatever the answer): first forgets the keys stored longer ago than
+/// [`UPLOAD_KEY_RETENTION`]; a key still known is answered from its record (the calls it
+/// stored, when the digest of `events` is the one it was stored with) and nothing is stored;
+/// else the calls are stored with their key's record. The writer's transaction holds the file's
+/// write lock from its start, so two uploads with one key, from this process or another on the
+/// same file, store once.
+fn insert_keyed(
+    tx: &Connection,
+    user: &str,
+    key: &str,
+    events: &[WorkloadEvent],
+    now_ms: i64,
+    prompts: PromptKeys,
+) -> Result<Upload, StoreError> {
+    let digest = upload_digest(events);
+    let retention = i64::try_from(UPLOAD_KEY_RETENTION.as_millis()).unwrap_or(i64::MAX);
+    tx.prepare_cached("DELETE FROM workload_uploads WHERE stored_ms < ?1")
+        .and_then(|mut s| s.execute([now_ms.saturating_sub(retention)]))
+        .map_err(backend)?;
+    if let Some(number) = user_number(tx, user)? {
+        let stored: Option<(Vec<u8>, i64)> = tx
+            .prepare_cached("SELECT digest, calls FROM workload_uploads WHERE user = ?1 AND key = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![number, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(backend)?;
+        if let Some((stored, calls)) = stored {
+            if stored != digest {
+                return Ok(Upload::KeyReused);
+            }
+            let calls = u64::try_from(calls).map_err(|e| corrupt("an upload's calls", e))?;
+            return Ok(Upload::Replayed(calls));
+        }
+    }
+    let number = insert(tx, user, events, prompts)?;
+    tx.prepare_cached("INSERT INTO workload_uploads (user, key, digest, calls, stored_ms) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .and_then(|mut s| s.execute(params![number, key, digest.as_slice(), events.len() as i64, now_ms]))
+        .map_err(backend)?;
+    Ok(Upload::Stored(events.len() as u64))
+}
+
 /// Stores `events` of `user` and rolls them up, inside `tx`; prompts are keyed by
 /// `prompts` (a parameter so that tests can make every prompt collide, or merge often).
-fn insert(tx: &Connection, user: &str, events: &[WorkloadEvent], prompts: PromptKeys) -> Result<(), StoreError> {
+/// Answers the number the file knows the user by.
+fn insert(tx: &Connection, user: &str, events: &[WorkloadEvent], prompts: PromptKeys) -> Result<i64, StoreError> {
     let user = match user_number(tx, user)? {
         Some(number) => number,
         None => {
@@ -634,7 +710,8 @@ fn insert(tx: &Connection, user: &str, events: &[WorkloadEvent], prompts: Prompt
             .zip(rows)
             .map(|(event, row)| Call::of_event(user, row, event)),
         prompts,
-    )
+    )?;
+    Ok(user)
 }
 
 /// A range as millisecond bounds for `ts >= from AND ts < to`.
@@ -1372,6 +1449,42 @@ mod tests {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn an_upload_key_is_honoured_for_a_day_and_then_forgotten() {
+        let mut conn = file();
+        let calls = crate::testsuite::sample_calls(3, 4);
+        let day = i64::try_from(UPLOAD_KEY_RETENTION.as_millis()).unwrap();
+        let t0 = ms("2026-11-01T00:00:00Z");
+        let keyed = |conn: &mut Connection, key: &str, calls: &[WorkloadEvent], now_ms: i64| {
+            let tx = conn.transaction().unwrap();
+            let upload = insert_keyed(&tx, "usr_a", key, calls, now_ms, PROMPTS).unwrap();
+            tx.commit().unwrap();
+            upload
+        };
+        let stored = |conn: &Connection| -> (i64, i64) {
+            conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM workload_events), (SELECT COUNT(*) FROM workload_uploads)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(keyed(&mut conn, "k1", &calls, t0), Upload::Stored(4));
+        assert_eq!(keyed(&mut conn, "k2", &calls[..1], t0 + 10), Upload::Stored(1));
+        assert_eq!(
+            keyed(&mut conn, "k1", &calls, t0 + day),
+            Upload::Replayed(4),
+            "a day on"
+        );
+        assert_eq!(stored(&conn), (5, 2));
+        // Past the day, the next keyed upload deletes the keys stored before it, and the key
+        // is a new one.
+        assert_eq!(keyed(&mut conn, "k1", &calls[..2], t0 + day + 1), Upload::Stored(2));
+        assert_eq!(stored(&conn), (7, 2), "k1 again, k2 kept");
+        assert_eq!(keyed(&mut conn, "k3", &calls[..1], t0 + day + 11), Upload::Stored(1));
+        assert_eq!(stored(&conn), (8, 2), "k2 forgotten");
     }
 
     #[test]

@@ -245,12 +245,125 @@ pub const EARLIEST_CALL_MS: i64 = 946_684_800_000;
 /// 2100-12-31T23:59:59.999Z (so calls fall in the years 2000 to 2100).
 pub const LATEST_CALL_MS: i64 = 4_133_980_799_999;
 
+/// The key a client gives an upload so that sending it again stores it once (the HTTP header
+/// `Idempotency-Key`): 1 to [`MAX_UPLOAD_KEY_CHARS`] visible ASCII characters (`!` to `~`),
+/// chosen by the client, its own user's alone (another user's same key is another key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadKey(String);
+
+/// The longest [`UploadKey`], in characters.
+pub const MAX_UPLOAD_KEY_CHARS: usize = 255;
+
+/// How long a stored upload's key is honoured: a day. An upload sent again with its key within
+/// it is answered as the first time and stores nothing; after it the key is forgotten (and its
+/// record deleted), and an upload with it is a new one.
+pub const UPLOAD_KEY_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl UploadKey {
+    /// The key, when `text` is 1 to [`MAX_UPLOAD_KEY_CHARS`] visible ASCII characters; else
+    /// what is wrong with it, to follow the key's name in a sentence ("must be 1 to 255 visible
+    /// ASCII characters (`!` to `~`); it is empty").
+    pub fn parse(text: &str) -> Result<UploadKey, String> {
+        let rule = format!("must be 1 to {MAX_UPLOAD_KEY_CHARS} visible ASCII characters (`!` to `~`)");
+        if text.is_empty() {
+            return Err(format!("{rule}; it is empty"));
+        }
+        if let Some(other) = text.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!("{rule}; it has {}", describe(other)));
+        }
+        if text.len() > MAX_UPLOAD_KEY_CHARS {
+            return Err(format!("{rule}; it has {}", text.len()));
+        }
+        Ok(UploadKey(text.to_owned()))
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A character that has no place in a key, named.
+fn describe(c: char) -> String {
+    match c {
+        ' ' => "a space".to_owned(),
+        c if c.is_control() => format!("the control character U+{:04X}", u32::from(c)),
+        c => format!("`{c}`, which is not ASCII"),
+    }
+}
+
+/// What became of an upload sent with an [`UploadKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    /// Its calls were stored now: how many.
+    Stored(u64),
+    /// An upload with this key and these calls was stored before: nothing was stored now; how
+    /// many calls it stored then.
+    Replayed(u64),
+    /// The key was given before with other calls: nothing was stored.
+    KeyReused,
+    /// An upload with this key is being stored at this moment (an earlier attempt the store
+    /// has not finished): nothing was stored now; sent again once that has ended, it is
+    /// answered as that one was.
+    InProgress,
+}
+
+/// The digest of an upload's calls that its key is stored with: SHA-256 of every figure of
+/// every call, in order, each string with its length before it, so two lists of calls have the
+/// same digest only when they are the same calls in the same order (the same rows sent as JSON
+/// or as NDJSON, or with their fields in another order, are the same calls).
+pub fn upload_digest(events: &[WorkloadEvent]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    let text = |hash: &mut sha2::Sha256, value: Option<&str>| match value {
+        None => hash.update([0]),
+        Some(value) => {
+            hash.update([1]);
+            hash.update((value.len() as u64).to_le_bytes());
+            hash.update(value.as_bytes());
+        }
+    };
+    hash.update((events.len() as u64).to_le_bytes());
+    for event in events {
+        hash.update(event.timestamp.unix_millis().to_le_bytes());
+        text(&mut hash, Some(&event.model));
+        hash.update(event.input_tokens.to_le_bytes());
+        hash.update(event.output_tokens.to_le_bytes());
+        text(&mut hash, event.provider.as_deref());
+        match event.latency_ms {
+            None => hash.update([0]),
+            Some(latency) => {
+                hash.update([1]);
+                hash.update(latency.to_bits().to_le_bytes());
+            }
+        }
+        hash.update([u8::from(event.status == CallStatus::Error)]);
+        text(&mut hash, event.feature.as_deref());
+        text(&mut hash, event.prompt_hash.as_deref());
+        hash.update(event.cost_usd.to_bits().to_le_bytes());
+        hash.update([u8::from(event.batch)]);
+    }
+    hash.finalize().into()
+}
+
 /// Where workload data is kept and aggregated. The store answers with aggregates (a few rows),
 /// never with the calls themselves. Every method sees one user's data only.
 #[async_trait]
 pub trait AnalyticsStore: Send + Sync + 'static {
     /// Stores all the events, or none of them.
     async fn insert_workload_events(&self, user: &UserId, events: Vec<WorkloadEvent>) -> Result<usize, StoreError>;
+    /// Stores all the events of an upload sent with `key`, or none of them, once per key of the
+    /// user within [`UPLOAD_KEY_RETENTION`]: a key already stored with the same calls (by
+    /// [`upload_digest`]) is [`Upload::Replayed`] with the count stored then, with other calls
+    /// [`Upload::KeyReused`]; uploads with one key sent at once store once. A
+    /// [`StoreError::TimedOut`] may have stored the calls; sending them again with the key is
+    /// then safe.
+    async fn insert_workload_upload(
+        &self,
+        user: &UserId,
+        key: &UploadKey,
+        events: Vec<WorkloadEvent>,
+    ) -> Result<Upload, StoreError>;
     /// How many events the user has stored.
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError>;
     /// Totals, per-model, per-feature and per-hour usage of a range, with the aggregates the
@@ -701,5 +814,56 @@ mod tests {
             moved.add_cell(hour, model, feature, batch, &cell);
         }
         assert_eq!(moved.finish().unwrap(), direct.finish().unwrap());
+    }
+
+    #[test]
+    fn an_upload_key_is_one_to_255_visible_ascii_characters() {
+        let long = "k".repeat(MAX_UPLOAD_KEY_CHARS);
+        let too_long = "k".repeat(MAX_UPLOAD_KEY_CHARS + 1);
+        let cases: [(&str, Result<(), &str>); 8] = [
+            ("a", Ok(())),
+            ("!~0aZ-_.:/{}", Ok(())),
+            (&long, Ok(())),
+            ("", Err("it is empty")),
+            (&too_long, Err("it has 256")),
+            ("two words", Err("it has a space")),
+            ("tab\there", Err("it has the control character U+0009")),
+            ("clé", Err("it has `é`, which is not ASCII")),
+        ];
+        for (text, expected) in cases {
+            match (UploadKey::parse(text), expected) {
+                (Ok(key), Ok(())) => assert_eq!(key.as_str(), text),
+                (Err(message), Err(end)) => {
+                    assert!(
+                        message.starts_with("must be 1 to 255 visible ASCII characters"),
+                        "{message}"
+                    );
+                    assert!(message.ends_with(end), "{text:?}: {message}");
+                }
+                (other, expected) => panic!("{text:?}: {other:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_digest_of_an_upload_tells_any_change_of_its_calls() {
+        let calls = crate::testsuite::sample_calls(5, 3);
+        let digest = upload_digest(&calls);
+        assert_eq!(digest, upload_digest(&calls.clone()));
+        let changes: [fn(&mut Vec<WorkloadEvent>); 7] = [
+            |c| c.truncate(2),
+            |c| c.swap(0, 1),
+            |c| c[1].latency_ms = None,
+            |c| c[2].batch = !c[2].batch,
+            |c| c[0].feature = Some(String::new()),
+            |c| c[0].model.push('x'),
+            |c| c[0].cost_usd = f64::from_bits(c[0].cost_usd.to_bits() + 1),
+        ];
+        for change in changes {
+            let mut other = calls.clone();
+            change(&mut other);
+            assert_ne!(upload_digest(&other), digest, "{other:?}");
+        }
+        assert_ne!(upload_digest(&[]), digest);
     }
 }

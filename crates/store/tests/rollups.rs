@@ -11,7 +11,7 @@ use switchboard_protocol::{Timestamp, UserId};
 use switchboard_store::testsuite::sample_calls;
 use switchboard_store::{
     AnalyticsStore, CallFigures, MAX_CALL_LATENCY_MS, PERCENTILE_RELATIVE_ERROR, SqliteAnalytics, StoreError, Summary,
-    SummaryBuilder, TimeRange, WorkloadEvent, nearest_rank,
+    SummaryBuilder, TimeRange, Upload, UploadKey, WorkloadEvent, nearest_rank,
 };
 
 /// 2026-10-01T00:00:00Z.
@@ -155,7 +155,7 @@ async fn a_version_1_file_gets_its_roll_ups_built_from_its_rows_once_when_opened
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     // Opened again, nothing is rolled up twice; a new upload adds to the built roll-ups.
     let old = store(dir.path(), "old.sqlite").await;
     assert_eq!(
@@ -220,7 +220,7 @@ fn user_version(path: &Path) -> i64 {
 }
 
 #[tokio::test]
-async fn a_version_2_file_moves_to_version_4_with_the_same_summaries() {
+async fn a_version_2_file_moves_to_version_5_with_the_same_summaries() {
     let dir = tempfile::tempdir().unwrap();
     let (ann, bob) = version_2_users();
     let fresh = store(dir.path(), "fresh.sqlite").await;
@@ -236,7 +236,7 @@ async fn a_version_2_file_moves_to_version_4_with_the_same_summaries() {
     assert_eq!(user_version(&path), 2);
 
     let old = store(dir.path(), "old.sqlite").await;
-    assert_eq!(user_version(&path), 4);
+    assert_eq!(user_version(&path), 5);
     let mid_hours = TimeRange {
         from: Timestamp::from_unix_millis(START_MS + 3 * HOUR_MS + 999_999),
         to: Timestamp::from_unix_millis(START_MS + 40 * HOUR_MS + 5),
@@ -279,7 +279,8 @@ async fn a_version_2_file_moves_to_version_4_with_the_same_summaries() {
     assert_eq!(tables, 0);
 }
 
-/// Makes the version-4 file at `path` one of version 3, which kept every prompt in one table.
+/// Makes the current file at `path` one of version 3, which kept every prompt in one table
+/// and no upload keys.
 fn write_version_3(path: &Path) {
     rusqlite::Connection::open(path)
         .unwrap()
@@ -287,6 +288,7 @@ fn write_version_3(path: &Path) {
             "BEGIN;
              INSERT INTO workload_prompts SELECT * FROM workload_new_prompts;
              DROP TABLE workload_new_prompts;
+             DROP TABLE workload_uploads;
              PRAGMA user_version = 3;
              COMMIT;",
         )
@@ -294,7 +296,7 @@ fn write_version_3(path: &Path) {
 }
 
 #[tokio::test]
-async fn a_version_3_file_moves_to_version_4_and_counts_its_prompts_on() {
+async fn a_version_3_file_moves_to_version_5_and_counts_its_prompts_on() {
     let dir = tempfile::tempdir().unwrap();
     let (ann, bob) = version_2_users();
     let (fresh, old) = (
@@ -313,7 +315,7 @@ async fn a_version_3_file_moves_to_version_4_and_counts_its_prompts_on() {
     assert_eq!(user_version(&path), 3);
 
     let old = store(dir.path(), "old.sqlite").await;
-    assert_eq!(user_version(&path), 4);
+    assert_eq!(user_version(&path), 5);
     // Uploads after the move repeat prompts counted before it, as on a file that never moved.
     for store in [&old, &fresh] {
         store.insert_workload_events(&ann, sample_calls(21, 120)).await.unwrap();
@@ -328,6 +330,41 @@ async fn a_version_3_file_moves_to_version_4_and_counts_its_prompts_on() {
         );
         assert!(summary.opportunities.repeated_prompt_calls > 0);
     }
+}
+
+#[tokio::test]
+async fn a_version_4_file_moves_to_version_5_keeps_its_calls_and_takes_upload_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = UserId::generate();
+    let path = dir.path().join("old.sqlite");
+    let before = {
+        let old = store(dir.path(), "old.sqlite").await;
+        old.insert_workload_events(&user, sample_calls(24, 90)).await.unwrap();
+        old.workload_summary(&user, TimeRange::default()).await.unwrap()
+    };
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("BEGIN; DROP TABLE workload_uploads; PRAGMA user_version = 4; COMMIT;")
+        .unwrap();
+    assert_eq!(user_version(&path), 4);
+
+    let old = store(dir.path(), "old.sqlite").await;
+    assert_eq!(user_version(&path), 5);
+    assert_eq!(old.workload_summary(&user, TimeRange::default()).await.unwrap(), before);
+    let key = UploadKey::parse("after-the-move").unwrap();
+    let calls = sample_calls(25, 10);
+    assert_eq!(
+        old.insert_workload_upload(&user, &key, calls.clone()).await.unwrap(),
+        Upload::Stored(10)
+    );
+    drop(old);
+    // The key is in the file: a reopened store knows it.
+    let old = store(dir.path(), "old.sqlite").await;
+    assert_eq!(
+        old.insert_workload_upload(&user, &key, calls).await.unwrap(),
+        Upload::Replayed(10)
+    );
+    assert_eq!(old.workload_event_count(&user).await.unwrap(), 100);
 }
 
 #[tokio::test]
@@ -367,10 +404,10 @@ async fn a_workload_file_of_a_newer_version_is_refused() {
     drop(store(dir.path(), "w.sqlite").await);
     rusqlite::Connection::open(&path)
         .unwrap()
-        .pragma_update(None, "user_version", 5)
+        .pragma_update(None, "user_version", 6)
         .unwrap();
     match SqliteAnalytics::open(&path).await {
-        Err(StoreError::Corrupt(message)) => assert!(message.contains("newer than this server's 4"), "{message}"),
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("newer than this server's 5"), "{message}"),
         other => panic!("{other:?}"),
     }
 }

@@ -313,13 +313,13 @@ async fn a_workload_file_of_a_newer_schema_is_refused() {
     drop(SqliteStore::open(&path).await.unwrap());
     {
         let conn = rusqlite::Connection::open(dir.path().join("db-workload.sqlite")).unwrap();
-        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.pragma_update(None, "user_version", 6).unwrap();
     }
     let error = SqliteStore::open(&path).await.unwrap_err();
     assert!(
         error
             .to_string()
-            .contains("workload database has schema version 5, newer than this server's 4"),
+            .contains("workload database has schema version 6, newer than this server's 5"),
         "{error}"
     );
 }

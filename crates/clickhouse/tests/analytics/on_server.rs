@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use switchboard_clickhouse::{ClickHouseAnalytics, ClickHouseOptions, scratch_database};
 use switchboard_protocol::{Timestamp, UserId};
-use switchboard_store::{AnalyticsStore, Sketch, StoreError, Tier, TimeRange, WorkloadEvent, testsuite};
+use switchboard_store::{
+    AnalyticsStore, Sketch, StoreError, Tier, TimeRange, Upload, UploadKey, WorkloadEvent, testsuite,
+};
 
 /// The URL of the server these tests run against.
 fn server_url() -> String {
@@ -223,14 +225,14 @@ async fn a_database_of_a_newer_schema_is_refused() {
     let http = reqwest::Client::new();
     let answer = http
         .post(server_url())
-        .body(format!("INSERT INTO {database}.schema_version (version) VALUES (4)"))
+        .body(format!("INSERT INTO {database}.schema_version (version) VALUES (5)"))
         .send()
         .await
         .unwrap();
     assert!(answer.status().is_success(), "{:?}", answer.text().await);
     match ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await {
         Err(StoreError::Corrupt(message)) => {
-            assert!(message.contains("version 4, newer than this server's 3"), "{message}");
+            assert!(message.contains("version 5, newer than this server's 4"), "{message}");
             assert!(
                 message.contains("ClickHouse at 127.0.0.1") && message.contains(database),
                 "{message}"
@@ -361,7 +363,7 @@ async fn answer_of(sql: String) -> String {
     text
 }
 
-/// A database of schema `version` (1 or 2), with calls uploaded before and after it became one
+/// A database of schema `version` (1, 2 or 3), with calls uploaded before and after it became one
 /// (the latter as a server of that version stores them: its views only), is brought to the
 /// current version when connected to, with the same summaries as a database that had the
 /// current schema all along; uploads after the move reach the new roll-ups; connecting again
@@ -387,13 +389,17 @@ async fn check_move_from(version: u32) {
     old.insert_workload_events(&user, calls[..3_000].to_vec())
         .await
         .unwrap();
-    let mut dropped = vec![
-        "workload_prompt_keys_view",
-        "workload_day_prompt_keys_view",
-        "workload_prompt_keys",
-        "workload_day_prompt_keys",
-        "schema_version",
-    ];
+    // Version 3 had neither the upload keys nor each call's upload.
+    run_sql(format!("ALTER TABLE {database}.workload_events DROP COLUMN upload")).await;
+    let mut dropped = vec!["workload_uploads", "schema_version"];
+    if version < 3 {
+        dropped.extend([
+            "workload_prompt_keys_view",
+            "workload_day_prompt_keys_view",
+            "workload_prompt_keys",
+            "workload_day_prompt_keys",
+        ]);
+    }
     if version == 1 {
         dropped.extend([
             "workload_latency_hour_bins_view",
@@ -404,7 +410,7 @@ async fn check_move_from(version: u32) {
     for table in dropped {
         run_sql(format!("DROP TABLE {database}.{table}")).await;
     }
-    for statement in text_prompt_tables(version) {
+    for statement in text_prompt_tables(version).into_iter().filter(|_| version < 3) {
         let statement = statement
             .replacen("CREATE TABLE ", &format!("CREATE TABLE {database}."), 1)
             .replacen("VIEW ", &format!("VIEW {database}."), 1)
@@ -450,7 +456,19 @@ async fn check_move_from(version: u32) {
         "SELECT groupArray(version) FROM (SELECT version FROM {database}.schema_version ORDER BY version)"
     ))
     .await;
-    assert_eq!(versions, format!("[{version},3]\n"));
+    assert_eq!(versions, format!("[{version},4]\n"));
+    // The upload keys work on the moved database; its earlier calls are of no upload.
+    let key = UploadKey::parse("after-the-move").unwrap();
+    let keyed = testsuite::sample_calls(24, 40);
+    for expected in [Upload::Stored(40), Upload::Replayed(40)] {
+        assert_eq!(again.insert_workload_upload(&user, &key, keyed.clone()).await.unwrap(), expected);
+    }
+    assert_eq!(again.workload_event_count(&user).await.unwrap(), 9_040);
+    let uploads = answer_of(format!(
+        "SELECT countIf(upload = 0), countIf(upload != 0) FROM {database}.workload_events"
+    ))
+    .await;
+    assert_eq!(uploads, "9500\t40\n");
 }
 
 /// `store` summarises `user`'s calls as `reference` does, over every range of `ranges`.
@@ -465,13 +483,100 @@ async fn assert_same_summaries(store: &ClickHouseAnalytics, reference: &ClickHou
 }
 
 #[tokio::test]
-async fn a_version_1_database_is_brought_to_version_3_with_the_same_summaries() {
+async fn a_version_1_database_is_brought_to_version_4_with_the_same_summaries() {
     check_move_from(1).await;
 }
 
 #[tokio::test]
-async fn a_version_2_database_is_brought_to_version_3_with_the_same_summaries() {
+async fn a_version_2_database_is_brought_to_version_4_with_the_same_summaries() {
     check_move_from(2).await;
+}
+
+#[tokio::test]
+async fn a_version_3_database_is_brought_to_version_4_with_the_same_summaries() {
+    check_move_from(3).await;
+}
+
+/// The test server's `host:port`.
+fn server_address() -> std::net::SocketAddr {
+    let url = reqwest::Url::parse(&server_url()).unwrap();
+    format!("{}:{}", url.host_str().unwrap(), url.port().unwrap()).parse().unwrap()
+}
+
+/// An upload whose insert outlives its deadline (the fault proxy delays each chunk 400 ms, the
+/// insert is given 300 ms) is answered as timed out, and its calls are stored all the same;
+/// sent again with its key it stores nothing and is answered with their count, and the
+/// summary counts each call once.
+#[tokio::test]
+async fn an_upload_stored_after_its_deadline_is_sent_again_with_its_key_and_stored_once() {
+    let url = scratch_database(&server_url()).await.unwrap();
+    let direct = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await.unwrap();
+    let proxy = switchboard_faultproxy::FaultProxy::start(server_address()).await.unwrap();
+    let through = url.replacen(&server_address().to_string(), &proxy.addr().to_string(), 1);
+    let slow = ClickHouseAnalytics::connect(
+        &through,
+        ClickHouseOptions {
+            query_timeout: std::time::Duration::from_secs(10),
+            insert_timeout: std::time::Duration::from_millis(300),
+        },
+    )
+    .await
+    .unwrap();
+    proxy.set(switchboard_faultproxy::Fault::Latency(std::time::Duration::from_millis(400)));
+    let user = UserId::generate();
+    let key = UploadKey::parse("month-1/part-1").unwrap();
+    let calls = testsuite::sample_calls(41, 60);
+    match slow.insert_workload_upload(&user, &key, calls.clone()).await {
+        Err(StoreError::TimedOut { tier, .. }) => assert_eq!(tier, Tier::ClickHouse),
+        other => panic!("{other:?}"),
+    }
+    // The insert reaches the server after its client gave up, and is stored there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while direct.workload_event_count(&user).await.unwrap() < 60 {
+        assert!(std::time::Instant::now() < deadline, "the timed-out insert never landed");
+        tokio::task::yield_now().await;
+    }
+    // Sent again, it is a replay (or, while the server still finishes the first insert, in
+    // progress, and a replay once it has).
+    let answer = loop {
+        match direct.insert_workload_upload(&user, &key, calls.clone()).await.unwrap() {
+            Upload::InProgress => {
+                assert!(std::time::Instant::now() < deadline, "the first insert never ended");
+                tokio::task::yield_now().await;
+            }
+            answer => break answer,
+        }
+    };
+    assert_eq!(answer, Upload::Replayed(60));
+    proxy.set(switchboard_faultproxy::Fault::None);
+    assert_eq!(slow.insert_workload_upload(&user, &key, calls.clone()).await.unwrap(), Upload::Replayed(60));
+    let mut other = calls.clone();
+    other.pop();
+    assert_eq!(direct.insert_workload_upload(&user, &key, other).await.unwrap(), Upload::KeyReused);
+    assert_eq!(direct.workload_event_count(&user).await.unwrap(), 60);
+    let summary = direct.workload_summary(&user, TimeRange::default()).await.unwrap();
+    assert_eq!(summary.totals.usage.calls + summary.calls_left_out, 60);
+}
+
+/// An upload key recorded more than a day ago is forgotten: an upload with it is a new one.
+#[tokio::test]
+async fn an_upload_key_older_than_a_day_is_forgotten() {
+    let url = scratch_database(&server_url()).await.unwrap();
+    let database = url.split("database=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    let store = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default()).await.unwrap();
+    let user = UserId::generate();
+    let calls = testsuite::sample_calls(42, 10);
+    let digest: String = switchboard_store::upload_digest(&calls).iter().map(|b| format!("{b:02x}")).collect();
+    run_sql(format!(
+        "INSERT INTO {database}.workload_uploads (user, key, digest, upload, calls, done, stored_at) \
+         VALUES ('{user}', 'old', '{digest}', 77, 10, 1, now() - 86401), ('{user}', 'recent', '{digest}', 78, 10, 1, now() - 86000)"
+    ))
+    .await;
+    let key = |text| UploadKey::parse(text).unwrap();
+    assert_eq!(store.insert_workload_upload(&user, &key("old"), calls.clone()).await.unwrap(), Upload::Stored(10));
+    assert_eq!(store.insert_workload_upload(&user, &key("recent"), calls.clone()).await.unwrap(), Upload::Replayed(10));
+    assert_eq!(store.insert_workload_upload(&user, &key("old"), calls).await.unwrap(), Upload::Replayed(10));
+    assert_eq!(store.workload_event_count(&user).await.unwrap(), 10);
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use switchboard_engine::testkit::{check_gapless, check_run, final_status};
 use switchboard_faultproxy::{Fault, FaultProxy};
 use switchboard_postgres::{PgOptions, PgStore};
 use switchboard_protocol::{Control, ErrorCode, Event, EventPayload, RunStatus, ServerFrame, StoreDelayed};
-use switchboard_store::{SqliteAnalytics, SqliteStore};
+use switchboard_store::{AnalyticsStore, SqliteAnalytics, SqliteStore};
 
 use crate::support::*;
 
@@ -306,6 +306,91 @@ async fn while_clickhouse_is_down_chat_goes_on_uploads_are_refused_naming_the_an
         .await
         .unwrap();
     assert_eq!((status, &body), (200, &serde_json::json!({"accepted": 1})));
+}
+
+/// An upload with an `Idempotency-Key` whose insert outlives its deadline on ClickHouse (the
+/// proxy delays every chunk 400 ms, the insert has 300 ms) is answered 503, saying the rows may
+/// have been stored and to send them again with the key; they land all the same, and sent again
+/// with the key they are answered as stored, with `Idempotency-Replayed`, and counted once.
+#[tokio::test]
+async fn an_upload_stored_after_its_deadline_and_sent_again_with_its_key_is_counted_once() {
+    let url = clickhouse_database().await;
+    let proxy = FaultProxy::start(address_of(&url)).await.unwrap();
+    let options = ClickHouseOptions {
+        query_timeout: Duration::from_secs(10),
+        insert_timeout: Duration::from_millis(300),
+    };
+    let analytics = ClickHouseAnalytics::connect(&through(&url, proxy.addr()), options)
+        .await
+        .unwrap();
+    let direct = ClickHouseAnalytics::connect(&url, ClickHouseOptions::default())
+        .await
+        .unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&tempfile::tempdir().unwrap().keep().join("db.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let app = spawn_app_on(store, Arc::new(analytics), |_| {}).await;
+    let session = app.user("retrying").await;
+    let rows = serde_json::json!([{"timestamp": "2026-11-01T10:00:00Z", "model": "gpt-4o", "input_tokens": 10,
+        "output_tokens": 5}, {"timestamp": "2026-11-01T11:00:00Z", "model": "gpt-4o", "input_tokens": 20,
+        "output_tokens": 5}]);
+    let send = || async {
+        let response = app
+            .client
+            .http()
+            .post(format!("{}/api/workload-events", app.client.base()))
+            .bearer_auth(&session.access_token)
+            .header("idempotency-key", "upload-7")
+            .json(&rows)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let replayed = response.headers().get("idempotency-replayed").is_some();
+        (status, replayed, response.json::<serde_json::Value>().await.unwrap())
+    };
+    proxy.set(Fault::Latency(Duration::from_millis(400)));
+    let (status, _, body) = send().await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("may or may not have been stored (send them again with the same Idempotency-Key"),
+        "{message}"
+    );
+    // The insert reaches ClickHouse after the server gave up on it, and is stored there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while direct.workload_event_count(&session.user_id).await.unwrap() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timed-out insert never landed"
+        );
+        tokio::task::yield_now().await;
+    }
+    proxy.set(Fault::None);
+    let answer = loop {
+        let answer = send().await;
+        // While ClickHouse still finishes the first insert, the key is in progress (409).
+        if answer.0 != 409 {
+            break answer;
+        }
+        assert!(
+            answer.2["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("still being stored"),
+            "{}",
+            answer.2
+        );
+        assert!(std::time::Instant::now() < deadline, "the first insert never ended");
+    };
+    assert_eq!(answer, (200, true, serde_json::json!({"accepted": 2})));
+    assert_eq!(direct.workload_event_count(&session.user_id).await.unwrap(), 2);
 }
 
 #[tokio::test]

@@ -655,6 +655,15 @@ impl AnalyticsStore for HangingStore {
         self.gate().await;
         self.analytics.insert_workload_events(user, events).await
     }
+    async fn insert_workload_upload(
+        &self,
+        user: &UserId,
+        key: &switchboard_store::UploadKey,
+        events: Vec<WorkloadEvent>,
+    ) -> Result<switchboard_store::Upload, StoreError> {
+        self.gate().await;
+        self.analytics.insert_workload_upload(user, key, events).await
+    }
     async fn workload_event_count(&self, user: &UserId) -> Result<u64, StoreError> {
         self.gate().await;
         self.analytics.workload_event_count(user).await

@@ -140,6 +140,133 @@ async fn uploads_are_stored_whole_or_refused_with_every_bad_row_named() {
     );
 }
 
+/// `POST /api/workload-events` with `key` as its `Idempotency-Key` header(s): the status, the
+/// `Idempotency-Replayed` header and the JSON answer.
+async fn upload_with_keys(
+    app: &crate::support::TestApp,
+    token: &str,
+    keys: &[&[u8]],
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Option<String>, Value) {
+    let mut request = app
+        .client
+        .http()
+        .post(format!("{}/api/workload-events", app.client.base()))
+        .bearer_auth(token)
+        .header("content-type", content_type);
+    for key in keys {
+        request = request.header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(key).unwrap(),
+        );
+    }
+    let response = request.body(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let replayed = response
+        .headers()
+        .get("idempotency-replayed")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, replayed, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_upload_with_an_idempotency_key_is_stored_once_and_answered_as_the_first_time() {
+    let app = spawn_app().await;
+    let (ann, bob) = (app.user("ann").await, app.user("bob").await);
+    let rows = vec![row("gpt-4o"), row("claude-3-5-haiku")];
+    let array = serde_json::to_vec(&Value::Array(rows.clone())).unwrap();
+    let ndjson = rows.iter().map(|r| format!("{r}\n")).collect::<String>().into_bytes();
+    let other = serde_json::to_vec(&json!([row("gpt-4o")])).unwrap();
+    let count = |user| app.store.workload_event_count(user);
+    let key: &[u8] = b"nightly-2026-11-01";
+
+    let first = upload_with_keys(&app, &ann.access_token, &[key], "application/json", array.clone()).await;
+    assert_eq!(first, (200, None, json!({"accepted": 2})));
+    // The same rows again, as NDJSON this time: the same calls, so a replay.
+    for (content_type, body) in [("application/json", array.clone()), ("application/x-ndjson", ndjson)] {
+        let again = upload_with_keys(&app, &ann.access_token, &[key], content_type, body).await;
+        assert_eq!(again, (200, Some("true".to_owned()), json!({"accepted": 2})));
+    }
+    assert_eq!(count(&ann.user_id).await.unwrap(), 2);
+
+    // The key with other rows: refused, nothing stored.
+    let (status, replayed, answer) =
+        upload_with_keys(&app, &ann.access_token, &[key], "application/json", other.clone()).await;
+    assert_eq!(
+        (status, replayed, &answer["error"]["code"]),
+        (409, None, &json!("conflict")),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["error"]["message"],
+        "This Idempotency-Key was sent before with other rows, so nothing was stored; send new rows with a new key."
+    );
+    assert_eq!(count(&ann.user_id).await.unwrap(), 2);
+
+    // Another user's same key is theirs; without a key, rows are stored each time.
+    let theirs = upload_with_keys(&app, &bob.access_token, &[key], "application/json", other.clone()).await;
+    assert_eq!(theirs, (200, None, json!({"accepted": 1})));
+    for _ in 0..2 {
+        let (status, _) = app.upload(&ann.access_token, "application/json", array.clone()).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(count(&ann.user_id).await.unwrap(), 6);
+    assert_eq!(count(&bob.user_id).await.unwrap(), 1);
+
+    // An upload refused for its rows keeps no key: the key then stores the good rows.
+    let mut bad = row("gpt-4o");
+    bad.as_object_mut().unwrap().remove("model");
+    let refused = serde_json::to_vec(&json!([bad])).unwrap();
+    let (status, _, answer) =
+        upload_with_keys(&app, &ann.access_token, &[b"second"], "application/json", refused).await;
+    assert_eq!((status, &answer["error"]["code"]), (422, &json!("invalid_rows")));
+    let stored = upload_with_keys(&app, &ann.access_token, &[b"second"], "application/json", other).await;
+    assert_eq!(stored, (200, None, json!({"accepted": 1})));
+    assert_eq!(count(&ann.user_id).await.unwrap(), 7);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_that_is_not_one_is_refused_and_stores_nothing() {
+    let app = spawn_app().await;
+    let session = app.user("keys").await;
+    let body = serde_json::to_vec(&json!([row("gpt-4o")])).unwrap();
+    let long = vec![b'k'; 256];
+    let cases: [(&str, Vec<&[u8]>, &str); 5] = [
+        ("empty", vec![b""], "it is empty"),
+        ("too long", vec![&long], "it has 256"),
+        ("a space", vec![b"two words"], "it has a space"),
+        ("not ASCII", vec!["clé".as_bytes()], "which is not ASCII"),
+        (
+            "twice",
+            vec![b"a", b"b"],
+            "must be given once; it was given more than once",
+        ),
+    ];
+    for (name, keys, problem) in cases {
+        let (status, replayed, answer) =
+            upload_with_keys(&app, &session.access_token, &keys, "application/json", body.clone()).await;
+        assert_eq!(
+            (status, replayed, &answer["error"]["code"]),
+            (400, None, &json!("invalid_request")),
+            "{name}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("The Idempotency-Key header "), "{name}: {message}");
+        assert!(
+            message.ends_with(&format!("{problem}; nothing was stored.")),
+            "{name}: {message}"
+        );
+        if name != "twice" {
+            assert!(
+                message.contains("must be 1 to 255 visible ASCII characters"),
+                "{name}: {message}"
+            );
+        }
+    }
+    assert_eq!(app.store.workload_event_count(&session.user_id).await.unwrap(), 0);
+}
+
 async fn cli(args: &[&str]) -> std::process::Output {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(args)

@@ -8,7 +8,8 @@ use switchboard_protocol::{Timestamp, UserId};
 
 use crate::{
     AnalyticsStore, CallStatus, EARLIEST_CALL_MS, HourUsage, LATEST_CALL_MS, MAX_CALL_COST_USD, MAX_CALL_LATENCY_MS,
-    MAX_CALL_TOKENS, PERCENTILE_RELATIVE_ERROR, Summary, SummaryBuilder, TimeRange, Usage, WorkloadEvent, nearest_rank,
+    MAX_CALL_TOKENS, PERCENTILE_RELATIVE_ERROR, Summary, SummaryBuilder, TimeRange, Upload, UploadKey, Usage,
+    WorkloadEvent, nearest_rank,
 };
 
 /// 2026-10-01T00:00:00Z.
@@ -30,6 +31,177 @@ where
     repeated_prompts_are_known_across_uploads_and_only_within_the_users_own_calls(fresh().await.as_ref()).await;
     figures_at_their_bounds_sum_to_finite_amounts(fresh().await.as_ref()).await;
     counts_asked_at_once_are_each_of_its_own_user(fresh().await).await;
+    an_upload_sent_again_with_its_key_stores_nothing_and_is_answered_as_the_first_time(fresh().await.as_ref()).await;
+    upload_keys_are_each_users_own(fresh().await.as_ref()).await;
+    a_key_sent_again_with_other_calls_is_refused_and_stores_nothing(fresh().await.as_ref()).await;
+    uploads_with_one_key_sent_at_once_store_once(fresh().await).await;
+}
+
+fn key(text: &str) -> UploadKey {
+    UploadKey::parse(text).unwrap()
+}
+
+/// The first upload with a key stores its calls; sent again with the key it stores nothing and
+/// is answered with the count of the first time; without a key or with another key the same
+/// calls are stored again, as any upload.
+async fn an_upload_sent_again_with_its_key_stores_nothing_and_is_answered_as_the_first_time(
+    store: &dyn AnalyticsStore,
+) {
+    let user = UserId::generate();
+    let calls = sample_calls(31, 40);
+    let first = store
+        .insert_workload_upload(&user, &key("batch-1"), calls.clone())
+        .await
+        .unwrap();
+    assert_eq!(first, Upload::Stored(40));
+    let before = store.workload_summary(&user, TimeRange::default()).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            store
+                .insert_workload_upload(&user, &key("batch-1"), calls.clone())
+                .await
+                .unwrap(),
+            Upload::Replayed(40)
+        );
+    }
+    assert_eq!(store.workload_event_count(&user).await.unwrap(), 40);
+    assert_eq!(
+        store.workload_summary(&user, TimeRange::default()).await.unwrap(),
+        before
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&user, &key("batch-2"), calls.clone())
+            .await
+            .unwrap(),
+        Upload::Stored(40)
+    );
+    store.insert_workload_events(&user, calls[..5].to_vec()).await.unwrap();
+    assert_eq!(store.workload_event_count(&user).await.unwrap(), 85);
+    // An empty upload's key is kept as well.
+    assert_eq!(
+        store
+            .insert_workload_upload(&user, &key("empty"), Vec::new())
+            .await
+            .unwrap(),
+        Upload::Stored(0)
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&user, &key("empty"), Vec::new())
+            .await
+            .unwrap(),
+        Upload::Replayed(0)
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&user, &key("empty"), calls[..1].to_vec())
+            .await
+            .unwrap(),
+        Upload::KeyReused
+    );
+    assert_eq!(store.workload_event_count(&user).await.unwrap(), 85);
+}
+
+/// Another user's same key is another key: it stores that user's calls.
+async fn upload_keys_are_each_users_own(store: &dyn AnalyticsStore) {
+    let (ann, bob) = (UserId::generate(), UserId::generate());
+    let calls = sample_calls(32, 12);
+    assert_eq!(
+        store
+            .insert_workload_upload(&ann, &key("k"), calls.clone())
+            .await
+            .unwrap(),
+        Upload::Stored(12)
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&bob, &key("k"), calls.clone())
+            .await
+            .unwrap(),
+        Upload::Stored(12)
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&bob, &key("k"), calls[..3].to_vec())
+            .await
+            .unwrap(),
+        Upload::KeyReused
+    );
+    assert_eq!(
+        store
+            .insert_workload_upload(&ann, &key("k"), calls.clone())
+            .await
+            .unwrap(),
+        Upload::Replayed(12)
+    );
+    for user in [&ann, &bob] {
+        assert_eq!(store.workload_event_count(user).await.unwrap(), 12);
+    }
+}
+
+/// A key given again with other calls (fewer, more, or one figure changed, or the same calls
+/// in another order) is refused and stores nothing; the key keeps its first calls.
+async fn a_key_sent_again_with_other_calls_is_refused_and_stores_nothing(store: &dyn AnalyticsStore) {
+    let user = UserId::generate();
+    let calls = sample_calls(33, 20);
+    assert_eq!(
+        store
+            .insert_workload_upload(&user, &key("once"), calls.clone())
+            .await
+            .unwrap(),
+        Upload::Stored(20)
+    );
+    let mut changed = calls.clone();
+    changed[7].cost_usd += 0.001;
+    let mut reordered = calls.clone();
+    reordered.swap(0, 1);
+    let mut more = calls.clone();
+    more.push(calls[0].clone());
+    for other in [calls[..19].to_vec(), more, changed, reordered] {
+        assert_eq!(
+            store.insert_workload_upload(&user, &key("once"), other).await.unwrap(),
+            Upload::KeyReused
+        );
+    }
+    assert_eq!(store.workload_event_count(&user).await.unwrap(), 20);
+    assert_eq!(
+        store.insert_workload_upload(&user, &key("once"), calls).await.unwrap(),
+        Upload::Replayed(20)
+    );
+}
+
+/// Uploads with one key sent at once store their calls once: one is stored, each other is
+/// answered as a replay of it or as still in progress (then a replay when sent again).
+async fn uploads_with_one_key_sent_at_once_store_once(store: Arc<dyn AnalyticsStore>) {
+    let user = UserId::generate();
+    let calls = sample_calls(34, 300);
+    let at_once = key("at-once");
+    let answers =
+        futures_util::future::join_all((0..6).map(|_| store.insert_workload_upload(&user, &at_once, calls.clone())))
+            .await;
+    let answers: Vec<Upload> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        answers.iter().filter(|a| **a == Upload::Stored(300)).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Upload::Stored(300) | Upload::Replayed(300) | Upload::InProgress)),
+        "{answers:?}"
+    );
+    assert_eq!(store.workload_event_count(&user).await.unwrap(), 300);
+    assert_eq!(
+        store
+            .insert_workload_upload(&user, &key("at-once"), calls)
+            .await
+            .unwrap(),
+        Upload::Replayed(300)
+    );
+    let summary = store.workload_summary(&user, TimeRange::default()).await.unwrap();
+    assert_eq!(summary.totals.usage.calls + summary.calls_left_out, 300);
 }
 
 /// Counts of many users asked at once (which a backend may answer in one query): each user is
