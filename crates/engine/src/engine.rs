@@ -10,6 +10,7 @@ use switchboard_protocol::{
     AgentName, Event, IdError, ModelCallUsage, RunId, RunStatus, ThreadId, TierObserver, TierTimes, TraceId, UserId,
 };
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,8 +19,8 @@ use crate::agent::Agent;
 use crate::breaker::{BreakerSnapshot, CircuitBreaker};
 use crate::config::{ConfigError, EngineConfig};
 use crate::model::Model;
-use crate::run::RunDriver;
-use crate::sink::{EventQueue, EventSink, QUEUE_CAPACITY};
+use crate::run::{RunDriver, RunLog};
+use crate::sink::{EventQueue, EventSink, Gate, QUEUE_CAPACITY};
 use crate::tool::{Tool, ToolEntry, ToolRegistry};
 
 /// Which agents a run goes through: `first` (triage) chooses among `stages`, `last` (reporting)
@@ -306,6 +307,42 @@ impl Reservation {
     /// Starts the reserved run; its events go to the sink under the reservation's user. The run
     /// holds the place until its final event.
     pub fn start(self, thread_id: ThreadId, run_id: RunId, text: String) -> Result<RunHandle, StartError> {
+        self.launch(thread_id, run_id, text, None).map(|(handle, ..)| handle)
+    }
+
+    /// Starts the reserved run before what it depends on is stored (its message), so that its
+    /// first model call need not wait for the store: it runs at once, but none of its events
+    /// reaches the sink until [`HeldRun::release`]. [`HeldRun::abandon`] (or dropping the
+    /// [`HeldRun`]) ends it as if it had never started: its calls are dropped, none of its events
+    /// is ever stored, not even a final one, and its place is given back (its handle's outcome
+    /// is then `interrupted`, without a final event).
+    pub fn start_held(
+        self,
+        thread_id: ThreadId,
+        run_id: RunId,
+        text: String,
+    ) -> Result<(RunHandle, HeldRun), StartError> {
+        let inner = Arc::clone(&self.inner);
+        let gate = Arc::new(Gate::default());
+        let (handle, task, log) = self.launch(thread_id, run_id.clone(), text, Some(Arc::clone(&gate)))?;
+        let held = HeldRun {
+            inner,
+            run_id,
+            gate,
+            task,
+            log,
+            released: false,
+        };
+        Ok((handle, held))
+    }
+
+    fn launch(
+        self,
+        thread_id: ThreadId,
+        run_id: RunId,
+        text: String,
+        gate: Option<Arc<Gate>>,
+    ) -> Result<(RunHandle, AbortHandle, Arc<RunLog>), StartError> {
         let inner = Arc::clone(&self.inner);
         if !inner.accepting.load(Ordering::SeqCst) {
             return Err(StartError::ShuttingDown);
@@ -338,14 +375,59 @@ impl Reservation {
             run_id,
             text,
         };
-        let driver = RunDriver::new(Arc::clone(&inner), request, trace_id, control, accepted, self);
-        inner.tracker.spawn(async move {
+        let driver = RunDriver::new(Arc::clone(&inner), request, trace_id, control, accepted, self, gate);
+        let log = driver.log();
+        let task = inner.tracker.spawn(async move {
             // The run gives its place back when its final event is queued, at the latest when
             // it ends: before the caller learns the outcome.
             let outcome = driver.run_to_end().await;
             let _ = tx.send(outcome);
         });
-        Ok(handle)
+        Ok((handle, task.abort_handle(), log))
+    }
+}
+
+/// A run started with [`Reservation::start_held`] whose events are held: released, they go to
+/// the sink in order; abandoned (or dropped), the run ends unseen.
+pub struct HeldRun {
+    inner: Arc<Inner>,
+    run_id: RunId,
+    gate: Arc<Gate>,
+    task: AbortHandle,
+    /// Holds the run's place.
+    log: Arc<RunLog>,
+    released: bool,
+}
+
+impl std::fmt::Debug for HeldRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldRun").field("run_id", &self.run_id).finish()
+    }
+}
+
+impl HeldRun {
+    /// The run's events go to the sink from now on, those it published while held first.
+    pub fn release(mut self) {
+        self.released = true;
+        self.inner.events.release(&self.gate);
+    }
+
+    /// Ends the run as if it had never started (what dropping it does).
+    pub fn abandon(self) {}
+}
+
+impl Drop for HeldRun {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Stopped first, so that nothing it does after is stored; its events dropped; its place
+        // given back now, not when its task is dropped, so that the user's next message finds
+        // it free.
+        self.task.abort();
+        self.inner.events.abandon(&self.gate);
+        self.inner.finish(&self.run_id);
+        self.log.release_place();
     }
 }
 

@@ -24,7 +24,8 @@ pub use breaker::{BreakerSnapshot, CircuitBreaker, Permit, Refused};
 pub use closing::{Closing, OpenRun};
 pub use config::{ConfigError, EngineConfig};
 pub use engine::{
-    BuildError, Engine, EngineBuilder, Plan, Reservation, RunHandle, RunNotFound, RunOutcome, RunRequest, StartError,
+    BuildError, Engine, EngineBuilder, HeldRun, Plan, Reservation, RunHandle, RunNotFound, RunOutcome, RunRequest,
+    StartError,
 };
 pub use model::{
     ChatMessage, ChatRole, Delta, DeltaStream, Model, ModelCallError, ModelError, ModelHandle, ModelRequest,

@@ -30,7 +30,7 @@ use crate::closing::{Closing, OpenRun};
 use crate::engine::{Inner, Reservation, RunControl, RunOutcome, RunRequest, StopReason};
 use crate::model::{ModelHandle, ModelLedger};
 use crate::report::{Report, Reporter, human, millis};
-use crate::sink::{DelayedEnd, END_NOTICE_AFTER, Receipt, SinkError};
+use crate::sink::{DelayedEnd, END_NOTICE_AFTER, Gate, Receipt, SinkError};
 use crate::tool::Tools;
 
 /// The final event comes at most this long after the run deadline.
@@ -84,6 +84,8 @@ pub(crate) struct RunLog {
     /// The run's place among the active runs: given back once its final event is queued (so a
     /// client that sees the final event may start its next run at once), or when the run ends.
     place: Mutex<Option<Reservation>>,
+    /// A run started held: the gate its events pass.
+    gate: Option<Arc<Gate>>,
 }
 
 impl RunLog {
@@ -107,7 +109,7 @@ impl RunLog {
         };
         let entry = LogEntry::new(self.ids.user_id.clone(), event, answer);
         let started = Instant::now();
-        let queued = self.engine.events.submit(entry, until).await;
+        let queued = self.engine.events.submit(entry, self.gate.as_ref(), until).await;
         self.state.lock().unwrap().store_time += started.elapsed();
         Ok(queued?)
     }
@@ -141,8 +143,9 @@ impl RunLog {
             return Ok(stored?);
         }
         // Told even when the run's limit leaves no time to wait (the event may be stored later
-        // all the same).
-        {
+        // all the same); not for a run still held, which its user does not know of yet (and
+        // which may never be).
+        if !self.gate.as_ref().is_some_and(|gate| gate.is_held()) {
             let ids = &self.ids;
             self.engine.events.sink().end_delayed(&DelayedEnd {
                 user_id: ids.user_id.clone(),
@@ -221,7 +224,7 @@ impl RunLog {
     }
 
     /// Gives the run's place among the active runs back.
-    fn release_place(&self) {
+    pub(crate) fn release_place(&self) {
         drop(self.place.lock().unwrap().take());
     }
 
@@ -391,6 +394,7 @@ impl RunDriver {
         control: Arc<RunControl>,
         accepted: Instant,
         place: Reservation,
+        gate: Option<Arc<Gate>>,
     ) -> Self {
         let ids = RunIds {
             user_id: request.user_id.clone(),
@@ -407,6 +411,7 @@ impl RunDriver {
                 ids,
                 state: Mutex::new(LogState::default()),
                 place: Mutex::new(Some(place)),
+                gate,
             }),
             info: Arc::new(RunInfo {
                 run_id: request.run_id,
@@ -430,6 +435,11 @@ impl RunDriver {
             partial: None,
             tiers,
         }
+    }
+
+    /// The run's log (which holds its place).
+    pub(crate) fn log(&self) -> Arc<RunLog> {
+        Arc::clone(&self.log)
     }
 
     /// Drives the run and guarantees its one final event by the final limit, whatever happens
@@ -827,6 +837,11 @@ impl RunDriver {
     /// The supervisor's end: its error when the run failed, then the final event.
     async fn finish(self, not_reached: Vec<AgentName>) -> RunOutcome {
         let supervisor = AgentName::supervisor();
+        // A run still held (its message is being stored) ends once it is released, so that its
+        // final event counts the time its user waited, and the store's share of it.
+        if let Some(gate) = &self.log.gate {
+            gate.unheld(self.final_limit - FINAL_RESERVE).await;
+        }
         let elapsed = self.accepted.elapsed();
         let took = human(elapsed);
         // Late stop requests (after the last agent) do not change a finished run.

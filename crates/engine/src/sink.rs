@@ -9,9 +9,12 @@
 //! queued, and `seq` is given in one place, the sink, when the event is stored. A batch that
 //! fails is tried again until it is taken: nothing queued is lost or stored twice, and a store
 //! that is down holds the events (not the runs, which end by their limits) until it is back.
+//! The events of a run started held (its message is still being stored) wait in the queue,
+//! passed over by the writer, until the run is released, and are dropped if it is abandoned.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,8 +97,51 @@ impl Receipt {
     }
 }
 
+/// Whether the events of a run started before what it depends on was stored (its message) may
+/// go to the sink: held until the run is released, then open; or abandoned, when its events are
+/// dropped unstored. Changed under the queue's lock only, so that the writer sees one state for
+/// every event of the run while it takes a batch.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    state: AtomicU8,
+    /// Told when the run is released or abandoned.
+    changed: Notify,
+}
+
+const HELD: u8 = 0;
+const OPEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Gate {
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Whether the run is held still.
+    pub(crate) fn is_held(&self) -> bool {
+        self.state() == HELD
+    }
+
+    /// Waits until the run is no longer held, or `until`.
+    pub(crate) async fn unheld(&self, until: Instant) {
+        loop {
+            let changed = self.changed.notified();
+            if !self.is_held() || tokio::time::timeout_at(until, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+}
+
 struct Queued {
     entry: LogEntry,
+    /// For the events of a held run: its gate.
+    gate: Option<Arc<Gate>>,
     /// For a final event: its run waits to learn that it is stored.
     reply: Option<oneshot::Sender<Event>>,
     /// Its room in the queue, given back once it is stored (none for an event queued past the
@@ -118,6 +164,39 @@ pub(crate) struct EventQueue {
     drained: Arc<Notify>,
 }
 
+impl Queued {
+    fn held(&self) -> bool {
+        self.gate.as_ref().is_some_and(|gate| gate.is_held())
+    }
+}
+
+impl Pending {
+    /// The next batch for the sink: the first [`MAX_BATCH`] events of runs that are not held,
+    /// in the order queued; the events of held runs stay queued, in their order.
+    fn take_batch(&mut self) -> Vec<Queued> {
+        let mut batch = Vec::new();
+        let mut kept = Vec::new();
+        while batch.len() < MAX_BATCH {
+            let Some(queued) = self.queued.pop_front() else { break };
+            if queued.held() {
+                kept.push(queued);
+            } else {
+                batch.push(queued);
+            }
+        }
+        for queued in kept.into_iter().rev() {
+            self.queued.push_front(queued);
+        }
+        batch
+    }
+
+    /// Whether a writer is to be started: something is queued and none is writing (it is then
+    /// counted as writing).
+    fn start_writer(&mut self) -> bool {
+        !self.queued.is_empty() && !std::mem::replace(&mut self.writing, true)
+    }
+}
+
 impl EventQueue {
     pub(crate) fn new(sink: Arc<dyn EventSink>, capacity: usize) -> Self {
         Self {
@@ -131,8 +210,14 @@ impl EventQueue {
     /// Queues an entry, waiting for room until `until`. A final event never waits (there is one
     /// per run) and is the only one with a receipt (the only one a run waits for); past `until`,
     /// narration (`agent_thinking`, `partial_result`) is given up and any other event is queued
-    /// past the bound. Cancel-safe: an entry is queued whole or not at all.
-    pub(crate) async fn submit(&self, entry: LogEntry, until: Instant) -> Result<Option<Receipt>, SinkError> {
+    /// past the bound. The entry of a run with a `gate` waits in the queue while the run is held,
+    /// and is dropped once it is abandoned. Cancel-safe: an entry is queued whole or not at all.
+    pub(crate) async fn submit(
+        &self,
+        entry: LogEntry,
+        gate: Option<&Arc<Gate>>,
+        until: Instant,
+    ) -> Result<Option<Receipt>, SinkError> {
         let is_final = entry.end.is_some();
         let room = if is_final {
             None
@@ -152,24 +237,66 @@ impl EventQueue {
         } else {
             (None, None)
         };
+        let queued = Queued {
+            entry,
+            gate: gate.cloned(),
+            reply,
+            _room: room,
+        };
         let start_writer = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.queued.push_back(Queued {
-                entry,
-                reply,
-                _room: room,
-            });
-            !std::mem::replace(&mut pending.writing, true)
+            if gate.is_some_and(|gate| gate.state() == ABANDONED) {
+                // Dropped unstored (outside the lock), its receipt answered "not stored".
+                drop(pending);
+                drop(queued);
+                return Ok(receipt);
+            }
+            let held = queued.held();
+            pending.queued.push_back(queued);
+            !held && pending.start_writer()
         };
         if start_writer {
-            let writer = Writer {
-                sink: Arc::clone(&self.sink),
-                pending: Arc::clone(&self.pending),
-                drained: Arc::clone(&self.drained),
-            };
-            tokio::spawn(writer.write_all());
+            self.spawn_writer();
         }
         Ok(receipt)
+    }
+
+    fn spawn_writer(&self) {
+        let writer = Writer {
+            sink: Arc::clone(&self.sink),
+            pending: Arc::clone(&self.pending),
+            drained: Arc::clone(&self.drained),
+        };
+        tokio::spawn(writer.write_all());
+    }
+
+    /// Lets the events of the held run of `gate` go to the sink, those queued first.
+    pub(crate) fn release(&self, gate: &Gate) {
+        let start_writer = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            gate.set(OPEN);
+            pending.start_writer()
+        };
+        if start_writer {
+            self.spawn_writer();
+        }
+    }
+
+    /// Drops the events of the held run of `gate`, queued and to come, unstored.
+    pub(crate) fn abandon(&self, gate: &Arc<Gate>) {
+        let dropped: VecDeque<Queued> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            gate.set(ABANDONED);
+            let (dropped, kept) = std::mem::take(&mut pending.queued)
+                .into_iter()
+                .partition(|queued| queued.gate.as_ref().is_some_and(|own| Arc::ptr_eq(own, gate)));
+            pending.queued = kept;
+            if pending.queued.is_empty() && !pending.writing {
+                self.drained.notify_waiters();
+            }
+            dropped
+        };
+        drop(dropped);
     }
 
     /// The sink the queue writes to.
@@ -222,19 +349,22 @@ impl Writer {
         loop {
             let batch: Vec<Queued> = {
                 let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                if pending.queued.is_empty() {
+                let batch = pending.take_batch();
+                if batch.is_empty() {
+                    // Nothing, or only the events of held runs (a release starts a writer).
                     pending.writing = false;
                     writing.1 = false;
-                    self.drained.notify_waiters();
+                    if pending.queued.is_empty() {
+                        self.drained.notify_waiters();
+                    }
                     return;
                 }
-                let take = pending.queued.len().min(MAX_BATCH);
-                pending.queued.drain(..take).collect()
+                batch
             };
             let (entries, waiting): (Vec<LogEntry>, Vec<_>) =
-                batch.into_iter().map(|q| (q.entry, (q.reply, q._room))).unzip();
+                batch.into_iter().map(|q| (q.entry, (q.reply, q._room, q.gate))).unzip();
             let seqs = self.store(&entries).await;
-            for ((entry, seq), (reply, _room)) in entries.into_iter().zip(seqs).zip(waiting) {
+            for ((entry, seq), (reply, _room, _gate)) in entries.into_iter().zip(seqs).zip(waiting) {
                 // A run that gave up waiting is fine: the event is stored all the same. An event
                 // the sink refused drops its reply: its run learns that it is not stored.
                 if let (Some(seq), Some(reply)) = (seq, reply.filter(|reply| !reply.is_closed())) {

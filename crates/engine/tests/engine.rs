@@ -1092,3 +1092,114 @@ async fn a_run_that_touched_no_tier_has_no_tiers_in_its_timings() {
     };
     assert!(done.timings.as_ref().unwrap().tiers.is_empty());
 }
+
+/// A scenario whose triage asks the model (100 ms a call) and whose reporting answers.
+fn asking(model: Arc<ScriptedModel>) -> Scenario {
+    Scenario::new()
+        .agent("triage", vec![Step::Ask("what is asked?".into())])
+        .agent("reporting", vec![Step::answer("done")])
+        .model(model)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_run_calls_its_model_at_once_and_is_seen_only_once_released() {
+    let model = ScriptedModel::new(ModelBehavior::Delay(Duration::from_millis(100), "ok".into()));
+    let sink = MemorySink::new();
+    let engine = asking(model.clone()).engine(sink.clone());
+    let (alice, bob) = (user("alice"), user("bob"));
+    let held_request = request(&alice);
+    let started_at = tokio::time::Instant::now();
+    let (handle, held) = engine
+        .reserve(&alice)
+        .unwrap()
+        .start_held(held_request.thread_id, held_request.run_id, held_request.text)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(model.calls(), 1, "the model is called before the run is released");
+    assert!(sink.events_of(&alice).is_empty(), "nothing of a held run is stored");
+    // Another user's run is not held back by it.
+    let bob_run = engine.start_run(request(&bob)).unwrap();
+    assert_eq!(bob_run.outcome().await.status, RunStatus::Completed);
+    assert!(sink.events_of(&alice).is_empty());
+    // The held run has ended meanwhile (its final event waits, unstored): released, everything
+    // is stored, in order, once.
+    let released_at = tokio::time::Instant::now();
+    held.release();
+    let outcome = handle.outcome().await;
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert!(
+        outcome.duration >= released_at - started_at,
+        "a run that ends held ends once released: {:?}",
+        outcome.duration
+    );
+    let events = sink.events_of(&alice);
+    check_run(&events).unwrap();
+    check_gapless(&events).unwrap();
+    assert_eq!(
+        summary(&events),
+        [
+            "supervisor agent_started",
+            "triage agent_started",
+            "triage agent_completed completed",
+            "reporting agent_started",
+            "reporting agent_completed completed",
+            "supervisor agent_completed completed final",
+        ]
+    );
+    assert_eq!(engine.active_runs_of(&alice), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_held_run_drops_its_calls_stores_nothing_and_gives_its_place_back() {
+    let model = ScriptedModel::new(ModelBehavior::Delay(S(5), "ok".into()));
+    let sink = MemorySink::new();
+    let engine = asking(model.clone()).engine(sink.clone());
+    let alice = user("alice");
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let held_request = request(&alice);
+        let (handle, held) = engine
+            .reserve(&alice)
+            .unwrap()
+            .start_held(held_request.thread_id, held_request.run_id, held_request.text)
+            .unwrap();
+        handles.push((handle, held));
+    }
+    assert_eq!(
+        engine.reserve(&alice).unwrap_err(),
+        StartError::TooManyActiveRuns { limit: 3 },
+        "a held run holds its place"
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(model.calls(), 3);
+    let (first, held) = handles.remove(0);
+    let run_id = first.run_id.clone();
+    held.abandon();
+    // Dropping a held run abandons it too.
+    let (second, held) = handles.remove(0);
+    drop(held);
+    assert_eq!(engine.active_runs_of(&alice), 1, "their places are given back at once");
+    assert!(
+        engine.cancel(&alice, &run_id).is_err(),
+        "an abandoned run is not active"
+    );
+    for abandoned in [first, second] {
+        let outcome = abandoned.outcome().await;
+        assert_eq!(
+            (outcome.status, outcome.final_event),
+            (RunStatus::Interrupted, None),
+            "an abandoned run has no final event"
+        );
+    }
+    assert_eq!(model.dropped(), 2, "the model calls of abandoned runs are dropped");
+    // The third, released late, is stored whole; the two abandoned ones never.
+    let (third, held) = handles.remove(0);
+    let third_run = third.run_id.clone();
+    held.release();
+    assert_eq!(third.outcome().await.status, RunStatus::Completed);
+    tokio::time::sleep(S(60)).await;
+    let events = sink.events_of(&alice);
+    check_run(&events).unwrap();
+    check_gapless(&events).unwrap();
+    assert!(events.iter().all(|e| e.run_id == third_run), "{:#?}", summary(&events));
+}

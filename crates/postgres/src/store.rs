@@ -585,7 +585,10 @@ struct Accepting {
 impl Accepting {
     fn of(message: NewMessage, node: Option<&Node>) -> Self {
         let created_thread = message.thread_id.is_none();
-        let thread_id = message.thread_id.clone().unwrap_or_else(ThreadId::generate);
+        let thread_id = message
+            .thread_id
+            .clone()
+            .unwrap_or_else(|| message.new_thread_id.clone());
         Self {
             ids: [
                 message.message_id.to_string(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_engine::{Engine, Reservation, StartError};
-use switchboard_protocol::{ErrorCode, MessageAccepted, MessageId, RunId, UserId, UserMessage};
+use switchboard_protocol::{ErrorCode, MessageAccepted, MessageId, RunId, ThreadId, UserId, UserMessage};
 use switchboard_store::{NewMessage, RunState, Store, StoreError};
 use tokio::time::Instant;
 
@@ -194,20 +194,11 @@ impl Runs {
         }
         // The engine's one admission: a place among the active runs, held from before the
         // message is stored, so a refused message leaves nothing behind.
-        let mut reservation = match self.engine.reserve(user) {
+        let reservation = match self.admit(user).await {
             Ok(reservation) => reservation,
             Err(error) => return self.repeated(user, &message, Refusal::start(error)).await,
         };
-        // What the tiers take from here on counts for the run (its final `timings.tiers`).
         let tiers = reservation.tiers();
-        if let Some(shared) = &self.shared
-            && let Err(error) = tiers
-                .clone()
-                .scope(self.reserve_shared(shared, user, &mut reservation))
-                .await
-        {
-            return self.repeated(user, &message, Refusal::start(error)).await;
-        }
         // The rate limit counts last: a message refused for the limits above costs no budget.
         if let Err(wait) = tiers.clone().scope(self.count_message(user)).await {
             let refusal = Refusal::new(
@@ -221,9 +212,19 @@ impl Runs {
         }
         let accepted_at = Instant::now();
         let run_id = RunId::generate();
+        let new_thread_id = ThreadId::generate();
+        let thread_id = message.thread_id.clone().unwrap_or_else(|| new_thread_id.clone());
+        // The run starts while its message is stored, held: its first model call does not wait
+        // for the store's commit, and none of its events is stored or seen before the message
+        // is. A message the store does not take abandons it, unseen.
+        let held = match reservation.start_held(thread_id, run_id.clone(), message.text.clone()) {
+            Ok((_, held)) => held,
+            Err(error) => return self.repeated(user, &message, Refusal::start(error)).await,
+        };
         let accepting = self.store.accept_message(NewMessage {
             user_id: user.clone(),
             thread_id: message.thread_id.clone(),
+            new_thread_id,
             text: message.text.clone(),
             client_message_id: message.client_message_id.clone(),
             message_id: MessageId::generate(),
@@ -232,11 +233,15 @@ impl Runs {
         let accepted = match tiers.scope(accepting).await {
             Ok(accepted) => accepted,
             Err(error @ StoreError::TimedOut { .. }) => {
+                held.abandon();
                 let new_thread = message.thread_id.is_none();
                 self.check_later(user, run_id, message.text.clone(), new_thread, accepted_at);
                 return Err(Refusal::store(error));
             }
-            Err(error) => return Err(Refusal::store(error)),
+            Err(error) => {
+                held.abandon();
+                return Err(Refusal::store(error));
+            }
         };
         let reply = MessageAccepted {
             client_message_id: message.client_message_id,
@@ -244,30 +249,49 @@ impl Runs {
             thread_id: accepted.thread_id.clone(),
             run_id: accepted.run_id.clone(),
         };
-        // A message sent again whose first storing timed out, and was done after all: its run
-        // starts now, under this message's place.
-        let unstarted = accepted
-            .duplicate
-            .then(|| self.uncertain.take(&accepted.run_id))
-            .flatten();
-        if accepted.duplicate && unstarted.is_none() {
+        if !accepted.duplicate {
+            self.metrics.accepted(&accepted.run_id, accepted_at);
+            held.release();
             return Ok(reply);
         }
-        self.metrics.accepted(&accepted.run_id, accepted_at);
-        let text = unstarted.map_or(message.text, |pending| pending.text);
-        let started = reservation.start(accepted.thread_id.clone(), accepted.run_id.clone(), text);
-        if let Err(error) = started {
-            self.metrics.forget(&accepted.run_id);
-            if let Err(store_error) = self
-                .store
-                .discard_run(user, &accepted.run_id, accepted.created_thread)
-                .await
-            {
-                tracing::error!(error = %store_error, run_id = %accepted.run_id, "could not discard a refused run");
+        // A message sent again: the run of the first one is the message's run, and this one is
+        // not. If the first one's storing timed out but was done after all, its run starts now.
+        held.abandon();
+        let Some(unstarted) = self.uncertain.take(&accepted.run_id) else {
+            return Ok(reply);
+        };
+        let started = match self.admit(user).await {
+            Ok(reservation) => reservation.start(accepted.thread_id.clone(), accepted.run_id.clone(), unstarted.text),
+            Err(error) => Err(error),
+        };
+        match started {
+            Ok(_) => {
+                self.metrics.accepted(&accepted.run_id, unstarted.accepted_at);
+                Ok(reply)
             }
-            return Err(Refusal::start(error));
+            Err(error) => {
+                if let Err(store_error) = self
+                    .store
+                    .discard_run(user, &accepted.run_id, unstarted.new_thread)
+                    .await
+                {
+                    tracing::error!(error = %store_error, run_id = %accepted.run_id, "could not discard a refused run");
+                }
+                Err(Refusal::start(error))
+            }
         }
-        Ok(reply)
+    }
+
+    /// A place for a run of `user` among the engine's active runs and, on a cluster's node,
+    /// among all nodes' runs.
+    async fn admit(&self, user: &UserId) -> Result<Reservation, StartError> {
+        let mut reservation = self.engine.reserve(user)?;
+        // What the tiers take from here on counts for the run (its final `timings.tiers`).
+        let tiers = reservation.tiers();
+        if let Some(shared) = &self.shared {
+            tiers.scope(self.reserve_shared(shared, user, &mut reservation)).await?;
+        }
+        Ok(reservation)
     }
 
     /// The places of a run among all nodes' runs, the user's and everyone's, held with the

@@ -188,8 +188,11 @@ pub fn thread_title(text: &str) -> String {
 pub struct NewMessage {
     /// The sender.
     pub user_id: UserId,
-    /// The thread to add to; `None` creates one titled after the text.
+    /// The thread to add to; `None` creates one titled after the text, `new_thread_id`.
     pub thread_id: Option<ThreadId>,
+    /// The id of the thread the message starts when it names none (unused when it names one):
+    /// chosen by the caller, so that the message's run may start before the store answers.
+    pub new_thread_id: ThreadId,
     /// What the user wrote.
     pub text: String,
     /// The client's idempotency key.

@@ -948,7 +948,7 @@ fn accept_one(conn: &Connection, message: NewMessage) -> Result<Accepted, StoreE
             thread.clone()
         }
         None => {
-            let thread = ThreadId::generate();
+            let thread = message.new_thread_id.clone();
             conn.execute(
                 "INSERT INTO threads (id, user_id, title, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
                 params![thread.as_str(), &user, thread_title(&message.text), now],
@@ -1135,6 +1135,7 @@ mod tests {
             client_message_id: None,
             message_id: MessageId::generate(),
             run_id: RunId::generate(),
+            new_thread_id: ThreadId::generate(),
         }
     }
 

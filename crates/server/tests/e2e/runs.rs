@@ -156,6 +156,45 @@ async fn the_same_client_message_id_starts_one_run_and_gets_the_same_ids() {
     );
 }
 
+#[tokio::test]
+async fn a_message_the_store_refuses_leaves_no_event_and_its_place_is_free_at_once() {
+    // The run of a message starts while the message is stored; one the store refuses (here: a
+    // thread of another user) is abandoned unseen, and its place given back before the refusal.
+    let app = spawn_app_with(|c| c.engine.max_active_runs_per_user = 1).await;
+    let (ann, bob) = (app.user("ann").await, app.user("bob").await);
+    let mut bobs = app.connect(&bob).await;
+    let bobs_thread = send(&mut bobs, "bob's own thread").await.thread_id;
+    let mut socket = app.connect(&ann).await;
+    for _ in 0..3 {
+        socket
+            .send(&message("into bob's thread", Some(&bobs_thread), None))
+            .await
+            .unwrap();
+        assert_code(&error(&mut socket).await, ErrorCode::ThreadNotFound);
+    }
+    socket.send(&message("my own", None, None)).await.unwrap();
+    let mine = accepted(&mut socket).await;
+    let events = run_events(&mut socket, &mine.run_id).await;
+    assert_eq!(events[0].seq.get(), 1, "no event of a refused message came first");
+    let (_, page) = app
+        .client
+        .get("/api/events?after_seq=0&limit=1000", Some(&ann.access_token))
+        .await
+        .unwrap();
+    let stored: Vec<Event> = serde_json::from_value(page["events"].clone()).unwrap();
+    assert_eq!(stored, events, "only the accepted message's run is in the log");
+    let (_, bobs_page) = app
+        .client
+        .get("/api/events?after_seq=0&limit=1000", Some(&bob.access_token))
+        .await
+        .unwrap();
+    let bobs_events: Vec<Event> = serde_json::from_value(bobs_page["events"].clone()).unwrap();
+    assert!(
+        bobs_events.iter().all(|e| e.thread_id == bobs_thread),
+        "nothing of ann's in bob's log"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_message_sent_again_at_the_limits_gets_its_first_answer_not_a_refusal() {
     // A client that lost its connection before `message_accepted` sends the message again: the

@@ -74,6 +74,7 @@ pub fn new_message(user: &UserId, thread: Option<ThreadId>, text: &str, client_i
         client_message_id: client_id.map(Into::into),
         message_id: MessageId::generate(),
         run_id: RunId::generate(),
+        new_thread_id: ThreadId::generate(),
     }
 }
 
@@ -95,11 +96,11 @@ async fn users(store: &dyn Store) {
 async fn threads_and_messages(store: &dyn Store) {
     let alice = UserId::generate();
     let bob = UserId::generate();
-    let first = store
-        .accept_message(new_message(&alice, None, "How can we cut costs?\nmore", Some("c1")))
-        .await
-        .unwrap();
+    let asked = new_message(&alice, None, "How can we cut costs?\nmore", Some("c1"));
+    let chosen = asked.new_thread_id.clone();
+    let first = store.accept_message(asked).await.unwrap();
     assert!(!first.duplicate);
+    assert_eq!(first.thread_id, chosen, "a new thread has the id the caller chose");
     let thread = store.thread(&alice, &first.thread_id).await.unwrap().unwrap();
     assert_eq!(thread.title, "How can we cut costs?");
     let again = store
@@ -120,7 +121,10 @@ async fn threads_and_messages(store: &dyn Store) {
         .accept_message(new_message(&alice, Some(first.thread_id.clone()), "and latency?", None))
         .await
         .unwrap();
-    assert_eq!(second.thread_id, first.thread_id);
+    assert_eq!(
+        second.thread_id, first.thread_id,
+        "a named thread, not the new thread's id"
+    );
     let foreign = store
         .accept_message(new_message(&bob, Some(first.thread_id.clone()), "sneaky", None))
         .await;
