@@ -33,7 +33,8 @@ pub(crate) fn of(config: &tokio_postgres::Config) -> String {
 /// The connection URL without its password (nor any query parameter, where one could be):
 /// `postgres://user@host:port/database`, fit to be printed or logged.
 pub fn redacted(url: &str) -> String {
-    if let Ok(config) = tokio_postgres::Config::from_str(url) {
+    let (plain, ..) = crate::tls::take_parameters(url);
+    if let Ok(config) = tokio_postgres::Config::from_str(&plain) {
         return match config.get_user() {
             Some(user) => format!("postgres://{user}@{}", of(&config)),
             None => format!("postgres://{}", of(&config)),
@@ -87,6 +88,10 @@ mod tests {
             ("postgres://ann:s3cret@db:notaport/chat", "postgres://db:notaport/chat"),
             ("postgres://ann:pa/ss@db/chat?password=x", "postgres://ann@db:5432/chat"),
             ("postgres://ann:pa/ss@db:x/chat?password=x", "postgres://db:x/chat"),
+            (
+                "postgres://ann:s3cret@db/chat?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+                "postgres://ann@db:5432/chat",
+            ),
             ("not a url password=s3cret", "(a connection string that cannot be read)"),
         ];
         for (url, expected) in cases {

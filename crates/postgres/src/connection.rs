@@ -14,6 +14,7 @@ use deadpool_postgres::{ClientWrapper, Object, Pool, PoolError, TimeoutType};
 use switchboard_store::{StoreError, Tier};
 use tokio::time::Instant;
 use tokio_postgres::error::{DbError, SqlState};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::unavailable;
 
@@ -55,6 +56,7 @@ impl Failure {
 /// within `limit`. `connect_timeout` is the pool's deadline for opening a connection.
 pub(crate) async fn within<T>(
     pool: &Pool,
+    tls: &MakeRustlsConnect,
     place: &str,
     connect_timeout: Duration,
     limit: Duration,
@@ -81,7 +83,7 @@ pub(crate) async fn within<T>(
             )));
         }
     };
-    let mut lease = Lease(Some(object));
+    let mut lease = Lease(Some(object), tls.clone());
     let outcome = {
         let client: &mut ClientWrapper = lease.0.as_mut().expect("a lease holds its connection until it ends");
         tokio::time::timeout_at(deadline, work(client)).await
@@ -101,7 +103,7 @@ pub(crate) async fn within<T>(
 
 /// A connection lent to one operation. Given back only when the operation ended; dropped
 /// otherwise, it leaves the pool for good.
-struct Lease(Option<Object>);
+struct Lease(Option<Object>, MakeRustlsConnect);
 
 impl Lease {
     fn give_back(mut self) {
@@ -114,6 +116,7 @@ impl Drop for Lease {
         let Some(object) = self.0.take() else { return };
         let client = Object::take(object);
         let cancel = client.cancel_token();
+        let tls = self.1.clone();
         // Closes the socket and ends its task.
         drop(client);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -121,7 +124,7 @@ impl Drop for Lease {
                 // The server may still be running (or waiting on a lock for) the query; ask it to
                 // stop, so that it frees what it holds now rather than when it notices the
                 // socket is gone.
-                let _ = tokio::time::timeout(CANCEL_DEADLINE, cancel.cancel_query(tokio_postgres::NoTls)).await;
+                let _ = tokio::time::timeout(CANCEL_DEADLINE, cancel.cancel_query(tls)).await;
             });
         }
     }
@@ -151,6 +154,14 @@ pub(crate) fn query_error(place: &str, error: &tokio_postgres::Error) -> StoreEr
 /// password) are the backend's: waiting will not help. The rest (refused, cut, timed out) is
 /// unavailable.
 pub(crate) fn connect_error(place: &str, error: &tokio_postgres::Error) -> StoreError {
+    // A certificate not trusted, or a server without TLS where it is required: waiting will not
+    // help either.
+    const TLS_FAILED: &str = "error performing TLS handshake";
+    if error.to_string() == TLS_FAILED {
+        let text = describe(error);
+        let cause = text.strip_prefix(TLS_FAILED).unwrap_or(&text).trim_start_matches(": ");
+        return StoreError::Backend(format!("the TLS handshake with PostgreSQL at {place} failed: {cause}"));
+    }
     match error.as_db_error() {
         Some(db) if !unreachable_code(db) => StoreError::Backend(format!(
             "PostgreSQL at {place} refused the connection: {}",

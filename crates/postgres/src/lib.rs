@@ -9,11 +9,13 @@ mod address;
 mod connection;
 mod schema;
 mod store;
+mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use switchboard_store::{StoreError, Tier};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use address::redacted;
 pub use schema::SCHEMA_VERSION;
@@ -59,11 +61,11 @@ impl PgOptions {
 /// Creates a database with a random name on the server of `admin_url` (a role that may create
 /// databases) and returns the URL of the new database: a fresh, empty store for one test.
 pub async fn scratch_database(admin_url: &str) -> Result<String, StoreError> {
-    let config = parse(admin_url)?;
+    let (config, tls) = parse(admin_url)?;
     let place = address::of(&config);
     let name = format!("switchboard_{}", uuid::Uuid::new_v4().simple());
     let limit = Duration::from_secs(10);
-    let (client, connection) = tokio::time::timeout(limit, config.connect(tokio_postgres::NoTls))
+    let (client, connection) = tokio::time::timeout(limit, config.connect(tls))
         .await
         .map_err(|_| {
             unavailable(format!(
@@ -122,9 +124,9 @@ impl Drop for ServerLock {
 
 /// Takes the database's [`ServerLock`] to serve as `serving` says, or says who holds it.
 pub async fn hold_server_lock(url: &str, timeout: Duration, serving: Serving) -> Result<ServerLock, StoreError> {
-    let config = parse(url)?;
+    let (config, tls) = parse(url)?;
     let place = address::of(&config);
-    let (client, connection) = tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(tls))
         .await
         .map_err(|_| StoreError::TimedOut {
             tier: Tier::Postgres,
@@ -169,14 +171,18 @@ pub async fn hold_server_lock(url: &str, timeout: Duration, serving: Serving) ->
 }
 
 /// Reads a connection URL (or `key=value` string) without echoing any of it in the error.
-fn parse(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    tokio_postgres::Config::from_str(url).map_err(|e| {
+/// The configuration of `url` and the TLS connector its connections use ([`tls`]).
+fn parse(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
+    let invalid = |problem: String| {
         StoreError::Backend(format!(
-            "the PostgreSQL URL {} is not valid: {}",
-            address::redacted(url),
-            connection::describe(&e)
+            "the PostgreSQL URL {} is not valid: {problem}",
+            address::redacted(url)
         ))
-    })
+    };
+    let secured = tls::secure(url).map_err(invalid)?;
+    let mut config = tokio_postgres::Config::from_str(&secured.url).map_err(|e| invalid(connection::describe(&e)))?;
+    config.ssl_mode(secured.ssl_mode);
+    Ok((config, secured.tls))
 }
 
 fn unavailable(reason: String) -> StoreError {

@@ -16,6 +16,7 @@ use switchboard_store::{
     RunRecord, RunState, Store, StoreError, StoredEvent, Thread, Tier, TierClock, TierObserver, User, thread_title,
 };
 use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::connection::{self, Failure, Work};
 use crate::{PgOptions, address, schema};
@@ -46,6 +47,8 @@ fn server_deadlines(given: Option<&str>, query_timeout: Duration) -> String {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// How its connections are secured (the pool's, and a cancel request's).
+    tls: MakeRustlsConnect,
     place: String,
     options: PgOptions,
     /// Appends so far, to forget old batch keys now and then.
@@ -73,14 +76,14 @@ impl PgStore {
     /// the address and what failed, never the password.
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
         options.check()?;
-        let mut config = crate::parse(url)?;
+        let (mut config, tls) = crate::parse(url)?;
         config.connect_timeout(options.connect_timeout);
         config.application_name("switchboard");
         config.options(server_deadlines(config.get_options(), options.query_timeout));
         let place = address::of(&config);
         let manager = deadpool_postgres::Manager::from_config(
             config,
-            tokio_postgres::NoTls,
+            tls.clone(),
             ManagerConfig {
                 // A connection that is closed is not handed out; a lease cut short never comes back.
                 recycling_method: RecyclingMethod::Fast,
@@ -96,6 +99,7 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("cannot make a pool of connections to {place}: {e}")))?;
         let store = Self {
             pool,
+            tls,
             place,
             options,
             appends: Arc::default(),
@@ -107,6 +111,7 @@ impl PgStore {
         let limit = MIGRATION_DEADLINE.max(options.query_timeout);
         let found = connection::within(
             &store.pool,
+            &store.tls,
             &store.place,
             options.connect_timeout,
             limit,
@@ -215,6 +220,7 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let work = connection::within(
             &self.pool,
+            &self.tls,
             &self.place,
             self.options.connect_timeout,
             self.options.query_timeout,

@@ -46,6 +46,9 @@ fn check(case: Case, error: StoreError) {
     }
 }
 
+/// The body of PostgreSQL's SSLRequest (after its length, 8): the code 80877103.
+const SSL_REQUEST: [u8; 4] = 80_877_103_i32.to_be_bytes();
+
 /// A server that asks for a password and refuses it, as PostgreSQL does with `password`
 /// authentication: the client really sends the password, and must not repeat it.
 async fn refusing_server() -> u16 {
@@ -53,9 +56,16 @@ async fn refusing_server() -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await.unwrap();
-        let length = socket.read_i32().await.unwrap();
+        let mut length = socket.read_i32().await.unwrap();
         let mut startup = vec![0; length as usize - 4];
         socket.read_exact(&mut startup).await.unwrap();
+        if startup == SSL_REQUEST {
+            // No TLS here (the client asks first, `sslmode=prefer`): it goes on in the clear.
+            socket.write_all(b"N").await.unwrap();
+            length = socket.read_i32().await.unwrap();
+            startup = vec![0; length as usize - 4];
+            socket.read_exact(&mut startup).await.unwrap();
+        }
         // AuthenticationCleartextPassword.
         socket.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await.unwrap();
         assert_eq!(socket.read_u8().await.unwrap(), b'p');

@@ -170,7 +170,8 @@ async fn a_transaction_cut_off_behind_a_stalled_network_does_not_hold_the_log_fo
     // open for the client: alice's log row is free at once.
     let (proxy, armed) = support::stalling_proxy(format!("127.0.0.1:{port}"), b"lost", support::Stall::After).await;
     let cut_off = PgStore::connect(
-        &format!("host=127.0.0.1 port={proxy} user={user} dbname={database}"),
+        // In the clear, so that the proxy sees the statement it stalls on.
+        &format!("host=127.0.0.1 port={proxy} user={user} dbname={database} sslmode=disable"),
         one_connection(Duration::from_millis(300)),
     )
     .await

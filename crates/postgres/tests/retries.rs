@@ -98,7 +98,8 @@ async fn a_batch_whose_answer_was_lost_after_it_committed_is_stored_once_when_tr
     // The server gets the append, commits it, and its answer never arrives.
     let (proxy, armed) = support::stalling_proxy(format!("127.0.0.1:{port}"), b"in doubt", support::Stall::After).await;
     let cut_off = PgStore::connect(
-        &format!("host=127.0.0.1 port={proxy} user={user} dbname={database}"),
+        // In the clear, so that the proxy sees the statement it stalls on.
+        &format!("host=127.0.0.1 port={proxy} user={user} dbname={database} sslmode=disable"),
         PgOptions {
             query_timeout: Duration::from_millis(300),
             ..PgOptions::default()
