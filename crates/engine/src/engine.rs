@@ -414,20 +414,32 @@ impl HeldRun {
 
     /// Ends the run as if it had never started (what dropping it does).
     pub fn abandon(self) {}
-}
 
-impl Drop for HeldRun {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
+    /// Ends the run as [`HeldRun::abandon`] does, but hands its place back to the caller, to
+    /// start another run with: places held elsewhere with it (a cluster's) are not given back,
+    /// so a new reservation cannot find them taken in the meantime.
+    pub fn abandon_keeping_place(mut self) -> Option<Reservation> {
+        self.released = true;
+        self.stop()
+    }
+
+    /// Stops the run, drops its events, and takes its place out of it.
+    fn stop(&mut self) -> Option<Reservation> {
         // Stopped first, so that nothing it does after is stored; its events dropped; its place
-        // given back now, not when its task is dropped, so that the user's next message finds
+        // out of it now, not when its task is dropped, so that the user's next message finds
         // it free.
         self.task.abort();
         self.inner.events.abandon(&self.gate);
         self.inner.finish(&self.run_id);
-        self.log.release_place();
+        self.log.take_place()
+    }
+}
+
+impl Drop for HeldRun {
+    fn drop(&mut self) {
+        if !self.released {
+            drop(self.stop());
+        }
     }
 }
 

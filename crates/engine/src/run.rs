@@ -225,7 +225,12 @@ impl RunLog {
 
     /// Gives the run's place among the active runs back.
     pub(crate) fn release_place(&self) {
-        drop(self.place.lock().unwrap().take());
+        drop(self.take_place());
+    }
+
+    /// Takes the run's place out of it (none once given back).
+    pub(crate) fn take_place(&self) -> Option<Reservation> {
+        self.place.lock().unwrap().take()
     }
 
     /// Tool calls of `agent` still open: `(call id, tool name, started)`.

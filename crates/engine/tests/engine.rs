@@ -1192,14 +1192,33 @@ async fn an_abandoned_held_run_drops_its_calls_stores_nothing_and_gives_its_plac
         );
     }
     assert_eq!(model.dropped(), 2, "the model calls of abandoned runs are dropped");
-    // The third, released late, is stored whole; the two abandoned ones never.
+    // A third, abandoned keeping its place: the place starts another run, stored whole.
+    let kept_request = request(&alice);
+    let (kept, held) = engine
+        .reserve(&alice)
+        .unwrap()
+        .start_held(kept_request.thread_id.clone(), kept_request.run_id, kept_request.text)
+        .unwrap();
+    let place = held.abandon_keeping_place().expect("a held run has its place");
+    assert_eq!(engine.active_runs_of(&alice), 2, "the place is kept");
+    assert_eq!(kept.outcome().await.final_event, None);
+    let again = request(&alice);
+    let again_run = again.run_id.clone();
+    let restarted = place.start(again.thread_id, again.run_id, again.text).unwrap();
+    assert_eq!(restarted.outcome().await.status, RunStatus::Completed);
+    // The last, released late, is stored whole; the abandoned ones never.
     let (third, held) = handles.remove(0);
     let third_run = third.run_id.clone();
     held.release();
     assert_eq!(third.outcome().await.status, RunStatus::Completed);
     tokio::time::sleep(S(60)).await;
     let events = sink.events_of(&alice);
-    check_run(&events).unwrap();
+    check_run(&sink.events_of_run(&third_run)).unwrap();
+    check_run(&sink.events_of_run(&again_run)).unwrap();
     check_gapless(&events).unwrap();
-    assert!(events.iter().all(|e| e.run_id == third_run), "{:#?}", summary(&events));
+    assert!(
+        events.iter().all(|e| e.run_id == third_run || e.run_id == again_run),
+        "{:#?}",
+        summary(&events)
+    );
 }

@@ -48,8 +48,9 @@ pub fn redacted(url: &str) -> String {
     else {
         return "(a connection string that cannot be read)".to_owned();
     };
-    let rest = rest.split('?').next().unwrap_or_default();
+    // After the last `@` first: a password may hold a `?` too.
     let place = rest.rsplit('@').next().unwrap_or_default();
+    let place = place.split('?').next().unwrap_or_default();
     format!("postgres://{place}")
 }
 
@@ -92,6 +93,7 @@ mod tests {
                 "postgres://ann:s3cret@db/chat?sslmode=verify-full&sslrootcert=/etc/ca.pem",
                 "postgres://ann@db:5432/chat",
             ),
+            ("postgres://ann:pa?ss@db:x/chat?sslmode=require", "postgres://db:x/chat"),
             ("not a url password=s3cret", "(a connection string that cannot be read)"),
         ];
         for (url, expected) in cases {

@@ -155,9 +155,9 @@ pub(crate) fn query_error(place: &str, error: &tokio_postgres::Error) -> StoreEr
 /// unavailable.
 pub(crate) fn connect_error(place: &str, error: &tokio_postgres::Error) -> StoreError {
     // A certificate not trusted, or a server without TLS where it is required: waiting will not
-    // help either.
+    // help either (a handshake cut by the network is unavailable, as any connection cut).
     const TLS_FAILED: &str = "error performing TLS handshake";
-    if error.to_string() == TLS_FAILED {
+    if error.to_string() == TLS_FAILED && tls_refused(error) {
         let text = describe(error);
         let cause = text.strip_prefix(TLS_FAILED).unwrap_or(&text).trim_start_matches(": ");
         return StoreError::Backend(format!("the TLS handshake with PostgreSQL at {place} failed: {cause}"));
@@ -169,6 +169,24 @@ pub(crate) fn connect_error(place: &str, error: &tokio_postgres::Error) -> Store
         )),
         _ => unavailable(format!("cannot connect to {place}: {}", describe(error))),
     }
+}
+
+/// Whether a failed TLS handshake was refused (rustls refused the server, or the server has
+/// no TLS), not cut.
+fn tls_refused(error: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        // An `io::Error` hides the error it wraps from the chain.
+        let wrapped = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if cause.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        if cause.to_string() == "server does not support TLS" {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn pool_error(place: &str, connect_timeout: Duration, error: PoolError) -> StoreError {

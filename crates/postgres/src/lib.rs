@@ -181,7 +181,9 @@ fn parse(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), Store
     };
     let secured = tls::secure(url).map_err(invalid)?;
     let mut config = tokio_postgres::Config::from_str(&secured.url).map_err(|e| invalid(connection::describe(&e)))?;
-    config.ssl_mode(secured.ssl_mode);
+    if let Some(mode) = secured.ssl_mode {
+        config.ssl_mode(mode);
+    }
     Ok((config, secured.tls))
 }
 

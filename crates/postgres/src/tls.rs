@@ -66,8 +66,8 @@ impl Mode {
 pub(crate) struct Secured {
     /// The URL without `sslmode` and `sslrootcert`.
     pub(crate) url: String,
-    /// What tokio-postgres is to do.
-    pub(crate) ssl_mode: SslMode,
+    /// What tokio-postgres is to do, when the URL said it here (else what it read itself).
+    pub(crate) ssl_mode: Option<SslMode>,
     /// The connector (used only when TLS is asked for).
     pub(crate) tls: MakeRustlsConnect,
 }
@@ -77,7 +77,22 @@ pub(crate) struct Secured {
 /// them, to follow the URL's name.
 pub(crate) fn secure(url: &str) -> Result<Secured, String> {
     let (url, mode, root) = take_parameters(url);
-    let mode = mode.as_deref().map_or(Ok(Mode::Prefer), Mode::parse)?;
+    // Without a mode taken here, tokio-postgres keeps whatever it reads of one itself (never
+    // less than asked for).
+    let told = mode.is_some() || root.as_deref() == Some("system");
+    let mode = match (mode.as_deref(), root.as_deref()) {
+        // As libpq: the platform's CAs vouch for any host they issued a certificate to, so
+        // they are trusted only to say who the host is.
+        (None, Some("system")) => Mode::VerifyFull,
+        (Some(mode), Some("system")) if mode != "verify-full" => {
+            return Err(format!(
+                "sslrootcert=system trusts the platform's CAs, which vouch only for a host's name: it needs \
+                 sslmode=verify-full, not sslmode={mode}"
+            ));
+        }
+        (Some(mode), _) => Mode::parse(mode)?,
+        (None, _) => Mode::Prefer,
+    };
     let roots = match root.as_deref() {
         None => None,
         Some("system") => Some(system_roots()?),
@@ -101,7 +116,7 @@ pub(crate) fn secure(url: &str) -> Result<Secured, String> {
     };
     Ok(Secured {
         url,
-        ssl_mode: mode.ssl_mode(),
+        ssl_mode: told.then(|| mode.ssl_mode()),
         tls: MakeRustlsConnect::new(client_config(check)?),
     })
 }
@@ -190,14 +205,18 @@ pub(crate) fn take_parameters(url: &str) -> Taken {
         true
     };
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else {
+        // As tokio-postgres reads a URL: the credentials run to the first `@`, so the query is
+        // after the first `?` that follows it (a `?` of a password is not the query's).
+        let from = url.find('@').unwrap_or(0);
+        let Some(at) = url[from..].find('?').map(|at| from + at) else {
             return (url.to_owned(), None, None);
         };
+        let (base, query) = (&url[..at], &url[at + 1..]);
         let kept: Vec<&str> = query
             .split('&')
             .filter(|pair| {
                 let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                !take(key, percent_decoded(value))
+                !take(&percent_decoded(key), percent_decoded(value))
             })
             .collect();
         let url = if kept.is_empty() {
@@ -207,18 +226,74 @@ pub(crate) fn take_parameters(url: &str) -> Taken {
         };
         return (url, mode, root);
     }
-    // libpq's `key=value` words; a quoted value of these two is not taken (tokio-postgres then
-    // says what it makes of it).
-    let kept: Vec<&str> = url
-        .split_whitespace()
-        .filter(|word| {
-            let Some((key, value)) = word.split_once('=') else {
-                return true;
-            };
-            value.starts_with('\'') || !take(key.trim(), value.to_owned())
-        })
-        .collect();
-    (kept.join(" "), mode, root)
+    // libpq's `key = value` pairs, values quoted or not: the two pairs taken are cut out of the
+    // text, which is otherwise left as it is (a quoted password keeps its spaces).
+    let mut kept = String::with_capacity(url.len());
+    let mut copied = 0;
+    for (key, value, range) in pairs(url) {
+        if take(key, value) {
+            kept.push_str(&url[copied..range.start]);
+            copied = range.end;
+        }
+    }
+    kept.push_str(&url[copied..]);
+    (kept, mode, root)
+}
+
+/// The `key = value` pairs of a libpq connection string, as libpq reads them (a value quoted
+/// with `'`, a `\` escaping the next character), with the byte range of each pair. Reading
+/// stops at text that is no pair (tokio-postgres then says what is wrong with it).
+fn pairs(text: &str) -> Vec<(&str, String, std::ops::Range<usize>)> {
+    let bytes = text.as_bytes();
+    let skip_spaces = |mut at: usize| {
+        while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        at
+    };
+    let mut found = Vec::new();
+    let mut at = skip_spaces(0);
+    while at < bytes.len() {
+        let start = at;
+        while at < bytes.len() && bytes[at] != b'=' && !bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        let key = &text[start..at];
+        at = skip_spaces(at);
+        if at >= bytes.len() || bytes[at] != b'=' || key.is_empty() {
+            break;
+        }
+        at = skip_spaces(at + 1);
+        let mut value = Vec::new();
+        let quoted = bytes.get(at) == Some(&b'\'');
+        if quoted {
+            at += 1;
+        }
+        let mut closed = !quoted;
+        while at < bytes.len() {
+            match bytes[at] {
+                b'\\' if at + 1 < bytes.len() => {
+                    value.push(bytes[at + 1]);
+                    at += 2;
+                    continue;
+                }
+                b'\'' if quoted => {
+                    at += 1;
+                    closed = true;
+                    break;
+                }
+                byte if !quoted && byte.is_ascii_whitespace() => break,
+                byte => value.push(byte),
+            }
+            at += 1;
+        }
+        if !closed {
+            break;
+        }
+        found.push((key, String::from_utf8_lossy(&value).into_owned(), start..at));
+        at = skip_spaces(at);
+    }
+    found
 }
 
 /// `%XX` decoded (as tokio-postgres decodes a URL's values); text that is not valid is left.
@@ -351,7 +426,26 @@ mod tests {
             ),
             (
                 "host=h sslmode=require dbname=db sslrootcert=/ca.pem",
-                ("host=h dbname=db", Some("require"), Some("/ca.pem")),
+                ("host=h  dbname=db ", Some("require"), Some("/ca.pem")),
+            ),
+            // Quoted, spaced, escaped: as libpq reads them; a quoted password is left whole.
+            (
+                "host=h password='a  b sslmode=disable' sslmode = 'verify-full' sslrootcert='/my ca.pem'",
+                (
+                    "host=h password='a  b sslmode=disable'  ",
+                    Some("verify-full"),
+                    Some("/my ca.pem"),
+                ),
+            ),
+            ("host=h sslmode=re\\quire", ("host=h ", Some("require"), None)),
+            // A `?` of a password is not the query's.
+            (
+                "postgres://ann:pa?ss@h/db?sslmode=require",
+                ("postgres://ann:pa?ss@h/db", Some("require"), None),
+            ),
+            (
+                "postgres://h/db?ssl%6Dode=verify-ca",
+                ("postgres://h/db", Some("verify-ca"), None),
             ),
         ];
         for (url, (rest, mode, root)) in cases {
@@ -389,6 +483,11 @@ mod tests {
             error(&url),
             format!("sslrootcert {} holds no PEM certificate", empty.display())
         );
+        assert_eq!(
+            error("postgres://h/db?sslmode=require&sslrootcert=system"),
+            "sslrootcert=system trusts the platform's CAs, which vouch only for a host's name: it needs \
+             sslmode=verify-full, not sslmode=require"
+        );
         for fine in [
             "postgres://h/db",
             "postgres://h/db?sslmode=require",
@@ -396,5 +495,13 @@ mod tests {
         ] {
             assert!(secure(fine).is_ok(), "{fine}");
         }
+    }
+
+    #[test]
+    fn a_mode_is_told_to_tokio_postgres_only_when_given() {
+        let mode = |url: &str| secure(url).unwrap().ssl_mode;
+        assert_eq!(mode("postgres://h/db"), None, "tokio-postgres's own default (prefer)");
+        assert_eq!(mode("postgres://h/db?sslmode=disable"), Some(SslMode::Disable));
+        assert_eq!(mode("host=h sslmode='require'"), Some(SslMode::Require));
     }
 }

@@ -307,6 +307,11 @@ impl Metrics {
         );
     }
 
+    /// Forgets a run that did not start.
+    pub(crate) fn forget(&self, run: &RunId) {
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner()).remove(run);
+    }
+
     /// A message refused: one refused because a tier failed or the server was full (or failed
     /// itself) counts against the SLA, since its user got no answer; one refused for the user's
     /// own limits or input does not.

@@ -255,21 +255,30 @@ impl Runs {
             return Ok(reply);
         }
         // A message sent again: the run of the first one is the message's run, and this one is
-        // not. If the first one's storing timed out but was done after all, its run starts now.
-        held.abandon();
+        // not. If the first one's storing timed out but was done after all, its run starts now,
+        // in this one's place.
         let Some(unstarted) = self.uncertain.take(&accepted.run_id) else {
+            held.abandon();
             return Ok(reply);
         };
-        let started = match self.admit(user).await {
-            Ok(reservation) => reservation.start(accepted.thread_id.clone(), accepted.run_id.clone(), unstarted.text),
-            Err(error) => Err(error),
+        let started = match held.abandon_keeping_place() {
+            Some(reservation) => {
+                self.metrics.accepted(&accepted.run_id, unstarted.accepted_at);
+                reservation.start(accepted.thread_id.clone(), accepted.run_id.clone(), unstarted.text)
+            }
+            None => self.admit(user).await.and_then(|reservation| {
+                self.metrics.accepted(&accepted.run_id, unstarted.accepted_at);
+                reservation.start(
+                    accepted.thread_id.clone(),
+                    accepted.run_id.clone(),
+                    unstarted.text.clone(),
+                )
+            }),
         };
         match started {
-            Ok(_) => {
-                self.metrics.accepted(&accepted.run_id, unstarted.accepted_at);
-                Ok(reply)
-            }
+            Ok(_) => Ok(reply),
             Err(error) => {
+                self.metrics.forget(&accepted.run_id);
                 if let Err(store_error) = self
                     .store
                     .discard_run(user, &accepted.run_id, unstarted.new_thread)
