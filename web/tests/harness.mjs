@@ -3,7 +3,9 @@
 // steps. Tests wait for what the page shows, never for a fixed time.
 
 import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test, after } from 'node:test';
@@ -509,6 +511,120 @@ export async function startPostgres() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Several nodes behind a load balancer
+
+/**
+ * The URL of the throw-away Redis that scripts/test starts (`SWITCHBOARD_TEST_REDIS_URL`), for
+ * the tests of several nodes; without it the test fails, saying how to run it.
+ */
+export function redisUrl() {
+  const url = process.env.SWITCHBOARD_TEST_REDIS_URL;
+  if (!url) {
+    throw new Error(
+      'SWITCHBOARD_TEST_REDIS_URL is not set, so these nodes have no Redis to share: run the browser tests through ' +
+        'scripts/test (it starts a throw-away PostgreSQL and Redis and exports them), or start them yourself: ' +
+        '`scripts/tiers start --postgres --redis DIR; set -a; . DIR/env; set +a; scripts/test-web`',
+    );
+  }
+  return url;
+}
+
+/**
+ * @typedef {object} Balanced one connection the balancer passed on
+ * @property {Server} node the node it went to
+ * @property {boolean} websocket whether its first request asked for a WebSocket upgrade
+ * @property {boolean} open whether it is still open
+ */
+
+/**
+ * @typedef {object} Balancer
+ * @property {string} url e.g. `http://127.0.0.1:40123`
+ * @property {Balanced[]} connections every connection it passed on, in the order they came
+ * @property {() => Balanced[]} openSockets the WebSocket connections still open, oldest first
+ * @property {() => Promise<void>} stop closes it and every connection through it
+ */
+
+/**
+ * A load balancer in front of `nodes`, as a deployment puts one, without sticky sessions: each
+ * new TCP connection goes to the next node in turn, WebSocket upgrades and other HTTP
+ * connections each in a turn of their own (so two sockets opened one after the other land on
+ * two nodes), past a node that refuses connections (as a balancer's health check would take it
+ * out). It reads a connection's first request head to tell which it is, then passes bytes on
+ * both ways untouched.
+ * @param {Server[]} nodes
+ * @returns {Promise<Balancer>}
+ */
+export async function startBalancer(nodes) {
+  /** @type {Record<'websocket' | 'http', number>} */
+  const turns = { websocket: 0, http: 0 };
+  /** @type {Balanced[]} */
+  const connections = [];
+  /** @type {Set<net.Socket>} */
+  const sockets = new Set();
+  const track = (/** @type {net.Socket} */ socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    // A reset from either side ends both (below); it is not the test's failure.
+    socket.on('error', () => socket.destroy());
+  };
+  const listener = net.createServer((client) => {
+    track(client);
+    let head = Buffer.alloc(0);
+    const onData = (/** @type {Buffer} */ chunk) => {
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0 && head.length < 64 * 1024) return;
+      client.pause();
+      client.off('data', onData);
+      const headers = head.subarray(0, end < 0 ? head.length : end).toString('latin1');
+      const kind = /^upgrade:[ \t]*websocket[ \t]*$/im.test(headers) ? 'websocket' : 'http';
+      const pass = (/** @type {number} */ tried) => {
+        if (tried === nodes.length || client.destroyed) {
+          client.destroy();
+          return;
+        }
+        const node = nodes[turns[kind]++ % nodes.length];
+        const upstream = net.connect(node.port, '127.0.0.1');
+        upstream.once('error', () => pass(tried + 1));
+        upstream.once('connect', () => {
+          upstream.removeAllListeners('error');
+          track(upstream);
+          /** @type {Balanced} */
+          const connection = { node, websocket: kind === 'websocket', open: true };
+          connections.push(connection);
+          const close = () => {
+            connection.open = false;
+            client.destroy();
+            upstream.destroy();
+          };
+          client.once('close', close);
+          upstream.once('close', close);
+          upstream.write(head);
+          client.pipe(upstream);
+          upstream.pipe(client);
+        });
+      };
+      pass(0);
+    };
+    client.on('data', onData);
+  });
+  await new Promise((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen(0, '127.0.0.1', () => resolve(undefined));
+  });
+  const { port } = /** @type {net.AddressInfo} */ (listener.address());
+  return {
+    url: `http://127.0.0.1:${port}`,
+    connections,
+    openSockets: () => connections.filter((c) => c.websocket && c.open),
+    async stop() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => listener.close(() => resolve(undefined)));
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // The REST API, from the test (with a token of the same user as the page)
 
 /**
@@ -601,6 +717,8 @@ after(async () => {
 /**
  * @typedef {object} Session
  * @property {Server} server
+ * @property {Server[]} nodes every server of the test's cluster (`[server]` unless `nodes`), in node order
+ * @property {Balancer | undefined} balancer the load balancer in front of them (with `nodes`), where the pages go
  * @property {import('playwright-core').BrowserContext} context
  * @property {import('playwright-core').Page} page
  * @property {(options?: {viewport?: {width: number, height: number}}) => Promise<import('playwright-core').BrowserContext>} newContext another browser profile (another person)
@@ -626,7 +744,11 @@ export function fileName(name) {
  * (`SWITCHBOARD_TEST_POSTGRES_URL`, which scripts/test exports; without it the test fails),
  * reached through a fault proxy (`session.postgres.proxy`), with a 500 ms deadline on each
  * query; the proxy is set back to `none` before the servers stop.
- * @param {{server?: Parameters<typeof startServer>[0], viewport?: {width: number, height: number}, timeout?: number, llm?: import('./fake-llm.mjs').FakeLlmOptions, postgres?: boolean}} options
+ * `nodes` (2 or more): that many servers on that database and the test Redis
+ * (`SWITCHBOARD_TEST_REDIS_URL`), one JWT secret, `--node-id node-1`, `node-2`, …, behind a load
+ * balancer without sticky sessions (`startBalancer`), where the pages go (`session.nodes`,
+ * `session.balancer`; `session.server` is node-1).
+ * @param {{server?: Parameters<typeof startServer>[0], viewport?: {width: number, height: number}, timeout?: number, llm?: import('./fake-llm.mjs').FakeLlmOptions, postgres?: boolean, nodes?: number}} options
  * @param {(session: Session & {llm?: import('./fake-llm.mjs').FakeLlm, postgres?: Postgres}) => Promise<void>} body
  */
 export function webTest(name, options, body) {
@@ -648,7 +770,8 @@ export function webTest(name, options, body) {
       /** @type {Postgres | undefined} */
       let postgres;
       let serverOptions = options.server ?? {};
-      if (options.postgres) {
+      const nodeCount = options.nodes ?? 1;
+      if (options.postgres || nodeCount > 1) {
         const started = await startPostgres();
         // A failed test's database is kept with WEB_TEST_KEEP_DATA=1, as its data dir is.
         cleanups.push(() => started.close(failed && Boolean(process.env.WEB_TEST_KEEP_DATA)));
@@ -677,11 +800,30 @@ export function webTest(name, options, body) {
         servers.push(s);
         return s;
       };
-      const server = await startOne(serverOptions);
+      /** @type {Server[]} */
+      const nodes = [];
+      /** @type {Balancer | undefined} */
+      let balancer;
+      if (nodeCount > 1) {
+        const shared = {
+          ...serverOptions,
+          args: [...(serverOptions.args ?? []), '--redis-url', redisUrl()],
+          env: { ...(serverOptions.env ?? {}), SWITCHBOARD_JWT_SECRET: randomBytes(32).toString('hex') },
+        };
+        for (let n = 1; n <= nodeCount; n += 1) {
+          nodes.push(await startOne({ ...shared, args: [...shared.args, '--node-id', `node-${n}`] }));
+        }
+        const started = await startBalancer(nodes);
+        cleanups.push(() => started.stop());
+        balancer = started;
+      } else {
+        nodes.push(await startOne(serverOptions));
+      }
+      const server = nodes[0];
       const b = await browser();
       const newContext = async (/** @type {{viewport?: {width: number, height: number}}} */ o = {}) => {
         const context = await b.newContext({
-          baseURL: server.url,
+          baseURL: balancer?.url ?? server.url,
           viewport: o.viewport ?? options.viewport ?? { width: 1280, height: 860 },
           locale: 'en-US',
           timezoneId: 'UTC',
@@ -696,6 +838,8 @@ export function webTest(name, options, body) {
       /** @type {Session & {llm?: import('./fake-llm.mjs').FakeLlm, postgres?: Postgres}} */
       const session = {
         server,
+        nodes,
+        balancer,
         context,
         page,
         llm,
