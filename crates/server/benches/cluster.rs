@@ -35,7 +35,8 @@
 //! create databases: every phase gets a new database, so one phase never sees another's data,
 //! and its nodes a cluster of their own) and `SWITCHBOARD_BENCH_REDIS_URL=redis://127.0.0.1:PORT/`,
 //! then `cargo bench -p switchboard --bench cluster`. `BENCH_USERS=10,100` (a comma-separated
-//! list) sets the user counts, `BENCH_NODES=1,3` the node counts, `BENCH_RATE` the paced load.
+//! list) sets the user counts, `BENCH_NODES=1,3` the node counts, `BENCH_RATE` the paced loads
+//! (a list too: `25%,50%,75%` gives a paced phase at each, in order).
 
 #![allow(clippy::print_stdout)]
 
@@ -639,10 +640,14 @@ async fn main_async() -> anyhow::Result<()> {
     let tiers = Tiers::from_env()?;
     let user_counts = counts("BENCH_USERS", &USERS)?;
     let node_counts = counts("BENCH_NODES", &NODES)?;
-    let rate = match std::env::var("BENCH_RATE").ok().filter(|v| !v.is_empty()) {
-        Some(text) => Rate::parse(&text)?,
-        None => Rate::Share(PACED_SHARE),
+    // A comma-separated list: a paced phase at each rate, in order (`off` alone: none).
+    let rates = match std::env::var("BENCH_RATE").ok().filter(|v| !v.is_empty()) {
+        Some(text) => text.split(',').map(Rate::parse).collect::<anyhow::Result<Vec<_>>>()?,
+        None => vec![Rate::Share(PACED_SHARE)],
     };
+    if rates.len() > 1 && rates.contains(&Rate::Off) {
+        anyhow::bail!("BENCH_RATE is `off` alone, or a list of rates without `off`");
+    }
     println!(
         "cluster benchmark: release nodes on loopback, offline model (no added latency); one machine, {}, \
          shared by the nodes, PostgreSQL, Redis and this client",
@@ -655,7 +660,11 @@ async fn main_async() -> anyhow::Result<()> {
          Saturated: {RUNS_EACH} messages each, the next once every socket has the last run's final event. \
          Paced: the users together offer a fixed rate, evenly spaced, for at least {} s ({}).",
         PACED_FOR.as_secs(),
-        rate.describe()
+        rates
+            .iter()
+            .map(|rate| rate.describe())
+            .collect::<Vec<_>>()
+            .join("; then ")
     );
     println!();
     let mut phases = Vec::new();
@@ -669,13 +678,13 @@ async fn main_async() -> anyhow::Result<()> {
             }
             phases.push((phase, figures));
         }
-        let paced = match (rate, saturated_rate) {
-            (Rate::Off, _) => None,
-            (Rate::Fixed(rate), _) => Some(rate),
-            (Rate::Share(share), Some(saturated)) => Some(share * saturated),
-            (Rate::Share(_), None) => None,
-        };
-        if let Some(rate) = paced {
+        for &rate in &rates {
+            let rate = match (rate, saturated_rate) {
+                (Rate::Off, _) => continue,
+                (Rate::Fixed(rate), _) => rate,
+                (Rate::Share(share), Some(saturated)) => share * saturated,
+                (Rate::Share(_), None) => continue,
+            };
             for &nodes in &node_counts {
                 let phase = phase(&tiers, nodes, users, Load::Paced { rate }).await?;
                 let figures = figures(&phase);
