@@ -30,6 +30,12 @@
 //! socket's stream is checked: consecutive seqs, each run's events the same on every socket,
 //! every run's final event on every socket; any problem is reported.
 //!
+//! Then **stops** at each node count: `STOP_USERS` users at once, each `STOPS_EACH` times a run
+//! (its model call taking a minute) started on the first node and stopped from another, by
+//! `stop_agent` on a socket of the second node and by `POST /api/runs/{id}/cancel` on the third
+//! (on one node, from that node: the baseline), timed from the request to the run's final event
+//! (`cancelled`) on a socket of the node that asked: the issue's bound is 100 ms on loopback.
+//!
 //! `scripts/bench-cluster` starts the tiers and runs it. By hand:
 //! `SWITCHBOARD_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:PORT/postgres` (a role that may
 //! create databases: every phase gets a new database, so one phase never sees another's data,
@@ -51,7 +57,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::future::try_join_all;
 use switchboard_client::{Client, Socket};
-use switchboard_protocol::{ClientFrame, Control, Event, EventPayload, RunId, ServerFrame, UserMessage};
+use switchboard_protocol::{
+    ClientFrame, Control, Event, EventPayload, RunId, RunStatus, ServerFrame, StopAgent, UserMessage,
+};
 use tokio::process::Child;
 
 /// User counts, each user with `SOCKETS_PER_USER` sockets. Saturated, each sends its next
@@ -75,6 +83,12 @@ const WARM_UP_RUNS: usize = SOCKETS_PER_USER;
 const RUN_DEADLINE: Duration = Duration::from_secs(10);
 /// Nodes in the cluster, at each user count.
 const NODES: [usize; 2] = [1, 3];
+/// Users of a stop phase, at once.
+const STOP_USERS: usize = 20;
+/// Runs each user of a stop phase has stopped in each way.
+const STOPS_EACH: usize = 5;
+/// The offline model's time per call in a stop phase: every run is still going when stopped.
+const STOP_MODEL_LATENCY_MS: &str = "60000";
 
 /// How the users send.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -184,7 +198,8 @@ struct Node {
 }
 
 impl Cluster {
-    async fn start(tiers: &Tiers, count: usize) -> anyhow::Result<Cluster> {
+    /// `count` nodes whose offline model takes `model_latency_ms` per call.
+    async fn start(tiers: &Tiers, count: usize, model_latency_ms: &str) -> anyhow::Result<Cluster> {
         let database = switchboard_postgres::scratch_database(&tiers.database)
             .await
             .context("a new PostgreSQL database")?;
@@ -197,7 +212,7 @@ impl Cluster {
                 "--rate-limit-per-minute",
                 "1000000",
                 "--model-latency-ms",
-                "0",
+                model_latency_ms,
                 "--max-active-runs",
                 "4096",
                 "--database-url",
@@ -263,6 +278,8 @@ struct Seen {
     events: Vec<Arrival>,
     /// The run `message_accepted` named (on the socket the message was sent on).
     accepted: Option<RunId>,
+    /// How the run ended, as its final event says.
+    status: Option<RunStatus>,
 }
 
 /// One run: where it was sent, when (and when it was due, paced), and what each socket got.
@@ -277,6 +294,15 @@ fn is_final(event: &Event) -> bool {
     matches!(&event.payload, EventPayload::AgentCompleted(done) if done.is_final)
 }
 
+/// The message every run of the benchmark starts from.
+fn message() -> ClientFrame {
+    ClientFrame::UserMessage(UserMessage {
+        text: "How can we cut our LLM costs on gpt-4o?".into(),
+        thread_id: None,
+        client_message_id: None,
+    })
+}
+
 /// Reads `socket` up to the next final event. A user has one run at a time, so everything
 /// before it belongs to that run (checked afterwards).
 async fn read_run(socket: &mut Socket) -> anyhow::Result<Seen> {
@@ -287,6 +313,11 @@ async fn read_run(socket: &mut Socket) -> anyhow::Result<Seen> {
         match frame {
             ServerFrame::Event(event) => {
                 let last = is_final(&event);
+                if let EventPayload::AgentCompleted(done) = &event.payload
+                    && last
+                {
+                    seen.status = Some(done.status);
+                }
                 seen.events.push(Arrival {
                     seq: event.seq.get(),
                     run: event.run_id,
@@ -307,13 +338,8 @@ async fn read_run(socket: &mut Socket) -> anyhow::Result<Seen> {
 
 /// Sends one message on `sockets[sender]` and reads every socket up to the run's final event.
 async fn one_run(sockets: &mut [Socket], sender: usize, due: Option<Instant>) -> anyhow::Result<RunRecord> {
-    let message = ClientFrame::UserMessage(UserMessage {
-        text: "How can we cut our LLM costs on gpt-4o?".into(),
-        thread_id: None,
-        client_message_id: None,
-    });
     let sent = Instant::now();
-    sockets[sender].send(&message).await?;
+    sockets[sender].send(&message()).await?;
     let reads = try_join_all(sockets.iter_mut().map(read_run));
     let seen = tokio::time::timeout(RUN_DEADLINE, reads)
         .await
@@ -413,7 +439,7 @@ fn machine_ticks() -> anyhow::Result<(u64, u64)> {
 }
 
 async fn phase(tiers: &Tiers, nodes: usize, users: usize, load: Load) -> anyhow::Result<Phase> {
-    let cluster = Cluster::start(tiers, nodes).await?;
+    let cluster = Cluster::start(tiers, nodes, "0").await?;
     let mut tasks = tokio::task::JoinSet::new();
     // Everyone warms up, then all start the measured runs together (paced: at the start sent).
     let start = Arc::new(tokio::sync::Barrier::new(users + 1));
@@ -491,6 +517,158 @@ async fn phase(tiers: &Tiers, nodes: usize, users: usize, load: Load) -> anyhow:
         client_cpu_ms: (own_after - own_before) as f64 * 10.0,
         from_other_nodes: (via_after.0 - via_before.0, via_after.1 - via_before.1),
     })
+}
+
+/// How a run is stopped from another node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    /// `stop_agent` on a socket of the second node.
+    Frame,
+    /// `POST /api/runs/{id}/cancel` on the third node.
+    Route,
+}
+
+impl Stop {
+    const ALL: [Stop; 2] = [Stop::Frame, Stop::Route];
+
+    /// The socket (and so the node) that asks, and watches for the run's end.
+    fn socket(self) -> usize {
+        match self {
+            Stop::Frame => 1,
+            Stop::Route => 2,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Stop::Frame => "`stop_agent` on a socket",
+            Stop::Route => "`POST /api/runs/{id}/cancel`",
+        }
+    }
+}
+
+/// What one stop phase measured: per way, from the request to the final event on the asking
+/// node's socket, µs (sorted); and what went wrong.
+struct StopPhase {
+    nodes: usize,
+    took_us: Vec<(Stop, Vec<u32>)>,
+    problems: Vec<String>,
+}
+
+/// Reads `socket` up to `message_accepted` and the first event of that run: the run is going.
+async fn started(socket: &mut Socket) -> anyhow::Result<RunId> {
+    let mut accepted = None;
+    loop {
+        match socket.next_frame().await?.context("the socket closed")? {
+            ServerFrame::Control(control) => match control.body {
+                Control::MessageAccepted(message) => accepted = Some(message.run_id),
+                Control::Error(error) => bail!("refused ({:?}): {}", error.code, error.message),
+                _ => {}
+            },
+            ServerFrame::Event(event) => match &accepted {
+                Some(run) if event.run_id == *run => return Ok(event.run_id),
+                Some(run) => bail!("an event of {} while {run} was starting", event.run_id),
+                None => bail!("an event of {} before message_accepted", event.run_id),
+            },
+        }
+    }
+}
+
+/// One run started on the first node (`sockets[0]`) and stopped `way`; how long from the
+/// request to its final event on the asking node's socket. Every socket must see it end
+/// `cancelled`.
+async fn stop_one(sockets: &mut [Socket], route: &Client, token: &str, way: Stop) -> anyhow::Result<u32> {
+    sockets[0].send(&message()).await?;
+    let run = tokio::time::timeout(RUN_DEADLINE, started(&mut sockets[0]))
+        .await
+        .with_context(|| format!("the run did not start within {RUN_DEADLINE:?}"))??;
+    let asked = Instant::now();
+    match way {
+        Stop::Frame => {
+            sockets[way.socket()]
+                .send(&ClientFrame::StopAgent(StopAgent { run_id: run.clone() }))
+                .await?;
+        }
+        Stop::Route => {
+            let (status, body) = route
+                .post(&format!("/api/runs/{run}/cancel"), Some(token), &serde_json::json!({}))
+                .await?;
+            if status != 202 {
+                bail!("POST /api/runs/{run}/cancel answered {status}: {body}");
+            }
+        }
+    }
+    let seen = tokio::time::timeout(RUN_DEADLINE, try_join_all(sockets.iter_mut().map(read_run)))
+        .await
+        .with_context(|| format!("not every socket had the stopped run's final event within {RUN_DEADLINE:?}"))??;
+    for (socket, seen) in seen.iter().enumerate() {
+        if let Some(stray) = seen.events.iter().find(|e| e.run != run) {
+            bail!("socket {socket}: an event of {} amid those of {run}", stray.run);
+        }
+        if seen.status != Some(RunStatus::Cancelled) {
+            bail!("socket {socket}: {run} ended {:?}, not cancelled", seen.status);
+        }
+    }
+    let end = seen[way.socket()].events.last().context("no final event")?;
+    Ok((end.at - asked).as_micros() as u32)
+}
+
+async fn stop_phase(tiers: &Tiers, nodes: usize) -> anyhow::Result<StopPhase> {
+    let cluster = Cluster::start(tiers, nodes, STOP_MODEL_LATENCY_MS).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for user in 0..STOP_USERS {
+        let session = cluster
+            .client(0)
+            .dev_login(Some(&format!("stop{user}@bench.example")))
+            .await?;
+        let mut sockets = Vec::with_capacity(SOCKETS_PER_USER);
+        for socket in 0..SOCKETS_PER_USER {
+            sockets.push(
+                cluster
+                    .client(socket)
+                    .connect_established(&session.access_token, None)
+                    .await?,
+            );
+        }
+        let route = cluster.client(Stop::Route.socket()).clone();
+        tasks.spawn(async move {
+            let mut took: Vec<(Stop, u32)> = Vec::new();
+            let mut problem = None;
+            'runs: for _ in 0..STOPS_EACH {
+                for way in Stop::ALL {
+                    match stop_one(&mut sockets, &route, &session.access_token, way).await {
+                        Ok(us) => took.push((way, us)),
+                        Err(error) => {
+                            problem = Some(format!("user {user}, stopped by {}: {error:#}", way.label()));
+                            break 'runs;
+                        }
+                    }
+                }
+            }
+            for socket in sockets {
+                socket.close().await.ok();
+            }
+            (took, problem)
+        });
+    }
+    let mut phase = StopPhase {
+        nodes,
+        took_us: Stop::ALL.iter().map(|&way| (way, Vec::new())).collect(),
+        problems: Vec::new(),
+    };
+    while let Some(result) = tasks.join_next().await {
+        let (took, problem) = result?;
+        for (way, us) in took {
+            if let Some((_, all)) = phase.took_us.iter_mut().find(|(w, _)| *w == way) {
+                all.push(us);
+            }
+        }
+        phase.problems.extend(problem);
+    }
+    for (_, all) in &mut phase.took_us {
+        all.sort_unstable();
+    }
+    Ok(phase)
 }
 
 fn signed_micros(at: Instant, reference: Instant) -> i64 {
@@ -692,6 +870,10 @@ async fn main_async() -> anyhow::Result<()> {
             }
         }
     }
+    let mut stops = Vec::new();
+    for &nodes in &node_counts {
+        stops.push(stop_phase(&tiers, nodes).await?);
+    }
     println!(
         "| users | nodes | load | runs | runs/s | sends late (> {} ms), p99 (ms) | to first event p50 / p99 (ms) | \
          to final event p50 / p99 (ms) | CPU ms per run: all nodes, client | cores busy |",
@@ -769,7 +951,43 @@ async fn main_async() -> anyhow::Result<()> {
          saw the log further than Redis had brought (a Redis message late or lost); the checks above find none twice. \
          \"Sends late\": how long after its time a paced message went out (its user's last run had not ended)."
     );
+    println!();
+    println!(
+        "Stops: {STOP_USERS} users at once, each {STOPS_EACH} runs stopped each way, a run on the first node \
+         stopped from another (on one node, from that node: the baseline); from the request to the run's final \
+         event (cancelled) on a socket of the node that asked (ms)."
+    );
+    println!();
+    println!("| nodes | stopped by | stops | p50 | p99 | max |");
+    println!("| ---: | --- | ---: | ---: | ---: | ---: |");
+    for phase in &stops {
+        let label = if phase.nodes == 1 {
+            "1 (baseline)".to_owned()
+        } else {
+            phase.nodes.to_string()
+        };
+        for (way, took) in &phase.took_us {
+            println!(
+                "| {label} | {} | {} | {} | {} | {} |",
+                way.label(),
+                took.len(),
+                ms(percentile(took, 0.5)),
+                ms(percentile(took, 0.99)),
+                ms(took.last().copied()),
+            );
+        }
+    }
     let mut any = false;
+    for phase in &stops {
+        for problem in &phase.problems {
+            if !any {
+                println!();
+                println!("Problems:");
+                any = true;
+            }
+            println!("- stops on {} node(s): {problem}", phase.nodes);
+        }
+    }
     for (phase, f) in &phases {
         let name = format!(
             "{} users, {} node(s), {}",
