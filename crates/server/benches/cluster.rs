@@ -238,6 +238,21 @@ impl Cluster {
         &self.nodes[socket % self.nodes.len()].client
     }
 
+    /// Signs `email` in (dev login) and opens its `SOCKETS_PER_USER` sockets, socket `k` on
+    /// node `k` (modulo the nodes).
+    async fn user(&self, email: &str) -> anyhow::Result<(switchboard_client::Session, Vec<Socket>)> {
+        let session = self.client(0).dev_login(Some(email)).await?;
+        let mut sockets = Vec::with_capacity(SOCKETS_PER_USER);
+        for socket in 0..SOCKETS_PER_USER {
+            sockets.push(
+                self.client(socket)
+                    .connect_established(&session.access_token, None)
+                    .await?,
+            );
+        }
+        Ok((session, sockets))
+    }
+
     /// CPU time of every node together, in clock ticks of 10 ms.
     fn cpu_ticks(&self) -> anyhow::Result<u64> {
         self.nodes
@@ -449,19 +464,7 @@ async fn phase(tiers: &Tiers, nodes: usize, users: usize, load: Load) -> anyhow:
         Load::Paced { rate } => RUNS_EACH.max((PACED_FOR.as_secs_f64() * rate / users as f64).ceil() as usize),
     };
     for user in 0..users {
-        let session = cluster
-            .client(0)
-            .dev_login(Some(&format!("cluster{user}@bench.example")))
-            .await?;
-        let mut sockets = Vec::with_capacity(SOCKETS_PER_USER);
-        for socket in 0..SOCKETS_PER_USER {
-            sockets.push(
-                cluster
-                    .client(socket)
-                    .connect_established(&session.access_token, None)
-                    .await?,
-            );
-        }
+        let (_, mut sockets) = cluster.user(&format!("cluster{user}@bench.example")).await?;
         let start = Arc::clone(&start);
         let mut paced_start = paced_start.clone();
         tasks.spawn(async move {
@@ -617,19 +620,7 @@ async fn stop_phase(tiers: &Tiers, nodes: usize) -> anyhow::Result<StopPhase> {
     let cluster = Cluster::start(tiers, nodes, STOP_MODEL_LATENCY_MS).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for user in 0..STOP_USERS {
-        let session = cluster
-            .client(0)
-            .dev_login(Some(&format!("stop{user}@bench.example")))
-            .await?;
-        let mut sockets = Vec::with_capacity(SOCKETS_PER_USER);
-        for socket in 0..SOCKETS_PER_USER {
-            sockets.push(
-                cluster
-                    .client(socket)
-                    .connect_established(&session.access_token, None)
-                    .await?,
-            );
-        }
+        let (session, mut sockets) = cluster.user(&format!("stop{user}@bench.example")).await?;
         let route = cluster.client(Stop::Route.socket()).clone();
         tasks.spawn(async move {
             let mut took: Vec<(Stop, u32)> = Vec::new();
