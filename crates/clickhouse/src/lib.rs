@@ -1052,7 +1052,8 @@ impl AnalyticsStore for ClickHouseAnalytics {
     /// storing nothing. The roll-ups are fed by the insert itself, so they count the calls
     /// exactly when the calls are stored. Uploads of one key are stored one at a time in this
     /// process; two processes given one key at the same moment, both before either recorded it,
-    /// may both store it (ClickHouse refuses the second insert only while the first runs).
+    /// may both store it (ClickHouse refuses the second insert only while the first runs), so
+    /// the server's nodes take turns through Redis before they call this.
     async fn insert_workload_upload(
         &self,
         user: &UserId,

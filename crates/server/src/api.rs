@@ -28,7 +28,7 @@ use crate::auth::{AuthUser, TokenPair, new_refresh_family, unusable_password_has
 use crate::delivery::Delivered;
 use crate::delivery::Delivery;
 use crate::error::ApiError;
-use crate::limits::{Admission, admit};
+use crate::limits::{Admission, Shared, admit};
 use crate::ws::history_message;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -920,6 +920,21 @@ pub(crate) async fn upload_workload(
         })
         .into_response());
     };
+    // On a cluster, one upload of a key at a time across the nodes (the store's own lock holds
+    // for this node's uploads only): two nodes given one new key at the same moment would
+    // otherwise both find it unrecorded and both store its calls. The place is this node's while
+    // it lives; while Redis cannot be reached, this node's lock is all there is (said in the log).
+    let _one_at_a_time = match &state.shared_limits {
+        Some(shared) => {
+            let name = format!("upload:{}:{}", user.id, key.as_str());
+            match shared.hold(&name, 1, upload_key_hold(&state.config)).await {
+                Shared::Taken(place) => Some(place),
+                Shared::Full(_) => return Err(upload_in_progress()),
+                Shared::Unreachable => None,
+            }
+        }
+        None => None,
+    };
     let upload = state
         .analytics
         .insert_workload_upload(&user.id, &key, events)
@@ -938,13 +953,26 @@ pub(crate) async fn upload_workload(
             "This Idempotency-Key was sent before with other rows, so nothing was stored; send new rows with a \
              new key.",
         )),
-        Upload::InProgress => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorCode::Conflict,
-            "An upload with this Idempotency-Key is still being stored, so nothing more was stored; send it \
-             again in a moment to get its answer.",
-        )),
+        Upload::InProgress => Err(upload_in_progress()),
     }
+}
+
+/// 409: an upload with this key is being stored (by this node or another).
+fn upload_in_progress() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        ErrorCode::Conflict,
+        "An upload with this Idempotency-Key is still being stored, so nothing more was stored; send it again \
+         in a moment to get its answer.",
+    )
+}
+
+/// How long a node holds an upload key's place across the cluster at most: longer than the
+/// upload can take (its insert has ten query deadlines, its records a few more). It is given
+/// back when the upload ends, and a node that died loses it to the next upload of the key that
+/// finds it taken (the places a node holds go with it).
+fn upload_key_hold(config: &crate::config::Config) -> Duration {
+    config.analytics_timeout * 15
 }
 
 /// The header that makes an upload idempotent.
