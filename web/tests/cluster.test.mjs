@@ -38,13 +38,16 @@ const LONG_ANSWER =
 
 /**
  * Opens the app in `page` signed in as the dev user (by the button when `signIn`, else by the
- * sign-in its browser profile has already) and returns the socket the balancer opened for it.
+ * sign-in its browser profile has already), its WebSocket sent to `node` by the balancer;
+ * returns the page and that socket.
  * @param {import('playwright-core').Page} page
  * @param {import('./harness.mjs').Balancer} balancer
+ * @param {import('./harness.mjs').Server} node
  * @param {boolean} signIn
  */
-async function tabOnANode(page, balancer, signIn) {
+async function tabOnANode(page, balancer, node, signIn) {
   const before = new Set(balancer.openSockets());
+  balancer.pin(node);
   if (signIn) {
     await signInAsDev(page);
   } else {
@@ -55,6 +58,9 @@ async function tabOnANode(page, balancer, signIn) {
     const added = balancer.openSockets().filter((c) => !before.has(c));
     return added.length === 1 ? added[0] : false;
   });
+  // Reconnects go to the nodes in turn again.
+  balancer.pin(undefined);
+  assert.equal(socket.node, node, 'the tab\'s socket is on the node it was sent to');
   return { page, socket };
 }
 
@@ -83,8 +89,8 @@ webTest(
   { nodes: 2, llm: { answer: LONG_ANSWER, chunkDelayMs: 100 }, timeout: 180_000 },
   async ({ page, context, balancer, nodes, server }) => {
     assert.ok(balancer);
-    const one = await tabOnANode(page, balancer, true);
-    const two = await tabOnANode(await context.newPage(), balancer, false);
+    const one = await tabOnANode(page, balancer, nodes[0], true);
+    const two = await tabOnANode(await context.newPage(), balancer, nodes[1], false);
     assert.notEqual(one.socket.node, two.socket.node, 'the balancer put the two tabs\' sockets on two nodes');
     const shownOne = await recordAnswers(one.page);
     const shownTwo = await recordAnswers(two.page);
@@ -148,10 +154,10 @@ webTest(
 webTest(
   'a node killed mid-run: the tab on the other node is told the run was interrupted, and the killed node\'s tab reconnects to the living node and shows the same',
   { nodes: 2, llm: { answer: LONG_ANSWER, chunkDelayMs: 150 }, timeout: 150_000 },
-  async ({ page, context, balancer }) => {
+  async ({ page, context, balancer, nodes }) => {
     assert.ok(balancer);
-    const one = await tabOnANode(page, balancer, true);
-    const two = await tabOnANode(await context.newPage(), balancer, false);
+    const one = await tabOnANode(page, balancer, nodes[0], true);
+    const two = await tabOnANode(await context.newPage(), balancer, nodes[1], false);
     assert.notEqual(one.socket.node, two.socket.node, 'the balancer put the two tabs\' sockets on two nodes');
 
     const question = 'How can we cut our LLM costs?';

@@ -541,6 +541,8 @@ export function redisUrl() {
  * @property {string} url e.g. `http://127.0.0.1:40123`
  * @property {Balanced[]} connections every connection it passed on, in the order they came
  * @property {() => Balanced[]} openSockets the WebSocket connections still open, oldest first
+ * @property {(node: Server | undefined) => void} pin sends every new WebSocket to `node` first
+ *   (then, if it refuses, on in turn), or, with `undefined`, in turn again
  * @property {() => Promise<void>} stop closes it and every connection through it
  */
 
@@ -550,7 +552,8 @@ export function redisUrl() {
  * connections each in a turn of their own (so two sockets opened one after the other land on
  * two nodes), past a node that refuses connections (as a balancer's health check would take it
  * out). It reads a connection's first request head to tell which it is, then passes bytes on
- * both ways untouched.
+ * both ways untouched; one side's end is passed on to the other once what it sent has been
+ * written (a reset resets both).
  * @param {Server[]} nodes
  * @returns {Promise<Balancer>}
  */
@@ -561,6 +564,8 @@ export async function startBalancer(nodes) {
   const connections = [];
   /** @type {Set<net.Socket>} */
   const sockets = new Set();
+  /** @type {Server | undefined} */
+  let pinned;
   const track = (/** @type {net.Socket} */ socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
@@ -583,22 +588,27 @@ export async function startBalancer(nodes) {
           client.destroy();
           return;
         }
-        const node = nodes[turns[kind]++ % nodes.length];
+        const node = kind === 'websocket' && pinned && tried === 0 ? pinned : nodes[turns[kind]++ % nodes.length];
         const upstream = net.connect(node.port, '127.0.0.1');
         upstream.once('error', () => pass(tried + 1));
         upstream.once('connect', () => {
           upstream.removeAllListeners('error');
           track(upstream);
+          if (client.destroyed) {
+            // The browser gave up while this connected.
+            upstream.destroy();
+            return;
+          }
           /** @type {Balanced} */
           const connection = { node, websocket: kind === 'websocket', open: true };
           connections.push(connection);
-          const close = () => {
+          const closed = (/** @type {net.Socket} */ other) => (/** @type {boolean} */ hadError) => {
             connection.open = false;
-            client.destroy();
-            upstream.destroy();
+            if (hadError) other.destroy();
+            else other.end();
           };
-          client.once('close', close);
-          upstream.once('close', close);
+          client.once('close', closed(upstream));
+          upstream.once('close', closed(client));
           upstream.write(head);
           client.pipe(upstream);
           upstream.pipe(client);
@@ -612,11 +622,16 @@ export async function startBalancer(nodes) {
     listener.once('error', reject);
     listener.listen(0, '127.0.0.1', () => resolve(undefined));
   });
+  // An accept that fails (too many open files, say) fails that connection only.
+  listener.on('error', (error) => process.stderr.write(`the test's load balancer: ${errorText(error)}\n`));
   const { port } = /** @type {net.AddressInfo} */ (listener.address());
   return {
     url: `http://127.0.0.1:${port}`,
     connections,
     openSockets: () => connections.filter((c) => c.websocket && c.open),
+    pin(node) {
+      pinned = node;
+    },
     async stop() {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => listener.close(() => resolve(undefined)));
@@ -781,7 +796,8 @@ export function webTest(name, options, body) {
           `PostgreSQL database ${started.database} on ${started.adminUrl}${process.env.WEB_TEST_KEEP_DATA ? ', kept' : ', dropped; WEB_TEST_KEEP_DATA=1 keeps it'}`;
         serverOptions = {
           ...serverOptions,
-          args: [...(serverOptions.args ?? []), '--database-url', started.url, '--database-timeout-ms', '500'],
+          // The stall tests' short deadline; a cluster keeps the default.
+          args: [...(serverOptions.args ?? []), '--database-url', started.url, ...(options.postgres ? ['--database-timeout-ms', '500'] : [])],
         };
       }
       /** @type {import('./fake-llm.mjs').FakeLlm | undefined} */

@@ -1053,7 +1053,7 @@ impl AnalyticsStore for ClickHouseAnalytics {
     /// exactly when the calls are stored. Uploads of one key are stored one at a time in this
     /// process; two processes given one key at the same moment, both before either recorded it,
     /// may both store it (ClickHouse refuses the second insert only while the first runs), so
-    /// the server's nodes take turns through Redis before they call this.
+    /// the server's nodes take a place per key in Redis before they call this.
     async fn insert_workload_upload(
         &self,
         user: &UserId,

@@ -534,12 +534,15 @@ enum Stop {
 impl Stop {
     const ALL: [Stop; 2] = [Stop::Frame, Stop::Route];
 
-    /// The socket (and so the node) that asks, and watches for the run's end.
-    fn socket(self) -> usize {
-        match self {
+    /// The socket that asks (through its node), and watches for the run's end, on `nodes`
+    /// nodes: socket `k` is on node `k` for `k` below `nodes`, so this one is on another node than
+    /// the run's (node 0), except on one node (the baseline).
+    fn socket(self, nodes: usize) -> usize {
+        let wanted = match self {
             Stop::Frame => 1,
             Stop::Route => 2,
-        }
+        };
+        wanted.min(nodes - 1)
     }
 
     fn label(self) -> &'static str {
@@ -580,7 +583,7 @@ async fn started(socket: &mut Socket) -> anyhow::Result<RunId> {
 /// One run started on the first node (`sockets[0]`) and stopped `way`; how long from the
 /// request to its final event on the asking node's socket. Every socket must see it end
 /// `cancelled`.
-async fn stop_one(sockets: &mut [Socket], route: &Client, token: &str, way: Stop) -> anyhow::Result<u32> {
+async fn stop_one(sockets: &mut [Socket], nodes: usize, route: &Client, token: &str, way: Stop) -> anyhow::Result<u32> {
     sockets[0].send(&message()).await?;
     let run = tokio::time::timeout(RUN_DEADLINE, started(&mut sockets[0]))
         .await
@@ -588,7 +591,7 @@ async fn stop_one(sockets: &mut [Socket], route: &Client, token: &str, way: Stop
     let asked = Instant::now();
     match way {
         Stop::Frame => {
-            sockets[way.socket()]
+            sockets[way.socket(nodes)]
                 .send(&ClientFrame::StopAgent(StopAgent { run_id: run.clone() }))
                 .await?;
         }
@@ -612,7 +615,7 @@ async fn stop_one(sockets: &mut [Socket], route: &Client, token: &str, way: Stop
             bail!("socket {socket}: {run} ended {:?}, not cancelled", seen.status);
         }
     }
-    let end = seen[way.socket()].events.last().context("no final event")?;
+    let end = seen[way.socket(nodes)].events.last().context("no final event")?;
     Ok((end.at - asked).as_micros() as u32)
 }
 
@@ -621,13 +624,13 @@ async fn stop_phase(tiers: &Tiers, nodes: usize) -> anyhow::Result<StopPhase> {
     let mut tasks = tokio::task::JoinSet::new();
     for user in 0..STOP_USERS {
         let (session, mut sockets) = cluster.user(&format!("stop{user}@bench.example")).await?;
-        let route = cluster.client(Stop::Route.socket()).clone();
+        let route = cluster.client(Stop::Route.socket(nodes)).clone();
         tasks.spawn(async move {
             let mut took: Vec<(Stop, u32)> = Vec::new();
             let mut problem = None;
             'runs: for _ in 0..STOPS_EACH {
                 for way in Stop::ALL {
-                    match stop_one(&mut sockets, &route, &session.access_token, way).await {
+                    match stop_one(&mut sockets, nodes, &route, &session.access_token, way).await {
                         Ok(us) => took.push((way, us)),
                         Err(error) => {
                             problem = Some(format!("user {user}, stopped by {}: {error:#}", way.label()));

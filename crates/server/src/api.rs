@@ -922,24 +922,27 @@ pub(crate) async fn upload_workload(
     };
     // On a cluster, one upload of a key at a time across the nodes (the store's own lock holds
     // for this node's uploads only): two nodes given one new key at the same moment would
-    // otherwise both find it unrecorded and both store its calls. The place is this node's while
-    // it lives; while Redis cannot be reached, this node's lock is all there is (said in the log).
-    let _one_at_a_time = match &state.shared_limits {
+    // otherwise both find it unrecorded and both store its calls. Another upload of the key
+    // meanwhile, on any node, is answered 409 at once. The place is renewed while the upload
+    // lasts and given back before the answer (one not given back runs out in
+    // `UPLOAD_KEY_PLACE_TTL`; a dead node's goes as its other places do); while Redis cannot be
+    // reached, this node's lock is all there is (said in the log).
+    let one_at_a_time = match &state.shared_limits {
         Some(shared) => {
             let name = format!("upload:{}:{}", user.id, key.as_str());
-            match shared.hold(&name, 1, upload_key_hold(&state.config)).await {
-                Shared::Taken(place) => Some(place),
+            match shared.hold(&name, 1, UPLOAD_KEY_PLACE_TTL).await {
+                Shared::Taken(place) => Some(place.renewed(UPLOAD_KEY_PLACE_TTL, UPLOAD_KEY_PLACE_RENEWAL)),
                 Shared::Full(_) => return Err(upload_in_progress()),
                 Shared::Unreachable => None,
             }
         }
         None => None,
     };
-    let upload = state
-        .analytics
-        .insert_workload_upload(&user.id, &key, events)
-        .await
-        .map_err(|e| analytics_error(e, true))?;
+    let upload = state.analytics.insert_workload_upload(&user.id, &key, events).await;
+    if let Some(held) = one_at_a_time {
+        held.give_back().await;
+    }
+    let upload = upload.map_err(|e| analytics_error(e, true))?;
     match upload {
         Upload::Stored(accepted) => Ok(Json(Accepted { accepted }).into_response()),
         Upload::Replayed(accepted) => Ok((
@@ -967,13 +970,11 @@ fn upload_in_progress() -> ApiError {
     )
 }
 
-/// How long a node holds an upload key's place across the cluster at most: longer than the
-/// upload can take (its insert has ten query deadlines, its records a few more). It is given
-/// back when the upload ends, and a node that died loses it to the next upload of the key that
-/// finds it taken (the places a node holds go with it).
-fn upload_key_hold(config: &crate::config::Config) -> Duration {
-    config.analytics_timeout * 15
-}
+/// How long an upload key's place across the cluster runs unless renewed.
+const UPLOAD_KEY_PLACE_TTL: Duration = Duration::from_secs(15);
+
+/// How often a node renews the place of the upload key it is storing.
+const UPLOAD_KEY_PLACE_RENEWAL: Duration = Duration::from_secs(5);
 
 /// The header that makes an upload idempotent.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";

@@ -157,8 +157,17 @@ impl Place {
             }
         }));
         Renewed {
-            _place: self,
+            place: self,
             _stop: stop.drop_guard(),
+        }
+    }
+
+    /// Gives the place back now and waits for Redis's answer (dropped, it is given back in
+    /// the background); one Redis did not take back runs out by itself.
+    pub(crate) async fn give_back(mut self) {
+        self.kept = true;
+        if let Err(error) = self.redis.give_back(&self.key, &self.member).await {
+            tracing::debug!(%error, key = %self.key, "cannot give a place back in Redis; it runs out by itself");
         }
     }
 }
@@ -167,7 +176,16 @@ impl Place {
 #[derive(Debug)]
 pub(crate) struct Renewed {
     _stop: tokio_util::sync::DropGuard,
-    _place: Place,
+    place: Place,
+}
+
+impl Renewed {
+    /// Stops renewing the place and gives it back now, waiting for Redis's answer.
+    pub(crate) async fn give_back(self) {
+        let Renewed { _stop, place } = self;
+        drop(_stop);
+        place.give_back().await;
+    }
 }
 
 /// How long a shared place of a connection runs without being renewed.

@@ -14,6 +14,7 @@ use switchboard_protocol::{ClientFrame, Control, ErrorCode, Event, RunStatus, Se
 use crate::auth::open;
 use crate::support::{
     address_of, events_until_final, message, next, postgres_database, redis_url, send, spawn_node, through,
+    upload_with_keys,
 };
 
 /// Reads `socket` until the final event of `run` (at most 30 s: a lost event, not a slow one).
@@ -137,15 +138,16 @@ async fn with_redis_gone_for_one_node_its_tabs_still_get_every_event_from_the_lo
     let query = ticket(&b, &session).await;
     assert!(open(b.client.base(), &query, &[]).await.is_ok(), "a ticket of B's own");
 
-    // An upload with a key is stored once by B's own lock alone.
+    // An upload with a key is stored, then replayed, with B's own lock alone.
     let rows = serde_json::json!([{"timestamp": "2026-11-01T12:00:00Z", "model": "gpt-4o", "input_tokens": 1200,
                                    "output_tokens": 300, "feature": "search", "latency_ms": 850}]);
     let body = serde_json::to_vec(&rows).unwrap();
     let accepted = serde_json::json!({"accepted": 1});
-    let first_upload = keyed_upload(&b, &session.access_token, "while-redis-is-gone", body.clone()).await;
-    assert_eq!(first_upload, (200, false, accepted.clone()));
-    let again = keyed_upload(&b, &session.access_token, "while-redis-is-gone", body).await;
-    assert_eq!(again, (200, true, accepted));
+    let keys: &[&[u8]] = &[b"while-redis-is-gone"];
+    let first_upload = upload_with_keys(&b, &session.access_token, keys, "application/json", body.clone()).await;
+    assert_eq!(first_upload, (200, None, accepted.clone()));
+    let again = upload_with_keys(&b, &session.access_token, keys, "application/json", body).await;
+    assert_eq!(again, (200, Some("true".to_owned()), accepted));
 
     // A run on A reaches B's tab through the log alone; and one on B reaches A.
     let first = send(&mut on_a, "How can we cut our LLM costs?").await;
@@ -789,38 +791,15 @@ async fn a_node_does_not_start_beside_a_server_alone_on_its_database_nor_one_alo
     first.wait().await.unwrap();
 }
 
-/// `POST /api/workload-events` on `node` with `key` as its `Idempotency-Key`: the status, the
-/// `Idempotency-Replayed` header and the answer.
-async fn keyed_upload(
-    node: &crate::support::TestApp,
-    token: &str,
-    key: &str,
-    body: Vec<u8>,
-) -> (u16, bool, serde_json::Value) {
-    let response = node
-        .client
-        .http()
-        .post(format!("{}/api/workload-events", node.client.base()))
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("idempotency-key", key)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let replayed = response.headers().get("idempotency-replayed").is_some();
-    (status, replayed, response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn one_upload_key_sent_to_two_nodes_at_the_same_moment_is_stored_once() {
     use switchboard_store::AnalyticsStore;
 
     let (database, redis) = (postgres_database().await, redis_url());
     let analytics = crate::support::clickhouse_database().await;
-    // Both nodes on one ClickHouse database, where the same calls stored twice would count twice.
-    let flags = ["--analytics-url", analytics.as_str()];
+    // Both nodes on one ClickHouse database, where the same calls stored twice would count
+    // twice; Redis given time enough that neither falls back to its own lock on a busy machine.
+    let flags = ["--analytics-url", analytics.as_str(), "--redis-timeout-ms", "5000"];
     let a = spawn_node(&database, &redis, "node-a", &flags).await;
     let b = spawn_node(&database, &redis, "node-b", &flags).await;
     let session = a.user("ann").await;
@@ -835,23 +814,26 @@ async fn one_upload_key_sent_to_two_nodes_at_the_same_moment_is_stored_once() {
     for n in 0..KEYS {
         // A client that sent its upload twice at once, the load balancer giving one to each node.
         let key = format!("nightly-{n}");
+        let keys: &[&[u8]] = &[key.as_bytes()];
         let (on_a, on_b) = tokio::join!(
-            keyed_upload(&a, &session.access_token, &key, body.clone()),
-            keyed_upload(&b, &session.access_token, &key, body.clone()),
+            upload_with_keys(&a, &session.access_token, keys, "application/json", body.clone()),
+            upload_with_keys(&b, &session.access_token, keys, "application/json", body.clone()),
         );
         let answers = [on_a, on_b];
         let stored = answers
             .iter()
-            .filter(|(status, replayed, _)| *status == 200 && !replayed);
+            .filter(|(status, replayed, _)| *status == 200 && replayed.is_none());
         assert_eq!(
             stored.count(),
             1,
             "one of the two stores the upload of {key}: {answers:?}"
         );
         for (status, replayed, answer) in &answers {
-            match (status, replayed) {
-                (200, _) => assert_eq!(answer, &serde_json::json!({"accepted": 50}), "{answers:?}"),
-                (409, false) => assert!(
+            match (status, replayed.as_deref()) {
+                (200, None | Some("true")) => {
+                    assert_eq!(answer, &serde_json::json!({"accepted": 50}), "{answers:?}");
+                }
+                (409, None) => assert!(
                     answer["error"]["message"]
                         .as_str()
                         .unwrap()

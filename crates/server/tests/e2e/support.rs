@@ -683,3 +683,33 @@ impl AnalyticsStore for HangingStore {
         self.analytics.observe(observer);
     }
 }
+
+/// `POST /api/workload-events` with `key` as its `Idempotency-Key` header(s): the status, the
+/// `Idempotency-Replayed` header and the JSON answer.
+pub(crate) async fn upload_with_keys(
+    app: &crate::support::TestApp,
+    token: &str,
+    keys: &[&[u8]],
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut request = app
+        .client
+        .http()
+        .post(format!("{}/api/workload-events", app.client.base()))
+        .bearer_auth(token)
+        .header("content-type", content_type);
+    for key in keys {
+        request = request.header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(key).unwrap(),
+        );
+    }
+    let response = request.body(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let replayed = response
+        .headers()
+        .get("idempotency-replayed")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, replayed, response.json().await.unwrap())
+}

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use switchboard_store::AnalyticsStore;
 
-use crate::support::spawn_app;
+use crate::support::{spawn_app, upload_with_keys};
 
 fn row(model: &str) -> Value {
     json!({"timestamp": "2026-11-01T12:00:00Z", "model": model, "input_tokens": 1200, "output_tokens": 300,
@@ -138,36 +138,6 @@ async fn uploads_are_stored_whole_or_refused_with_every_bad_row_named() {
         0,
         "rows belong to their uploader"
     );
-}
-
-/// `POST /api/workload-events` with `key` as its `Idempotency-Key` header(s): the status, the
-/// `Idempotency-Replayed` header and the JSON answer.
-async fn upload_with_keys(
-    app: &crate::support::TestApp,
-    token: &str,
-    keys: &[&[u8]],
-    content_type: &str,
-    body: Vec<u8>,
-) -> (u16, Option<String>, Value) {
-    let mut request = app
-        .client
-        .http()
-        .post(format!("{}/api/workload-events", app.client.base()))
-        .bearer_auth(token)
-        .header("content-type", content_type);
-    for key in keys {
-        request = request.header(
-            "idempotency-key",
-            reqwest::header::HeaderValue::from_bytes(key).unwrap(),
-        );
-    }
-    let response = request.body(body).send().await.unwrap();
-    let status = response.status().as_u16();
-    let replayed = response
-        .headers()
-        .get("idempotency-replayed")
-        .map(|v| v.to_str().unwrap().to_owned());
-    (status, replayed, response.json().await.unwrap())
 }
 
 #[tokio::test]
