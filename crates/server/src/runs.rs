@@ -52,14 +52,11 @@ impl Refusal {
     fn store(error: StoreError) -> Self {
         if let Some(trouble) = tier_trouble(&error) {
             tracing::warn!(%trouble, "a message could not be stored");
-            // A deadline that passed may have cut off the answer of a write that was done.
-            let outcome = match error {
-                StoreError::TimedOut { .. } => "the message may not have been accepted",
-                _ => "the message was not accepted",
-            };
+            // A deadline that passed, or a connection cut, may have cut off the answer of a
+            // write that was done (which then starts its run by itself, see `check_later`).
             return Refusal::new(
                 ErrorCode::StoreUnavailable,
-                format!("{trouble}, so {outcome}; send it again in a moment."),
+                format!("{trouble}, so the message may not have been accepted; send it again in a moment."),
             );
         }
         match error {
@@ -75,7 +72,8 @@ impl Refusal {
     }
 }
 
-/// A message whose storing timed out: the store may have stored it (and its run) after all.
+/// A message whose storing failed without a sure answer: the store may have stored it (and its
+/// run) after all.
 struct MaybeStored {
     user: UserId,
     text: String,
@@ -232,14 +230,19 @@ impl Runs {
         });
         let accepted = match tiers.scope(accepting).await {
             Ok(accepted) => accepted,
-            Err(error @ StoreError::TimedOut { .. }) => {
-                held.abandon();
-                let new_thread = message.thread_id.is_none();
-                self.check_later(user, run_id, message.text.clone(), new_thread, accepted_at);
-                return Err(Refusal::store(error));
-            }
             Err(error) => {
                 held.abandon();
+                // A deadline that passed, a connection cut or a failure of unknown kind may each
+                // have come after the commit: such a message is looked up once the store answers,
+                // so that no run stays `running` with nothing running it. A refusal of the
+                // message itself (another user's thread, data refused) stored nothing.
+                if !matches!(
+                    error,
+                    StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::Corrupt(_)
+                ) {
+                    let new_thread = message.thread_id.is_none();
+                    self.check_later(user, run_id, message.text.clone(), new_thread, accepted_at);
+                }
                 return Err(Refusal::store(error));
             }
         };
@@ -359,7 +362,8 @@ impl Runs {
         self.limiter.acquire(user).map(|_| ())
     }
 
-    /// After the storing of `run`'s message timed out: once the store answers, a message that
+    /// After the storing of `run`'s message failed without an answer to be sure of (timed out,
+    /// cut off, ...): once the store answers, a message that
     /// was stored after all gets its run started (unless a resend started it first), so that no
     /// run stays `running` with nothing running it.
     fn check_later(&self, user: &UserId, run: RunId, text: String, new_thread: bool, accepted_at: Instant) {

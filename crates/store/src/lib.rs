@@ -51,7 +51,8 @@ pub enum StoreError {
         after: std::time::Duration,
     },
     /// The tier cannot be reached (connection refused or cut, no connection free in the pool
-    /// within the deadline); nothing was done. Retrying later may help.
+    /// within the deadline). Nothing was done, except by a write whose connection was cut after
+    /// it was sent, which may have been done. Retrying later may help.
     #[error("{tier} cannot be reached: {reason}")]
     Unavailable {
         /// The tier that cannot be reached.

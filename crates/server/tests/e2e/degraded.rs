@@ -497,13 +497,38 @@ async fn a_message_stored_after_its_deadline_and_not_sent_again_gets_its_run_onc
     app.store.lose_next_accept_answer();
     socket.send(&message("hello", None, Some("k2"))).await.unwrap();
     assert_code(&error(&mut socket).await, ErrorCode::StoreUnavailable);
+    assert_run_starts_by_itself(&mut socket).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_stored_whose_answer_was_cut_off_gets_its_run_once_the_store_answers() {
+    let app = spawn_app().await;
+    let session = app.user("cut-answer").await;
+    let mut socket = app.connect(&session).await;
+    // The connection cut after the commit: the store says it cannot be reached, yet the
+    // message is stored.
+    app.store.cut_next_accept_answer();
+    socket.send(&message("hello", None, Some("k3"))).await.unwrap();
+    let refused = error(&mut socket).await;
+    assert_code(&refused, ErrorCode::StoreUnavailable);
+    assert_eq!(
+        refused.message,
+        "SQLite cannot be reached (the connection to the store failed: connection closed), so the message may \
+         not have been accepted; send it again in a moment."
+    );
+    assert_run_starts_by_itself(&mut socket).await;
+}
+
+/// The run of a message stored though its sender was told it may not have been: it starts by
+/// itself, streams, and ends once.
+async fn assert_run_starts_by_itself(socket: &mut switchboard_client::Socket) {
     // Nobody sends it again: the run the store kept starts by itself and ends.
     let event = loop {
-        if let ServerFrame::Event(event) = next(&mut socket).await {
+        if let ServerFrame::Event(event) = next(socket).await {
             break event;
         }
     };
-    let events = events_until_final(&mut socket, &event.run_id).await;
+    let events = events_until_final(socket, &event.run_id).await;
     let all: Vec<Event> = std::iter::once(event).chain(events).collect();
     check_run(&all).unwrap();
     assert_eq!(final_status(&all), Some(RunStatus::Completed));

@@ -501,8 +501,9 @@ pub(crate) struct HangingStore {
     inner: Arc<dyn Store>,
     analytics: Arc<dyn AnalyticsStore>,
     hang: tokio::sync::watch::Sender<bool>,
-    /// The next message is stored, but its answer is lost: the caller sees its deadline pass.
-    lose_accept_answer: std::sync::atomic::AtomicBool,
+    /// The next message is stored, but its answer is lost: the caller gets this error instead
+    /// (its deadline passed, or its connection was cut).
+    lose_accept_answer: std::sync::Mutex<Option<StoreError>>,
 }
 
 impl HangingStore {
@@ -511,13 +512,24 @@ impl HangingStore {
             inner,
             analytics,
             hang: tokio::sync::watch::Sender::new(false),
-            lose_accept_answer: std::sync::atomic::AtomicBool::new(false),
+            lose_accept_answer: std::sync::Mutex::new(None),
         }
     }
 
     /// Stores the next message but answers as if the store's deadline had passed first.
     pub(crate) fn lose_next_accept_answer(&self) {
-        self.lose_accept_answer.store(true, std::sync::atomic::Ordering::SeqCst);
+        *self.lose_accept_answer.lock().unwrap() = Some(StoreError::TimedOut {
+            tier: self.inner.tier(),
+            after: std::time::Duration::from_secs(2),
+        });
+    }
+
+    /// Stores the next message but answers as if its connection had been cut before the answer.
+    pub(crate) fn cut_next_accept_answer(&self) {
+        *self.lose_accept_answer.lock().unwrap() = Some(StoreError::Unavailable {
+            tier: self.inner.tier(),
+            reason: "the connection to the store failed: connection closed".to_owned(),
+        });
     }
 
     pub(crate) fn set_hanging(&self, hang: bool) {
@@ -567,11 +579,8 @@ impl Store for HangingStore {
     async fn accept_message(&self, message: NewMessage) -> Result<Accepted, StoreError> {
         self.gate().await;
         let accepted = self.inner.accept_message(message).await;
-        if self.lose_accept_answer.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::TimedOut {
-                tier: self.inner.tier(),
-                after: std::time::Duration::from_secs(2),
-            });
+        if let Some(lost) = self.lose_accept_answer.lock().unwrap().take() {
+            return Err(lost);
         }
         accepted
     }
