@@ -65,7 +65,8 @@ impl Refusal {
                 tracing::error!(error = %other, "store failure while accepting a message");
                 Refusal::new(
                     ErrorCode::Internal,
-                    "The store failed while storing the message, so it may not have been accepted; send it again in a moment.",
+                    "The store failed while storing the message, so it may not have been accepted; send it \
+                     again in a moment.",
                 )
             }
         }
