@@ -105,6 +105,14 @@ async fn an_operation_its_caller_gives_up_on_does_not_hand_its_connection_on() {
         .await
         .expect("the store answers while the given-up append would still wait")
         .unwrap();
+    // And its query is cancelled on the server (by a request sent in the background once it
+    // was dropped): had it still waited when the lock goes, it would store its event.
+    let watcher = support::raw_connection(&url).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while support::waiting_on_a_lock(&watcher).await > 0 {}
+    })
+    .await
+    .expect("the given-up append was cancelled on the server");
     lock.batch_execute("COMMIT").await.unwrap();
     assert_eq!(append(&store, entry(&alice, &run, &thread, started(), None)).await, 2);
 }
