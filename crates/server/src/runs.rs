@@ -364,9 +364,9 @@ impl Runs {
     }
 
     /// After the storing of `run`'s message failed without an answer to be sure of (timed out,
-    /// cut off, ...): once the store answers, a message that
-    /// was stored after all gets its run started (unless a resend started it first), so that no
-    /// run stays `running` with nothing running it.
+    /// cut off, ...): once the store answers, a message that was stored after all gets its run
+    /// started (unless a resend started it first), so that no run stays `running` with nothing
+    /// running it.
     fn check_later(&self, user: &UserId, run: RunId, text: String, new_thread: bool, accepted_at: Instant) {
         self.uncertain.insert(
             run.clone(),
