@@ -9,6 +9,7 @@ import {
   checkStreamed,
   connection,
   flat,
+  LONG_ANSWER,
   messagesLog,
   messagesOf,
   recordAnswers,
@@ -28,13 +29,6 @@ import {
   waitVisible,
   webTest,
 } from './harness.mjs';
-
-/** Sixty-odd words: at 80 ms a word, the answer streams for about five seconds. */
-const LONG_ANSWER =
-  'Alpha one: route the short search calls to gpt-4o-mini. Bravo two: cache the fifty prompts ' +
-  'that repeat every hour. Charlie three: send the nightly report through the batch API at half ' +
-  'the price. Delta four: trim the system prompt of the chat feature to its first paragraph. ' +
-  'Echo five: fix the failing calls of the summaries feature. Foxtrot six: that is the plan.';
 
 /**
  * Opens the app in `page` signed in as the dev user (by the button when `signIn`, else by the

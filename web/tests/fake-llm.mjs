@@ -40,6 +40,17 @@ export const DEFAULT_ANSWER =
   'and move the nightly bulk job to a batch API. Together these cut the bill by about a third.';
 
 /**
+ * A long answer of plain words (no Markdown), for the tests that watch one stream: at 80 to
+ * 150 ms a word (`chunkDelayMs`) it lasts long enough to reload, stop, join or kill a node
+ * part-way, and each sentence starts with a word found once ("Alpha" … "Foxtrot").
+ */
+export const LONG_ANSWER =
+  'Alpha one: route the short search calls to gpt-4o-mini. Bravo two: cache the fifty prompts ' +
+  'that repeat every hour. Charlie three: send the nightly report through the batch API at half ' +
+  'the price. Delta four: trim the system prompt of the chat feature to its first paragraph. ' +
+  'Echo five: fix the failing calls of the summaries feature. Foxtrot six: that is the plan.';
+
+/**
  * Cuts a text into pieces of `words` words each, keeping every character (spaces and line
  * breaks stay with the word before them), so that the pieces add up to the text exactly.
  * @param {string} text

@@ -12,7 +12,7 @@ import { test, after } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-export { startFakeLlm, DEFAULT_ANSWER } from './fake-llm.mjs';
+export { startFakeLlm, DEFAULT_ANSWER, LONG_ANSWER } from './fake-llm.mjs';
 
 /** The repository's root. */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -10,6 +10,7 @@ import {
   connection,
   flat,
   lastAnswer,
+  LONG_ANSWER,
   messagesLog,
   messagesOf,
   recordAnswers,
@@ -29,13 +30,6 @@ import {
 import { pieces } from './fake-llm.mjs';
 
 const QUESTION = 'How can we cut our LLM costs?';
-
-/** Sixty-odd plain words (no Markdown), streamed a word at a time. */
-const LONG_ANSWER =
-  'Alpha one: route the short search calls to gpt-4o-mini. Bravo two: cache the fifty prompts ' +
-  'that repeat every hour. Charlie three: send the nightly report through the batch API at half ' +
-  'the price. Delta four: trim the system prompt of the chat feature to its first paragraph. ' +
-  'Echo five: fix the failing calls of the summaries feature. Foxtrot six: that is the plan.';
 
 /**
  * Cuts the browser profile off the network and waits until the "Connection" status has left

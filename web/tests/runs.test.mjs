@@ -8,6 +8,7 @@ import {
   checkStreamed,
   flat,
   lastAnswer,
+  LONG_ANSWER,
   messagesOf,
   recordAnswers,
   signInAsDev,
@@ -22,13 +23,6 @@ import {
   waitVisible,
   webTest,
 } from './harness.mjs';
-
-/** Forty-odd plain words (no Markdown), streamed a word at a time. */
-const LONG_ANSWER =
-  'Alpha one: route the short search calls to gpt-4o-mini. Bravo two: cache the fifty prompts ' +
-  'that repeat every hour. Charlie three: send the nightly report through the batch API at half ' +
-  'the price. Delta four: trim the system prompt of the chat feature to its first paragraph. ' +
-  'Echo five: fix the failing calls of the summaries feature. Foxtrot six: that is the plan.';
 
 /**
  * The newest thread's stored messages, and the run of its newest user message.

@@ -12,6 +12,7 @@ import {
   connection,
   flat,
   lastAnswer,
+  LONG_ANSWER,
   messagesLog,
   messagesOf,
   queryDatabase,
@@ -36,13 +37,6 @@ import {
 
 const QUESTION = 'How can we cut our LLM costs?';
 const SECOND = 'And which model should the search feature use?';
-
-/** Sixty-odd plain words (no Markdown), streamed a word at a time. */
-const LONG_ANSWER =
-  'Alpha one: route the short search calls to gpt-4o-mini. Bravo two: cache the fifty prompts ' +
-  'that repeat every hour. Charlie three: send the nightly report through the batch API at half ' +
-  'the price. Delta four: trim the system prompt of the chat feature to its first paragraph. ' +
-  'Echo five: fix the failing calls of the summaries feature. Foxtrot six: that is the plan.';
 
 /** The answer to the message sent again. */
 const SHORT_ANSWER = 'Use gpt-4o-mini for search: it is fast and cheap enough.';

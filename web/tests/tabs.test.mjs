@@ -9,19 +9,20 @@ import {
   connection,
   flat,
   lastAnswer,
-  messagesOf,
-  recordConnection,
+  LONG_ANSWER,
   messagesLog,
+  messagesOf,
   recordAnswers,
+  recordConnection,
   signInAsDev,
   threadLink,
   threadsOf,
   tokenOf,
-  waitForThread,
   waitFor,
   waitForAnswer,
   waitForMessage,
   waitForText,
+  waitForThread,
   waitSignedIn,
   waitVisible,
   webTest,
@@ -77,13 +78,6 @@ webTest(
     checkStreamed((await shownHere()).answers[1], SLOW_ANSWER, 'the first tab\'s second answer');
   },
 );
-
-/** Sixty-odd words: at 100 ms a word, streaming lasts long enough for another device to join. */
-const LONG_ANSWER =
-  'Alpha one: route the short search calls to gpt-4o-mini. Bravo two: cache the fifty prompts ' +
-  'that repeat every hour. Charlie three: send the nightly report through the batch API at half ' +
-  'the price. Delta four: trim the system prompt of the chat feature to its first paragraph. ' +
-  'Echo five: fix the failing calls of the summaries feature. Foxtrot six: that is the plan.';
 
 webTest(
   'a second device that opens the thread while its run streams marks the answer as joined, then shows it whole',

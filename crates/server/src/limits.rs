@@ -166,9 +166,7 @@ impl Place {
     /// the background); one Redis did not take back runs out by itself.
     pub(crate) async fn give_back(mut self) {
         self.kept = true;
-        if let Err(error) = self.redis.give_back(&self.key, &self.member).await {
-            tracing::debug!(%error, key = %self.key, "cannot give a place back in Redis; it runs out by itself");
-        }
+        give_back(&self.redis, &self.key, &self.member).await;
     }
 }
 
@@ -205,13 +203,15 @@ impl Drop for Place {
             std::mem::take(&mut self.member),
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                // Not given back, it runs out by itself.
-                if let Err(error) = redis.give_back(&key, &member).await {
-                    tracing::debug!(%error, %key, "cannot give a place back in Redis; it runs out by itself");
-                }
-            });
+            runtime.spawn(async move { give_back(&redis, &key, &member).await });
         }
+    }
+}
+
+/// Gives place `member` of `key` back; one Redis does not take back runs out by itself.
+async fn give_back(redis: &Redis, key: &str, member: &str) {
+    if let Err(error) = redis.give_back(key, member).await {
+        tracing::debug!(%error, %key, "cannot give a place back in Redis; it runs out by itself");
     }
 }
 
